@@ -1,0 +1,812 @@
+"""SIP messages: requests and responses, their header list, typed accessors and serialisation.
+
+Headers are kept in order with the text they were received as (folding included), names compare
+case-insensitively and compact forms are understood. Typed accessors parse lazily and cache until the
+headers change. A message that was parsed and not modified serialises back to the very bytes it came
+from; a changed header is written as ``Name: value``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+from . import grammar as g
+from .errors import ParseError, SipError, UnsupportedUriScheme, VersionNotSupported
+from .headers import (
+    Address,
+    AuthHeader,
+    Contact,
+    CSeq,
+    MediaType,
+    Via,
+    parse_address,
+    parse_auth,
+    parse_contact,
+    parse_cseq,
+    parse_media_type,
+    parse_via,
+)
+from .uri import SipUri, Uri, parse_uri
+
+__all__ = [
+    "COMPACT_FORMS",
+    "REASON_PHRASES",
+    "HeaderField",
+    "Headers",
+    "Message",
+    "Request",
+    "Response",
+    "canonical_name",
+    "parse_message",
+]
+
+SIP_VERSION: Final = "SIP/2.0"
+
+#: Compact form letter -> full header name (RFC 3261 §7.3.3 and the IANA SIP parameters registry).
+COMPACT_FORMS: Final[dict[str, str]] = {
+    "a": "Accept-Contact",
+    "b": "Referred-By",
+    "c": "Content-Type",
+    "d": "Request-Disposition",
+    "e": "Content-Encoding",
+    "f": "From",
+    "i": "Call-ID",
+    "j": "Reject-Contact",
+    "k": "Supported",
+    "l": "Content-Length",
+    "m": "Contact",
+    "n": "Identity-Info",
+    "o": "Event",
+    "r": "Refer-To",
+    "s": "Subject",
+    "t": "To",
+    "u": "Allow-Events",
+    "v": "Via",
+    "x": "Session-Expires",
+    "y": "Identity",
+}
+
+#: Headers whose value is a comma-separated list (so several values may share one header line).
+LIST_HEADERS: Final = frozenset(
+    {
+        "accept", "accept-contact", "accept-encoding", "accept-language", "alert-info", "allow",
+        "allow-events", "call-info", "contact", "content-encoding", "content-language", "error-info",
+        "history-info", "in-reply-to", "p-associated-uri", "p-asserted-identity", "p-preferred-identity",
+        "path", "proxy-require", "reason", "record-route", "reject-contact", "request-disposition",
+        "require", "route", "security-client", "security-server", "security-verify", "service-route",
+        "supported", "unsupported", "via", "warning", "p-visited-network-id", "feature-caps",
+        "recv-info", "diversion",
+    }
+)  # fmt: skip
+
+#: Headers that may appear at most once (two different Content-Length values are always an error).
+SINGLE_HEADERS: Final = frozenset(
+    {"call-id", "cseq", "from", "to", "max-forwards", "content-type", "expires", "min-expires"}
+)
+
+#: Default reason phrases (RFC 3261 §21 and extensions used by the registrar and proxy).
+REASON_PHRASES: Final[dict[int, str]] = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 199: "Early Dialog Terminated", 200: "OK", 202: "Accepted",
+    204: "No Notification", 300: "Multiple Choices", 301: "Moved Permanently",
+    302: "Moved Temporarily", 305: "Use Proxy", 380: "Alternative Service", 400: "Bad Request",
+    401: "Unauthorized", 402: "Payment Required", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 410: "Gone", 412: "Conditional Request Failed",
+    413: "Request Entity Too Large", 414: "Request-URI Too Long", 415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme", 420: "Bad Extension", 421: "Extension Required",
+    423: "Interval Too Brief", 429: "Provide Referrer Identity", 430: "Flow Failed",
+    439: "First Hop Lacks Outbound Support", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending", 493: "Undecipherable",
+    494: "Security Agreement Required", 500: "Server Internal Error", 501: "Not Implemented",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out",
+    505: "Version Not Supported", 513: "Message Too Large", 580: "Precondition Failure",
+    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}  # fmt: skip
+
+_KEY_CACHE: dict[str, str] = {}
+_KEY_CACHE_MAX: Final = 4096
+
+
+def canonical_name(name: str) -> str:
+    """The lookup key of a header name: lower-case long form (``v`` and ``VIA`` both give ``via``)."""
+    key = _KEY_CACHE.get(name)
+    if key is None:
+        lower = name.lower()
+        long = COMPACT_FORMS.get(lower)
+        key = long.lower() if long is not None else lower
+        if len(_KEY_CACHE) < _KEY_CACHE_MAX:
+            _KEY_CACHE[name] = key
+    return key
+
+
+class HeaderField:
+    """One header line: the name as written, its lookup key, the unfolded value and the raw text.
+
+    ``raw`` is the original line (folding included) while the field is unmodified, else ``None``.
+    """
+
+    __slots__ = ("key", "name", "raw", "value")
+
+    def __init__(self, name: str, value: str, raw: str | None = None, key: str | None = None) -> None:
+        self.name = name
+        self.key = key if key is not None else canonical_name(name)
+        self.value = value
+        self.raw = raw
+
+    def line(self) -> str:
+        return self.raw if self.raw is not None else f"{self.name}: {self.value}"
+
+    def __repr__(self) -> str:
+        return f"HeaderField({self.name!r}, {self.value!r})"
+
+
+class Headers:
+    """The ordered header fields of a message.
+
+    Look-ups take any spelling or compact form of a name. :meth:`values` splits comma-separated list
+    headers into their elements; :meth:`get_all` returns whole lines. Every change clears the typed
+    cache of the owning message and the stored original bytes.
+    """
+
+    __slots__ = ("_fields", "cache", "raw")
+
+    def __init__(self, fields: Iterable[HeaderField] = ()) -> None:
+        self._fields: list[HeaderField] = list(fields)
+        self.cache: dict[str, Any] = {}
+        #: the original bytes of the header section (each line ending in CRLF), while unmodified
+        self.raw: bytes | None = None
+
+    def _changed(self) -> None:
+        self.cache.clear()
+        self.raw = None
+
+    # -- reading -----------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[HeaderField]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = canonical_name(name)
+        return any(f.key == key for f in self._fields)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The value of the first field of that name, or ``default``."""
+        key = canonical_name(name)
+        for f in self._fields:
+            if f.key == key:
+                return f.value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """The values of every field of that name, one per header line, unsplit."""
+        key = canonical_name(name)
+        return [f.value for f in self._fields if f.key == key]
+
+    def values(self, name: str) -> list[str]:
+        """Every element of a list header across all its lines (``Contact: a, b`` gives two)."""
+        key = canonical_name(name)
+        out: list[str] = []
+        for f in self._fields:
+            if f.key == key:
+                if key in LIST_HEADERS:
+                    out.extend(g.split_list(f.value, allow_empty=True))
+                else:
+                    out.append(f.value)
+        return out
+
+    def fields(self, name: str | None = None) -> list[HeaderField]:
+        if name is None:
+            return list(self._fields)
+        key = canonical_name(name)
+        return [f for f in self._fields if f.key == key]
+
+    # -- changing ----------------------------------------------------------------------------------
+    def add(self, name: str, value: object) -> None:
+        """Append a field (after any others)."""
+        self._fields.append(HeaderField(name, str(value)))
+        self._changed()
+
+    def prepend(self, name: str, value: object) -> None:
+        """Insert a field before the first field of that name (or at the top when there is none)."""
+        key = canonical_name(name)
+        index = next((i for i, f in enumerate(self._fields) if f.key == key), 0)
+        self._fields.insert(index, HeaderField(name, str(value)))
+        self._changed()
+
+    def set(self, name: str, value: object) -> None:
+        """Replace every field of that name by one, at the place of the first (else appended)."""
+        key = canonical_name(name)
+        field = HeaderField(name, str(value))
+        out: list[HeaderField] = []
+        placed = False
+        for f in self._fields:
+            if f.key == key:
+                if not placed:
+                    out.append(field)
+                    placed = True
+            else:
+                out.append(f)
+        if not placed:
+            out.append(field)
+        self._fields = out
+        self._changed()
+
+    def set_list(self, name: str, values: Iterable[object]) -> None:
+        """Replace every field of that name by one field per value (removed when empty)."""
+        items = [str(v) for v in values]
+        key = canonical_name(name)
+        index = next((i for i, f in enumerate(self._fields) if f.key == key), len(self._fields))
+        kept = [f for f in self._fields if f.key != key]
+        index = min(index, len(kept))
+        kept[index:index] = [HeaderField(name, v) for v in items]
+        self._fields = kept
+        self._changed()
+
+    def remove(self, name: str) -> int:
+        """Remove every field of that name; return how many were removed."""
+        key = canonical_name(name)
+        before = len(self._fields)
+        self._fields = [f for f in self._fields if f.key != key]
+        removed = before - len(self._fields)
+        if removed:
+            self._changed()
+        return removed
+
+    def pop_first(self, name: str) -> str | None:
+        """Remove and return the first element of a list header (the top Via, the first Route)."""
+        key = canonical_name(name)
+        for i, f in enumerate(self._fields):
+            if f.key == key:
+                elements = g.split_list(f.value, allow_empty=True)
+                if len(elements) <= 1:
+                    del self._fields[i]
+                else:
+                    self._fields[i] = HeaderField(f.name, ", ".join(elements[1:]), key=key)
+                self._changed()
+                return elements[0] if elements else None
+        return None
+
+    def copy(self) -> Headers:
+        return Headers(HeaderField(f.name, f.value, f.raw, f.key) for f in self._fields)
+
+    def to_bytes(self) -> bytes:
+        """The header section, each line ending in CRLF (without the empty line)."""
+        if self.raw is not None:
+            return self.raw
+        text = "".join(f"{f.line()}\r\n" for f in self._fields)
+        return text.encode("utf-8", "surrogateescape")
+
+    def __repr__(self) -> str:
+        return f"Headers({[(f.name, f.value) for f in self._fields]!r})"
+
+
+HeaderInput = Iterable[tuple[str, object]]
+
+
+class Message:
+    """What requests and responses share: headers, body and typed header accessors.
+
+    Typed accessors raise :class:`ParseError` (status 400) when the header is malformed, and are
+    cached until the headers change.
+    """
+
+    __slots__ = ("_body", "headers")
+
+    is_request: bool = False
+
+    def __init__(self, headers: HeaderInput | Headers = (), body: bytes = b"") -> None:
+        if isinstance(headers, Headers):
+            self.headers = headers
+        else:
+            self.headers = Headers(HeaderField(k, str(v)) for k, v in headers)
+        self._body = body
+
+    # -- body ----------------------------------------------------------------------------------------
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        """Set the body and Content-Length (and keep Content-Type as it is)."""
+        self._body = value
+        self.headers.set("Content-Length", len(value))
+
+    def set_body(self, body: bytes, content_type: str | None) -> None:
+        """Set body, Content-Length and Content-Type (removed when ``content_type`` is ``None``)."""
+        self.body = body
+        if content_type is None:
+            self.headers.remove("Content-Type")
+        else:
+            self.headers.set("Content-Type", content_type)
+
+    # -- serialisation -------------------------------------------------------------------------------
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """The message on the wire: start line, headers, empty line, body."""
+        start = self.start_line().encode("utf-8", "surrogateescape")
+        return b"".join((start, b"\r\n", self.headers.to_bytes(), b"\r\n", self._body))
+
+    __bytes__ = to_bytes
+
+    def __str__(self) -> str:
+        return self.to_bytes().decode("utf-8", "replace")
+
+    # -- typed accessors -----------------------------------------------------------------------------
+    def _cached(self, key: str) -> Any:
+        return self.headers.cache.get(key)
+
+    def _single(self, name: str) -> str:
+        values = self.headers.get_all(name)
+        if not values:
+            raise ParseError(f"missing {name} header")
+        if len(values) > 1:
+            raise ParseError(f"more than one {name} header")
+        return values[0]
+
+    def _optional_single(self, name: str) -> str | None:
+        values = self.headers.get_all(name)
+        if len(values) > 1:
+            raise ParseError(f"more than one {name} header")
+        return values[0] if values else None
+
+    def _addresses(self, name: str) -> list[Address]:
+        cache = self.headers.cache
+        found = cache.get(name)
+        if found is None:
+            found = [parse_address(v, name, Address) for v in self._elements(name)]
+            cache[name] = found
+        return list(found)
+
+    def _elements(self, name: str) -> list[str]:
+        out: list[str] = []
+        for value in self.headers.get_all(name):
+            out.extend(g.split_list(value))
+        return out
+
+    def _tags(self, name: str) -> list[str]:
+        cache = self.headers.cache
+        found = cache.get(name)
+        if found is None:
+            found = []
+            for value in self.headers.get_all(name):
+                for tag in g.split_list(value, allow_empty=True):
+                    if not g.TOKEN_RE.fullmatch(tag):
+                        raise ParseError(f"bad option tag {tag[:30]!r} in {name}")
+                    found.append(tag)
+            cache[name] = found
+        return list(found)
+
+    def _uint(self, name: str, limit: int = g.MAX_UINT32, *, clamp: bool = False) -> int | None:
+        cache = self.headers.cache
+        if name in cache:
+            return cache[name]  # type: ignore[no-any-return]
+        value = self._optional_single(name)
+        number = None if value is None else g.parse_uint(value, name, limit=limit, clamp=clamp)
+        cache[name] = number
+        return number
+
+    @property
+    def via(self) -> list[Via]:
+        """Every Via value, topmost first."""
+        cache = self.headers.cache
+        found = cache.get("via")
+        if found is None:
+            found = [parse_via(v) for v in self._elements("Via")]
+            if not found:
+                raise ParseError("missing Via header")
+            cache["via"] = found
+            cache["top_via"] = found[0]
+        return list(found)
+
+    @property
+    def top_via(self) -> Via:
+        """The topmost Via (parsed without parsing the others)."""
+        cache = self.headers.cache
+        top = cache.get("top_via")
+        if top is None:
+            first = self.headers.get("Via")
+            if first is None:
+                raise ParseError("missing Via header")
+            elements = g.split_list(first)
+            top = parse_via(elements[0])
+            cache["top_via"] = top
+        return top  # type: ignore[no-any-return]
+
+    @property
+    def from_(self) -> Address:
+        found = self._cached("from")
+        if found is None:
+            found = parse_address(self._single("From"), "From", Address)
+            self.headers.cache["from"] = found
+        return found  # type: ignore[no-any-return]
+
+    @property
+    def to(self) -> Address:
+        found = self._cached("to")
+        if found is None:
+            found = parse_address(self._single("To"), "To", Address)
+            self.headers.cache["to"] = found
+        return found  # type: ignore[no-any-return]
+
+    @property
+    def call_id(self) -> str:
+        found = self._cached("call-id")
+        if found is None:
+            found = self._single("Call-ID")
+            if not g.CALL_ID_RE.fullmatch(found):
+                raise ParseError(f"bad Call-ID {found[:40]!r}")
+            self.headers.cache["call-id"] = found
+        return found  # type: ignore[no-any-return]
+
+    @property
+    def cseq(self) -> CSeq:
+        found = self._cached("cseq")
+        if found is None:
+            found = parse_cseq(self._single("CSeq"))
+            self.headers.cache["cseq"] = found
+        return found  # type: ignore[no-any-return]
+
+    @property
+    def contact_star(self) -> bool:
+        """True when the message carries ``Contact: *`` (and nothing else in Contact)."""
+        values = self._elements("Contact")
+        if "*" not in values:
+            return False
+        if len(values) > 1:
+            raise ParseError("Contact '*' mixed with other contacts")
+        return True
+
+    @property
+    def contacts(self) -> list[Contact]:
+        """Every Contact value (``[]`` for ``Contact: *``; see :attr:`contact_star`)."""
+        cache = self.headers.cache
+        found = cache.get("contact")
+        if found is None:
+            found = []
+            values = self._elements("Contact")
+            if "*" in values:
+                if len(values) > 1:
+                    raise ParseError("Contact '*' mixed with other contacts")
+            else:
+                found = [parse_contact(v) for v in values]
+            cache["contact"] = found
+        return list(found)
+
+    @property
+    def route(self) -> list[Address]:
+        return self._addresses("Route")
+
+    @property
+    def record_route(self) -> list[Address]:
+        return self._addresses("Record-Route")
+
+    @property
+    def path(self) -> list[Address]:
+        return self._addresses("Path")
+
+    @property
+    def service_route(self) -> list[Address]:
+        return self._addresses("Service-Route")
+
+    @property
+    def p_associated_uri(self) -> list[Address]:
+        return self._addresses("P-Associated-URI")
+
+    @property
+    def expires(self) -> int | None:
+        """The Expires header (delta-seconds; values above 2**32-1 are clamped), or ``None``."""
+        return self._uint("Expires", clamp=True)
+
+    @property
+    def min_expires(self) -> int | None:
+        return self._uint("Min-Expires", clamp=True)
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards (0..255), or ``None`` when absent."""
+        return self._uint("Max-Forwards", 255)
+
+    @property
+    def content_length(self) -> int | None:
+        """Content-Length, or ``None`` when absent. Several equal values are accepted."""
+        cache = self.headers.cache
+        if "content-length" in cache:
+            return cache["content-length"]  # type: ignore[no-any-return]
+        values = self.headers.get_all("Content-Length")
+        number = None
+        for value in values:
+            parsed = g.parse_uint(value, "Content-Length")
+            if number is not None and parsed != number:
+                raise ParseError("Content-Length headers disagree")
+            number = parsed
+        cache["content-length"] = number
+        return number
+
+    @property
+    def content_type(self) -> MediaType | None:
+        value = self._optional_single("Content-Type")
+        return None if value is None else parse_media_type(value)
+
+    @property
+    def require(self) -> list[str]:
+        return self._tags("Require")
+
+    @property
+    def proxy_require(self) -> list[str]:
+        return self._tags("Proxy-Require")
+
+    @property
+    def supported(self) -> list[str]:
+        return self._tags("Supported")
+
+    @property
+    def unsupported(self) -> list[str]:
+        return self._tags("Unsupported")
+
+    def _auth(self, name: str) -> list[AuthHeader]:
+        return [parse_auth(v, name) for v in self.headers.get_all(name)]
+
+    @property
+    def www_authenticate(self) -> list[AuthHeader]:
+        return self._auth("WWW-Authenticate")
+
+    @property
+    def proxy_authenticate(self) -> list[AuthHeader]:
+        return self._auth("Proxy-Authenticate")
+
+    @property
+    def authorization(self) -> list[AuthHeader]:
+        return self._auth("Authorization")
+
+    @property
+    def proxy_authorization(self) -> list[AuthHeader]:
+        return self._auth("Proxy-Authorization")
+
+    # -- checks ---------------------------------------------------------------------------------------
+    def check_framing_headers(self) -> None:
+        """The checks every element needs before it can match a transaction or answer.
+
+        From, To, Call-ID, CSeq and a top Via present, single and well-formed; Max-Forwards in range;
+        Content-Length consistent. Raises :class:`ParseError`.
+        """
+        self.top_via  # noqa: B018
+        self.from_  # noqa: B018
+        self.to  # noqa: B018
+        self.call_id  # noqa: B018
+        self.cseq  # noqa: B018
+        self.max_forwards  # noqa: B018
+        self.content_length  # noqa: B018
+        headers = self.headers
+        for key in ("From", "To", "Call-ID", "CSeq", "Max-Forwards"):
+            if len(headers.get_all(key)) > 1:
+                raise ParseError(f"more than one {key} header")
+
+    def validate(self) -> None:
+        """Parse every header with a typed accessor, raising the first :class:`SipError` found.
+
+        Parsing is lazy; an element that wants all-or-nothing (a registrar about to store a binding,
+        a test) calls this.
+        """
+        self.check_framing_headers()
+        self.via  # noqa: B018
+        self.contacts  # noqa: B018
+        for name in ("Route", "Record-Route", "Path", "Service-Route", "P-Associated-URI"):
+            self._addresses(name)
+        for name in ("Require", "Proxy-Require", "Supported", "Unsupported"):
+            self._tags(name)
+        self.expires  # noqa: B018
+        self.min_expires  # noqa: B018
+        self.content_type  # noqa: B018
+        self.www_authenticate  # noqa: B018
+        self.proxy_authenticate  # noqa: B018
+        self.authorization  # noqa: B018
+        self.proxy_authorization  # noqa: B018
+        for name in SINGLE_HEADERS:
+            if len(self.headers.get_all(name)) > 1:
+                raise ParseError(f"more than one {name} header")
+
+
+class Request(Message):
+    """A SIP request. ``uri`` is the parsed Request-URI."""
+
+    __slots__ = ("method", "uri")
+
+    is_request = True
+
+    def __init__(
+        self,
+        method: str,
+        uri: Uri | str,
+        headers: HeaderInput | Headers = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri: Uri = parse_uri(uri) if isinstance(uri, str) else uri
+        if body and "content-length" not in self.headers:
+            self.headers.add("Content-Length", len(body))
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+    @property
+    def sip_uri(self) -> SipUri:
+        """The Request-URI as a SIP URI; :class:`UnsupportedUriScheme` (416) otherwise."""
+        if isinstance(self.uri, SipUri):
+            return self.uri
+        raise UnsupportedUriScheme(f"unsupported URI scheme {self.uri.scheme[:30]!r}")
+
+    def check_framing_headers(self) -> None:
+        super().check_framing_headers()
+        if self.cseq.method != self.method:
+            raise ParseError(f"CSeq method {self.cseq.method[:30]!r} does not match request method")
+
+    def make_response(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: HeaderInput = (),
+        *,
+        to_tag: str | None = None,
+        body: bytes = b"",
+    ) -> Response:
+        """A response to this request as RFC 3261 §8.2.6.2 says.
+
+        Via (all values), From, To, Call-ID and CSeq are copied; ``to_tag`` is added to To unless
+        To already has a tag; ``headers`` follow; Content-Length is always set.
+        """
+        out: list[HeaderField] = [f for f in self.headers if f.key == "via"]
+        for key in ("from", "to", "call-id", "cseq"):
+            out.extend(f for f in self.headers if f.key == key)
+        fields = [HeaderField(f.name, f.value, f.raw, f.key) for f in out]
+        if to_tag is not None:
+            to = self.to.copy()
+            if to.tag is None:
+                to.params.set("tag", to_tag)
+                for i, f in enumerate(fields):
+                    if f.key == "to":
+                        fields[i] = HeaderField(f.name, str(to), key="to")
+        fields.extend(HeaderField(k, str(v)) for k, v in headers)
+        fields.append(HeaderField("Content-Length", str(len(body)), key="content-length"))
+        return Response(status, reason, Headers(fields), body)
+
+
+class Response(Message):
+    """A SIP response."""
+
+    __slots__ = ("reason", "status")
+
+    is_request = False
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: HeaderInput | Headers = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        if not 100 <= status <= 699:
+            raise ParseError(f"status code {status} outside 100..699")
+        self.status = status
+        self.reason = REASON_PHRASES.get(status, "Unknown") if reason is None else reason
+
+    def start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    @property
+    def status_class(self) -> int:
+        return self.status // 100
+
+
+# --- parsing ------------------------------------------------------------------------------------------
+def _split_lines(head: bytes) -> tuple[list[str], bool]:
+    """The lines of a header section, and whether every line ended in CRLF."""
+    text = head.decode("utf-8", "surrogateescape")
+    if text.count("\n") != text.count("\r\n"):
+        # liberal: bare LF line ends (as some archives and a few stacks send them)
+        return text.replace("\r\n", "\n").split("\n"), False
+    return text.split("\r\n"), True
+
+
+def _parse_start(line: str) -> Request | Response:
+    if line.startswith("SIP/"):
+        parts = line.split(" ", 2)
+        if len(parts) < 3:
+            if len(parts) == 2 and parts[1].isdigit():
+                parts.append("")  # a missing reason phrase is forgiven
+            else:
+                raise ParseError("bad status line")
+        version, code, reason = parts
+        if version != SIP_VERSION:
+            raise VersionNotSupported(f"unsupported version {version[:20]!r}")
+        if len(code) != 3 or not code.isascii() or not code.isdigit() or not "100" <= code <= "699":
+            raise ParseError(f"bad status code {code[:20]!r}")
+        if any(c in reason for c in "\r\n"):
+            raise ParseError("bad reason phrase")
+        return Response(int(code), reason, Headers())
+    parts = line.split(" ")
+    if len(parts) != 3:
+        raise ParseError("bad request line (it must be METHOD SP URI SP SIP/2.0)")
+    method, uri_text, version = parts
+    if not g.METHOD_RE.fullmatch(method):
+        raise ParseError(f"bad method {method[:30]!r}")
+    if version != SIP_VERSION:
+        if version.upper().startswith("SIP/"):
+            raise VersionNotSupported(f"unsupported version {version[:20]!r}")
+        raise ParseError(f"bad version {version[:20]!r}")
+    if uri_text.startswith("<"):
+        raise ParseError("Request-URI must not be enclosed in <>")
+    uri = parse_uri(uri_text)
+    if isinstance(uri, SipUri) and uri.headers:
+        raise ParseError("headers are not allowed in a Request-URI")
+    return Request(method, uri, Headers())
+
+
+def parse_message(head: bytes, body: bytes = b"") -> Request | Response:
+    """Parse a start line and header section (``head``, without its empty line) with its body.
+
+    Checks what every element needs (see :meth:`Message.check_framing_headers`); other headers are
+    parsed lazily by the typed accessors. Raises only :class:`SipError`; when the start line and header
+    lines could be split, the error's ``message`` is the partly parsed message.
+    """
+    lines, crlf = _split_lines(head)
+    first = lines[0]
+    if not first:
+        raise ParseError("empty start line")
+    message = _parse_start(first)
+    fields: list[HeaderField] = []
+    append = fields.append
+    for line in lines[1:]:
+        if not line:
+            continue
+        c = line[0]
+        if c == " " or c == "\t":
+            if not fields:
+                raise ParseError("continuation line before any header")
+            prev = fields[-1]
+            more = line.strip(" \t")
+            prev.value = f"{prev.value} {more}" if prev.value and more else prev.value or more
+            prev.raw = f"{prev.raw}\r\n{line}"
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise ParseError(f"header line without ':' ({line[:30]!r})")
+        name = line[:colon]
+        key = _KEY_CACHE.get(name)
+        if key is None:
+            name = name.rstrip(" \t")
+            if not g.HEADER_NAME_RE.fullmatch(name):
+                raise ParseError(f"bad header name {name[:30]!r}")
+            key = canonical_name(name)
+        else:
+            name = name.rstrip(" \t")
+        append(HeaderField(name, line[colon + 1 :].strip(" \t"), line, key))
+    headers = message.headers
+    headers._fields = fields
+    message._body = body
+    try:
+        message.check_framing_headers()
+    except SipError as error:
+        error.message = message
+        raise
+    if crlf:
+        nl = head.find(b"\r\n")
+        headers.raw = head[nl + 2 :] + b"\r\n" if nl >= 0 else b""
+    return message
+
+
+def headers_of(message: Message) -> list[tuple[str, str]]:
+    """The header fields of a message as ``(name, value)`` pairs (for building another message)."""
+    return [(f.name, f.value) for f in message.headers]
