@@ -48,13 +48,18 @@ class SipError(Exception):
         self.status = self.default_status if status is None else status
         self.message = message
         self.fatal = fatal
+        #: set by the parser when the start line shows whether this was a request
+        self.request_hint: bool | None = None
 
     @property
     def is_request(self) -> bool | None:
-        """Whether the broken input was a request (``None`` if the start line was unreadable)."""
-        if self.message is None:
-            return None
-        return self.message.is_request
+        """Whether the broken input was a request (``None`` when nothing says).
+
+        A response in error is dropped, never answered.
+        """
+        if self.message is not None:
+            return self.message.is_request
+        return self.request_hint
 
     @property
     def phrase(self) -> str:

@@ -596,8 +596,15 @@ class Message:
         """Parse every header with a typed accessor, raising the first :class:`SipError` found.
 
         Parsing is lazy; an element that wants all-or-nothing (a registrar about to store a binding,
-        a test) calls this.
+        a test) calls this. The error's ``message`` is this message.
         """
+        try:
+            self._validate()
+        except SipError as error:
+            error.message = self
+            raise
+
+    def _validate(self) -> None:
         self.check_framing_headers()
         self.via  # noqa: B018
         self.contacts  # noqa: B018
@@ -765,7 +772,11 @@ def parse_message(head: bytes, body: bytes = b"") -> Request | Response:
     first = lines[0]
     if not first:
         raise ParseError("empty start line")
-    message = _parse_start(first)
+    try:
+        message = _parse_start(first)
+    except SipError as error:
+        error.request_hint = not first.startswith("SIP/")
+        raise
     fields: list[HeaderField] = []
     append = fields.append
     for line in lines[1:]:
