@@ -26,6 +26,8 @@ REQUIRE_ALL = os.environ.get("IMSCORE_REQUIRE_ALL") == "1"
 
 settings.register_profile("ci", max_examples=300, deadline=None)
 settings.register_profile("dev", max_examples=100, deadline=None)
+# opt-in long fuzzing: HYPOTHESIS_PROFILE=fuzz pytest tests/test_properties.py
+settings.register_profile("fuzz", max_examples=20000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
