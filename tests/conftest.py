@@ -34,10 +34,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 def _skip_reason(longrepr: object) -> str:
     """Pull the human-readable reason out of a skipped report's longrepr."""
     # Skips are reported as a (path, lineno, "Skipped: reason") tuple.
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:
-        reason = str(longrepr[2])
-    else:
-        reason = str(longrepr)
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
     return reason.removeprefix("Skipped: ")
 
 

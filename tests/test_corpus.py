@@ -6,8 +6,8 @@ import csv
 from pathlib import Path
 
 import pytest
-
 from conftest import CORPUS
+
 from imscore.sip import (
     AbsoluteUri,
     Request,
@@ -142,7 +142,7 @@ def test_test_dat_unclassified_is_rejected() -> None:
     assert info.value.status == 400
 
 
-# --- what the valid messages mean --------------------------------------------------------------------
+# --- what the valid messages mean -----------------------------------------------------------------
 def _msg(name: str) -> Request | Response:
     return _parse_all(_load(RFC4475 / f"{name}.dat"))
 
@@ -301,15 +301,13 @@ def test_zero_max_forwards_badbranch_and_rfc2543() -> None:
     assert old.content_length is None
 
 
-# --- stream framing over the same corpus ----------------------------------------------------------------
+# --- stream framing over the same corpus ----------------------------------------------------------
 def _stream_ok(name: str) -> bool:
     return INDEX_4475[name]["verdict"] == "valid" and name not in {"dblreq", "inv2543"}
 
 
 @needs_corpus
-@pytest.mark.parametrize(
-    "name", sorted(n for n in INDEX_4475 if _stream_ok(n)) or ["<none>"]
-)
+@pytest.mark.parametrize("name", sorted(n for n in INDEX_4475 if _stream_ok(n)) or ["<none>"])
 def test_rfc4475_valid_messages_through_the_stream_framer(name: str) -> None:
     data = _load(RFC4475 / f"{name}.dat")
     expected = parse_datagram(data)
@@ -325,7 +323,7 @@ def test_rfc4475_valid_messages_through_the_stream_framer(name: str) -> None:
         assert framer.buffered == 0
 
 
-# --- RFC 5118 (IPv6) ----------------------------------------------------------------------------------
+# --- RFC 5118 (IPv6) ------------------------------------------------------------------------------
 @needs_corpus
 @pytest.mark.parametrize("name", sorted(INDEX_5118) or ["<none>"])
 def test_rfc5118_wire_copies(name: str) -> None:

@@ -46,7 +46,7 @@ def response(body: bytes = b"", *, length: int | None = None) -> bytes:
     ).encode() + body
 
 
-# --- datagrams -----------------------------------------------------------------------------------------
+# --- datagrams ------------------------------------------------------------------------------------
 def test_datagram_keepalive_and_leading_crlf() -> None:
     assert parse_datagram(b"\r\n\r\n") is None
     assert parse_datagram(b"\r\n") is None
@@ -84,7 +84,7 @@ def test_datagram_too_large() -> None:
     assert info.value.status == 513
 
 
-# --- streams -------------------------------------------------------------------------------------------
+# --- streams --------------------------------------------------------------------------------------
 def feed_all(framer: StreamFramer, chunks: list[bytes]) -> list[object]:
     return [event for chunk in chunks for event in framer.feed(chunk)]
 

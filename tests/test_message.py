@@ -37,9 +37,14 @@ BASE = [
 
 def register(*extra: str, body: bytes = b"") -> Request:
     message = parse_datagram(
-        wire("REGISTER sip:ims.example.test SIP/2.0", *BASE, *extra,
-             f"Content-Length: {len(body)}", body=body)
-    )  # fmt: skip
+        wire(
+            "REGISTER sip:ims.example.test SIP/2.0",
+            *BASE,
+            *extra,
+            f"Content-Length: {len(body)}",
+            body=body,
+        )
+    )
     assert isinstance(message, Request)
     return message
 
@@ -88,22 +93,43 @@ def test_multi_valued_headers_split_around_quotes_and_brackets() -> None:
 
 CONTACT_TABLE = [
     # value, uri, expires, q, instance, reg_id, params as written
-    ('<sip:alice@192.0.2.10:5060;transport=udp>;expires=3600;q=0.7', "sip:alice@192.0.2.10:5060;transport=udp",
-     3600, 0.7, None, None, [("expires", "3600"), ("q", "0.7")]),
-    ('<sip:alice@[2001:db8::10]>;+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>";reg-id=1',
-     "sip:alice@[2001:db8::10]", None, None, "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>", 1,
-     [("+sip.instance", '"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"'), ("reg-id", "1")]),
-    ('<sip:ue@10.0.0.1>;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.mmtel";+g.3gpp.smsip;EXPIRES=99999999999',
-     "sip:ue@10.0.0.1", 2**32 - 1, None, None, None,
-     [("+g.3gpp.icsi-ref", '"urn%3Aurn-7%3A3gpp-service.ims.icsi.mmtel"'), ("+g.3gpp.smsip", None),
-      ("EXPIRES", "99999999999")]),
+    (
+        "<sip:alice@192.0.2.10:5060;transport=udp>;expires=3600;q=0.7",
+        "sip:alice@192.0.2.10:5060;transport=udp",
+        3600,
+        0.7,
+        None,
+        None,
+        [("expires", "3600"), ("q", "0.7")],
+    ),
+    (
+        '<sip:alice@[2001:db8::10]>;+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>";reg-id=1',
+        "sip:alice@[2001:db8::10]",
+        None,
+        None,
+        "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>",
+        1,
+        [("+sip.instance", '"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"'), ("reg-id", "1")],
+    ),
+    (
+        '<sip:ue@10.0.0.1>;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.mmtel";+g.3gpp.smsip;EXPIRES=99999999999',
+        "sip:ue@10.0.0.1",
+        2**32 - 1,
+        None,
+        None,
+        None,
+        [
+            ("+g.3gpp.icsi-ref", '"urn%3Aurn-7%3A3gpp-service.ims.icsi.mmtel"'),
+            ("+g.3gpp.smsip", None),
+            ("EXPIRES", "99999999999"),
+        ],
+    ),
     ("sip:phone@192.0.2.3;q=1", "sip:phone@192.0.2.3", None, 1.0, None, None, [("q", "1")]),
     ("Desk Phone <tel:+15551230001>", "tel:+15551230001", None, None, None, None, []),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("value", "uri", "expires", "q", "instance", "reg_id", "params"),
-                         CONTACT_TABLE)  # fmt: skip
+@pytest.mark.parametrize(("value", "uri", "expires", "q", "instance", "reg_id", "params"), CONTACT_TABLE)
 def test_contact_table(
     value: str,
     uri: str,
@@ -116,8 +142,11 @@ def test_contact_table(
     contact = parse_contact(value)
     assert str(contact.uri) == uri
     assert (contact.expires, contact.q, contact.instance, contact.reg_id) == (
-        expires, q, instance, reg_id,
-    )  # fmt: skip
+        expires,
+        q,
+        instance,
+        reg_id,
+    )
     assert contact.params.items() == params
     assert parse_contact(str(contact)).params.items() == params  # parameters round-trip unmangled
     assert "Expires" in contact.params or expires is None  # names case-insensitive
@@ -158,13 +187,37 @@ def test_contact_star() -> None:
 
 
 VIA_TABLE = [
-    ("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776;rport", "UDP", "192.0.2.10", 5060, "z9hG4bK776",
-     None, True, None),
-    ("SIP/2.0/TCP client.example.com;branch=z9hG4bKx;received=192.0.2.1;rport=5070", "TCP",
-     "client.example.com", None, "z9hG4bKx", "192.0.2.1", True, 5070),
-    ("SIP / 2.0 / tls [2001:db8::9]:5061 ; branch = z9hG4bKy", "TLS", "[2001:db8::9]", 5061,
-     "z9hG4bKy", None, False, None),
-]  # fmt: skip
+    (
+        "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776;rport",
+        "UDP",
+        "192.0.2.10",
+        5060,
+        "z9hG4bK776",
+        None,
+        True,
+        None,
+    ),
+    (
+        "SIP/2.0/TCP client.example.com;branch=z9hG4bKx;received=192.0.2.1;rport=5070",
+        "TCP",
+        "client.example.com",
+        None,
+        "z9hG4bKx",
+        "192.0.2.1",
+        True,
+        5070,
+    ),
+    (
+        "SIP / 2.0 / tls [2001:db8::9]:5061 ; branch = z9hG4bKy",
+        "TLS",
+        "[2001:db8::9]",
+        5061,
+        "z9hG4bKy",
+        None,
+        False,
+        None,
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -235,7 +288,7 @@ def test_auth_headers() -> None:
         "WWW-Authenticate",
     )
     assert challenge.get("qop") == "auth,auth-int" and challenge.get("algorithm") == "AKAv1-MD5"
-    for bad in ("", "Digest realm=", 'Digest realm="x",', "Digest realm=\"x\" nonce=\"y\""):
+    for bad in ("", "Digest realm=", 'Digest realm="x",', 'Digest realm="x" nonce="y"'):
         with pytest.raises(ParseError):
             parse_auth(bad, "Authorization")
 
@@ -264,23 +317,45 @@ def test_content_type_and_length() -> None:
 BAD_MESSAGES = [
     # description, bytes, status
     ("no Via", wire("OPTIONS sip:a@b SIP/2.0", *BASE[1:5], "CSeq: 1 OPTIONS"), 400),
-    ("two Call-IDs", wire("OPTIONS sip:a@b SIP/2.0", *BASE[:5], "Call-ID: x", "CSeq: 1 OPTIONS"), 400),
-    ("Max-Forwards 256", wire("OPTIONS sip:a@b SIP/2.0", *BASE[2:5], BASE[0], "Max-Forwards: 256",
-                              "CSeq: 1 OPTIONS"), 400),
+    (
+        "two Call-IDs",
+        wire("OPTIONS sip:a@b SIP/2.0", *BASE[:5], "Call-ID: x", "CSeq: 1 OPTIONS"),
+        400,
+    ),
+    (
+        "Max-Forwards 256",
+        wire("OPTIONS sip:a@b SIP/2.0", *BASE[2:5], BASE[0], "Max-Forwards: 256", "CSeq: 1 OPTIONS"),
+        400,
+    ),
     ("CSeq without method", wire("OPTIONS sip:a@b SIP/2.0", *BASE[:5], "CSeq: 1"), 400),
-    ("header without colon", wire("OPTIONS sip:a@b SIP/2.0", *BASE[:5], "CSeq: 1 OPTIONS", "Oops"), 400),
-    ("bad header name", wire("OPTIONS sip:a@b SIP/2.0", *BASE[:5], "CSeq: 1 OPTIONS", "B@d: x"), 400),
+    (
+        "header without colon",
+        wire("OPTIONS sip:a@b SIP/2.0", *BASE[:5], "CSeq: 1 OPTIONS", "Oops"),
+        400,
+    ),
+    (
+        "bad header name",
+        wire("OPTIONS sip:a@b SIP/2.0", *BASE[:5], "CSeq: 1 OPTIONS", "B@d: x"),
+        400,
+    ),
     ("continuation first", wire("OPTIONS sip:a@b SIP/2.0", " folded", *BASE[:5]), 400),
     ("SIP/3.0", wire("OPTIONS sip:a@b SIP/3.0", *BASE[:5], "CSeq: 1 OPTIONS"), 505),
     ("lower-case version", wire("OPTIONS sip:a@b sip/2.0", *BASE[:5], "CSeq: 1 OPTIONS"), 505),
     ("HTTP", wire("GET / HTTP/1.1", "Host: x"), 400),
-    ("bad Call-ID", wire("OPTIONS sip:a@b SIP/2.0", *BASE[:4], "Call-ID: a b", "CSeq: 1 OPTIONS"), 400),
-    ("To not a URI", wire("OPTIONS sip:a@b SIP/2.0", BASE[0], BASE[1], "To: alice", *BASE[3:5],
-                          "CSeq: 1 OPTIONS"), 400),
+    (
+        "bad Call-ID",
+        wire("OPTIONS sip:a@b SIP/2.0", *BASE[:4], "Call-ID: a b", "CSeq: 1 OPTIONS"),
+        400,
+    ),
+    (
+        "To not a URI",
+        wire("OPTIONS sip:a@b SIP/2.0", BASE[0], BASE[1], "To: alice", *BASE[3:5], "CSeq: 1 OPTIONS"),
+        400,
+    ),
     ("empty start line", b"\r\n\r\n\r\nX", 400),
     ("no empty line", b"OPTIONS sip:a@b SIP/2.0\r\nVia: x", 400),
     ("status 099", wire("SIP/2.0 099 Odd", *BASE[:5], "CSeq: 1 OPTIONS"), 400),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("what", "data", "status"), BAD_MESSAGES, ids=[b[0] for b in BAD_MESSAGES])

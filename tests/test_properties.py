@@ -5,10 +5,10 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass, field
 
+from conftest import CORPUS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CORPUS
 from imscore.sip import (
     Request,
     Response,
@@ -34,24 +34,27 @@ users = st.text(UNRESERVED + "&=+$,", min_size=1, max_size=16) | st.builds(
 )
 pvalues = st.text(UNRESERVED + "[]/:&+$", min_size=1, max_size=10)
 pnames = st.text(UNRESERVED, min_size=1, max_size=10)
-uri_params = st.lists(st.tuples(pnames, st.none() | pvalues),
-                      max_size=3, unique_by=lambda p: p[0].lower())  # fmt: skip
+uri_params = st.lists(
+    st.tuples(pnames, st.none() | pvalues), max_size=3, unique_by=lambda p: p[0].lower()
+)
 gen_values = st.one_of(
     tokens,
     st.text(string.ascii_letters + string.digits + " ,;:<>=@/", max_size=15).map(
         lambda s: '"' + s + '"'
     ),
 )
-header_params = st.lists(st.tuples(tokens, st.none() | gen_values), max_size=3,
-                         unique_by=lambda p: p[0].lower())  # fmt: skip
+header_params = st.lists(
+    st.tuples(tokens, st.none() | gen_values), max_size=3, unique_by=lambda p: p[0].lower()
+)
 methods = st.sampled_from(["INVITE", "REGISTER", "OPTIONS", "MESSAGE", "BYE", "SUBSCRIBE"]) | tokens
-display_names = st.none() | st.text(
-    st.characters(blacklist_categories=["Cs", "Cc"]), max_size=12
-).map(lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"')
+display_names = st.none() | st.text(st.characters(blacklist_categories=["Cs", "Cc"]), max_size=12).map(
+    lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+)
 
 
-def sip_uri_text(scheme: str, user: str | None, host: str, port: int | None,
-                 params: list[tuple[str, str | None]]) -> str:  # fmt: skip
+def sip_uri_text(
+    scheme: str, user: str | None, host: str, port: int | None, params: list[tuple[str, str | None]]
+) -> str:
     out = f"{scheme}:"
     if user is not None:
         out += f"{user}@"
@@ -63,8 +66,9 @@ def sip_uri_text(scheme: str, user: str | None, host: str, port: int | None,
     return out
 
 
-sip_uris = st.builds(sip_uri_text, st.sampled_from(["sip", "sips"]), st.none() | users, hosts, ports,
-                     uri_params)  # fmt: skip
+sip_uris = st.builds(
+    sip_uri_text, st.sampled_from(["sip", "sips"]), st.none() | users, hosts, ports, uri_params
+)
 
 
 def render_params(params: list[tuple[str, str | None]]) -> str:
@@ -89,10 +93,14 @@ class Spec:
     extra_fields: list[str] = field(default_factory=list)
 
     def render(self) -> bytes:
-        name = (lambda long, short: short if self.compact else long)
-        lines = [f"{self.method} {self.ruri} SIP/2.0",
-                 f"{name('Via', 'v')}: SIP/2.0/UDP 192.0.2.1:5060;branch={self.branch};rport",
-                 "Max-Forwards: 70"]  # fmt: skip
+        def name(long: str, short: str) -> str:
+            return short if self.compact else long
+
+        lines = [
+            f"{self.method} {self.ruri} SIP/2.0",
+            f"{name('Via', 'v')}: SIP/2.0/UDP 192.0.2.1:5060;branch={self.branch};rport",
+            "Max-Forwards: 70",
+        ]
         display = f"{self.from_display} " if self.from_display else ""
         lines.append(f"{name('From', 'f')}: {display}<{self.from_uri}>;tag={self.from_tag}")
         lines.append(f"{name('To', 't')}: <{self.to_uri}>")
@@ -107,12 +115,43 @@ class Spec:
 
 
 extension_names = tokens.filter(
-    lambda t: t.lower() not in {"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq", "contact",
-                                "m", "content-length", "l", "max-forwards", "content-type", "c",
-                                "expires", "min-expires", "route", "record-route", "path",
-                                "service-route", "p-associated-uri", "require", "supported", "k",
-                                "unsupported", "proxy-require", "authorization", "www-authenticate",
-                                "proxy-authorization", "proxy-authenticate"}  # fmt: skip
+    lambda t: (
+        t.lower()
+        not in {
+            "via",
+            "v",
+            "from",
+            "f",
+            "to",
+            "t",
+            "call-id",
+            "i",
+            "cseq",
+            "contact",
+            "m",
+            "content-length",
+            "l",
+            "max-forwards",
+            "content-type",
+            "c",
+            "expires",
+            "min-expires",
+            "route",
+            "record-route",
+            "path",
+            "service-route",
+            "p-associated-uri",
+            "require",
+            "supported",
+            "k",
+            "unsupported",
+            "proxy-require",
+            "authorization",
+            "www-authenticate",
+            "proxy-authorization",
+            "proxy-authenticate",
+        }
+    )
 )
 extension_values = st.text(st.characters(blacklist_categories=["Cs", "Cc"]), max_size=30).map(
     lambda s: s.strip()
@@ -127,7 +166,9 @@ specs = st.builds(
     from_tag=tokens,
     from_display=display_names,
     to_uri=sip_uris,
-    call_id=st.tuples(tokens, st.none() | hostnames).map(lambda t: t[0] if t[1] is None else "@".join(t)),
+    call_id=st.tuples(tokens, st.none() | hostnames).map(
+        lambda t: t[0] if t[1] is None else "@".join(t)
+    ),
     cseq=st.integers(0, 2**31 - 1),
     contacts=st.lists(st.tuples(sip_uris, header_params), max_size=3),
     extras=st.lists(st.tuples(extension_names, extension_values), max_size=3),
@@ -165,8 +206,11 @@ def test_generated_messages_round_trip(spec: Spec) -> None:
     assert again.body == spec.body
 
 
-@given(st.builds(sip_uri_text, st.sampled_from(["sip", "sips"]), st.none() | users, hosts, ports,
-                 uri_params))  # fmt: skip
+@given(
+    st.builds(
+        sip_uri_text, st.sampled_from(["sip", "sips"]), st.none() | users, hosts, ports, uri_params
+    )
+)
 def test_generated_uris_round_trip_and_equal_themselves(text: str) -> None:
     uri = parse_uri(text)
     assert isinstance(uri, SipUri)
@@ -175,7 +219,7 @@ def test_generated_uris_round_trip_and_equal_themselves(text: str) -> None:
     assert hash(uri) == hash(parse_uri(str(uri)))
 
 
-# --- mutation -------------------------------------------------------------------------------------------
+# --- mutation -------------------------------------------------------------------------------------
 def _corpus_seeds() -> list[bytes]:
     seeds = []
     for folder in (CORPUS / "rfc4475", CORPUS / "rfc5118" / "ersip-crlf"):
@@ -184,11 +228,33 @@ def _corpus_seeds() -> list[bytes]:
     return seeds
 
 
-SEEDS = _corpus_seeds() or [Spec("OPTIONS", "sip:a@b", "z9hG4bK1", "sip:a@b", "1", None, "sip:b@c",
-                                 "x", 1, [], [], b"").render()]  # fmt: skip
-INTERESTING = [b"\r\n", b"\r\n ", b":", b";", b",", b'"', b"<", b">", b"\\", b"%", b"=", b" ", b"\x00",
-               b"\xff", b"@", b"[", b"]", b"SIP/2.0", b"Content-Length: 99999\r\n", b"9" * 30,
-               b"Via: SIP/2.0/UDP x;branch=z9hG4bK\r\n", b"\r\n\r\n"]  # fmt: skip
+SEEDS = _corpus_seeds() or [
+    Spec("OPTIONS", "sip:a@b", "z9hG4bK1", "sip:a@b", "1", None, "sip:b@c", "x", 1, [], [], b"").render()
+]
+INTERESTING = [
+    b"\r\n",
+    b"\r\n ",
+    b":",
+    b";",
+    b",",
+    b'"',
+    b"<",
+    b">",
+    b"\\",
+    b"%",
+    b"=",
+    b" ",
+    b"\x00",
+    b"\xff",
+    b"@",
+    b"[",
+    b"]",
+    b"SIP/2.0",
+    b"Content-Length: 99999\r\n",
+    b"9" * 30,
+    b"Via: SIP/2.0/UDP x;branch=z9hG4bK\r\n",
+    b"\r\n\r\n",
+]
 
 
 @st.composite

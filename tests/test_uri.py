@@ -11,23 +11,55 @@ PARSE_TABLE = [
     ("sip:alice@ims.example.test", "sip", "alice", None, "ims.example.test", None, [], []),
     ("sips:alice@ims.example.test:5061", "sips", "alice", None, "ims.example.test", 5061, [], []),
     ("sip:ims.example.test;lr", "sip", None, None, "ims.example.test", None, [("lr", None)], []),
-    ("sip:a:secret@10.0.0.1:5070;transport=TCP", "sip", "a", "secret", "10.0.0.1", 5070,
-     [("transport", "TCP")], []),
+    (
+        "sip:a:secret@10.0.0.1:5070;transport=TCP",
+        "sip",
+        "a",
+        "secret",
+        "10.0.0.1",
+        5070,
+        [("transport", "TCP")],
+        [],
+    ),
     ("sip:[2001:db8::1]:5060", "sip", None, None, "[2001:db8::1]", 5060, [], []),
-    ("sip:+15551230001;npdi@ims.example.test;user=phone", "sip", "+15551230001;npdi", None,
-     "ims.example.test", None, [("user", "phone")], []),
-    ("sip:bob@biloxi.example.com?subject=project%20x&priority=urgent", "sip", "bob", None,
-     "biloxi.example.com", None, [], [("subject", "project%20x"), ("priority", "urgent")]),
-    ("sip:alice@pc33.atlanta.example.com;gr=urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6", "sip",
-     "alice", None, "pc33.atlanta.example.com", None,
-     [("gr", "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6")], []),
+    (
+        "sip:+15551230001;npdi@ims.example.test;user=phone",
+        "sip",
+        "+15551230001;npdi",
+        None,
+        "ims.example.test",
+        None,
+        [("user", "phone")],
+        [],
+    ),
+    (
+        "sip:bob@biloxi.example.com?subject=project%20x&priority=urgent",
+        "sip",
+        "bob",
+        None,
+        "biloxi.example.com",
+        None,
+        [],
+        [("subject", "project%20x"), ("priority", "urgent")],
+    ),
+    (
+        "sip:alice@pc33.atlanta.example.com;gr=urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+        "sip",
+        "alice",
+        None,
+        "pc33.atlanta.example.com",
+        None,
+        [("gr", "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6")],
+        [],
+    ),
     ("SIP:Alice@Example.COM", "sip", "Alice", None, "Example.COM", None, [], []),
     ("sip:host.example.com.", "sip", None, None, "host.example.com.", None, [], []),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("text", "scheme", "user", "password", "host", "port", "params", "headers"),
-                         PARSE_TABLE)  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "scheme", "user", "password", "host", "port", "params", "headers"), PARSE_TABLE
+)
 def test_sip_uri_table(
     text: str,
     scheme: str,
@@ -41,8 +73,12 @@ def test_sip_uri_table(
     uri = parse_uri(text)
     assert isinstance(uri, SipUri)
     assert (uri.scheme, uri.user, uri.password, uri.host, uri.port) == (
-        scheme, user, password, host, port,
-    )  # fmt: skip
+        scheme,
+        user,
+        password,
+        host,
+        port,
+    )
     assert uri.params.items() == params
     assert uri.headers == headers
     assert str(uri) == text  # round-trips as written
@@ -99,15 +135,19 @@ EQUAL = [
     ("sip:carol@chicago.com", "sip:carol@chicago.com;newparam=5"),
     ("sip:carol@chicago.com", "sip:carol@chicago.com;security=on"),
     ("sip:carol@chicago.com;newparam=5", "sip:carol@chicago.com;security=on"),
-    ("sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
-     "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com"),
-    ("sip:alice@atlanta.com?subject=project%20x&priority=urgent",
-     "sip:alice@atlanta.com?priority=urgent&subject=project%20x"),
+    (
+        "sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
+        "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com",
+    ),
+    (
+        "sip:alice@atlanta.com?subject=project%20x&priority=urgent",
+        "sip:alice@atlanta.com?priority=urgent&subject=project%20x",
+    ),
     ("sip:alice@[2001:db8::1]", "sip:alice@[2001:DB8:0:0:0:0:0:1]"),
     ("tel:+1-555-123-0001", "tel:+15551230001"),
     ("tel:+1-555-123-0001;ext=1-2", "tel:+15551230001;EXT=12"),
     ("tel:7042;phone-context=Example.COM", "tel:7042;phone-context=example.com"),
-]  # fmt: skip
+]
 
 NOT_EQUAL = [
     # RFC 3261 §19.1.4 examples of non-equivalent URIs
@@ -123,7 +163,7 @@ NOT_EQUAL = [
     ("tel:+15551230001", "tel:+15551230002"),
     ("tel:+15551230001", "tel:+15551230001;ext=1"),
     ("tel:+15551230001", "sip:+15551230001@example.com"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("a", "b"), EQUAL)

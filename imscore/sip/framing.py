@@ -71,7 +71,8 @@ def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | R
         message._body = rest
     elif length > len(rest):
         raise ParseError(
-            f"Content-Length {length} is larger than the {len(rest)} octets of body", message=message
+            f"Content-Length {length} is larger than the {len(rest)} octets of body",
+            message=message,
         )
     else:
         message._body = rest[:length] if length < len(rest) else rest
@@ -142,7 +143,7 @@ class StreamFramer:
                     MessageTooLarge(
                         f"message of {total} octets is larger than {self.max_size}",
                         413,
-                        message=message if message is not None else error and error.message,
+                        message=message if message is not None or error is None else error.message,
                     )
                 )
             if len(buf) < total:

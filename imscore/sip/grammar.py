@@ -15,7 +15,7 @@ from typing import Final
 
 from .errors import ParseError
 
-# --- character classes (as regex class bodies) -------------------------------------------------------
+# --- character classes (as regex class bodies) ----------------------------------------------------
 ALPHANUM: Final = "A-Za-z0-9"
 MARK: Final = r"\-_.!~*'()"
 UNRESERVED: Final = ALPHANUM + MARK
@@ -49,7 +49,7 @@ HEADER_NAME_RE: Final = TOKEN_RE
 #: a display name made of tokens separated by linear white space
 TOKEN_LIST_RE: Final = re.compile(f"{TOKEN}(?:[ \t]+{TOKEN})*")
 
-# --- hosts ------------------------------------------------------------------------------------------
+# --- hosts ----------------------------------------------------------------------------------------
 _LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
 _TOPLABEL: Final = r"[A-Za-z](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
 HOSTNAME: Final = rf"(?:{_LABEL}\.)*{_TOPLABEL}\.?"
@@ -61,7 +61,7 @@ IPV4_RE: Final = re.compile(IPV4)
 HOST_RE: Final = re.compile(HOST)
 HOSTPORT_RE: Final = re.compile(f"({HOST})(?::([0-9]+))?")
 
-# --- URI pieces -------------------------------------------------------------------------------------
+# --- URI pieces -----------------------------------------------------------------------------------
 USER_RE: Final = re.compile(f"(?:[{UNRESERVED}{USER_UNRESERVED}]|{ESCAPED})+")
 PASSWORD_RE: Final = re.compile(rf"(?:[{UNRESERVED}&=+$,]|{ESCAPED})*")
 PARAMCHARS: Final = f"(?:[{PARAM_UNRESERVED}{UNRESERVED}]|{ESCAPED})+"
@@ -77,23 +77,21 @@ TEL_LOCAL_RE: Final = re.compile(r"[0-9A-Fa-f*#\-.()]*[0-9A-Fa-f*#][0-9A-Fa-f*#\
 TEL_PARAM_RE: Final = re.compile(f";([A-Za-z0-9\\-]+)(?:=({PARAMCHARS}))?")
 TEL_VISUAL_SEPARATORS: Final = str.maketrans("", "", "-.()")
 
-# --- header parameters (generic-param, with SEMI/EQUAL allowing LWS) ----------------------------------
+# --- header parameters (generic-param, with SEMI/EQUAL allowing LWS) ------------------------------
 #: gen-value = token / host / quoted-string; ':' is admitted so that an IPv6 address written without
 #: brackets (RFC 5118 §4.5 ``received=2001:db8::9:255``) stays one value.
 GEN_VALUE: Final = rf"(?:{QUOTED_STRING}|[{TOKEN_CHARS}:\[\]]+)"
 HEADER_PARAM_RE: Final = re.compile(rf"[ \t]*;[ \t]*({TOKEN})(?:[ \t]*=[ \t]*({GEN_VALUE}))?[ \t]*")
 
-# --- Via ----------------------------------------------------------------------------------------------
+# --- Via ------------------------------------------------------------------------------------------
 VIA_RE: Final = re.compile(
     rf"[ \t]*({TOKEN})[ \t]*/[ \t]*({TOKEN})[ \t]*/[ \t]*({TOKEN})[ \t]+"
     rf"({HOST})(?:[ \t]*:[ \t]*([0-9]+))?[ \t]*"
 )
 
-# --- CSeq, auth ---------------------------------------------------------------------------------------
+# --- CSeq, auth -----------------------------------------------------------------------------------
 CSEQ_RE: Final = re.compile(rf"[ \t]*([0-9]+)[ \t]+({TOKEN})[ \t]*")
-AUTH_PARAM_RE: Final = re.compile(
-    rf"[ \t]*({TOKEN})[ \t]*=[ \t]*({QUOTED_STRING}|{TOKEN})[ \t]*(?=,|$)"
-)
+AUTH_PARAM_RE: Final = re.compile(rf"[ \t]*({TOKEN})[ \t]*=[ \t]*({QUOTED_STRING}|{TOKEN})[ \t]*(?=,|$)")
 MEDIA_TYPE_RE: Final = re.compile(rf"[ \t]*({TOKEN})[ \t]*/[ \t]*({TOKEN})[ \t]*")
 
 MAX_UINT32: Final = 2**32 - 1
@@ -117,9 +115,12 @@ def check_host(host: str) -> str:
     """Validate a host matched by :data:`HOST_RE` beyond what the pattern can say."""
     if host[0] == "[":
         parse_ipv6(host[1:-1])
-    elif host[-1].isdigit() and IPV4_RE.fullmatch(host):
-        if any(int(part) > 255 for part in host.split(".")):
-            raise ParseError(f"bad IPv4 address {host!r}")
+    elif (
+        host[-1].isdigit()
+        and IPV4_RE.fullmatch(host)
+        and any(int(part) > 255 for part in host.split("."))
+    ):
+        raise ParseError(f"bad IPv4 address {host!r}")
     return host
 
 
@@ -189,7 +190,8 @@ def split_list(value: str, *, allow_empty: bool = False) -> list[str]:
 def parse_header_params(text: str, pos: int, what: str) -> tuple[list[tuple[str, str | None]], int]:
     """Parse ``*( SEMI generic-param )`` from ``pos``; return the pairs (values as written) and the end.
 
-    The whole rest of ``text`` must be parameters; anything else is a :class:`ParseError` naming ``what``.
+    The whole rest of ``text`` must be parameters; anything else is a :class:`ParseError` naming
+    ``what``.
     """
     params: list[tuple[str, str | None]] = []
     n = len(text)
@@ -199,7 +201,7 @@ def parse_header_params(text: str, pos: int, what: str) -> tuple[list[tuple[str,
         if m is None:
             if text[pos:].strip(" \t") == "":
                 break
-            raise ParseError(f"bad parameter in {what}: {text[pos:pos + 40]!r}")
+            raise ParseError(f"bad parameter in {what}: {text[pos : pos + 40]!r}")
         params.append((m.group(1), m.group(2)))
         pos = m.end()
     return params, pos

@@ -401,12 +401,12 @@ def parse_auth(value: str, what: str) -> AuthHeader:
             eq = rest.find("=", pos)
             comma = rest.find(",", pos)
             if eq < 0 or (0 <= comma < eq):
-                raise ParseError(f"bad {what} parameter: {rest[pos:pos + 40]!r}")
+                raise ParseError(f"bad {what} parameter: {rest[pos : pos + 40]!r}")
             name = rest[pos:eq].strip(" \t")
             end = n if comma < 0 else comma
             raw = rest[eq + 1 : end].strip(" \t")
             if not g.TOKEN_RE.fullmatch(name) or not raw or '"' in raw:
-                raise ParseError(f"bad {what} parameter: {rest[pos:pos + 40]!r}")
+                raise ParseError(f"bad {what} parameter: {rest[pos : pos + 40]!r}")
             params.append((name, raw))
             pos = end
         else:
@@ -414,7 +414,7 @@ def parse_auth(value: str, what: str) -> AuthHeader:
             pos = pm.end()
         if pos < n:
             if rest[pos] != ",":
-                raise ParseError(f"bad {what}: expected ',' at {rest[pos:pos + 20]!r}")
+                raise ParseError(f"bad {what}: expected ',' at {rest[pos : pos + 20]!r}")
             pos += 1
             if pos >= n:
                 raise ParseError(f"bad {what}: trailing ','")

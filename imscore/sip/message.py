@@ -70,15 +70,45 @@ COMPACT_FORMS: Final[dict[str, str]] = {
 #: Headers whose value is a comma-separated list (so several values may share one header line).
 LIST_HEADERS: Final = frozenset(
     {
-        "accept", "accept-contact", "accept-encoding", "accept-language", "alert-info", "allow",
-        "allow-events", "call-info", "contact", "content-encoding", "content-language", "error-info",
-        "history-info", "in-reply-to", "p-associated-uri", "p-asserted-identity", "p-preferred-identity",
-        "path", "proxy-require", "reason", "record-route", "reject-contact", "request-disposition",
-        "require", "route", "security-client", "security-server", "security-verify", "service-route",
-        "supported", "unsupported", "via", "warning", "p-visited-network-id", "feature-caps",
-        "recv-info", "diversion",
+        "accept",
+        "accept-contact",
+        "accept-encoding",
+        "accept-language",
+        "alert-info",
+        "allow",
+        "allow-events",
+        "call-info",
+        "contact",
+        "content-encoding",
+        "content-language",
+        "error-info",
+        "history-info",
+        "in-reply-to",
+        "p-associated-uri",
+        "p-asserted-identity",
+        "p-preferred-identity",
+        "path",
+        "proxy-require",
+        "reason",
+        "record-route",
+        "reject-contact",
+        "request-disposition",
+        "require",
+        "route",
+        "security-client",
+        "security-server",
+        "security-verify",
+        "service-route",
+        "supported",
+        "unsupported",
+        "via",
+        "warning",
+        "p-visited-network-id",
+        "feature-caps",
+        "recv-info",
+        "diversion",
     }
-)  # fmt: skip
+)
 
 #: Headers that may appear at most once (two different Content-Length values are always an error).
 SINGLE_HEADERS: Final = frozenset(
@@ -87,25 +117,67 @@ SINGLE_HEADERS: Final = frozenset(
 
 #: Default reason phrases (RFC 3261 §21 and extensions used by the registrar and proxy).
 REASON_PHRASES: Final[dict[int, str]] = {
-    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
-    183: "Session Progress", 199: "Early Dialog Terminated", 200: "OK", 202: "Accepted",
-    204: "No Notification", 300: "Multiple Choices", 301: "Moved Permanently",
-    302: "Moved Temporarily", 305: "Use Proxy", 380: "Alternative Service", 400: "Bad Request",
-    401: "Unauthorized", 402: "Payment Required", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 406: "Not Acceptable", 407: "Proxy Authentication Required",
-    408: "Request Timeout", 410: "Gone", 412: "Conditional Request Failed",
-    413: "Request Entity Too Large", 414: "Request-URI Too Long", 415: "Unsupported Media Type",
-    416: "Unsupported URI Scheme", 420: "Bad Extension", 421: "Extension Required",
-    423: "Interval Too Brief", 429: "Provide Referrer Identity", 430: "Flow Failed",
-    439: "First Hop Lacks Outbound Support", 480: "Temporarily Unavailable",
-    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
-    484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
-    488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending", 493: "Undecipherable",
-    494: "Security Agreement Required", 500: "Server Internal Error", 501: "Not Implemented",
-    502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out",
-    505: "Version Not Supported", 513: "Message Too Large", 580: "Precondition Failure",
-    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
-}  # fmt: skip
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    199: "Early Dialog Terminated",
+    200: "OK",
+    202: "Accepted",
+    204: "No Notification",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    412: "Conditional Request Failed",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    423: "Interval Too Brief",
+    429: "Provide Referrer Identity",
+    430: "Flow Failed",
+    439: "First Hop Lacks Outbound Support",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    489: "Bad Event",
+    491: "Request Pending",
+    493: "Undecipherable",
+    494: "Security Agreement Required",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    580: "Precondition Failure",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+}
 
 _KEY_CACHE: dict[str, str] = {}
 _KEY_CACHE_MAX: Final = 4096
@@ -421,7 +493,7 @@ class Message:
             elements = g.split_list(first)
             top = parse_via(elements[0])
             cache["top_via"] = top
-        return top  # type: ignore[no-any-return]
+        return top
 
     @property
     def from_(self) -> Address:
@@ -717,7 +789,7 @@ class Response(Message):
         return self.status // 100
 
 
-# --- parsing ------------------------------------------------------------------------------------------
+# --- parsing --------------------------------------------------------------------------------------
 def _split_lines(head: bytes) -> tuple[list[str], bool]:
     """The lines of a header section, and whether every line ended in CRLF."""
     text = head.decode("utf-8", "surrogateescape")

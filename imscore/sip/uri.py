@@ -89,7 +89,7 @@ class SipUri:
             while pos < n and rest[pos] == ";":
                 pm = match(rest, pos)
                 if pm is None:
-                    raise ParseError(f"bad URI parameter: {rest[pos:pos + 40]!r}")
+                    raise ParseError(f"bad URI parameter: {rest[pos : pos + 40]!r}")
                 items.append((pm.group(1), pm.group(2)))
                 pos = pm.end()
             params = Params(items)
@@ -102,7 +102,7 @@ class SipUri:
                 headers.append((hm.group(1), hm.group(2)))
             pos = n
         if pos != n:
-            raise ParseError(f"unexpected {rest[pos:pos + 20]!r} in SIP URI")
+            raise ParseError(f"unexpected {rest[pos : pos + 20]!r} in SIP URI")
         return cls(
             host, user, scheme=scheme, port=port, password=password, params=params, headers=headers
         )
@@ -139,7 +139,9 @@ class SipUri:
     def aor(self) -> str:
         """The address of record form: scheme, user and host (lower-cased host), no port or params."""
         user = self.user_unescaped
-        return f"{self.scheme}:{user}@{self.host.lower()}" if user else f"{self.scheme}:{self.host.lower()}"
+        return (
+            f"{self.scheme}:{user}@{self.host.lower()}" if user else f"{self.scheme}:{self.host.lower()}"
+        )
 
     def copy(self) -> SipUri:
         return SipUri(
@@ -224,7 +226,7 @@ class TelUri:
             while pos < len(rest):
                 m = g.TEL_PARAM_RE.match(rest, pos)
                 if m is None:
-                    raise ParseError(f"bad tel URI parameter: {rest[pos:pos + 40]!r}")
+                    raise ParseError(f"bad tel URI parameter: {rest[pos : pos + 40]!r}")
                 items.append((m.group(1), m.group(2)))
                 pos = m.end()
             params = Params(items)
