@@ -142,12 +142,19 @@ def test_stream_keepalives() -> None:
 
 
 def test_stream_broken_headers_with_known_length_keep_the_connection() -> None:
-    broken = message(b"bad!", extra="Max-Forwards: lots\r\n")
+    broken = message(b"bad!", extra="a line without a colon\r\n")
+    lazy = message(b"lazy", cseq=2, extra="Max-Forwards: lots\r\n")
     framer = StreamFramer()
-    events = framer.feed(broken + message(b"good", cseq=2))
+    events = framer.feed(broken + lazy + message(b"good", cseq=3))
     assert isinstance(events[0], SipError) and events[0].status == 400
-    assert isinstance(events[0].message, Request)  # enough to answer it
-    assert isinstance(events[1], Request) and events[1].body == b"good"
+    assert events[0].is_request is True and not events[0].fatal
+    # header values are parsed lazily: the check every element runs finds the bad one
+    second = events[1]
+    assert isinstance(second, Request) and second.body == b"lazy"
+    with pytest.raises(ParseError) as info:
+        second.check_framing_headers()
+    assert info.value.message is second
+    assert isinstance(events[2], Request) and events[2].body == b"good"
 
 
 def test_stream_disagreeing_lengths_are_fatal() -> None:

@@ -361,15 +361,19 @@ BAD_MESSAGES = [
 @pytest.mark.parametrize(("what", "data", "status"), BAD_MESSAGES, ids=[b[0] for b in BAD_MESSAGES])
 def test_bad_messages(what: str, data: bytes, status: int) -> None:
     with pytest.raises(SipError) as info:
-        parse_datagram(data)
+        message = parse_datagram(data)
+        assert message is not None
+        message.check_framing_headers()
     assert info.value.status == status, what
     assert info.value.reason
 
 
 def test_error_family_and_partial_message() -> None:
     data = wire("OPTIONS sip:a@b SIP/2.0", *BASE[:5], "CSeq: 1 INVITE")
+    parsed = parse_datagram(data)
+    assert parsed is not None
     with pytest.raises(ParseError) as info:
-        parse_datagram(data)
+        parsed.check_framing_headers()
     partial = info.value.message
     assert isinstance(partial, Request)
     assert partial.top_via.branch == "z9hG4bK776asdhds"  # enough to answer 400

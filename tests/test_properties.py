@@ -43,8 +43,10 @@ gen_values = st.one_of(
         lambda s: '"' + s + '"'
     ),
 )
+# names the Contact grammar gives a meaning (and a value syntax) to are tested elsewhere
+plain_names = tokens.filter(lambda t: t.lower() not in {"q", "expires", "reg-id", "+sip.instance"})
 header_params = st.lists(
-    st.tuples(tokens, st.none() | gen_values), max_size=3, unique_by=lambda p: p[0].lower()
+    st.tuples(plain_names, st.none() | gen_values), max_size=3, unique_by=lambda p: p[0].lower()
 )
 methods = st.sampled_from(["INVITE", "REGISTER", "OPTIONS", "MESSAGE", "BYE", "SUBSCRIBE"]) | tokens
 display_names = st.none() | st.text(st.characters(blacklist_categories=["Cs", "Cc"]), max_size=12).map(
@@ -215,7 +217,9 @@ def test_generated_uris_round_trip_and_equal_themselves(text: str) -> None:
     uri = parse_uri(text)
     assert isinstance(uri, SipUri)
     assert str(uri) == text
-    assert uri == parse_uri(text.replace(uri.host, uri.host.upper()))
+    shouting = uri.copy()
+    shouting.host = uri.host.upper()
+    assert uri == shouting
     assert hash(uri) == hash(parse_uri(str(uri)))
 
 

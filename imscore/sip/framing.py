@@ -47,7 +47,8 @@ def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | R
 
     Octets beyond Content-Length are discarded; a body shorter than Content-Length is an error
     (400 for a request; a response in error is to be dropped, see :attr:`SipError.is_request`).
-    Without Content-Length the body is the rest of the datagram.
+    Without Content-Length the body is the rest of the datagram. Header values are parsed lazily:
+    call :meth:`~imscore.sip.message.Message.check_framing_headers` before using the message.
     """
     if len(data) > max_size:
         raise MessageTooLarge(f"datagram of {len(data)} octets is larger than {max_size}")
@@ -66,7 +67,11 @@ def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | R
     head = data[start:end] if start or end < len(data) else data
     rest = data[end + sep :]
     message = parse_message(head, b"")
-    length = message.content_length
+    try:
+        length = message.content_length
+    except SipError as error:
+        error.message = message
+        raise
     if length is None:
         message._body = rest
     elif length > len(rest):

@@ -66,6 +66,14 @@ USER_RE: Final = re.compile(f"(?:[{UNRESERVED}{USER_UNRESERVED}]|{ESCAPED})+")
 PASSWORD_RE: Final = re.compile(rf"(?:[{UNRESERVED}&=+$,]|{ESCAPED})*")
 PARAMCHARS: Final = f"(?:[{PARAM_UNRESERVED}{UNRESERVED}]|{ESCAPED})+"
 URI_PARAM_RE: Final = re.compile(f";({PARAMCHARS})(?:=({PARAMCHARS}))?")
+_URI_PARAMS: Final = f"((?:;{PARAMCHARS}(?:={PARAMCHARS})?)*)"
+#: the whole of a SIP URI after ``sip:``: userinfo, host, port, parameters and headers
+SIP_URI_USER_RE: Final = re.compile(
+    rf"((?:[{UNRESERVED}{USER_UNRESERVED}]|{ESCAPED})+)(?::((?:[{UNRESERVED}&=+$,]|{ESCAPED})*))?@"
+    rf"({HOST})(?::([0-9]+))?{_URI_PARAMS}(?:\?(.*))?",
+    re.DOTALL,
+)
+SIP_URI_HOST_RE: Final = re.compile(rf"({HOST})(?::([0-9]+))?{_URI_PARAMS}(?:\?(.*))?", re.DOTALL)
 _HNV: Final = f"(?:[{HNV_UNRESERVED}{UNRESERVED}]|{ESCAPED})"
 URI_HEADER_RE: Final = re.compile(f"({_HNV}+)=({_HNV}*)")
 #: uric characters of RFC 2396 (for absolute URIs of schemes we do not interpret)
@@ -82,6 +90,8 @@ TEL_VISUAL_SEPARATORS: Final = str.maketrans("", "", "-.()")
 #: brackets (RFC 5118 §4.5 ``received=2001:db8::9:255``) stays one value.
 GEN_VALUE: Final = rf"(?:{QUOTED_STRING}|[{TOKEN_CHARS}:\[\]]+)"
 HEADER_PARAM_RE: Final = re.compile(rf"[ \t]*;[ \t]*({TOKEN})(?:[ \t]*=[ \t]*({GEN_VALUE}))?[ \t]*")
+HEADER_PARAMS_RE: Final = re.compile(rf"(?:[ \t]*;[ \t]*{TOKEN}(?:[ \t]*=[ \t]*{GEN_VALUE})?)*[ \t]*")
+HEADER_PARAM_FIND: Final = re.compile(rf";[ \t]*({TOKEN})(?:[ \t]*=[ \t]*({GEN_VALUE}))?")
 
 # --- Via ------------------------------------------------------------------------------------------
 VIA_RE: Final = re.compile(
@@ -97,8 +107,21 @@ MEDIA_TYPE_RE: Final = re.compile(rf"[ \t]*({TOKEN})[ \t]*/[ \t]*({TOKEN})[ \t]*
 MAX_UINT32: Final = 2**32 - 1
 
 
+_IPV6_SEEN: dict[str, ipaddress.IPv6Address] = {}
+
+
 def parse_ipv6(text: str) -> ipaddress.IPv6Address:
     """Parse the inside of an IPv6 reference, tolerating the three-colon form of RFC 5118 §4.10."""
+    seen = _IPV6_SEEN.get(text)
+    if seen is not None:
+        return seen
+    address = _parse_ipv6(text)
+    if len(_IPV6_SEEN) < 4096:
+        _IPV6_SEEN[text] = address
+    return address
+
+
+def _parse_ipv6(text: str) -> ipaddress.IPv6Address:
     try:
         return ipaddress.IPv6Address(text)
     except ValueError:
@@ -147,34 +170,35 @@ def find_quoted_end(text: str, start: int) -> int:
     raise ParseError("unterminated quoted string")
 
 
+_LIST_SCAN: Final = re.compile(r'"(?:[^"\\]|\\.)*"|"|[<>,]', re.DOTALL)
+
+
 def split_list(value: str, *, allow_empty: bool = False) -> list[str]:
     """Split a comma-separated header value into its elements.
 
     Commas inside quoted strings and inside ``<...>`` do not split. Elements are stripped. An empty
     element (``a,,b``) is a :class:`ParseError` unless ``allow_empty``, in which case it is dropped.
     """
-    if '"' not in value and "<" not in value:
-        parts = [p.strip(" \t") for p in value.split(",")]
+    if '"' not in value and ("<" not in value or "," not in value):
+        parts = [p.strip(" \t") for p in value.split(",")] if "," in value else [value.strip(" \t")]
     else:
         parts = []
         depth = 0
         begin = 0
-        i = 0
-        n = len(value)
-        while i < n:
-            c = value[i]
+        for m in _LIST_SCAN.finditer(value):
+            token = m.group()
+            c = token[0]
             if c == '"':
-                i = find_quoted_end(value, i)
-                continue
-            if c == "<":
+                if len(token) == 1:
+                    raise ParseError("unterminated quoted string")
+            elif c == "<":
                 depth += 1
             elif c == ">":
                 if depth:
                     depth -= 1
-            elif c == "," and not depth:
-                parts.append(value[begin:i].strip(" \t"))
-                begin = i + 1
-            i += 1
+            elif not depth:
+                parts.append(value[begin : m.start()].strip(" \t"))
+                begin = m.end()
         if depth:
             raise ParseError("unbalanced '<' in header value")
         parts.append(value[begin:].strip(" \t"))
@@ -193,18 +217,14 @@ def parse_header_params(text: str, pos: int, what: str) -> tuple[list[tuple[str,
     The whole rest of ``text`` must be parameters; anything else is a :class:`ParseError` naming
     ``what``.
     """
-    params: list[tuple[str, str | None]] = []
     n = len(text)
-    match = HEADER_PARAM_RE.match
-    while pos < n:
-        m = match(text, pos)
-        if m is None:
-            if text[pos:].strip(" \t") == "":
-                break
-            raise ParseError(f"bad parameter in {what}: {text[pos : pos + 40]!r}")
-        params.append((m.group(1), m.group(2)))
-        pos = m.end()
-    return params, pos
+    if pos >= n:
+        return [], pos
+    if HEADER_PARAMS_RE.fullmatch(text, pos) is None:
+        m = HEADER_PARAMS_RE.match(text, pos)
+        at = m.end() if m is not None else pos
+        raise ParseError(f"bad parameter in {what}: {text[at:at + 40]!r}")
+    return [(k, v or None) for k, v in HEADER_PARAM_FIND.findall(text, pos)], n
 
 
 def unquote(value: str) -> str:

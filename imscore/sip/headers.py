@@ -150,13 +150,18 @@ def parse_via(value: str) -> Via:
     return Via(m.group(3), host, port, params, protocol=m.group(1), version=m.group(2))
 
 
+A = TypeVar("A", bound="Address")
+
+
 class Address:
     """A ``name-addr`` or ``addr-spec`` with header parameters (From, To, Route, Path, ...).
 
-    ``display`` is the display name as written (quoted or a run of tokens), or ``None``.
+    ``display`` is the display name as written (quoted or a run of tokens), or ``None``. A parsed
+    address parses its URI when :attr:`uri` is first read (From and To are matched on their tags
+    far more often than on their URIs); :meth:`check` forces it.
     """
 
-    __slots__ = ("bracketed", "display", "params", "uri")
+    __slots__ = ("_uri", "_uri_text", "bracketed", "display", "params")
 
     def __init__(
         self,
@@ -166,14 +171,43 @@ class Address:
         *,
         bracketed: bool = True,
     ) -> None:
-        self.uri: Uri = parse_uri(uri) if isinstance(uri, str) else uri
+        self._uri: Uri | None = parse_uri(uri) if isinstance(uri, str) else uri
+        self._uri_text = ""
         self.display = display
         self.params = params if params is not None else Params()
         self.bracketed = bracketed
 
     @classmethod
+    def _lazy(
+        cls: type[A], uri_text: str, display: str | None, params: Params, bracketed: bool
+    ) -> A:
+        address = cls.__new__(cls)
+        address._uri = None
+        address._uri_text = uri_text
+        address.display = display
+        address.params = params
+        address.bracketed = bracketed
+        return address
+
+    @classmethod
     def parse(cls, value: str) -> Address:
-        return parse_address(value, "address", cls)
+        return parse_address(value, "address", cls).check()
+
+    @property
+    def uri(self) -> Uri:
+        uri = self._uri
+        if uri is None:
+            uri = self._uri = parse_uri(self._uri_text)
+        return uri
+
+    @uri.setter
+    def uri(self, value: Uri) -> None:
+        self._uri = value
+
+    def check(self: A) -> A:
+        """Parse the URI now (raising :class:`ParseError` if it is bad); returns the address."""
+        self.uri  # noqa: B018
+        return self
 
     @property
     def display_name(self) -> str | None:
@@ -188,11 +222,13 @@ class Address:
     def sip_uri(self) -> SipUri | None:
         return self.uri if isinstance(self.uri, SipUri) else None
 
-    def copy(self) -> Address:
-        return type(self)(self.uri.copy(), self.display, self.params.copy(), bracketed=self.bracketed)
+    def copy(self: A) -> A:
+        if self._uri is None:
+            return self._lazy(self._uri_text, self.display, self.params.copy(), self.bracketed)
+        return type(self)(self._uri.copy(), self.display, self.params.copy(), bracketed=self.bracketed)
 
     def __str__(self) -> str:
-        uri = str(self.uri)
+        uri = self._uri_text if self._uri is None else str(self._uri)
         if not self.bracketed and self.display is None and not any(c in uri for c in ",;?"):
             return f"{uri}{self.params}"
         if self.display is None:
@@ -201,9 +237,6 @@ class Address:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r})"
-
-
-A = TypeVar("A", bound="Address")
 
 
 class Contact(Address):
@@ -265,23 +298,23 @@ def parse_address(value: str, what: str, cls: type[A]) -> A:
         uri_text = value[lt + 1 : gt]
         if not uri_text or " " in uri_text or "\t" in uri_text:
             raise ParseError(f"white space inside <URI> in {what}")
-        uri = parse_uri(uri_text)
         items, _ = g.parse_header_params(value, gt + 1, what)
-        return cls(uri, display, Params(items), bracketed=True)
+        return cls._lazy(uri_text, display, Params(items), True)
     semi = value.find(";")
     uri_text = value if semi < 0 else value[:semi].rstrip(" \t")
     if "?" in uri_text or "," in uri_text or " " in uri_text:
         raise ParseError(f"a URI with '?', ',' or spaces must be enclosed in <> in {what}")
-    uri = parse_uri(uri_text)
+    if ":" not in uri_text:
+        raise ParseError(f"not a URI in {what}: {uri_text[:40]!r}")
     items = []
     if semi >= 0:
         items, _ = g.parse_header_params(value, semi, what)
-    return cls(uri, None, Params(items), bracketed=False)
+    return cls._lazy(uri_text, None, Params(items), False)
 
 
 def parse_contact(value: str) -> Contact:
     """Parse one Contact value (not ``*``) and check its well-known parameters."""
-    contact = parse_address(value, "Contact", Contact)
+    contact = parse_address(value, "Contact", Contact).check()
     for name, pvalue in contact.params.items():
         lname = name.lower()
         if lname == "expires":

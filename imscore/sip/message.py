@@ -181,10 +181,12 @@ REASON_PHRASES: Final[dict[int, str]] = {
 
 _KEY_CACHE: dict[str, str] = {}
 _KEY_CACHE_MAX: Final = 4096
+#: header names (exactly as written) that the parser has already checked against the grammar
+_VALID_NAMES: dict[str, str] = {}
 
 
 def canonical_name(name: str) -> str:
-    """The lookup key of a header name: lower-case long form (``v`` and ``VIA`` both give ``via``)."""
+    """The lookup key of a header name: lower-case long form (``v`` and ``VIA`` give ``via``)."""
     key = _KEY_CACHE.get(name)
     if key is None:
         lower = name.lower()
@@ -193,6 +195,20 @@ def canonical_name(name: str) -> str:
         if len(_KEY_CACHE) < _KEY_CACHE_MAX:
             _KEY_CACHE[name] = key
     return key
+
+
+def _checked_key(name: str) -> str:
+    """The key of a header name read off the wire, after checking it is a token."""
+    if not g.HEADER_NAME_RE.fullmatch(name):
+        raise ParseError(f"bad header name {name[:30]!r}")
+    key = canonical_name(name)
+    if len(_VALID_NAMES) < _KEY_CACHE_MAX:
+        _VALID_NAMES[name] = key
+    return key
+
+
+# one stored field: (name as written, unfolded value, original line or None once changed)
+_Item = tuple[str, str, str | None]
 
 
 class HeaderField:
@@ -224,140 +240,147 @@ class Headers:
     cache of the owning message and the stored original bytes.
     """
 
-    __slots__ = ("_fields", "cache", "raw")
+    __slots__ = ("_items", "_keys", "cache", "raw")
 
     def __init__(self, fields: Iterable[HeaderField] = ()) -> None:
-        self._fields: list[HeaderField] = list(fields)
+        self._keys: list[str] = []
+        self._items: list[_Item] = []
+        for f in fields:
+            self._keys.append(f.key)
+            self._items.append((f.name, f.value, f.raw))
         self.cache: dict[str, Any] = {}
         #: the original bytes of the header section (each line ending in CRLF), while unmodified
         self.raw: bytes | None = None
+
+    @classmethod
+    def _from_parsed(cls, keys: list[str], items: list[_Item], raw: bytes | None) -> Headers:
+        headers = cls.__new__(cls)
+        headers._keys = keys
+        headers._items = items
+        headers.cache = {}
+        headers.raw = raw
+        return headers
 
     def _changed(self) -> None:
         self.cache.clear()
         self.raw = None
 
-    # -- reading -----------------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[HeaderField]:
-        return iter(self._fields)
+        return (HeaderField(n, v, r, k) for k, (n, v, r) in zip(self._keys, self._items, strict=True))
 
     def __len__(self) -> int:
-        return len(self._fields)
+        return len(self._keys)
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        key = canonical_name(name)
-        return any(f.key == key for f in self._fields)
+        return isinstance(name, str) and canonical_name(name) in self._keys
+
+    def count(self, name: str) -> int:
+        """How many header lines carry that name."""
+        return self._keys.count(canonical_name(name))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of the first field of that name, or ``default``."""
         key = canonical_name(name)
-        for f in self._fields:
-            if f.key == key:
-                return f.value
-        return default
+        keys = self._keys
+        if key not in keys:
+            return default
+        return self._items[keys.index(key)][1]
 
     def get_all(self, name: str) -> list[str]:
         """The values of every field of that name, one per header line, unsplit."""
         key = canonical_name(name)
-        return [f.value for f in self._fields if f.key == key]
+        keys = self._keys
+        if key not in keys:
+            return []
+        return [item[1] for k, item in zip(keys, self._items, strict=True) if k == key]
 
     def values(self, name: str) -> list[str]:
         """Every element of a list header across all its lines (``Contact: a, b`` gives two)."""
         key = canonical_name(name)
+        if key not in LIST_HEADERS:
+            return self.get_all(name)
         out: list[str] = []
-        for f in self._fields:
-            if f.key == key:
-                if key in LIST_HEADERS:
-                    out.extend(g.split_list(f.value, allow_empty=True))
-                else:
-                    out.append(f.value)
+        for value in self.get_all(name):
+            out.extend(g.split_list(value, allow_empty=True))
         return out
 
     def fields(self, name: str | None = None) -> list[HeaderField]:
         if name is None:
-            return list(self._fields)
+            return list(self)
         key = canonical_name(name)
-        return [f for f in self._fields if f.key == key]
+        return [f for f in self if f.key == key]
 
-    # -- changing ----------------------------------------------------------------------------------
+    # -- changing --------------------------------------------------------------------------------
     def add(self, name: str, value: object) -> None:
         """Append a field (after any others)."""
-        self._fields.append(HeaderField(name, str(value)))
+        self._keys.append(canonical_name(name))
+        self._items.append((name, str(value), None))
         self._changed()
 
     def prepend(self, name: str, value: object) -> None:
         """Insert a field before the first field of that name (or at the top when there is none)."""
         key = canonical_name(name)
-        index = next((i for i, f in enumerate(self._fields) if f.key == key), 0)
-        self._fields.insert(index, HeaderField(name, str(value)))
+        index = self._keys.index(key) if key in self._keys else 0
+        self._keys.insert(index, key)
+        self._items.insert(index, (name, str(value), None))
         self._changed()
 
     def set(self, name: str, value: object) -> None:
         """Replace every field of that name by one, at the place of the first (else appended)."""
-        key = canonical_name(name)
-        field = HeaderField(name, str(value))
-        out: list[HeaderField] = []
-        placed = False
-        for f in self._fields:
-            if f.key == key:
-                if not placed:
-                    out.append(field)
-                    placed = True
-            else:
-                out.append(f)
-        if not placed:
-            out.append(field)
-        self._fields = out
-        self._changed()
+        self.set_list(name, [value])
 
     def set_list(self, name: str, values: Iterable[object]) -> None:
         """Replace every field of that name by one field per value (removed when empty)."""
-        items = [str(v) for v in values]
         key = canonical_name(name)
-        index = next((i for i, f in enumerate(self._fields) if f.key == key), len(self._fields))
-        kept = [f for f in self._fields if f.key != key]
-        index = min(index, len(kept))
-        kept[index:index] = [HeaderField(name, v) for v in items]
-        self._fields = kept
+        keys, items = self._keys, self._items
+        index = keys.index(key) if key in keys else len(keys)
+        pairs = [(k, i) for k, i in zip(keys, items, strict=True) if k != key]
+        new = [(key, (name, str(v), None)) for v in values]
+        pairs[index:index] = new
+        self._keys = [k for k, _ in pairs]
+        self._items = [i for _, i in pairs]
         self._changed()
 
     def remove(self, name: str) -> int:
         """Remove every field of that name; return how many were removed."""
         key = canonical_name(name)
-        before = len(self._fields)
-        self._fields = [f for f in self._fields if f.key != key]
-        removed = before - len(self._fields)
+        removed = self._keys.count(key)
         if removed:
-            self._changed()
+            self.set_list(name, [])
         return removed
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first element of a list header (the top Via, the first Route)."""
         key = canonical_name(name)
-        for i, f in enumerate(self._fields):
-            if f.key == key:
-                elements = g.split_list(f.value, allow_empty=True)
-                if len(elements) <= 1:
-                    del self._fields[i]
-                else:
-                    self._fields[i] = HeaderField(f.name, ", ".join(elements[1:]), key=key)
-                self._changed()
-                return elements[0] if elements else None
-        return None
+        if key not in self._keys:
+            return None
+        i = self._keys.index(key)
+        field_name, value, _ = self._items[i]
+        elements = g.split_list(value, allow_empty=True)
+        if len(elements) <= 1:
+            del self._keys[i]
+            del self._items[i]
+        else:
+            self._items[i] = (field_name, ", ".join(elements[1:]), None)
+        self._changed()
+        return elements[0] if elements else None
 
     def copy(self) -> Headers:
-        return Headers(HeaderField(f.name, f.value, f.raw, f.key) for f in self._fields)
+        return Headers._from_parsed(list(self._keys), list(self._items), self.raw)
 
     def to_bytes(self) -> bytes:
         """The header section, each line ending in CRLF (without the empty line)."""
         if self.raw is not None:
             return self.raw
-        text = "".join(f"{f.line()}\r\n" for f in self._fields)
+        text = "".join(
+            f"{raw}\r\n" if raw is not None else f"{name}: {value}\r\n"
+            for name, value, raw in self._items
+        )
         return text.encode("utf-8", "surrogateescape")
 
     def __repr__(self) -> str:
-        return f"Headers({[(f.name, f.value) for f in self._fields]!r})"
+        return f"Headers({[(n, v) for n, v, _ in self._items]!r})"
 
 
 HeaderInput = Iterable[tuple[str, object]]
@@ -404,10 +427,14 @@ class Message:
     def start_line(self) -> str:
         raise NotImplementedError
 
+    def _start_bytes(self) -> bytes:
+        return self.start_line().encode("utf-8", "surrogateescape")
+
     def to_bytes(self) -> bytes:
         """The message on the wire: start line, headers, empty line, body."""
-        start = self.start_line().encode("utf-8", "surrogateescape")
-        return b"".join((start, b"\r\n", self.headers.to_bytes(), b"\r\n", self._body))
+        return b"".join(
+            (self._start_bytes(), b"\r\n", self.headers.to_bytes(), b"\r\n", self._body)
+        )
 
     __bytes__ = to_bytes
 
@@ -419,18 +446,20 @@ class Message:
         return self.headers.cache.get(key)
 
     def _single(self, name: str) -> str:
-        values = self.headers.get_all(name)
-        if not values:
+        value = self._optional_single(name)
+        if value is None:
             raise ParseError(f"missing {name} header")
-        if len(values) > 1:
-            raise ParseError(f"more than one {name} header")
-        return values[0]
+        return value
 
     def _optional_single(self, name: str) -> str | None:
-        values = self.headers.get_all(name)
-        if len(values) > 1:
+        keys = self.headers._keys
+        key = canonical_name(name)
+        n = keys.count(key)
+        if n == 0:
+            return None
+        if n > 1:
             raise ParseError(f"more than one {name} header")
-        return values[0] if values else None
+        return self.headers._items[keys.index(key)][1]
 
     def _addresses(self, name: str) -> list[Address]:
         cache = self.headers.cache
@@ -649,9 +678,17 @@ class Message:
     def check_framing_headers(self) -> None:
         """The checks every element needs before it can match a transaction or answer.
 
-        From, To, Call-ID, CSeq and a top Via present, single and well-formed; Max-Forwards in range;
-        Content-Length consistent. Raises :class:`ParseError`.
+        From, To, Call-ID, CSeq and a top Via present, single and well-formed (for a request, the
+        CSeq method equal to the request method); Max-Forwards in range; Content-Length
+        consistent. Raises :class:`ParseError` whose ``message`` is this message.
         """
+        try:
+            self._check_framing()
+        except SipError as error:
+            error.message = self
+            raise
+
+    def _check_framing(self) -> None:
         self.top_via  # noqa: B018
         self.from_  # noqa: B018
         self.to  # noqa: B018
@@ -659,10 +696,6 @@ class Message:
         self.cseq  # noqa: B018
         self.max_forwards  # noqa: B018
         self.content_length  # noqa: B018
-        headers = self.headers
-        for key in ("From", "To", "Call-ID", "CSeq", "Max-Forwards"):
-            if len(headers.get_all(key)) > 1:
-                raise ParseError(f"more than one {key} header")
 
     def validate(self) -> None:
         """Parse every header with a typed accessor, raising the first :class:`SipError` found.
@@ -677,11 +710,14 @@ class Message:
             raise
 
     def _validate(self) -> None:
-        self.check_framing_headers()
+        self._check_framing()
         self.via  # noqa: B018
         self.contacts  # noqa: B018
+        self.from_.check()
+        self.to.check()
         for name in ("Route", "Record-Route", "Path", "Service-Route", "P-Associated-URI"):
-            self._addresses(name)
+            for address in self._addresses(name):
+                address.check()
         for name in ("Require", "Proxy-Require", "Supported", "Unsupported"):
             self._tags(name)
         self.expires  # noqa: B018
@@ -692,16 +728,18 @@ class Message:
         self.authorization  # noqa: B018
         self.proxy_authorization  # noqa: B018
         for name in SINGLE_HEADERS:
-            if len(self.headers.get_all(name)) > 1:
+            if self.headers.count(name) > 1:
                 raise ParseError(f"more than one {name} header")
 
 
 class Request(Message):
     """A SIP request. ``uri`` is the parsed Request-URI."""
 
-    __slots__ = ("method", "uri")
+    __slots__ = ("_method", "_start", "_uri")
 
     is_request = True
+
+    _start: bytes | None  # the start line as received, until method or URI may have changed
 
     def __init__(
         self,
@@ -711,24 +749,52 @@ class Request(Message):
         body: bytes = b"",
     ) -> None:
         super().__init__(headers, body)
-        self.method = method
-        self.uri: Uri = parse_uri(uri) if isinstance(uri, str) else uri
+        self._method = method
+        self._uri: Uri = parse_uri(uri) if isinstance(uri, str) else uri
+        self._start = None
         if body and "content-length" not in self.headers:
             self.headers.add("Content-Length", len(body))
 
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @method.setter
+    def method(self, value: str) -> None:
+        self._method = value
+        self._start = None
+
+    @property
+    def uri(self) -> Uri:
+        """The Request-URI. (Reading it gives the object itself, which may be changed in place,
+        so the received start line is no longer reused when serialising.)"""
+        self._start = None
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: Uri) -> None:
+        self._uri = value
+        self._start = None
+
     def start_line(self) -> str:
-        return f"{self.method} {self.uri} {SIP_VERSION}"
+        return f"{self._method} {self._uri} {SIP_VERSION}"
+
+    def _start_bytes(self) -> bytes:
+        if self._start is not None:
+            return self._start
+        return self.start_line().encode("utf-8", "surrogateescape")
 
     @property
     def sip_uri(self) -> SipUri:
         """The Request-URI as a SIP URI; :class:`UnsupportedUriScheme` (416) otherwise."""
-        if isinstance(self.uri, SipUri):
-            return self.uri
-        raise UnsupportedUriScheme(f"unsupported URI scheme {self.uri.scheme[:30]!r}")
+        uri = self.uri
+        if isinstance(uri, SipUri):
+            return uri
+        raise UnsupportedUriScheme(f"unsupported URI scheme {uri.scheme[:30]!r}")
 
-    def check_framing_headers(self) -> None:
-        super().check_framing_headers()
-        if self.cseq.method != self.method:
+    def _check_framing(self) -> None:
+        super()._check_framing()
+        if self.cseq.method != self._method:
             raise ParseError(f"CSeq method {self.cseq.method[:30]!r} does not match request method")
 
     def make_response(
@@ -745,20 +811,25 @@ class Request(Message):
         Via (all values), From, To, Call-ID and CSeq are copied; ``to_tag`` is added to To unless
         To already has a tag; ``headers`` follow; Content-Length is always set.
         """
-        out: list[HeaderField] = [f for f in self.headers if f.key == "via"]
-        for key in ("from", "to", "call-id", "cseq"):
-            out.extend(f for f in self.headers if f.key == key)
-        fields = [HeaderField(f.name, f.value, f.raw, f.key) for f in out]
-        if to_tag is not None:
+        src_keys, src_items = self.headers._keys, self.headers._items
+        keys: list[str] = []
+        items: list[_Item] = []
+        for wanted in ("via", "from", "to", "call-id", "cseq"):
+            for k, item in zip(src_keys, src_items, strict=True):
+                if k == wanted:
+                    keys.append(k)
+                    items.append(item)
+        if to_tag is not None and "to" in keys and self.to.tag is None:
             to = self.to.copy()
-            if to.tag is None:
-                to.params.set("tag", to_tag)
-                for i, f in enumerate(fields):
-                    if f.key == "to":
-                        fields[i] = HeaderField(f.name, str(to), key="to")
-        fields.extend(HeaderField(k, str(v)) for k, v in headers)
-        fields.append(HeaderField("Content-Length", str(len(body)), key="content-length"))
-        return Response(status, reason, Headers(fields), body)
+            to.params.set("tag", to_tag)
+            i = keys.index("to")
+            items[i] = (items[i][0], str(to), None)
+        for name, value in headers:
+            keys.append(canonical_name(name))
+            items.append((name, str(value), None))
+        keys.append("content-length")
+        items.append(("Content-Length", str(len(body)), None))
+        return Response(status, reason, Headers._from_parsed(keys, items, None), body)
 
 
 class Response(Message):
@@ -790,15 +861,6 @@ class Response(Message):
 
 
 # --- parsing --------------------------------------------------------------------------------------
-def _split_lines(head: bytes) -> tuple[list[str], bool]:
-    """The lines of a header section, and whether every line ended in CRLF."""
-    text = head.decode("utf-8", "surrogateescape")
-    if text.count("\n") != text.count("\r\n"):
-        # liberal: bare LF line ends (as some archives and a few stacks send them)
-        return text.replace("\r\n", "\n").split("\n"), False
-    return text.split("\r\n"), True
-
-
 def _parse_start(line: str) -> Request | Response:
     if line.startswith("SIP/"):
         parts = line.split(" ", 2)
@@ -812,81 +874,89 @@ def _parse_start(line: str) -> Request | Response:
             raise VersionNotSupported(f"unsupported version {version[:20]!r}")
         if len(code) != 3 or not code.isascii() or not code.isdigit() or not "100" <= code <= "699":
             raise ParseError(f"bad status code {code[:20]!r}")
-        if any(c in reason for c in "\r\n"):
-            raise ParseError("bad reason phrase")
-        return Response(int(code), reason, Headers())
+        response = Response.__new__(Response)
+        response.status = int(code)
+        response.reason = reason
+        return response
     parts = line.split(" ")
     if len(parts) != 3:
         raise ParseError("bad request line (it must be METHOD SP URI SP SIP/2.0)")
     method, uri_text, version = parts
-    if not g.METHOD_RE.fullmatch(method):
-        raise ParseError(f"bad method {method[:30]!r}")
     if version != SIP_VERSION:
         if version.upper().startswith("SIP/"):
             raise VersionNotSupported(f"unsupported version {version[:20]!r}")
         raise ParseError(f"bad version {version[:20]!r}")
+    if not g.METHOD_RE.fullmatch(method):
+        raise ParseError(f"bad method {method[:30]!r}")
     if uri_text.startswith("<"):
         raise ParseError("Request-URI must not be enclosed in <>")
     uri = parse_uri(uri_text)
     if isinstance(uri, SipUri) and uri.headers:
         raise ParseError("headers are not allowed in a Request-URI")
-    return Request(method, uri, Headers())
+    request = Request.__new__(Request)
+    request._method = method
+    request._uri = uri
+    request._start = line.encode("utf-8", "surrogateescape")
+    return request
+
+
+def _split_fields(lines: list[str]) -> tuple[list[str], list[_Item]]:
+    """Header lines to keys and items; folded lines are unfolded (their raw text kept)."""
+    keys: list[str] = []
+    items: list[_Item] = []
+    valid = _VALID_NAMES.get
+    for line in lines:
+        c = line[:1]
+        if c == " " or c == "\t":
+            if not items:
+                raise ParseError("continuation line before any header")
+            name, value, raw = items[-1]
+            more = line.strip(" \t")
+            value = f"{value} {more}" if value and more else value or more
+            items[-1] = (name, value, f"{raw}\r\n{line}")
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            if not line:
+                raise ParseError("empty line inside the header section")
+            raise ParseError(f"header line without ':' ({line[:30]!r})")
+        name = line[:colon]
+        key = valid(name)
+        if key is None:
+            name = name.rstrip(" \t")
+            key = _checked_key(name)
+        keys.append(key)
+        items.append((name, line[colon + 1 :].strip(" \t"), line))
+    return keys, items
 
 
 def parse_message(head: bytes, body: bytes = b"") -> Request | Response:
     """Parse a start line and header section (``head``, without its empty line) with its body.
 
-    Checks what every element needs (see :meth:`Message.check_framing_headers`); other headers are
-    parsed lazily by the typed accessors. Raises only :class:`SipError`; when the start line and header
-    lines could be split, the error's ``message`` is the partly parsed message.
+    This checks the start line (method, Request-URI, version, status code) and the shape of every
+    header line; header values are parsed lazily by the typed accessors, and
+    :meth:`Message.check_framing_headers` checks the ones every element needs. Raises only
+    :class:`SipError`; when the start line could be read, the error says whether it was a request.
     """
-    lines, crlf = _split_lines(head)
+    text = head.decode("utf-8", "surrogateescape")
+    crlf = text.count("\n") == text.count("\r\n")
+    # liberal: bare LF line ends (as some archives and a few stacks send them)
+    lines = text.split("\r\n") if crlf else text.replace("\r\n", "\n").split("\n")
     first = lines[0]
     if not first:
         raise ParseError("empty start line")
     try:
         message = _parse_start(first)
+        keys, items = _split_fields(lines[1:])
     except SipError as error:
         error.request_hint = not first.startswith("SIP/")
         raise
-    fields: list[HeaderField] = []
-    append = fields.append
-    for line in lines[1:]:
-        if not line:
-            continue
-        c = line[0]
-        if c == " " or c == "\t":
-            if not fields:
-                raise ParseError("continuation line before any header")
-            prev = fields[-1]
-            more = line.strip(" \t")
-            prev.value = f"{prev.value} {more}" if prev.value and more else prev.value or more
-            prev.raw = f"{prev.raw}\r\n{line}"
-            continue
-        colon = line.find(":")
-        if colon <= 0:
-            raise ParseError(f"header line without ':' ({line[:30]!r})")
-        name = line[:colon]
-        key = _KEY_CACHE.get(name)
-        if key is None:
-            name = name.rstrip(" \t")
-            if not g.HEADER_NAME_RE.fullmatch(name):
-                raise ParseError(f"bad header name {name[:30]!r}")
-            key = canonical_name(name)
-        else:
-            name = name.rstrip(" \t")
-        append(HeaderField(name, line[colon + 1 :].strip(" \t"), line, key))
-    headers = message.headers
-    headers._fields = fields
-    message._body = body
-    try:
-        message.check_framing_headers()
-    except SipError as error:
-        error.message = message
-        raise
+    raw = None
     if crlf:
         nl = head.find(b"\r\n")
-        headers.raw = head[nl + 2 :] + b"\r\n" if nl >= 0 else b""
+        raw = head[nl + 2 :] + b"\r\n" if nl >= 0 else b""
+    message.headers = Headers._from_parsed(keys, items, raw)
+    message._body = body
     return message
 
 

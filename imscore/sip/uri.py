@@ -58,54 +58,35 @@ class SipUri:
 
     @classmethod
     def _parse_rest(cls, scheme: str, rest: str) -> SipUri:
-        user: str | None = None
-        password: str | None = None
-        at = rest.find("@")
-        if at >= 0:
-            if rest.find("@", at + 1) >= 0:
-                raise ParseError("SIP URI with more than one '@'")
-            userinfo = rest[:at]
-            rest = rest[at + 1 :]
-            colon = userinfo.find(":")
-            if colon >= 0:
-                user, password = userinfo[:colon], userinfo[colon + 1 :]
-                if not g.PASSWORD_RE.fullmatch(password):
-                    raise ParseError("bad password in SIP URI")
-            else:
-                user = userinfo
-            if not g.USER_RE.fullmatch(user):
-                raise ParseError(f"bad user part in SIP URI: {user[:40]!r}")
-        m = g.HOSTPORT_RE.match(rest)
-        if m is None:
-            raise ParseError(f"bad host in SIP URI: {rest[:40]!r}")
-        host = g.check_host(m.group(1))
-        port = g.check_port(m.group(2)) if m.group(2) is not None else None
-        pos = m.end()
-        n = len(rest)
-        params = Params()
-        if pos < n and rest[pos] == ";":
-            items = []
-            match = g.URI_PARAM_RE.match
-            while pos < n and rest[pos] == ";":
-                pm = match(rest, pos)
-                if pm is None:
-                    raise ParseError(f"bad URI parameter: {rest[pos : pos + 40]!r}")
-                items.append((pm.group(1), pm.group(2)))
-                pos = pm.end()
-            params = Params(items)
-        headers: list[tuple[str, str]] = []
-        if pos < n and rest[pos] == "?":
-            for part in rest[pos + 1 :].split("&"):
+        if "@" in rest:
+            m = g.SIP_URI_USER_RE.fullmatch(rest)
+            if m is None:
+                raise ParseError(f"bad SIP URI: {scheme}:{rest[:60]!r}")
+            user, password, host, port, params, headers = m.groups()
+        else:
+            m = g.SIP_URI_HOST_RE.fullmatch(rest)
+            if m is None:
+                raise ParseError(f"bad SIP URI: {scheme}:{rest[:60]!r}")
+            user = password = None
+            host, port, params, headers = m.groups()
+        uri = cls.__new__(cls)
+        uri.scheme = scheme.lower()
+        uri.spelling = scheme
+        uri.user = user
+        uri.password = password
+        uri.host = g.check_host(host)
+        uri.port = None if port is None else g.check_port(port)
+        uri.params = (
+            Params([(k, v or None) for k, v in g.URI_PARAM_RE.findall(params)]) if params else Params()
+        )
+        uri.headers = []
+        if headers is not None:
+            for part in headers.split("&"):
                 hm = g.URI_HEADER_RE.fullmatch(part)
                 if hm is None:
                     raise ParseError(f"bad URI header: {part[:40]!r}")
-                headers.append((hm.group(1), hm.group(2)))
-            pos = n
-        if pos != n:
-            raise ParseError(f"unexpected {rest[pos : pos + 20]!r} in SIP URI")
-        return cls(
-            host, user, scheme=scheme, port=port, password=password, params=params, headers=headers
-        )
+                uri.headers.append((hm.group(1), hm.group(2)))
+        return uri
 
     # -- convenience -------------------------------------------------------------------------------
     @property
