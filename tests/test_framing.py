@@ -141,20 +141,25 @@ def test_stream_keepalives() -> None:
     assert events[0] == KeepAlive(ping=True) and isinstance(events[1], Request)
 
 
-def test_stream_broken_headers_with_known_length_keep_the_connection() -> None:
-    broken = message(b"bad!", extra="a line without a colon\r\n")
-    lazy = message(b"lazy", cseq=2, extra="Max-Forwards: lots\r\n")
+def test_stream_broken_messages_with_known_length_keep_the_connection() -> None:
+    bad_version = message(b"v?").replace(b"SIP/2.0\r\n", b"SIP/3.0\r\n", 1)
+    no_colon = message(b"bad!", cseq=2, extra="a line without a colon\r\n")
+    bad_value = message(b"lazy", cseq=3, extra="Max-Forwards: lots\r\n")
     framer = StreamFramer()
-    events = framer.feed(broken + lazy + message(b"good", cseq=3))
-    assert isinstance(events[0], SipError) and events[0].status == 400
-    assert events[0].is_request is True and not events[0].fatal
-    # header values are parsed lazily: the check every element runs finds the bad one
-    second = events[1]
-    assert isinstance(second, Request) and second.body == b"lazy"
-    with pytest.raises(ParseError) as info:
-        second.check_framing_headers()
-    assert info.value.message is second
-    assert isinstance(events[2], Request) and events[2].body == b"good"
+    events = framer.feed(bad_version + no_colon + bad_value + message(b"good", cseq=4))
+    first = events[0]
+    assert isinstance(first, SipError) and first.status == 505
+    assert first.is_request is True and not first.fatal
+    # header lines and values are parsed lazily: the check every element runs finds them
+    for event, status_reason in zip(events[1:3], ("without ':'", "Max-Forwards"), strict=True):
+        assert isinstance(event, Request)
+        with pytest.raises(ParseError) as info:
+            event.check_framing_headers()
+        assert info.value.status == 400 and status_reason in info.value.reason
+        assert info.value.message is event
+    last = events[3]
+    assert isinstance(last, Request) and last.body == b"good"
+    last.check_framing_headers()
 
 
 def test_stream_disagreeing_lengths_are_fatal() -> None:

@@ -18,8 +18,9 @@ __all__ = ["DEFAULT_MAX_SIZE", "KeepAlive", "StreamEvent", "StreamFramer", "pars
 
 DEFAULT_MAX_SIZE: Final = 65535
 
+# a Content-Length header line (long or compact name, any case) anywhere after the start line
 _CONTENT_LENGTH_RE: Final = re.compile(
-    rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+    rb"\n(?:[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-[Ll][Ee][Nn][Gg][Tt][Hh]|[Ll])[ \t]*:([^\r\n]*)"
 )
 
 
@@ -36,10 +37,26 @@ StreamEvent = Request | Response | KeepAlive | SipError
 def _head_end(data: bytes | bytearray, start: int = 0) -> tuple[int, int]:
     """Index of the empty line that ends the header section and its length (CRLFCRLF or LFLF)."""
     crlf = data.find(b"\r\n\r\n", start)
-    lf = data.find(b"\n\n", start)
-    if lf >= 0 and (crlf < 0 or lf < crlf):
+    lf = data.find(b"\n\n", start) if crlf < 0 else data.find(b"\n\n", start, crlf)
+    if lf >= 0:
         return lf, 2
     return crlf, 4
+
+
+def _content_length(head: bytes, message: Request | Response) -> int | None:
+    """Content-Length of a parsed message, read straight off its header bytes when that is plain
+    (one value, or equal values, all digits), else through the header index; the value is cached
+    in the message so its accessor agrees."""
+    found = [v.strip(b" \t") for v in _CONTENT_LENGTH_RE.findall(head)]
+    if not found:
+        message.headers.cache["content-length"] = None
+        return None
+    first = found[0]
+    if first.isdigit() and all(v == first for v in found) and len(first) < 10:
+        length = int(first)
+        message.headers.cache["content-length"] = length
+        return length
+    return message.content_length
 
 
 def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | Response | None:
@@ -68,7 +85,7 @@ def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | R
     rest = data[end + sep :]
     message = parse_message(head, b"")
     try:
-        length = message.content_length
+        length = _content_length(head, message)
     except SipError as error:
         error.message = message
         raise
@@ -138,7 +155,7 @@ class StreamFramer:
             error: SipError | None = None
             try:
                 message = parse_message(head, b"")
-                length = message.content_length or 0
+                length = _content_length(head, message) or 0
             except SipError as exc:
                 error = exc
                 length = self._length_of_broken(head, exc)

@@ -240,7 +240,7 @@ class Headers:
     cache of the owning message and the stored original bytes.
     """
 
-    __slots__ = ("_items", "_keys", "cache", "raw")
+    __slots__ = ("_items", "_keys", "_pending", "cache", "raw")
 
     def __init__(self, fields: Iterable[HeaderField] = ()) -> None:
         self._keys: list[str] = []
@@ -251,15 +251,37 @@ class Headers:
         self.cache: dict[str, Any] = {}
         #: the original bytes of the header section (each line ending in CRLF), while unmodified
         self.raw: bytes | None = None
+        self._pending: bytes | None = None
 
     @classmethod
     def _from_parsed(cls, keys: list[str], items: list[_Item], raw: bytes | None) -> Headers:
         headers = cls.__new__(cls)
         headers._keys = keys
         headers._items = items
+        headers._pending = None
         headers.cache = {}
         headers.raw = raw
         return headers
+
+    @classmethod
+    def _from_block(cls, block: bytes) -> Headers:
+        """Headers whose CRLF-separated lines are split into fields on first use."""
+        headers = cls.__new__(cls)
+        headers._pending = block
+        headers.cache = {}
+        headers.raw = block + b"\r\n" if block else b""
+        return headers
+
+    def _load(self) -> None:
+        block = self._pending
+        if block is not None:
+            lines = block.decode("utf-8", "surrogateescape").split("\r\n") if block else []
+            self._keys, self._items = _split_fields(lines)
+            self._pending = None
+
+    def check(self) -> None:
+        """Split and check every header line now (a :class:`ParseError` names the bad one)."""
+        self._load()
 
     def _changed(self) -> None:
         self.cache.clear()
@@ -267,20 +289,30 @@ class Headers:
 
     # -- reading ---------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[HeaderField]:
+        if self._pending is not None:
+            self._load()
         return (HeaderField(n, v, r, k) for k, (n, v, r) in zip(self._keys, self._items, strict=True))
 
     def __len__(self) -> int:
+        if self._pending is not None:
+            self._load()
         return len(self._keys)
 
     def __contains__(self, name: object) -> bool:
+        if self._pending is not None:
+            self._load()
         return isinstance(name, str) and canonical_name(name) in self._keys
 
     def count(self, name: str) -> int:
         """How many header lines carry that name."""
+        if self._pending is not None:
+            self._load()
         return self._keys.count(canonical_name(name))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value of the first field of that name, or ``default``."""
+        if self._pending is not None:
+            self._load()
         key = canonical_name(name)
         keys = self._keys
         if key not in keys:
@@ -289,6 +321,8 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """The values of every field of that name, one per header line, unsplit."""
+        if self._pending is not None:
+            self._load()
         key = canonical_name(name)
         keys = self._keys
         if key not in keys:
@@ -314,12 +348,16 @@ class Headers:
     # -- changing --------------------------------------------------------------------------------
     def add(self, name: str, value: object) -> None:
         """Append a field (after any others)."""
+        if self._pending is not None:
+            self._load()
         self._keys.append(canonical_name(name))
         self._items.append((name, str(value), None))
         self._changed()
 
     def prepend(self, name: str, value: object) -> None:
         """Insert a field before the first field of that name (or at the top when there is none)."""
+        if self._pending is not None:
+            self._load()
         key = canonical_name(name)
         index = self._keys.index(key) if key in self._keys else 0
         self._keys.insert(index, key)
@@ -332,6 +370,8 @@ class Headers:
 
     def set_list(self, name: str, values: Iterable[object]) -> None:
         """Replace every field of that name by one field per value (removed when empty)."""
+        if self._pending is not None:
+            self._load()
         key = canonical_name(name)
         keys, items = self._keys, self._items
         index = keys.index(key) if key in keys else len(keys)
@@ -352,6 +392,8 @@ class Headers:
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first element of a list header (the top Via, the first Route)."""
+        if self._pending is not None:
+            self._load()
         key = canonical_name(name)
         if key not in self._keys:
             return None
@@ -367,12 +409,15 @@ class Headers:
         return elements[0] if elements else None
 
     def copy(self) -> Headers:
+        if self._pending is not None:
+            self._load()
         return Headers._from_parsed(list(self._keys), list(self._items), self.raw)
 
     def to_bytes(self) -> bytes:
         """The header section, each line ending in CRLF (without the empty line)."""
         if self.raw is not None:
             return self.raw
+        self._load()
         text = "".join(
             f"{raw}\r\n" if raw is not None else f"{name}: {value}\r\n"
             for name, value, raw in self._items
@@ -380,6 +425,8 @@ class Headers:
         return text.encode("utf-8", "surrogateescape")
 
     def __repr__(self) -> str:
+        if self._pending is not None:
+            self._load()
         return f"Headers({[(n, v) for n, v, _ in self._items]!r})"
 
 
@@ -452,7 +499,10 @@ class Message:
         return value
 
     def _optional_single(self, name: str) -> str | None:
-        keys = self.headers._keys
+        headers = self.headers
+        if headers._pending is not None:
+            headers._load()
+        keys = headers._keys
         key = canonical_name(name)
         n = keys.count(key)
         if n == 0:
@@ -811,6 +861,7 @@ class Request(Message):
         Via (all values), From, To, Call-ID and CSeq are copied; ``to_tag`` is added to To unless
         To already has a tag; ``headers`` follow; Content-Length is always set.
         """
+        self.headers._load()
         src_keys, src_items = self.headers._keys, self.headers._items
         keys: list[str] = []
         items: list[_Item] = []
@@ -938,24 +989,26 @@ def parse_message(head: bytes, body: bytes = b"") -> Request | Response:
     :meth:`Message.check_framing_headers` checks the ones every element needs. Raises only
     :class:`SipError`; when the start line could be read, the error says whether it was a request.
     """
-    text = head.decode("utf-8", "surrogateescape")
-    crlf = text.count("\n") == text.count("\r\n")
-    # liberal: bare LF line ends (as some archives and a few stacks send them)
-    lines = text.split("\r\n") if crlf else text.replace("\r\n", "\n").split("\n")
-    first = lines[0]
+    if head.count(b"\n") == head.count(b"\r\n"):
+        nl = head.find(b"\r\n")
+        first = (head if nl < 0 else head[:nl]).decode("utf-8", "surrogateescape")
+        block = b"" if nl < 0 else head[nl + 2 :]
+        lines = None
+    else:  # liberal: bare LF line ends (as some archives and a few stacks send them)
+        lines = head.decode("utf-8", "surrogateescape").replace("\r\n", "\n").split("\n")
+        first = lines.pop(0)
     if not first:
         raise ParseError("empty start line")
     try:
         message = _parse_start(first)
-        keys, items = _split_fields(lines[1:])
+        if lines is None:
+            message.headers = Headers._from_block(block)
+        else:
+            keys, items = _split_fields(lines)
+            message.headers = Headers._from_parsed(keys, items, None)
     except SipError as error:
         error.request_hint = not first.startswith("SIP/")
         raise
-    raw = None
-    if crlf:
-        nl = head.find(b"\r\n")
-        raw = head[nl + 2 :] + b"\r\n" if nl >= 0 else b""
-    message.headers = Headers._from_parsed(keys, items, raw)
     message._body = body
     return message
 
