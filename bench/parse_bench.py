@@ -312,6 +312,22 @@ def sm_parse_serialise(data: bytes) -> bytes:
     return bytes(sipmessage.Message.parse(data))
 
 
+def ims_checked(data: bytes) -> bytes:
+    """What imscore's transport does with every datagram: frame, check the framing headers."""
+    msg = ims.parse_datagram(data)
+    assert msg is not None
+    msg.check_framing_headers()
+    return msg.to_bytes()
+
+
+def sm_checked(data: bytes) -> bytes:
+    """The same headers touched through sipmessage's typed accessors."""
+    msg = sipmessage.Message.parse(data)
+    _ = (msg.via[0], msg.from_address, msg.to_address, msg.call_id, msg.cseq, msg.max_forwards)
+    _ = msg.content_length
+    return bytes(msg)
+
+
 def ims_read(data: bytes) -> tuple[Any, ...]:
     msg = ims.parse_datagram(data)
     assert msg is not None
@@ -365,6 +381,12 @@ class Workload:
 
 WORKLOADS = (
     Workload("parse_serialise", "(a) parse + serialise", ims_parse_serialise, sm_parse_serialise),
+    Workload(
+        "parse_check_serialise",
+        "(c) parse + check Via/From/To/Call-ID/CSeq/Max-Forwards/Content-Length + serialise",
+        ims_checked,
+        sm_checked,
+    ),
     Workload(
         "parse_read_serialise",
         "(b) parse + read registrar/proxy fields + serialise",

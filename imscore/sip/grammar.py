@@ -179,8 +179,11 @@ def split_list(value: str, *, allow_empty: bool = False) -> list[str]:
     Commas inside quoted strings and inside ``<...>`` do not split. Elements are stripped. An empty
     element (``a,,b``) is a :class:`ParseError` unless ``allow_empty``, in which case it is dropped.
     """
-    if '"' not in value and ("<" not in value or "," not in value):
-        parts = [p.strip(" \t") for p in value.split(",")] if "," in value else [value.strip(" \t")]
+    if "," not in value:
+        # one element: its own parser checks its quotes and brackets
+        parts = [value.strip(" \t")]
+    elif '"' not in value and "<" not in value:
+        parts = [p.strip(" \t") for p in value.split(",")]
     else:
         parts = []
         depth = 0
