@@ -319,23 +319,7 @@ def build_ack(invite: Request, response: Response) -> Request:
         raise TransactionError(
             f"the ACK for a {response.status} is built by the TU, not the transaction (§13.2.2.4)"
         )
-    try:
-        seq = invite.cseq.seq
-    except SipError as error:
-        raise TransactionError(f"cannot build the ACK: {error.reason}") from error
-    headers: list[tuple[str, object]] = [
-        ("Via", _top_via_text(invite)),
-        ("Max-Forwards", 70),
-    ]
-    headers.extend(("Route", value) for value in invite.headers.get_all("Route"))
-    headers += [
-        ("From", _raw(invite, "From")),
-        ("To", _raw(response, "To")),
-        ("Call-ID", _raw(invite, "Call-ID")),
-        ("CSeq", f"{seq} ACK"),
-        ("Content-Length", 0),
-    ]
-    return Request("ACK", invite.uri.copy(), headers)
+    return _same_hop_request("ACK", invite, response)
 
 
 def build_cancel(request: Request) -> Request:
@@ -350,10 +334,16 @@ def build_cancel(request: Request) -> Request:
     """
     if request.method in ("ACK", "CANCEL"):
         raise TransactionError(f"a {request.method} cannot be cancelled")
+    return _same_hop_request("CANCEL", request, request)
+
+
+def _same_hop_request(method: str, request: Request, to_source: Message) -> Request:
+    """The shape ACK (for a non-2xx) and CANCEL share: the request's Request-URI, top Via,
+    Route, From, Call-ID and CSeq number; To taken from ``to_source``; Max-Forwards 70."""
     try:
         seq = request.cseq.seq
     except SipError as error:
-        raise TransactionError(f"cannot build the CANCEL: {error.reason}") from error
+        raise TransactionError(f"cannot build the {method}: {error.reason}") from error
     headers: list[tuple[str, object]] = [
         ("Via", _top_via_text(request)),
         ("Max-Forwards", 70),
@@ -361,12 +351,12 @@ def build_cancel(request: Request) -> Request:
     headers.extend(("Route", value) for value in request.headers.get_all("Route"))
     headers += [
         ("From", _raw(request, "From")),
-        ("To", _raw(request, "To")),
+        ("To", _raw(to_source, "To")),
         ("Call-ID", _raw(request, "Call-ID")),
-        ("CSeq", f"{seq} CANCEL"),
+        ("CSeq", f"{seq} {method}"),
         ("Content-Length", 0),
     ]
-    return Request("CANCEL", request.uri.copy(), headers)
+    return Request(method, request.uri.copy(), headers)
 
 
 def _lower(text: str | None) -> str | None:
