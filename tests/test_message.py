@@ -479,3 +479,36 @@ def test_address_rendering() -> None:
     named = parse_address('"Alice A." <sip:a@b>;tag=2', "From", Address)
     assert str(named) == '"Alice A." <sip:a@b>;tag=2'
     assert named.display_name == "Alice A."
+
+
+def test_ims_headers_of_ts_24_229() -> None:
+    m = register(
+        'P-Visited-Network-ID: "Visited network number 1", other.net.example;x=1',
+        "P-Access-Network-Info: 3GPP-E-UTRAN-FDD;utran-cell-id-3gpp=2344000A1B2C3D4E5",
+        "P-Charging-Vector: icid-value=1234bc9876e;icid-generated-at=192.0.2.10;orig-ioi=home1.net",
+        "Security-Client: ipsec-3gpp;alg=hmac-sha-1-96;spi-c=1111;spi-s=2222;port-c=5062;port-s=5064",
+        'Contact: <sip:ue@192.0.2.10>;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.mmtel";'
+        "+g.3gpp.smsip;sos",
+        'Authorization: Digest username="ue@ims.example.test", realm="ims.example.test", '
+        'nonce="", uri="sip:ims.example.test", response="", integrity-protected="no"',
+    )
+    m.validate()
+    first, second = m.p_visited_network_id
+    assert first.text == "Visited network number 1" and second.value == "other.net.example"
+    assert second.params.get("x") == "1"
+    (access,) = m.p_access_network_info
+    assert access.value == "3GPP-E-UTRAN-FDD"
+    assert access.params.get("utran-cell-id-3gpp") == "2344000A1B2C3D4E5"
+    vector = m.p_charging_vector
+    assert vector is not None and vector.get("icid-value") == "1234bc9876e"
+    assert vector.get("orig-ioi") == "home1.net"
+    (mechanism,) = m.security_client
+    assert mechanism.value == "ipsec-3gpp" and mechanism.params.get("spi-s") == "2222"
+    (contact,) = m.contacts
+    assert contact.params.unquoted("+g.3gpp.icsi-ref") == "urn%3Aurn-7%3A3gpp-service.ims.icsi.mmtel"
+    assert "+g.3gpp.smsip" in contact.params and "sos" in contact.params
+    assert m.authorization[0].get("integrity-protected") == "no"
+    with pytest.raises(ParseError):
+        _ = register("P-Charging-Vector: orig-ioi=home1.net").p_charging_vector
+    with pytest.raises(ParseError):
+        _ = register("Security-Client: ipsec-3gpp;;alg=x").security_client

@@ -14,7 +14,7 @@ from .errors import (
     VersionNotSupported,
 )
 from .framing import DEFAULT_MAX_SIZE, KeepAlive, StreamEvent, StreamFramer, parse_datagram
-from .headers import Address, AuthHeader, Contact, CSeq, MediaType, Via
+from .headers import Address, AuthHeader, Contact, CSeq, MediaType, Parameterised, Via
 from .message import (
     COMPACT_FORMS,
     REASON_PHRASES,
@@ -79,6 +79,7 @@ __all__ = [
     "NonInviteClientTransaction",
     "NonInviteServerTransaction",
     "Output",
+    "Parameterised",
     "Params",
     "ParseError",
     "Request",

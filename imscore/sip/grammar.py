@@ -104,6 +104,27 @@ CSEQ_RE: Final = re.compile(rf"[ \t]*([0-9]+)[ \t]+({TOKEN})[ \t]*")
 AUTH_PARAM_RE: Final = re.compile(rf"[ \t]*({TOKEN})[ \t]*=[ \t]*({QUOTED_STRING}|{TOKEN})[ \t]*(?=,|$)")
 MEDIA_TYPE_RE: Final = re.compile(rf"[ \t]*({TOKEN})[ \t]*/[ \t]*({TOKEN})[ \t]*")
 
+# --- IMS (3GPP TS 24.229 §7) -------------------------------------------------------------------------
+#: a value followed by parameters: P-Visited-Network-ID's vnetwork-spec (token or quoted-string),
+#: P-Access-Network-Info's access-net-spec, Security-Client/-Server/-Verify's sec-mechanism
+PARAMETERISED_RE: Final = re.compile(rf"[ \t]*({QUOTED_STRING}|{TOKEN})[ \t]*")
+#: P-Charging-Vector starts with ``icid-value``
+ICID_PARAM: Final = "icid-value"
+#: Contact feature tags and parameters the registrar reads (RFC 3840, RFC 5626, TS 24.229)
+FEATURE_INSTANCE: Final = "+sip.instance"
+PARAM_REG_ID: Final = "reg-id"
+FEATURE_ICSI_REF: Final = "+g.3gpp.icsi-ref"
+FEATURE_IARI_REF: Final = "+g.3gpp.iari-ref"
+FEATURE_SMSIP: Final = "+g.3gpp.smsip"
+FEATURE_ACCESSTYPE: Final = "+g.3gpp.accesstype"
+#: the ``sos`` Contact/URI parameter of an emergency registration (TS 24.229 §5.1.6)
+PARAM_SOS: Final = "sos"
+#: Authorization parameters of IMS AKA: re-synchronisation token and the integrity flag
+PARAM_AUTS: Final = "auts"
+PARAM_INTEGRITY_PROTECTED: Final = "integrity-protected"
+#: option tags of IMS registration: Path (RFC 3327), sec-agree (RFC 3329), gruu, outbound
+OPTION_TAGS_IMS: Final = frozenset({"path", "sec-agree", "gruu", "outbound", "timer", "100rel"})
+
 MAX_UINT32: Final = 2**32 - 1
 
 

@@ -20,12 +20,15 @@ __all__ = [
     "CSeq",
     "Contact",
     "MediaType",
+    "Parameterised",
     "Via",
     "parse_address",
     "parse_auth",
+    "parse_charging_vector",
     "parse_contact",
     "parse_cseq",
     "parse_media_type",
+    "parse_parameterised",
     "parse_via",
 ]
 
@@ -336,6 +339,48 @@ def parse_contact(value: str) -> Contact:
         elif lname == "+sip.instance" and (pvalue is None or not pvalue.startswith('"')):
             raise ParseError("Contact +sip.instance must be a quoted string")
     return contact
+
+
+class Parameterised:
+    """A value (token or quoted string) with header parameters.
+
+    The shape of P-Visited-Network-ID (``"Visited network";param``), P-Access-Network-Info
+    (``3GPP-E-UTRAN-FDD;utran-cell-id-3gpp=...``) and Security-Client/-Server/-Verify
+    (``ipsec-3gpp;alg=hmac-sha-1-96;spi-c=...``) values (TS 24.229 §7.2A, RFC 3329).
+    """
+
+    __slots__ = ("params", "value")
+
+    def __init__(self, value: str, params: Params | None = None) -> None:
+        self.value = value
+        self.params = params if params is not None else Params()
+
+    @property
+    def text(self) -> str:
+        """The value without quotes."""
+        return g.unquote(self.value)
+
+    def __str__(self) -> str:
+        return f"{self.value}{self.params}"
+
+    def __repr__(self) -> str:
+        return f"Parameterised({str(self)!r})"
+
+
+def parse_parameterised(value: str, what: str) -> Parameterised:
+    m = g.PARAMETERISED_RE.match(value)
+    if m is None:
+        raise ParseError(f"bad {what}: {value[:40]!r}")
+    items, _ = g.parse_header_params(value, m.end(), what)
+    return Parameterised(m.group(1), Params(items))
+
+
+def parse_charging_vector(value: str) -> Params:
+    """P-Charging-Vector (TS 24.229 §7.2A.5): ``icid-value=...`` first, then charging parameters."""
+    items, _ = g.parse_header_params(";" + value.strip(" \t"), 0, "P-Charging-Vector")
+    if not items or items[0][0].lower() != g.ICID_PARAM or items[0][1] is None:
+        raise ParseError("P-Charging-Vector must start with icid-value=")
+    return Params(items)
 
 
 class CSeq:

@@ -19,14 +19,18 @@ from .headers import (
     Contact,
     CSeq,
     MediaType,
+    Parameterised,
     Via,
     parse_address,
     parse_auth,
+    parse_charging_vector,
     parse_contact,
     parse_cseq,
     parse_media_type,
+    parse_parameterised,
     parse_via,
 )
+from .params import Params
 from .uri import SipUri, Uri, parse_uri
 
 __all__ = [
@@ -106,13 +110,17 @@ LIST_HEADERS: Final = frozenset(
         "p-visited-network-id",
         "feature-caps",
         "recv-info",
+        "p-access-network-info",
         "diversion",
     }
 )
 
 #: Headers that may appear at most once (two different Content-Length values are always an error).
 SINGLE_HEADERS: Final = frozenset(
-    {"call-id", "cseq", "from", "to", "max-forwards", "content-type", "expires", "min-expires"}
+    {
+        "call-id", "cseq", "from", "to", "max-forwards", "content-type", "expires", "min-expires",
+        "p-charging-vector",
+    }
 )
 
 #: Default reason phrases (RFC 3261 §21 and extensions used by the registrar and proxy).
@@ -705,6 +713,40 @@ class Message:
     def unsupported(self) -> list[str]:
         return self._tags("Unsupported")
 
+    # -- IMS headers (TS 24.229 §7.2A) ------------------------------------------------------------
+    def _parameterised(self, name: str) -> list[Parameterised]:
+        cache = self.headers.cache
+        found = cache.get(name)
+        if found is None:
+            found = [parse_parameterised(v, name) for v in self._elements(name)]
+            cache[name] = found
+        return list(found)
+
+    @property
+    def p_visited_network_id(self) -> list[Parameterised]:
+        return self._parameterised("P-Visited-Network-ID")
+
+    @property
+    def p_access_network_info(self) -> list[Parameterised]:
+        return self._parameterised("P-Access-Network-Info")
+
+    @property
+    def security_client(self) -> list[Parameterised]:
+        return self._parameterised("Security-Client")
+
+    @property
+    def security_server(self) -> list[Parameterised]:
+        return self._parameterised("Security-Server")
+
+    @property
+    def security_verify(self) -> list[Parameterised]:
+        return self._parameterised("Security-Verify")
+
+    @property
+    def p_charging_vector(self) -> Params | None:
+        value = self._optional_single("P-Charging-Vector")
+        return None if value is None else parse_charging_vector(value)
+
     def _auth(self, name: str) -> list[AuthHeader]:
         return [parse_auth(v, name) for v in self.headers.get_all(name)]
 
@@ -777,6 +819,11 @@ class Message:
         self.proxy_authenticate  # noqa: B018
         self.authorization  # noqa: B018
         self.proxy_authorization  # noqa: B018
+        for name in ("P-Visited-Network-ID", "P-Access-Network-Info"):
+            self._parameterised(name)
+        for name in ("Security-Client", "Security-Server", "Security-Verify"):
+            self._parameterised(name)
+        self.p_charging_vector  # noqa: B018
         for name in SINGLE_HEADERS:
             if self.headers.count(name) > 1:
                 raise ParseError(f"more than one {name} header")
