@@ -63,8 +63,7 @@ DOMAIN = b"ims.mnc001.mcc001.3gppnetwork.org"
 REGISTER = b"\r\n".join(
     [
         b"REGISTER sip:ims.mnc001.mcc001.3gppnetwork.org SIP/2.0",
-        b"Via: SIP/2.0/UDP pcscf1.ims.mnc001.mcc001.3gppnetwork.org:5060"
-        b";branch=z9hG4bKpc1.a8e0217c",
+        b"Via: SIP/2.0/UDP pcscf1.ims.mnc001.mcc001.3gppnetwork.org:5060;branch=z9hG4bKpc1.a8e0217c",
         b"Via: SIP/2.0/UDP [2001:db8:10::5]:5060;rport=5060;branch=z9hG4bK1734a2b5c",
         b"Max-Forwards: 69",
         b"From: <sip:001010000012345@ims.mnc001.mcc001.3gppnetwork.org>;tag=4fa3e1c2",
@@ -134,8 +133,7 @@ INVITE = (
     b"\r\n".join(
         [
             b"INVITE sip:+15551234567@ims.mnc001.mcc001.3gppnetwork.org;user=phone SIP/2.0",
-            b"Via: SIP/2.0/UDP pcscf1.ims.mnc001.mcc001.3gppnetwork.org:5060"
-            b";branch=z9hG4bKpc1.77f3c0d1",
+            b"Via: SIP/2.0/UDP pcscf1.ims.mnc001.mcc001.3gppnetwork.org:5060;branch=z9hG4bKpc1.77f3c0d1",
             b"Via: SIP/2.0/UDP [2001:db8:10::5]:5060;rport=5060;branch=z9hG4bK.inv.58c1e2f3",
             b"Route: <sip:orig@scscf1.ims.mnc001.mcc001.3gppnetwork.org:6060;lr>",
             b"Record-Route: <sip:mo@pcscf1.ims.mnc001.mcc001.3gppnetwork.org:5060;lr>",
@@ -154,8 +152,7 @@ INVITE = (
             b"orig-ioi=ims.mnc001.mcc001.3gppnetwork.org",
             b'Accept-Contact: *;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.mmtel"',
             b"P-Preferred-Service: urn:urn-7:3gpp-service.ims.icsi.mmtel",
-            b"Allow: INVITE, ACK, OPTIONS, CANCEL, BYE, UPDATE, INFO, REFER, NOTIFY, MESSAGE, "
-            b"PRACK",
+            b"Allow: INVITE, ACK, OPTIONS, CANCEL, BYE, UPDATE, INFO, REFER, NOTIFY, MESSAGE, PRACK",
             b"Supported: 100rel, timer, precondition, replaces, histinfo",
             b"Session-Expires: 1800",
             b"Min-SE: 90",
@@ -173,8 +170,7 @@ INVITE = (
 OK_REGISTER = b"\r\n".join(
     [
         b"SIP/2.0 200 OK",
-        b"Via: SIP/2.0/UDP pcscf1.ims.mnc001.mcc001.3gppnetwork.org:5060"
-        b";branch=z9hG4bKpc1.a8e0217c",
+        b"Via: SIP/2.0/UDP pcscf1.ims.mnc001.mcc001.3gppnetwork.org:5060;branch=z9hG4bKpc1.a8e0217c",
         b"Via: SIP/2.0/UDP [2001:db8:10::5]:5060;rport=5060;branch=z9hG4bK1734a2b5c",
         b"From: <sip:001010000012345@ims.mnc001.mcc001.3gppnetwork.org>;tag=4fa3e1c2",
         b"To: <sip:001010000012345@ims.mnc001.mcc001.3gppnetwork.org>;tag=9b2c11e7a0",
@@ -206,8 +202,7 @@ OK_REGISTER = b"\r\n".join(
 RINGING = b"\r\n".join(
     [
         b"SIP/2.0 180 Ringing",
-        b"Via: SIP/2.0/UDP pcscf1.ims.mnc001.mcc001.3gppnetwork.org:5060"
-        b";branch=z9hG4bKpc1.77f3c0d1",
+        b"Via: SIP/2.0/UDP pcscf1.ims.mnc001.mcc001.3gppnetwork.org:5060;branch=z9hG4bKpc1.77f3c0d1",
         b"Via: SIP/2.0/UDP [2001:db8:10::5]:5060;rport=5060;branch=z9hG4bK.inv.58c1e2f3",
         b"Record-Route: <sip:mt@pcscf2.ims.mnc001.mcc001.3gppnetwork.org:5060;lr>",
         b"Record-Route: <sip:mo@pcscf1.ims.mnc001.mcc001.3gppnetwork.org:5060;lr>",

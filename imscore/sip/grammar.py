@@ -247,7 +247,7 @@ def parse_header_params(text: str, pos: int, what: str) -> tuple[list[tuple[str,
     if HEADER_PARAMS_RE.fullmatch(text, pos) is None:
         m = HEADER_PARAMS_RE.match(text, pos)
         at = m.end() if m is not None else pos
-        raise ParseError(f"bad parameter in {what}: {text[at:at + 40]!r}")
+        raise ParseError(f"bad parameter in {what}: {text[at : at + 40]!r}")
     return [(k, v or None) for k, v in HEADER_PARAM_FIND.findall(text, pos)], n
 
 

@@ -181,9 +181,7 @@ class Address:
         self.bracketed = bracketed
 
     @classmethod
-    def _lazy(
-        cls: type[A], uri_text: str, display: str | None, params: Params, bracketed: bool
-    ) -> A:
+    def _lazy(cls: type[A], uri_text: str, display: str | None, params: Params, bracketed: bool) -> A:
         address = cls.__new__(cls)
         address._uri = None
         address._uri_text = uri_text

@@ -118,7 +118,14 @@ LIST_HEADERS: Final = frozenset(
 #: Headers that may appear at most once (two different Content-Length values are always an error).
 SINGLE_HEADERS: Final = frozenset(
     {
-        "call-id", "cseq", "from", "to", "max-forwards", "content-type", "expires", "min-expires",
+        "call-id",
+        "cseq",
+        "from",
+        "to",
+        "max-forwards",
+        "content-type",
+        "expires",
+        "min-expires",
         "p-charging-vector",
     }
 )
@@ -487,9 +494,7 @@ class Message:
 
     def to_bytes(self) -> bytes:
         """The message on the wire: start line, headers, empty line, body."""
-        return b"".join(
-            (self._start_bytes(), b"\r\n", self.headers.to_bytes(), b"\r\n", self._body)
-        )
+        return b"".join((self._start_bytes(), b"\r\n", self.headers.to_bytes(), b"\r\n", self._body))
 
     __bytes__ = to_bytes
 
