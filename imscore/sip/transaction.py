@@ -495,6 +495,12 @@ class Transaction(Generic[FlowT]):
         self._set(name, now + duration)
         return []
 
+    def _time_out(self) -> list[Output[FlowT]]:
+        """Timer B, F or H fired: tell the TU, then terminate."""
+        out: list[Output[FlowT]] = [TransactionTimeout(self)]
+        out += self._terminate()
+        return out
+
     def _terminate(self) -> list[Output[FlowT]]:
         self.state = _TERMINATED
         self._layer._dropped(len(self._timers))
@@ -594,9 +600,7 @@ class InviteClientTransaction(ClientTransaction[FlowT]):
             self._set("A", at + self._interval)
             return [Send(self.request, self.flow, self)]
         if name == "B" and state is _CALLING:
-            out: list[Output[FlowT]] = [TransactionTimeout(self)]
-            out += self._terminate()
-            return out
+            return self._time_out()
         if (name == "D" and state is _COMPLETED) or (name == "M" and state is _ACCEPTED):
             return self._terminate()
         return []
@@ -644,9 +648,7 @@ class NonInviteClientTransaction(ClientTransaction[FlowT]):
             self._set("E", at + self._interval)
             return [Send(self.request, self.flow, self)]
         if name == "F" and (state is _TRYING or state is _PROCEEDING):
-            out: list[Output[FlowT]] = [TransactionTimeout(self)]
-            out += self._terminate()
-            return out
+            return self._time_out()
         if name == "K" and state is _COMPLETED:
             return self._terminate()
         return []
@@ -755,9 +757,7 @@ class InviteServerTransaction(ServerTransaction[FlowT]):
             self._set("G", at + self._interval)
             return [Send(self.response, self.flow, self)]
         if name == "H" and state is _COMPLETED:
-            out: list[Output[FlowT]] = [TransactionTimeout(self)]
-            out += self._terminate()
-            return out
+            return self._time_out()
         if (name == "I" and state is _CONFIRMED) or (name == "L" and state is _ACCEPTED):
             return self._terminate()
         return []
