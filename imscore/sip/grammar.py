@@ -39,11 +39,9 @@ WORD: Final = f"[{WORD_CHARS}]+"
 QUOTED_STRING: Final = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
 
 TOKEN_RE: Final = re.compile(TOKEN)
-WORD_RE: Final = re.compile(WORD)
 METHOD_RE: Final = TOKEN_RE
 CALL_ID_RE: Final = re.compile(f"{WORD}(?:@{WORD})?")
 QUOTED_STRING_RE: Final = re.compile(QUOTED_STRING)
-DIGITS_RE: Final = re.compile(r"[0-9]+")
 SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 HEADER_NAME_RE: Final = TOKEN_RE
 #: a display name made of tokens separated by linear white space
@@ -56,14 +54,10 @@ HOSTNAME: Final = rf"(?:{_LABEL}\.)*{_TOPLABEL}\.?"
 IPV4: Final = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"
 IPV6REF: Final = r"\[[0-9A-Fa-f:.]+\]"
 HOST: Final = f"(?:{IPV6REF}|{IPV4}|{HOSTNAME})"
-HOSTNAME_RE: Final = re.compile(HOSTNAME)
 IPV4_RE: Final = re.compile(IPV4)
 HOST_RE: Final = re.compile(HOST)
-HOSTPORT_RE: Final = re.compile(f"({HOST})(?::([0-9]+))?")
 
 # --- URI pieces -----------------------------------------------------------------------------------
-USER_RE: Final = re.compile(f"(?:[{UNRESERVED}{USER_UNRESERVED}]|{ESCAPED})+")
-PASSWORD_RE: Final = re.compile(rf"(?:[{UNRESERVED}&=+$,]|{ESCAPED})*")
 PARAMCHARS: Final = f"(?:[{PARAM_UNRESERVED}{UNRESERVED}]|{ESCAPED})+"
 URI_PARAM_RE: Final = re.compile(f";({PARAMCHARS})(?:=({PARAMCHARS}))?")
 _URI_PARAMS: Final = f"((?:;{PARAMCHARS}(?:={PARAMCHARS})?)*)"
@@ -89,7 +83,6 @@ TEL_VISUAL_SEPARATORS: Final = str.maketrans("", "", "-.()")
 #: gen-value = token / host / quoted-string; ':' is admitted so that an IPv6 address written without
 #: brackets (RFC 5118 §4.5 ``received=2001:db8::9:255``) stays one value.
 GEN_VALUE: Final = rf"(?:{QUOTED_STRING}|[{TOKEN_CHARS}:\[\]]+)"
-HEADER_PARAM_RE: Final = re.compile(rf"[ \t]*;[ \t]*({TOKEN})(?:[ \t]*=[ \t]*({GEN_VALUE}))?[ \t]*")
 HEADER_PARAMS_RE: Final = re.compile(rf"(?:[ \t]*;[ \t]*{TOKEN}(?:[ \t]*=[ \t]*{GEN_VALUE})?)*[ \t]*")
 HEADER_PARAM_FIND: Final = re.compile(rf";[ \t]*({TOKEN})(?:[ \t]*=[ \t]*({GEN_VALUE}))?")
 

@@ -261,11 +261,11 @@ class Contact(Address):
     @property
     def instance(self) -> str | None:
         """``+sip.instance`` without its quotes, e.g. ``<urn:uuid:...>`` (RFC 5626)."""
-        return self.params.unquoted("+sip.instance")
+        return self.params.unquoted(g.FEATURE_INSTANCE)
 
     @property
     def reg_id(self) -> int | None:
-        value = self.params.get("reg-id")
+        value = self.params.get(g.PARAM_REG_ID)
         return None if value is None else int(value)
 
 
@@ -331,10 +331,10 @@ def parse_contact(value: str) -> Contact:
                 raise ParseError(f"bad Contact q {pvalue[:20]!r}") from None
             if not 0.0 <= q <= 1.0 or not pvalue.replace(".", "", 1).isdigit():
                 raise ParseError(f"Contact q {pvalue[:20]!r} outside 0..1")
-        elif lname == "reg-id":
+        elif lname == g.PARAM_REG_ID:
             if pvalue is None or not pvalue.isdigit():
                 raise ParseError("bad Contact reg-id")
-        elif lname == "+sip.instance" and (pvalue is None or not pvalue.startswith('"')):
+        elif lname == g.FEATURE_INSTANCE and (pvalue is None or not pvalue.startswith('"')):
             raise ParseError("Contact +sip.instance must be a quoted string")
     return contact
 

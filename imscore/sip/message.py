@@ -1063,8 +1063,3 @@ def parse_message(head: bytes, body: bytes = b"") -> Request | Response:
         raise
     message._body = body
     return message
-
-
-def headers_of(message: Message) -> list[tuple[str, str]]:
-    """The header fields of a message as ``(name, value)`` pairs (for building another message)."""
-    return [(f.name, f.value) for f in message.headers]
