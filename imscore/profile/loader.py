@@ -1,0 +1,312 @@
+"""Find, read and validate YAML profiles; turn a profile back into plain data or YAML.
+
+Every failure is one :class:`~imscore.profile.errors.ProfileError` whose message starts with the file
+(as the user named it), then the key path, then what was expected::
+
+    profiles/x.yaml: key 'timers.t1': expected a number > 0, got 'fast' (str)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Collection, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+
+from .errors import ProfileError
+from .model import (
+    DECISIONS,
+    Listener,
+    OptionValue,
+    PolicyChoice,
+    Profile,
+    RegistrarSettings,
+    Timers,
+    TlsSettings,
+)
+from .schema import PROFILE_SCHEMA, SchemaError, format_path
+
+__all__ = [
+    "dump_profile",
+    "effective_settings",
+    "load_profile",
+    "profile_from_data",
+    "resolve_profile",
+    "shipped_profiles",
+]
+
+_PACKAGE = "imscore"
+_PROFILES_DIR = "profiles"
+_SUFFIX = ".yaml"
+_BARE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding profiles
+
+
+def _shipped_dir() -> Path:
+    return Path(str(resources.files(_PACKAGE).joinpath(_PROFILES_DIR)))
+
+
+def shipped_profiles() -> tuple[str, ...]:
+    """Names of the profiles shipped inside the package, sorted (``default``, ...)."""
+    folder = _shipped_dir()
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(p.stem for p in folder.iterdir() if p.suffix == _SUFFIX and p.is_file()))
+
+
+def _is_bare_name(text: str) -> bool:
+    return bool(_BARE_NAME.fullmatch(text)) and not text.endswith((".yaml", ".yml"))
+
+
+def resolve_profile(name_or_path: str | os.PathLike[str]) -> Path:
+    """Turn a profile name or path into the file to read.
+
+    A bare name (``default``, no directory part, no ``.yaml``) is a profile shipped with the package,
+    found with :mod:`importlib.resources` wherever the package is installed, whatever the working
+    directory. Anything else (a :class:`~os.PathLike`, ``./x``, ``x.yaml``) is a path, used as is.
+
+    :raises ProfileError: for a bare name that is not a shipped profile.
+    """
+    if isinstance(name_or_path, str) and _is_bare_name(name_or_path):
+        candidate = _shipped_dir() / f"{name_or_path}{_SUFFIX}"
+        if not candidate.is_file():
+            names = ", ".join(shipped_profiles()) or "(none shipped)"
+            raise ProfileError(
+                f"profile {name_or_path!r}",
+                f"no such shipped profile; expected one of: {names}, or a path to a YAML file",
+            )
+        return candidate
+    return Path(name_or_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """``SafeLoader`` that rejects a key repeated in one mapping (PyYAML keeps the last silently)."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: list[object] = []
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.append(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path, source: str) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(source, "cannot read profile: no such file") from None
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start]
+        raise ProfileError(
+            source, f"cannot read profile: not UTF-8 text (byte {exc.start} is 0x{bad:02x})"
+        ) from None
+    except OSError as exc:
+        raise ProfileError(source, f"cannot read profile: {exc.strerror or exc}") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        if exc.context and exc.problem:
+            problem = f"{exc.problem} ({exc.context})"
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ProfileError(source, f"{where}invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(source, f"invalid YAML: {' '.join(str(exc).split())}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Validating
+
+
+def load_profile(
+    path_or_name: str | os.PathLike[str],
+    *,
+    known_plugins: Mapping[str, Collection[str]] | None = None,
+) -> Profile:
+    """Read, validate and return a profile with every default filled in.
+
+    :param path_or_name: a shipped profile name (``default``) or a path (see :func:`resolve_profile`).
+    :param known_plugins: plugin names registered per decision (``{"forking": {"parallel", ...}}``);
+        when given, a profile naming any other plugin for a listed decision is rejected. ``None``
+        skips that check.
+    :raises ProfileError: one message: the file, the key path, what was expected.
+    """
+    path = resolve_profile(path_or_name)
+    bare = isinstance(path_or_name, str) and _is_bare_name(path_or_name)
+    source = str(path) if bare else os.fspath(path_or_name)
+    data = _read_yaml(path, source)
+    return profile_from_data(data, source=source, default_name=path.stem, known_plugins=known_plugins)
+
+
+def profile_from_data(
+    data: object,
+    *,
+    source: str,
+    default_name: str,
+    known_plugins: Mapping[str, Collection[str]] | None = None,
+) -> Profile:
+    """Validate an already parsed document (``None`` counts as empty) and build the :class:`Profile`.
+
+    :param source: the file (or other origin) that messages start with.
+    :param default_name: the profile name when the document has no ``name`` key.
+    :raises ProfileError: as :func:`load_profile`.
+    """
+    if data is None:
+        data = {}
+    try:
+        plain = PROFILE_SCHEMA.validate(data, ())
+    except SchemaError as exc:
+        key = format_path(exc.path)
+        if not key:
+            raise ProfileError(source, f"top level: {exc.message}") from None
+        raise ProfileError(source, exc.message, key=key) from None
+    profile = _build(_mapping(plain), default_name)
+    if known_plugins is not None:
+        for decision, choice in profile.policies.items():
+            if decision not in known_plugins:
+                continue
+            names = known_plugins[decision]
+            if choice.plugin not in names:
+                raise ProfileError(
+                    source,
+                    f"unknown plugin {choice.plugin!r}; expected one of: "
+                    + (", ".join(sorted(names)) or "(none registered)"),
+                    key=f"policies.{decision}.plugin",
+                )
+    return profile
+
+
+# The schema guarantees the types below; these helpers only narrow them for the type checker.
+
+
+def _mapping(value: object) -> dict[str, object]:
+    assert isinstance(value, dict)
+    return cast("dict[str, object]", value)
+
+
+def _str(value: object) -> str:
+    assert isinstance(value, str)
+    return value
+
+
+def _opt_str(value: object) -> str | None:
+    assert value is None or isinstance(value, str)
+    return value
+
+
+def _float(value: object) -> float:
+    assert isinstance(value, float)
+    return value
+
+
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
+def _list(value: object) -> list[object]:
+    assert isinstance(value, list)
+    return value
+
+
+def _listener(value: object) -> Listener:
+    assert isinstance(value, Listener)
+    return value
+
+
+def _build(plain: dict[str, object], default_name: str) -> Profile:
+    timers = _mapping(plain["timers"])
+    registrar = _mapping(plain["registrar"])
+    policies = _mapping(plain["policies"])
+    tls = _mapping(plain["tls"])
+    name = plain["name"]
+    return Profile(
+        name=default_name if name is None else _str(name),
+        description=_str(plain["description"]),
+        domains=tuple(_str(d) for d in _list(plain["domains"])),
+        listeners=tuple(_listener(lst) for lst in _list(plain["listeners"])),
+        store=_str(plain["store"]),
+        timers=Timers(t1=_float(timers["t1"]), t2=_float(timers["t2"]), t4=_float(timers["t4"])),
+        registrar=RegistrarSettings(
+            min_expires=_int(registrar["min_expires"]),
+            max_expires=_int(registrar["max_expires"]),
+            default_expires=_int(registrar["default_expires"]),
+            unknown_user_status=_int(registrar["unknown_user_status"]),
+        ),
+        policies={
+            decision: PolicyChoice(
+                plugin=_str(_mapping(policies[decision])["plugin"]),
+                options=cast("dict[str, OptionValue]", _mapping(policies[decision])["options"]),
+            )
+            for decision in DECISIONS
+        },
+        tls=TlsSettings(
+            certfile=_opt_str(tls["certfile"]),
+            keyfile=_opt_str(tls["keyfile"]),
+            cafile=_opt_str(tls["cafile"]),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Showing
+
+
+def effective_settings(profile: Profile) -> dict[str, Any]:
+    """The profile as plain data (what ``imscore profile show`` prints), every default present.
+
+    The layout is the profile file's, so the result is itself a valid profile document.
+    """
+    return {
+        "name": profile.name,
+        "description": profile.description,
+        "domains": list(profile.domains),
+        "listeners": [str(listener) for listener in profile.listeners],
+        "store": profile.store,
+        "timers": {"t1": profile.timers.t1, "t2": profile.timers.t2, "t4": profile.timers.t4},
+        "registrar": {
+            "min_expires": profile.registrar.min_expires,
+            "max_expires": profile.registrar.max_expires,
+            "default_expires": profile.registrar.default_expires,
+            "unknown_user_status": profile.registrar.unknown_user_status,
+        },
+        "policies": {
+            decision: {"plugin": choice.plugin, "options": copy.deepcopy(choice.options)}
+            for decision, choice in profile.policies.items()
+        },
+        "tls": {
+            "certfile": profile.tls.certfile,
+            "keyfile": profile.tls.keyfile,
+            "cafile": profile.tls.cafile,
+        },
+    }
+
+
+def dump_profile(profile: Profile) -> str:
+    """The effective settings as YAML; loading the text gives an equal :class:`Profile`."""
+    return yaml.safe_dump(
+        effective_settings(profile), sort_keys=False, default_flow_style=False, allow_unicode=True
+    )

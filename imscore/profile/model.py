@@ -1,0 +1,263 @@
+"""The effective profile: frozen dataclasses with every default filled in.
+
+A :class:`Profile` is what the server runs with after a YAML profile was loaded and validated
+(:func:`imscore.profile.load_profile`). The small parsers here (:func:`parse_listen`,
+:func:`check_store_url`, :func:`check_domain`) are shared by the loader and the command line
+(``--listen``, ``--store``); they raise :class:`ValueError` with a message that says what was expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, TypeAlias
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "DECISIONS",
+    "DEFAULT_LISTENERS",
+    "DEFAULT_POLICIES",
+    "DEFAULT_PORTS",
+    "DEFAULT_STORE",
+    "TRANSPORTS",
+    "UNKNOWN_USER_STATUSES",
+    "ListenError",
+    "Listener",
+    "OptionValue",
+    "PolicyChoice",
+    "Profile",
+    "RegistrarSettings",
+    "Timers",
+    "TlsSettings",
+    "check_domain",
+    "check_store_url",
+    "parse_listen",
+]
+
+#: A plugin option value as YAML gives it: scalars, lists and string-keyed mappings.
+OptionValue: TypeAlias = str | int | float | bool | list["OptionValue"] | dict[str, "OptionValue"] | None
+
+#: Listener transports, lower case.
+TRANSPORTS: Final = ("udp", "tcp", "tls")
+#: Port used when a listener names none (RFC 3261 §19.1.2).
+DEFAULT_PORTS: Final[Mapping[str, int]] = MappingProxyType({"udp": 5060, "tcp": 5060, "tls": 5061})
+#: The decisions a profile picks a plugin for.
+DECISIONS: Final = ("binding_policy", "forking", "auth")
+#: Plugin names shipped in ``imscore.builtin`` per decision (third-party plugins add more).
+BUILTIN_PLUGINS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "binding_policy": (
+            "replace-all",
+            "max-contacts",
+            "evict-oldest",
+            "evict-unreachable-first",
+            "reject-new",
+        ),
+        "forking": ("parallel", "sequential", "hunt"),
+        "auth": ("digest", "aka", "digest-or-aka"),
+    }
+)
+#: Statuses a registrar may answer for an unknown user (404 tells, 403 does not).
+UNKNOWN_USER_STATUSES: Final = (403, 404)
+DEFAULT_STORE: Final = "sqlite:imscore.db"
+
+
+class ListenError(ValueError):
+    """A listener specification (``udp:127.0.0.1:5060``) is malformed."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One socket to serve on. ``host`` is an IP address or a host name, IPv6 without brackets."""
+
+    transport: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ListenError(
+                f"unknown transport {self.transport!r}; expected one of: {', '.join(sorted(TRANSPORTS))}"
+            )
+        if not 0 <= self.port <= 65535:
+            raise ListenError(f"port {self.port} out of range; expected an integer 0-65535")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _is_host_name(text: str) -> bool:
+    if not text or len(text) > 253:
+        return False
+    labels = text.split(".")
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        return False
+    if all(label.isdigit() for label in labels):  # looks like IPv4: must be one
+        try:
+            ipaddress.IPv4Address(text)
+        except ValueError:
+            return False
+    return True
+
+
+def parse_listen(text: str) -> Listener:
+    """Parse ``TRANSPORT:HOST[:PORT]`` as ``--listen`` and profiles write it.
+
+    ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``tls:example.test`` (port 5061). The transport is
+    one of :data:`TRANSPORTS` (case-insensitive); an IPv6 address must be in brackets; a missing port
+    is the transport's default; port 0 asks the system for a free port.
+
+    :raises ListenError: naming what was wrong and what was expected.
+    """
+    transport, sep, rest = text.partition(":")
+    if not sep or not transport:
+        raise ListenError(f"expected TRANSPORT:HOST[:PORT] such as udp:127.0.0.1:5060, got {text!r}")
+    kind = transport.lower()
+    if kind not in TRANSPORTS:
+        raise ListenError(
+            f"unknown transport {transport!r} in {text!r}; "
+            f"expected one of: {', '.join(sorted(TRANSPORTS))}"
+        )
+    port_text: str | None
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end < 0:
+            raise ListenError(f"missing ']' in {text!r}; expected an IPv6 address as [::1]")
+        host, after = rest[1:end], rest[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ListenError(
+                f"{host!r} in {text!r} is not an IPv6 address; expected an IPv6 address inside brackets"
+            ) from None
+        if not after:
+            port_text = None
+        elif after.startswith(":"):
+            port_text = after[1:]
+        else:
+            raise ListenError(f"unexpected {after!r} after ']' in {text!r}; expected ':PORT' or nothing")
+    else:
+        if rest.count(":") > 1:
+            raise ListenError(
+                f"IPv6 address without brackets in {text!r}; expected it in brackets, "
+                f"as {kind}:[::1]:{DEFAULT_PORTS[kind]}"
+            )
+        host, colon, port_text_ = rest.partition(":")
+        port_text = port_text_ if colon else None
+        if not host:
+            raise ListenError(f"missing host in {text!r}; expected TRANSPORT:HOST[:PORT]")
+        if not _is_host_name(host):
+            raise ListenError(
+                f"host {host!r} in {text!r} is not an IP address or a host name; "
+                "expected an IPv4 address, a host name or an IPv6 address in brackets"
+            )
+    if port_text is None:
+        port = DEFAULT_PORTS[kind]
+    else:
+        if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
+            raise ListenError(f"bad port {port_text!r} in {text!r}; expected an integer 0-65535")
+        port = int(port_text)
+    return Listener(kind, host, port)
+
+
+def check_store_url(url: str) -> str:
+    """Validate a binding store URL and return it: ``memory:``, ``sqlite:PATH`` or ``redis://...``.
+
+    ``memory`` (no colon, as YAML users tend to write it, since a plain ``memory:`` is a YAML syntax
+    error) is accepted as ``memory:``. A relative SQLite path is relative to the server's working
+    directory.
+
+    :raises ValueError: naming what was expected.
+    """
+    if url in ("memory:", "memory"):
+        return "memory:"
+    if url.startswith("sqlite:") and len(url) > len("sqlite:"):
+        return url
+    if url.startswith(("redis://", "rediss://")) and len(url.partition("://")[2]) > 0:
+        return url
+    raise ValueError(
+        f"unknown store {url!r}; expected 'memory:', 'sqlite:PATH' or 'redis://HOST[:PORT][/DB]'"
+    )
+
+
+def check_domain(name: str) -> str:
+    """Validate a served domain (a host name or an IPv4 address) and return it in lower case.
+
+    :raises ValueError: naming what was expected.
+    """
+    if not _is_host_name(name):
+        raise ValueError(f"{name!r} is not a domain name; expected labels of letters, digits and '-'")
+    return name.lower()
+
+
+@dataclass(frozen=True)
+class Timers:
+    """SIP transaction timers in seconds (RFC 3261 §17.1.1.1)."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+
+
+@dataclass(frozen=True)
+class RegistrarSettings:
+    """Registration lifetimes in seconds and the answer for an unknown user."""
+
+    min_expires: int = 60
+    max_expires: int = 7200
+    default_expires: int = 3600
+    unknown_user_status: int = 404
+
+
+@dataclass(frozen=True)
+class PolicyChoice:
+    """The plugin picked for one decision and its options (validated by the plugin, not here)."""
+
+    plugin: str
+    options: dict[str, OptionValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """PEM files for TLS listeners (paths as written; relative to the working directory)."""
+
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None
+
+
+DEFAULT_LISTENERS: Final = (Listener("udp", "127.0.0.1", 5060), Listener("tcp", "127.0.0.1", 5060))
+DEFAULT_POLICIES: Final[Mapping[str, PolicyChoice]] = MappingProxyType(
+    {
+        "binding_policy": PolicyChoice("max-contacts"),
+        "forking": PolicyChoice("parallel"),
+        "auth": PolicyChoice("digest-or-aka"),
+    }
+)
+
+
+def _default_policies() -> dict[str, PolicyChoice]:
+    return {d: PolicyChoice(c.plugin, dict(c.options)) for d, c in DEFAULT_POLICIES.items()}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a server runs with; built by the loader, every default filled in."""
+
+    name: str
+    domains: tuple[str, ...]
+    description: str = ""
+    listeners: tuple[Listener, ...] = DEFAULT_LISTENERS
+    store: str = DEFAULT_STORE
+    timers: Timers = field(default_factory=Timers)
+    registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
+    policies: dict[str, PolicyChoice] = field(default_factory=_default_policies)
+    tls: TlsSettings = field(default_factory=TlsSettings)
