@@ -10,9 +10,11 @@ project = "imscore"
 author = "imscore contributors"
 copyright = "imscore contributors"
 
+# The docstrings are reStructuredText (``:param x:``), not Google or NumPy style, so napoleon is not
+# used: it would read a property docstring such as "The address of record form: scheme, ..." as
+# "type: description" and print the first half as the property's type.
 extensions = [
     "sphinx.ext.autodoc",
-    "sphinx.ext.napoleon",
 ]
 
 exclude_patterns = ["_build"]
@@ -20,3 +22,34 @@ exclude_patterns = ["_build"]
 autodoc_member_order = "bysource"
 
 html_theme = "alabaster"
+
+
+def _resolve_reexport(app, env, node, contnode):
+    """Resolve a Python reference to a name re-exported by :mod:`imscore.sip`.
+
+    The API reference documents each object in the submodule that defines it
+    (``imscore.sip.errors.SipError``), while docstrings and pages also name it as users import it
+    (``imscore.sip.SipError``) or bare (``SipError``, from another submodule). Sphinx calls this only
+    for references it could not resolve; it retries them under the defining submodule.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    import imscore.sip
+
+    target = node["reftarget"]
+    head, _, rest = target.removeprefix("imscore.sip.").partition(".")
+    if head not in imscore.sip.__all__:
+        return None
+    module = getattr(getattr(imscore.sip, head), "__module__", "")
+    if not module.startswith("imscore.sip."):
+        return None
+    canonical = f"{module}.{head}" + (f".{rest}" if rest else "")
+    if canonical == target:
+        return None
+    return env.get_domain("py").resolve_xref(
+        env, node["refdoc"], app.builder, node["reftype"], canonical, node, contnode
+    )
+
+
+def setup(app):
+    app.connect("missing-reference", _resolve_reexport)
