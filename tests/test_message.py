@@ -340,7 +340,6 @@ BAD_MESSAGES = [
     ),
     ("continuation first", wire("OPTIONS sip:a@b SIP/2.0", " folded", *BASE[:5]), 400),
     ("SIP/3.0", wire("OPTIONS sip:a@b SIP/3.0", *BASE[:5], "CSeq: 1 OPTIONS"), 505),
-    ("lower-case version", wire("OPTIONS sip:a@b sip/2.0", *BASE[:5], "CSeq: 1 OPTIONS"), 505),
     ("HTTP", wire("GET / HTTP/1.1", "Host: x"), 400),
     (
         "bad Call-ID",
@@ -366,6 +365,21 @@ def test_bad_messages(what: str, data: bytes, status: int) -> None:
         message.check_framing_headers()
     assert info.value.status == status, what
     assert info.value.reason
+
+
+def test_version_is_case_insensitive_and_broken_start_lines_can_be_answered() -> None:
+    lower = parse_datagram(wire("OPTIONS sip:a@b sip/2.0", *BASE[:5], "CSeq: 1 OPTIONS"))
+    assert isinstance(lower, Request)
+    lower.check_framing_headers()
+    for start, status in (("OPTIONS sip:a@b SIP/3.0", 505), ("OPTIONS <sip:a@b> SIP/2.0", 400)):
+        with pytest.raises(SipError) as info:
+            parse_datagram(wire(start, *BASE[:5], "CSeq: 1 OPTIONS"))
+        assert info.value.status == status and info.value.is_request is True
+        stand_in = info.value.message
+        assert isinstance(stand_in, Request)
+        answer = stand_in.make_response(info.value.status, info.value.phrase, to_tag="x")
+        assert answer.top_via.branch == "z9hG4bK776asdhds" and answer.cseq.seq == 1
+        assert answer.to.tag == "x" and answer.status == status
 
 
 def test_error_family_and_partial_message() -> None:

@@ -479,7 +479,9 @@ def test_listener_constructor_validates() -> None:
         Listener("udp", "127.0.0.1", 70000)
 
 
-@pytest.mark.parametrize("url", ["memory:", "sqlite:imscore.db", "sqlite:/var/lib/x.db", "redis://h:6379/0"])
+@pytest.mark.parametrize(
+    "url", ["memory:", "sqlite:imscore.db", "sqlite:/var/lib/x.db", "redis://h:6379/0"]
+)
 def test_store_urls_accepted(url: str) -> None:
     assert check_store_url(url) == url
 

@@ -197,7 +197,9 @@ def test_building_a_uri_in_code() -> None:
     assert str(uri) == "sip:alice@ims.example.test:5060;transport=tcp;lr"
     assert uri == parse_uri(str(uri))
     assert uri.transport == "tcp" and uri.lr
-    assert uri.aor == "sip:alice@ims.example.test"
+    assert uri.aor == "sip:alice@ims.example.test:5060"
+    assert parse_uri("sip:%61lice@IMS.example.test.;user=phone?x=1").aor == "sip:alice@ims.example.test"
+    assert parse_uri("sips:[2001:DB8::0:1]").aor == "sips:[2001:db8::1]"
     copy = uri.copy()
     copy.params.remove("lr")
     assert uri.lr and not copy.lr

@@ -28,8 +28,10 @@ class SipError(Exception):
 
     :param reason: a short human reason naming what was wrong (used as the response reason phrase).
     :param status: the SIP status code to answer with (400 unless a subclass says otherwise).
-    :param message: the partially parsed message when the start line and the header lines could be
-        split, so a transport can copy Via/From/To/Call-ID/CSeq into its error response.
+    :param message: the (partly) parsed message, when there is one: so a transport can copy
+        Via/From/To/Call-ID/CSeq into its error response. For a request with a broken start line
+        it is a stand-in whose Request-URI is a placeholder. Its headers may themselves be broken:
+        building the response can raise this error again, and then nothing can be answered.
     :param fatal: ``True`` when message framing is lost (a stream must be closed).
     """
 

@@ -47,6 +47,14 @@ def _content_length(head: bytes, message: Request | Response) -> int | None:
     """Content-Length of a parsed message, read straight off its header bytes when that is plain
     (one value, or equal values, all digits), else through the header index; the value is cached
     in the message so its accessor agrees."""
+    try:
+        return _read_content_length(head, message)
+    except SipError as error:
+        error.message = message
+        raise
+
+
+def _read_content_length(head: bytes, message: Request | Response) -> int | None:
     found = [v.strip(b" \t") for v in _CONTENT_LENGTH_RE.findall(head)]
     if not found:
         message.headers.cache["content-length"] = None
@@ -68,7 +76,14 @@ def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | R
     call :meth:`~imscore.sip.message.Message.check_framing_headers` before using the message.
     """
     if len(data) > max_size:
-        raise MessageTooLarge(f"datagram of {len(data)} octets is larger than {max_size}")
+        error = MessageTooLarge(f"datagram of {len(data)} octets is larger than {max_size}")
+        end, _ = _head_end(data)
+        if 0 < end <= max_size:
+            try:
+                error.message = parse_message(data[:end].lstrip(b"\r\n"))
+            except SipError:
+                pass  # nothing to answer from
+        raise error
     start = 0
     while start < len(data) and data[start] in b"\r\n":
         start += 1

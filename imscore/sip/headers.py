@@ -245,6 +245,11 @@ class Contact(Address):
 
     __slots__ = ()
 
+    @classmethod
+    def parse(cls, value: str) -> Contact:
+        """Parse one Contact value with the checks of :func:`parse_contact`."""
+        return parse_contact(value)
+
     @property
     def expires(self) -> int | None:
         """The ``expires`` parameter (delta-seconds, clamped to 2**32-1), or ``None``."""

@@ -31,7 +31,7 @@ from .headers import (
     parse_via,
 )
 from .params import Params
-from .uri import SipUri, Uri, parse_uri
+from .uri import AbsoluteUri, SipUri, Uri, parse_uri
 
 __all__ = [
     "COMPACT_FORMS",
@@ -469,11 +469,11 @@ class Message:
     # -- body ----------------------------------------------------------------------------------------
     @property
     def body(self) -> bytes:
+        """The body octets. Setting it sets Content-Length too (Content-Type is kept as it is)."""
         return self._body
 
     @body.setter
     def body(self, value: bytes) -> None:
-        """Set the body and Content-Length (and keep Content-Type as it is)."""
         self._body = value
         self.headers.set("Content-Length", len(value))
 
@@ -854,7 +854,7 @@ class Request(Message):
         self._method = method
         self._uri: Uri = parse_uri(uri) if isinstance(uri, str) else uri
         self._start = None
-        if body and "content-length" not in self.headers:
+        if "content-length" not in self.headers:
             self.headers.add("Content-Length", len(body))
 
     @property
@@ -880,6 +880,9 @@ class Request(Message):
 
     def start_line(self) -> str:
         return f"{self._method} {self._uri} {SIP_VERSION}"
+
+    def __repr__(self) -> str:
+        return f"<Request {self._method} {self._uri}>"
 
     def _start_bytes(self) -> bytes:
         if self._start is not None:
@@ -951,9 +954,14 @@ class Response(Message):
     ) -> None:
         super().__init__(headers, body)
         if not 100 <= status <= 699:
-            raise ParseError(f"status code {status} outside 100..699")
+            raise SipError(f"cannot build a response with status {status} (not 100..699)", 500)
         self.status = status
         self.reason = REASON_PHRASES.get(status, "Unknown") if reason is None else reason
+        if "content-length" not in self.headers:
+            self.headers.add("Content-Length", len(body))
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason!r}>"
 
     def start_line(self) -> str:
         return f"{SIP_VERSION} {self.status} {self.reason}"
@@ -964,8 +972,13 @@ class Response(Message):
 
 
 # --- parsing --------------------------------------------------------------------------------------
+def _is_status_line(line: str) -> bool:
+    return line[:4].upper() == "SIP/"
+
+
 def _parse_start(line: str) -> Request | Response:
-    if line.startswith("SIP/"):
+    # RFC 3261 §7.1: the version string is case-insensitive (and sent upper-case)
+    if _is_status_line(line):
         parts = line.split(" ", 2)
         if len(parts) < 3:
             if len(parts) == 2 and parts[1].isdigit():
@@ -973,7 +986,7 @@ def _parse_start(line: str) -> Request | Response:
             else:
                 raise ParseError("bad status line")
         version, code, reason = parts
-        if version != SIP_VERSION:
+        if version.upper() != SIP_VERSION:
             raise VersionNotSupported(f"unsupported version {version[:20]!r}")
         if len(code) != 3 or not code.isascii() or not code.isdigit() or not "100" <= code <= "699":
             raise ParseError(f"bad status code {code[:20]!r}")
@@ -985,7 +998,7 @@ def _parse_start(line: str) -> Request | Response:
     if len(parts) != 3:
         raise ParseError("bad request line (it must be METHOD SP URI SP SIP/2.0)")
     method, uri_text, version = parts
-    if version != SIP_VERSION:
+    if version.upper() != SIP_VERSION:
         if version.upper().startswith("SIP/"):
             raise VersionNotSupported(f"unsupported version {version[:20]!r}")
         raise ParseError(f"bad version {version[:20]!r}")
@@ -1049,17 +1062,38 @@ def parse_message(head: bytes, body: bytes = b"") -> Request | Response:
     else:  # liberal: bare LF line ends (as some archives and a few stacks send them)
         lines = head.decode("utf-8", "surrogateescape").replace("\r\n", "\n").split("\n")
         first = lines.pop(0)
+        block = b""
     if not first:
         raise ParseError("empty start line")
     try:
         message = _parse_start(first)
-        if lines is None:
-            message.headers = Headers._from_block(block)
-        else:
-            keys, items = _split_fields(lines)
-            message.headers = Headers._from_parsed(keys, items, None)
+        message.headers = _headers(block, lines)
     except SipError as error:
-        error.request_hint = not first.startswith("SIP/")
+        error.request_hint = not _is_status_line(first)
+        if error.request_hint and error.message is None:
+            error.message = _partial_request(first, block, lines)
         raise
     message._body = body
     return message
+
+
+def _headers(block: bytes, lines: list[str] | None) -> Headers:
+    if lines is None:
+        return Headers._from_block(block)
+    keys, items = _split_fields(lines)
+    return Headers._from_parsed(keys, items, None)
+
+
+def _partial_request(first: str, block: bytes, lines: list[str] | None) -> Request | None:
+    """A request whose start line is broken, kept only so that the error can be answered from its
+    Via, From, To, Call-ID and CSeq (its Request-URI is a placeholder)."""
+    request = Request.__new__(Request)
+    request._method = first.split(" ", 1)[0][:60] or "UNKNOWN"
+    request._uri = AbsoluteUri("invalid", "request-line")
+    request._start = first.encode("utf-8", "surrogateescape")
+    request._body = b""
+    try:
+        request.headers = _headers(block, lines)
+    except SipError:
+        return None
+    return request

@@ -118,11 +118,12 @@ class SipUri:
 
     @property
     def aor(self) -> str:
-        """The address of record form: scheme, user and host (lower-cased host), no port or params."""
+        """The address-of-record key of RFC 3261 §10.3: scheme, user unescaped, host (lower-case,
+        IPv6 normalised, no trailing dot) and port; parameters and headers removed."""
         user = self.user_unescaped
-        return (
-            f"{self.scheme}:{user}@{self.host.lower()}" if user else f"{self.scheme}:{self.host.lower()}"
-        )
+        host = self._host_key()
+        port = "" if self.port is None else f":{self.port}"
+        return f"{self.scheme}:{user}@{host}{port}" if user else f"{self.scheme}:{host}{port}"
 
     def copy(self) -> SipUri:
         return SipUri(
