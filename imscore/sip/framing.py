@@ -7,6 +7,7 @@ framing itself is lost it raises a :class:`SipError` with ``fatal=True`` and the
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Final, NoReturn
@@ -79,10 +80,8 @@ def parse_datagram(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Request | R
         error = MessageTooLarge(f"datagram of {len(data)} octets is larger than {max_size}")
         end, _ = _head_end(data)
         if 0 < end <= max_size:
-            try:
+            with contextlib.suppress(SipError):  # else there is nothing to answer from
                 error.message = parse_message(data[:end].lstrip(b"\r\n"))
-            except SipError:
-                pass  # nothing to answer from
         raise error
     start = 0
     while start < len(data) and data[start] in b"\r\n":
