@@ -7,7 +7,7 @@ import doctest
 import pytest
 from conftest import REPO_ROOT
 
-PAGES = ["docs/sip-core.rst"]
+PAGES = ["docs/sip-core.rst", "docs/plugins.rst"]
 
 
 @pytest.mark.parametrize("page", PAGES)
