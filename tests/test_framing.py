@@ -207,3 +207,13 @@ def test_stream_waits_for_a_body_that_has_not_arrived() -> None:
     assert framer.buffered > 0
     events = framer.feed(b"defghij")
     assert len(events) == 1 and isinstance(events[0], Request) and events[0].body == b"abcdefghij"
+
+
+def test_a_fatal_error_keeps_the_messages_completed_before_it() -> None:
+    good = message(b"first")
+    fatal = message(b"abc", cseq=2, extra="Content-Length: 99\r\n")
+    with pytest.raises(SipError) as info:
+        StreamFramer().feed(good + fatal)
+    assert info.value.fatal
+    (before,) = info.value.completed
+    assert isinstance(before, Request) and before.body == b"first"

@@ -52,6 +52,9 @@ class SipError(Exception):
         self.fatal = fatal
         #: set by the parser when the start line shows whether this was a request
         self.request_hint: bool | None = None
+        #: for a fatal stream error: the whole events (messages, keep-alives, errors) that the same
+        #: :meth:`~imscore.sip.framing.StreamFramer.feed` completed before framing was lost
+        self.completed: list[object] = []
 
     @property
     def is_request(self) -> bool | None:

@@ -137,11 +137,23 @@ class StreamFramer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[StreamEvent]:
+        """The events completed by ``data``, in order.
+
+        A fatal :class:`SipError` carries in ``completed`` the events completed before it.
+        """
         if self._error is not None:
             raise self._error
+        events: list[StreamEvent] = []
+        try:
+            self._frame(data, events)
+        except SipError as error:
+            error.completed = list(events)
+            raise
+        return events
+
+    def _frame(self, data: bytes, events: list[StreamEvent]) -> None:
         buf = self._buf
         buf += data
-        events: list[StreamEvent] = []
         while buf:
             c = buf[0]
             if c == 0x0D or c == 0x0A:
@@ -192,7 +204,6 @@ class StreamFramer:
                 events.append(message)
             elif error is not None:
                 events.append(error)
-        return events
 
     def _length_of_broken(self, head: bytes, error: SipError) -> int:
         """Content-Length of a message that did not parse, if framing can still be trusted."""

@@ -1,0 +1,145 @@
+"""The server's transaction user, sans-IO: what the server answers, given the transaction layer.
+
+Until the registrar and the proxy land, the server is a UAS that answers OPTIONS with 200 (Allow,
+Supported) and every other request as RFC 3261 says: 405 with Allow for a method it knows, 501 for
+one it does not, 481 for a CANCEL that matches nothing, 416 for a Request-URI scheme it cannot use,
+420 with Unsupported for an extension it lacks, 400 for headers it cannot parse.
+
+Like :mod:`imscore.sip`, this module does no I/O and reads no clock: :class:`ServerCore` takes
+messages, flows and ``now`` and returns the :class:`~imscore.sip.transaction.Send` outputs.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Generic, TypeVar
+
+from imscore.sip import Request, Response, SipError, SipUri, TelUri
+from imscore.sip.transaction import (
+    AckReceived,
+    Output,
+    RequestReceived,
+    Send,
+    TimerConfig,
+    Transaction,
+    TransactionLayer,
+)
+
+__all__ = ["ALLOWED_METHODS", "KNOWN_METHODS", "ServerCore", "ServerCounters"]
+
+FlowT = TypeVar("FlowT", bound=Hashable)
+
+#: methods this server implements today
+ALLOWED_METHODS: Final = ("OPTIONS", "ACK", "CANCEL")
+#: methods of RFC 3261 and its extensions that the server knows (405 rather than 501)
+KNOWN_METHODS: Final = frozenset(
+    {
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "REGISTER",
+        "OPTIONS",
+        "PRACK",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "INFO",
+        "REFER",
+        "MESSAGE",
+        "UPDATE",
+    }
+)
+#: option tags the server supports (none yet: Path, outbound and GRUU arrive with the registrar)
+SUPPORTED_OPTIONS: Final[tuple[str, ...]] = ()
+
+
+@dataclass
+class ServerCounters:
+    """What the core answered, by status code, and what it ignored."""
+
+    answered: dict[int, int] = field(default_factory=dict)
+    stray_acks: int = 0
+    other_outputs: int = 0
+
+    def count(self, status: int) -> None:
+        self.answered[status] = self.answered.get(status, 0) + 1
+
+
+class ServerCore(Generic[FlowT]):
+    """The transaction layer plus the decisions of a UAS that implements OPTIONS.
+
+    :param timers: RFC 3261 timer values.
+    :param server_name: the ``Server`` header value, or ``None`` for none.
+    """
+
+    def __init__(self, timers: TimerConfig | None = None, server_name: str | None = None) -> None:
+        self.layer: TransactionLayer[FlowT] = TransactionLayer(timers)
+        self.server_name = server_name
+        self.counters = ServerCounters()
+
+    def receive(
+        self, message: Request | Response, flow: FlowT, reliable: bool, now: float
+    ) -> list[Send[FlowT]]:
+        """A message from the transport (already framed and checked); returns what to send."""
+        return self._handle(self.layer.receive(message, flow, reliable, now), now)
+
+    def advance(self, now: float) -> list[Send[FlowT]]:
+        """Fire the timers due at ``now``; returns what to send."""
+        return self._handle(self.layer.advance(now), now)
+
+    def receive_transport_error(self, transaction: Transaction[FlowT], now: float) -> list[Send[FlowT]]:
+        """The transport could not send for ``transaction``; returns what to send instead."""
+        return self._handle(self.layer.transport_error(transaction, now), now)
+
+    def next_deadline(self) -> float | None:
+        return self.layer.next_deadline()
+
+    def _handle(self, outputs: Sequence[Output[FlowT]], now: float) -> list[Send[FlowT]]:
+        sends: list[Send[FlowT]] = []
+        for output in outputs:
+            if isinstance(output, Send):
+                sends.append(output)
+            elif isinstance(output, RequestReceived):
+                response = self.answer(output.request)
+                sends.extend(self._handle(self.layer.respond(output.transaction, response, now), now))
+            elif isinstance(output, AckReceived):
+                self.counters.stray_acks += 1  # an ACK for a 2xx we never sent: nothing to do
+            else:
+                self.counters.other_outputs += 1
+        return sends
+
+    # -- decisions --------------------------------------------------------------------------------
+    def answer(self, request: Request) -> Response:
+        """The final response to a new request, following RFC 3261 §8.2 in order."""
+        status, reason, extra = self._decide(request)
+        headers: list[tuple[str, object]] = list(extra)
+        if self.server_name:
+            headers.append(("Server", self.server_name))
+        self.counters.count(status)
+        return request.make_response(status, reason, headers, to_tag=secrets.token_hex(6))
+
+    def _decide(self, request: Request) -> tuple[int, str | None, list[tuple[str, object]]]:
+        allow: list[tuple[str, object]] = [("Allow", ", ".join(ALLOWED_METHODS))]
+        try:
+            request.validate()
+        except SipError as error:
+            return error.status, error.phrase, []
+        if not isinstance(request.uri, SipUri | TelUri):
+            return 416, None, []
+        method = request.method
+        if method not in ("ACK", "CANCEL"):
+            unsupported = [tag for tag in request.require if tag.lower() not in SUPPORTED_OPTIONS]
+            if unsupported:
+                return 420, None, [("Unsupported", ", ".join(unsupported))]
+        if method == "OPTIONS":
+            return 200, None, [*allow, ("Supported", ", ".join(SUPPORTED_OPTIONS))]
+        if method == "CANCEL":
+            # RFC 3261 §9.2: 200 when the CANCEL matches a transaction (every INVITE here has its
+            # final answer already, so there is nothing more to do), 481 when it matches none
+            return (200 if self.layer.find_cancelled(request) is not None else 481), None, []
+        if method in KNOWN_METHODS:
+            return 405, None, allow
+        return 501, None, allow

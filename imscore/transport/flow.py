@@ -1,0 +1,82 @@
+"""The data a transport hands to the layers above: flows, counters and the one error type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TypeAlias
+
+from imscore.sip import Request, Response
+
+__all__ = ["TRANSPORTS", "Flow", "MessageHandler", "TransportError", "TransportStats"]
+
+#: The transport names :meth:`Transports.listen <imscore.transport.Transports.listen>` understands.
+TRANSPORTS = ("udp", "tcp", "tls")
+
+
+class TransportError(Exception):
+    """A transport cannot do what was asked: listen, or send on a flow (e.g. ``connection closed``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Where a message came from and where its answer goes.
+
+    :param transport: ``"udp"``, ``"tcp"`` or ``"tls"``.
+    :param local: our address (ip, port) the message came in on, or a message leaves from. For UDP
+        it is the address the socket is bound to (``0.0.0.0`` for a wildcard listener); for a
+        connection it is the local address of that connection.
+    :param remote: the peer's address (ip, port) as seen on the socket.
+    :param connection: the connection id for TCP and TLS; ``None`` for UDP.
+    """
+
+    transport: str
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    connection: int | None = None
+
+    @property
+    def reliable(self) -> bool:
+        """Whether the transport is reliable (anything but UDP): no retransmissions needed."""
+        return self.transport != "udp"
+
+
+#: What the transports call for every good message received: ``handler(message, flow)``.
+MessageHandler: TypeAlias = Callable[[Request | Response, Flow], None]
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters of one :class:`~imscore.transport.Transports` (they only grow).
+
+    :ivar received: SIP messages read off the wire, good or bad (keep-alives not included).
+    :ivar delivered: good messages handed to the message handler.
+    :ivar sent: messages written (handler sends and stateless error answers).
+    :ivar answered_errors: bad requests answered statelessly with the error's status.
+    :ivar dropped_unanswerable: bad input that could not be answered (responses, unreadable bytes,
+        ACKs, requests too broken to build an answer from) and was dropped.
+    :ivar dropped_unroutable: responses not sent because their destination was a broadcast,
+        multicast or unspecified address, or port 0.
+    :ivar keepalives: keep-alives received (empty UDP datagrams of CR/LF, CRLFCRLF pings and CRLF
+        pongs on streams).
+    :ivar connections_opened: stream connections accepted.
+    :ivar connections_rejected: stream connections closed at once because ``max_connections`` were live.
+    :ivar connections_closed_idle: stream connections closed after ``idle_timeout`` without traffic.
+    :ivar streams_closed_broken: stream connections closed because their framing was lost.
+    """
+
+    received: int = 0
+    delivered: int = 0
+    sent: int = 0
+    answered_errors: int = 0
+    dropped_unanswerable: int = 0
+    dropped_unroutable: int = 0
+    keepalives: int = 0
+    connections_opened: int = 0
+    connections_rejected: int = 0
+    connections_closed_idle: int = 0
+    streams_closed_broken: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name (for logs and metrics)."""
+        return asdict(self)

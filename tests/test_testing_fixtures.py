@@ -1,0 +1,39 @@
+"""The pytest fixtures imscore offers plugin authors, used the way a plugin author would."""
+
+from __future__ import annotations
+
+import pytest
+
+from imscore.plugin import hookimpl
+
+pytest_plugins = ["imscore.testing"]
+
+
+class StartedProbe:
+    """A plugin that records the server life-cycle hooks it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    def ims_server_started(self, server: object) -> None:
+        self.seen.append("started")
+
+
+PROBE = StartedProbe()
+
+
+@pytest.mark.imscore_plugins(PROBE)
+def test_fixture_server_answers_and_runs_plugins(imscore_server, sip_client) -> None:  # type: ignore[no-untyped-def]
+    response = sip_client.request("OPTIONS")
+    assert response.status == 200
+    assert "OPTIONS" in (response.headers.get("Allow") or "")
+    assert sip_client.request("REGISTER").status == 405
+    assert PROBE.seen == ["started"]
+    host, port = imscore_server.address("tcp")
+    assert host == "127.0.0.1" and port > 0
+
+
+@pytest.mark.imscore_profile("legacy-single-registration")
+def test_fixture_profile_marker(imscore_server) -> None:  # type: ignore[no-untyped-def]
+    assert imscore_server.server.profile.name == "legacy-single-registration"
