@@ -342,3 +342,13 @@ def test_port_in_use_is_a_clear_start_up_error() -> None:
         )
     assert result.returncode == 2
     assert f"cannot listen on udp:127.0.0.1:{port}" in result.stderr
+
+
+def test_tcp_garbage_closes_the_stream_and_the_server_keeps_serving(served: Served) -> None:
+    with socket.create_connection(served.addresses["tcp"]) as sock:
+        sock.settimeout(5)
+        sock.sendall(b"\x16\x03\x01 this is not SIP at all\r\n\r\n")
+        assert sock.recv(65535) == b""  # closed, nothing to answer from
+    with socket.create_connection(served.addresses["tcp"]) as sock:
+        (event,) = stream_exchange(sock, options("127.0.0.1", 5999, "TCP", "g2"))
+        assert isinstance(event, Response) and event.status == 200

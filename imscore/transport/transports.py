@@ -350,8 +350,11 @@ class Transports:
                 "message handler failed on %r from %s %s", message, flow.transport, _join(*flow.remote)
             )
 
-    def _bad_input(self, error: SipError, flow: Flow, reply: _Reply) -> None:
-        """Answer bad input statelessly when it allows, else drop it; count and log either way."""
+    def _bad_input(self, error: SipError, flow: Flow, reply: _Reply) -> bool:
+        """Answer bad input statelessly when it allows, else drop it; count and log either way.
+
+        Returns whether it was answered.
+        """
         self.stats.received += 1
         source = f"{flow.transport} {_join(*flow.remote)}"
         answer = _error_response(error)
@@ -367,13 +370,14 @@ class Transports:
                     error.status,
                     failed,
                 )
-                return
+                return False
             self.stats.sent += 1
             self.stats.answered_errors += 1
             logger.info("bad request from %s answered %d: %s", source, answer.status, error.reason)
-        else:
-            self.stats.dropped_unanswerable += 1
-            logger.info("dropped %s from %s: %s", answer, source, error.reason)
+            return True
+        self.stats.dropped_unanswerable += 1
+        logger.info("dropped %s from %s: %s", answer, source, error.reason)
+        return False
 
     def _datagram_received(self, endpoint: _DatagramEndpoint, data: bytes, addr: Any) -> None:
         remote = _address(addr)
@@ -543,7 +547,17 @@ class _StreamConnection(asyncio.Protocol):
                 if event.ping:
                     self.write(b"\r\n")  # the RFC 5626 §3.5.1 pong
             elif isinstance(event, SipError):
-                owner._bad_input(event, self.flow, self.write)
+                answered = owner._bad_input(event, self.flow, self.write)
+                if not answered and event.is_request is not False:
+                    # not a request we could answer, nor a response: the peer does not speak SIP
+                    owner.stats.streams_closed_broken += 1
+                    logger.info(
+                        "%s connection %d from %s closed: unreadable input",
+                        self._name,
+                        self.id,
+                        _join(*self.flow.remote),
+                    )
+                    self.close()
             else:
                 owner._message_received(event, self.flow, self.write)
 
