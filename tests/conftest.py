@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+# imscore's fixtures for plugin authors, used by imscore's own tests too
+pytest_plugins = ["imscore.testing"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("IMSCORE_CORPUS") or REPO_ROOT.parent / "shared" / "corpus")
 

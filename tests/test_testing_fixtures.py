@@ -6,7 +6,7 @@ import pytest
 
 from imscore.plugin import hookimpl
 
-pytest_plugins = ["imscore.testing"]
+# the fixtures come from ``pytest_plugins = ["imscore.testing"]`` in tests/conftest.py
 
 
 class StartedProbe:
