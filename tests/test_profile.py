@@ -156,7 +156,7 @@ ERROR_CASES = [
     pytest.param(
         MIN + "listen: [udp:127.0.0.1]\n",
         "key 'listen': unknown key; expected one of: "
-        "description, domains, listeners, name, policies, registrar, store, timers, tls",
+        "connections, description, domains, listeners, name, policies, registrar, store, timers, tls",
         id="unknown-top-key",
     ),
     pytest.param(
@@ -318,7 +318,7 @@ ERROR_CASES = [
     pytest.param(
         "- domains\n",
         "top level: expected a mapping with keys: "
-        "description, domains, listeners, name, policies, registrar, store, timers, tls, got a list",
+        "connections, description, domains, listeners, name, policies, registrar, store, timers, tls, got a list",
         id="top-level-list",
     ),
     pytest.param(
@@ -522,7 +522,19 @@ def test_effective_settings_fill_defaults(write: Writer) -> None:
             "auth": {"plugin": "digest-or-aka", "options": {}},
         },
         "tls": {"certfile": None, "keyfile": None, "cafile": None},
+        "connections": {"max_connections": 1024, "idle_timeout": 600.0, "max_message_size": 65535},
     }
+
+
+def test_connection_limits(write: Writer) -> None:
+    profile = load_profile(
+        write(MIN + "connections: {max_connections: 2, idle_timeout: 0.5, max_message_size: 4096}\n")
+    )
+    assert (profile.connections.max_connections, profile.connections.idle_timeout) == (2, 0.5)
+    assert profile.connections.max_message_size == 4096
+    with pytest.raises(ProfileError) as info:
+        load_profile(write(MIN + "connections: {max_connections: 0}\n"))
+    assert "key 'connections.max_connections'" in str(info.value)
 
 
 def test_empty_sections_mean_defaults(write: Writer) -> None:

@@ -21,6 +21,7 @@ import yaml
 from .errors import ProfileError
 from .model import (
     DECISIONS,
+    ConnectionSettings,
     Listener,
     OptionValue,
     PolicyChoice,
@@ -242,6 +243,7 @@ def _build(plain: dict[str, object], default_name: str) -> Profile:
     registrar = _mapping(plain["registrar"])
     policies = _mapping(plain["policies"])
     tls = _mapping(plain["tls"])
+    connections = _mapping(plain["connections"])
     name = plain["name"]
     return Profile(
         name=default_name if name is None else _str(name),
@@ -267,6 +269,11 @@ def _build(plain: dict[str, object], default_name: str) -> Profile:
             certfile=_opt_str(tls["certfile"]),
             keyfile=_opt_str(tls["keyfile"]),
             cafile=_opt_str(tls["cafile"]),
+        ),
+        connections=ConnectionSettings(
+            max_connections=_int(connections["max_connections"]),
+            idle_timeout=_float(connections["idle_timeout"]),
+            max_message_size=_int(connections["max_message_size"]),
         ),
     )
 
@@ -301,6 +308,11 @@ def effective_settings(profile: Profile) -> dict[str, Any]:
             "certfile": profile.tls.certfile,
             "keyfile": profile.tls.keyfile,
             "cafile": profile.tls.cafile,
+        },
+        "connections": {
+            "max_connections": profile.connections.max_connections,
+            "idle_timeout": profile.connections.idle_timeout,
+            "max_message_size": profile.connections.max_message_size,
         },
     }
 

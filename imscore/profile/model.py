@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_STORE",
     "TRANSPORTS",
     "UNKNOWN_USER_STATUSES",
+    "ConnectionSettings",
     "ListenError",
     "Listener",
     "OptionValue",
@@ -208,6 +209,15 @@ class Timers:
 
 
 @dataclass(frozen=True)
+class ConnectionSettings:
+    """Limits of the stream transports (TCP, TLS) and of any one message."""
+
+    max_connections: int = 1024
+    idle_timeout: float = 600.0
+    max_message_size: int = 65535
+
+
+@dataclass(frozen=True)
 class RegistrarSettings:
     """Registration lifetimes in seconds and the answer for an unknown user."""
 
@@ -261,3 +271,4 @@ class Profile:
     registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
     policies: dict[str, PolicyChoice] = field(default_factory=_default_policies)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    connections: ConnectionSettings = field(default_factory=ConnectionSettings)

@@ -18,6 +18,7 @@ from .model import (
     DEFAULT_POLICIES,
     DEFAULT_STORE,
     UNKNOWN_USER_STATUSES,
+    ConnectionSettings,
     RegistrarSettings,
     Timers,
     TlsSettings,
@@ -343,6 +344,7 @@ def _check_tls(values: dict[str, object], path: KeyPath) -> None:
 _T = Timers()
 _R = RegistrarSettings()
 _TLS = TlsSettings()
+_C = ConnectionSettings()
 
 _POLICY_FIELDS = {"plugin": Field(Str()), "options": Field(FreeMapping(), {})}
 
@@ -405,6 +407,16 @@ PROFILE_SCHEMA: Final = Record(
                     "certfile": Field(Optional(Str()), _TLS.certfile),
                     "keyfile": Field(Optional(Str()), _TLS.keyfile),
                     "cafile": Field(Optional(Str()), _TLS.cafile),
+                }
+            ),
+            {},
+        ),
+        "connections": Field(
+            Record(
+                {
+                    "max_connections": Field(Int(minimum=1), _C.max_connections),
+                    "idle_timeout": Field(Number(), _C.idle_timeout),
+                    "max_message_size": Field(Int(minimum=1024), _C.max_message_size),
                 }
             ),
             {},

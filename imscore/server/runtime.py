@@ -87,7 +87,14 @@ class Server:
             raise ServerError(str(exc)) from None
         needs_tls = any(listener.transport == "tls" for listener in self.listeners)
         context = tls_context_for(self.profile, self.source) if needs_tls else None
-        self.transports = Transports(self._on_message, tls_context=context)
+        limits = self.profile.connections
+        self.transports = Transports(
+            self._on_message,
+            tls_context=context,
+            max_connections=limits.max_connections,
+            idle_timeout=limits.idle_timeout,
+            max_message_size=limits.max_message_size,
+        )
         for listener in self.listeners:
             try:
                 await self.transports.listen(listener.transport, listener.host, listener.port)
