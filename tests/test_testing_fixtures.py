@@ -37,3 +37,26 @@ def test_fixture_server_answers_and_runs_plugins(imscore_server, sip_client) -> 
 @pytest.mark.imscore_profile("legacy-single-registration")
 def test_fixture_profile_marker(imscore_server) -> None:  # type: ignore[no-untyped-def]
     assert imscore_server.server.profile.name == "legacy-single-registration"
+
+
+def test_profile_connection_limits_reach_the_transports() -> None:
+    import dataclasses
+    import socket
+
+    from imscore.profile import ConnectionSettings, load_profile
+    from imscore.testing import start_server
+
+    profile = dataclasses.replace(
+        load_profile("default"), connections=ConnectionSettings(max_connections=1)
+    )
+    running = start_server(profile)
+    try:
+        with socket.create_connection(running.address("tcp")) as first:
+            first.settimeout(5)
+            with socket.create_connection(running.address("tcp")) as second:
+                second.settimeout(5)
+                assert second.recv(100) == b""  # over the limit: closed at once
+            first.sendall(b"\r\n\r\n")
+            assert first.recv(100) == b"\r\n"  # the first one still works (RFC 5626 pong)
+    finally:
+        running.stop()
