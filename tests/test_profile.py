@@ -318,7 +318,8 @@ ERROR_CASES = [
     pytest.param(
         "- domains\n",
         "top level: expected a mapping with keys: "
-        "connections, description, domains, listeners, name, policies, registrar, store, timers, tls, got a list",
+        "connections, description, domains, listeners, name, policies, registrar, store, timers, tls, "
+        "got a list",
         id="top-level-list",
     ),
     pytest.param(
