@@ -11,9 +11,6 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-import yaml
 
 from imscore import __version__
 from imscore.profile import (
@@ -59,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         help="listen here instead of the profile's listeners (repeatable), e.g. udp:127.0.0.1:5060, "
         "tcp:[::1]:5060, tls:127.0.0.1:5061",
     )
-    serve.add_argument("--subscribers", metavar="FILE", help="subscriber file (YAML)")
+    serve.add_argument(
+        "--subscribers",
+        metavar="FILE",
+        help="subscriber file (YAML; default: the shipped demo subscribers)",
+    )
     serve.add_argument("--store", metavar="URL", help="memory: or sqlite:PATH (default: the profile's)")
     serve.add_argument(
         "--log-level",
@@ -82,19 +83,16 @@ def _known_plugins() -> dict[str, frozenset[str]]:
     return {decision: frozenset(names) for decision, names in BUILTIN_PLUGINS.items()}
 
 
-def _check_subscribers(path: str) -> int:
-    """Light check of a subscriber file's shape; the registrar reads it in full."""
+def _load_subscribers(path: str | None) -> tuple[str, int]:
+    """Load and check the subscriber file (the demo one when none is given)."""
+    from imscore.subscribers import SubscriberError, demo_subscribers_path, load_subscribers
+
+    source = path or str(demo_subscribers_path())
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"{path}: cannot read the subscriber file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CliError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("subscribers"), list):
-        raise CliError(f"{path}: key 'subscribers': expected a list of subscribers")
-    return len(data["subscribers"])
+        directory = load_subscribers(source)
+    except SubscriberError as exc:
+        raise CliError(str(exc)) from None
+    return source, len(directory)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -111,13 +109,10 @@ def _serve(args: argparse.Namespace) -> int:
             check_store_url(args.store)
         except ValueError as exc:
             raise CliError(f"--store: {exc}") from None
-    if args.subscribers:
-        count = _check_subscribers(args.subscribers)
-        logging.getLogger("imscore").info(
-            "%s: %d subscribers (read in full by the registrar, which is not in this version)",
-            args.subscribers,
-            count,
-        )
+    source, count = _load_subscribers(args.subscribers)
+    logging.getLogger("imscore").info(
+        "subscribers: %d from %s (the registrar that serves them is not in this version)", count, source
+    )
     from imscore.server.runtime import Server, ServerError, run_until_signalled
 
     server = Server(profile, listeners=listeners, store_url=args.store, source=args.profile)

@@ -61,10 +61,14 @@ def test_serve_start_up_errors_name_the_problem(args: list[str], message: str) -
 
 def test_serve_rejects_a_bad_subscriber_file(tmp_path: Path) -> None:
     subscribers = tmp_path / "subs.yaml"
-    subscribers.write_text("people: []\n")
+    subscribers.write_text(
+        "subscribers:\n  - impi: bob@ims.example.test\n    password: x\n"
+        "    implicit_sets: [[sip:bob@ims.example.test]]\n    max_devices: -1\n"
+    )
     result = run("serve", "--subscribers", str(subscribers), "--store", "memory:")
     assert result.returncode == 2
-    assert f"{subscribers}: key 'subscribers': expected a list of subscribers" in result.stderr
+    assert result.stderr.startswith(f"imscore: {subscribers}: subscribers[0] (bob@ims.example.test): ")
+    assert "key 'max_devices'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_serve_says_which_store_cannot_open(tmp_path: Path) -> None:

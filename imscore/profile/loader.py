@@ -56,11 +56,19 @@ def _shipped_dir() -> Path:
 
 
 def shipped_profiles() -> tuple[str, ...]:
-    """Names of the profiles shipped inside the package, sorted (``default``, ...)."""
+    """Names of the profiles shipped inside the package, sorted (``default``, ...).
+
+    Other data shipped beside them has a dot in its name (``subscribers.demo.yaml``) and is not a
+    profile.
+    """
     folder = _shipped_dir()
     if not folder.is_dir():
         return ()
-    return tuple(sorted(p.stem for p in folder.iterdir() if p.suffix == _SUFFIX and p.is_file()))
+    return tuple(
+        sorted(
+            p.stem for p in folder.iterdir() if p.suffix == _SUFFIX and p.is_file() and "." not in p.stem
+        )
+    )
 
 
 def _is_bare_name(text: str) -> bool:
@@ -78,7 +86,7 @@ def resolve_profile(name_or_path: str | os.PathLike[str]) -> Path:
     """
     if isinstance(name_or_path, str) and _is_bare_name(name_or_path):
         candidate = _shipped_dir() / f"{name_or_path}{_SUFFIX}"
-        if not candidate.is_file():
+        if name_or_path not in shipped_profiles():
             names = ", ".join(shipped_profiles()) or "(none shipped)"
             raise ProfileError(
                 f"profile {name_or_path!r}",

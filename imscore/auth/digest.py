@@ -1,0 +1,746 @@
+"""SIP Digest authentication (RFC 2617, RFC 7616, RFC 3261 §22), sans-IO.
+
+This module computes and checks Digest responses; it never does I/O and never reads the clock (``now``
+is always an argument). It has four parts:
+
+* :class:`NonceFactory` makes self-validating nonces (a timestamp and a MAC inside the nonce itself, so
+  the server keeps no per-nonce state to know whether a nonce is its own and how old it is);
+* :class:`NonceCounter` remembers, in bounded memory, the highest nonce-count seen per nonce, so a
+  replayed ``nc`` is refused;
+* :func:`digest_response` and :func:`ha1` compute the response (MD5, MD5-sess, SHA-256, SHA-256-sess;
+  qop ``auth``, ``auth-int`` or none, the RFC 2069 form). The password may be ``bytes`` so that Digest
+  AKA (RFC 3310) can pass RES octets as the password;
+* :func:`challenge` renders a ``WWW-Authenticate``/``Proxy-Authenticate`` value and :func:`verify`
+  judges an ``Authorization``/``Proxy-Authorization`` header, returning a :class:`Verdict`.
+
+Secrets discipline: nothing here logs, and no password, H(A1), nonce secret or response value ever
+appears in a ``repr`` or in the text of an exception this module raises.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import hmac
+import re
+import secrets
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from ..sip import grammar as g
+from ..sip.errors import SipError
+from ..sip.headers import AuthHeader
+from ..sip.uri import Uri, parse_uri
+
+__all__ = [
+    "ALGORITHMS",
+    "NonceCheck",
+    "NonceCounter",
+    "NonceFactory",
+    "StoredHA1",
+    "Verdict",
+    "VerdictKind",
+    "canonical_algorithm",
+    "challenge",
+    "credentials",
+    "digest_response",
+    "ha1",
+    "uri_matches",
+    "verify",
+]
+
+
+# ---------------------------------------------------------------------------------------------------
+# algorithms
+
+
+@dataclass(frozen=True)
+class _Algo:
+    name: str  # canonical spelling, as written in headers
+    hash_name: str  # hashlib name
+    sess: bool
+
+
+_ALGOS: Final[dict[str, _Algo]] = {
+    a.name.lower(): a
+    for a in (
+        _Algo("MD5", "md5", False),
+        _Algo("MD5-sess", "md5", True),
+        _Algo("SHA-256", "sha256", False),
+        _Algo("SHA-256-sess", "sha256", True),
+    )
+}
+
+#: The algorithms this module implements, in their canonical spelling.
+ALGORITHMS: Final[tuple[str, ...]] = tuple(a.name for a in _ALGOS.values())
+
+
+def canonical_algorithm(name: str) -> str | None:
+    """The canonical spelling of a supported algorithm name (matched case-insensitively), else ``None``.
+
+    >>> canonical_algorithm("sha-256-SESS")
+    'SHA-256-sess'
+    """
+    algo = _ALGOS.get(name.lower())
+    return algo.name if algo is not None else None
+
+
+def _algo(name: str) -> _Algo:
+    algo = _ALGOS.get(name.lower())
+    if algo is None:
+        raise ValueError(f"unsupported Digest algorithm {name[:40]!r}")
+    return algo
+
+
+def _h(hash_name: str, data: bytes) -> str:
+    return hashlib.new(hash_name, data, usedforsecurity=False).hexdigest()
+
+
+def _resolve(name: str, aliases: Mapping[str, str] | None) -> _Algo | None:
+    """The algorithm ``name`` computes with: itself if supported, else what ``aliases`` maps it to."""
+    if aliases:
+        for alias, target in aliases.items():
+            if alias.lower() == name.lower():
+                return _algo(target)
+    return _ALGOS.get(name.lower())
+
+
+def _b(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------
+# H(A1)
+
+
+class StoredHA1:
+    """An H(A1) a subscriber store keeps instead of the password: ``H(username:realm:password)``.
+
+    ``hash_name`` is the algorithm family the digest belongs to (``"MD5"`` or ``"SHA-256"``): an MD5
+    H(A1) verifies MD5 and MD5-sess responses, a SHA-256 one SHA-256 and SHA-256-sess. The value never
+    appears in ``repr``.
+    """
+
+    __slots__ = ("_hex", "hash_name")
+
+    def __init__(self, hexdigest: str, hash_name: str = "MD5") -> None:
+        algo = _algo(hash_name)
+        if algo.sess:
+            raise ValueError("StoredHA1 takes a hash family (MD5 or SHA-256), not a -sess algorithm")
+        size = hashlib.new(algo.hash_name, usedforsecurity=False).digest_size * 2
+        if len(hexdigest) != size or not all(c in "0123456789abcdefABCDEF" for c in hexdigest):
+            raise ValueError(f"StoredHA1 for {algo.name} must be {size} hexadecimal digits")
+        self._hex = hexdigest.lower()
+        self.hash_name = algo.name
+
+    @classmethod
+    def from_password(
+        cls, *, username: str, realm: str, password: bytes | str, hash_name: str = "MD5"
+    ) -> StoredHA1:
+        """Compute the H(A1) a store would keep for this user (the password is not kept)."""
+        return cls(
+            ha1(algorithm=hash_name, username=username, realm=realm, password=password), hash_name
+        )
+
+    @property
+    def hexdigest(self) -> str:
+        """The H(A1) as lower-case hex. A secret: do not log it."""
+        return self._hex
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredHA1):
+            return NotImplemented
+        return self.hash_name == other.hash_name and hmac.compare_digest(self._hex, other._hex)
+
+    def __hash__(self) -> int:
+        return hash((StoredHA1, self.hash_name, self._hex))
+
+    def __repr__(self) -> str:
+        return f"StoredHA1(hash_name={self.hash_name!r}, hexdigest=<hidden>)"
+
+
+def ha1(*, algorithm: str, username: str, realm: str, password: bytes | str) -> str:
+    """``H(username ":" realm ":" password)`` in lower-case hex: the H(A1) a store can keep.
+
+    For a ``-sess`` algorithm this is still the base value (the hash family is what counts); the session
+    H(A1) that also covers the nonce and cnonce is derived from it in :func:`digest_response`. A ``str``
+    password is encoded as UTF-8; ``bytes`` (e.g. an AKA RES) are used as they are.
+    """
+    algo = _algo(algorithm)
+    return _h(algo.hash_name, b":".join((_b(username), _b(realm), _b(password))))
+
+
+def _format_nc(nc: int | str) -> str:
+    if isinstance(nc, int):
+        if not 0 <= nc <= 0xFFFFFFFF:
+            raise ValueError("nc must fit in 8 hexadecimal digits")
+        return f"{nc:08x}"
+    return nc
+
+
+def digest_response(
+    *,
+    algorithm: str,
+    username: str,
+    realm: str,
+    password: bytes | str | StoredHA1,
+    method: str,
+    uri: str,
+    nonce: str,
+    nc: int | str | None = None,
+    cnonce: str | None = None,
+    qop: str | None = None,
+    entity_body: bytes = b"",
+) -> str:
+    """The ``response`` value (lower-case hex) of RFC 2617 §3.2.2.1 / RFC 7616 §3.4.1.
+
+    * ``algorithm``: ``MD5``, ``MD5-sess``, ``SHA-256`` or ``SHA-256-sess`` (any case);
+    * ``password``: the password (``str`` as UTF-8, or raw ``bytes`` such as an AKA RES), or a
+      :class:`StoredHA1` of the same hash family;
+    * ``qop``: ``"auth"``, ``"auth-int"`` (A2 then covers H(entity_body)) or ``None`` for the RFC 2069
+      form ``H(HA1:nonce:HA2)``; with a qop, ``nc`` (an int, or the 8 hex digits as sent) and ``cnonce``
+      are required. A ``-sess`` algorithm always needs ``cnonce``.
+
+    Raises :class:`ValueError` for an unsupported algorithm or qop, or missing nc/cnonce; the message
+    never contains the password.
+    """
+    algo = _algo(algorithm)
+    hn = algo.hash_name
+    if isinstance(password, StoredHA1):
+        if _algo(password.hash_name).hash_name != hn:
+            raise ValueError(f"a {password.hash_name} H(A1) cannot answer with {algo.name}")
+        base = password.hexdigest
+    else:
+        base = ha1(algorithm=algo.name, username=username, realm=realm, password=password)
+    if algo.sess:
+        if cnonce is None:
+            raise ValueError(f"{algo.name} needs a cnonce")
+        ha1_hex = _h(hn, f"{base}:{nonce}:{cnonce}".encode())
+    else:
+        ha1_hex = base
+    if qop is None or qop.lower() == "auth":
+        a2 = f"{method}:{uri}".encode()
+    elif qop.lower() == "auth-int":
+        a2 = f"{method}:{uri}:{_h(hn, entity_body)}".encode()
+    else:
+        raise ValueError(f"unsupported qop {qop[:40]!r}")
+    ha2 = _h(hn, a2)
+    if qop is None:
+        return _h(hn, f"{ha1_hex}:{nonce}:{ha2}".encode())
+    if nc is None or cnonce is None:
+        raise ValueError(f"qop={qop} needs nc and cnonce")
+    return _h(hn, f"{ha1_hex}:{nonce}:{_format_nc(nc)}:{cnonce}:{qop.lower()}:{ha2}".encode())
+
+
+# ---------------------------------------------------------------------------------------------------
+# nonces
+
+
+class NonceCheck(enum.Enum):
+    """What :meth:`NonceFactory.check` found."""
+
+    #: made by this factory (MAC fine) and not older than the lifetime
+    VALID = "valid"
+    #: made by this factory but older than the lifetime: challenge again with ``stale=true``
+    STALE = "stale"
+    #: not ours: bad MAC, wrong length, not base64url, from the future, or any other garbage
+    INVALID = "invalid"
+
+
+_TS: Final = struct.Struct(">q")
+_RAND_LEN: Final = 8
+_MAC_LEN: Final = 16
+_NONCE_LEN: Final = _TS.size + _RAND_LEN + _MAC_LEN  # 32 octets
+_NONCE_CHARS: Final = (_NONCE_LEN * 8 + 5) // 6  # 43 base64url characters, no padding
+_NONCE_RE: Final = re.compile(rf"[A-Za-z0-9_-]{{{_NONCE_CHARS}}}")
+
+
+class NonceFactory:
+    """Makes and checks self-validating nonces, so no per-nonce state is needed to recognise them.
+
+    Layout (32 octets, written as 43 characters of unpadded base64url, RFC 4648 §5)::
+
+        timestamp (8) || random (8) || MAC (16)
+        timestamp = int(floor(now * 1000)), signed 64-bit big-endian (milliseconds of the caller's clock)
+        MAC       = HMAC-SHA256(secret, timestamp || random || extra)[:16]
+
+    ``extra`` binds a nonce to data the caller chooses (e.g. the IMPI, or AKA material); the same
+    ``extra`` must be given to :meth:`check`. Every node of a pool that shares the ``secret`` accepts the
+    others' nonces. ``now`` is whatever clock the caller uses (wall or virtual time), the same for
+    :meth:`make` and :meth:`check`.
+
+    :param secret: the MAC key, at least 16 octets. Never shown in ``repr``.
+    :param lifetime: seconds a nonce stays valid; an older one with a good MAC is
+        :attr:`NonceCheck.STALE`.
+    :param max_skew: seconds a nonce's timestamp may lie in the future (clock differences in a pool);
+        beyond that it is :attr:`NonceCheck.INVALID`.
+    :param random: the source of the random octets (for deterministic tests); default
+        :func:`secrets.token_bytes`.
+    """
+
+    __slots__ = ("_random", "_secret", "lifetime", "max_skew")
+
+    def __init__(
+        self,
+        secret: bytes,
+        lifetime: float = 300.0,
+        *,
+        max_skew: float = 30.0,
+        random: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        if not isinstance(secret, bytes) or len(secret) < 16:
+            raise ValueError("the nonce secret must be at least 16 bytes")
+        if not lifetime > 0:
+            raise ValueError("the nonce lifetime must be > 0")
+        if not max_skew >= 0:
+            raise ValueError("max_skew must be >= 0")
+        self._secret = secret
+        self._random = random
+        self.lifetime = float(lifetime)
+        self.max_skew = float(max_skew)
+
+    def _mac(self, head: bytes, extra: bytes) -> bytes:
+        return hmac.new(self._secret, head + extra, hashlib.sha256).digest()[:_MAC_LEN]
+
+    def make(self, now: float, *, extra: bytes = b"") -> str:
+        """A fresh nonce stamped with ``now``, bound to ``extra``."""
+        rand = self._random(_RAND_LEN)
+        if len(rand) != _RAND_LEN:
+            raise ValueError("the random source returned the wrong number of octets")
+        head = _TS.pack(_millis(now)) + rand
+        return base64.urlsafe_b64encode(head + self._mac(head, extra)).decode("ascii").rstrip("=")
+
+    def issued_at(self, nonce: str, *, extra: bytes = b"") -> float | None:
+        """The ``now`` (to the millisecond) a nonce of ours was made at; ``None`` if it is not ours."""
+        raw = _decode_nonce(nonce)
+        if raw is None:
+            return None
+        head, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
+        if not hmac.compare_digest(mac, self._mac(head, extra)):
+            return None
+        return float(_TS.unpack(head[: _TS.size])[0]) / 1000.0
+
+    def check(self, nonce: str, now: float, *, extra: bytes = b"") -> NonceCheck:
+        """Whether ``nonce`` is ours and fresh at ``now``. Never raises on garbage.
+
+        Age exactly equal to the lifetime is still valid; a nonce stamped more than ``max_skew`` in the
+        future is invalid.
+        """
+        issued = self.issued_at(nonce, extra=extra)
+        if issued is None:
+            return NonceCheck.INVALID
+        age = _millis(now) / 1000.0 - issued
+        if age < -self.max_skew:
+            return NonceCheck.INVALID
+        if age > self.lifetime:
+            return NonceCheck.STALE
+        return NonceCheck.VALID
+
+    def __repr__(self) -> str:
+        return f"NonceFactory(lifetime={self.lifetime!r}, max_skew={self.max_skew!r})"
+
+
+def _millis(now: float) -> int:
+    ms = int(now * 1000.0 // 1)
+    if not -(2**63) <= ms < 2**63:
+        raise ValueError("now is out of range")
+    return ms
+
+
+def _decode_nonce(nonce: object) -> bytes | None:
+    if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(nonce + "=")
+    except (binascii.Error, ValueError):
+        return None
+    # the last character carries 2 unused bits: only the canonical spelling is ours
+    if len(raw) != _NONCE_LEN or base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != nonce:
+        return None
+    return raw
+
+
+class NonceCounter:
+    """Highest nonce-count seen per nonce, in bounded memory (an LRU of at most ``max_nonces``).
+
+    :meth:`accept` enforces RFC 2617 §3.2.2's replay rule: the ``nc`` of each request on a nonce must be
+    greater than every ``nc`` already accepted for it. When the LRU is full the least recently used nonce
+    is forgotten, after which its counts could be accepted again; size it to hold the nonces issued over
+    one nonce lifetime (stale nonces are refused before the counter is asked, so older ones do not
+    matter).
+    """
+
+    __slots__ = ("_seen", "max_nonces")
+
+    def __init__(self, max_nonces: int = 10_000) -> None:
+        if max_nonces < 1:
+            raise ValueError("max_nonces must be >= 1")
+        self.max_nonces = max_nonces
+        self._seen: OrderedDict[str, int] = OrderedDict()
+
+    def accept(self, nonce: str, nc: int) -> bool:
+        """Record ``nc`` for ``nonce`` and return ``True`` if it is greater than the last one accepted;
+        return ``False`` (a replay, nothing recorded) otherwise. ``nc`` must be >= 1 to be accepted."""
+        last = self._seen.get(nonce, 0)
+        if nc <= last:
+            if nonce in self._seen:
+                self._seen.move_to_end(nonce)
+            return False
+        self._seen[nonce] = nc
+        self._seen.move_to_end(nonce)
+        while len(self._seen) > self.max_nonces:
+            self._seen.popitem(last=False)
+        return True
+
+    def last(self, nonce: str) -> int | None:
+        """The highest ``nc`` accepted for ``nonce``, or ``None`` if it is not remembered."""
+        return self._seen.get(nonce)
+
+    def forget(self, nonce: str) -> None:
+        """Drop what is remembered about ``nonce`` (e.g. once it is known to be stale)."""
+        self._seen.pop(nonce, None)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __repr__(self) -> str:
+        return f"NonceCounter({len(self._seen)}/{self.max_nonces} nonces)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# challenge and credentials
+
+
+def _check_text(what: str, value: str) -> None:
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError(f"{what} must not contain CR, LF or NUL")
+
+
+def challenge(
+    realm: str,
+    nonce: str,
+    *,
+    algorithm: str = "MD5",
+    qop: str | Sequence[str] | None = "auth",
+    stale: bool = False,
+    opaque: str | None = None,
+) -> str:
+    """A ``WWW-Authenticate`` (or ``Proxy-Authenticate``) header value offering Digest.
+
+    >>> challenge("ims.example.test", "abc", stale=True)
+    'Digest realm="ims.example.test", nonce="abc", algorithm=MD5, qop="auth", stale=true'
+
+    ``qop`` may be one option, several (``["auth", "auth-int"]``), or ``None`` to offer none (RFC 2069
+    clients). The algorithm name is written in its canonical spelling; an unsupported one raises
+    :class:`ValueError`.
+    """
+    algo = _algo(algorithm)
+    _check_text("realm", realm)
+    _check_text("nonce", nonce)
+    parts = [f"realm={g.quote(realm)}", f"nonce={g.quote(nonce)}", f"algorithm={algo.name}"]
+    if qop is not None:
+        options = [qop] if isinstance(qop, str) else list(qop)
+        for option in options:
+            if option.lower() not in ("auth", "auth-int"):
+                raise ValueError(f"unsupported qop {option[:40]!r}")
+        if options:
+            parts.append(f"qop={g.quote(','.join(o.lower() for o in options))}")
+    if opaque is not None:
+        _check_text("opaque", opaque)
+        parts.append(f"opaque={g.quote(opaque)}")
+    if stale:
+        parts.append("stale=true")
+    return "Digest " + ", ".join(parts)
+
+
+def credentials(
+    offered: AuthHeader,
+    *,
+    username: str,
+    password: bytes | str | StoredHA1,
+    method: str,
+    uri: str,
+    cnonce: str | None = None,
+    nc: int = 1,
+    entity_body: bytes = b"",
+    algorithm_aliases: Mapping[str, str] | None = None,
+) -> str:
+    """The client side: an ``Authorization`` (or ``Proxy-Authorization``) value answering a challenge.
+
+    ``offered`` is the parsed challenge. qop ``auth`` is chosen when offered, else ``auth-int``, else the
+    RFC 2069 form. ``cnonce`` defaults to 16 random hex digits. ``algorithm_aliases`` maps an offered
+    algorithm name to the one computed (e.g. ``{"AKAv1-MD5": "MD5"}`` with the RES as the password);
+    the name is echoed as offered. Used by test UEs and the lab simulator.
+    """
+    if not offered.is_digest:
+        raise ValueError("the challenge is not Digest")
+    realm = offered.get("realm")
+    nonce = offered.get("nonce")
+    if realm is None or nonce is None:
+        raise ValueError("the challenge lacks realm or nonce")
+    offered_algorithm = offered.get("algorithm") or "MD5"
+    algo = _resolve(offered_algorithm, algorithm_aliases)
+    if algo is None:
+        raise ValueError(f"unsupported Digest algorithm {offered_algorithm[:40]!r}")
+    offered_qops = [q.strip().lower() for q in (offered.get("qop") or "").split(",") if q.strip()]
+    qop = next((q for q in ("auth", "auth-int") if q in offered_qops), None)
+    if offered_qops and qop is None:
+        raise ValueError("no offered qop is supported")
+    if qop is not None or algo.sess:
+        cnonce = cnonce if cnonce is not None else secrets.token_hex(8)
+    nc_text = _format_nc(nc)
+    response = digest_response(
+        algorithm=algo.name,
+        username=username,
+        realm=realm,
+        password=password,
+        method=method,
+        uri=uri,
+        nonce=nonce,
+        nc=nc_text if qop else None,
+        cnonce=cnonce,
+        qop=qop,
+        entity_body=entity_body,
+    )
+    for what, value in (("username", username), ("uri", uri), ("cnonce", cnonce or "")):
+        _check_text(what, value)
+    parts = [
+        f"username={g.quote(username)}",
+        f"realm={g.quote(realm)}",
+        f"nonce={g.quote(nonce)}",
+        f"uri={g.quote(uri)}",
+        f"response={g.quote(response)}",
+        f"algorithm={offered_algorithm if algorithm_aliases else algo.name}",
+    ]
+    if cnonce is not None:
+        parts.append(f"cnonce={g.quote(cnonce)}")
+    if qop is not None:
+        parts += [f"qop={qop}", f"nc={nc_text}"]
+    opaque = offered.get("opaque")
+    if opaque is not None:
+        parts.append(f"opaque={g.quote(opaque)}")
+    return "Digest " + ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# verification
+
+
+class VerdictKind(enum.Enum):
+    """The outcome of :func:`verify`, and what the registrar should answer."""
+
+    #: the credentials are good: go on with the request
+    OK = "ok"
+    #: malformed credentials (a parameter missing or malformed, uri not the Request-URI, a qop not
+    #: offered): answer 400 with :attr:`Verdict.reason`
+    BAD_REQUEST = "bad-request"
+    #: well-formed, but the response does not match (wrong password): challenge again (401/407)
+    WRONG_RESPONSE = "wrong-response"
+    #: the response matched a nonce of ours that has expired: challenge again with ``stale=true``
+    STALE = "stale"
+    #: the nonce is not ours (bad MAC, garbage): challenge again
+    INVALID_NONCE = "invalid-nonce"
+    #: the nonce-count was not greater than one already accepted: refuse, challenge again
+    REPLAY = "replay"
+    #: the algorithm is not one we support (or cannot check with the stored H(A1)): challenge again
+    UNSUPPORTED_ALGORITHM = "unsupported-algorithm"
+    #: the credentials are not Digest: challenge again
+    UNSUPPORTED_SCHEME = "unsupported-scheme"
+    #: the credentials are for another realm: challenge again (RFC 3261 §22.3)
+    WRONG_REALM = "wrong-realm"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The result of :func:`verify`: a :class:`VerdictKind`, a reason phrase, and the username given.
+
+    ``reason`` never contains a secret or the response value; it is fit for a 400 reason phrase or a log.
+    """
+
+    kind: VerdictKind
+    reason: str = ""
+    username: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """``True`` for :attr:`VerdictKind.OK`."""
+        return self.kind is VerdictKind.OK
+
+    @property
+    def stale(self) -> bool:
+        """``True`` when the new challenge should say ``stale=true``."""
+        return self.kind is VerdictKind.STALE
+
+    @property
+    def rechallenge(self) -> bool:
+        """``True`` when the answer is a new challenge (401, or 407 from a proxy)."""
+        return self.kind not in (VerdictKind.OK, VerdictKind.BAD_REQUEST)
+
+    @property
+    def status(self) -> int:
+        """200 for ok, 400 for a bad request, else 401 (a proxy answers 407 instead)."""
+        if self.kind is VerdictKind.OK:
+            return 200
+        if self.kind is VerdictKind.BAD_REQUEST:
+            return 400
+        return 401
+
+
+_NC_RE: Final = re.compile(r"[0-9a-fA-F]{8}")
+_REQUIRED: Final = ("username", "realm", "nonce", "uri", "response")
+
+
+def _bad(reason: str, username: str | None = None) -> Verdict:
+    return Verdict(VerdictKind.BAD_REQUEST, reason, username)
+
+
+def uri_matches(digest_uri: str, request_uri: str | Uri) -> bool:
+    """RFC 2617 §3.2.2.5: whether the Digest ``uri`` names the Request-URI.
+
+    Both are compared as URIs (RFC 3261 §19.1.4 equality) when both parse, else as exact strings.
+    """
+    req_text = request_uri if isinstance(request_uri, str) else str(request_uri)
+    try:
+        req = parse_uri(request_uri) if isinstance(request_uri, str) else request_uri
+        given = parse_uri(digest_uri)
+    except (SipError, ValueError):
+        return digest_uri == req_text
+    return bool(given == req)
+
+
+def verify(
+    credentials: AuthHeader,
+    *,
+    method: str,
+    request_uri: str | Uri,
+    password_or_ha1: bytes | str | StoredHA1,
+    realm: str,
+    nonces: NonceFactory | None = None,
+    now: float | None = None,
+    nonce_extra: bytes = b"",
+    counter: NonceCounter | None = None,
+    algorithms: Collection[str] = ALGORITHMS,
+    algorithm_aliases: Mapping[str, str] | None = None,
+    qops: Collection[str] = ("auth",),
+    require_qop: bool = True,
+    opaque: str | None = None,
+    entity_body: bytes = b"",
+) -> Verdict:
+    """Judge Digest credentials (an ``Authorization``/``Proxy-Authorization`` header) for a request.
+
+    :param credentials: the parsed header (e.g. ``request.authorization[0]``).
+    :param method: the request method (A2 uses it).
+    :param request_uri: the Request-URI; the Digest ``uri`` must name the same resource (400 if not).
+    :param password_or_ha1: the user's password (``str``, or ``bytes`` such as an AKA RES) or a
+        :class:`StoredHA1`, looked up by the caller from ``credentials.get("username")`` (the IMPI).
+    :param realm: our realm; credentials for another realm get :attr:`VerdictKind.WRONG_REALM`.
+    :param nonces: the factory that made our nonces; when given, ``now`` is required and the nonce is
+        checked (invalid, stale). When ``None`` the caller has checked the nonce itself (AKA).
+    :param nonce_extra: the ``extra`` the nonce was bound to.
+    :param counter: when given, a nonce-count not greater than the last accepted one is a replay.
+    :param algorithms: the algorithm names accepted (any case; see :data:`ALGORITHMS`).
+    :param algorithm_aliases: extra algorithm names and the algorithm each computes with, e.g.
+        ``{"AKAv1-MD5": "MD5"}`` for Digest AKAv1 (RFC 3310) with the RES as ``password_or_ha1``; an
+        alias is accepted only if it is also listed in ``algorithms``.
+    :param qops: the qop values accepted; one not in it is a bad request.
+    :param require_qop: refuse the RFC 2069 form (no qop) as a bad request; our challenges offer qop, and
+        RFC 2617 §3.2.2 obliges the client to use it then.
+    :param opaque: when given, the credentials must carry the same ``opaque`` (400 otherwise).
+    :param entity_body: the message body, for qop ``auth-int``.
+
+    Checks in order: scheme; required parameters; realm; uri; algorithm; qop, nc, cnonce; nonce ours;
+    response (constant-time comparison); stale; replay. A stale nonce is reported only when the response
+    is right for it (RFC 2617 §3.2.1), so ``stale=true`` never tells a guesser anything.
+    """
+    username = credentials.get("username")
+    if not credentials.is_digest:
+        return Verdict(
+            VerdictKind.UNSUPPORTED_SCHEME,
+            f"authorization scheme {credentials.scheme[:20]!r} is not Digest",
+        )
+    for name in _REQUIRED:
+        if credentials.get(name) is None:
+            return _bad(f"Digest parameter {name!r} missing", username)
+    assert username is not None
+    c_realm = credentials.get("realm") or ""
+    nonce = credentials.get("nonce") or ""
+    digest_uri = credentials.get("uri") or ""
+    given = credentials.get("response") or ""
+    if c_realm != realm:
+        return Verdict(VerdictKind.WRONG_REALM, "credentials are for another realm", username)
+    if not uri_matches(digest_uri, request_uri):
+        return _bad("Digest uri does not match the Request-URI", username)
+
+    algorithm_text = credentials.get("algorithm") or "MD5"
+    algo = _resolve(algorithm_text, algorithm_aliases)
+    accepted = {a.lower() for a in algorithms}
+    if algo is None or algorithm_text.lower() not in accepted:
+        return Verdict(
+            VerdictKind.UNSUPPORTED_ALGORITHM,
+            f"unsupported Digest algorithm {algorithm_text[:40]!r}",
+            username,
+        )
+    if (
+        isinstance(password_or_ha1, StoredHA1)
+        and _algo(password_or_ha1.hash_name).hash_name != algo.hash_name
+    ):
+        return Verdict(
+            VerdictKind.UNSUPPORTED_ALGORITHM,
+            f"no {algo.name} credentials stored for the user",
+            username,
+        )
+
+    qop = credentials.get("qop")
+    nc_text = credentials.get("nc")
+    cnonce = credentials.get("cnonce")
+    nc: int | None = None
+    if qop is None:
+        if require_qop:
+            return _bad("Digest qop missing", username)
+        if algo.sess and not cnonce:
+            return _bad(f"Digest cnonce missing ({algo.name})", username)
+    else:
+        qop = qop.lower()
+        if qop not in {q.lower() for q in qops}:
+            return _bad(f"Digest qop {qop[:20]!r} not offered", username)
+        if nc_text is None or not cnonce:
+            return _bad(f"Digest qop={qop} needs nc and cnonce", username)
+        if not _NC_RE.fullmatch(nc_text):
+            return _bad("Digest nc is not 8 hexadecimal digits", username)
+        nc = int(nc_text, 16)
+    if opaque is not None and credentials.get("opaque") != opaque:
+        return _bad("Digest opaque does not match", username)
+
+    state = NonceCheck.VALID
+    if nonces is not None:
+        if now is None:
+            raise TypeError("verify() needs now= when nonces= is given")
+        state = nonces.check(nonce, now, extra=nonce_extra)
+        if state is NonceCheck.INVALID:
+            return Verdict(VerdictKind.INVALID_NONCE, "nonce not issued here", username)
+
+    expected = digest_response(
+        algorithm=algo.name,
+        username=username,
+        realm=c_realm,
+        password=password_or_ha1,
+        method=method,
+        uri=digest_uri,
+        nonce=nonce,
+        nc=nc_text,
+        cnonce=cnonce,
+        qop=qop,
+        entity_body=entity_body,
+    )
+    if not hmac.compare_digest(expected.encode("ascii"), given.lower().encode("utf-8", "replace")):
+        return Verdict(VerdictKind.WRONG_RESPONSE, "Digest response does not match", username)
+    if state is NonceCheck.STALE:
+        return Verdict(VerdictKind.STALE, "nonce expired", username)
+    if counter is not None and nc is not None and not counter.accept(nonce, nc):
+        return Verdict(VerdictKind.REPLAY, "nonce-count replayed", username)
+    return Verdict(VerdictKind.OK, "", username)
