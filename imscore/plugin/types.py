@@ -27,6 +27,9 @@ class Binding:
     :param reg_id: the ``reg-id`` value (RFC 5626), ``None`` when absent.
     :param call_id: Call-ID of the REGISTER that created or last refreshed the binding.
     :param cseq: CSeq number of that REGISTER.
+    :param registered_at: when the device first registered (seconds on the registrar's clock; 0 for
+        an incoming binding).
+    :param reachable: ``False`` when contact qualification marked the device unreachable.
     """
 
     contact: str
@@ -36,6 +39,8 @@ class Binding:
     reg_id: int | None = None
     call_id: str = ""
     cseq: int = 0
+    registered_at: float = 0.0
+    reachable: bool = True
 
     def same_binding(self, other: Binding) -> bool:
         """True when ``other`` updates this binding: same instance and reg-id if both carry an
