@@ -110,9 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(f"--store: {exc}") from None
     source, count = _load_subscribers(args.subscribers)
-    logging.getLogger("imscore").info(
-        "subscribers: %d from %s (the registrar that serves them is not in this version)", count, source
-    )
+    logging.getLogger("imscore").info("subscribers: %d from %s", count, source)
     from imscore.server.runtime import Server, ServerError, run_until_signalled
 
     server = Server(profile, listeners=listeners, store_url=args.store, source=args.profile)

@@ -64,10 +64,10 @@ def message_of(path: str, known_plugins: Mapping[str, Collection[str]] | None = 
 
 
 def test_shipped_profiles_are_listed() -> None:
-    assert shipped_profiles() == ("default", "legacy-single-registration", "multi-device")
+    assert shipped_profiles() == ("default", "ims", "legacy-single-registration", "multi-device")
 
 
-@pytest.mark.parametrize("name", ["default", "legacy-single-registration", "multi-device"])
+@pytest.mark.parametrize("name", ["default", "ims", "legacy-single-registration", "multi-device"])
 def test_every_shipped_profile_loads_with_builtin_plugins(name: str) -> None:
     profile = load_profile(name, known_plugins=BUILTIN_PLUGINS)
     assert profile.name == name
@@ -88,7 +88,7 @@ def test_default_profile_contents() -> None:
         registrar=RegistrarSettings(60, 7200, 3600, 404),
         policies={
             "binding_policy": PolicyChoice(
-                "max-contacts", {"max_contacts": 10, "at_limit": "evict-oldest"}
+                "max-contacts", {"max_contacts": 10, "at_limit": "reject", "reject_status": 403}
             ),
             "forking": PolicyChoice("parallel", {}),
             "auth": PolicyChoice("digest-or-aka", {}),
@@ -102,9 +102,31 @@ def test_legacy_and_multi_device_differ_in_binding_policy() -> None:
     multi = load_profile("multi-device")
     assert legacy.policies["binding_policy"] == PolicyChoice("replace-all", {})
     assert multi.policies["binding_policy"] == PolicyChoice(
-        "max-contacts", {"max_contacts": 10, "at_limit": "evict-oldest"}
+        "max-contacts", {"max_contacts": 10, "at_limit": "reject", "reject_status": 403}
     )
     assert legacy.policies["forking"].plugin == multi.policies["forking"].plugin == "parallel"
+
+
+def test_default_and_multi_device_have_the_same_policies() -> None:
+    assert load_profile("default").policies == load_profile("multi-device").policies
+
+
+def test_ims_profile_contents() -> None:
+    profile = load_profile("ims", known_plugins=BUILTIN_PLUGINS)
+    assert profile.policies == {
+        "binding_policy": PolicyChoice("max-contacts", {"max_contacts": 5, "at_limit": "evict-oldest"}),
+        "forking": PolicyChoice("parallel", {}),
+        "auth": PolicyChoice("aka", {}),
+    }
+    assert "AKA" in profile.description
+
+
+@pytest.mark.parametrize("name", ["default", "ims", "legacy-single-registration", "multi-device"])
+def test_shipped_binding_policy_options_are_valid(name: str) -> None:
+    from imscore.profile.model import check_binding_policy_options
+
+    choice = load_profile(name).policies["binding_policy"]
+    check_binding_policy_options(choice.plugin, choice.options)  # raises when invalid
 
 
 def test_default_resolves_by_name_regardless_of_cwd(
@@ -137,7 +159,7 @@ def test_unknown_profile_name() -> None:
         resolve_profile("nosuch")
     assert str(info.value) == (
         "profile 'nosuch': no such shipped profile; expected one of: "
-        "default, legacy-single-registration, multi-device, or a path to a YAML file"
+        "default, ims, legacy-single-registration, multi-device, or a path to a YAML file"
     )
 
 
@@ -565,10 +587,10 @@ timers: {t1: 1, t2: 8, t4: 2.5}
 registrar: {min_expires: 30, max_expires: 600, default_expires: 300, unknown_user_status: 403}
 policies:
   binding_policy:
-    plugin: evict-unreachable-first
-    options: {limit: 3, nested: {a: [1, 2.5, null, true]}}
+    plugin: max-contacts
+    options: {max_contacts: 3, at_limit: evict-unreachable-first}
   forking: {plugin: hunt, options: {ring_timeout: 20}}
-  auth: {plugin: aka}
+  auth: {plugin: aka, options: {nested: {a: [1, 2.5, null, true]}}}
 tls: {certfile: cert.pem, keyfile: key.pem, cafile: null}
 """
 
@@ -586,11 +608,17 @@ def test_custom_profile_values(write: Writer) -> None:
     assert profile.timers == Timers(1.0, 8.0, 2.5)
     assert isinstance(profile.timers.t1, float)
     assert profile.registrar == RegistrarSettings(30, 600, 300, 403)
+    assert profile.policies["binding_policy"] == PolicyChoice(
+        "max-contacts", {"max_contacts": 3, "at_limit": "evict-unreachable-first"}
+    )
     assert profile.policies["forking"] == PolicyChoice("hunt", {"ring_timeout": 20})
+    assert profile.policies["auth"] == PolicyChoice("aka", {"nested": {"a": [1, 2.5, None, True]}})
     assert profile.tls == TlsSettings("cert.pem", "key.pem", None)
 
 
-@pytest.mark.parametrize("source", ["default", "legacy-single-registration", "multi-device", "custom"])
+@pytest.mark.parametrize(
+    "source", ["default", "ims", "legacy-single-registration", "multi-device", "custom"]
+)
 def test_dump_load_round_trip(write: Writer, tmp_path: Path, source: str) -> None:
     original = load_profile(write(CUSTOM)) if source == "custom" else load_profile(source)
     dumped = dump_profile(original)

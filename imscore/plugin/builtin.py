@@ -5,18 +5,38 @@ implementation here is ``trylast``, so any other plugin that answers wins. Each 
 for the policy or strategy names it owns and returns ``None`` for the rest, so an unknown name reaches
 the caller as "nobody implements this".
 
-Binding policies:
+Binding policies (the names of :data:`imscore.profile.model.BUILTIN_PLUGINS`). Common to all three:
+an incoming binding *matches* an existing one when :meth:`Binding.same_binding` says so (the same
+``+sip.instance`` and ``reg-id`` when both carry an instance, RFC 5626 §6, else the same contact URI),
+so a device that re-registers from a new address or port updates its binding and never counts as
+another device; the update keeps the binding's place in registration order. An incoming binding with
+``expires`` 0 removes the existing one it matches (and is ignored when it matches none). ``Contact: *``
+is the registrar's business and never reaches a policy.
 
-``multi``
-    RFC 3261 §10.3 behaviour: an incoming binding replaces the existing one it updates (same
-    ``+sip.instance``/``reg-id`` if both carry one, else the same contact URI), ``expires`` 0 removes
-    it, anything else is added.
+``unlimited``
+    Plain RFC 3261 §10.3: matching bindings are updated or removed, every other incoming binding is
+    added; no limit. Takes no options.
 ``replace-all``
-    Legacy single registration: the incoming bindings (minus removals) become the whole set, and
-    every existing binding is displaced — the newest device silently replaces the others.
+    Legacy single registration ("one device, the newest wins"): when the REGISTER carries at least
+    one contact with ``expires`` > 0, the last such contact is the user's only binding afterwards, and
+    every other existing binding is displaced (reported in ``removed``). A REGISTER carrying only
+    removals removes what it matches. Takes no options.
 ``max-contacts``
-    ``multi``, but a REGISTER that would leave more than ``options["max_contacts"]`` (default 1)
-    bindings is refused with ``options.get("reject_status", 403)`` and nothing changes.
+    ``unlimited`` up to ``options["max_contacts"]`` bindings (default 10). Only a REGISTER that adds a
+    new device is limited: refreshes and removals are always accepted, even when the user is above
+    the limit (a lowered limit applies from the next new device). When the new devices would exceed
+    the limit, ``options["at_limit"]`` says what happens: ``reject`` (default) refuses the REGISTER
+    with ``options["reject_status"]`` (default 403) and nothing changes; ``evict-oldest`` (first
+    registration time), ``evict-soonest-to-expire`` (fewest seconds left) and
+    ``evict-unreachable-first`` (unreachable ones, then the oldest) displace existing bindings this
+    REGISTER did not touch, in the order each names, until the result fits (ties: older first). When
+    even evicting every such binding would not make room (the REGISTER alone brings more new devices
+    than the limit) it is refused as under ``reject``.
+
+Options are checked by :func:`imscore.profile.model.check_binding_policy_options`; a bad option makes
+the policy refuse every REGISTER with 500 and a reason naming the option. The registrar passes a
+subscriber's ``max_devices`` as ``options["max_contacts"]``, overriding the profile's; ``replace-all``
+and ``unlimited`` ignore that key.
 
 Fork strategies:
 
@@ -40,6 +60,12 @@ from collections.abc import Mapping, Sequence
 from itertools import groupby
 from typing import Any
 
+from imscore.profile.model import (
+    BUILTIN_PLUGINS,
+    OptionValue,
+    PolicyOptionError,
+    check_binding_policy_options,
+)
 from imscore.sip import Request, Uri
 
 from .markers import hookimpl
@@ -56,22 +82,79 @@ from .types import (
 DEFAULT_RING_TIMEOUT = 20.0
 
 
-def _merge(existing: Sequence[Binding], incoming: Sequence[Binding]) -> BindingDecision:
+def _merge(
+    existing: Sequence[Binding], incoming: Sequence[Binding]
+) -> tuple[list[Binding], list[Binding], int, list[bool]]:
+    """Apply the common rules. Returns the bindings after the REGISTER (existing ones in place, new
+    devices appended), the existing bindings removed by request, how many new devices were added, and
+    for each existing binding whether this REGISTER touched (refreshed or removed) it."""
     kept = list(existing)
+    origin: list[int | None] = list(range(len(existing)))  # index into existing, None for new ones
+    touched = [False] * len(existing)
     removed: list[Binding] = []
     for new in incoming:
         for i, old in enumerate(kept):
             if old.same_binding(new):
+                index = origin[i]
+                if index is not None:
+                    touched[index] = True
                 if new.expires > 0:
-                    kept[i] = new  # a refresh keeps the binding's place in registration order
+                    kept[i] = new  # an update keeps the binding's place in registration order
                 else:
-                    del kept[i]
-                    removed.append(old)
+                    del kept[i], origin[i]
+                    if index is not None:
+                        removed.append(old)
                 break
         else:
             if new.expires > 0:
                 kept.append(new)
-    return BindingDecision(bindings=tuple(kept), removed=tuple(removed))
+                origin.append(None)
+    return kept, removed, origin.count(None), touched
+
+
+def _refuse(existing: Sequence[Binding], status: int, reason: str) -> BindingDecision:
+    return BindingDecision(bindings=tuple(existing), reject_status=status, reject_reason=reason)
+
+
+def _replace_all(existing: Sequence[Binding], incoming: Sequence[Binding]) -> BindingDecision:
+    live = [b for b in incoming if b.expires > 0]
+    if not live:  # only removals
+        kept, removed, _, _ = _merge(existing, incoming)
+        return BindingDecision(bindings=tuple(kept), removed=tuple(removed))
+    newest = live[-1]
+    return BindingDecision(
+        bindings=(newest,), removed=tuple(b for b in existing if not b.same_binding(newest))
+    )
+
+
+def _eviction_order(candidates: list[Binding], at_limit: str) -> list[Binding]:
+    """``candidates`` (oldest registration first) in the order they are evicted; sorts are stable,
+    so ties keep registration order."""
+    if at_limit == "evict-soonest-to-expire":
+        return sorted(candidates, key=lambda b: (b.expires, b.registered_at))
+    if at_limit == "evict-unreachable-first":
+        return sorted(candidates, key=lambda b: (b.reachable, b.registered_at))
+    return sorted(candidates, key=lambda b: b.registered_at)  # evict-oldest
+
+
+def _max_contacts(
+    existing: Sequence[Binding], incoming: Sequence[Binding], options: Mapping[str, OptionValue]
+) -> BindingDecision:
+    limit, at_limit, status = options["max_contacts"], options["at_limit"], options["reject_status"]
+    assert isinstance(limit, int) and isinstance(at_limit, str) and isinstance(status, int)
+    kept, removed, added, touched = _merge(existing, incoming)
+    if added == 0 or len(kept) <= limit:
+        return BindingDecision(bindings=tuple(kept), removed=tuple(removed))
+    reason = f"Too many registered contacts (limit {limit})"
+    if at_limit == "reject":
+        return _refuse(existing, status, reason)
+    candidates = [b for b, hit in zip(existing, touched, strict=True) if not hit]
+    excess = len(kept) - limit
+    if excess > len(candidates):
+        return _refuse(existing, status, reason)
+    evicted = _eviction_order(candidates, at_limit)[:excess]
+    bindings = tuple(b for b in kept if not any(b is e for e in evicted))
+    return BindingDecision(bindings=bindings, removed=(*removed, *evicted))
 
 
 @hookimpl(trylast=True)
@@ -81,22 +164,22 @@ def ims_binding_policy_apply(
     policy: str,
     options: Mapping[str, Any],
 ) -> BindingDecision | None:
-    if policy == "multi":
-        return _merge(existing, incoming)
+    if policy not in BUILTIN_PLUGINS["binding_policy"]:
+        return None
+    if policy != "max-contacts":  # the registrar's per-subscriber limit means nothing here
+        options = {k: v for k, v in options.items() if k != "max_contacts"}
+    try:
+        checked = check_binding_policy_options(policy, options)
+    except PolicyOptionError as exc:
+        return _refuse(
+            existing, 500, f"Bad option {exc.option!r} of binding policy {policy}: {exc.message}"
+        )
+    if policy == "unlimited":
+        kept, removed, _, _ = _merge(existing, incoming)
+        return BindingDecision(bindings=tuple(kept), removed=tuple(removed))
     if policy == "replace-all":
-        bindings = tuple(b for b in incoming if b.expires > 0)
-        return BindingDecision(bindings=bindings, removed=tuple(existing))
-    if policy == "max-contacts":
-        limit = int(options.get("max_contacts", 1))
-        decision = _merge(existing, incoming)
-        if len(decision.bindings) > limit:
-            return BindingDecision(
-                bindings=tuple(existing),
-                reject_status=int(options.get("reject_status", 403)),
-                reject_reason=f"Too many registered contacts (limit {limit})",
-            )
-        return decision
-    return None
+        return _replace_all(existing, incoming)
+    return _max_contacts(existing, incoming, checked)
 
 
 def _q(binding: Binding) -> float:

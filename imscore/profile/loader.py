@@ -25,10 +25,12 @@ from .model import (
     Listener,
     OptionValue,
     PolicyChoice,
+    PolicyOptionError,
     Profile,
     RegistrarSettings,
     Timers,
     TlsSettings,
+    check_binding_policy_options,
 )
 from .schema import PROFILE_SCHEMA, SchemaError, format_path
 
@@ -193,6 +195,13 @@ def profile_from_data(
             raise ProfileError(source, f"top level: {exc.message}") from None
         raise ProfileError(source, exc.message, key=key) from None
     profile = _build(_mapping(plain), default_name)
+    choice = profile.policies["binding_policy"]
+    try:
+        check_binding_policy_options(choice.plugin, choice.options)
+    except PolicyOptionError as exc:
+        raise ProfileError(
+            source, exc.message, key=f"policies.binding_policy.options.{exc.option}"
+        ) from None
     if known_plugins is not None:
         for decision, choice in profile.policies.items():
             if decision not in known_plugins:

@@ -13,14 +13,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, cast
 
 __all__ = [
+    "AT_LIMIT_ACTIONS",
     "BUILTIN_PLUGINS",
     "DECISIONS",
+    "DEFAULT_AT_LIMIT",
     "DEFAULT_LISTENERS",
+    "DEFAULT_MAX_CONTACTS",
     "DEFAULT_POLICIES",
     "DEFAULT_PORTS",
+    "DEFAULT_REJECT_STATUS",
     "DEFAULT_STORE",
     "TRANSPORTS",
     "UNKNOWN_USER_STATUSES",
@@ -29,10 +33,12 @@ __all__ = [
     "Listener",
     "OptionValue",
     "PolicyChoice",
+    "PolicyOptionError",
     "Profile",
     "RegistrarSettings",
     "Timers",
     "TlsSettings",
+    "check_binding_policy_options",
     "check_domain",
     "check_store_url",
     "parse_listen",
@@ -50,17 +56,23 @@ DECISIONS: Final = ("binding_policy", "forking", "auth")
 #: Plugin names shipped in ``imscore.builtin`` per decision (third-party plugins add more).
 BUILTIN_PLUGINS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
-        "binding_policy": (
-            "replace-all",
-            "max-contacts",
-            "evict-oldest",
-            "evict-unreachable-first",
-            "reject-new",
-        ),
+        "binding_policy": ("replace-all", "max-contacts", "unlimited"),
         "forking": ("parallel", "sequential", "hunt"),
         "auth": ("digest", "aka", "digest-or-aka"),
     }
 )
+#: What the builtin ``max-contacts`` binding policy does when a new device would exceed the limit
+#: (its ``at_limit`` option).
+AT_LIMIT_ACTIONS: Final = (
+    "reject",
+    "evict-oldest",
+    "evict-soonest-to-expire",
+    "evict-unreachable-first",
+)
+#: Defaults of the ``max-contacts`` options ``max_contacts``, ``at_limit`` and ``reject_status``.
+DEFAULT_MAX_CONTACTS: Final = 10
+DEFAULT_AT_LIMIT: Final = "reject"
+DEFAULT_REJECT_STATUS: Final = 403
 #: Statuses a registrar may answer for an unknown user (404 tells, 403 does not).
 UNKNOWN_USER_STATUSES: Final = (403, 404)
 DEFAULT_STORE: Final = "sqlite:imscore.db"
@@ -197,6 +209,59 @@ def check_domain(name: str) -> str:
     if not _is_host_name(name):
         raise ValueError(f"{name!r} is not a domain name; expected labels of letters, digits and '-'")
     return name.lower()
+
+
+class PolicyOptionError(ValueError):
+    """An option of a builtin policy is unknown or has a bad value.
+
+    :param option: the option's name (the key under ``options``).
+    :param message: what was wrong and what was expected.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+def check_binding_policy_options(plugin: str, options: Mapping[str, object]) -> dict[str, OptionValue]:
+    """Validate the options of a builtin binding policy and return them with every default filled in.
+
+    ``replace-all`` and ``unlimited`` take no options. ``max-contacts`` takes ``max_contacts`` (an
+    integer >= 1, default :data:`DEFAULT_MAX_CONTACTS`), ``at_limit`` (one of
+    :data:`AT_LIMIT_ACTIONS`, default :data:`DEFAULT_AT_LIMIT`) and ``reject_status`` (an integer
+    400-699, default :data:`DEFAULT_REJECT_STATUS`). For any other plugin name the options belong to
+    that plugin and are returned unchanged.
+
+    :raises PolicyOptionError: for the first unknown option or bad value, naming it and what was
+        expected.
+    """
+    from .schema import describe  # schema imports this module: import at call time
+
+    if plugin not in BUILTIN_PLUGINS["binding_policy"]:
+        return cast("dict[str, OptionValue]", dict(options))  # a third-party plugin's business
+    if plugin != "max-contacts":
+        for key in options:
+            raise PolicyOptionError(key, f"unknown option; {plugin} takes no options")
+        return {}
+    known = ("at_limit", "max_contacts", "reject_status")
+    for key in options:
+        if key not in known:
+            raise PolicyOptionError(key, "unknown option; expected one of: " + ", ".join(known))
+    limit = options.get("max_contacts", DEFAULT_MAX_CONTACTS)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise PolicyOptionError("max_contacts", f"expected an integer >= 1, got {describe(limit)}")
+    action = options.get("at_limit", DEFAULT_AT_LIMIT)
+    if not isinstance(action, str) or action not in AT_LIMIT_ACTIONS:
+        raise PolicyOptionError(
+            "at_limit", f"expected one of: {', '.join(AT_LIMIT_ACTIONS)}, got {describe(action)}"
+        )
+    status = options.get("reject_status", DEFAULT_REJECT_STATUS)
+    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 699:
+        raise PolicyOptionError(
+            "reject_status", f"expected an integer between 400 and 699, got {describe(status)}"
+        )
+    return {"max_contacts": limit, "at_limit": action, "reject_status": status}
 
 
 @dataclass(frozen=True)

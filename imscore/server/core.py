@@ -22,6 +22,7 @@ from imscore.sip.transaction import (
     Output,
     RequestReceived,
     Send,
+    ServerTransaction,
     TimerConfig,
     Transaction,
     TransactionLayer,
@@ -75,10 +76,21 @@ class ServerCore(Generic[FlowT]):
     :param server_name: the ``Server`` header value, or ``None`` for none.
     """
 
-    def __init__(self, timers: TimerConfig | None = None, server_name: str | None = None) -> None:
+    def __init__(
+        self,
+        timers: TimerConfig | None = None,
+        server_name: str | None = None,
+        *,
+        deferred: frozenset[str] = frozenset(),
+    ) -> None:
         self.layer: TransactionLayer[FlowT] = TransactionLayer(timers)
         self.server_name = server_name
         self.counters = ServerCounters()
+        #: methods answered elsewhere (e.g. REGISTER by the registrar): their new server
+        #: transactions wait in :attr:`waiting` until :meth:`respond` is called
+        self.deferred = deferred
+        self.allowed = (*ALLOWED_METHODS, *sorted(deferred))
+        self.waiting: list[tuple[ServerTransaction[FlowT], Request]] = []
 
     def receive(
         self, message: Request | Response, flow: FlowT, reliable: bool, now: float
@@ -89,6 +101,13 @@ class ServerCore(Generic[FlowT]):
     def advance(self, now: float) -> list[Send[FlowT]]:
         """Fire the timers due at ``now``; returns what to send."""
         return self._handle(self.layer.advance(now), now)
+
+    def respond(
+        self, transaction: ServerTransaction[FlowT], response: Response, now: float
+    ) -> list[Send[FlowT]]:
+        """The final response to a deferred request; returns what to send."""
+        self.counters.count(response.status)
+        return self._handle(self.layer.respond(transaction, response, now), now)
 
     def receive_transport_error(self, transaction: Transaction[FlowT], now: float) -> list[Send[FlowT]]:
         """The transport could not send for ``transaction``; returns what to send instead."""
@@ -103,6 +122,9 @@ class ServerCore(Generic[FlowT]):
             if isinstance(output, Send):
                 sends.append(output)
             elif isinstance(output, RequestReceived):
+                if output.request.method in self.deferred:
+                    self.waiting.append((output.transaction, output.request))
+                    continue
                 response = self.answer(output.request)
                 sends.extend(self._handle(self.layer.respond(output.transaction, response, now), now))
             elif isinstance(output, AckReceived):
@@ -122,7 +144,7 @@ class ServerCore(Generic[FlowT]):
         return request.make_response(status, reason, headers, to_tag=secrets.token_hex(6))
 
     def _decide(self, request: Request) -> tuple[int, str | None, list[tuple[str, object]]]:
-        allow: list[tuple[str, object]] = [("Allow", ", ".join(ALLOWED_METHODS))]
+        allow: list[tuple[str, object]] = [("Allow", ", ".join(self.allowed))]
         try:
             request.validate()
         except SipError as error:

@@ -6,15 +6,20 @@ import asyncio
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from imscore import __version__
 from imscore.plugin import create_plugin_manager
 from imscore.profile import Listener, Profile
+from imscore.registrar import FlowInfo
+from imscore.registrar.register import Registrar
+from imscore.registrar.store import BindingStore, open_binding_store
 from imscore.sip import Request, Response
 from imscore.sip.transaction import Send, TimerConfig
-from imscore.store import Store, open_store
+from imscore.store import StoreError
+from imscore.subscribers import MemorySubscriberStore, SubscriberStore, demo_subscribers_path
 from imscore.transport import Flow, TransportError, Transports
 
 from .core import ServerCore
@@ -54,6 +59,8 @@ class Server:
     :param store_url: overrides the profile's store (``--store``).
     :param source: where the profile came from, for messages.
     :param extra_plugins: plugins to register besides the entry-point ones (tests, the lab).
+    :param subscribers: the subscriber provider (default: the demo subscribers shipped with imscore).
+    :param clock: the registrar's clock (seconds since the epoch; binding lifetimes use it).
     """
 
     def __init__(
@@ -64,16 +71,24 @@ class Server:
         store_url: str | None = None,
         source: str = "profile",
         extra_plugins: Sequence[object] = (),
+        subscribers: SubscriberStore | None = None,
+        clock: Any = time.time,
     ) -> None:
         self.profile = profile
         self.listeners = tuple(listeners) if listeners else profile.listeners
         self.store_url = store_url or profile.store
         self.source = source
         timers = TimerConfig(t1=profile.timers.t1, t2=profile.timers.t2, t4=profile.timers.t4)
-        self.core: ServerCore[Flow] = ServerCore(timers, server_name=f"imscore/{__version__}")
+        self.core: ServerCore[Flow] = ServerCore(
+            timers, server_name=f"imscore/{__version__}", deferred=frozenset({"REGISTER"})
+        )
+        self.subscribers = subscribers or MemorySubscriberStore.from_file(demo_subscribers_path())
+        self.clock = clock
+        self.registrar: Registrar | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.plugins = create_plugin_manager(extra_plugins=extra_plugins)
         self.transports: Transports | None = None
-        self.store: Store | None = None
+        self.store: BindingStore | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -82,9 +97,10 @@ class Server:
         """Open the store, listen on every listener, tell the plugins. Raises :class:`ServerError`."""
         self._loop = asyncio.get_running_loop()
         try:
-            self.store = open_store(self.store_url)
-        except Exception as exc:  # StoreError or anything sqlite raises
+            self.store = open_binding_store(self.store_url)
+        except StoreError as exc:
             raise ServerError(str(exc)) from None
+        self.registrar = Registrar(self.profile, self.subscribers, self.store, self.plugins)
         needs_tls = any(listener.transport == "tls" for listener in self.listeners)
         context = tls_context_for(self.profile, self.source) if needs_tls else None
         limits = self.profile.connections
@@ -100,7 +116,7 @@ class Server:
                 await self.transports.listen(listener.transport, listener.host, listener.port)
             except (OSError, TransportError) as exc:
                 await self.transports.close()
-                self.store.close()
+                await self.store.close()
                 raise ServerError(f"cannot listen on {listener}: {exc}") from None
         self.plugins.hook.ims_server_started(server=self)
         log.info("%s", self.ready_line())
@@ -111,10 +127,14 @@ class Server:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.transports is not None:
             await self.transports.close()
         if self.store is not None:
-            self.store.close()
+            await self.store.close()
         log.info("imscore stopped")
 
     @property
@@ -139,6 +159,23 @@ class Server:
 
     def _on_message(self, message: Request | Response, flow: Flow) -> None:
         self._emit(self.core.receive(message, flow, flow.reliable, self._now()))
+        while self.core.waiting:
+            transaction, request = self.core.waiting.pop(0)
+            task = asyncio.get_running_loop().create_task(self._register(transaction, request, flow))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _register(self, transaction: Any, request: Request, flow: Flow) -> None:
+        assert self.registrar is not None
+        info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
+        try:
+            outcome = await self.registrar.register(request, info, self.clock())
+            response = outcome.response
+        except Exception:  # a provider failed: answer 500 rather than leave the UE waiting
+            log.exception("REGISTER from %s failed", flow.remote)
+            response = request.make_response(500, "Registrar error", to_tag="e500")
+        if not transaction.terminated:
+            self._emit(self.core.respond(transaction, response, self._now()))
 
     def _on_timer(self) -> None:
         self._timer = None

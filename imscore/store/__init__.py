@@ -1,22 +1,51 @@
-"""The embedded store: where registrations will live (``memory:`` or an SQLite file).
+"""The embedded store: where registrations live (``memory:`` or an SQLite file).
 
-The registrar's binding store builds on this; today the server opens it at start-up so that a bad
-``--store`` fails early with a clear message, and an SQLite file carries a schema version.
+The server opens it at start-up so that a bad ``--store`` fails early with a clear message; the
+registrar's binding store (:mod:`imscore.registrar.store`) keeps its bindings in the same SQLite file.
+An SQLite file carries a schema version in its ``imscore_meta`` table; :func:`ensure_schema` creates
+the tables of a new file and upgrades an older one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Final
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "open_store"]
+__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "ensure_schema", "open_store"]
 
-SCHEMA_VERSION: Final = 1
+#: 1: the meta table only. 2: adds the ``bindings`` table (one row per registered contact).
+SCHEMA_VERSION: Final = 2
+
+_BINDINGS_DDL: Final = (
+    """CREATE TABLE IF NOT EXISTS bindings (
+        id INTEGER PRIMARY KEY,
+        aor TEXT NOT NULL,
+        pos INTEGER NOT NULL,
+        impi TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        uri TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        registered_at REAL NOT NULL,
+        call_id TEXT NOT NULL,
+        cseq INTEGER NOT NULL,
+        instance_id TEXT,
+        reg_id INTEGER,
+        q REAL,
+        path TEXT NOT NULL,
+        flow TEXT,
+        user_agent TEXT,
+        reachable INTEGER NOT NULL,
+        extra TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS bindings_by_aor ON bindings (aor, registered_at, pos)",
+    "CREATE INDEX IF NOT EXISTS bindings_by_expiry ON bindings (expires_at)",
+)
 
 
 class StoreError(Exception):
-    """The store cannot be opened; the message names the URL and the cause."""
+    """The store cannot be opened or used; the message names the URL and the cause."""
 
 
 class Store:
@@ -28,29 +57,90 @@ class Store:
         self.db = db
 
     def close(self) -> None:
+        """Close the SQLite connection, if any (closing twice is harmless)."""
         if self.db is not None:
             self.db.close()
             self.db = None
 
 
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return row is not None
+
+
+def _schema_version(db: sqlite3.Connection) -> str | None:
+    if not _has_table(db, "imscore_meta"):
+        return None
+    row = db.execute("SELECT value FROM imscore_meta WHERE key = 'schema'").fetchone()
+    return None if row is None else str(row[0])
+
+
+def ensure_schema(db: sqlite3.Connection, url: str) -> None:
+    """Create the tables of a new database, upgrade a version-1 one, and check the version.
+
+    A file already at :data:`SCHEMA_VERSION` is only read (so a read-only file opens); otherwise the
+    work happens in one ``BEGIN IMMEDIATE`` transaction. The connection must not be inside a
+    transaction.
+
+    :param db: the connection.
+    :param url: the store URL, for error messages.
+    :raises StoreError: the file has a schema version this imscore does not know.
+    :raises sqlite3.Error: the file cannot be read or written (the caller names the cause).
+    """
+    version = _schema_version(db)
+    if version == str(SCHEMA_VERSION) and _has_table(db, "bindings"):
+        return
+    if version not in (None, "1", str(SCHEMA_VERSION)):
+        raise StoreError(f"store {url!r}: schema version {version}, this imscore needs {SCHEMA_VERSION}")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS imscore_meta (key TEXT PRIMARY KEY, value TEXT)")
+        row = db.execute("SELECT value FROM imscore_meta WHERE key = 'schema'").fetchone()
+        if row is not None and row[0] not in ("1", str(SCHEMA_VERSION)):  # changed under our feet
+            raise StoreError(
+                f"store {url!r}: schema version {row[0]}, this imscore needs {SCHEMA_VERSION}"
+            )
+        for statement in _BINDINGS_DDL:
+            db.execute(statement)
+        db.execute(
+            "INSERT OR REPLACE INTO imscore_meta (key, value) VALUES ('schema', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def open_store(url: str) -> Store:
-    """Open ``memory:`` or ``sqlite:PATH`` (the file and its tables are created when missing)."""
+    """Open ``memory:`` or ``sqlite:PATH`` (the file and its tables are created when missing).
+
+    An SQLite file is opened in autocommit mode (``isolation_level=None``: whoever writes issues its
+    own ``BEGIN``/``COMMIT``) with write-ahead logging and ``synchronous = NORMAL``, so readers
+    (``imscore bindings``) do not block the server and a commit does not wait for the disk (a power
+    cut may lose the last registrations, never corrupt the file; devices register again).
+
+    :raises StoreError: naming the URL and the cause.
+    """
     if url in ("memory", "memory:"):
         return Store(url, "memory", None)
     if not url.startswith("sqlite:") or not url[len("sqlite:") :]:
         raise StoreError(f"store {url!r}: expected 'memory:' or 'sqlite:PATH'")
     path = Path(url[len("sqlite:") :])
+    db: sqlite3.Connection | None = None
     try:
         db = sqlite3.connect(path, isolation_level=None)
-        db.execute("CREATE TABLE IF NOT EXISTS imscore_meta (key TEXT PRIMARY KEY, value TEXT)")
-        row = db.execute("SELECT value FROM imscore_meta WHERE key = 'schema'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO imscore_meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif row[0] != str(SCHEMA_VERSION):
+        ensure_schema(db, url)
+        with contextlib.suppress(sqlite3.OperationalError):  # a read-only file keeps its journal mode
+            db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+    except StoreError:
+        if db is not None:
             db.close()
-            raise StoreError(
-                f"store {url!r}: schema version {row[0]}, this imscore needs {SCHEMA_VERSION}"
-            )
+        raise
     except sqlite3.Error as exc:
+        if db is not None:
+            db.close()
         raise StoreError(f"store {url!r}: cannot open {path}: {exc}") from None
     return Store(url, "sqlite", db)

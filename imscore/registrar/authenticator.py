@@ -1,0 +1,226 @@
+"""Challenge and verify a REGISTER with SIP Digest or IMS Digest-AKA (no I/O; ``now`` is passed in).
+
+Digest nonces validate themselves (timestamp + MAC, :class:`~imscore.auth.digest.NonceFactory`), so
+Digest needs no per-nonce state beyond the nonce-count window. AKA keeps, per challenge, the
+authentication vector it sent (the expected RES lives only here) and, per private identity, the
+sequence number state; both are in memory.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from imscore.auth.aka import (
+    AkaError,
+    AuthVector,
+    SqnState,
+    decode_auts,
+    derive_password,
+    generate_vector,
+    parse_aka_algorithm,
+    resync_sqn,
+)
+from imscore.auth.digest import (
+    NonceCounter,
+    NonceFactory,
+    Verdict,
+    VerdictKind,
+    challenge,
+    verify,
+)
+from imscore.auth.milenage import Milenage
+from imscore.sip import AuthHeader, Request
+from imscore.sip.grammar import quote
+from imscore.subscribers import Subscriber
+
+__all__ = ["SCHEMES_BY_POLICY", "AuthOutcome", "AuthResult", "Authenticator"]
+
+#: which schemes each builtin ``auth`` policy allows, preferred first
+SCHEMES_BY_POLICY: Final[dict[str, tuple[str, ...]]] = {
+    "digest": ("digest",),
+    "aka": ("aka",),
+    "digest-or-aka": ("aka", "digest"),
+}
+AKA_ALGORITHM: Final = "AKAv1-MD5"
+AKA_VECTOR_LIFETIME: Final = 120.0
+
+
+class AuthOutcome(enum.Enum):
+    OK = "ok"
+    CHALLENGE = "challenge"  # answer 401 with the challenge
+    BAD_REQUEST = "bad request"  # answer 400
+    FORBIDDEN = "forbidden"  # answer 403 (no scheme this subscriber and profile share)
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """What the authenticator decided; ``challenge`` is a WWW-Authenticate value when asked for."""
+
+    outcome: AuthOutcome
+    reason: str = ""
+    challenge: str | None = None
+    impi: str | None = None
+
+
+@dataclass
+class _Pending:
+    impi: str
+    vector: AuthVector
+    created: float
+
+
+class Authenticator:
+    """Per-registrar authentication state.
+
+    :param realm: the realm of challenges (the served domain).
+    :param schemes: the schemes the profile accepts, preferred first (``digest``, ``aka``).
+    :param secret: the key that makes Digest nonces self-validating.
+    :param random_bytes: where AKA RANDs come from (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        realm: str,
+        schemes: Sequence[str],
+        *,
+        secret: bytes | None = None,
+        nonce_lifetime: float = 300.0,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.realm = realm
+        self.schemes = tuple(schemes)
+        self.nonces = NonceFactory(secret or secrets.token_bytes(32), nonce_lifetime)
+        self.counter = NonceCounter()
+        self.random_bytes = random_bytes
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._sqn: dict[str, SqnState] = {}
+
+    # -- choosing and challenging ----------------------------------------------------------------
+    def scheme_for(self, subscriber: Subscriber) -> str | None:
+        """The first scheme of the profile that the subscriber has credentials for."""
+        for scheme in self.schemes:
+            if scheme == "aka" and subscriber.aka is not None:
+                return "aka"
+            if scheme == "digest" and subscriber.password is not None:
+                return "digest"
+        return None
+
+    def challenge_for(self, subscriber: Subscriber, now: float, *, stale: bool = False) -> AuthResult:
+        scheme = self.scheme_for(subscriber)
+        if scheme is None:
+            return AuthResult(AuthOutcome.FORBIDDEN, "no authentication scheme allowed for this user")
+        if scheme == "digest":
+            value = challenge(self.realm, self.nonces.make(now), algorithm="MD5", stale=stale)
+            return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
+        vector = self._new_vector(subscriber)
+        self._remember(vector, subscriber.impi, now)
+        # RFC 3310 §3.2: a Digest challenge whose nonce is base64(RAND || AUTN)
+        value = (
+            f'Digest realm={quote(self.realm)}, nonce={quote(vector.nonce)}, qop="auth", '
+            f"algorithm={AKA_ALGORITHM}" + (", stale=true" if stale else "")
+        )
+        return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
+
+    def _milenage(self, subscriber: Subscriber) -> Milenage:
+        aka = subscriber.aka
+        assert aka is not None
+        return Milenage(aka.k, op=aka.op, opc=aka.opc)
+
+    def _sqn_state(self, subscriber: Subscriber) -> SqnState:
+        state = self._sqn.get(subscriber.impi)
+        if state is None:
+            assert subscriber.aka is not None
+            state = self._sqn[subscriber.impi] = SqnState.from_int(subscriber.aka.sqn)
+        return state
+
+    def _new_vector(self, subscriber: Subscriber) -> AuthVector:
+        aka = subscriber.aka
+        assert aka is not None
+        sqn = self._sqn_state(subscriber).next()
+        return generate_vector(self._milenage(subscriber), sqn, aka.amf, self.random_bytes(16))
+
+    def _remember(self, vector: AuthVector, impi: str, now: float) -> None:
+        for nonce, pending in list(self._pending.items()):  # drop the stale ones (oldest first)
+            if now - pending.created <= AKA_VECTOR_LIFETIME and len(self._pending) < 100_000:
+                break
+            del self._pending[nonce]
+        self._pending[vector.nonce] = _Pending(impi, vector, now)
+
+    # -- verifying ---------------------------------------------------------------------------------
+    def check(
+        self, request: Request, credentials: AuthHeader, subscriber: Subscriber, now: float
+    ) -> AuthResult:
+        """Judge the credentials of ``request`` for ``subscriber`` (the IMPI of ``username``)."""
+        algorithm = credentials.get("algorithm") or "MD5"
+        aka = parse_aka_algorithm(algorithm)
+        if aka is not None and "aka" in self.schemes and subscriber.aka is not None:
+            return self._check_aka(request, credentials, subscriber, now, aka[0], algorithm)
+        if aka is None and "digest" in self.schemes and subscriber.password is not None:
+            verdict = verify(
+                credentials,
+                method=request.method,
+                request_uri=request.uri,
+                password_or_ha1=subscriber.password,
+                realm=self.realm,
+                nonces=self.nonces,
+                now=now,
+                counter=self.counter,
+                algorithms=("MD5", "MD5-sess", "SHA-256", "SHA-256-sess"),
+            )
+            return self._judged(verdict, subscriber, now)
+        return self.challenge_for(subscriber, now)
+
+    def _check_aka(
+        self,
+        request: Request,
+        credentials: AuthHeader,
+        subscriber: Subscriber,
+        now: float,
+        version: int,
+        algorithm: str,
+    ) -> AuthResult:
+        nonce = credentials.get("nonce") or ""
+        pending = self._pending.get(nonce)
+        if (
+            pending is None
+            or pending.impi != subscriber.impi
+            or now - pending.created > AKA_VECTOR_LIFETIME
+        ):
+            return self.challenge_for(subscriber, now, stale=pending is not None)
+        auts = credentials.get("auts")
+        if auts:
+            # RFC 3310 §3.4: re-synchronise SQN from AUTS, then challenge again
+            del self._pending[nonce]
+            try:
+                sqn_ms = resync_sqn(self._milenage(subscriber), pending.vector.rand, decode_auts(auts))
+            except AkaError:
+                return AuthResult(AuthOutcome.FORBIDDEN, "AKA re-synchronisation failed (bad AUTS)")
+            self._sqn_state(subscriber).next(sqn_ms)
+            return self.challenge_for(subscriber, now)
+        vector = pending.vector
+        password = derive_password(version, vector.xres, vector.ik, vector.ck)
+        verdict = verify(
+            credentials,
+            method=request.method,
+            request_uri=request.uri,
+            password_or_ha1=password,
+            realm=self.realm,
+            counter=self.counter,
+            algorithms=(algorithm,),
+            algorithm_aliases={algorithm: "MD5"},
+        )
+        if verdict.ok:
+            del self._pending[nonce]
+        return self._judged(verdict, subscriber, now)
+
+    def _judged(self, verdict: Verdict, subscriber: Subscriber, now: float) -> AuthResult:
+        if verdict.ok:
+            return AuthResult(AuthOutcome.OK, impi=subscriber.impi)
+        if verdict.kind is VerdictKind.BAD_REQUEST:
+            return AuthResult(AuthOutcome.BAD_REQUEST, verdict.reason)
+        return self.challenge_for(subscriber, now, stale=verdict.stale)

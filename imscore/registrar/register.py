@@ -1,0 +1,286 @@
+"""REGISTER processing: RFC 3261 §10.3 with the S-CSCF behaviour of 3GPP TS 24.229 §5.4.1.
+
+:class:`Registrar` takes a REGISTER (already framed, checked and matched to a transaction), the flow
+it arrived on and ``now`` (seconds since the epoch), and returns the final response; it reads and
+writes subscribers and bindings through async providers and asks the binding-policy hook what to do
+with the contacts.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from imscore.plugin.types import Binding, BindingDecision
+from imscore.profile import Profile
+from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri
+from imscore.subscribers import Subscriber, SubscriberStore
+
+from .authenticator import SCHEMES_BY_POLICY, Authenticator, AuthOutcome
+from .model import FlowInfo, StoredBinding
+from .store import BindingStore
+
+__all__ = ["SUPPORTED", "RegisterOutcome", "Registrar"]
+
+log = logging.getLogger("imscore.registrar")
+
+#: option tags the registrar supports (RFC 3327 Path, RFC 5626 outbound)
+SUPPORTED: Final = ("path", "outbound")
+
+
+@dataclass(frozen=True)
+class RegisterOutcome:
+    """The response, and the bindings removed by this REGISTER (for reg-event notifications)."""
+
+    response: Response
+    removed: tuple[StoredBinding, ...] = ()
+
+
+class Registrar:
+    """The registrar of the domains a profile serves.
+
+    :param profile: domains, expiry limits, the binding policy and the accepted auth schemes.
+    :param subscribers: where subscriber data comes from (HSS-lite or a vendor's provider).
+    :param bindings: where bindings are kept.
+    :param plugins: the plugin manager (its ``ims_binding_policy_apply`` decides the contacts).
+    :param authenticator: challenge and verify; built from the profile when not given.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        subscribers: SubscriberStore,
+        bindings: BindingStore,
+        plugins: Any,
+        *,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self.profile = profile
+        self.domains = {d.lower() for d in profile.domains}
+        self.subscribers = subscribers
+        self.bindings = bindings
+        self.plugins = plugins
+        auth = profile.policies["auth"]
+        schemes = SCHEMES_BY_POLICY.get(auth.plugin, ("digest",))
+        self.authenticator = authenticator or Authenticator(profile.domains[0], schemes)
+        self.service_route = f"<sip:orig@{profile.domains[0]};lr>"
+
+    async def register(self, request: Request, flow: FlowInfo, now: float) -> RegisterOutcome:
+        """Process one REGISTER; never raises for bad input (it becomes a status)."""
+        try:
+            return await self._register(request, flow, now)
+        except SipError as error:
+            return RegisterOutcome(self._reply(request, error.status, error.phrase))
+
+    def _reply(
+        self,
+        request: Request,
+        status: int,
+        reason: str | None = None,
+        headers: Sequence[tuple[str, object]] = (),
+    ) -> Response:
+        return request.make_response(status, reason, headers, to_tag=_tag(request))
+
+    async def _register(self, request: Request, flow: FlowInfo, now: float) -> RegisterOutcome:
+        uri = request.uri
+        # §10.3 step 1: a domain we are the registrar for
+        if not isinstance(uri, SipUri) or uri.host.lower().rstrip(".") not in self.domains:
+            return RegisterOutcome(self._reply(request, 404, "Domain not served here"))
+        to_uri = request.to.uri
+        if not isinstance(to_uri, SipUri | TelUri):
+            return RegisterOutcome(self._reply(request, 400, "To must be a SIP, SIPS or tel URI"))
+        # step 2: Require — path and outbound are ours
+        unsupported = [tag for tag in request.require if tag.lower() not in SUPPORTED]
+        if unsupported:
+            return RegisterOutcome(
+                self._reply(request, 420, None, [("Unsupported", ", ".join(unsupported))])
+            )
+        # step 3: authentication; the username is the IMPI (TS 24.229), else find it from To
+        credentials = next((c for c in request.authorization if c.is_digest), None)
+        username = credentials.get("username") if credentials is not None else None
+        subscriber = await (
+            self.subscribers.get_by_impi(username) if username else self.subscribers.get_by_impu(to_uri)
+        )
+        if subscriber is None:
+            status = self.profile.registrar.unknown_user_status
+            return RegisterOutcome(self._reply(request, status, "Unknown user"))
+        if credentials is None or (not credentials.get("response") and not credentials.get("auts")):
+            result = self.authenticator.challenge_for(subscriber, now)
+        else:
+            result = self.authenticator.check(request, credentials, subscriber, now)
+        if result.outcome is AuthOutcome.CHALLENGE:
+            assert result.challenge is not None
+            response = self._reply(request, 401, None, [("WWW-Authenticate", result.challenge)])
+            return RegisterOutcome(response)
+        if result.outcome is AuthOutcome.BAD_REQUEST:
+            return RegisterOutcome(self._reply(request, 400, result.reason))
+        if result.outcome is AuthOutcome.FORBIDDEN:
+            return RegisterOutcome(self._reply(request, 403, result.reason))
+        # step 4: the authenticated IMPI must own the IMPU, and it must not be barred
+        if not subscriber.owns(to_uri):
+            return RegisterOutcome(self._reply(request, 403, "The IMPI does not own this IMPU"))
+        if subscriber.is_barred(to_uri):
+            return RegisterOutcome(self._reply(request, 403, "Barred public identity"))
+        implicit_set = subscriber.implicit_set_of(to_uri)
+        if implicit_set is None:
+            return RegisterOutcome(self._reply(request, 403, "The IMPU is in no implicit set"))
+        # step 5: bindings are filed under the implicit set's default IMPU
+        aor = implicit_set.default.aor
+        stored = [b for b in await self.bindings.load(aor) if not b.expired(now)]
+        # step 6: contacts
+        if request.contact_star:
+            if request.expires != 0 or request.headers.count("Contact") != 1:
+                return RegisterOutcome(self._reply(request, 400, "Contact * needs Expires: 0 alone"))
+            for binding in stored:
+                if binding.call_id == request.call_id and request.cseq.seq <= binding.cseq:
+                    return RegisterOutcome(self._reply(request, 500, "Out-of-order REGISTER (CSeq)"))
+            await self.bindings.save(aor, [])
+            return RegisterOutcome(self._ok(request, subscriber, to_uri, [], now), tuple(stored))
+        contacts = request.contacts
+        if not contacts:  # a query
+            return RegisterOutcome(self._ok(request, subscriber, to_uri, stored, now))
+        incoming: list[StoredBinding] = []
+        for contact in contacts:
+            expires = self._expires(request, contact)
+            if 0 < expires < self.profile.registrar.min_expires:
+                headers = [("Min-Expires", self.profile.registrar.min_expires)]
+                return RegisterOutcome(self._reply(request, 423, None, headers))
+            incoming.append(self._binding(request, contact, aor, subscriber, flow, expires, now))
+        # step 7: Call-ID / CSeq ordering per binding
+        for new in incoming:
+            for old in stored:
+                if old.same_device(new) and old.call_id == new.call_id and new.cseq <= old.cseq:
+                    return RegisterOutcome(self._reply(request, 500, "Out-of-order REGISTER (CSeq)"))
+        decision = self._policy(stored, incoming, subscriber, now)
+        if decision is None:
+            return RegisterOutcome(self._reply(request, 500, "No binding policy answered"))
+        if decision.reject_status is not None:
+            reason = decision.reject_reason or None
+            return RegisterOutcome(self._reply(request, decision.reject_status, reason))
+        kept = self._merge(stored, incoming, decision)
+        await self.bindings.save(aor, kept)
+        removed = tuple(b for b in stored if not any(k.same_device(b) for k in kept))
+        return RegisterOutcome(self._ok(request, subscriber, to_uri, kept, now), removed)
+
+    # -- pieces --------------------------------------------------------------------------------------
+    def _expires(self, request: Request, contact: Contact) -> int:
+        settings = self.profile.registrar
+        value = contact.expires
+        if value is None:
+            value = request.expires
+        if value is None:
+            value = settings.default_expires
+        return min(value, settings.max_expires)
+
+    def _binding(
+        self,
+        request: Request,
+        contact: Contact,
+        aor: str,
+        subscriber: Subscriber,
+        flow: FlowInfo,
+        expires: int,
+        now: float,
+    ) -> StoredBinding:
+        echo = contact.copy()
+        echo.params.remove("expires")
+        echo.bracketed = True
+        return StoredBinding(
+            aor=aor,
+            impi=subscriber.impi,
+            contact=str(echo),
+            uri=str(contact.uri),
+            expires_at=now + expires,
+            registered_at=now,
+            call_id=request.call_id,
+            cseq=request.cseq.seq,
+            instance_id=contact.instance,
+            reg_id=contact.reg_id,
+            q=contact.q,
+            path=tuple(request.headers.values("Path")),
+            flow=flow,
+            user_agent=request.headers.get("User-Agent"),
+        )
+
+    def _policy(
+        self,
+        stored: Sequence[StoredBinding],
+        incoming: Sequence[StoredBinding],
+        subscriber: Subscriber,
+        now: float,
+    ) -> BindingDecision | None:
+        choice = self.profile.policies["binding_policy"]
+        options: Mapping[str, Any] = dict(choice.options)
+        if subscriber.max_devices is not None:
+            options = {**options, "max_contacts": subscriber.max_devices}
+        existing = [b.hook_binding(now) for b in stored]
+        asked = [
+            Binding(
+                contact=b.uri,
+                expires=b.remaining(now),
+                q=b.q,
+                instance_id=b.instance_id,
+                reg_id=b.reg_id,
+                call_id=b.call_id,
+                cseq=b.cseq,
+            )
+            for b in incoming
+        ]
+        decision: BindingDecision | None = self.plugins.hook.ims_binding_policy_apply(
+            existing=existing, incoming=asked, policy=choice.plugin, options=options
+        )
+        return decision
+
+    @staticmethod
+    def _merge(
+        stored: Sequence[StoredBinding], incoming: Sequence[StoredBinding], decision: BindingDecision
+    ) -> list[StoredBinding]:
+        """The stored bindings the decision keeps: incoming ones (refreshing a device keeps its first
+        registration time) and untouched existing ones, oldest registration first."""
+        kept: list[StoredBinding] = []
+        for chosen in decision.bindings:
+            new = next((b for b in incoming if _matches(b, chosen)), None)
+            old = next((b for b in stored if _matches(b, chosen)), None)
+            if new is not None:
+                kept.append(old.refreshed(new) if old is not None else new)
+            elif old is not None:
+                kept.append(old)
+        kept.sort(key=lambda b: b.registered_at)
+        return kept
+
+    def _ok(
+        self,
+        request: Request,
+        subscriber: Subscriber,
+        to_uri: SipUri | TelUri,
+        bindings: Sequence[StoredBinding],
+        now: float,
+    ) -> Response:
+        headers: list[tuple[str, object]] = [
+            ("Contact", f"{b.contact};expires={b.remaining(now)}") for b in bindings
+        ]
+        associated = subscriber.associated_uris(to_uri)
+        if associated:
+            headers.append(("P-Associated-URI", ", ".join(f"<{u}>" for u in associated)))
+        headers.append(("Service-Route", self.service_route))
+        if "path" in [t.lower() for t in request.supported] and "Path" in request.headers:
+            headers.extend(("Path", value) for value in request.headers.get_all("Path"))
+        headers.append(("Supported", ", ".join(SUPPORTED)))
+        headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
+        return self._reply(request, 200, None, headers)
+
+
+def _matches(binding: StoredBinding, chosen: Binding) -> bool:
+    if binding.instance_id is not None and chosen.instance_id is not None:
+        return binding.instance_id == chosen.instance_id and binding.reg_id == chosen.reg_id
+    return binding.uri == chosen.contact
+
+
+def _tag(request: Request) -> str:
+    """A To tag that is the same for retransmissions of one request and differs between requests."""
+    key = f"{request.top_via.branch}|{request.call_id}|{request.cseq.seq}"
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]

@@ -1,0 +1,283 @@
+"""The registrar over real loopback UDP: Digest and AKA registration, identities, expiry and contacts."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import socket
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from imscore.auth.aka import UeSim
+from imscore.auth.digest import credentials
+from imscore.auth.milenage import Milenage
+from imscore.sip import Request, Response, parse_datagram
+from imscore.testing import RunningServer, start_server
+
+DOMAIN = "ims.example.test"
+ALICE = ("alice@ims.example.test", "alice-secret", "sip:alice@ims.example.test")
+BOB = ("bob@ims.example.test", "bob-secret", "sip:bob@ims.example.test")
+AKA_IMPI = "001010123456789@ims.mnc001.mcc001.3gppnetwork.org"
+AKA_IMPU = "tel:+15551230003"
+K = bytes.fromhex("465b5ce8b199b49faa5f0a2ee238a6bc")
+OP = bytes.fromhex("cdc202d5123e20f62b6d676ac72cb318")
+SQN = 0xFF9BB4D0B607
+
+
+class Ue:
+    """A UDP user agent that registers one IMPU (a phone of the README story)."""
+
+    _cseq = itertools.count(1)
+
+    def __init__(self, server: RunningServer, impi: str, password: str | None, impu: str) -> None:
+        self.server_address = server.address("udp")
+        self.impi, self.password, self.impu = impi, password, impu
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(5)
+        self.host, self.port = self.sock.getsockname()
+        self.call_id = f"{secrets.token_hex(6)}@test"
+        self.tag = secrets.token_hex(4)
+
+    def request(
+        self,
+        *,
+        contact: str | None = "default",
+        expires: int | None = None,
+        authorization: str | None = None,
+        extra: Sequence[tuple[str, object]] = (),
+        to: str | None = None,
+    ) -> Request:
+        headers: list[tuple[str, object]] = [
+            ("Via", f"SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{secrets.token_hex(8)};rport"),
+            ("Max-Forwards", 70),
+            ("From", f"<{to or self.impu}>;tag={self.tag}"),
+            ("To", f"<{to or self.impu}>"),
+            ("Call-ID", self.call_id),
+            ("CSeq", f"{next(self._cseq)} REGISTER"),
+        ]
+        if contact == "default":
+            contact = f"<sip:ue@{self.host}:{self.port}>"
+        if contact is not None:
+            headers.append(("Contact", contact))
+        if expires is not None:
+            headers.append(("Expires", expires))
+        if authorization is not None:
+            headers.append(("Authorization", authorization))
+        headers.extend(extra)
+        return Request("REGISTER", f"sip:{DOMAIN}", headers)
+
+    def send(self, request: Request) -> Response:
+        self.sock.sendto(request.to_bytes(), self.server_address)
+        while True:
+            data, _ = self.sock.recvfrom(65535)
+            message = parse_datagram(data)
+            assert isinstance(message, Response)
+            message.validate()
+            if message.status >= 200:
+                return message
+
+    def register(self, **kwargs: object) -> Response:
+        """REGISTER, answer the Digest challenge, return the final response."""
+        first = self.send(self.request(**kwargs))  # type: ignore[arg-type]
+        if first.status != 401:
+            return first
+        (offered,) = first.www_authenticate
+        assert self.password is not None
+        answer = credentials(
+            offered, username=self.impi, password=self.password, method="REGISTER", uri=f"sip:{DOMAIN}"
+        )
+        return self.send(self.request(authorization=answer, **kwargs))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def server() -> Iterator[RunningServer]:
+    running = start_server("default", transports=("udp",))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def alice(server: RunningServer) -> Iterator[Ue]:
+    ue = Ue(server, *ALICE)
+    try:
+        yield ue
+    finally:
+        ue.close()
+
+
+def contacts_of(response: Response) -> list[str]:
+    return [str(c.uri) for c in response.contacts]
+
+
+def test_digest_challenge_then_200_with_the_ims_headers(alice: Ue) -> None:
+    challenge = alice.send(alice.request())
+    assert challenge.status == 401
+    (offered,) = challenge.www_authenticate
+    assert offered.get("realm") == DOMAIN and offered.get("qop") == "auth" and offered.get("nonce")
+    ok = alice.register(expires=600)
+    assert ok.status == 200
+    (contact,) = ok.contacts
+    assert str(contact.uri) == f"sip:ue@{alice.host}:{alice.port}" and contact.expires == 600
+    assert [str(a.uri) for a in ok.p_associated_uri] == [
+        "sip:alice@ims.example.test",
+        "tel:+15551230001",
+    ]
+    assert [str(a.uri) for a in ok.service_route] == [f"sip:orig@{DOMAIN};lr"]
+    assert ok.headers.get("Date", "").endswith("GMT")
+    assert ok.to.tag
+
+
+def test_registering_one_impu_registers_its_implicit_set(server: RunningServer, alice: Ue) -> None:
+    assert alice.register().status == 200
+    by_tel = Ue(server, ALICE[0], ALICE[1], "tel:+15551230001")
+    try:
+        query = by_tel.register(contact=None)  # a REGISTER without Contact is a query
+        assert query.status == 200
+        assert contacts_of(query) == [f"sip:ue@{alice.host}:{alice.port}"]
+    finally:
+        by_tel.close()
+    work = Ue(server, ALICE[0], ALICE[1], "sip:alice.work@ims.example.test")
+    try:  # the second implicit set is registered on its own
+        assert contacts_of(work.register(contact=None)) == []
+    finally:
+        work.close()
+
+
+def test_bad_credentials_and_identities(server: RunningServer, alice: Ue) -> None:
+    wrong = Ue(server, ALICE[0], "not-her-password", ALICE[2])
+    try:
+        assert wrong.register().status == 401  # challenged again
+    finally:
+        wrong.close()
+    first = alice.send(alice.request())
+    (offered,) = first.www_authenticate
+    mismatched = credentials(
+        offered, username=ALICE[0], password=ALICE[1], method="REGISTER", uri="sip:other.example.test"
+    )
+    bad = alice.send(alice.request(authorization=mismatched))
+    assert bad.status == 400 and "uri" in bad.reason
+    stranger = Ue(server, "mallory@ims.example.test", "x", "sip:mallory@ims.example.test")
+    try:
+        assert stranger.register().status == 404
+    finally:
+        stranger.close()
+    not_hers = Ue(server, ALICE[0], ALICE[1], BOB[2])
+    try:  # bob's IMPU is found, the challenge is bob's; alice's credentials do not answer it
+        assert not_hers.register().status in (401, 403)
+    finally:
+        not_hers.close()
+    barred = Ue(server, ALICE[0], ALICE[1], "sip:alice.old@ims.example.test")
+    try:
+        response = barred.register()
+        assert response.status == 403 and "Barred" in response.reason
+    finally:
+        barred.close()
+
+
+def test_expiry_rules_and_contact_star(alice: Ue) -> None:
+    too_short = alice.register(expires=10)
+    assert too_short.status == 423 and too_short.headers.get("Min-Expires") == "60"
+    clamped = alice.register(expires=999999)
+    assert clamped.status == 200 and clamped.contacts[0].expires == 7200
+    param = alice.register(contact=f"<sip:ue@{alice.host}:{alice.port}>;expires=120", expires=3000)
+    assert param.contacts[0].expires == 120  # the contact parameter wins over the header
+    assert alice.register(contact="*", expires=3600).status == 400
+    removed = alice.register(contact="*", expires=0)
+    assert removed.status == 200 and removed.contacts == []
+    assert alice.register(contact=None).contacts == []
+
+
+def test_same_instance_from_a_new_port_is_the_same_device(server: RunningServer, alice: Ue) -> None:
+    instance = '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>";reg-id=1'
+    first = alice.register(contact=f"<sip:ue@{alice.host}:{alice.port}>;{instance}")
+    assert first.status == 200 and len(first.contacts) == 1
+    moved = Ue(server, *ALICE)
+    moved.call_id = alice.call_id  # the same phone after a NAT rebinding
+    try:
+        again = moved.register(contact=f"<sip:ue@{moved.host}:{moved.port}>;{instance}")
+        assert again.status == 200
+        assert contacts_of(again) == [f"sip:ue@{moved.host}:{moved.port}"]
+        assert again.contacts[0].instance == "<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"
+    finally:
+        moved.close()
+
+
+def test_three_devices_on_one_address(server: RunningServer) -> None:
+    phones = [Ue(server, *ALICE) for _ in range(4)]
+    try:
+        for phone in phones[:3]:
+            assert phone.register().status == 200
+        listing = phones[0].register(contact=None)
+        assert len(listing.contacts) == 3
+        # alice's subscriber entry allows 3 devices: a fourth is refused or displaces one,
+        # as the profile's binding policy says, never a silent fourth binding
+        fourth = phones[3].register()
+        after = phones[0].register(contact=None)
+        assert len(after.contacts) == 3
+        if fourth.status == 200:
+            assert f"sip:ue@{phones[3].host}:{phones[3].port}" in contacts_of(after)
+        else:
+            assert fourth.status >= 400
+    finally:
+        for phone in phones:
+            phone.close()
+
+
+def test_aka_registration_with_resync(server: RunningServer) -> None:
+    ue = Ue(server, AKA_IMPI, None, AKA_IMPU)
+    sim = UeSim(Milenage(K, op=OP), sqn_ms=0)  # far behind the network: the first challenge resyncs
+    try:
+        challenge = ue.send(ue.request(extra=[("Authorization", _empty_auth(AKA_IMPI))]))
+        assert challenge.status == 401
+        (offered,) = challenge.www_authenticate
+        assert offered.get("algorithm") == "AKAv1-MD5"
+        answer = sim.respond(offered.get("nonce") or "")
+        assert answer.auts is not None, "the SIM's SQN is stale: it must ask for re-synchronisation"
+        resync = _aka_credentials(offered, answer.password(1), auts=answer.auts_param)
+        second = ue.send(ue.request(authorization=resync))
+        assert second.status == 401  # re-synchronised, challenged again
+        (offered,) = second.www_authenticate
+        answer = sim.respond(offered.get("nonce") or "")
+        assert answer.auts is None
+        ok = ue.send(ue.request(authorization=_aka_credentials(offered, answer.password(1))))
+        assert ok.status == 200
+        assert [str(a.uri) for a in ok.p_associated_uri] == [
+            "sip:+15551230003@ims.example.test;user=phone",
+            "tel:+15551230003",
+        ]
+    finally:
+        ue.close()
+
+
+def _empty_auth(impi: str) -> str:
+    return f'Digest username="{impi}", realm="{DOMAIN}", nonce="", uri="sip:{DOMAIN}", response=""'
+
+
+def _aka_credentials(offered: object, password: bytes, auts: str | None = None) -> str:
+    from imscore.sip import AuthHeader
+
+    assert isinstance(offered, AuthHeader)
+    value = credentials(
+        offered,
+        username=AKA_IMPI,
+        password=password,
+        method="REGISTER",
+        uri=f"sip:{DOMAIN}",
+        algorithm_aliases={"AKAv1-MD5": "MD5"},
+    )
+    return value if auts is None else f'{value}, auts="{auts}"'
+
+
+def test_sqn_constant_matches_the_demo_file() -> None:
+    from imscore.subscribers import demo_subscribers_path, load_subscribers
+
+    subscriber = load_subscribers(demo_subscribers_path()).by_impi(AKA_IMPI)
+    assert subscriber is not None and subscriber.aka is not None
+    assert (subscriber.aka.k, subscriber.aka.op, subscriber.aka.sqn) == (K, OP, SQN)
