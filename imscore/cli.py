@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from imscore import __version__
 from imscore.profile import (
@@ -23,6 +24,9 @@ from imscore.profile import (
     parse_listen,
     shipped_profiles,
 )
+
+if TYPE_CHECKING:
+    from imscore.subscribers import SubscriberDirectory
 
 __all__ = ["main"]
 
@@ -83,16 +87,15 @@ def _known_plugins() -> dict[str, frozenset[str]]:
     return {decision: frozenset(names) for decision, names in BUILTIN_PLUGINS.items()}
 
 
-def _load_subscribers(path: str | None) -> tuple[str, int]:
+def _load_subscribers(path: str | None) -> tuple[str, SubscriberDirectory]:
     """Load and check the subscriber file (the demo one when none is given)."""
     from imscore.subscribers import SubscriberError, demo_subscribers_path, load_subscribers
 
     source = path or str(demo_subscribers_path())
     try:
-        directory = load_subscribers(source)
+        return source, load_subscribers(source)
     except SubscriberError as exc:
         raise CliError(str(exc)) from None
-    return source, len(directory)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -109,11 +112,18 @@ def _serve(args: argparse.Namespace) -> int:
             check_store_url(args.store)
         except ValueError as exc:
             raise CliError(f"--store: {exc}") from None
-    source, count = _load_subscribers(args.subscribers)
-    logging.getLogger("imscore").info("subscribers: %d from %s", count, source)
+    source, directory = _load_subscribers(args.subscribers)
+    logging.getLogger("imscore").info("subscribers: %d from %s", len(directory), source)
     from imscore.server.runtime import Server, ServerError, run_until_signalled
+    from imscore.subscribers import MemorySubscriberStore
 
-    server = Server(profile, listeners=listeners, store_url=args.store, source=args.profile)
+    server = Server(
+        profile,
+        listeners=listeners,
+        store_url=args.store,
+        source=args.profile,
+        subscribers=MemorySubscriberStore(directory),
+    )
     try:
         asyncio.run(run_until_signalled(server))
     except ServerError as exc:

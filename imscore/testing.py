@@ -18,13 +18,16 @@ import itertools
 import secrets
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import replace
+from typing import Any, TypeVar
 
 import pytest
 
 from imscore.profile import Listener, Profile, load_profile
 from imscore.sip import Request, Response, SipError, parse_datagram
+
+T = TypeVar("T")
 
 __all__ = ["RunningServer", "SipClient", "imscore_server", "sip_client", "start_server"]
 
@@ -32,12 +35,21 @@ __all__ = ["RunningServer", "SipClient", "imscore_server", "sip_client", "start_
 class RunningServer:
     """A server running on its own event loop in a thread; :meth:`stop` ends both."""
 
-    def __init__(self, profile: Profile, plugins: Sequence[object], transports: Sequence[str]) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        plugins: Sequence[object],
+        transports: Sequence[str],
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         from imscore.server.runtime import Server
 
         listeners = [Listener(t, "127.0.0.1", 0) for t in transports]
         self.server = Server(
-            replace(profile, store="memory:"), listeners=listeners, extra_plugins=plugins
+            replace(profile, store="memory:"),
+            listeners=listeners,
+            extra_plugins=plugins,
+            **(options or {}),
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -53,6 +65,10 @@ class RunningServer:
                 return host, port
         raise LookupError(f"the server does not listen on {transport}")
 
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the server's loop (e.g. a store look-up) and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
+
     def stop(self) -> None:
         if not self._loop.is_closed():
             asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=30)
@@ -65,10 +81,14 @@ def start_server(
     profile: str | Profile = "default",
     plugins: Sequence[object] = (),
     transports: Sequence[str] = ("udp", "tcp"),
+    **options: Any,
 ) -> RunningServer:
-    """Start a server on free loopback ports (call :meth:`RunningServer.stop` when done)."""
+    """Start a server on free loopback ports (call :meth:`RunningServer.stop` when done).
+
+    ``options`` go to :class:`~imscore.server.runtime.Server` (e.g. ``subscribers=`` a provider).
+    """
     loaded = load_profile(profile) if isinstance(profile, str) else profile
-    return RunningServer(loaded, plugins, transports)
+    return RunningServer(loaded, plugins, transports, options)
 
 
 class SipClient:

@@ -98,7 +98,7 @@ def ims_binding_policy_apply(
     :param existing: the bindings the store holds for the address-of-record, oldest first.
     :param incoming: the bindings the REGISTER asks for, in Contact header order (``expires`` 0 means
         "remove this one").
-    :param policy: the binding policy name the profile selected (e.g. ``"replace-all"``, ``"max-contacts"``).
+    :param policy: the binding policy name the profile selected (e.g. ``"max-contacts"``).
     :param options: that policy's options from the profile.
     :returns: the decision, or ``None`` when this plugin does not implement ``policy``. If every
         plugin answers ``None`` the policy is unknown and the registrar refuses the REGISTER.

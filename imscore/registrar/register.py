@@ -59,6 +59,7 @@ class Registrar:
         *,
         authenticator: Authenticator | None = None,
     ) -> None:
+        # (pass an Authenticator to choose its secret or its source of AKA RANDs)
         self.profile = profile
         self.domains = {d.lower() for d in profile.domains}
         self.subscribers = subscribers

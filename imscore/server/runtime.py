@@ -14,6 +14,7 @@ from imscore import __version__
 from imscore.plugin import create_plugin_manager
 from imscore.profile import Listener, Profile
 from imscore.registrar import FlowInfo
+from imscore.registrar.authenticator import Authenticator
 from imscore.registrar.register import Registrar
 from imscore.registrar.store import BindingStore, open_binding_store
 from imscore.sip import Request, Response
@@ -61,6 +62,7 @@ class Server:
     :param extra_plugins: plugins to register besides the entry-point ones (tests, the lab).
     :param subscribers: the subscriber provider (default: the demo subscribers shipped with imscore).
     :param clock: the registrar's clock (seconds since the epoch; binding lifetimes use it).
+    :param authenticator: the registrar's authenticator (default: built from the profile).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class Server:
         extra_plugins: Sequence[object] = (),
         subscribers: SubscriberStore | None = None,
         clock: Any = time.time,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.profile = profile
         self.listeners = tuple(listeners) if listeners else profile.listeners
@@ -85,6 +88,7 @@ class Server:
         self.subscribers = subscribers or MemorySubscriberStore.from_file(demo_subscribers_path())
         self.clock = clock
         self.registrar: Registrar | None = None
+        self.authenticator = authenticator
         self._tasks: set[asyncio.Task[None]] = set()
         self.plugins = create_plugin_manager(extra_plugins=extra_plugins)
         self.transports: Transports | None = None
@@ -100,7 +104,9 @@ class Server:
             self.store = open_binding_store(self.store_url)
         except StoreError as exc:
             raise ServerError(str(exc)) from None
-        self.registrar = Registrar(self.profile, self.subscribers, self.store, self.plugins)
+        self.registrar = Registrar(
+            self.profile, self.subscribers, self.store, self.plugins, authenticator=self.authenticator
+        )
         needs_tls = any(listener.transport == "tls" for listener in self.listeners)
         context = tls_context_for(self.profile, self.source) if needs_tls else None
         limits = self.profile.connections
