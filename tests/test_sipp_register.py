@@ -1,4 +1,4 @@
-"""SIPp (sip-tester) registers: MD5 Digest through `imscore serve`, AKAv1-MD5 against an in-process server."""
+"""SIPp (sip-tester) registers: MD5 Digest via `imscore serve`, AKAv1-MD5 via an in-process server."""
 
 from __future__ import annotations
 
