@@ -56,7 +56,13 @@ class RunningServer:
             target=self._loop.run_forever, name="imscore-server", daemon=True
         )
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout=30)
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout=30)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()
+            raise
 
     def address(self, transport: str = "udp") -> tuple[str, int]:
         """The bound ``(host, port)`` of the first listener of that transport."""

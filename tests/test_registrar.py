@@ -281,3 +281,82 @@ def test_sqn_constant_matches_the_demo_file() -> None:
     subscriber = load_subscribers(demo_subscribers_path()).by_impi(AKA_IMPI)
     assert subscriber is not None and subscriber.aka is not None
     assert (subscriber.aka.k, subscriber.aka.op, subscriber.aka.sqn) == (K, OP, SQN)
+
+
+def test_sha256_digest_and_akav2_as_the_profile_says() -> None:
+    import dataclasses
+
+    from imscore.profile import PolicyChoice, load_profile
+
+    base = load_profile("default")
+    policies = dict(base.policies)
+    policies["auth"] = PolicyChoice(
+        "digest-or-aka", {"digest_algorithm": "SHA-256", "aka_algorithm": "AKAv2-MD5"}
+    )
+    running = start_server(dataclasses.replace(base, policies=policies), transports=("udp",))
+    try:
+        bob = Ue(running, *BOB)
+        try:
+            challenge = bob.send(bob.request())
+            assert challenge.www_authenticate[0].get("algorithm") == "SHA-256"
+            assert bob.register().status == 200
+        finally:
+            bob.close()
+        ue = Ue(running, AKA_IMPI, None, AKA_IMPU)
+        sim = UeSim(Milenage(K, op=OP), sqn_ms=SQN - 32)
+        try:
+            challenge = ue.send(ue.request(extra=[("Authorization", _empty_auth(AKA_IMPI))]))
+            (offered,) = challenge.www_authenticate
+            assert offered.get("algorithm") == "AKAv2-MD5"
+            answer = sim.respond(offered.get("nonce") or "")
+            assert answer.auts is None
+            value = credentials(
+                offered,
+                username=AKA_IMPI,
+                password=answer.password(2),
+                method="REGISTER",
+                uri=f"sip:{DOMAIN}",
+                algorithm_aliases={"AKAv2-MD5": "MD5"},
+            )
+            assert ue.send(ue.request(authorization=value)).status == 200
+        finally:
+            ue.close()
+    finally:
+        running.stop()
+
+
+def test_bindings_expire_on_time() -> None:
+    import time
+
+    now = [time.time()]
+    running = start_server("default", transports=("udp",), clock=lambda: now[0])
+    running.server.expiry_interval = 0.05
+    alice = Ue(running, *ALICE)
+    try:
+        assert alice.register(expires=60).status == 200
+        store = running.server.store
+        assert store is not None
+        aor = "sip:alice@ims.example.test"
+        assert len(running.call(store.load(aor))) == 1
+        now[0] += 61  # a minute later on the registrar's clock
+        deadline = time.monotonic() + 5
+        while running.call(store.load(aor)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running.call(store.load(aor)) == []
+    finally:
+        alice.close()
+        running.stop()
+
+
+def test_bad_auth_options_stop_start_up() -> None:
+    import dataclasses
+
+    from imscore.profile import PolicyChoice, load_profile
+    from imscore.server.runtime import ServerError
+
+    base = load_profile("default")
+    policies = dict(base.policies)
+    policies["auth"] = PolicyChoice("digest", {"digest_algorithm": "SHA-1"})
+    with pytest.raises(ServerError) as info:
+        start_server(dataclasses.replace(base, policies=policies), transports=("udp",))
+    assert "policies.auth.options" in str(info.value) and "digest_algorithm" in str(info.value)

@@ -47,6 +47,8 @@ SCHEMES_BY_POLICY: Final[dict[str, tuple[str, ...]]] = {
     "digest-or-aka": ("aka", "digest"),
 }
 AKA_ALGORITHM: Final = "AKAv1-MD5"
+AKA_ALGORITHMS: Final = ("AKAv1-MD5", "AKAv2-MD5")
+DIGEST_ALGORITHMS: Final = ("MD5", "MD5-sess", "SHA-256", "SHA-256-sess")
 AKA_VECTOR_LIFETIME: Final = 120.0
 
 
@@ -91,9 +93,20 @@ class Authenticator:
         secret: bytes | None = None,
         nonce_lifetime: float = 300.0,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        digest_algorithm: str = "MD5",
+        aka_algorithm: str = AKA_ALGORITHM,
     ) -> None:
+        if digest_algorithm not in DIGEST_ALGORITHMS:
+            expected = ", ".join(DIGEST_ALGORITHMS)
+            raise ValueError(f"digest_algorithm: expected one of {expected}, got {digest_algorithm!r}")
+        if aka_algorithm not in AKA_ALGORITHMS:
+            raise ValueError(
+                f"aka_algorithm: expected one of {', '.join(AKA_ALGORITHMS)}, got {aka_algorithm!r}"
+            )
         self.realm = realm
         self.schemes = tuple(schemes)
+        self.digest_algorithm = digest_algorithm
+        self.aka_algorithm = aka_algorithm
         self.nonces = NonceFactory(secret or secrets.token_bytes(32), nonce_lifetime)
         self.counter = NonceCounter()
         self.random_bytes = random_bytes
@@ -115,14 +128,15 @@ class Authenticator:
         if scheme is None:
             return AuthResult(AuthOutcome.FORBIDDEN, "no authentication scheme allowed for this user")
         if scheme == "digest":
-            value = challenge(self.realm, self.nonces.make(now), algorithm="MD5", stale=stale)
+            nonce = self.nonces.make(now)
+            value = challenge(self.realm, nonce, algorithm=self.digest_algorithm, stale=stale)
             return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
         vector = self._new_vector(subscriber)
         self._remember(vector, subscriber.impi, now)
         # RFC 3310 §3.2: a Digest challenge whose nonce is base64(RAND || AUTN)
         value = (
             f'Digest realm={quote(self.realm)}, nonce={quote(vector.nonce)}, qop="auth", '
-            f"algorithm={AKA_ALGORITHM}" + (", stale=true" if stale else "")
+            f"algorithm={self.aka_algorithm}" + (", stale=true" if stale else "")
         )
         return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
 
@@ -170,7 +184,7 @@ class Authenticator:
                 nonces=self.nonces,
                 now=now,
                 counter=self.counter,
-                algorithms=("MD5", "MD5-sess", "SHA-256", "SHA-256-sess"),
+                algorithms=DIGEST_ALGORITHMS,
             )
             return self._judged(verdict, subscriber, now)
         return self.challenge_for(subscriber, now)

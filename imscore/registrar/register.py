@@ -67,7 +67,12 @@ class Registrar:
         self.plugins = plugins
         auth = profile.policies["auth"]
         schemes = SCHEMES_BY_POLICY.get(auth.plugin, ("digest",))
-        self.authenticator = authenticator or Authenticator(profile.domains[0], schemes)
+        self.authenticator = authenticator or Authenticator(
+            profile.domains[0],
+            schemes,
+            digest_algorithm=str(auth.options.get("digest_algorithm", "MD5")),
+            aka_algorithm=str(auth.options.get("aka_algorithm", "AKAv1-MD5")),
+        )
         self.service_route = f"<sip:orig@{profile.domains[0]};lr>"
 
     async def register(self, request: Request, flow: FlowInfo, now: float) -> RegisterOutcome:

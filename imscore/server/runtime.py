@@ -90,6 +90,9 @@ class Server:
         self.registrar: Registrar | None = None
         self.authenticator = authenticator
         self._tasks: set[asyncio.Task[None]] = set()
+        self._expiry: asyncio.Task[None] | None = None
+        #: seconds between two sweeps of expired bindings
+        self.expiry_interval = 1.0
         self.plugins = create_plugin_manager(extra_plugins=extra_plugins)
         self.transports: Transports | None = None
         self.store: BindingStore | None = None
@@ -104,9 +107,17 @@ class Server:
             self.store = open_binding_store(self.store_url)
         except StoreError as exc:
             raise ServerError(str(exc)) from None
-        self.registrar = Registrar(
-            self.profile, self.subscribers, self.store, self.plugins, authenticator=self.authenticator
-        )
+        try:
+            self.registrar = Registrar(
+                self.profile,
+                self.subscribers,
+                self.store,
+                self.plugins,
+                authenticator=self.authenticator,
+            )
+        except ValueError as exc:
+            await self.store.close()
+            raise ServerError(f"{self.source}: key 'policies.auth.options': {exc}") from None
         needs_tls = any(listener.transport == "tls" for listener in self.listeners)
         context = tls_context_for(self.profile, self.source) if needs_tls else None
         limits = self.profile.connections
@@ -124,6 +135,7 @@ class Server:
                 await self.transports.close()
                 await self.store.close()
                 raise ServerError(f"cannot listen on {listener}: {exc}") from None
+        self._expiry = asyncio.get_running_loop().create_task(self._expire_bindings())
         self.plugins.hook.ims_server_started(server=self)
         log.info("%s", self.ready_line())
 
@@ -133,6 +145,10 @@ class Server:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            await asyncio.gather(self._expiry, return_exceptions=True)
+            self._expiry = None
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -211,6 +227,20 @@ class Server:
             self._timer = None
         if deadline is not None and self._loop is not None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    async def _expire_bindings(self) -> None:
+        """Remove bindings as they expire (RFC 3261 §10.3: a binding lives only its expires)."""
+        while True:
+            await asyncio.sleep(self.expiry_interval)
+            if self.store is None:
+                continue
+            try:
+                expired = await self.store.expire(self.clock())
+            except Exception:  # the store failed this once: log it, keep sweeping
+                log.exception("expiring bindings failed")
+                continue
+            for binding in expired:
+                log.info("binding expired: %s %s", binding.aor, binding.uri)
 
     def stats(self) -> dict[str, Any]:
         """Counters of the transports and of the core, for logs and tests."""
