@@ -80,6 +80,18 @@ def ims_register_auth_schemes(registry: ProviderRegistry[Any]) -> None:
     """
 
 
+@hookspec
+def ims_policy_names() -> Mapping[str, Sequence[str]] | None:
+    """Name the policies this plugin implements, so profiles may select them.
+
+    Fires when a profile is validated (``imscore profile check``, ``imscore serve``); every plugin is
+    called and the names are merged with the builtin ones.
+
+    :returns: decision (``"binding_policy"``, ``"forking"``, ``"auth"``) to the policy names this
+        plugin answers for in the matching decision hook; ``None`` (or an empty mapping) for none.
+    """
+
+
 # --- decision hooks: firstresult, synchronous, over data the core already fetched ----------------
 
 

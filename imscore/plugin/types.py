@@ -30,6 +30,9 @@ class Binding:
     :param registered_at: when the device first registered (seconds on the registrar's clock; 0 for
         an incoming binding).
     :param reachable: ``False`` when contact qualification marked the device unreachable.
+    :param user_agent: the User-Agent of the REGISTER that wrote it, ``None`` when absent.
+    :param feature_tags: the Contact's feature-tag parameters (RFC 3840, e.g. ``+g.3gpp.icsi-ref``,
+        ``+sip.instance`` excluded), as ``(name, value)`` pairs with values as written.
     """
 
     contact: str
@@ -41,6 +44,8 @@ class Binding:
     cseq: int = 0
     registered_at: float = 0.0
     reachable: bool = True
+    user_agent: str | None = None
+    feature_tags: tuple[tuple[str, str | None], ...] = ()
 
     def same_binding(self, other: Binding) -> bool:
         """True when ``other`` updates this binding: same instance and reg-id if both carry an

@@ -6,8 +6,21 @@ import math
 from dataclasses import dataclass, field, replace
 
 from imscore.plugin.types import Binding
+from imscore.sip import SipError
 
-__all__ = ["FlowInfo", "StoredBinding"]
+__all__ = ["FlowInfo", "StoredBinding", "feature_tags"]
+
+
+def feature_tags(contact: str) -> tuple[tuple[str, str | None], ...]:
+    """The feature-tag parameters of a Contact value (names starting with ``+``, RFC 3840), without
+    ``+sip.instance`` (an identity, not a capability)."""
+    from imscore.sip.headers import parse_contact
+
+    try:
+        params = parse_contact(contact).params.items()
+    except SipError:
+        return ()
+    return tuple((k, v) for k, v in params if k.startswith("+") and k.lower() != "+sip.instance")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +108,8 @@ class StoredBinding:
             cseq=self.cseq,
             registered_at=self.registered_at,
             reachable=self.reachable,
+            user_agent=self.user_agent,
+            feature_tags=feature_tags(self.contact),
         )
 
     def refreshed(self, other: StoredBinding) -> StoredBinding:

@@ -21,7 +21,7 @@ from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri
 from imscore.subscribers import Subscriber, SubscriberStore
 
 from .authenticator import SCHEMES_BY_POLICY, Authenticator, AuthOutcome
-from .model import FlowInfo, StoredBinding
+from .model import FlowInfo, StoredBinding, feature_tags
 from .store import BindingStore
 
 __all__ = ["SUPPORTED", "RegisterOutcome", "Registrar"]
@@ -233,6 +233,8 @@ class Registrar:
                 reg_id=b.reg_id,
                 call_id=b.call_id,
                 cseq=b.cseq,
+                user_agent=b.user_agent,
+                feature_tags=feature_tags(b.contact),
             )
             for b in incoming
         ]
