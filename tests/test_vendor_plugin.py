@@ -1,4 +1,4 @@
-"""The example plugin packaged on its own (plugins/imscore-deskphone), installed and picked by a profile."""
+"""The example plugin packaged on its own (plugins/imscore-deskphone), picked by a profile."""
 
 from __future__ import annotations
 
