@@ -360,3 +360,89 @@ def test_bad_auth_options_stop_start_up() -> None:
     with pytest.raises(ServerError) as info:
         start_server(dataclasses.replace(base, policies=policies), transports=("udp",))
     assert "policies.auth.options" in str(info.value) and "digest_algorithm" in str(info.value)
+
+
+def _subscribe(ue: Ue, expires: int = 600, call_id: str | None = None) -> Request:
+    return Request(
+        "SUBSCRIBE",
+        ue.impu,
+        [
+            ("Via", f"SIP/2.0/UDP {ue.host}:{ue.port};branch=z9hG4bK{secrets.token_hex(8)};rport"),
+            ("Max-Forwards", 70),
+            ("From", f"<{ue.impu}>;tag=sub-{ue.tag}"),
+            ("To", f"<{ue.impu}>"),
+            ("Call-ID", call_id or f"sub-{ue.call_id}"),
+            ("CSeq", f"{next(Ue._cseq)} SUBSCRIBE"),
+            ("Contact", f"<sip:ue@{ue.host}:{ue.port}>"),
+            ("Event", "reg"),
+            ("Accept", "application/reginfo+xml"),
+            ("Expires", expires),
+        ],
+    )
+
+
+def _next_notify(ue: Ue) -> Request:
+    """The next NOTIFY the UE receives (answered 200 as a UE does); responses met on the way are
+    skipped."""
+    while True:
+        data, source = ue.sock.recvfrom(65535)
+        message = parse_datagram(data)
+        if isinstance(message, Request) and message.method == "NOTIFY":
+            message.validate()
+            ue.sock.sendto(message.make_response(200).to_bytes(), source)
+            return message
+
+
+def test_reg_event_subscription_follows_the_implicit_set(server: RunningServer, alice: Ue) -> None:
+    import xml.etree.ElementTree as ET
+
+    ns = {"r": "urn:ietf:params:xml:ns:reginfo"}
+    assert alice.register().status == 200
+    stranger = Ue(server, *BOB)
+    try:  # not a registered device of alice: refused
+        assert stranger.send(_subscribe(_as(stranger, ALICE[2]))).status == 403
+    finally:
+        stranger.close()
+    ok = alice.send(_subscribe(alice))
+    assert ok.status == 200 and ok.headers.get("Expires") == "600" and ok.to.tag
+    first = _next_notify(alice)
+    assert first.headers.get("Event") == "reg"
+    assert (first.headers.get("Subscription-State") or "").startswith("active;expires=")
+    doc = ET.fromstring(first.body)
+    assert doc.get("version") == "0" and doc.get("state") == "full"
+    aors = [r.get("aor") for r in doc.findall("r:registration", ns)]
+    assert aors == ["sip:alice@ims.example.test", "tel:+15551230001"]  # the whole implicit set
+    (contact,) = doc.findall("r:registration/r:contact", ns)[:1]
+    assert contact.get("state") == "active" and contact.get("event") == "registered"
+
+    phone = Ue(server, *ALICE)  # a second device registers: a NOTIFY with both
+    try:
+        assert phone.register().status == 200
+        second = ET.fromstring(_next_notify(alice).body)
+        assert second.get("version") == "1"
+        first_registration = second.findall("r:registration", ns)[0]
+        uris = sorted(c.findtext("r:uri", namespaces=ns) for c in first_registration)
+        assert uris == sorted([f"sip:ue@{alice.host}:{alice.port}", f"sip:ue@{phone.host}:{phone.port}"])
+    finally:
+        phone.close()
+    # the network de-registers the set: the subscription ends
+    assert alice.register(contact="*", expires=0).status == 200
+    last = _next_notify(alice)
+    assert (last.headers.get("Subscription-State") or "").startswith("terminated")
+    final = ET.fromstring(last.body)
+    states = {c.get("state") for c in final.findall("r:registration/r:contact", ns)}
+    assert states == {"terminated"}
+
+
+def _as(ue: Ue, impu: str) -> Ue:
+    """The same socket, claiming another user's IMPU."""
+    ue.impu = impu
+    return ue
+
+
+def test_reg_event_refuses_other_packages(alice: Ue) -> None:
+    assert alice.register().status == 200
+    request = _subscribe(alice)
+    request.headers.set("Event", "presence")
+    response = alice.send(request)
+    assert response.status == 489 and response.headers.get("Allow-Events") == "reg"

@@ -22,6 +22,7 @@ from imscore.subscribers import Subscriber, SubscriberStore
 
 from .authenticator import SCHEMES_BY_POLICY, Authenticator, AuthOutcome
 from .model import FlowInfo, StoredBinding, feature_tags
+from .regevent import RegEventService
 from .store import BindingStore
 
 __all__ = ["SUPPORTED", "RegisterOutcome", "Registrar"]
@@ -34,10 +35,11 @@ SUPPORTED: Final = ("path", "outbound")
 
 @dataclass(frozen=True)
 class RegisterOutcome:
-    """The response, and the bindings removed by this REGISTER (for reg-event notifications)."""
+    """The response, the bindings removed, and the reg-event NOTIFYs to send (with their flows)."""
 
     response: Response
     removed: tuple[StoredBinding, ...] = ()
+    notifications: tuple[tuple[Request, FlowInfo], ...] = ()
 
 
 class Registrar:
@@ -74,6 +76,7 @@ class Registrar:
             aka_algorithm=str(auth.options.get("aka_algorithm", "AKAv1-MD5")),
         )
         self.service_route = f"<sip:orig@{profile.domains[0]};lr>"
+        self.regevent = RegEventService()
 
     async def register(self, request: Request, flow: FlowInfo, now: float) -> RegisterOutcome:
         """Process one REGISTER; never raises for bad input (it becomes a status)."""
@@ -145,7 +148,9 @@ class Registrar:
                 if binding.call_id == request.call_id and request.cseq.seq <= binding.cseq:
                     return RegisterOutcome(self._reply(request, 500, "Out-of-order REGISTER (CSeq)"))
             await self.bindings.save(aor, [])
-            return RegisterOutcome(self._ok(request, subscriber, to_uri, [], now), tuple(stored))
+            notes = self.regevent.changed(aor, [], now, deregistered=True)
+            ok = self._ok(request, subscriber, to_uri, [], now)
+            return RegisterOutcome(ok, tuple(stored), tuple(notes))
         contacts = request.contacts
         if not contacts:  # a query
             return RegisterOutcome(self._ok(request, subscriber, to_uri, stored, now))
@@ -170,7 +175,52 @@ class Registrar:
         kept = self._merge(stored, incoming, decision)
         await self.bindings.save(aor, kept)
         removed = tuple(b for b in stored if not any(k.same_device(b) for k in kept))
-        return RegisterOutcome(self._ok(request, subscriber, to_uri, kept, now), removed)
+        notes = self.regevent.changed(aor, kept, now, deregistered=not kept)
+        ok = self._ok(request, subscriber, to_uri, kept, now)
+        return RegisterOutcome(ok, removed, tuple(notes))
+
+    async def subscribe(
+        self, request: Request, flow: FlowInfo, local_contact: str, now: float
+    ) -> tuple[Response, tuple[tuple[Request, FlowInfo], ...]]:
+        """A SUBSCRIBE to the reg event package (RFC 3680) for one of our public identities."""
+        try:
+            return await self._subscribe(request, flow, local_contact, now)
+        except SipError as error:
+            return self._reply(request, error.status, error.phrase), ()
+
+    async def _subscribe(
+        self, request: Request, flow: FlowInfo, local_contact: str, now: float
+    ) -> tuple[Response, tuple[tuple[Request, FlowInfo], ...]]:
+        event = (request.headers.get("Event") or "").split(";", 1)[0].strip().lower()
+        if event != "reg":
+            return self._reply(request, 489, None, [("Allow-Events", "reg")]), ()
+        target = request.uri
+        if not isinstance(target, SipUri | TelUri):
+            return self._reply(request, 416), ()
+        subscriber = await self.subscribers.get_by_impu(target)
+        implicit_set = subscriber.implicit_set_of(target) if subscriber is not None else None
+        if subscriber is None or implicit_set is None:
+            return self._reply(request, 404, "Unknown public identity"), ()
+        aor = implicit_set.default.aor
+        bindings = [b for b in await self.bindings.load(aor) if not b.expired(now)]
+        if not self.regevent.authorised(request, flow, subscriber, bindings):
+            return self._reply(request, 403, "Only a registered device of this user may subscribe"), ()
+        impus = [u for u in implicit_set if not subscriber.is_barred(u)]
+        status, headers, tag, notify = self.regevent.subscribe(
+            request, flow, impus, aor, bindings, local_contact, now
+        )
+        response = request.make_response(status, None, headers, to_tag=tag)
+        return response, (() if notify is None else ((notify, flow),))
+
+    async def expire(self, now: float) -> tuple[tuple[Request, FlowInfo], ...]:
+        """Remove expired bindings and end expired subscriptions; the NOTIFYs that follow."""
+        expired = await self.bindings.expire(now)
+        notes: list[tuple[Request, FlowInfo]] = []
+        for aor in dict.fromkeys(b.aor for b in expired):
+            left = [b for b in await self.bindings.load(aor) if not b.expired(now)]
+            notes.extend(self.regevent.changed(aor, left, now, deregistered=not left))
+        notes.extend(self.regevent.expire(now))
+        return tuple(notes)
 
     # -- pieces --------------------------------------------------------------------------------------
     def _expires(self, request: Request, contact: Contact) -> int:

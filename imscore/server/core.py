@@ -102,6 +102,13 @@ class ServerCore(Generic[FlowT]):
         """Fire the timers due at ``now``; returns what to send."""
         return self._handle(self.layer.advance(now), now)
 
+    def send_request(
+        self, request: Request, flow: FlowT, reliable: bool, now: float
+    ) -> list[Send[FlowT]]:
+        """Start a client transaction for a request the server originates (e.g. a NOTIFY)."""
+        _, outputs = self.layer.send_request(request, flow, reliable, now)
+        return self._handle(outputs, now)
+
     def respond(
         self, transaction: ServerTransaction[FlowT], response: Response, now: float
     ) -> list[Send[FlowT]]:

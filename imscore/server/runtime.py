@@ -83,7 +83,7 @@ class Server:
         self.source = source
         timers = TimerConfig(t1=profile.timers.t1, t2=profile.timers.t2, t4=profile.timers.t4)
         self.core: ServerCore[Flow] = ServerCore(
-            timers, server_name=f"imscore/{__version__}", deferred=frozenset({"REGISTER"})
+            timers, server_name=f"imscore/{__version__}", deferred=frozenset({"REGISTER", "SUBSCRIBE"})
         )
         self.subscribers = subscribers or MemorySubscriberStore.from_file(demo_subscribers_path())
         self.clock = clock
@@ -188,16 +188,34 @@ class Server:
             task.add_done_callback(self._tasks.discard)
 
     async def _register(self, transaction: Any, request: Request, flow: Flow) -> None:
+        """A deferred request (REGISTER or SUBSCRIBE): ask the registrar, answer, send NOTIFYs."""
         assert self.registrar is not None
         info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
+        notes: tuple[tuple[Request, FlowInfo], ...] = ()
         try:
-            outcome = await self.registrar.register(request, info, self.clock())
-            response = outcome.response
+            if request.method == "SUBSCRIBE":
+                host, port = flow.local
+                host = f"[{host}]" if ":" in host else host
+                contact = f"<sip:{host}:{port};transport={flow.transport}>"
+                response, notes = await self.registrar.subscribe(request, info, contact, self.clock())
+            else:
+                outcome = await self.registrar.register(request, info, self.clock())
+                response, notes = outcome.response, outcome.notifications
         except Exception:  # a provider failed: answer 500 rather than leave the UE waiting
-            log.exception("REGISTER from %s failed", flow.remote)
+            log.exception("%s from %s failed", request.method, flow.remote)
             response = request.make_response(500, "Registrar error", to_tag="e500")
         if not transaction.terminated:
             self._emit(self.core.respond(transaction, response, self._now()))
+        self._notify(notes)
+
+    def _notify(self, notes: Sequence[tuple[Request, FlowInfo]]) -> None:
+        """Send reg-event NOTIFYs, each on the flow of its subscription (the UE's own flow)."""
+        for notify, info in notes:
+            flow = Flow(info.transport, info.local, info.remote, info.connection)
+            try:
+                self._emit(self.core.send_request(notify, flow, flow.reliable, self._now()))
+            except Exception:  # the flow is gone or the request is refused: log, go on
+                log.exception("cannot send NOTIFY to %s", info.remote)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -232,15 +250,14 @@ class Server:
         """Remove bindings as they expire (RFC 3261 §10.3: a binding lives only its expires)."""
         while True:
             await asyncio.sleep(self.expiry_interval)
-            if self.store is None:
+            if self.registrar is None:
                 continue
             try:
-                expired = await self.store.expire(self.clock())
+                notes = await self.registrar.expire(self.clock())
             except Exception:  # the store failed this once: log it, keep sweeping
                 log.exception("expiring bindings failed")
                 continue
-            for binding in expired:
-                log.info("binding expired: %s %s", binding.aor, binding.uri)
+            self._notify(notes)
 
     def stats(self) -> dict[str, Any]:
         """Counters of the transports and of the core, for logs and tests."""

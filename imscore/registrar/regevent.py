@@ -1,0 +1,287 @@
+"""The registration event package (RFC 3680) as the S-CSCF serves it (3GPP TS 24.229 §5.4.2.1.2).
+
+A UE subscribes to ``reg`` for one of its public identities; the subscription covers the whole
+implicit registration set. Every NOTIFY carries the full state of the set as
+``application/reginfo+xml`` with a version that grows by one per NOTIFY; the first comes right after
+the 200 to the SUBSCRIBE, then one on every change of the set's bindings, and a final one with
+``Subscription-State: terminated`` when the subscription ends (it expired, the UE unsubscribed, or
+the network de-registered the set).
+
+No I/O and no clock: methods take ``now`` and return the NOTIFY requests to send with the flow to
+send each on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+from xml.sax.saxutils import escape, quoteattr
+
+from imscore.sip import Request, Uri
+from imscore.subscribers import Subscriber
+
+from .model import FlowInfo, StoredBinding
+
+__all__ = ["CONTENT_TYPE", "RegEventService", "Subscription", "reginfo_xml"]
+
+CONTENT_TYPE: Final = "application/reginfo+xml"
+NAMESPACE: Final = "urn:ietf:params:xml:ns:reginfo"
+DEFAULT_EXPIRES: Final = 3600
+MAX_EXPIRES: Final = 7200
+MIN_EXPIRES: Final = 60
+
+
+@dataclass(frozen=True)
+class ContactState:
+    """One ``<contact>`` element: its id, state (active/terminated), event and remaining expires."""
+
+    id: str
+    uri: str
+    state: str
+    event: str
+    expires: int
+
+
+def reginfo_xml(
+    version: int,
+    registrations: Sequence[tuple[str, str, Sequence[ContactState]]],
+) -> bytes:
+    """A full-state reginfo document (RFC 3680 §5.3): ``(aor, state, contacts)`` per registration."""
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<reginfo xmlns="{NAMESPACE}" version="{version}" state="full">',
+    ]
+    for index, (aor, state, contacts) in enumerate(registrations):
+        lines.append(f'  <registration aor={quoteattr(aor)} id="r{index}" state="{state}">')
+        for contact in contacts:
+            expires = f' expires="{contact.expires}"' if contact.state == "active" else ""
+            lines.append(
+                f'    <contact id={quoteattr(contact.id)} state="{contact.state}" '
+                f'event="{contact.event}"{expires}>'
+            )
+            lines.append(f"      <uri>{escape(contact.uri)}</uri>")
+            lines.append("    </contact>")
+        lines.append("  </registration>")
+    lines.append("</reginfo>")
+    return ("\n".join(lines) + "\n").encode()
+
+
+@dataclass
+class Subscription:
+    """One reg-event subscription: its dialog and what it watches."""
+
+    aor: str  # the implicit set's binding key
+    impus: tuple[str, ...]  # the set's public identities (the registrations reported)
+    call_id: str
+    remote_uri: str  # the subscriber (From of the SUBSCRIBE)
+    remote_tag: str
+    local_uri: str  # the watched IMPU (To of the SUBSCRIBE)
+    local_tag: str
+    remote_target: str  # the SUBSCRIBE's Contact
+    local_contact: str
+    flow: FlowInfo
+    expires_at: float
+    cseq: int = 0
+    version: int = 0
+    known: dict[str, StoredBinding] = field(default_factory=dict)  # contact id -> binding
+    contact_ids: dict[str, str] = field(default_factory=dict)  # binding device key -> contact id
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.call_id, self.remote_tag)
+
+
+def _device_key(binding: StoredBinding) -> str:
+    if binding.instance_id is not None:
+        return f"{binding.instance_id}|{binding.reg_id}"
+    return binding.uri
+
+
+class RegEventService:
+    """The reg-event subscriptions of one registrar."""
+
+    def __init__(self) -> None:
+        self.subscriptions: dict[tuple[str, str], Subscription] = {}
+        self._ids = itertools.count(1)
+
+    # -- SUBSCRIBE ---------------------------------------------------------------------------------
+    def authorised(
+        self, request: Request, flow: FlowInfo, subscriber: Subscriber, bindings: Sequence[StoredBinding]
+    ) -> bool:
+        """Without a P-CSCF to assert the subscriber's identity, a SUBSCRIBE is accepted when it comes
+        from the flow of one of the set's registered devices and its From is an IMPU of the same
+        subscriber (the UE watching itself, TS 24.229 §5.4.2.1.2)."""
+        if not subscriber.owns(request.from_.uri):
+            return False
+        return any(b.flow is not None and b.flow.remote == flow.remote for b in bindings)
+
+    def subscribe(
+        self,
+        request: Request,
+        flow: FlowInfo,
+        impus: Sequence[Uri],
+        aor: str,
+        bindings: Sequence[StoredBinding],
+        local_contact: str,
+        now: float,
+    ) -> tuple[int, list[tuple[str, object]], str, Request | None]:
+        """Create, refresh or end (``Expires: 0``) a subscription.
+
+        Returns the status for the SUBSCRIBE, extra response headers, the To tag to answer with, and
+        the NOTIFY to send (``None`` when none is due).
+        """
+        requested = request.expires
+        expires = DEFAULT_EXPIRES if requested is None else min(requested, MAX_EXPIRES)
+        if 0 < expires < MIN_EXPIRES:
+            return 423, [("Min-Expires", MIN_EXPIRES)], secrets.token_hex(6), None
+        remote_tag = request.from_.tag or ""
+        key = (request.call_id, remote_tag)
+        existing = self.subscriptions.get(key)
+        if existing is None and request.to.tag:
+            return 481, [], request.to.tag, None  # a refresh of a subscription we do not know
+        contacts = request.contacts
+        if existing is None:
+            if not contacts:
+                return 400, [], secrets.token_hex(6), None
+            existing = Subscription(
+                aor=aor,
+                impus=tuple(str(u) for u in impus),
+                call_id=request.call_id,
+                remote_uri=str(request.from_.uri),
+                remote_tag=remote_tag,
+                local_uri=str(request.to.uri),
+                local_tag=secrets.token_hex(6),
+                remote_target=str(contacts[0].uri),
+                local_contact=local_contact,
+                flow=flow,
+                expires_at=now + expires,
+            )
+            self.subscriptions[key] = existing
+        else:
+            existing.expires_at = now + expires
+            existing.flow = flow
+            if contacts:
+                existing.remote_target = str(contacts[0].uri)
+        headers: list[tuple[str, object]] = [("Expires", expires), ("Contact", local_contact)]
+        if expires == 0:
+            del self.subscriptions[key]
+            notify = self._notify(existing, bindings, now, terminated="timeout")
+        else:
+            notify = self._notify(existing, bindings, now)
+        return 200, headers, existing.local_tag, notify
+
+    # -- changes -----------------------------------------------------------------------------------
+    def changed(
+        self, aor: str, bindings: Sequence[StoredBinding], now: float, *, deregistered: bool = False
+    ) -> list[tuple[Request, FlowInfo]]:
+        """The set filed under ``aor`` changed: a NOTIFY per subscription watching it. When the set
+        has no binding left after a de-registration, the subscriptions end (RFC 3680 §3.2)."""
+        out: list[tuple[Request, FlowInfo]] = []
+        for key, subscription in list(self.subscriptions.items()):
+            if subscription.aor != aor:
+                continue
+            if deregistered and not bindings:
+                del self.subscriptions[key]
+                out.append(
+                    (
+                        self._notify(subscription, bindings, now, terminated="deactivated"),
+                        subscription.flow,
+                    )
+                )
+            else:
+                out.append((self._notify(subscription, bindings, now), subscription.flow))
+        return out
+
+    def expire(self, now: float) -> list[tuple[Request, FlowInfo]]:
+        """Subscriptions whose time is up end with a final NOTIFY (reason ``timeout``)."""
+        out: list[tuple[Request, FlowInfo]] = []
+        for key, subscription in list(self.subscriptions.items()):
+            if subscription.expires_at <= now:
+                del self.subscriptions[key]
+                final = self._notify(
+                    subscription, list(subscription.known.values()), now, terminated="timeout"
+                )
+                out.append((final, subscription.flow))
+        return out
+
+    # -- NOTIFY ------------------------------------------------------------------------------------
+    def _states(
+        self, subscription: Subscription, bindings: Sequence[StoredBinding], now: float
+    ) -> list[ContactState]:
+        states: list[ContactState] = []
+        seen: set[str] = set()
+        for binding in bindings:
+            device = _device_key(binding)
+            contact_id = subscription.contact_ids.get(device)
+            if contact_id is None:
+                contact_id = subscription.contact_ids[device] = f"c{next(self._ids)}"
+                event = "registered"
+            else:
+                old = subscription.known.get(contact_id)
+                if old is None or old.expires_at == binding.expires_at:
+                    event = "registered"
+                elif binding.expires_at > old.expires_at:
+                    event = "refreshed"
+                else:
+                    event = "shortened"
+            seen.add(contact_id)
+            subscription.known[contact_id] = binding
+            states.append(ContactState(contact_id, binding.uri, "active", event, binding.remaining(now)))
+        for contact_id, old in list(subscription.known.items()):
+            if contact_id not in seen:
+                event = "expired" if old.expires_at <= now else "unregistered"
+                states.append(ContactState(contact_id, old.uri, "terminated", event, 0))
+                del subscription.known[contact_id]
+        return states
+
+    def _notify(
+        self,
+        subscription: Subscription,
+        bindings: Sequence[StoredBinding],
+        now: float,
+        *,
+        terminated: str | None = None,
+    ) -> Request:
+        states = self._states(subscription, bindings, now)
+        if terminated is not None:
+            states = [
+                s if s.state == "terminated" else ContactState(s.id, s.uri, "terminated", terminated, 0)
+                for s in states
+            ]
+        active = any(s.state == "active" for s in states)
+        registration_state = "active" if active else ("terminated" if terminated or states else "init")
+        body = reginfo_xml(
+            subscription.version,
+            [(impu, registration_state, states) for impu in subscription.impus],
+        )
+        subscription.version += 1
+        subscription.cseq += 1
+        remaining = max(0, int(subscription.expires_at - now))
+        state = (
+            f"terminated;reason={terminated}"
+            if terminated is not None
+            else f"active;expires={remaining}"
+        )
+        host, port = subscription.flow.local
+        transport = subscription.flow.transport.upper()
+        sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return Request(
+            "NOTIFY",
+            subscription.remote_target,
+            [
+                ("Via", f"SIP/2.0/{transport} {sent_by};branch=z9hG4bK{secrets.token_hex(10)};rport"),
+                ("Max-Forwards", 70),
+                ("From", f"<{subscription.local_uri}>;tag={subscription.local_tag}"),
+                ("To", f"<{subscription.remote_uri}>;tag={subscription.remote_tag}"),
+                ("Call-ID", subscription.call_id),
+                ("CSeq", f"{subscription.cseq} NOTIFY"),
+                ("Contact", subscription.local_contact),
+                ("Event", "reg"),
+                ("Subscription-State", state),
+                ("Content-Type", CONTENT_TYPE),
+            ],
+            body,
+        )

@@ -1,0 +1,257 @@
+"""``imscore bindings``: the registrations of a store, as text and as JSON, run as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imscore.registrar import FlowInfo, StoredBinding
+from imscore.registrar.store import open_binding_store
+from imscore.subscribers import demo_subscribers_path
+
+ALICE = "sip:alice@ims.example.test"
+BOB = "sip:bob@ims.example.test"
+INSTANCE = "<urn:uuid:00000000-0000-1000-8000-000a95a0e128>"
+
+
+def _bindings(now: float) -> list[StoredBinding]:
+    behind_nat = StoredBinding(  # a phone app on Wi-Fi: private Contact, public flow
+        aor=ALICE,
+        impi="alice@ims.example.test",
+        contact=f'<sip:alice@192.168.1.20:5060>;+sip.instance="{INSTANCE}";reg-id=1',
+        uri="sip:alice@192.168.1.20:5060",
+        expires_at=now + 3600,
+        registered_at=1_700_000_000.0,
+        call_id="call-1@phone",
+        cseq=7,
+        instance_id=INSTANCE,
+        reg_id=1,
+        q=0.8,
+        path=("<sip:pcscf.ims.example.test;lr>",),
+        flow=FlowInfo("udp", ("203.0.113.7", 40000), ("127.0.0.1", 5060)),
+        user_agent="PhoneApp/1.0",
+    )
+    direct = StoredBinding(  # a desk phone on a public address, over TCP
+        aor=ALICE,
+        impi="alice@ims.example.test",
+        contact="<sip:alice@198.51.100.9:5070;transport=tcp>",
+        uri="sip:alice@198.51.100.9:5070;transport=tcp",
+        expires_at=now + 600,
+        registered_at=1_700_000_100.0,
+        call_id="call-2@desk",
+        cseq=2,
+        flow=FlowInfo("tcp", ("198.51.100.9", 51000), ("127.0.0.1", 5060), 12),
+        reachable=False,
+    )
+    bob = StoredBinding(
+        aor=BOB,
+        impi="bob@ims.example.test",
+        contact="<sip:bob@198.51.100.20:5060>",
+        uri="sip:bob@198.51.100.20:5060",
+        expires_at=now + 1800,
+        registered_at=1_700_000_200.0,
+        call_id="call-3@bob",
+        cseq=1,
+        flow=FlowInfo("udp", ("198.51.100.20", 5060), ("127.0.0.1", 5060)),
+    )
+    return [behind_nat, direct, bob]
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    url = f"sqlite:{tmp_path / 'bindings.db'}"
+
+    async def fill() -> None:
+        store = open_binding_store(url)
+        try:
+            bindings = _bindings(time.time())
+            await store.save(ALICE, bindings[:2])
+            await store.save(BOB, bindings[2:])
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    return url
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imscore", "bindings", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _expires_in(line: str) -> int:
+    assert line.startswith("    Expires in: ") and line.endswith(" s"), line
+    return int(line.removeprefix("    Expires in: ").removesuffix(" s"))
+
+
+def test_text_lists_every_aor_and_binding(store_url: str) -> None:
+    result = run("--store", store_url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"AOR: {ALICE} (2 bindings)"
+    assert lines[1] == f'  Contact: <sip:alice@192.168.1.20:5060>;+sip.instance="{INSTANCE}";reg-id=1'
+    assert lines[2] == "    IMPI: alice@ims.example.test"
+    assert 3590 <= _expires_in(lines[3]) <= 3600
+    assert lines[4:14] == [
+        "    q: 0.8",
+        f"    Instance: {INSTANCE}",
+        "    Reg-id: 1",
+        "    Registered at: 2023-11-14T22:13:20Z",
+        "    Call-ID/CSeq: call-1@phone / 7",
+        "    Path: <sip:pcscf.ims.example.test;lr>",
+        "    User-Agent: PhoneApp/1.0",
+        "    Flow: udp 203.0.113.7:40000 -> 127.0.0.1:5060, connection -",
+        "    State: reachable",
+        "    NAT: behind NAT: requests go to the flow (Contact 192.168.1.20:5060 is a private address "
+        "and differs from the flow from 203.0.113.7:40000)",
+    ]
+    assert lines[14] == "  Contact: <sip:alice@198.51.100.9:5070;transport=tcp>"
+    assert 590 <= _expires_in(lines[16]) <= 600
+    assert lines[17:] == [
+        "    q: -",
+        "    Instance: -",
+        "    Reg-id: -",
+        "    Registered at: 2023-11-14T22:15:00Z",
+        "    Call-ID/CSeq: call-2@desk / 2",
+        "    Path: -",
+        "    User-Agent: -",
+        "    Flow: tcp 198.51.100.9:51000 -> 127.0.0.1:5060, connection 12",
+        "    State: unreachable",
+        "    NAT: no (Contact 198.51.100.9:5070 is the flow's remote address)",
+        f"AOR: {BOB} (1 binding)",
+        "  Contact: <sip:bob@198.51.100.20:5060>",
+        "    IMPI: bob@ims.example.test",
+        lines[30],
+        "    q: -",
+        "    Instance: -",
+        "    Reg-id: -",
+        "    Registered at: 2023-11-14T22:16:40Z",
+        "    Call-ID/CSeq: call-3@bob / 1",
+        "    Path: -",
+        "    User-Agent: -",
+        "    Flow: udp 198.51.100.20:5060 -> 127.0.0.1:5060, connection -",
+        "    State: reachable",
+        "    NAT: no (Contact 198.51.100.20:5060 is the flow's remote address)",
+        f"2 AOR(s), 3 binding(s) in {store_url}",
+    ]
+    assert 1790 <= _expires_in(lines[30]) <= 1800
+
+
+def test_json_structure(store_url: str) -> None:
+    result = run("--store", store_url, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["store"] == store_url
+    assert [a["aor"] for a in data["aors"]] == [ALICE, BOB]
+    phone, desk = data["aors"][0]["bindings"]
+    assert 3590 <= phone.pop("expires_in") <= 3600
+    assert phone.pop("expires_at").endswith("Z")
+    assert phone == {
+        "aor": ALICE,
+        "impi": "alice@ims.example.test",
+        "contact": f'<sip:alice@192.168.1.20:5060>;+sip.instance="{INSTANCE}";reg-id=1',
+        "uri": "sip:alice@192.168.1.20:5060",
+        "expired": False,
+        "q": 0.8,
+        "instance_id": INSTANCE,
+        "reg_id": 1,
+        "registered_at": "2023-11-14T22:13:20Z",
+        "call_id": "call-1@phone",
+        "cseq": 7,
+        "path": ["<sip:pcscf.ims.example.test;lr>"],
+        "user_agent": "PhoneApp/1.0",
+        "flow": {
+            "transport": "udp",
+            "remote": ["203.0.113.7", 40000],
+            "local": ["127.0.0.1", 5060],
+            "connection": None,
+        },
+        "reachable": True,
+        "behind_nat": True,
+        "nat_reason": "Contact 192.168.1.20:5060 is a private address and differs from the flow "
+        "from 203.0.113.7:40000",
+    }
+    assert desk["behind_nat"] is False and desk["reachable"] is False
+    assert desk["flow"]["connection"] == 12 and desk["q"] is None and desk["path"] == []
+
+
+def test_aor_filter_by_any_impu_form(store_url: str) -> None:
+    for form in (BOB, "sip:bob@IMS.Example.TEST", "sip:bob@ims.example.test;transport=tcp"):
+        data = json.loads(run("--store", store_url, "--json", "--aor", form).stdout)
+        assert [a["aor"] for a in data["aors"]] == [BOB], form
+    # alice's number is in her implicit set: only the subscriber file knows it is her AOR
+    tel = run("--store", store_url, "--aor", "tel:+1-555-123-0001")
+    assert tel.returncode == 0 and tel.stdout.splitlines() == [
+        f"0 AOR(s), 0 binding(s) in {store_url} for tel:+15551230001"
+    ]
+    resolved = run(
+        "--store",
+        store_url,
+        "--aor",
+        "tel:+1-555-123-0001",
+        "--subscribers",
+        str(demo_subscribers_path()),
+    )
+    assert resolved.returncode == 0, resolved.stderr
+    assert resolved.stdout.splitlines()[0] == f"AOR: {ALICE} (2 bindings)"
+    assert resolved.stdout.splitlines()[-1] == f"1 AOR(s), 2 binding(s) in {store_url} for {ALICE}"
+    bad = run("--store", store_url, "--aor", "<nonsense")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.splitlines() == [
+        "imscore: --aor: '<nonsense' is not a URI; expected e.g. sip:alice@ims.example.test"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgres://db",
+            "imscore: --store: unknown store 'postgres://db'; expected 'memory:', 'sqlite:PATH' or "
+            "'redis://HOST[:PORT][/DB]'",
+        ),
+        (
+            "sqlite:",
+            "imscore: --store: unknown store 'sqlite:'; expected 'memory:', 'sqlite:PATH' or "
+            "'redis://HOST[:PORT][/DB]'",
+        ),
+        (
+            "redis://localhost",
+            "imscore: --store: store 'redis://localhost': expected 'memory:' or 'sqlite:PATH'",
+        ),
+    ],
+)
+def test_bad_store_url_is_one_line_and_exit_2(url: str, message: str) -> None:
+    result = run("--store", url)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [message]
+
+
+def test_missing_file_is_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    result = run("--store", f"sqlite:{missing}")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"imscore: --store: store 'sqlite:{missing}': no such file "
+        "(the server creates it when it starts)"
+    ]
+    assert not missing.exists()
+
+
+def test_default_store_comes_from_the_profile(tmp_path: Path, store_url: str) -> None:
+    profile = tmp_path / "lab.yaml"
+    profile.write_text(f"domains: [ims.example.test]\nstore: {store_url}\n", encoding="utf-8")
+    result = run("--profile", str(profile), "--aor", ALICE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"1 AOR(s), 2 binding(s) in {store_url} for {ALICE}"
