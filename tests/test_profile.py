@@ -105,6 +105,7 @@ def test_legacy_and_multi_device_differ_in_binding_policy() -> None:
         "max-contacts", {"max_contacts": 10, "at_limit": "reject", "reject_status": 403}
     )
     assert legacy.policies["forking"].plugin == multi.policies["forking"].plugin == "parallel"
+    assert legacy.policies["auth"] == PolicyChoice("digest", {"digest_algorithm": "MD5"})
 
 
 def test_default_and_multi_device_have_the_same_policies() -> None:

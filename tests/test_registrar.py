@@ -169,8 +169,9 @@ def test_bad_credentials_and_identities(server: RunningServer, alice: Ue) -> Non
     finally:
         stranger.close()
     not_hers = Ue(server, ALICE[0], ALICE[1], BOB[2])
-    try:  # bob's IMPU is found, the challenge is bob's; alice's credentials do not answer it
-        assert not_hers.register().status in (401, 403)
+    try:  # alice authenticates, but the IMPU in To is bob's
+        response = not_hers.register()
+        assert response.status == 403 and "does not own" in response.reason
     finally:
         not_hers.close()
     barred = Ue(server, ALICE[0], ALICE[1], "sip:alice.old@ims.example.test")
@@ -446,3 +447,30 @@ def test_reg_event_refuses_other_packages(alice: Ue) -> None:
     request.headers.set("Event", "presence")
     response = alice.send(request)
     assert response.status == 489 and response.headers.get("Allow-Events") == "reg"
+
+
+def test_cseq_ordering_require_and_path(alice: Ue) -> None:
+    assert alice.register().status == 200
+    # RFC 3261 §10.3 step 7: same Call-ID, CSeq not higher than the binding's -> the update fails
+    stale = alice.request()
+    stale.headers.set("CSeq", "1 REGISTER")
+    first = alice.send(stale)
+    (offered,) = first.www_authenticate
+    answer = credentials(
+        offered, username=ALICE[0], password=ALICE[1], method="REGISTER", uri=f"sip:{DOMAIN}"
+    )
+    retry = alice.request(authorization=answer)
+    retry.headers.set("CSeq", "1 REGISTER")
+    out_of_order = alice.send(retry)
+    assert out_of_order.status == 500 and "CSeq" in out_of_order.reason
+    # an option tag the registrar does not support -> 420 naming it
+    unsupported = alice.send(alice.request(extra=[("Require", "sec-agree, gruu")]))
+    assert unsupported.status == 420
+    assert unsupported.headers.get("Unsupported") == "sec-agree, gruu"
+    # Path is stored and echoed when the UE supports it (RFC 3327)
+    path = [("Path", "<sip:term@pcscf.visited.test;lr>"), ("Supported", "path")]
+    echoed = alice.register(extra=path)
+    assert echoed.status == 200
+    assert [str(a.uri) for a in echoed.path] == ["sip:term@pcscf.visited.test;lr"]
+    silent = alice.register(extra=[("Path", "<sip:term@pcscf.visited.test;lr>")])
+    assert silent.status == 200 and silent.path == []
