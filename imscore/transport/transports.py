@@ -11,6 +11,8 @@ transport keeps serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import ipaddress
 import itertools
 import logging
@@ -36,6 +38,8 @@ from imscore.sip import (
 from .flow import TRANSPORTS, Flow, MessageHandler, TransportError, TransportStats
 
 _EVENT_TYPES: Final = (Request, Response, KeepAlive, SipError)
+#: receive buffer asked for each UDP socket (the kernel may cap it at net.core.rmem_max)
+UDP_RECEIVE_BUFFER: Final = 8 * 1024 * 1024
 
 __all__ = ["Transports", "response_address", "stamp_via"]
 
@@ -54,7 +58,9 @@ def _unbracket(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_ip(host: str) -> _IP | None:
+    """The IP address a host string spells, or ``None`` for a name (cached: peers repeat)."""
     try:
         return ipaddress.ip_address(_unbracket(host))
     except ValueError:
@@ -243,6 +249,10 @@ class Transports:
                 )
                 bound = _address(sock.get_extra_info("sockname"))
                 endpoint.local = bound
+                raw = sock.get_extra_info("socket")
+                if raw is not None:
+                    with contextlib.suppress(OSError):  # bursts of datagrams wait here, not dropped
+                        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
                 self._endpoints[_key(bound)] = endpoint
             else:
                 server = await loop.create_server(
