@@ -926,10 +926,10 @@ class Request(Message):
                     keys.append(k)
                     items.append(item)
         if to_tag is not None and "to" in keys and self.to.tag is None:
-            to = self.to.copy()
-            to.params.set("tag", to_tag)
+            # header parameters come last in both name-addr and addr-spec forms: append the tag
             i = keys.index("to")
-            items[i] = (items[i][0], str(to), None)
+            name, value, _ = items[i]
+            items[i] = (name, f"{value};tag={to_tag}", None)
         for name, value in headers:
             keys.append(canonical_name(name))
             items.append((name, str(value), None))
