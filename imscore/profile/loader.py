@@ -18,6 +18,8 @@ from typing import Any, cast
 
 import yaml
 
+from imscore.yamlload import UniqueKeyLoader
+
 from .errors import ProfileError
 from .model import (
     DECISIONS,
@@ -102,25 +104,7 @@ def resolve_profile(name_or_path: str | os.PathLike[str]) -> Path:
 # Reading YAML
 
 
-class _Loader(yaml.SafeLoader):
-    """``SafeLoader`` that rejects a key repeated in one mapping (PyYAML keeps the last silently)."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: list[object] = []
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.append(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader = UniqueKeyLoader
 
 
 def _read_yaml(path: Path, source: str) -> object:

@@ -12,7 +12,7 @@ import email.utils
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from imscore.plugin.types import Binding, BindingDecision
@@ -21,7 +21,7 @@ from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri
 from imscore.subscribers import Subscriber, SubscriberStore
 
 from .authenticator import SCHEMES_BY_POLICY, Authenticator, AuthOutcome
-from .model import FlowInfo, StoredBinding, feature_tags
+from .model import FlowInfo, StoredBinding
 from .regevent import RegEventService
 from .store import BindingStore
 
@@ -274,20 +274,7 @@ class Registrar:
         if subscriber.max_devices is not None:
             options = {**options, "max_contacts": subscriber.max_devices}
         existing = [b.hook_binding(now) for b in stored]
-        asked = [
-            Binding(
-                contact=b.uri,
-                expires=b.remaining(now),
-                q=b.q,
-                instance_id=b.instance_id,
-                reg_id=b.reg_id,
-                call_id=b.call_id,
-                cseq=b.cseq,
-                user_agent=b.user_agent,
-                feature_tags=feature_tags(b.contact),
-            )
-            for b in incoming
-        ]
+        asked = [replace(b.hook_binding(now), registered_at=0.0) for b in incoming]
         decision: BindingDecision | None = self.plugins.hook.ims_binding_policy_apply(
             existing=existing, incoming=asked, policy=choice.plugin, options=options
         )

@@ -928,8 +928,8 @@ class Request(Message):
         if to_tag is not None and "to" in keys and self.to.tag is None:
             # header parameters come last in both name-addr and addr-spec forms: append the tag
             i = keys.index("to")
-            name, value, _ = items[i]
-            items[i] = (name, f"{value};tag={to_tag}", None)
+            to_name, to_value, _ = items[i]
+            items[i] = (to_name, f"{to_value};tag={to_tag}", None)
         for name, value in headers:
             keys.append(canonical_name(name))
             items.append((name, str(value), None))

@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Final, NoReturn
 
 import yaml
 
 from imscore.sip import SipUri, TelUri, Uri
+from imscore.yamlload import UniqueKeyLoader
 
 from .directory import SubscriberDirectory
 from .errors import SubscriberError
@@ -66,22 +67,8 @@ class _RawInt(int):
         return self
 
 
-class _Loader(yaml.SafeLoader):
-    """``SafeLoader`` that rejects a key repeated in one mapping and keeps integers as written."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: list[object] = []
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.append(key)
-    return loader.construct_mapping(node, deep=True)
+class _Loader(UniqueKeyLoader):
+    """The shared loader (repeated keys refused) that also keeps integers as written."""
 
 
 def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
@@ -89,7 +76,6 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
     return _RawInt(value, str(node.value))
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
