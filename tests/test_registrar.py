@@ -474,3 +474,31 @@ def test_cseq_ordering_require_and_path(alice: Ue) -> None:
     assert [str(a.uri) for a in echoed.path] == ["sip:term@pcscf.visited.test;lr"]
     silent = alice.register(extra=[("Path", "<sip:term@pcscf.visited.test;lr>")])
     assert silent.status == 200 and silent.path == []
+
+
+def test_secrets_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    from imscore.plugin import create_plugin_manager
+
+    traced = create_plugin_manager(autoload=False, trace=True)
+    running = start_server("default", transports=("udp",))
+    running.server.plugins = traced  # every hook call of the registrar is traced at DEBUG
+    assert running.server.registrar is not None
+    running.server.registrar.plugins = traced
+    alice = Ue(running, *ALICE)
+    wrong = Ue(running, ALICE[0], "wrong-secret", ALICE[2])
+    aka = Ue(running, AKA_IMPI, None, AKA_IMPU)
+    try:
+        assert alice.register().status == 200
+        assert wrong.register().status == 401
+        aka.send(aka.request(extra=[("Authorization", _empty_auth(AKA_IMPI))]))
+    finally:
+        for ue in (alice, wrong, aka):
+            ue.close()
+        running.stop()
+    text = caplog.text
+    assert "ims_binding_policy_apply" in text  # the trace did run
+    for secret in ("alice-secret", "wrong-secret", K.hex(), OP.hex(), "bob-secret"):
+        assert secret not in text
