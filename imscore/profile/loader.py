@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import yaml
 
-from imscore.yamlload import UniqueKeyLoader
+from imscore.yamlload import UniqueKeyLoader, YamlReadError, read_yaml
 
 from .errors import ProfileError
 from .model import (
@@ -104,32 +104,11 @@ def resolve_profile(name_or_path: str | os.PathLike[str]) -> Path:
 # Reading YAML
 
 
-_Loader = UniqueKeyLoader
-
-
 def _read_yaml(path: Path, source: str) -> object:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProfileError(source, "cannot read profile: no such file") from None
-    except UnicodeDecodeError as exc:
-        bad = exc.object[exc.start]
-        raise ProfileError(
-            source, f"cannot read profile: not UTF-8 text (byte {exc.start} is 0x{bad:02x})"
-        ) from None
-    except OSError as exc:
-        raise ProfileError(source, f"cannot read profile: {exc.strerror or exc}") from None
-    try:
-        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "syntax error"
-        if exc.context and exc.problem:
-            problem = f"{exc.problem} ({exc.context})"
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ProfileError(source, f"{where}invalid YAML: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise ProfileError(source, f"invalid YAML: {' '.join(str(exc).split())}") from None
+        return read_yaml(path, UniqueKeyLoader, "profile", quote_errors=True)
+    except YamlReadError as exc:
+        raise ProfileError(source, exc.detail) from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Final, NoReturn
 import yaml
 
 from imscore.sip import SipUri, TelUri, Uri
-from imscore.yamlload import UniqueKeyLoader
+from imscore.yamlload import UniqueKeyLoader, YamlReadError, read_yaml
 
 from .directory import SubscriberDirectory
 from .errors import SubscriberError
@@ -81,30 +81,10 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 def _read_yaml(path: Path, source: str) -> object:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SubscriberError(source, "cannot read the subscriber file: no such file") from None
-    except UnicodeDecodeError as exc:
-        bad = exc.object[exc.start]
-        raise SubscriberError(
-            source, f"cannot read the subscriber file: not UTF-8 text (byte {exc.start} is 0x{bad:02x})"
-        ) from None
-    except OSError as exc:
-        raise SubscriberError(
-            source, f"cannot read the subscriber file: {exc.strerror or exc}"
-        ) from None
-    try:
-        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-    except yaml.MarkedYAMLError as exc:
-        # problem and context only: the snippet of the file PyYAML would quote may hold a secret
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "syntax error"
-        if exc.context and exc.problem:
-            problem = f"{exc.problem} ({exc.context})"
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise SubscriberError(source, f"{where}invalid YAML: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise SubscriberError(source, f"invalid YAML: {type(exc).__name__}") from None
+        # a YAML error without a position names only its type: the file holds secrets
+        return read_yaml(path, _Loader, "the subscriber file", quote_errors=False)
+    except YamlReadError as exc:
+        raise SubscriberError(source, exc.detail) from None
 
 
 # --------------------------------------------------------------------------------------------------
