@@ -16,16 +16,22 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
+from imscore.proxy.core import Action, Branch, NeedFlow, ProxyCore
 from imscore.sip import Request, Response, SipError, SipUri, TelUri
 from imscore.sip.transaction import (
     AckReceived,
+    ClientTransaction,
     Output,
     RequestReceived,
+    ResponseReceived,
     Send,
     ServerTransaction,
     TimerConfig,
     Transaction,
     TransactionLayer,
+    TransactionTerminated,
+    TransactionTimeout,
+    TransportFailed,
 )
 
 __all__ = ["ALLOWED_METHODS", "KNOWN_METHODS", "ServerCore", "ServerCounters"]
@@ -91,16 +97,20 @@ class ServerCore(Generic[FlowT]):
         self.deferred = deferred
         self.allowed = (*ALLOWED_METHODS, *sorted(deferred))
         self.waiting: list[tuple[ServerTransaction[FlowT], Request]] = []
+        #: the forking proxy, when the server proxies (its branches' events go to it)
+        self.proxy: ProxyCore[FlowT] | None = None
+        #: branches waiting for a flow, for the runtime to resolve (see :class:`NeedFlow`)
+        self.flows_needed: list[Branch[FlowT]] = []
+        #: ACKs for 2xx responses (no transaction), for the runtime to route end to end
+        self.acks: list[tuple[Request, FlowT]] = []
+        #: when set, every new request except CANCEL waits in :attr:`waiting` (the proxy decides)
+        self.defer_all = False
 
     def receive(
         self, message: Request | Response, flow: FlowT, reliable: bool, now: float
     ) -> list[Send[FlowT]]:
         """A message from the transport (already framed and checked); returns what to send."""
         return self._handle(self.layer.receive(message, flow, reliable, now), now)
-
-    def advance(self, now: float) -> list[Send[FlowT]]:
-        """Fire the timers due at ``now``; returns what to send."""
-        return self._handle(self.layer.advance(now), now)
 
     def send_request(
         self, request: Request, flow: FlowT, reliable: bool, now: float
@@ -121,21 +131,67 @@ class ServerCore(Generic[FlowT]):
         return self._handle(self.layer.transport_error(transaction, now), now)
 
     def next_deadline(self) -> float | None:
-        return self.layer.next_deadline()
+        deadline = self.layer.next_deadline()
+        if self.proxy is not None:
+            other = self.proxy.next_deadline()
+            if other is not None and (deadline is None or other < deadline):
+                return other
+        return deadline
+
+    def advance(self, now: float) -> list[Send[FlowT]]:
+        """Fire the timers due at ``now`` (transactions and the proxy's ring timers)."""
+        sends = self._handle(self.layer.advance(now), now)
+        if self.proxy is not None:
+            sends += self.proxied(self.proxy.advance(now))
+        return sends
+
+    def proxied(self, actions: Sequence[Action[FlowT]]) -> list[Send[FlowT]]:
+        """Sort the proxy's actions: sends are returned, branches needing a flow are queued."""
+        sends: list[Send[FlowT]] = []
+        for action in actions:
+            if isinstance(action, NeedFlow):
+                self.flows_needed.append(action.branch)
+            else:
+                sends.append(action)
+        return sends
 
     def _handle(self, outputs: Sequence[Output[FlowT]], now: float) -> list[Send[FlowT]]:
         sends: list[Send[FlowT]] = []
+        proxy = self.proxy
         for output in outputs:
             if isinstance(output, Send):
                 sends.append(output)
             elif isinstance(output, RequestReceived):
-                if output.request.method in self.deferred:
-                    self.waiting.append((output.transaction, output.request))
+                request = output.request
+                if request.method in self.deferred or (self.defer_all and request.method != "CANCEL"):
+                    self.waiting.append((output.transaction, request))
                     continue
-                response = self.answer(output.request)
+                response = self.answer(request)
                 sends.extend(self._handle(self.layer.respond(output.transaction, response, now), now))
+                if proxy is not None and request.method == "CANCEL" and response.status == 200:
+                    cancelled = self.layer.find_cancelled(request)
+                    if cancelled is not None and proxy.handles(cancelled):
+                        reason = request.headers.get("Reason")
+                        sends += self.proxied(proxy.on_cancel(cancelled, now, reason))
             elif isinstance(output, AckReceived):
-                self.counters.stray_acks += 1  # an ACK for a 2xx we never sent: nothing to do
+                if proxy is not None:
+                    self.acks.append((output.request, output.flow))
+                else:
+                    self.counters.stray_acks += 1  # an ACK for a 2xx we never sent: nothing to do
+            elif proxy is not None and isinstance(output, ResponseReceived):
+                sends += self.proxied(proxy.on_response(output.transaction, output.response, now))
+            elif proxy is not None and isinstance(output, TransactionTimeout):
+                if isinstance(output.transaction, ClientTransaction):
+                    sends += self.proxied(proxy.on_timeout(output.transaction, now))
+            elif proxy is not None and isinstance(output, TransportFailed):
+                if isinstance(output.transaction, ClientTransaction):
+                    sends += self.proxied(proxy.on_transport_failed(output.transaction, now))
+            elif proxy is not None and isinstance(output, TransactionTerminated):
+                ended = output.transaction
+                if isinstance(ended, ClientTransaction):
+                    proxy.on_terminated(ended)
+                elif isinstance(ended, ServerTransaction):
+                    proxy.on_server_terminated(ended)
             else:
                 self.counters.other_outputs += 1
         return sends

@@ -1,0 +1,343 @@
+"""Where a request goes: the request checks and Route processing of RFC 3261 §16.3-16.5, the
+originating / terminating split of an S-CSCF, and the branch targets of a registered user.
+
+:class:`Router` reads subscribers and bindings through the async providers, asks the forking hook
+for the plan and returns a :class:`Decision`: answer locally with a status, or fork to groups of
+:class:`~imscore.proxy.core.Target`. It sends nothing; the runtime hands the decision to
+:class:`~imscore.proxy.core.ProxyCore`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from imscore.profile import Profile
+from imscore.registrar.authenticator import Authenticator, AuthOutcome
+from imscore.registrar.model import FlowInfo, StoredBinding
+from imscore.registrar.store import BindingStore
+from imscore.sip import Request, SipError, SipUri, TelUri, Uri
+from imscore.sip.headers import parse_via
+from imscore.subscribers import Subscriber, SubscriberStore
+
+from .core import Destination, Target, loop_key
+
+__all__ = ["Decision", "Router", "flow_for", "is_private_host"]
+
+log = logging.getLogger("imscore.proxy")
+
+#: option tags a proxy must understand when they appear in Proxy-Require (none yet)
+PROXY_SUPPORTED: tuple[str, ...] = ()
+
+
+@dataclass
+class Decision:
+    """What to do with a request.
+
+    Either ``status`` is set (answer locally with it, ``reason`` and ``headers``), or ``groups``
+    (fork: ``(targets, timeout)`` tried one after another).
+    """
+
+    status: int | None = None
+    reason: str | None = None
+    headers: list[tuple[str, object]] = field(default_factory=list)
+    groups: list[tuple[tuple[Target, ...], float | None]] = field(default_factory=list)
+    #: what the router understood, for logs and tests: "terminating", "originating", "in-dialog"
+    kind: str = ""
+
+    @classmethod
+    def answer(cls, status: int, reason: str | None = None, *headers: tuple[str, object]) -> Decision:
+        return cls(status=status, reason=reason, headers=list(headers))
+
+
+def is_private_host(host: str) -> bool:
+    """Whether a Contact host cannot be reached from outside its own network: a private (RFC
+    1918, RFC 4193), link-local or shared (RFC 6598) address, or a name we will not resolve."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return True
+    if address.is_loopback:
+        return False
+    shared = isinstance(address, ipaddress.IPv4Address) and address in ipaddress.ip_network(
+        "100.64.0.0/10"
+    )
+    return address.is_private or address.is_link_local or shared
+
+
+def flow_for(binding: StoredBinding) -> FlowInfo | None:
+    """The recorded flow a request to this device must use, or ``None`` to use its Contact.
+
+    The flow is used when the device registered over TCP or TLS (the same connection carries the
+    request, RFC 5626), when its REGISTER came through a Path (the first hop is where it came
+    from), and when the Contact names a private or unresolvable address that differs from the
+    address the REGISTER came from (a NAT, RFC 3581).
+    """
+    flow = binding.flow
+    if flow is None:
+        return None
+    if flow.connection is not None or binding.path:
+        return flow
+    try:
+        uri = SipUri.parse(binding.uri)
+    except SipError:
+        return flow
+    port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+    host = uri.host.strip("[]")
+    if (host, port) == (flow.remote[0].strip("[]"), flow.remote[1]):
+        return None
+    return flow if is_private_host(host) else None
+
+
+def _host_port(uri: SipUri) -> tuple[str, int | None]:
+    return uri.host.lower().strip("[]").rstrip("."), uri.port
+
+
+class Router:
+    """Decides where requests go.
+
+    :param profile: the domains served and the proxy settings.
+    :param subscribers: the subscriber provider.
+    :param bindings: the binding store provider.
+    :param plugins: the plugin manager (forking hook).
+    :param authenticator: issues and checks the 407 challenges of originating requests.
+    :param local: the addresses we listen on, ``(host, port)``; a Route or Via naming one is ours.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        subscribers: SubscriberStore,
+        bindings: BindingStore,
+        plugins: Any,
+        authenticator: Authenticator,
+        local: Callable[[], Sequence[tuple[str, int]]],
+    ) -> None:
+        self.profile = profile
+        self.settings = profile.proxy
+        self.domains = tuple(d.lower() for d in profile.domains)
+        self.subscribers = subscribers
+        self.bindings = bindings
+        self.plugins = plugins
+        self.authenticator = authenticator
+        self._local = local
+
+    # -- what is ours ------------------------------------------------------------------------------
+    def is_local_address(self, host: str, port: int | None) -> bool:
+        host = host.lower().strip("[]").rstrip(".")
+        for ours, our_port in self._local():
+            if host == ours.strip("[]") and (port is None or port == our_port):
+                return True
+        return False
+
+    def is_ours(self, uri: Uri) -> bool:
+        """A URI naming this element: one of our listener addresses, or a served domain without
+        a user part other than the S-CSCF's own route users (``orig``, ``term``)."""
+        if not isinstance(uri, SipUri):
+            return False
+        host, port = _host_port(uri)
+        if self.is_local_address(host, port):
+            return True
+        return host in self.domains and (uri.user is None or uri.user in ("orig", "term"))
+
+    def serves(self, uri: Uri) -> bool:
+        """A public identity of a domain we serve (any ``tel:`` URI is looked up here too)."""
+        if isinstance(uri, TelUri):
+            return True
+        return isinstance(uri, SipUri) and _host_port(uri)[0] in self.domains and uri.user is not None
+
+    # -- the checks of §16.3 -----------------------------------------------------------------------
+    def check(self, request: Request) -> Decision | None:
+        """§16.3: a request this proxy must refuse (400, 416, 420, 482, 483), else ``None``."""
+        try:
+            request.validate()
+        except SipError as error:
+            return Decision.answer(error.status, error.phrase)
+        if not isinstance(request.uri, SipUri | TelUri):
+            return Decision.answer(416)
+        forwards = request.max_forwards
+        if forwards is not None and forwards <= 0:
+            return Decision.answer(483)
+        unsupported = [t for t in request.proxy_require if t.lower() not in PROXY_SUPPORTED]
+        if unsupported:
+            return Decision.answer(420, None, ("Unsupported", ", ".join(unsupported)))
+        if self._looped(request):
+            return Decision.answer(482)
+        return None
+
+    def _looped(self, request: Request) -> bool:
+        """§16.3 step 4: a Via of ours whose branch carries the loop key of this very request
+        (computed over the Via below it, as we received it then) means the request came back
+        unchanged — a loop rather than a spiral."""
+        vias = request.headers.values("Via")
+        for i, text in enumerate(vias[:-1]):
+            try:
+                via = parse_via(text)
+            except SipError:
+                return False
+            branch = via.branch or ""
+            if not branch.startswith("z9hG4bK") or "." not in branch:
+                continue
+            if not self.is_local_address(via.host, via.port or 5060):
+                continue
+            if branch[7:].split(".", 1)[0] == loop_key(request, vias[i + 1]):
+                return True
+        return False
+
+    def pop_own_route(self, request: Request) -> str | None:
+        """§16.4: remove the top Route when it names us; returns its URI user (``orig`` marks an
+        originating request, TS 24.229 §5.4.3.2), ``""`` for a Route of ours without user, or
+        ``None`` when the top Route is not ours (or there is none)."""
+        routes = request.route
+        if not routes:
+            return None
+        uri = routes[0].uri
+        if not self.is_ours(uri):
+            return None
+        request.headers.pop_first("Route")
+        assert isinstance(uri, SipUri)
+        return uri.user or ""
+
+    # -- the decision ------------------------------------------------------------------------------
+    async def decide(self, request: Request, flow: FlowInfo, now: float) -> Decision:
+        """Route a request that passed :meth:`check` (its own Route entry already popped)."""
+        in_dialog = request.to.tag is not None
+        if request.route:  # loose routing (§16.5): someone else is next
+            if in_dialog or self._trusted(flow):
+                return Decision(groups=[((self._route_target(request),), None)], kind="route")
+            return Decision.answer(403, "Relaying denied")
+        if in_dialog:
+            if self.serves(request.uri) or self.is_ours(request.uri):
+                return Decision.answer(481, "Call/Transaction Does Not Exist")
+            return Decision(groups=[((self._uri_target(request),), None)], kind="in-dialog")
+        caller = await self._served_caller(request)
+        if caller is not None:
+            refused = await self._authorise(request, flow, caller, now)
+            if refused is not None:
+                return refused
+        if self.serves(request.uri):
+            return await self._terminating(request, now)
+        if caller is None and not self._trusted(flow):
+            return Decision.answer(403, "Relaying denied")
+        outbound = self.settings.outbound
+        if outbound:
+            return Decision(
+                groups=[((Target(str(request.uri), (outbound,), Destination(outbound)),), None)],
+                kind="outbound",
+            )
+        return Decision(groups=[((self._uri_target(request),), None)], kind="originating")
+
+    def _route_target(self, request: Request) -> Target:
+        top = request.route[0].uri
+        return Target(str(request.uri), (), Destination(str(top)), label=str(top))
+
+    def _uri_target(self, request: Request) -> Target:
+        return Target(str(request.uri), (), Destination(str(request.uri)), label=str(request.uri))
+
+    def _trusted(self, flow: FlowInfo) -> bool:
+        return flow.remote[0].strip("[]") in self.settings.trusted_peers
+
+    async def _served_caller(self, request: Request) -> Subscriber | None:
+        """The subscriber the request comes from, when its From is an identity we serve."""
+        uri = request.from_.uri
+        if not self.serves(uri):
+            return None
+        try:
+            return await self.subscribers.get_by_impu(uri)
+        except (SipError, ValueError):
+            return None
+
+    async def _authorise(
+        self, request: Request, flow: FlowInfo, caller: Subscriber, now: float
+    ) -> Decision | None:
+        """No open relay: an originating request is accepted from a trusted peer, over a flow one
+        of the caller's devices registered on, or with Digest credentials (407 challenge)."""
+        modes = self.settings.originating_auth
+        if "trusted-peer" in modes and self._trusted(flow):
+            return None
+        if "registered-flow" in modes and await self._on_registered_flow(caller, flow, now):
+            return None
+        if "digest" not in modes:
+            return Decision.answer(403, "Originating request not authorised")
+        credentials = next((c for c in request.proxy_authorization if c.is_digest), None)
+        if credentials is None or not credentials.get("response"):
+            result = self.authenticator.proxy_challenge(caller, now)
+        else:
+            username = credentials.get("username")
+            if username is None or username.lower() != caller.impi.lower():
+                return Decision.answer(403, "Credentials are not the caller's")
+            result = self.authenticator.check(request, credentials, caller, now)
+            if result.outcome is AuthOutcome.CHALLENGE:  # wrong or stale: a new Digest challenge
+                result = self.authenticator.proxy_challenge(caller, now)
+        if result.outcome is AuthOutcome.OK:
+            return None
+        if result.outcome is AuthOutcome.CHALLENGE:
+            assert result.challenge is not None
+            return Decision.answer(407, None, ("Proxy-Authenticate", result.challenge))
+        if result.outcome is AuthOutcome.BAD_REQUEST:
+            return Decision.answer(400, result.reason)
+        return Decision.answer(403, result.reason)
+
+    async def _on_registered_flow(self, caller: Subscriber, flow: FlowInfo, now: float) -> bool:
+        for aor in caller.aors:
+            for binding in await self.bindings.load(aor):
+                if binding.expired(now) or binding.flow is None:
+                    continue
+                seen = binding.flow
+                if seen.transport == flow.transport and seen.remote == flow.remote:
+                    return True
+        return False
+
+    async def _terminating(self, request: Request, now: float) -> Decision:
+        """The bindings of the Request-URI's implicit registration set, planned by the forking hook."""
+        uri = request.uri
+        try:
+            owner = await self.subscribers.get_by_impu(uri)
+        except (SipError, ValueError):
+            owner = None
+        if owner is None:
+            return Decision.answer(404, "Not Found")
+        if owner.is_barred(uri):
+            return Decision.answer(404, "Not Found")
+        implicit_set = owner.implicit_set_of(uri)
+        if implicit_set is None:
+            return Decision.answer(404, "Not Found")
+        aor = implicit_set.default.aor
+        live = [b for b in await self.bindings.load(aor) if not b.expired(now)]
+        if not live:
+            return Decision.answer(480, "Temporarily Unavailable")
+        choice = self.profile.policies["forking"]
+        hook_bindings = [b.hook_binding(now) for b in live]
+        plan = self.plugins.hook.ims_fork_plan(
+            request_uri=uri, contacts=hook_bindings, strategy=choice.plugin, options=choice.options
+        )
+        if plan is None:
+            log.error("no plugin implements the forking strategy %r", choice.plugin)
+            return Decision.answer(500, f"Unknown forking strategy {choice.plugin!r}")
+        by_contact = {b.uri: b for b in live}
+        groups: list[tuple[tuple[Target, ...], float | None]] = []
+        for group in plan:
+            targets = tuple(
+                self._binding_target(by_contact[c]) for c in group.targets if c in by_contact
+            )
+            if targets:
+                groups.append((targets, group.timeout))
+        if not groups:
+            return Decision.answer(480, "Temporarily Unavailable")
+        return Decision(groups=groups, kind="terminating")
+
+    @staticmethod
+    def _binding_target(binding: StoredBinding) -> Target:
+        flow = flow_for(binding)
+        first = binding.path[0] if binding.path else binding.uri
+        if first.startswith("<"):
+            first = first[1 : first.index(">")]
+        return Target(
+            uri=binding.uri,
+            route=binding.path,
+            destination=Destination(first, flow),
+            label=binding.instance_id or binding.uri,
+        )

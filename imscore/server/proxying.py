@@ -1,0 +1,243 @@
+"""The proxy in the running server: routes requests, finds flows for branches, forwards ACKs.
+
+:class:`ProxyService` is the asyncio side of :mod:`imscore.proxy`: it awaits the providers the
+router needs (subscribers, bindings, DNS, new connections) and feeds the sans-IO
+:class:`~imscore.proxy.core.ProxyCore` (which lives in the server core, beside the transaction
+layer). Requests the server answers itself (OPTIONS to the server, methods it does not route) get
+the answers of :meth:`imscore.server.core.ServerCore.answer`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from imscore.proxy.core import Branch, Destination, ProxyCore
+from imscore.proxy.router import Decision, Router
+from imscore.registrar import FlowInfo
+from imscore.sip import Request, SipError, SipUri
+from imscore.sip.transaction import ServerTransaction
+from imscore.transport import Flow, TransportError
+
+if TYPE_CHECKING:
+    from .runtime import Server
+
+__all__ = ["ProxyService"]
+
+log = logging.getLogger("imscore.proxy")
+
+#: requests the registrar answers (when addressed to a served domain)
+REGISTRAR_METHODS = ("REGISTER",)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+class ProxyService:
+    """Routing and forwarding for one :class:`~imscore.server.runtime.Server`."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        assert server.registrar is not None and server.store is not None
+        self.router = Router(
+            server.profile,
+            server.subscribers,
+            server.store,
+            server.plugins,
+            server.registrar.authenticator,
+            self._local_addresses,
+        )
+        self.core: ProxyCore[Flow] = ProxyCore(
+            server.core.layer,
+            self._sent_by,
+            record_route=self._record_route if server.profile.proxy.record_route else None,
+            server_name=server.core.server_name,
+        )
+        server.core.proxy = self.core
+        server.core.defer_all = True
+        #: flows seen for contacts we forked to: in-dialog requests and ACKs to them use these
+        self.known_flows: dict[str, FlowInfo] = {}
+
+    # -- our addresses -----------------------------------------------------------------------------
+    def _local_addresses(self) -> list[tuple[str, int]]:
+        return [(host, port) for _, host, port in self.server.addresses]
+
+    def _listener(self, transport: str, family_v6: bool) -> tuple[str, int] | None:
+        for name, host, port in self.server.addresses:
+            if name == transport and (":" in host) == family_v6:
+                return host, port
+        return None
+
+    def _sent_by(self, flow: Flow) -> tuple[str, str, int]:
+        """Our Via sent-by for a flow: the listener of that transport and address family (so the
+        answer comes back to a listening socket), else the flow's own local address."""
+        listener = self._listener(flow.transport, ":" in flow.local[0])
+        host, port = listener if listener is not None else flow.local
+        if host in ("0.0.0.0", "::"):
+            host = (
+                flow.local[0]
+                if flow.local[0] not in ("0.0.0.0", "::")
+                else self.server.profile.domains[0]
+            )
+        return flow.transport, _bracket(host), port
+
+    def _record_route(self, flow: Flow) -> str:
+        transport, host, port = self._sent_by(flow)
+        return f"<sip:{host}:{port};transport={transport};lr>"
+
+    # -- requests ----------------------------------------------------------------------------------
+    def is_registrar_request(self, request: Request) -> bool:
+        """REGISTER, and a SUBSCRIBE that starts a subscription, go to the registrar (which
+        serves the reg event package and answers 489 for others: there is no presence server);
+        requests carrying a Route set go to the proxy."""
+        if request.method == "REGISTER":
+            return not request.route
+        if request.method == "SUBSCRIBE":
+            return not request.route and request.to.tag is None
+        return False
+
+    async def handle(self, transaction: ServerTransaction[Flow], request: Request, flow: Flow) -> None:
+        """A new request the registrar does not take: answer it here or fork it."""
+        server = self.server
+        core = server.core
+        refused = self.router.check(request)
+        if refused is None:
+            own = self.router.pop_own_route(request)
+            if not request.route and own is None and self.router.is_ours(request.uri):
+                # addressed to this server (OPTIONS ping, or a method we do not serve)
+                self._answer(transaction, core.answer(request))
+                return
+            info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
+            try:
+                decision = await self.router.decide(request, info, server.clock())
+            except Exception:  # a provider failed: answer 500 rather than leave the caller waiting
+                log.exception("routing %s from %s failed", request.method, flow.remote)
+                decision = Decision.answer(500, "Routing error")
+        else:
+            decision = refused
+        if transaction.terminated:
+            return
+        if decision.status is not None:
+            headers = list(decision.headers)
+            if core.server_name:
+                headers.append(("Server", core.server_name))
+            core.counters.count(decision.status)
+            response = request.make_response(
+                decision.status, decision.reason, headers, to_tag=secrets.token_hex(6)
+            )
+            self._answer(transaction, response)
+            return
+        for group in decision.groups:
+            for target in group[0]:
+                if target.destination is not None and isinstance(target.destination.flow, FlowInfo):
+                    self.known_flows[target.uri] = target.destination.flow
+        actions = self.core.start(transaction, request, decision.groups, server.now(), inbound=flow)
+        server.emit(core.proxied(actions))
+
+    def _answer(self, transaction: ServerTransaction[Flow], response: Any) -> None:
+        server = self.server
+        if not transaction.terminated:
+            server.emit(server.core.respond(transaction, response, server.now()))
+
+    # -- branches ----------------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Start resolving every branch that waits for a flow, and forward queued ACKs."""
+        core = self.server.core
+        while core.flows_needed:
+            branch = core.flows_needed.pop(0)
+            self.server.spawn(self._resolve_branch(branch))
+        while core.acks:
+            ack, flow = core.acks.pop(0)
+            self.server.spawn(self._forward_ack(ack, flow))
+
+    async def _resolve_branch(self, branch: Branch[Flow]) -> None:
+        server = self.server
+        destination = branch.target.destination or Destination(branch.target.uri)
+        try:
+            flow = await self.flow_for(destination)
+        except (TransportError, SipError, LookupError) as exc:
+            log.info("branch %s to %s: no route: %s", branch.index, destination.uri, exc)
+            server.emit(
+                server.core.proxied(self.core.branch_failed(branch, 503, "No route", server.now()))
+            )
+            return
+        actions = self.core.send_branch(branch, flow, flow.reliable, server.now())
+        server.emit(server.core.proxied(actions))
+
+    async def flow_for(self, destination: Destination) -> Flow:
+        """The flow to send to: the recorded flow of a registration (when still usable), else the
+        URI's transport, address and port (RFC 3263 for names)."""
+        recorded = destination.flow
+        transports = self.server.transports
+        assert transports is not None
+        if isinstance(recorded, FlowInfo):
+            if recorded.connection is None:
+                return await transports.connect(recorded.transport, recorded.remote)
+            if transports.has_connection(recorded.connection):
+                return Flow(recorded.transport, recorded.local, recorded.remote, recorded.connection)
+            # the device's connection is gone: try its Contact address (RFC 5626 would answer 430)
+        uri = SipUri.parse(destination.uri)
+        transport = (uri.params.get("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
+        host = uri.host.strip("[]")
+        if _is_ip(host):
+            port = uri.port or (5061 if transport == "tls" else 5060)
+            return await transports.connect(transport, (host, port))
+        resolver = getattr(self.server, "resolver", None)
+        if resolver is None:
+            raise LookupError(f"{uri.host} is a name and no DNS resolver is configured")
+        targets = await resolver.resolve(uri)
+        errors: list[str] = []
+        for target in targets:
+            try:
+                return await transports.connect(target.transport, (target.address, target.port))
+            except TransportError as exc:
+                errors.append(str(exc))
+        raise LookupError(f"no usable target for {uri.host}: {'; '.join(errors) or 'none found'}")
+
+    # -- ACK for 2xx -------------------------------------------------------------------------------
+    async def _forward_ack(self, ack: Request, flow: Flow) -> None:
+        """An ACK for a 2xx travels end to end (§16.4, §16.6): pop our Route, go to the next Route
+        or the Request-URI (through the flow the device registered on, when we know it)."""
+        try:
+            ack.check_framing_headers()
+            own = self.router.pop_own_route(ack)
+            if not ack.route and own is None and self.router.is_ours(ack.uri):
+                return  # an ACK for a 2xx this server sent itself: nothing to do
+            forwards = ack.max_forwards
+            if forwards is not None and forwards <= 0:
+                return
+            ack.headers.set("Max-Forwards", 69 if forwards is None else forwards - 1)
+            if ack.route:
+                destination = Destination(str(ack.route[0].uri))
+            else:
+                target = str(ack.uri)
+                destination = Destination(target, self.known_flows.get(target))
+            out = await self.flow_for(destination)
+            transport, host, port = self._sent_by(out)
+            branch = (
+                "z9hG4bK"
+                + hashlib.blake2s(
+                    ack.top_via.branch.encode() if ack.top_via.branch else ack.call_id.encode(),
+                    digest_size=8,
+                ).hexdigest()
+            )
+            ack.headers.prepend(
+                "Via", f"SIP/2.0/{transport.upper()} {host}:{port};branch={branch};rport"
+            )
+            assert self.server.transports is not None
+            self.server.transports.send(ack, out)
+        except (SipError, TransportError, LookupError) as exc:
+            log.info("cannot forward ACK from %s: %s", flow.remote, exc)
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
