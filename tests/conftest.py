@@ -88,3 +88,7 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"corpus missing: {CORPUS} (set IMSCORE_CORPUS to point elsewhere)")
     return CORPUS
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "proxy_profile(profile): the Profile the proxy tests' server runs")

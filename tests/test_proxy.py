@@ -14,7 +14,7 @@ from sipua import Caller, Phone
 
 from imscore.auth.digest import credentials
 from imscore.profile import PolicyChoice, Profile, load_profile
-from imscore.profile.model import ProxySettings, Timers
+from imscore.profile.model import ProxySettings, QualifySettings, Timers
 from imscore.sip import Request, Response
 from imscore.sip.transaction import build_ack
 from imscore.testing import RunningServer, start_server
@@ -359,3 +359,47 @@ def test_options_to_the_server_is_still_answered_locally(server: RunningServer, 
     final = caller.expect("final")
     assert isinstance(final, Response) and final.status == 200
     assert final.cseq.method == "OPTIONS" and len(final.via) == 1
+
+
+@pytest.mark.proxy_profile(
+    profile_with(
+        "hunt",
+        {"ring_timeout": 5, "order": "oldest-first"},
+        timers=Timers(t1=0.02, t2=0.08, t4=0.1),
+        qualify=QualifySettings(interval=0.4, max_failures=2),
+    )
+)
+def test_qualification_marks_silent_contacts_unreachable_and_hunt_skips_them(
+    server: RunningServer, phones: list[Phone], caller: Caller
+) -> None:
+    app, soft, desk = phones
+    register_all(phones)
+    deadline = time.monotonic() + 8
+    answered = 0
+    while time.monotonic() < deadline:
+        desk.sock.sendto(b"\r\n\r\n", desk.server)  # desk sends CRLF keep-alives: never pinged
+        ping = soft.quiet("OPTIONS", 0.15) is False
+        if not ping:
+            continue
+        # soft answers its pings
+        request = soft.seen[-1]
+        assert isinstance(request, Request) and request.method == "OPTIONS"
+        soft.reply(request, 200)
+        answered += 1
+        bindings = server.call(server.server.store.all())  # type: ignore[union-attr]
+        marks = {b.uri: b.reachable for b in bindings}
+        if marks.get(app.contact_uri) is False and answered >= 2:
+            break
+    bindings = server.call(server.server.store.all())  # type: ignore[union-attr]
+    marks = {b.uri: b.reachable for b in bindings}
+    assert marks == {app.contact_uri: False, soft.contact_uri: True, desk.contact_uri: True}
+    assert not [m for m in desk.seen if isinstance(m, Request) and m.method == "OPTIONS"]
+    qualifier = server.server.qualifier
+    assert qualifier is not None and qualifier.stats["keepalives"] > 0
+    # the hunt (oldest first) skips the unreachable app and starts with the softphone
+    caller.invite(ALICE)
+    first = soft.expect("INVITE", 3)
+    assert isinstance(first, Request)
+    assert not [m for m in app.seen if isinstance(m, Request) and m.method == "INVITE"]
+    soft.reply(first, 200)
+    assert caller.expect("2xx").to.tag == "softphone-tag"  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ messages, flows and ``now`` and returns the :class:`~imscore.sip.transaction.Sen
 from __future__ import annotations
 
 import secrets
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
@@ -105,6 +105,9 @@ class ServerCore(Generic[FlowT]):
         self.acks: list[tuple[Request, FlowT]] = []
         #: when set, every new request except CANCEL waits in :attr:`waiting` (the proxy decides)
         self.defer_all = False
+        #: client transactions whose outcome someone waits for (e.g. qualification OPTIONS):
+        #: called once with the final status, or 0 when none came (timeout, transport failure)
+        self.watchers: dict[ClientTransaction[FlowT], Callable[[int], None]] = {}
 
     def receive(
         self, message: Request | Response, flow: FlowT, reliable: bool, now: float
@@ -113,11 +116,30 @@ class ServerCore(Generic[FlowT]):
         return self._handle(self.layer.receive(message, flow, reliable, now), now)
 
     def send_request(
-        self, request: Request, flow: FlowT, reliable: bool, now: float
+        self,
+        request: Request,
+        flow: FlowT,
+        reliable: bool,
+        now: float,
+        *,
+        on_final: Callable[[int], None] | None = None,
     ) -> list[Send[FlowT]]:
-        """Start a client transaction for a request the server originates (e.g. a NOTIFY)."""
-        _, outputs = self.layer.send_request(request, flow, reliable, now)
+        """Start a client transaction for a request the server originates (a NOTIFY, an OPTIONS
+        ping); ``on_final`` is called with its final status, or 0 when none came (timeout or
+        transport failure)."""
+        client, outputs = self.layer.send_request(request, flow, reliable, now)
+        if on_final is not None:
+            self.watchers[client] = on_final
         return self._handle(outputs, now)
+
+    def _watched(self, transaction: Transaction[FlowT], status: int) -> bool:
+        if not isinstance(transaction, ClientTransaction):
+            return False
+        watcher = self.watchers.pop(transaction, None)
+        if watcher is None:
+            return False
+        watcher(status)
+        return True
 
     def respond(
         self, transaction: ServerTransaction[FlowT], response: Response, now: float
@@ -178,6 +200,13 @@ class ServerCore(Generic[FlowT]):
                     self.acks.append((output.request, output.flow))
                 else:
                     self.counters.stray_acks += 1  # an ACK for a 2xx we never sent: nothing to do
+            elif isinstance(output, ResponseReceived) and output.transaction in self.watchers:
+                if output.response.status >= 200:
+                    self._watched(output.transaction, output.response.status)
+            elif isinstance(output, TransactionTimeout | TransportFailed) and self._watched(
+                output.transaction, 0
+            ):
+                pass  # a watched request got no answer (timeout or transport failure)
             elif proxy is not None and isinstance(output, ResponseReceived):
                 sends += self.proxied(proxy.on_response(output.transaction, output.response, now))
             elif proxy is not None and isinstance(output, TransactionTimeout):
@@ -189,6 +218,7 @@ class ServerCore(Generic[FlowT]):
             elif proxy is not None and isinstance(output, TransactionTerminated):
                 ended = output.transaction
                 if isinstance(ended, ClientTransaction):
+                    self.watchers.pop(ended, None)
                     proxy.on_terminated(ended)
                 elif isinstance(ended, ServerTransaction):
                     proxy.on_server_terminated(ended)

@@ -52,7 +52,7 @@ class ProxyService:
         )
         self.core: ProxyCore[Flow] = ProxyCore(
             server.core.layer,
-            self._sent_by,
+            self.sent_by,
             record_route=self._record_route if server.profile.proxy.record_route else None,
             server_name=server.core.server_name,
         )
@@ -71,7 +71,7 @@ class ProxyService:
                 return host, port
         return None
 
-    def _sent_by(self, flow: Flow) -> tuple[str, str, int]:
+    def sent_by(self, flow: Flow) -> tuple[str, str, int]:
         """Our Via sent-by for a flow: the listener of that transport and address family (so the
         answer comes back to a listening socket), else the flow's own local address."""
         listener = self._listener(flow.transport, ":" in flow.local[0])
@@ -85,7 +85,7 @@ class ProxyService:
         return flow.transport, _bracket(host), port
 
     def _record_route(self, flow: Flow) -> str:
-        transport, host, port = self._sent_by(flow)
+        transport, host, port = self.sent_by(flow)
         return f"<sip:{host}:{port};transport={transport};lr>"
 
     # -- requests ----------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ class ProxyService:
                 target = str(ack.uri)
                 destination = Destination(target, self.known_flows.get(target))
             out = await self.flow_for(destination)
-            transport, host, port = self._sent_by(out)
+            transport, host, port = self.sent_by(out)
             branch = (
                 "z9hG4bK"
                 + hashlib.blake2s(
