@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from imscore.auth.digest import credentials
-from imscore.sip import Request, Response, parse_datagram
+from imscore.sip import Request, Response, StreamFramer, parse_datagram
 
 DOMAIN = "ims.example.test"
 
@@ -22,31 +22,55 @@ def new_branch() -> str:
 
 
 class Agent:
-    """One UDP socket on 127.0.0.1 and the messages it received but nobody asked for yet."""
+    """One socket on 127.0.0.1 (UDP, or a TCP connection to the server) and the messages it
+    received but nobody asked for yet."""
 
-    def __init__(self, server: tuple[str, int], name: str = "agent") -> None:
+    def __init__(self, server: tuple[str, int], name: str = "agent", transport: str = "udp") -> None:
         self.server = server
         self.name = name
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.transport = transport
+        if transport == "tcp":  # one connection to the server, kept open: every message uses it
+            self.sock = socket.create_connection(server, timeout=5)
+            self.framer: StreamFramer | None = StreamFramer()
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind(("127.0.0.1", 0))
+            self.framer = None
         self.host, self.port = self.sock.getsockname()
         self.inbox: list[Request | Response] = []
         self.seen: list[Request | Response] = []
+        self._ready: list[Request | Response] = []
+
+    def via_sent_by(self) -> str:
+        """``SIP/2.0/UDP host:port`` for this agent's transport and address."""
+        return f"SIP/2.0/{self.transport.upper()} {self.host}:{self.port}"
 
     def send(self, message: Request | Response, to: tuple[str, int] | None = None) -> None:
-        self.sock.sendto(message.to_bytes(), to or self.server)
+        if self.framer is not None:
+            self.sock.sendall(message.to_bytes())
+        else:
+            self.sock.sendto(message.to_bytes(), to or self.server)
 
     def _receive(self, deadline: float) -> Request | Response | None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        self.sock.settimeout(remaining)
-        try:
-            data, _ = self.sock.recvfrom(65535)
-        except TimeoutError:
-            return None
-        message = parse_datagram(data)
-        assert message is not None, data
+        while not self._ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.sock.settimeout(remaining)
+            try:
+                data, _ = self.sock.recvfrom(65535)
+            except TimeoutError:
+                return None
+            if self.framer is None:
+                parsed = parse_datagram(data)
+                assert parsed is not None, data
+                self._ready.append(parsed)
+                continue
+            assert data, f"{self.name}: the server closed the connection"
+            for event in self.framer.feed(data):
+                if isinstance(event, Request | Response):
+                    self._ready.append(event)
+        message = self._ready.pop(0)
         message.validate()
         self.seen.append(message)
         return message
@@ -89,7 +113,7 @@ class Agent:
     ) -> Request:
         to = f"<{uri}>" + (f";tag={to_tag}" if to_tag else "")
         fields: list[tuple[str, object]] = [
-            ("Via", f"SIP/2.0/UDP {self.host}:{self.port};branch={branch or new_branch()};rport"),
+            ("Via", f"{self.via_sent_by()};branch={branch or new_branch()};rport"),
             ("Max-Forwards", 70),
             ("From", f"<{self.from_uri}>;tag={self.tag}"),
             ("To", to),
@@ -140,8 +164,9 @@ class Phone(Agent):
         impi: str = "alice@ims.example.test",
         password: str = "alice-secret",
         impu: str = "sip:alice@ims.example.test",
+        transport: str = "udp",
     ) -> None:
-        super().__init__(server, name)
+        super().__init__(server, name, transport)
         self.impi, self.password, self.impu = impi, password, impu
         self.from_uri = impu
         self.call_id = f"{secrets.token_hex(6)}@{name}"
@@ -151,7 +176,8 @@ class Phone(Agent):
 
     @property
     def contact_uri(self) -> str:
-        return f"sip:{self.name}@{self.host}:{self.port}"
+        suffix = ";transport=tcp" if self.transport == "tcp" else ""
+        return f"sip:{self.name}@{self.host}:{self.port}{suffix}"
 
     def _register_request(
         self, authorization: str | None, expires: int, q: float | None, contact: str | None
@@ -159,7 +185,10 @@ class Phone(Agent):
         self.cseq += 1
         params = f';+sip.instance="{self.instance}"' + ("" if q is None else f";q={q}")
         headers: list[tuple[str, object]] = [
-            ("Via", f"SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{secrets.token_hex(8)};rport"),
+            (
+                "Via",
+                f"{self.via_sent_by()};branch={new_branch()};rport",
+            ),
             ("Max-Forwards", 70),
             ("From", f"<{self.impu}>;tag={self.tag}"),
             ("To", f"<{self.impu}>"),

@@ -35,7 +35,7 @@ def profile_with(forking: str = "parallel", options: dict | None = None, **chang
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     marker = request.node.get_closest_marker("proxy_profile")
     profile = marker.args[0] if marker else profile_with()
-    running = start_server(profile, transports=("udp",))
+    running = start_server(profile, transports=("udp", "tcp"))
     try:
         yield running
     finally:
@@ -403,3 +403,25 @@ def test_qualification_marks_silent_contacts_unreachable_and_hunt_skips_them(
     assert not [m for m in app.seen if isinstance(m, Request) and m.method == "INVITE"]
     soft.reply(first, 200)
     assert caller.expect("2xx").to.tag == "softphone-tag"  # type: ignore[union-attr]
+
+
+@pytest.mark.proxy_profile(profile_with())
+def test_tcp_device_gets_its_calls_over_its_own_connection(
+    request: pytest.FixtureRequest, phones: list[Phone], caller: Caller
+) -> None:
+    server = request.getfixturevalue("server")
+    tcp = Phone(server.address("tcp"), "tcpphone", transport="tcp")
+    try:
+        assert tcp.register().status == 200
+        register_all(phones[:1])
+        caller.invite(ALICE)
+        over_tcp = tcp.expect("INVITE")
+        over_udp = phones[0].expect("INVITE")
+        assert isinstance(over_tcp, Request) and isinstance(over_udp, Request)
+        assert over_tcp.top_via.transport.upper() == "TCP"
+        assert over_udp.top_via.transport.upper() == "UDP"
+        tcp.reply(over_tcp, 486)
+        phones[0].reply(over_udp, 486)
+        assert caller.expect("final").status == 486  # type: ignore[union-attr]
+    finally:
+        tcp.close()
