@@ -91,6 +91,39 @@ def udp_port_busy(host: str, port: int) -> bool:
     return False
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def tree_cpu_seconds(root: int | None) -> float | None:
+    """User + system CPU seconds of a process and of its descendants that are alive now (read from
+    /proc; Kamailio's UDP children, imscore's workers). ``None`` where /proc cannot tell."""
+    if root is None or _stat_fields(root) is None:
+        return None
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                parents[int(entry.name)] = int(fields[1])
+    tree, changed = {root}, True
+    while changed:
+        grown = tree | {pid for pid, parent in parents.items() if parent in tree}
+        changed, tree = grown != tree, grown
+    total = 0
+    for pid in tree:
+        fields = _stat_fields(pid)
+        if fields is not None:  # fields[11], fields[12]: utime, stime (after pid and comm)
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
 def udp_rcvbuf_errors() -> int | None:
     """The host's UDP RcvbufErrors counter (datagrams dropped because a socket buffer was full)."""
     try:
@@ -141,6 +174,9 @@ class Load:
     #: what the SIPp error file says, counted: retransmission timeouts, unexpected statuses ...
     errors: dict[str, int] = field(default_factory=dict)
     rcvbuf_drops: int | None = None
+    #: CPU seconds (user + system) the server's processes used during the SIPp run, and SIPp's own
+    server_cpu: float | None = None
+    sipp_cpu: float | None = None
     note: str = ""
 
 
@@ -192,6 +228,7 @@ def run_load(
     csv: Path,
     folder: Path,
     peer: Path,
+    server_pid: int | None = None,
 ) -> Load:
     load = Load(target, rnd)
     error_file = folder / f"errors-{target}-{rnd}.log"
@@ -217,6 +254,8 @@ def run_load(
         str(error_file),
     ]
     drops_before = udp_rcvbuf_errors()
+    cpu_before = tree_cpu_seconds(server_pid)
+    children_before = os.times()
     start = time.time()
     try:
         result = subprocess.run(
@@ -233,6 +272,13 @@ def run_load(
         output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
         load.note = f"SIPp killed after {args.sipp_timeout} s"
     load.elapsed = time.time() - start
+    cpu_after = tree_cpu_seconds(server_pid)
+    if cpu_before is not None and cpu_after is not None:
+        load.server_cpu = cpu_after - cpu_before
+    children_after = os.times()  # SIPp is the only child reaped meanwhile
+    load.sipp_cpu = (children_after.children_user - children_before.children_user) + (
+        children_after.children_system - children_before.children_system
+    )
     drops_after = udp_rcvbuf_errors()
     if drops_before is not None and drops_after is not None:
         load.rcvbuf_drops = drops_after - drops_before
@@ -411,7 +457,7 @@ def measure(
     server = make_server(target, peer, subscribers, folder, args)
     try:
         address = server.start()
-        load = run_load(target, rnd, address, args, csv, folder, peer)
+        load = run_load(target, rnd, address, args, csv, folder, peer, server.pid)
     finally:
         server.stop()
     if isinstance(server, Imscore) and server.exit_status not in (0, None):
@@ -458,7 +504,7 @@ def profile(
             stderr=subprocess.PIPE,
         )
         time.sleep(1.0)  # let py-spy attach
-        load = run_load("imscore-profiled", 0, address, args, csv, folder, peer)
+        load = run_load("imscore-profiled", 0, address, args, csv, folder, peer, server.pid)
         try:
             _, err = recorder.communicate(timeout=args.profile + 30)
         except subprocess.TimeoutExpired:
@@ -523,7 +569,21 @@ def summarise(loads: list[Load], targets: list[str]) -> dict[str, Any]:
     failures = {t: sum(ld.failed for ld in loads if ld.target == t) for t in targets}
     kam = medians.get("kamailio", 0.0)
     ratios = {t: (medians[t] / kam if kam else None) for t in targets if t != "kamailio"}
-    return {"medians": medians, "failures": failures, "ratios": ratios}
+    per_cpu = {
+        t: statistics.median(
+            [ld.ok / ld.server_cpu for ld in loads if ld.target == t and ld.server_cpu] or [0.0]
+        )
+        for t in targets
+    }
+    kam_cpu = per_cpu.get("kamailio", 0.0)
+    per_cpu_ratios = {t: (per_cpu[t] / kam_cpu if kam_cpu else None) for t in targets if t != "kamailio"}
+    return {
+        "medians": medians,
+        "failures": failures,
+        "ratios": ratios,
+        "per_cpu": per_cpu,
+        "per_cpu_ratios": per_cpu_ratios,
+    }
 
 
 def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
@@ -537,6 +597,7 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
     print()
     header = (
         f"{'round':>5}  {'target':<15} {'reg/s':>8} {'ok':>7} {'failed':>7} {'secs':>6}  {'ratio':>6}"
+        f"  {'srv cpu':>7} {'reg/cpu-s':>9} {'sipp cpu':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -545,9 +606,12 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
         for ld in [ld for ld in loads if ld.round == rnd]:
             ratio = "" if ld.target == "kamailio" or not kam else f"{ld.rate / kam:6.3f}"
             flag = "  <-- FAILURES" if ld.failed else ""
+            cpu = "" if ld.server_cpu is None else f"{ld.server_cpu:7.1f}"
+            per_cpu = "" if not ld.server_cpu else f"{ld.ok / ld.server_cpu:9.0f}"
+            sipp = "" if ld.sipp_cpu is None else f"{ld.sipp_cpu:8.1f}"
             print(
                 f"{rnd + 1:>5}  {ld.target:<15} {ld.rate:8.0f} {ld.ok:7d} {ld.failed:7d} "
-                f"{ld.elapsed:6.1f}  {ratio:>6}{flag}"
+                f"{ld.elapsed:6.1f}  {ratio:>6}  {cpu:>7} {per_cpu:>9} {sipp:>8}{flag}"
             )
     print()
     summary = result["summary"]
@@ -555,6 +619,17 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
         extra = "" if t == "kamailio" else f"   ratio imscore/Kamailio {summary['ratios'][t]:.3f}x"
         rate, failures = summary["medians"][t], summary["failures"][t]
         print(f"median {t:<15} {rate:8.0f} reg/s  failures {failures}{extra}")
+    for t in targets:
+        per_cpu = summary["per_cpu"].get(t)
+        if per_cpu:
+            extra = "" if t == "kamailio" or not summary["per_cpu_ratios"].get(t) else (
+                f"   ratio imscore/Kamailio {summary['per_cpu_ratios'][t]:.3f}x"
+            )
+            print(f"median {t:<15} {per_cpu:8.0f} reg per server CPU-second{extra}")
+    print(
+        "(srv cpu: user + system CPU seconds of the server's processes during the SIPp run; "
+        "the box has 2 cores shared with SIPp)"
+    )
     goal_met = (
         all(
             (summary["ratios"][t] or 0) >= 1.0 and summary["failures"][t] == 0

@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import ipaddress
 import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from imscore import __version__
 from imscore.profile import (
@@ -29,7 +28,9 @@ from imscore.profile import (
     parse_listen,
     shipped_profiles,
 )
-from imscore.sip import ParseError, SipUri, parse_uri
+from imscore.profile.loader import unknown_transport
+from imscore.profile.model import Profile
+from imscore.sip import ParseError, parse_uri
 
 if TYPE_CHECKING:
     from imscore.registrar import StoredBinding
@@ -76,6 +77,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--store", metavar="URL", help="memory: or sqlite:PATH (default: the profile's)")
     serve.add_argument(
+        "--dns",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="DNS server for RFC 3263 next hops instead of the profile's dns.nameservers (repeatable), "
+        "e.g. 127.0.0.1:5353, [::1]:53",
+    )
+    serve.add_argument(
+        "--pcap",
+        metavar="FILE",
+        help="write every SIP message received and sent to FILE (pcap, for Wireshark or sngrep; "
+        "replaced if it exists)",
+    )
+    serve.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -90,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     show = profile_commands.add_parser("show", help="print a profile's effective settings")
     show.add_argument("name", metavar="NAME|PATH")
 
+    from imscore.lab.cli import add_lab_parser  # the lab imports the server: load it only here
+
+    add_lab_parser(commands)
     bindings = commands.add_parser(
         "bindings", help="list the registrations in the binding store (like kamctl ul show)"
     )
@@ -114,6 +132,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     bindings.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
+
+
+def _load_profile(name_or_path: str) -> Profile:
+    """Load a profile checking plugin and transport names against what is installed."""
+    plugins, transports = _known_plugins(), _known_transports()
+    return load_profile(name_or_path, known_plugins=plugins, known_transports=transports)
+
+
+def _known_transports() -> dict[str, str | None]:
+    """The built-in transports plus those the installed plugins offer (``ims_register_transports``)."""
+    from imscore.plugin import PluginError, create_plugin_manager
+    from imscore.transport import TransportError
+    from imscore.transport.registry import collect_transports, known_transports
+
+    try:
+        return known_transports(collect_transports(create_plugin_manager()))
+    except (PluginError, TransportError) as exc:
+        raise CliError(f"plugins: {exc}") from None
 
 
 def _known_plugins() -> dict[str, frozenset[str]]:
@@ -146,16 +182,32 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    profile = load_profile(args.profile, known_plugins=_known_plugins())
+    profile = _load_profile(args.profile)
     try:
-        listeners = [parse_listen(text) for text in args.listen]
+        listeners = [parse_listen(text, any_transport=True) for text in args.listen]
     except ListenError as exc:
         raise CliError(f"--listen: {exc}") from None
+    for listener in listeners:
+        problem = unknown_transport(listener.transport, _known_transports())
+        if problem is not None:
+            raise CliError(f"--listen: {problem}")
     if args.store is not None:
         try:
             check_store_url(args.store)
         except ValueError as exc:
             raise CliError(f"--store: {exc}") from None
+    if args.dns:
+        import dataclasses
+
+        from imscore.profile import parse_nameserver
+
+        try:
+            nameservers = tuple(parse_nameserver(text) for text in args.dns)
+        except ValueError as exc:
+            raise CliError(f"--dns: {exc}") from None
+        profile = dataclasses.replace(
+            profile, dns=dataclasses.replace(profile.dns, nameservers=nameservers)
+        )
     source, directory = _load_subscribers(args.subscribers)
     logging.getLogger("imscore").info("subscribers: %d from %s", len(directory), source)
     from imscore.server.runtime import Server, ServerError, run_until_signalled
@@ -167,6 +219,7 @@ def _serve(args: argparse.Namespace) -> int:
         store_url=args.store,
         source=args.profile,
         subscribers=MemorySubscriberStore(directory),
+        pcap_path=args.pcap,
     )
     try:
         asyncio.run(run_until_signalled(server))
@@ -177,77 +230,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 # -- imscore bindings ----------------------------------------------------------------------------------
 
-_NON_ROUTABLE_V4: Final = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-    )
-)
-_NON_ROUTABLE_V6: Final = tuple(ipaddress.ip_network(n) for n in ("::1/128", "fc00::/7", "fe80::/10"))
-
-
-def _bindings_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP address of a host (IPv6 in brackets or not; IPv4-mapped IPv6 unwrapped), or None."""
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _bindings_private(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """RFC 1918, RFC 6598 shared, loopback and link-local IPv4; loopback, ULA and link-local IPv6."""
-    networks = _NON_ROUTABLE_V4 if address.version == 4 else _NON_ROUTABLE_V6
-    return any(address in network for network in networks)
-
-
 def _bindings_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def _bindings_nat(binding: StoredBinding) -> tuple[bool, str]:
-    """The NAT rule of the registrar: a Contact whose host is a private address, or that differs
-    from the flow's remote address (host, and port for UDP, whose source port is the device's
-    listening port unless a NAT rewrote it), is behind a NAT; requests go to the flow."""
-    try:
-        uri = parse_uri(binding.uri)
-    except ParseError:
-        return False, f"Contact {binding.uri!r} does not parse"
-    if not isinstance(uri, SipUri):
-        return False, "Contact is not a SIP URI"
-    transport = (uri.params.get("transport") or "").lower()
-    default_port = 5061 if uri.scheme == "sips" or transport == "tls" else 5060
-    port = uri.port if uri.port is not None else default_port
-    contact = f"Contact {_bindings_hostport(uri.host, port)}"
-    address = _bindings_address(uri.host)
-    flow = binding.flow
-    private = address is not None and _bindings_private(address)
-    if flow is None:
-        if private:
-            return True, f"{contact} is a private address; no flow recorded"
-        return False, f"{contact}; no flow recorded"
-    seen = f"flow from {_bindings_hostport(*flow.remote)}"
-    remote = _bindings_address(flow.remote[0])
-    if address is None or remote is None or address != remote:
-        differs = f"differs from the {seen}"
-    elif flow.transport == "udp" and port != flow.remote[1]:
-        differs = f"differs from the {seen} (port)"
-    else:
-        differs = ""
-    if private and differs:
-        return True, f"{contact} is a private address and {differs}"
-    if private:
-        return True, f"{contact} is a private address; {seen}"
-    if differs:
-        return True, f"{contact} {differs}"
-    return False, f"{contact} is the flow's remote address"
+    """Whether requests to this device go to its registration flow, and why: the proxy's own rule
+    (:func:`imscore.proxy.router.nat_decision`)."""
+    from imscore.proxy.router import nat_decision
+
+    flow, reason = nat_decision(binding)
+    return flow is not None, reason
 
 
 def _bindings_time(seconds: float) -> str:
@@ -306,9 +299,9 @@ def _bindings_text(plain: dict[str, object]) -> list[str]:
     path = plain["path"]
     assert isinstance(path, list)
     nat = (
-        f"behind NAT: requests go to the flow ({plain['nat_reason']})"
+        f"requests go to the flow ({plain['nat_reason']})"
         if plain["behind_nat"]
-        else f"no ({plain['nat_reason']})"
+        else f"requests go to the Contact ({plain['nat_reason']})"
     )
     return [
         f"  Contact: {plain['contact']}",
@@ -353,7 +346,7 @@ def _bindings(args: argparse.Namespace) -> int:
     if args.store is not None:
         url, option = args.store, "--store"
     else:
-        profile = load_profile(args.profile, known_plugins=_known_plugins())
+        profile = _load_profile(args.profile)
         url, option = profile.store, f"profile {args.profile!r}"
     try:
         url = check_store_url(url)
@@ -405,13 +398,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "bindings":
             return _bindings(args)
+        if args.command == "lab":
+            from imscore.lab.cli import run_lab
+
+            return run_lab(args)
         if args.profile_command == "check":
-            profile = load_profile(args.file, known_plugins=_known_plugins())
+            profile = _load_profile(args.file)
             listeners = ", ".join(str(listener) for listener in profile.listeners)
             domains = ", ".join(profile.domains)
             print(f"{args.file}: OK (profile {profile.name}; domains {domains}; {listeners})")
             return 0
-        print(dump_profile(load_profile(args.name, known_plugins=_known_plugins())), end="")
+        print(dump_profile(_load_profile(args.name)), end="")
         return 0
     except (ProfileError, CliError) as exc:
         print(f"imscore: {exc}", file=sys.stderr)

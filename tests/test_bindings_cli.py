@@ -113,8 +113,8 @@ def test_text_lists_every_aor_and_binding(store_url: str) -> None:
         "    User-Agent: PhoneApp/1.0",
         "    Flow: udp 203.0.113.7:40000 -> 127.0.0.1:5060, connection -",
         "    State: reachable",
-        "    NAT: behind NAT: requests go to the flow (Contact 192.168.1.20:5060 is a private address "
-        "and differs from the flow from 203.0.113.7:40000)",
+        "    NAT: requests go to the flow (registered through a Path: flow from "
+        "203.0.113.7:40000)",
     ]
     assert lines[14] == "  Contact: <sip:alice@198.51.100.9:5070;transport=tcp>"
     assert 590 <= _expires_in(lines[16]) <= 600
@@ -128,7 +128,8 @@ def test_text_lists_every_aor_and_binding(store_url: str) -> None:
         "    User-Agent: -",
         "    Flow: tcp 198.51.100.9:51000 -> 127.0.0.1:5060, connection 12",
         "    State: unreachable",
-        "    NAT: no (Contact 198.51.100.9:5070 is the flow's remote address)",
+        "    NAT: requests go to the flow (registered over TCP: the same connection (flow from "
+        "198.51.100.9:51000))",
         f"AOR: {BOB} (1 binding)",
         "  Contact: <sip:bob@198.51.100.20:5060>",
         "    IMPI: bob@ims.example.test",
@@ -142,7 +143,7 @@ def test_text_lists_every_aor_and_binding(store_url: str) -> None:
         "    User-Agent: -",
         "    Flow: udp 198.51.100.20:5060 -> 127.0.0.1:5060, connection -",
         "    State: reachable",
-        "    NAT: no (Contact 198.51.100.20:5060 is the flow's remote address)",
+        "    NAT: requests go to the Contact (Contact 198.51.100.20:5060 is the flow's remote address)",
         f"2 AOR(s), 3 binding(s) in {store_url}",
     ]
     assert 1790 <= _expires_in(lines[30]) <= 1800
@@ -179,10 +180,10 @@ def test_json_structure(store_url: str) -> None:
         },
         "reachable": True,
         "behind_nat": True,
-        "nat_reason": "Contact 192.168.1.20:5060 is a private address and differs from the flow "
-        "from 203.0.113.7:40000",
+        "nat_reason": "registered through a Path: flow from 203.0.113.7:40000",
     }
-    assert desk["behind_nat"] is False and desk["reachable"] is False
+    # registered over TCP: its calls go down the same connection
+    assert desk["behind_nat"] is True and desk["reachable"] is False
     assert desk["flow"]["connection"] == 12 and desk["q"] is None and desk["path"] == []
 
 

@@ -46,7 +46,7 @@ def test_profile_check_ok_and_bad(tmp_path: Path, capsys: pytest.CaptureFixture[
     ("args", "message"),
     [
         (["--listen", "udp:127.0.0.1:port"], "--listen: "),
-        (["--listen", "sctp:127.0.0.1:5060"], "--listen: "),
+        (["--listen", "xyz:127.0.0.1:5060"], "--listen: unknown transport 'xyz' (known: udp, tcp, tls"),
         (["--store", "postgres://x"], "--store: "),
         (["--profile", "no-such-profile"], "no-such-profile"),
     ],

@@ -179,7 +179,9 @@ ERROR_CASES = [
     pytest.param(
         MIN + "listen: [udp:127.0.0.1]\n",
         "key 'listen': unknown key; expected one of: "
-        "connections, description, domains, listeners, name, policies, registrar, store, timers, tls",
+        "connections, description, dns, domains, listeners, name, policies, proxy, qualify, registrar, "
+        "store, "
+        "timers, tls",
         id="unknown-top-key",
     ),
     pytest.param(
@@ -276,8 +278,7 @@ ERROR_CASES = [
     ),
     pytest.param(
         MIN + "listeners: [udp:127.0.0.1:5060, 'sctp:127.0.0.1:5060']\n",
-        "key 'listeners[1]': unknown transport 'sctp' in 'sctp:127.0.0.1:5060'; "
-        "expected one of: tcp, tls, udp",
+        "key 'listeners[1]': unknown transport 'sctp' (known: udp, tcp, tls)",
         id="listener-transport",
     ),
     pytest.param(
@@ -341,8 +342,9 @@ ERROR_CASES = [
     pytest.param(
         "- domains\n",
         "top level: expected a mapping with keys: "
-        "connections, description, domains, listeners, name, policies, registrar, store, timers, tls, "
-        "got a list",
+        "connections, description, dns, domains, listeners, name, policies, proxy, qualify, registrar, "
+        "store, "
+        "timers, tls, got a list",
         id="top-level-list",
     ),
     pytest.param(
@@ -497,8 +499,9 @@ def test_parse_listen_errors(text: str, message: str) -> None:
 
 
 def test_listener_constructor_validates() -> None:
-    with pytest.raises(ListenError, match="unknown transport 'sctp'"):
-        Listener("sctp", "127.0.0.1", 5060)
+    with pytest.raises(ListenError, match="unknown transport 'SC TP'"):
+        Listener("SC TP", "127.0.0.1", 5060)
+    assert Listener("sctp", "127.0.0.1", 5060).transport == "sctp"  # a plugin may offer it
     with pytest.raises(ListenError, match="port 70000 out of range"):
         Listener("udp", "127.0.0.1", 70000)
 
@@ -545,8 +548,27 @@ def test_effective_settings_fill_defaults(write: Writer) -> None:
             "forking": {"plugin": "parallel", "options": {}},
             "auth": {"plugin": "digest-or-aka", "options": {}},
         },
-        "tls": {"certfile": None, "keyfile": None, "cafile": None},
-        "connections": {"max_connections": 1024, "idle_timeout": 600.0, "max_message_size": 65535},
+        "tls": {"certfile": None, "keyfile": None, "cafile": None, "verify_cafile": None},
+        "connections": {
+            "max_connections": 1024,
+            "idle_timeout": 600.0,
+            "max_message_size": 65535,
+            "connect_timeout": 5.0,
+        },
+        "dns": {
+            "nameservers": [],
+            "timeout": 2.0,
+            "cache_size": 1024,
+            "prefer": "ipv4",
+            "negative_ttl": 30,
+        },
+        "proxy": {
+            "record_route": False,
+            "originating_auth": ["trusted-peer", "registered-flow", "digest"],
+            "trusted_peers": [],
+            "outbound": None,
+        },
+        "qualify": {"interval": 0.0, "max_failures": 3},
     }
 
 
@@ -559,6 +581,32 @@ def test_connection_limits(write: Writer) -> None:
     with pytest.raises(ProfileError) as info:
         load_profile(write(MIN + "connections: {max_connections: 0}\n"))
     assert "key 'connections.max_connections'" in str(info.value)
+
+
+def test_proxy_and_qualify_sections(write: Writer) -> None:
+    profile = load_profile(
+        write(
+            MIN
+            + "proxy: {record_route: true, originating_auth: [digest], trusted_peers: ['::1'],"
+            " outbound: 'sip:127.0.0.1:5090;transport=tcp'}\nqualify: {interval: 30, max_failures: 2}\n"
+        )
+    )
+    assert profile.proxy.record_route is True
+    assert profile.proxy.originating_auth == ("digest",)
+    assert profile.proxy.trusted_peers == ("::1",)
+    assert profile.proxy.outbound == "sip:127.0.0.1:5090;transport=tcp"
+    assert (profile.qualify.interval, profile.qualify.max_failures) == (30.0, 2)
+    for text, key, expected in [
+        ("proxy: {record_route: yes please}", "proxy.record_route", "expected true or false"),
+        ("proxy: {originating_auth: [magic]}", "proxy.originating_auth[0]", "expected one of: "),
+        ("proxy: {trusted_peers: [pcscf.test]}", "proxy.trusted_peers[0]", "expected an IPv4 or IPv6"),
+        ("proxy: {outbound: 'http://x'}", "proxy.outbound", "expected a sip: or sips: URI"),
+        ("qualify: {interval: -1}", "qualify.interval", "expected a number >= 0, got -1 (int)"),
+    ]:
+        with pytest.raises(ProfileError) as info:
+            load_profile(write(MIN + text + "\n"))
+        assert f"key '{key}'" in str(info.value), text
+        assert expected in str(info.value), (text, str(info.value))
 
 
 def test_empty_sections_mean_defaults(write: Writer) -> None:

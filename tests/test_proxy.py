@@ -425,3 +425,22 @@ def test_tcp_device_gets_its_calls_over_its_own_connection(
         assert caller.expect("final").status == 486  # type: ignore[union-attr]
     finally:
         tcp.close()
+
+
+def test_register_with_a_preloaded_route_to_us_reaches_the_registrar(
+    server: RunningServer, phones: list[Phone]
+) -> None:
+    # a UE configured with an outbound proxy (baresip's outbound=, RFC 3261 §8.1.2) preloads a
+    # Route naming imscore itself: the REGISTER is still the registrar's, never proxied
+    host, port = server.address("udp")
+    phone = phones[0]
+    original = phone._register_request
+
+    def with_route(*args: object) -> Request:
+        request = original(*args)  # type: ignore[arg-type]
+        request.headers.add("Route", f"<sip:{host}:{port};lr>")
+        return request
+
+    phone._register_request = with_route  # type: ignore[method-assign]
+    ok = phone.register()
+    assert ok.status == 200 and [str(c.uri) for c in ok.contacts] == [phone.contact_uri]

@@ -42,12 +42,17 @@ Fork strategies:
 
 ``parallel``
     One group holding every contact.
+``parallel``
+    (continued) ``options["ring_timeout"]`` bounds the ringing (default: Timer C, 180 s).
 ``sequential``
     One group per distinct ``q`` value, highest first (a missing ``q`` counts as 1.0, RFC 3841 §7.3);
     equal ``q`` values ring in parallel; each group waits ``options["group_timeout"]`` (default none).
+    Contacts marked unreachable by qualification are skipped (unless all are).
 ``hunt``
-    One contact per group, by descending ``q`` then registration order, each ringing for
-    ``options["ring_timeout"]`` seconds (default 20).
+    One contact per group, each ringing for ``options["ring_timeout"]`` seconds (default 20), in
+    ``options["order"]``: ``q`` (descending q, then registration order; the default),
+    ``newest-first`` or ``oldest-first`` (by first registration). Unreachable contacts are skipped
+    (unless all are).
 
 Other defaults: the auth scheme is the subscriber's first allowed scheme; an IMPU resolves to the
 subscriber whose implicit registration set contains it verbatim; the next hop is the first candidate.
@@ -186,6 +191,22 @@ def _q(binding: Binding) -> float:
     return 1.0 if binding.q is None else binding.q
 
 
+def _reachable_first(contacts: Sequence[Binding]) -> list[Binding]:
+    """The reachable contacts; all of them when none is known reachable (better to try than to
+    give up on a stale mark)."""
+    reachable = [b for b in contacts if b.reachable]
+    return reachable or list(contacts)
+
+
+def _timeout(options: Mapping[str, Any], key: str, default: float | None) -> float | None:
+    value = options.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"forking option {key!r}: expected a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
 @hookimpl(trylast=True)
 def ims_fork_plan(
     request_uri: Uri,
@@ -193,21 +214,29 @@ def ims_fork_plan(
     strategy: str,
     options: Mapping[str, Any],
 ) -> ForkPlan | None:
-    by_q = sorted(contacts, key=_q, reverse=True)  # stable: equal q keep registration order
     if strategy == "parallel":
-        return (BranchGroup(targets=tuple(b.contact for b in contacts)),)
+        ring = _timeout(options, "ring_timeout", None)
+        return (BranchGroup(targets=tuple(b.contact for b in contacts), timeout=ring),)
     if strategy == "sequential":
-        timeout = options.get("group_timeout")
+        timeout = _timeout(options, "group_timeout", None)
+        by_q = sorted(_reachable_first(contacts), key=_q, reverse=True)  # stable within a q
         return tuple(
-            BranchGroup(
-                targets=tuple(b.contact for b in group),
-                timeout=None if timeout is None else float(timeout),
-            )
+            BranchGroup(targets=tuple(b.contact for b in group), timeout=timeout)
             for _, group in groupby(by_q, key=_q)
         )
     if strategy == "hunt":
-        ring = float(options.get("ring_timeout", DEFAULT_RING_TIMEOUT))
-        return tuple(BranchGroup(targets=(b.contact,), timeout=ring) for b in by_q)
+        ring = _timeout(options, "ring_timeout", DEFAULT_RING_TIMEOUT)
+        order = options.get("order", "q")
+        candidates = _reachable_first(contacts)
+        if order == "newest-first":
+            ordered = sorted(candidates, key=lambda b: b.registered_at, reverse=True)
+        elif order == "oldest-first":
+            ordered = sorted(candidates, key=lambda b: b.registered_at)
+        elif order == "q":
+            ordered = sorted(candidates, key=_q, reverse=True)
+        else:  # the profile loader checked the options; a plugin caller may not have
+            raise ValueError(f"forking option 'order': unknown order {order!r}")
+        return tuple(BranchGroup(targets=(b.contact,), timeout=ring) for b in ordered)
     return None
 
 

@@ -45,7 +45,9 @@ def ims_register_transports(registry: ProviderRegistry[Any]) -> None:
     Fires once while the server is assembled, before any transport starts; every plugin is called.
 
     :param registry: the transport registry; call ``registry.add(name, provider)`` once per transport
-        this plugin offers. A profile later picks transports by these names.
+        this plugin offers. A profile later picks transports by these names. The provider follows
+        :class:`imscore.transport.TransportProvider`; ``udp``, ``tcp`` and ``tls`` are built in and
+        cannot be offered, and a name offered by two plugins stops start-up.
     """
 
 

@@ -44,10 +44,6 @@ def _is_firstresult(hook: HookCaller) -> bool:
     return hook.spec is not None and bool(hook.spec.opts.get("firstresult", False))
 
 
-def _nothing_before(hook_name: str, impls: Sequence[HookImpl], kwargs: Mapping[str, object]) -> None:
-    pass
-
-
 def _sync_message(hook: HookCaller, plugin: str, what: str) -> str:
     kind = "decision hooks" if _is_firstresult(hook) else "imscore hooks"
     return (
@@ -69,7 +65,7 @@ class ImsPluginManager(pluggy.PluginManager):
 
     def __init__(self) -> None:
         super().__init__(PROJECT_NAME)
-        self.add_hookcall_monitoring(_nothing_before, self._reject_coroutine_results)
+        self._inner_hookexec = self._guarded(self._inner_hookexec)
 
     # --- registration --------------------------------------------------------------------------
 
@@ -154,6 +150,28 @@ class ImsPluginManager(pluggy.PluginManager):
         return count
 
     # --- call-time guard and tracing -----------------------------------------------------------
+
+    def _guarded(self, inner: Callable[..., object]) -> Callable[..., object]:
+        """``inner`` (pluggy's hook executor) with the check that no implementation returned an
+        awaitable. Hooks run on the hot path (the binding policy for every REGISTER), so this is
+        done without :meth:`add_hookcall_monitoring`, whose :class:`~pluggy.Result` wrapper per call
+        cost more than the hook itself; a Result is built only for a result that fails the check."""
+
+        def guarded_hookexec(
+            hook_name: str,
+            impls: Sequence[HookImpl],
+            kwargs: Mapping[str, object],
+            firstresult: bool,
+        ) -> object:
+            result = inner(hook_name, impls, kwargs, firstresult)
+            values = result if isinstance(result, list) else (result,)
+            if any(inspect.isawaitable(value) for value in values):
+                outcome: Result[object] = Result(result, None)
+                self._reject_coroutine_results(outcome, hook_name, impls, kwargs)
+                return outcome.get_result()
+            return result
+
+        return guarded_hookexec
 
     def _reject_coroutine_results(
         self,

@@ -23,16 +23,21 @@ from imscore.yamlload import UniqueKeyLoader, YamlReadError, read_yaml
 from .errors import ProfileError
 from .model import (
     DECISIONS,
+    TRANSPORTS,
     ConnectionSettings,
+    DnsSettings,
     Listener,
     OptionValue,
     PolicyChoice,
     PolicyOptionError,
     Profile,
+    ProxySettings,
+    QualifySettings,
     RegistrarSettings,
     Timers,
     TlsSettings,
     check_binding_policy_options,
+    check_forking_options,
 )
 from .schema import PROFILE_SCHEMA, SchemaError, format_path
 
@@ -43,6 +48,7 @@ __all__ = [
     "profile_from_data",
     "resolve_profile",
     "shipped_profiles",
+    "unknown_transport",
 ]
 
 _PACKAGE = "imscore"
@@ -119,6 +125,7 @@ def load_profile(
     path_or_name: str | os.PathLike[str],
     *,
     known_plugins: Mapping[str, Collection[str]] | None = None,
+    known_transports: Mapping[str, str | None] | None = None,
 ) -> Profile:
     """Read, validate and return a profile with every default filled in.
 
@@ -126,13 +133,23 @@ def load_profile(
     :param known_plugins: plugin names registered per decision (``{"forking": {"parallel", ...}}``);
         when given, a profile naming any other plugin for a listed decision is rejected. ``None``
         skips that check.
+    :param known_transports: the transports a listener may name: name -> the plugin (distribution)
+        offering it, ``None`` for a built-in one (as
+        :func:`imscore.transport.registry.known_transports` gives them).
+        ``None``: the built-in ``udp``, ``tcp`` and ``tls`` only.
     :raises ProfileError: one message: the file, the key path, what was expected.
     """
     path = resolve_profile(path_or_name)
     bare = isinstance(path_or_name, str) and _is_bare_name(path_or_name)
     source = str(path) if bare else os.fspath(path_or_name)
     data = _read_yaml(path, source)
-    return profile_from_data(data, source=source, default_name=path.stem, known_plugins=known_plugins)
+    return profile_from_data(
+        data,
+        source=source,
+        default_name=path.stem,
+        known_plugins=known_plugins,
+        known_transports=known_transports,
+    )
 
 
 def profile_from_data(
@@ -141,6 +158,7 @@ def profile_from_data(
     source: str,
     default_name: str,
     known_plugins: Mapping[str, Collection[str]] | None = None,
+    known_transports: Mapping[str, str | None] | None = None,
 ) -> Profile:
     """Validate an already parsed document (``None`` counts as empty) and build the :class:`Profile`.
 
@@ -158,6 +176,10 @@ def profile_from_data(
             raise ProfileError(source, f"top level: {exc.message}") from None
         raise ProfileError(source, exc.message, key=key) from None
     profile = _build(_mapping(plain), default_name)
+    for index, listener in enumerate(profile.listeners):
+        problem = unknown_transport(listener.transport, known_transports)
+        if problem is not None:
+            raise ProfileError(source, problem, key=f"listeners[{index}]")
     choice = profile.policies["binding_policy"]
     try:
         check_binding_policy_options(choice.plugin, choice.options)
@@ -165,6 +187,11 @@ def profile_from_data(
         raise ProfileError(
             source, exc.message, key=f"policies.binding_policy.options.{exc.option}"
         ) from None
+    choice = profile.policies["forking"]
+    try:
+        check_forking_options(choice.plugin, choice.options)
+    except PolicyOptionError as exc:
+        raise ProfileError(source, exc.message, key=f"policies.forking.options.{exc.option}") from None
     if known_plugins is not None:
         for decision, choice in profile.policies.items():
             if decision not in known_plugins:
@@ -178,6 +205,20 @@ def profile_from_data(
                     key=f"policies.{decision}.plugin",
                 )
     return profile
+
+
+def unknown_transport(name: str, known: Mapping[str, str | None] | None) -> str | None:
+    """Why a listener cannot use transport ``name``, or ``None`` when it is built in or offered.
+
+    :param known: as ``known_transports`` of :func:`load_profile` (``None``: built-ins only).
+    """
+    offered: Mapping[str, str | None] = known if known is not None else dict.fromkeys(TRANSPORTS)
+    if name in offered:
+        return None
+    names = ", ".join(
+        n if origin is None else f"{n} from plugin {origin}" for n, origin in offered.items()
+    )
+    return f"unknown transport {name!r} (known: {names})"
 
 
 # The schema guarantees the types below; these helpers only narrow them for the type checker.
@@ -224,6 +265,9 @@ def _build(plain: dict[str, object], default_name: str) -> Profile:
     policies = _mapping(plain["policies"])
     tls = _mapping(plain["tls"])
     connections = _mapping(plain["connections"])
+    dns = _mapping(plain["dns"])
+    proxy = _mapping(plain["proxy"])
+    qualify = _mapping(plain["qualify"])
     name = plain["name"]
     return Profile(
         name=default_name if name is None else _str(name),
@@ -249,11 +293,29 @@ def _build(plain: dict[str, object], default_name: str) -> Profile:
             certfile=_opt_str(tls["certfile"]),
             keyfile=_opt_str(tls["keyfile"]),
             cafile=_opt_str(tls["cafile"]),
+            verify_cafile=_opt_str(tls["verify_cafile"]),
         ),
         connections=ConnectionSettings(
             max_connections=_int(connections["max_connections"]),
             idle_timeout=_float(connections["idle_timeout"]),
             max_message_size=_int(connections["max_message_size"]),
+            connect_timeout=_float(connections["connect_timeout"]),
+        ),
+        dns=DnsSettings(
+            nameservers=tuple(cast("tuple[str, int]", ns) for ns in _list(dns["nameservers"])),
+            timeout=_float(dns["timeout"]),
+            cache_size=_int(dns["cache_size"]),
+            prefer=_str(dns["prefer"]),
+            negative_ttl=_int(dns["negative_ttl"]),
+        ),
+        proxy=ProxySettings(
+            record_route=bool(proxy["record_route"]),
+            originating_auth=tuple(_str(m) for m in _list(proxy["originating_auth"])),
+            trusted_peers=tuple(_str(p) for p in _list(proxy["trusted_peers"])),
+            outbound=_opt_str(proxy["outbound"]),
+        ),
+        qualify=QualifySettings(
+            interval=_float(qualify["interval"]), max_failures=_int(qualify["max_failures"])
         ),
     )
 
@@ -288,11 +350,33 @@ def effective_settings(profile: Profile) -> dict[str, Any]:
             "certfile": profile.tls.certfile,
             "keyfile": profile.tls.keyfile,
             "cafile": profile.tls.cafile,
+            "verify_cafile": profile.tls.verify_cafile,
         },
         "connections": {
             "max_connections": profile.connections.max_connections,
             "idle_timeout": profile.connections.idle_timeout,
             "max_message_size": profile.connections.max_message_size,
+            "connect_timeout": profile.connections.connect_timeout,
+        },
+        "dns": {
+            "nameservers": [
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                for host, port in profile.dns.nameservers
+            ],
+            "timeout": profile.dns.timeout,
+            "cache_size": profile.dns.cache_size,
+            "prefer": profile.dns.prefer,
+            "negative_ttl": profile.dns.negative_ttl,
+        },
+        "proxy": {
+            "record_route": profile.proxy.record_route,
+            "originating_auth": list(profile.proxy.originating_auth),
+            "trusted_peers": list(profile.proxy.trusted_peers),
+            "outbound": profile.proxy.outbound,
+        },
+        "qualify": {
+            "interval": profile.qualify.interval,
+            "max_failures": profile.qualify.max_failures,
         },
     }
 

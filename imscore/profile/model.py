@@ -26,22 +26,29 @@ __all__ = [
     "DEFAULT_PORTS",
     "DEFAULT_REJECT_STATUS",
     "DEFAULT_STORE",
+    "DNS_PREFER",
+    "ORIGINATING_AUTH",
     "TRANSPORTS",
     "UNKNOWN_USER_STATUSES",
     "ConnectionSettings",
+    "DnsSettings",
     "ListenError",
     "Listener",
     "OptionValue",
     "PolicyChoice",
     "PolicyOptionError",
     "Profile",
+    "ProxySettings",
+    "QualifySettings",
     "RegistrarSettings",
     "Timers",
     "TlsSettings",
     "check_binding_policy_options",
     "check_domain",
+    "check_forking_options",
     "check_store_url",
     "parse_listen",
+    "parse_nameserver",
 ]
 
 #: A plugin option value as YAML gives it: scalars, lists and string-keyed mappings.
@@ -49,7 +56,9 @@ OptionValue: TypeAlias = str | int | float | bool | list["OptionValue"] | dict[s
 
 #: Listener transports, lower case.
 TRANSPORTS: Final = ("udp", "tcp", "tls")
-#: Port used when a listener names none (RFC 3261 §19.1.2).
+#: What a transport name offered by a plugin (``sctp``) must look like: a lower-case token.
+TRANSPORT_NAME: Final = re.compile(r"[a-z][a-z0-9-]{0,31}")
+#: Port used when a listener names none (RFC 3261 §19.1.2; 5060 for plugin transports, RFC 4168).
 DEFAULT_PORTS: Final[Mapping[str, int]] = MappingProxyType({"udp": 5060, "tcp": 5060, "tls": 5061})
 #: The decisions a profile picks a plugin for.
 DECISIONS: Final = ("binding_policy", "forking", "auth")
@@ -91,9 +100,12 @@ class Listener:
     port: int
 
     def __post_init__(self) -> None:
-        if self.transport not in TRANSPORTS:
+        # a plugin may offer more transports (sctp): whether one is offered is checked where the
+        # plugins are known (the profile loader, the server); here only the name's form
+        if self.transport not in TRANSPORTS and not TRANSPORT_NAME.fullmatch(self.transport):
             raise ListenError(
-                f"unknown transport {self.transport!r}; expected one of: {', '.join(sorted(TRANSPORTS))}"
+                f"unknown transport {self.transport!r}; expected one of: "
+                f"{', '.join(sorted(TRANSPORTS))} or a transport name offered by a plugin"
             )
         if not 0 <= self.port <= 65535:
             raise ListenError(f"port {self.port} out of range; expected an integer 0-65535")
@@ -121,12 +133,15 @@ def _is_host_name(text: str) -> bool:
     return True
 
 
-def parse_listen(text: str) -> Listener:
+def parse_listen(text: str, *, any_transport: bool = False) -> Listener:
     """Parse ``TRANSPORT:HOST[:PORT]`` as ``--listen`` and profiles write it.
 
     ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``tls:example.test`` (port 5061). The transport is
     one of :data:`TRANSPORTS` (case-insensitive); an IPv6 address must be in brackets; a missing port
     is the transport's default; port 0 asks the system for a free port.
+
+    :param any_transport: also accept any name of the form :data:`TRANSPORT_NAME` (a transport a
+        plugin may offer, such as ``sctp``); the caller then checks it is offered.
 
     :raises ListenError: naming what was wrong and what was expected.
     """
@@ -134,7 +149,7 @@ def parse_listen(text: str) -> Listener:
     if not sep or not transport:
         raise ListenError(f"expected TRANSPORT:HOST[:PORT] such as udp:127.0.0.1:5060, got {text!r}")
     kind = transport.lower()
-    if kind not in TRANSPORTS:
+    if kind not in TRANSPORTS and not (any_transport and TRANSPORT_NAME.fullmatch(kind)):
         raise ListenError(
             f"unknown transport {transport!r} in {text!r}; "
             f"expected one of: {', '.join(sorted(TRANSPORTS))}"
@@ -161,7 +176,7 @@ def parse_listen(text: str) -> Listener:
         if rest.count(":") > 1:
             raise ListenError(
                 f"IPv6 address without brackets in {text!r}; expected it in brackets, "
-                f"as {kind}:[::1]:{DEFAULT_PORTS[kind]}"
+                f"as {kind}:[::1]:{DEFAULT_PORTS.get(kind, 5060)}"
             )
         host, colon, port_text_ = rest.partition(":")
         port_text = port_text_ if colon else None
@@ -173,12 +188,41 @@ def parse_listen(text: str) -> Listener:
                 "expected an IPv4 address, a host name or an IPv6 address in brackets"
             )
     if port_text is None:
-        port = DEFAULT_PORTS[kind]
+        port = DEFAULT_PORTS.get(kind, 5060)
     else:
         if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
             raise ListenError(f"bad port {port_text!r} in {text!r}; expected an integer 0-65535")
         port = int(port_text)
     return Listener(kind, host, port)
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """Parse a DNS server as ``dns.nameservers`` and ``--dns`` write it: ``HOST[:PORT]``.
+
+    ``127.0.0.1:5353``, ``[::1]:5353``, ``192.0.2.53`` (port 53). The host must be an IP address
+    (the resolver cannot look up its own server); an IPv6 address with a port needs brackets.
+
+    :raises ValueError: naming what was wrong and what was expected.
+    """
+    host, port_text = text, "53"
+    if text.startswith("["):
+        end = text.find("]")
+        rest = text[end + 1 :] if end > 0 else ""
+        if end < 0 or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad name server {text!r}; expected IP[:PORT] such as [::1]:5353")
+        host, port_text = text[1:end], (rest[1:] if rest else "53")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"bad name server {text!r}; expected an IP address with an optional port, "
+            "such as 127.0.0.1:5353 or [::1]:5353"
+        ) from None
+    if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"bad port {port_text!r} in name server {text!r}; expected an integer 1-65535")
+    return str(address), int(port_text)
 
 
 def check_store_url(url: str) -> str:
@@ -264,6 +308,40 @@ def check_binding_policy_options(plugin: str, options: Mapping[str, object]) -> 
     return {"max_contacts": limit, "at_limit": action, "reject_status": status}
 
 
+#: hunt orders (``policies.forking.options.order``)
+HUNT_ORDERS: Final = ("q", "newest-first", "oldest-first")
+#: the options each builtin forking strategy takes
+_FORKING_OPTIONS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {"parallel": ("ring_timeout",), "sequential": ("group_timeout",), "hunt": ("ring_timeout", "order")}
+)
+
+
+def check_forking_options(strategy: str, options: Mapping[str, object]) -> None:
+    """Check the options of a builtin forking strategy (other strategies check their own).
+
+    :raises PolicyOptionError: naming the option and what was expected.
+    """
+    from .schema import describe  # schema imports this module: import at call time
+
+    known = _FORKING_OPTIONS.get(strategy)
+    if known is None:
+        return
+    for key, value in options.items():
+        if key not in known:
+            raise PolicyOptionError(
+                key, f"unknown option for {strategy}; expected one of: {', '.join(known)}"
+            )
+        if key == "order":
+            if value not in HUNT_ORDERS:
+                raise PolicyOptionError(
+                    key, f"expected one of: {', '.join(HUNT_ORDERS)}, got {describe(value)}"
+                )
+        elif value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise PolicyOptionError(key, f"expected a number of seconds > 0, got {describe(value)}")
+
+
 @dataclass(frozen=True)
 class Timers:
     """SIP transaction timers in seconds (RFC 3261 §17.1.1.1)."""
@@ -280,6 +358,7 @@ class ConnectionSettings:
     max_connections: int = 1024
     idle_timeout: float = 600.0
     max_message_size: int = 65535
+    connect_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -302,11 +381,61 @@ class PolicyChoice:
 
 @dataclass(frozen=True)
 class TlsSettings:
-    """PEM files for TLS listeners (paths as written; relative to the working directory)."""
+    """PEM files for TLS (paths as written; relative to the working directory).
+
+    ``certfile``/``keyfile``/``cafile`` are the server side (listeners). ``verify_cafile`` is the
+    client side: the CA bundle that certificates of peers this element connects to over TLS must chain
+    to (``None``: the system's trusted CAs).
+    """
 
     certfile: str | None = None
     keyfile: str | None = None
     cafile: str | None = None
+    verify_cafile: str | None = None
+
+
+#: How an originating request (From a served user) may be accepted, in the order they are tried.
+ORIGINATING_AUTH: Final = ("trusted-peer", "registered-flow", "digest")
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """The proxy: Record-Route, who may send originating requests, where other domains go."""
+
+    record_route: bool = False
+    originating_auth: tuple[str, ...] = ORIGINATING_AUTH
+    trusted_peers: tuple[str, ...] = ()
+    outbound: str | None = None
+
+
+@dataclass(frozen=True)
+class QualifySettings:
+    """Contact qualification: OPTIONS pings to registered contacts (interval 0: off)."""
+
+    interval: float = 0.0
+    max_failures: int = 3
+
+
+#: Address families the DNS resolver may try first.
+DNS_PREFER: Final = ("ipv4", "ipv6")
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    """How next hops in other domains are found (RFC 3263; :mod:`imscore.routing`).
+
+    :param nameservers: ``(ip, port)`` pairs; empty means the system's (``/etc/resolv.conf``).
+    :param timeout: seconds one URI's whole resolution may take.
+    :param cache_size: record sets kept (least recently used dropped first); 0 disables the cache.
+    :param prefer: ``ipv4`` or ``ipv6``: which addresses of a host come first.
+    :param negative_ttl: seconds a "does not exist" answer is kept when it carries no SOA.
+    """
+
+    nameservers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 2.0
+    cache_size: int = 1024
+    prefer: str = "ipv4"
+    negative_ttl: int = 30
 
 
 DEFAULT_LISTENERS: Final = (Listener("udp", "127.0.0.1", 5060), Listener("tcp", "127.0.0.1", 5060))
@@ -337,3 +466,6 @@ class Profile:
     policies: dict[str, PolicyChoice] = field(default_factory=_default_policies)
     tls: TlsSettings = field(default_factory=TlsSettings)
     connections: ConnectionSettings = field(default_factory=ConnectionSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    qualify: QualifySettings = field(default_factory=QualifySettings)

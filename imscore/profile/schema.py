@@ -17,25 +17,33 @@ from .model import (
     DECISIONS,
     DEFAULT_POLICIES,
     DEFAULT_STORE,
+    DNS_PREFER,
+    ORIGINATING_AUTH,
     UNKNOWN_USER_STATUSES,
     ConnectionSettings,
+    DnsSettings,
+    ProxySettings,
+    QualifySettings,
     RegistrarSettings,
     Timers,
     TlsSettings,
     check_domain,
     check_store_url,
     parse_listen,
+    parse_nameserver,
 )
 
 __all__ = [
     "PROFILE_SCHEMA",
     "REQUIRED",
+    "Bool",
     "Field",
     "FreeMapping",
     "Int",
     "KeyPath",
     "ListOf",
     "Node",
+    "NonNegative",
     "Number",
     "OneOf",
     "Optional",
@@ -159,6 +167,28 @@ class OneOf(Node):
         ):
             self.fail(value, path)
         return value
+
+
+class Bool(Node):
+    """``true`` or ``false``."""
+
+    expected = "true or false"
+
+    def validate(self, value: object, path: KeyPath) -> object:
+        if not isinstance(value, bool):
+            self.fail(value, path)
+        return value
+
+
+class NonNegative(Node):
+    """A number (never a boolean) >= 0; returned as ``float``."""
+
+    expected = "a number >= 0"
+
+    def validate(self, value: object, path: KeyPath) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            self.fail(value, path)
+        return float(value)
 
 
 class Parsed(Node):
@@ -306,6 +336,10 @@ class Record(Node):
 # The profile schema.
 
 
+def _parse_listener(text: str) -> object:
+    return parse_listen(text, any_transport=True)
+
+
 def _check_timers(values: dict[str, object], path: KeyPath) -> None:
     t1, t2 = values["t1"], values["t2"]
     assert isinstance(t1, float) and isinstance(t2, float)
@@ -345,6 +379,28 @@ _T = Timers()
 _R = RegistrarSettings()
 _TLS = TlsSettings()
 _C = ConnectionSettings()
+_D = DnsSettings()
+_P = ProxySettings()
+_Q = QualifySettings()
+
+
+def _check_ip_literal(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise ValueError(f"expected an IPv4 or IPv6 address, got {text!r}") from None
+
+
+def _check_sip_uri(text: str) -> str:
+    from imscore.sip import SipError, SipUri
+
+    try:
+        SipUri.parse(text)
+    except SipError as exc:
+        raise ValueError(f"expected a sip: or sips: URI, got {text!r} ({exc.reason})") from None
+    return text
 
 _POLICY_FIELDS = {"plugin": Field(Str()), "options": Field(FreeMapping(), {})}
 
@@ -355,7 +411,10 @@ PROFILE_SCHEMA: Final = Record(
         "domains": Field(ListOf(Parsed("a domain name", check_domain), min_items=1, unique=True)),
         "listeners": Field(
             ListOf(
-                Parsed("a listener as TRANSPORT:HOST[:PORT]", parse_listen), min_items=1, unique=True
+                # any transport name passes here; the loader checks it is built in or offered
+                Parsed("a listener as TRANSPORT:HOST[:PORT]", _parse_listener),
+                min_items=1,
+                unique=True,
             ),
             ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"],
         ),
@@ -407,6 +466,7 @@ PROFILE_SCHEMA: Final = Record(
                     "certfile": Field(Optional(Str()), _TLS.certfile),
                     "keyfile": Field(Optional(Str()), _TLS.keyfile),
                     "cafile": Field(Optional(Str()), _TLS.cafile),
+                    "verify_cafile": Field(Optional(Str()), _TLS.verify_cafile),
                 }
             ),
             {},
@@ -417,6 +477,46 @@ PROFILE_SCHEMA: Final = Record(
                     "max_connections": Field(Int(minimum=1), _C.max_connections),
                     "idle_timeout": Field(Number(), _C.idle_timeout),
                     "max_message_size": Field(Int(minimum=1024), _C.max_message_size),
+                    "connect_timeout": Field(Number(), _C.connect_timeout),
+                }
+            ),
+            {},
+        ),
+        "dns": Field(
+            Record(
+                {
+                    "nameservers": Field(
+                        ListOf(Parsed("a name server as IP[:PORT]", parse_nameserver), unique=True), []
+                    ),
+                    "timeout": Field(Number(), _D.timeout),
+                    "cache_size": Field(Int(minimum=0), _D.cache_size),
+                    "prefer": Field(OneOf(DNS_PREFER), _D.prefer),
+                    "negative_ttl": Field(Int(minimum=0), _D.negative_ttl),
+                }
+            ),
+            {},
+        ),
+        "proxy": Field(
+            Record(
+                {
+                    "record_route": Field(Bool(), _P.record_route),
+                    "originating_auth": Field(
+                        ListOf(OneOf(list(ORIGINATING_AUTH)), unique=True),
+                        list(_P.originating_auth),
+                    ),
+                    "trusted_peers": Field(
+                        ListOf(Parsed("an IP address", _check_ip_literal), unique=True), []
+                    ),
+                    "outbound": Field(Optional(Parsed("a sip: URI", _check_sip_uri)), _P.outbound),
+                }
+            ),
+            {},
+        ),
+        "qualify": Field(
+            Record(
+                {
+                    "interval": Field(NonNegative(), _Q.interval),
+                    "max_failures": Field(Int(minimum=1), _Q.max_failures),
                 }
             ),
             {},

@@ -25,7 +25,7 @@ from imscore.subscribers import Subscriber, SubscriberStore
 
 from .core import Destination, Target, loop_key
 
-__all__ = ["Decision", "Router", "flow_for", "is_private_host"]
+__all__ = ["Decision", "Router", "flow_for", "is_private_host", "nat_decision"]
 
 log = logging.getLogger("imscore.proxy")
 
@@ -68,28 +68,45 @@ def is_private_host(host: str) -> bool:
     return address.is_private or address.is_link_local or shared
 
 
-def flow_for(binding: StoredBinding) -> FlowInfo | None:
-    """The recorded flow a request to this device must use, or ``None`` to use its Contact.
+def nat_decision(binding: StoredBinding) -> tuple[FlowInfo | None, str]:
+    """The recorded flow a request to this device must use (``None``: use its Contact), and why.
 
     The flow is used when the device registered over TCP or TLS (the same connection carries the
     request, RFC 5626), when its REGISTER came through a Path (the first hop is where it came
     from), and when the Contact names a private or unresolvable address that differs from the
-    address the REGISTER came from (a NAT, RFC 3581).
+    address the REGISTER came from (a NAT, RFC 3581). Loopback counts as reachable.
     """
     flow = binding.flow
     if flow is None:
-        return None
-    if flow.connection is not None or binding.path:
-        return flow
+        return None, "no flow recorded"
+    seen = f"flow from {_hostport(*flow.remote)}"
+    if flow.connection is not None:
+        return flow, f"registered over {flow.transport.upper()}: the same connection ({seen})"
+    if binding.path:
+        return flow, f"registered through a Path: {seen}"
     try:
         uri = SipUri.parse(binding.uri)
     except SipError:
-        return flow
+        return flow, f"Contact {binding.uri!r} does not parse: {seen}"
     port = uri.port or (5061 if uri.scheme == "sips" else 5060)
     host = uri.host.strip("[]")
+    contact = f"Contact {_hostport(host, port)}"
     if (host, port) == (flow.remote[0].strip("[]"), flow.remote[1]):
-        return None
-    return flow if is_private_host(host) else None
+        return None, f"{contact} is the flow's remote address"
+    if is_private_host(host):
+        return flow, f"{contact} is a private or unresolvable address and differs from the {seen}"
+    return None, f"{contact} is reachable (the {seen} differs)"
+
+
+def flow_for(binding: StoredBinding) -> FlowInfo | None:
+    """The recorded flow a request to this device must use, or ``None`` to use its Contact
+    (see :func:`nat_decision`)."""
+    return nat_decision(binding)[0]
+
+
+def _hostport(host: str, port: int) -> str:
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _host_port(uri: SipUri) -> tuple[str, int | None]:

@@ -140,6 +140,15 @@ class Authenticator:
         )
         return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
 
+    def proxy_challenge(self, subscriber: Subscriber, now: float) -> AuthResult:
+        """A Digest challenge for a request other than REGISTER (the proxy's 407): AKA
+        authenticates registrations only, so a subscriber without a password cannot be
+        challenged here (FORBIDDEN)."""
+        if subscriber.password is None or "digest" not in self.schemes:
+            return AuthResult(AuthOutcome.FORBIDDEN, "no Digest credentials for this user")
+        value = challenge(self.realm, self.nonces.make(now), algorithm=self.digest_algorithm)
+        return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
+
     def _milenage(self, subscriber: Subscriber) -> Milenage:
         aka = subscriber.aka
         assert aka is not None

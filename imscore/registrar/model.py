@@ -16,6 +16,8 @@ def feature_tags(contact: str) -> tuple[tuple[str, str | None], ...]:
     ``+sip.instance`` (an identity, not a capability)."""
     from imscore.sip.headers import parse_contact
 
+    if "+" not in contact:  # no parameter can start with "+": skip the parse (most devices)
+        return ()
     try:
         params = parse_contact(contact).params.items()
     except SipError:
@@ -96,8 +98,9 @@ class StoredBinding:
             return self.instance_id == other.instance_id and self.reg_id == other.reg_id
         return self.uri == other.uri
 
-    def hook_binding(self, now: float) -> Binding:
-        """The plain form the binding-policy hook sees (``expires`` = seconds remaining)."""
+    def hook_binding(self, now: float, registered_at: float | None = None) -> Binding:
+        """The plain form the binding-policy hook sees (``expires`` = seconds remaining;
+        ``registered_at`` replaced when given, e.g. 0 for an incoming binding)."""
         return Binding(
             contact=self.uri,
             expires=self.remaining(now),
@@ -106,7 +109,7 @@ class StoredBinding:
             reg_id=self.reg_id,
             call_id=self.call_id,
             cseq=self.cseq,
-            registered_at=self.registered_at,
+            registered_at=self.registered_at if registered_at is None else registered_at,
             reachable=self.reachable,
             user_agent=self.user_agent,
             feature_tags=feature_tags(self.contact),

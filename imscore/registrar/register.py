@@ -12,7 +12,7 @@ import email.utils
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final
 
 from imscore.plugin.types import Binding, BindingDecision
@@ -274,7 +274,7 @@ class Registrar:
         if subscriber.max_devices is not None:
             options = {**options, "max_contacts": subscriber.max_devices}
         existing = [b.hook_binding(now) for b in stored]
-        asked = [replace(b.hook_binding(now), registered_at=0.0) for b in incoming]
+        asked = [b.hook_binding(now, registered_at=0.0) for b in incoming]
         decision: BindingDecision | None = self.plugins.hook.ims_binding_policy_apply(
             existing=existing, incoming=asked, policy=choice.plugin, options=options
         )
@@ -315,8 +315,21 @@ class Registrar:
         if "path" in [t.lower() for t in request.supported] and "Path" in request.headers:
             headers.extend(("Path", value) for value in request.headers.get_all("Path"))
         headers.append(("Supported", ", ".join(SUPPORTED)))
-        headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
+        headers.append(("Date", _http_date(now)))
         return self._reply(request, 200, None, headers)
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _http_date(now: float) -> str:
+    """The Date header value for ``now`` (RFC 3261 §20.17), formatted once per second: every 200 OK
+    to a REGISTER carries one."""
+    global _date_cache
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(second, usegmt=True))
+    return _date_cache[1]
 
 
 def _matches(binding: StoredBinding, chosen: Binding) -> bool:

@@ -148,6 +148,12 @@ class ServerCore(Generic[FlowT]):
         self.counters.count(response.status)
         return self._handle(self.layer.respond(transaction, response, now), now)
 
+    def receive_retransmission(
+        self, transaction: ServerTransaction[FlowT], now: float
+    ) -> list[Send[FlowT]]:
+        """A retransmission of ``transaction``'s request, recognised before parsing; what to send."""
+        return self._handle(self.layer.retransmission(transaction, now), now)
+
     def receive_transport_error(self, transaction: Transaction[FlowT], now: float) -> list[Send[FlowT]]:
         """The transport could not send for ``transaction``; returns what to send instead."""
         return self._handle(self.layer.transport_error(transaction, now), now)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from imscore.proxy.core import Branch, Destination, ProxyCore
 from imscore.proxy.router import Decision, Router
 from imscore.registrar import FlowInfo
+from imscore.routing import RoutingError
 from imscore.sip import Request, SipError, SipUri
 from imscore.sip.transaction import ServerTransaction
 from imscore.transport import Flow, TransportError
@@ -93,11 +94,20 @@ class ProxyService:
         """REGISTER, and a SUBSCRIBE that starts a subscription, go to the registrar (which
         serves the reg event package and answers 489 for others: there is no presence server);
         requests carrying a Route set go to the proxy."""
-        if request.method == "REGISTER":
-            return not request.route
-        if request.method == "SUBSCRIBE":
-            return not request.route and request.to.tag is None
-        return False
+        if request.method not in ("REGISTER", "SUBSCRIBE"):
+            return False
+        if request.method == "SUBSCRIBE" and request.to.tag is not None:
+            return False  # a refresh inside a dialog we do not hold: the proxy answers
+        try:
+            routes = request.route
+        except SipError:
+            return True  # the registrar answers the bad header with 400
+        if not all(self.router.is_ours(route.uri) for route in routes):
+            return False
+        # a UE with an outbound proxy setting preloads a Route to us (RFC 3261 §8.1.2): ours to drop
+        for _ in routes:
+            request.headers.pop_first("Route")
+        return True
 
     async def handle(self, transaction: ServerTransaction[Flow], request: Request, flow: Flow) -> None:
         """A new request the registrar does not take: answer it here or fork it."""
@@ -158,14 +168,24 @@ class ProxyService:
         destination = branch.target.destination or Destination(branch.target.uri)
         try:
             flow = await self.flow_for(destination)
+        except RoutingError as exc:  # RFC 3263 found nothing: its status (404, 503) is the branch's
+            log.info("branch %s to %s: %s", branch.index, destination.uri, exc)
+            self._fail(branch, exc.status, exc.reason)
+            return
         except (TransportError, SipError, LookupError) as exc:
             log.info("branch %s to %s: no route: %s", branch.index, destination.uri, exc)
-            server.emit(
-                server.core.proxied(self.core.branch_failed(branch, 503, "No route", server.now()))
-            )
+            self._fail(branch, 503, "No route")
+            return
+        except Exception:  # a provider failed: the branch answers 500 so the caller gets an answer
+            log.exception("branch %s to %s failed", branch.index, destination.uri)
+            self._fail(branch, 500, "Routing error")
             return
         actions = self.core.send_branch(branch, flow, flow.reliable, server.now())
         server.emit(server.core.proxied(actions))
+
+    def _fail(self, branch: Branch[Flow], status: int, reason: str) -> None:
+        server = self.server
+        server.emit(server.core.proxied(self.core.branch_failed(branch, status, reason, server.now())))
 
     async def flow_for(self, destination: Destination) -> Flow:
         """The flow to send to: the recorded flow of a registration (when still usable), else the
@@ -229,7 +249,7 @@ class ProxyService:
             )
             assert self.server.transports is not None
             self.server.transports.send(ack, out)
-        except (SipError, TransportError, LookupError) as exc:
+        except (SipError, TransportError, LookupError, RoutingError) as exc:
             log.info("cannot forward ACK from %s: %s", flow.remote, exc)
 
 

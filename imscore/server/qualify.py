@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from imscore.proxy.core import Destination
 from imscore.proxy.router import flow_for
 from imscore.registrar.model import StoredBinding
+from imscore.routing import RoutingError
 from imscore.sip import Request, SipError
 from imscore.sip.transaction import new_branch
 from imscore.transport import Flow, TransportError
@@ -95,7 +96,7 @@ class Qualifier:
         key = (binding.aor, binding.uri)
         try:
             flow = await proxying.flow_for(Destination(binding.uri, flow_for(binding)))
-        except (TransportError, SipError, LookupError) as exc:
+        except (TransportError, SipError, LookupError, RoutingError) as exc:
             log.info("cannot ping %s: %s", binding.uri, exc)
             await self._result(binding, False)
             return

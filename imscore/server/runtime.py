@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from imscore import __version__
+from imscore.capture.pcap import PcapWriter
 from imscore.plugin import create_plugin_manager
 from imscore.profile import Listener, Profile
+from imscore.profile.loader import unknown_transport
 from imscore.registrar import FlowInfo
 from imscore.registrar.authenticator import Authenticator
 from imscore.registrar.register import Registrar
@@ -21,11 +24,16 @@ from imscore.sip import Request, Response
 from imscore.sip.transaction import Send, TimerConfig
 from imscore.store import StoreError
 from imscore.subscribers import MemorySubscriberStore, SubscriberStore, demo_subscribers_path
-from imscore.transport import Flow, TransportError, Transports
+from imscore.transport import Flow, TransportError, TransportProvider, Transports
+from imscore.transport.registry import collect_transports, known_transports
 
 from .core import ServerCore
+from .eager import start_eagerly
+from .retransmit import RetransmissionCache
+from .proxying import ProxyService
+from .qualify import Qualifier
 
-__all__ = ["Server", "ServerError", "run_until_signalled", "tls_context_for"]
+__all__ = ["Server", "ServerError", "client_tls_context_for", "run_until_signalled", "tls_context_for"]
 
 log = logging.getLogger("imscore.server")
 
@@ -52,6 +60,26 @@ def tls_context_for(profile: Profile, source: str) -> ssl.SSLContext:
     return context
 
 
+def client_tls_context_for(profile: Profile, source: str) -> ssl.SSLContext | None:
+    """The client-side TLS context (connections this server opens) from the profile's ``tls`` section.
+
+    It verifies the peer's certificate and host name against the CA bundle ``tls.verify_cafile``.
+    ``None`` when that is not set: :class:`~imscore.transport.Transports` then trusts the system's
+    CAs (the context is made when a TLS connection is first opened).
+    """
+    cafile = profile.tls.verify_cafile
+    if not cafile:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+    try:
+        context.load_verify_locations(cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServerError(
+            f"{source}: key 'tls.verify_cafile': cannot load CA file {cafile!r}: {exc}"
+        ) from None
+    return context
+
+
 class Server:
     """One imscore server: listens, answers, stops.
 
@@ -63,6 +91,10 @@ class Server:
     :param subscribers: the subscriber provider (default: the demo subscribers shipped with imscore).
     :param clock: the registrar's clock (seconds since the epoch; binding lifetimes use it).
     :param authenticator: the registrar's authenticator (default: built from the profile).
+    :param transports_factory: makes the :class:`~imscore.transport.Transports` (called with the
+        same arguments); the lab passes one bound to its in-process network.
+    :param pcap_path: write every message received and sent to this pcap file (``--pcap``), from
+        start to stop; it is replaced if it exists.
     """
 
     def __init__(
@@ -76,6 +108,8 @@ class Server:
         subscribers: SubscriberStore | None = None,
         clock: Any = time.time,
         authenticator: Authenticator | None = None,
+        pcap_path: str | os.PathLike[str] | None = None,
+        transports_factory: Callable[..., Transports] | None = None,
     ) -> None:
         self.profile = profile
         self.listeners = tuple(listeners) if listeners else profile.listeners
@@ -90,6 +124,8 @@ class Server:
         self.registrar: Registrar | None = None
         self.authenticator = authenticator
         self._tasks: set[asyncio.Task[None]] = set()
+        #: retransmitted datagrams recognised by their octets (see imscore.server.retransmit)
+        self._retransmissions = RetransmissionCache(self.core.layer)
         self._expiry: asyncio.Task[None] | None = None
         #: seconds between two sweeps of expired bindings
         self.expiry_interval = 1.0
@@ -98,11 +134,25 @@ class Server:
         self.store: BindingStore | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: makes the transports (the lab passes one bound to its in-process network)
+        self.transports_factory = transports_factory or Transports
+        #: the proxy side of the server, made at start
+        self.proxying: ProxyService | None = None
+        #: contact qualification (OPTIONS pings), when the profile's qualify.interval > 0
+        self.qualifier: Qualifier | None = None
+        self.pcap_path = pcap_path
+        self._pcap: PcapWriter | None = None
 
     # -- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         """Open the store, listen on every listener, tell the plugins. Raises :class:`ServerError`."""
         self._loop = asyncio.get_running_loop()
+        from imscore.routing import ROUTING_TRANSPORTS, Resolver  # RFC 3263 next hops (docs/routing.rst)
+
+        #: finds the targets of other domains' URIs; the proxy calls ``await self.resolver.resolve(uri)``
+        self.resolver = Resolver.from_settings(
+            self.profile.dns, [t.transport for t in self.listeners if t.transport in ROUTING_TRANSPORTS]
+        )
         try:
             self.store = open_binding_store(self.store_url)
         except StoreError as exc:
@@ -118,26 +168,67 @@ class Server:
         except ValueError as exc:
             await self.store.close()
             raise ServerError(f"{self.source}: key 'policies.auth.options': {exc}") from None
+        self.proxying = ProxyService(self)  # the forking proxy (RFC 3261 §16), see docs/proxy.rst
+        qualify = self.profile.qualify
+        if qualify.interval > 0:
+            self.qualifier = Qualifier(self, qualify.interval, qualify.max_failures)
         needs_tls = any(listener.transport == "tls" for listener in self.listeners)
-        context = tls_context_for(self.profile, self.source) if needs_tls else None
+        try:
+            context = tls_context_for(self.profile, self.source) if needs_tls else None
+            providers = self._transport_providers()
+            client_context = client_tls_context_for(self.profile, self.source)
+        except ServerError:
+            await self.store.close()
+            raise
         limits = self.profile.connections
-        self.transports = Transports(
+        if self.pcap_path is not None:
+            try:
+                self._pcap = PcapWriter.open(self.pcap_path, flush=True)
+            except OSError as exc:
+                await self.store.close()
+                raise ServerError(
+                    f"pcap file {str(self.pcap_path)!r}: cannot open for writing: {exc.strerror or exc}"
+                ) from None
+        self.transports = self.transports_factory(
             self._on_message,
             tls_context=context,
             max_connections=limits.max_connections,
             idle_timeout=limits.idle_timeout,
             max_message_size=limits.max_message_size,
+            client_tls_context=client_context,
+            connect_timeout=limits.connect_timeout,
+            providers=providers,
         )
+        if self._pcap is not None:
+            self.transports.tap = self._pcap.write
+        self.transports.datagram_shortcut = self._retransmitted
         for listener in self.listeners:
             try:
                 await self.transports.listen(listener.transport, listener.host, listener.port)
             except (OSError, TransportError) as exc:
                 await self.transports.close()
                 await self.store.close()
+                self._close_pcap()
                 raise ServerError(f"cannot listen on {listener}: {exc}") from None
         self._expiry = asyncio.get_running_loop().create_task(self._expire_bindings())
+        if self.qualifier is not None:
+            self.transports.on_keepalive = self.qualifier.keepalive
+            self.spawn(self.qualifier.run())
         self.plugins.hook.ims_server_started(server=self)
         log.info("%s", self.ready_line())
+
+    def _transport_providers(self) -> dict[str, TransportProvider]:
+        """The transports plugins offer (``ims_register_transports``); every listener's must be known."""
+        try:
+            offered = collect_transports(self.plugins)
+        except TransportError as exc:
+            raise ServerError(f"plugins: {exc}") from None
+        known = known_transports(offered)
+        for listener in self.listeners:
+            problem = unknown_transport(listener.transport, known)
+            if problem is not None:
+                raise ServerError(f"cannot listen on {listener}: {problem}")
+        return {name: entry.provider for name, entry in offered.items()}
 
     async def stop(self) -> None:
         """Tell the plugins, stop timers, close listeners, connections and the store."""
@@ -157,7 +248,16 @@ class Server:
             await self.transports.close()
         if self.store is not None:
             await self.store.close()
+        self._close_pcap()
         log.info("imscore stopped")
+
+    def _close_pcap(self) -> None:
+        if self._pcap is not None:
+            if self.transports is not None:
+                self.transports.tap = None
+            self._pcap.close()
+            log.info("pcap: %d messages written to %s", self._pcap.written, self.pcap_path)
+            self._pcap = None
 
     @property
     def addresses(self) -> list[tuple[str, str, int]]:
@@ -179,17 +279,53 @@ class Server:
         assert self._loop is not None
         return self._loop.time()
 
+    def now(self) -> float:
+        """The event loop's clock (transaction and ring timers run on it)."""
+        return self._now()
+
+    def emit(self, sends: list[Send[Flow]]) -> None:
+        """Send what the core gave, then start whatever the proxy queued."""
+        self._emit(sends)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine as a task the server cancels when it stops."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _on_message(self, message: Request | Response, flow: Flow) -> None:
+        if self.qualifier is not None:
+            self.qualifier.seen(flow)
         self._emit(self.core.receive(message, flow, flow.reliable, self._now()))
+        if isinstance(message, Request):
+            self._retransmissions.remember(message, flow, self.core.layer.find_server)
         while self.core.waiting:
             transaction, request = self.core.waiting.pop(0)
-            task = asyncio.get_running_loop().create_task(self._register(transaction, request, flow))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # started on this stack, a task only if it waits: the built-in stores never do, so a
+            # REGISTER is answered without a task per request (see imscore.server.eager)
+            task = start_eagerly(self._register(transaction, request, flow), asyncio.get_running_loop())
+            if task is not None:
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _retransmitted(self, data: bytes, flow: Flow) -> bool:
+        """The transport's shortcut: a datagram that repeats the request of a live server
+        transaction is absorbed by it without being parsed again."""
+        transaction = self._retransmissions.lookup(data, flow)
+        if transaction is None:
+            return False
+        if self.qualifier is not None:
+            self.qualifier.seen(flow)
+        self._emit(self.core.receive_retransmission(transaction, self._now()))
+        return True
 
     async def _register(self, transaction: Any, request: Request, flow: Flow) -> None:
-        """A deferred request (REGISTER or SUBSCRIBE): ask the registrar, answer, send NOTIFYs."""
+        """A deferred request: REGISTER and reg-event SUBSCRIBE go to the registrar (answer, send
+        NOTIFYs); the proxy takes every other one."""
         assert self.registrar is not None
+        if self.proxying is not None and not self.proxying.is_registrar_request(request):
+            await self.proxying.handle(transaction, request, flow)
+            return
         info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
         notes: tuple[tuple[Request, FlowInfo], ...] = ()
         try:
@@ -234,6 +370,8 @@ class Server:
                 log.info("cannot send on %s: %s", send.flow, exc)
                 if send.transaction is not None:
                     self._emit(self.core.receive_transport_error(send.transaction, self._now()))
+        if self.proxying is not None:
+            self.proxying.drain()
         self._schedule()
 
     def _schedule(self) -> None:
@@ -261,7 +399,7 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         """Counters of the transports and of the core, for logs and tests."""
-        transport = {} if self.transports is None else vars(self.transports.stats).copy()
+        transport = {} if self.transports is None else self.transports.stats.as_dict()
         return {"transport": transport, "answered": dict(self.core.counters.answered)}
 
 

@@ -437,7 +437,10 @@ class Headers:
             f"{raw}\r\n" if raw is not None else f"{name}: {value}\r\n"
             for name, value, raw in self._items
         )
-        return text.encode("utf-8", "surrogateescape")
+        # kept until the next change (every change clears it): a server transaction re-sends the
+        # same response to each retransmitted request, and under load most requests are retransmitted
+        self.raw = text.encode("utf-8", "surrogateescape")
+        return self.raw
 
     def __repr__(self) -> str:
         if self._pending is not None:
@@ -935,7 +938,23 @@ class Request(Message):
             items.append((name, str(value), None))
         keys.append("content-length")
         items.append(("Content-Length", str(len(body)), None))
-        return Response(status, reason, Headers._from_parsed(keys, items, None), body)
+        response = Response(status, reason, Headers._from_parsed(keys, items, None), body)
+        # Via, CSeq and Call-ID were copied unchanged, so they parse as the request's did: hand over
+        # what is already parsed (copies of the mutable ones) rather than parse it again, since the
+        # transaction layer reads the response's CSeq and top Via branch and the transport its top
+        # Via. Under load this is done for every REGISTER answered.
+        cache, response_cache = self.headers.cache, response.headers.cache
+        response_cache["content-length"] = len(body)
+        top_via = cache.get("top_via")
+        if top_via is not None:
+            response_cache["top_via"] = top_via.copy()
+        cseq = cache.get("cseq")
+        if cseq is not None:
+            response_cache["cseq"] = CSeq(cseq.seq, cseq.method)
+        call_id = cache.get("call-id")
+        if call_id is not None:
+            response_cache["call-id"] = call_id
+        return response
 
 
 class Response(Message):

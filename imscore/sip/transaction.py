@@ -266,7 +266,8 @@ def is_rfc3261_branch(branch: str | None) -> bool:
     return branch[: len(MAGIC_COOKIE)].lower() == MAGIC_COOKIE.lower()
 
 
-_BRANCH_PREFIX: Final = secrets.token_hex(6)
+# random per process; the lab's deterministic runs replace both for the length of a run
+_BRANCH_PREFIX: str = secrets.token_hex(6)
 _branch_counter = itertools.count(1)
 
 
@@ -872,6 +873,24 @@ class TransactionLayer(Generic[FlowT]):
             server = NonInviteServerTransaction(self, message, flow, reliable, now, key)
         self._servers[key] = server
         return server._start(now, self.auto_trying)
+
+    def retransmission(
+        self, transaction: ServerTransaction[FlowT], now: float
+    ) -> list[Output[FlowT]]:
+        """A retransmission of the request that created ``transaction``, which the caller recognised
+        without parsing it (the same octets from the same source): what :meth:`receive` does with a
+        request matching the transaction (re-send the last response where the state says so).
+
+        Nothing for a transaction that has terminated or is not a server transaction of this layer
+        (the caller should then hand the message to :meth:`receive`).
+        """
+        if (
+            not isinstance(transaction, ServerTransaction)
+            or transaction._layer is not self
+            or transaction.terminated
+        ):
+            return []
+        return transaction._on_request(transaction.request, now)
 
     def transport_error(self, transaction: Transaction[FlowT], now: float) -> list[Output[FlowT]]:
         """The transport failed to send for ``transaction`` (after any fail-over of §18 / RFC 3263).

@@ -6,13 +6,17 @@ handler with the :class:`Flow` they came on, and answers or drops bad input, cou
 """
 
 from .flow import TRANSPORTS, Flow, MessageHandler, TransportError, TransportStats
+from .provider import ReceivedCallback, TransportEndpoint, TransportProvider
 from .transports import Transports, response_address, stamp_via
 
 __all__ = [
     "TRANSPORTS",
     "Flow",
     "MessageHandler",
+    "ReceivedCallback",
+    "TransportEndpoint",
     "TransportError",
+    "TransportProvider",
     "TransportStats",
     "Transports",
     "response_address",

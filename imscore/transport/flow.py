@@ -10,7 +10,7 @@ from imscore.sip import Request, Response
 
 __all__ = ["TRANSPORTS", "Flow", "MessageHandler", "TransportError", "TransportStats"]
 
-#: The transport names :meth:`Transports.listen <imscore.transport.Transports.listen>` understands.
+#: The transport names built into :class:`~imscore.transport.Transports` (plugins add more).
 TRANSPORTS = ("udp", "tcp", "tls")
 
 
@@ -22,7 +22,7 @@ class TransportError(Exception):
 class Flow:
     """Where a message came from and where its answer goes.
 
-    :param transport: ``"udp"``, ``"tcp"`` or ``"tls"``.
+    :param transport: ``"udp"``, ``"tcp"``, ``"tls"``, or the name of a plugin's transport (``"sctp"``).
     :param local: our address (ip, port) the message came in on, or a message leaves from. For UDP
         it is the address the socket is bound to (``0.0.0.0`` for a wildcard listener); for a
         connection it is the local address of that connection.
@@ -63,6 +63,9 @@ class TransportStats:
     :ivar connections_rejected: stream connections closed at once because ``max_connections`` were live.
     :ivar connections_closed_idle: stream connections closed after ``idle_timeout`` without traffic.
     :ivar streams_closed_broken: stream connections closed because their framing was lost.
+    :ivar connections_connected: stream connections this element opened (:meth:`Transports.connect`).
+    :ivar responses_lost: responses not sent because their connection had closed and a new one to the
+        Via's address could not be opened (RFC 3261 §18.2.2).
     """
 
     received: int = 0
@@ -76,6 +79,8 @@ class TransportStats:
     connections_rejected: int = 0
     connections_closed_idle: int = 0
     streams_closed_broken: int = 0
+    connections_connected: int = 0
+    responses_lost: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name (for logs and metrics)."""

@@ -17,13 +17,16 @@ import ipaddress
 import itertools
 import logging
 import math
+import os
 import secrets
 import socket
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final, cast
 
+from imscore.capture.record import MessageRecord
 from imscore.sip import (
     KeepAlive,
     Request,
@@ -36,6 +39,7 @@ from imscore.sip import (
 )
 
 from .flow import TRANSPORTS, Flow, MessageHandler, TransportError, TransportStats
+from .provider import TransportEndpoint, TransportProvider
 
 _EVENT_TYPES: Final = (Request, Response, KeepAlive, SipError)
 #: receive buffer asked for each UDP socket (the kernel may cap it at net.core.rmem_max)
@@ -47,6 +51,8 @@ logger = logging.getLogger("imscore.transport")
 
 #: how long :meth:`Transports.close` waits for connections to finish closing before aborting them
 CLOSE_WAIT: Final = 1.0
+#: seconds :meth:`Transports.connect` waits for a TCP connection (and TLS handshake) by default
+CONNECT_TIMEOUT: Final = 5.0
 
 _Reply = Callable[[bytes], None]
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -89,6 +95,16 @@ def _address(sockname: Any) -> tuple[str, int]:
 
 def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _family_fits(family: int, local: tuple[str, int], ip: _IP) -> bool:
+    """Whether a UDP socket of ``family`` bound at ``local`` can send to ``ip``."""
+    if ip.version == 4:
+        if family == socket.AF_INET:
+            return True
+        bound = _parse_ip(local[0])  # a dual-stack wildcard socket reaches IPv4 as mapped addresses
+        return bound is not None and bound.is_unspecified
+    return bool(family == socket.AF_INET6)
 
 
 def _unroutable(host: str, port: int) -> str | None:
@@ -179,6 +195,13 @@ class Transports:
     :param idle_timeout: seconds without traffic after which a connection is closed (``0`` or ``inf``:
         never).
     :param max_message_size: the largest message accepted, in octets (datagram or stream message).
+    :param client_tls_context: the client-side :class:`ssl.SSLContext` for TLS connections this
+        element opens (:meth:`connect`): it must verify the peer (``CERT_REQUIRED`` and
+        ``check_hostname``) against the CA it trusts; ``None``: one with the system's CAs is made when
+        first needed.
+    :param connect_timeout: seconds :meth:`connect` waits for a connection and TLS handshake.
+    :param providers: extra transports by name (``{"sctp": provider}``), as plugins offer them through
+        ``ims_register_transports``; see :mod:`imscore.transport.provider`.
     """
 
     def __init__(
@@ -189,9 +212,26 @@ class Transports:
         max_connections: int = 1024,
         idle_timeout: float = 600.0,
         max_message_size: int = 65535,
+        client_tls_context: ssl.SSLContext | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        providers: Mapping[str, TransportProvider] | None = None,
     ) -> None:
         self._handler = handler
         self._tls_context = tls_context
+        self._client_tls_context = client_tls_context
+        self.connect_timeout = connect_timeout
+        self._providers: dict[str, TransportProvider] = {
+            name.lower(): provider for name, provider in (providers or {}).items()
+        }
+        for name in self._providers:
+            if name in TRANSPORTS:
+                raise TransportError(f"transport {name!r} is built in; a provider cannot replace it")
+        #: listening endpoints of provider transports, by (transport, local address)
+        self._provided: dict[tuple[str, tuple[str, int]], TransportEndpoint] = {}
+        #: live connections by (transport, remote address), accepted or opened (RFC 3261 §18)
+        self._by_remote: dict[tuple[str, tuple[str, int]], int] = {}
+        self._connecting: dict[tuple[str, tuple[str, int]], asyncio.Future[Flow]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.max_message_size = max_message_size
@@ -203,6 +243,17 @@ class Transports:
         self._listening: list[tuple[str, str, int]] = []
         self._ids = itertools.count(1)
         self._closed = False
+        #: called with a :class:`~imscore.capture.MessageRecord` for every message received (once
+        #: framed and parsed, before the Via is stamped) and sent (answers to bad input included);
+        #: ``None``: no capture, and no cost. An exception it raises is logged, never propagated.
+        self.tap: Callable[[MessageRecord], None] | None = None
+        #: called with the flow of every keep-alive received (CRLF on UDP, RFC 5626 ping or pong on a
+        #: connection): contact qualification counts them as signs of life
+        self.on_keepalive: Callable[[Flow], None] | None = None
+        #: called with every datagram and its flow before it is parsed; ``True`` means it was handled
+        #: (the server recognised a retransmission by its octets) and it is counted as received and
+        #: delivered, unparsed. Not called while :attr:`tap` is set, so a capture sees every message.
+        self.datagram_shortcut: Callable[[bytes, Flow], bool] | None = None
 
     async def __aenter__(self) -> Transports:
         return self
@@ -214,7 +265,7 @@ class Transports:
 
     # -- listening ---------------------------------------------------------------------------------
     async def listen(self, transport: str, host: str, port: int) -> tuple[str, int]:
-        """Listen on ``transport`` (``"udp"``, ``"tcp"`` or ``"tls"``) at an IP literal and port.
+        """Listen on ``transport`` (``"udp"``, ``"tcp"``, ``"tls"``, a provider's) at an IP and port.
 
         :param host: an IPv4 or IPv6 address literal (``"127.0.0.1"``, ``"::1"``, ``"[::1]"``,
             ``"0.0.0.0"``); names are not resolved here.
@@ -224,8 +275,8 @@ class Transports:
             not an IP literal, or when the socket cannot be bound.
         """
         name = transport.lower()
-        if name not in TRANSPORTS:
-            known = ", ".join(TRANSPORTS)
+        if name not in TRANSPORTS and name not in self._providers:
+            known = ", ".join((*TRANSPORTS, *self._providers))
             raise TransportError(f"unknown transport {transport!r} (expected one of {known})")
         if name == "tls" and self._tls_context is None:
             raise TransportError(
@@ -242,6 +293,8 @@ class Transports:
         bind = _unbracket(host)
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         loop = asyncio.get_running_loop()
+        if name in self._providers:
+            return await self._listen_provided(name, bind, port)
         try:
             if name == "udp":
                 sock, endpoint = await loop.create_datagram_endpoint(
@@ -283,6 +336,175 @@ class Transports:
         """How many TCP and TLS connections are live."""
         return len(self._connections)
 
+    def has_connection(self, connection: int) -> bool:
+        """Whether the TCP/TLS connection with this id is still open (a flow on it is usable)."""
+        found = self._connections.get(connection)
+        return found is not None and found.is_open()
+
+    async def _listen_provided(self, name: str, host: str, port: int) -> tuple[str, int]:
+        """Listen with a plugin's provider; its messages go through the same steps as datagrams."""
+        provider = self._providers[name]
+        holder: list[TransportEndpoint] = []
+
+        def received(data: bytes, remote: tuple[str, int]) -> None:
+            if holder:
+                self._provided_received(name, holder[0], data, remote)
+
+        try:
+            opened = await provider.listen(host, port, received, max_message_size=self.max_message_size)
+        except OSError as error:
+            raise TransportError(
+                f"cannot listen on {name} {_join(host, port)}: {error.strerror or error}"
+            ) from error
+        holder.append(opened)
+        bound = _address(opened.local)
+        self._provided[(name, _key(bound))] = opened
+        self._listening.append((name, bound[0], bound[1]))
+        logger.info("listening on %s %s", name, _join(*bound))
+        return bound
+
+    def _provided_received(
+        self, name: str, endpoint: TransportEndpoint, data: bytes, remote: tuple[str, int]
+    ) -> None:
+        flow = Flow(name, _address(endpoint.local), _address(remote))
+
+        def reply(answer: bytes) -> None:
+            endpoint.send(answer, flow.remote)
+
+        try:
+            message = parse_datagram(data, self.max_message_size)
+        except SipError as error:
+            self._bad_input(error, flow, reply)
+            return
+        if message is None:
+            self.stats.keepalives += 1
+            if self.on_keepalive is not None:
+                self.on_keepalive(flow)
+            return
+        self._message_received(message, flow, reply)
+
+    # -- connecting --------------------------------------------------------------------------------
+    async def connect(
+        self, transport: str, remote: tuple[str, int], *, server_name: str | None = None
+    ) -> Flow:
+        """A flow to send requests to ``remote`` over ``transport`` (RFC 3261 §18.1.1).
+
+        UDP and provider transports (SCTP): a flow from a listening socket of ``remote``'s address
+        family; nothing is sent (an SCTP provider opens its association on the first send).
+        TCP and TLS: a live connection to ``remote`` over that transport is reused, whether this
+        element opened it or accepted it (§18: connections are indexed by the far end's address,
+        port and transport); else one is opened, and it then behaves as an accepted one: framing,
+        idle timeout, messages received on it go to the handler, it counts in ``max_connections``.
+        Concurrent calls for the same remote share one attempt.
+
+        TLS verifies the peer with ``client_tls_context``: its certificate must chain to a trusted CA
+        and match ``server_name`` (sent as SNI), or the remote IP when no name is given. For a
+        ``sips:`` URI pass the URI's host as ``server_name`` (RFC 3261 §26.2.2 / RFC 5922).
+
+        :param remote: ``(ip, port)``; names are not resolved here (RFC 3263 is the caller's work).
+        :raises TransportError: unknown transport; ``remote`` not an IP literal; no listener of that
+            family (UDP); ``max_connections`` live; connection refused, unreachable or timed out
+            (``connect_timeout``); the TLS handshake or the certificate check failed. The message
+            names the transport and the address.
+        """
+        name = transport.lower()
+        if self._closed:
+            raise TransportError(f"cannot connect over {name}: the transports are closed")
+        host, port = _key(remote)
+        where = f"{name} {_join(host, port)}"
+        ip = _parse_ip(host)
+        if ip is None:
+            raise TransportError(f"cannot connect over {where}: not an IP address (resolve it first)")
+        if not 0 < port <= 65535:
+            raise TransportError(f"cannot connect over {where}: port out of range")
+        if name == "udp":
+            for endpoint in self._endpoints.values():
+                if not endpoint.closed and _family_fits(endpoint.family, endpoint.local, ip):
+                    return Flow("udp", endpoint.local, (host, port))
+            raise TransportError(f"cannot send over {where}: no udp listener for IPv{ip.version}")
+        if name in self._providers:
+            for (kind, local), provided in self._provided.items():
+                local_ip = _parse_ip(local[0])
+                if kind == name and local_ip is not None and local_ip.version == ip.version:
+                    return Flow(name, _address(provided.local), (host, port))
+            raise TransportError(f"cannot send over {where}: no {name} listener for IPv{ip.version}")
+        if name not in ("tcp", "tls"):
+            known = ", ".join((*TRANSPORTS, *self._providers))
+            raise TransportError(f"unknown transport {transport!r} (expected one of {known})")
+        key = (name, (host, port))
+        live = self._live_connection(key)
+        if live is not None:
+            return live.flow
+        pending = self._connecting.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._open(name, (host, port), ip, server_name))
+            self._connecting[key] = pending
+            pending.add_done_callback(functools.partial(self._connected, key))
+        return await asyncio.shield(pending)
+
+    def _connected(self, key: tuple[str, tuple[str, int]], attempt: asyncio.Future[Flow]) -> None:
+        if self._connecting.get(key) is attempt:
+            del self._connecting[key]
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved here: every caller has it raised anyway
+
+    def _live_connection(self, key: tuple[str, tuple[str, int]]) -> _StreamConnection | None:
+        ident = self._by_remote.get(key)
+        connection = None if ident is None else self._connections.get(ident)
+        return connection if connection is not None and connection.is_open() else None
+
+    async def _open(self, name: str, remote: tuple[str, int], ip: _IP, server_name: str | None) -> Flow:
+        """Open one TCP or TLS connection (the work behind :meth:`connect`)."""
+        where = f"{name} {_join(*remote)}"
+        if len(self._connections) >= self.max_connections:
+            self.stats.connections_rejected += 1
+            raise TransportError(
+                f"cannot connect over {where}: {len(self._connections)} connections open "
+                f"(max_connections {self.max_connections})"
+            )
+        context: ssl.SSLContext | None = None
+        if name == "tls":
+            if self._client_tls_context is None:
+                self._client_tls_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            context = self._client_tls_context
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: _StreamConnection(self, name, outgoing=True),
+                    str(ip),
+                    remote[1],
+                    ssl=context,
+                    server_hostname=(server_name or str(ip)) if context is not None else None,
+                    ssl_handshake_timeout=self.connect_timeout if context is not None else None,
+                )
+        except ssl.SSLCertVerificationError as error:
+            raise TransportError(
+                f"cannot connect over {where}: certificate verification failed"
+                f"{f' for {server_name!r}' if server_name else ''}: {error.verify_message or error}"
+            ) from error
+        except ssl.SSLError as error:
+            raise TransportError(
+                f"cannot connect over {where}: TLS handshake failed: {error}"
+            ) from error
+        except TimeoutError as error:
+            raise TransportError(
+                f"cannot connect over {where}: timed out after {self.connect_timeout:g} s"
+            ) from error
+        except OSError as error:  # asyncio's message hides the reason; the errno tells it
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise TransportError(f"cannot connect over {where}: {reason}") from error
+        connection = protocol
+        if not connection.is_open():
+            if self._closed:
+                why = "the transports are closed"
+            elif connection.rejected:
+                why = f"max_connections {self.max_connections} reached"
+            else:
+                why = "the connection closed at once"
+            raise TransportError(f"cannot connect over {where}: {why}")
+        return connection.flow
+
     # -- sending -----------------------------------------------------------------------------------
     def send(self, message: Request | Response, flow: Flow) -> None:
         """Write ``message.to_bytes()`` on a flow.
@@ -299,8 +521,14 @@ class Transports:
     def send_response(self, response: Response, flow: Flow) -> None:
         """Send the response to a request that arrived on ``flow`` (RFC 3261 §18.2.2, RFC 3581).
 
-        Reliable flows: on the same connection; when it has closed, :class:`TransportError` is raised
-        (opening a new connection to the sent-by address, as §18.2.2 allows, is not done here).
+        Reliable flows: on the same connection. When that connection has closed, a new one is opened
+        to the top Via's ``received`` (else sent-by host) at its ``rport`` (else sent-by port, else
+        5060 or 5061 for TLS), as §18.2.2 says: that happens in a background task (this method
+        cannot await), so the call returns at once and a failure is only logged (``imscore.transport``
+        logger, INFO) and counted in ``stats.responses_lost``. For TLS the certificate must match the
+        sent-by host when it is a name, else the address.
+        Provider transports (SCTP): sent to ``flow.remote`` by the provider, which reopens an
+        association itself when needed.
         UDP: to the top Via's ``received`` (else the sent-by host) at its ``rport`` value (else the
         sent-by port, else 5060), from the socket the request came in on. A response whose
         destination is a broadcast, multicast or unspecified address, or port 0, is dropped and
@@ -309,6 +537,11 @@ class Transports:
         :raises TransportError: connection closed; no usable top Via; a sent-by that is a name.
         """
         if flow.reliable:
+            if flow.transport in ("tcp", "tls") and (
+                flow.connection is None or flow.connection not in self._connections
+            ):
+                self._respond_later(response, flow)
+                return
             self.send(response, flow)
             return
         try:
@@ -327,6 +560,42 @@ class Transports:
             )
         self.send(response, Flow("udp", flow.local, (host, port)))
 
+    def _respond_later(self, response: Response, flow: Flow) -> None:
+        """§18.2.2 fallback: the connection of the request is gone; open one to the Via and answer."""
+        try:
+            via = response.top_via
+            host, port = response_address(via)
+        except (SipError, ValueError) as error:
+            raise TransportError(f"cannot send response: no usable top Via ({error})") from error
+        if via.rport is None and via.port is None and flow.transport == "tls":
+            port = 5061
+        if _parse_ip(host) is None:
+            raise TransportError(
+                f"cannot send response to {host!r}: connection closed, and the Via has no received "
+                "address to open a new one to (DNS resolution of sent-by is not done here)"
+            )
+        server_name = None if _parse_ip(via.host) is not None else _unbracket(via.host)
+        where = f"{flow.transport} {_join(host, port)}"
+
+        async def answer() -> None:
+            try:
+                new = await self.connect(flow.transport, (host, port), server_name=server_name)
+                self.send(response, new)
+            except TransportError as error:
+                self.stats.responses_lost += 1
+                logger.info("response %d not sent: connection closed; %s", response.status, error)
+                return
+            logger.info("response %d sent on a new connection to %s", response.status, where)
+
+        task = asyncio.get_running_loop().create_task(answer())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait until the responses :meth:`send_response` is sending on new connections are done."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     def _send_bytes(self, data: bytes, flow: Flow) -> None:
         if flow.transport == "udp":
             endpoint = self._endpoints.get(_key(flow.local))
@@ -338,12 +607,31 @@ class Transports:
             if connection is None:
                 raise TransportError("connection closed")
             connection.write(data)
+        elif flow.transport in self._providers:
+            provided = self._provided.get((flow.transport, _key(flow.local)))
+            if provided is None:
+                raise TransportError(f"no {flow.transport} listener at {_join(*flow.local)}")
+            provided.send(data, flow.remote)
         else:
             raise TransportError(f"unknown transport {flow.transport!r}")
+        if self.tap is not None:
+            self._tapped(flow.transport, flow.local, flow.remote, data)
+
+    def _tapped(self, transport: str, src: tuple[str, int], dst: tuple[str, int], data: bytes) -> None:
+        """Hand one message to :attr:`tap` (a failing tap is logged; the traffic goes on)."""
+        tap = self.tap
+        if tap is None:
+            return
+        try:
+            tap(MessageRecord(time.time(), transport, _key(src), _key(dst), data))
+        except Exception:
+            logger.exception("capture tap failed on a %s message %s -> %s", transport, src, dst)
 
     # -- receiving ---------------------------------------------------------------------------------
     def _message_received(self, message: Request | Response, flow: Flow, reply: _Reply) -> None:
         """Steps 2 to 5 for one framed message."""
+        if self.tap is not None:  # before stamp_via: the octets as they came
+            self._tapped(flow.transport, flow.remote, flow.local, message.to_bytes())
         try:
             message.check_framing_headers()
             if isinstance(message, Request):
@@ -369,8 +657,9 @@ class Transports:
         source = f"{flow.transport} {_join(*flow.remote)}"
         answer = _error_response(error)
         if isinstance(answer, Response):
+            data = answer.to_bytes()
             try:
-                reply(answer.to_bytes())
+                reply(data)
             except TransportError as failed:
                 self.stats.dropped_unanswerable += 1
                 logger.info(
@@ -383,6 +672,8 @@ class Transports:
                 return False
             self.stats.sent += 1
             self.stats.answered_errors += 1
+            if self.tap is not None:
+                self._tapped(flow.transport, flow.local, flow.remote, data)
             logger.info("bad request from %s answered %d: %s", source, answer.status, error.reason)
             return True
         self.stats.dropped_unanswerable += 1
@@ -396,6 +687,11 @@ class Transports:
         def reply(answer: bytes) -> None:
             endpoint.sendto(answer, remote)
 
+        shortcut = self.datagram_shortcut
+        if shortcut is not None and self.tap is None and shortcut(data, flow):
+            self.stats.received += 1
+            self.stats.delivered += 1
+            return
         try:
             message = parse_datagram(data, self.max_message_size)
         except SipError as error:
@@ -403,6 +699,8 @@ class Transports:
             return
         if message is None:
             self.stats.keepalives += 1
+            if self.on_keepalive is not None:
+                self.on_keepalive(flow)
             return
         self._message_received(message, flow, reply)
 
@@ -411,6 +709,17 @@ class Transports:
         """Close every listener and connection (connections still closing after :data:`CLOSE_WAIT`
         seconds are aborted)."""
         self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        provided = list(self._provided.values())
+        self._provided.clear()
+        for opened in provided:
+            try:
+                await opened.close()
+            except Exception:  # a plugin's endpoint failing to close must not stop the rest
+                logger.exception("closing a provider endpoint failed")
         servers, self._servers = self._servers, []
         endpoints = list(self._endpoints.values())
         self._endpoints.clear()
@@ -484,9 +793,10 @@ class _DatagramEndpoint(asyncio.DatagramProtocol):
 class _StreamConnection(asyncio.Protocol):
     """One TCP or TLS connection with its framer and idle timer."""
 
-    def __init__(self, owner: Transports, transport_name: str) -> None:
+    def __init__(self, owner: Transports, transport_name: str, *, outgoing: bool = False) -> None:
         self._owner = owner
         self._name = transport_name
+        self._outgoing = outgoing
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._framer = StreamFramer(owner.max_message_size)
@@ -495,6 +805,8 @@ class _StreamConnection(asyncio.Protocol):
         self.id = 0
         self.flow = Flow(transport_name, ("", 0), ("", 0))
         self.closing = False
+        #: closed at once by connection_made: max_connections live, or the transports closed
+        self.rejected = False
         self.lost: asyncio.Future[None] = self._loop.create_future()
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
@@ -505,24 +817,36 @@ class _StreamConnection(asyncio.Protocol):
         if owner._closed or len(owner._connections) >= owner.max_connections:
             owner.stats.connections_rejected += 1
             logger.info(
-                "%s connection from %s rejected: %d connections open (max_connections %d)",
+                "%s connection %s %s rejected: %d connections open (max_connections %d)",
                 self._name,
+                "to" if self._outgoing else "from",
                 _join(*remote),
                 len(owner._connections),
                 owner.max_connections,
             )
             self.closing = True
+            self.rejected = True
             transport.close()
             return
         self.id = next(owner._ids)
         self.flow = Flow(self._name, _address(transport.get_extra_info("sockname")), remote, self.id)
         owner._connections[self.id] = self
-        owner.stats.connections_opened += 1
+        owner._by_remote[(self._name, _key(remote))] = self.id
+        if self._outgoing:
+            owner.stats.connections_connected += 1
+        else:
+            owner.stats.connections_opened += 1
         self._last = self._loop.time()
         timeout = owner.idle_timeout
         if 0 < timeout < math.inf:
             self._timer = self._loop.call_later(timeout, self._idle_check)
-        logger.debug("%s connection %d from %s", self._name, self.id, _join(*remote))
+        logger.debug(
+            "%s connection %d %s %s",
+            self._name,
+            self.id,
+            "to" if self._outgoing else "from",
+            _join(*remote),
+        )
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -554,6 +878,8 @@ class _StreamConnection(asyncio.Protocol):
                 break
             if isinstance(event, KeepAlive):
                 owner.stats.keepalives += 1
+                if owner.on_keepalive is not None:
+                    owner.on_keepalive(self.flow)
                 if event.ping:
                     self.write(b"\r\n")  # the RFC 5626 §3.5.1 pong
             elif isinstance(event, SipError):
@@ -607,6 +933,9 @@ class _StreamConnection(asyncio.Protocol):
             self._timer = None
         if self._owner._connections.get(self.id) is self:
             del self._owner._connections[self.id]
+            key = (self._name, _key(self.flow.remote))
+            if self._owner._by_remote.get(key) == self.id:
+                del self._owner._by_remote[key]
 
     def _idle_check(self) -> None:
         self._timer = None

@@ -1,0 +1,85 @@
+"""Recognise retransmitted requests by their octets, before parsing them.
+
+Over UDP a client retransmits a request until it gets an answer (RFC 3261 §17.1.2.2), and it sends the
+very same octets each time. Under load most of what a registrar reads is such retransmissions: with
+SIPp's default timers (T1 = 500 ms) and a queue of a second, every REGISTER arrives two or three
+times. The server transaction absorbs them (§17.2.2: nothing while the TU works, the last response
+once it has answered), but only after the datagram has been parsed, its framing headers checked, its
+Via stamped and its transaction key computed — as much work as the useful part of a new request.
+
+:class:`RetransmissionCache` remembers, for each live non-INVITE server transaction created from a
+datagram, the datagram's octets and flow. A datagram with the same octets from the same source on the
+same socket carries the same top Via (branch and sent-by) and the same method, so §17.2.3 matches it
+to that transaction; the cache finds it with one dictionary look-up instead. Entries whose transaction
+has terminated are dropped when they are next looked up, or in a sweep once they outnumber the live
+ones.
+
+INVITE and ACK are left to the normal path (an ACK is not a retransmission of anything, and an INVITE
+server transaction's answers to retransmissions belong to the proxy's state machine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from imscore.sip import Request
+from imscore.sip.transaction import ServerTransaction, TransactionLayer
+from imscore.transport import Flow
+
+__all__ = ["RetransmissionCache"]
+
+#: entries kept at least before a sweep looks for terminated transactions
+SWEEP_MIN: Final = 4096
+
+_Key = tuple[bytes, Flow]
+
+
+class RetransmissionCache:
+    """Datagram octets and flow -> the live server transaction their request created.
+
+    :param layer: the transaction layer whose server transactions are remembered (its size tells when
+        to sweep).
+    """
+
+    def __init__(self, layer: TransactionLayer[Flow]) -> None:
+        self._layer = layer
+        self._entries: dict[_Key, ServerTransaction[Flow]] = {}
+        self._pending: _Key | None = None
+        self._sweep_at = SWEEP_MIN
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, data: bytes, flow: Flow) -> ServerTransaction[Flow] | None:
+        """The live transaction a datagram retransmits, or ``None``; on ``None`` the datagram is kept
+        as the candidate for the next :meth:`remember` (the transport parses it and hands it on)."""
+        key = (data, flow)
+        transaction = self._entries.get(key)
+        if transaction is not None:
+            if not transaction.terminated:
+                return transaction
+            del self._entries[key]
+        self._pending = key
+        return None
+
+    def remember(self, request: Request, flow: Flow, find: Callable[[Request], object]) -> None:
+        """After ``request`` went through the transaction layer: if it was parsed from the datagram
+        last looked up (same flow), file that datagram under the server transaction ``find`` gives."""
+        key, self._pending = self._pending, None
+        if key is None or key[1] != flow or request.method in ("ACK", "INVITE"):
+            return
+        transaction = find(request)
+        if not isinstance(transaction, ServerTransaction) or transaction.terminated:
+            return
+        self._entries[key] = transaction
+        if len(self._entries) >= self._sweep_at:
+            self._sweep()
+
+    def forget_pending(self) -> None:
+        """Drop the candidate datagram (it turned out not to be a request to remember)."""
+        self._pending = None
+
+    def _sweep(self) -> None:
+        self._entries = {k: t for k, t in self._entries.items() if not t.terminated}
+        self._sweep_at = max(SWEEP_MIN, 2 * len(self._entries), 2 * len(self._layer))
