@@ -291,7 +291,7 @@ class NonceFactory:
         lifetime: float = 300.0,
         *,
         max_skew: float = 30.0,
-        random: Callable[[int], bytes] = secrets.token_bytes,
+        random: Callable[[int], bytes] | None = None,
     ) -> None:
         if not isinstance(secret, bytes) or len(secret) < 16:
             raise ValueError("the nonce secret must be at least 16 bytes")
@@ -300,7 +300,8 @@ class NonceFactory:
         if not max_skew >= 0:
             raise ValueError("max_skew must be >= 0")
         self._secret = secret
-        self._random = random
+        # looked up at call time (not bound at import), so a seeded run can replace the source
+        self._random: Callable[[int], bytes] = random or (lambda n: secrets.token_bytes(n))
         self.lifetime = float(lifetime)
         self.max_skew = float(max_skew)
 

@@ -126,8 +126,7 @@ class _UdpPort(asyncio.DatagramProtocol):
         self.local: tuple[str, int] = ("127.0.0.1", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a datagram transport
         host, port = transport.get_extra_info("sockname")[:2]
         self.local = (host, port)
 
@@ -210,12 +209,15 @@ class _Lab:
             else:
                 result.caller_got = f"nothing ({outcome.reason})"
             await asyncio.sleep(SETTLE)
+        rang: list[tuple[float, str]] = []
         for name, device in self.devices.items():
-            new = [label for _, label in device.seen[seen_before[name] :]]
-            if "INVITE" in new:
-                result.rang.append(name)
-            if "CANCEL" in new:
+            new = device.seen[seen_before[name] :]
+            invited = [at for at, label in new if label == "INVITE"]
+            if invited:
+                rang.append((invited[0], name))
+            if any(label == "CANCEL" for _, label in new):
                 result.cancelled.append(name)
+        result.rang = [name for _, name in sorted(rang)]  # in the order they rang (a hunt's order)
         result.registered = await self.registered()
         return result
 

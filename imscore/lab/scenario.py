@@ -252,7 +252,7 @@ class _StepNode(Node):
         ((action, args),) = value.items()
         record = _ACTIONS.get(str(action))
         if record is None:
-            raise SchemaError((*path, str(action)), f"unknown action; {self.expected}")
+            raise SchemaError((*path, str(action)), f"unknown action; expected {self.expected}")
         if isinstance(args, str) and "device" in record.fields:
             args = {"device": args}
         elif isinstance(args, int | float) and not isinstance(args, bool) and action == "wait":

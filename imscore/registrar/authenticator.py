@@ -92,7 +92,7 @@ class Authenticator:
         *,
         secret: bytes | None = None,
         nonce_lifetime: float = 300.0,
-        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        random_bytes: Callable[[int], bytes] | None = None,
         digest_algorithm: str = "MD5",
         aka_algorithm: str = AKA_ALGORITHM,
     ) -> None:
@@ -109,7 +109,8 @@ class Authenticator:
         self.aka_algorithm = aka_algorithm
         self.nonces = NonceFactory(secret or secrets.token_bytes(32), nonce_lifetime)
         self.counter = NonceCounter()
-        self.random_bytes = random_bytes
+        # looked up at call time (not bound at import), so a seeded lab run can replace the source
+        self.random_bytes: Callable[[int], bytes] = random_bytes or (lambda n: secrets.token_bytes(n))
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._sqn: dict[str, SqnState] = {}
 
