@@ -314,3 +314,34 @@ def test_real_time_gives_the_same_table_as_virtual_time() -> None:
     assert last.caller_got.startswith("200 OK at 0.") and real.mode == "real"
     assert set(real.names.values()) == {"imscore", "one", "two", "eve"}
     assert len(real.records) > 10 and all(r.src in real.names for r in real.records)
+
+
+def test_a_device_calls_another_user_over_its_registered_flow() -> None:
+    document = {
+        "devices": [
+            {
+                "name": "alice-phone",
+                "impi": "alice@ims.example.test",
+                "password": "alice-secret",
+                "impu": "sip:alice@ims.example.test",
+                "address": "192.0.2.41:5060",
+            },
+            {
+                "name": "bob-phone",
+                "impi": "bob@ims.example.test",
+                "password": "bob-secret",
+                "impu": "sip:bob@ims.example.test",
+                "address": "192.0.2.42:5060",
+                "on_call": {"answer_after": 1},
+            },
+        ],
+        "steps": [
+            {"register": "alice-phone"},
+            {"register": "bob-phone"},
+            {"call": {"from": "alice-phone", "to": "sip:bob@ims.example.test"}},
+        ],
+    }
+    scenario = scenario_from_data(document, "s.yaml", "s", Path("."))
+    step = run_virtual(scenario, load_profile("multi-device")).steps[-1]
+    # originating from a served user: accepted because it comes over alice-phone's registered flow
+    assert (step.rang, step.answered, step.caller_got) == (["bob-phone"], "bob-phone", "200 OK at 1.0 s")

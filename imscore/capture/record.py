@@ -8,6 +8,7 @@ start line and ``CSeq``, and never fail on a message that does not parse.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,8 +28,10 @@ class CaptureError(ValueError):
     """A record or a capture file is not what was expected; the message says what and where."""
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_host(host: str) -> str:
     """An IP literal in one spelling: brackets removed, IPv6 compressed (``[::0001]`` -> ``::1``).
+    Cached: a capture sees the same few addresses over and over.
 
     :raises CaptureError: when ``host`` is not an IPv4 or IPv6 literal.
     """

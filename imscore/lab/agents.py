@@ -76,6 +76,8 @@ class Agent:
         self.tokens = tokens
         self.cseq = itertools.count(1)
         self.seen: list[tuple[float, str]] = []  # (time, "INVITE" / "CANCEL" / "200" …)
+        #: a journal shared by the lab's agents: (time, agent name, label) of every message received
+        self.journal: list[tuple[float, str, str]] | None = None
 
     @property
     def contact(self) -> str:
@@ -104,12 +106,14 @@ class Agent:
             message = parse_datagram(data)
             if message is None:
                 return
-            message.validate()
+            message.check_framing_headers()  # the server's output: framing is enough here
         except SipError:
             return
         now = asyncio.get_running_loop().time()
         label = message.method if isinstance(message, Request) else str(message.status)
         self.seen.append((now, label))
+        if self.journal is not None:
+            self.journal.append((now, self.name, label))
         if isinstance(message, Request):
             self.on_request(message, source)
         else:
@@ -150,6 +154,8 @@ class SimDevice(Agent):
         self._pending: dict[tuple[str, int], asyncio.Future[Response]] = {}
         self._dialogs: dict[str, _Dialog] = {}
         self.notifies = 0
+        #: the calls this device places (``call: {from: DEVICE}``) share its address
+        self.outgoing: SimCaller | None = None
 
     @property
     def contact(self) -> str:
@@ -255,6 +261,9 @@ class SimDevice(Agent):
         return response.status
 
     def on_response(self, response: Response) -> None:
+        if self.outgoing is not None and response.cseq.method == "INVITE":
+            self.outgoing.on_response(response)
+            return
         future = self._pending.get((response.call_id, response.cseq.seq))
         if future is not None and not future.done() and response.status >= 200:
             future.set_result(response)

@@ -152,6 +152,18 @@ class _Lab:
         self.callers: dict[str, SimCaller] = {}
         self.notes: list[tuple[float, str]] = []
         self.set_offline: Callable[[SimDevice, bool], None] = lambda device, down: None
+        #: (time, agent, label) of every message an agent received, in order
+        self.journal: list[tuple[float, str, str]] = []
+        #: list who is registered after each step (reads the whole store: off for scale runs)
+        self.snapshots = True
+
+    def add_device(self, device: SimDevice) -> None:
+        device.journal = self.journal
+        self.devices[device.name] = device
+
+    def add_caller(self, caller: SimCaller) -> None:
+        caller.journal = self.journal
+        self.callers[caller.name] = caller
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -175,7 +187,7 @@ class _Lab:
 
     async def run_step(self, index: int, step: Step) -> StepResult:
         started = self.now()
-        seen_before = {name: len(d.seen) for name, d in self.devices.items()}
+        mark = len(self.journal)
         result = StepResult(index + 1, step.describe(), started)
         self.notes.append((started, f"step {index + 1}: {step.describe()}"))
         args = step.args
@@ -209,25 +221,33 @@ class _Lab:
             else:
                 result.caller_got = f"nothing ({outcome.reason})"
             await asyncio.sleep(SETTLE)
-        rang: list[tuple[float, str]] = []
-        for name, device in self.devices.items():
-            new = device.seen[seen_before[name] :]
-            invited = [at for at, label in new if label == "INVITE"]
-            if invited:
-                rang.append((invited[0], name))
-            if any(label == "CANCEL" for _, label in new):
-                result.cancelled.append(name)
-        result.rang = [name for _, name in sorted(rang)]  # in the order they rang (a hunt's order)
-        result.registered = await self.registered()
+        rang: dict[str, float] = {}
+        cancelled: set[str] = set()
+        for at, name, label in self.journal[mark:]:
+            if name not in self.devices:
+                continue
+            if label == "INVITE":
+                rang.setdefault(name, at)
+            elif label == "CANCEL":
+                cancelled.add(name)
+        # in the order they rang (a hunt's order); same time: by name
+        result.rang = [name for name, _ in sorted(rang.items(), key=lambda item: (item[1], item[0]))]
+        result.cancelled = sorted(cancelled)
+        if self.snapshots:
+            result.registered = await self.registered()
+        if len(self.journal) > 100_000:  # long runs: keep the journal short
+            del self.journal[:mark]
         return result
 
     async def _call(self, args: Any) -> CallOutcome:
         origin = args["from"]
         caller = self.callers.get(origin)
-        if caller is None:  # a device calls out
+        if caller is None:  # a device calls out, from its own address (its registered flow)
             device = self.devices[origin]
-            caller = SimCaller.__new__(SimCaller)
-            SimCaller.__init__(caller, _as_caller(device), device.port, device.server, device.tokens)
+            if device.outgoing is None:
+                spec = _as_caller(device)
+                device.outgoing = SimCaller(spec, device.port, device.server, device.tokens)
+            caller = device.outgoing
         return await caller.call(
             args["to"],
             args["hangup_after"],
@@ -272,14 +292,23 @@ def run_virtual(
     seed: int = 1,
     progress: Callable[[int, int], None] | None = None,
     extra_plugins: Sequence[object] = (),
+    snapshots: bool = True,
 ) -> LabRun:
-    """Run ``scenario`` under ``profile`` in virtual time (no sockets, no waiting)."""
+    """Run ``scenario`` under ``profile`` in virtual time (no sockets, no waiting).
+
+    :param seed: seeds the server's random sources (same seed, same bytes).
+    :param progress: called with (steps done, steps) after each step.
+    :param snapshots: list who is registered after each step (reads the whole binding store each
+        time: turn it off for runs of thousands of devices).
+    """
     clock = VirtualClock()
     loop = VirtualTimeLoop(clock)
     network = VirtualNetwork(clock=lambda: EPOCH + clock.now)
     try:
         with deterministic(seed):
-            run: LabRun = loop.run(_virtual(scenario, profile, loop, network, progress, extra_plugins))
+            run: LabRun = loop.run(
+                _virtual(scenario, profile, loop, network, progress, extra_plugins, snapshots)
+            )
             return run
     finally:
         loop.close()
@@ -292,6 +321,7 @@ async def _virtual(
     network: VirtualNetwork,
     progress: Callable[[int, int], None] | None,
     extra_plugins: Sequence[object],
+    snapshots: bool,
 ) -> LabRun:
     lab_profile = replace(profile, store="memory:", listeners=(Listener("udp", *SERVER_ADDRESS),))
     server = Server(
@@ -304,18 +334,19 @@ async def _virtual(
     )
     await server.start()
     lab = _Lab(scenario, profile, server)
+    lab.snapshots = snapshots
     domain = profile.domains[0]
     for spec in scenario.devices:
         port = _NetworkPort(network, spec.address)
         aka = await _aka_of(server, spec.impi)
         device = SimDevice(spec, port, SERVER_ADDRESS, domain, Tokens(f"{spec.name}-"), aka)
         network.attach(spec.address, device.receive)
-        lab.devices[spec.name] = device
+        lab.add_device(device)
     for caller_spec in scenario.callers:
         port = _NetworkPort(network, caller_spec.address)
         caller = SimCaller(caller_spec, port, SERVER_ADDRESS, Tokens(f"{caller_spec.name}-"))
         network.attach(caller_spec.address, caller.receive)
-        lab.callers[caller_spec.name] = caller
+        lab.add_caller(caller)
     lab.set_offline = lambda device, down: network.set_down(device.port.local, down)
     try:
         steps = await lab.run_steps(progress)
@@ -396,13 +427,13 @@ async def _real(
             aka = await _aka_of(server, spec.impi)
             device = SimDevice(spec, port_, address, domain, Tokens(f"{spec.name}-"), aka)
             holder.append(device)
-            lab.devices[spec.name] = device
+            lab.add_device(device)
         for caller_spec in scenario.callers:
             holder_c: list[SimCaller] = []
             port_ = await open_port(lambda d, s, h=holder_c: h[0].receive(d, s), caller_spec.name)  # type: ignore[misc]
             caller = SimCaller(caller_spec, port_, address, Tokens(f"{caller_spec.name}-"))
             holder_c.append(caller)
-            lab.callers[caller_spec.name] = caller
+            lab.add_caller(caller)
 
         def set_offline(device: SimDevice, down: bool) -> None:
             (offline.add if down else offline.discard)(device.name)

@@ -18,6 +18,7 @@ server without a lock.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import sqlite3
@@ -97,6 +98,9 @@ class MemoryBindingStore:
 
     def __init__(self) -> None:
         self._aors: dict[str, list[StoredBinding]] | None = {}
+        # (expires_at, aor) of every binding saved: expire() looks only at AORs due, not at all
+        # of them (entries of bindings since refreshed or removed are skipped when they come up)
+        self._due: list[tuple[float, str]] = []
 
     def _data(self) -> dict[str, list[StoredBinding]]:
         if self._aors is None:
@@ -113,6 +117,8 @@ class MemoryBindingStore:
         _check_aor(aor, bindings)
         if bindings:
             data[aor] = sorted((_copy(b) for b in bindings), key=lambda b: b.registered_at)
+            for binding in bindings:
+                heapq.heappush(self._due, (binding.expires_at, aor))
         else:
             data.pop(aor, None)
 
@@ -120,8 +126,13 @@ class MemoryBindingStore:
         """See :meth:`BindingStore.expire`."""
         data = self._data()
         gone: list[StoredBinding] = []
-        for aor in sorted(data):
-            bindings = data[aor]
+        due: set[str] = set()
+        while self._due and self._due[0][0] <= now:
+            due.add(heapq.heappop(self._due)[1])
+        for aor in sorted(due):
+            bindings = data.get(aor)
+            if not bindings:
+                continue
             expired = [b for b in bindings if b.expires_at <= now]
             if not expired:
                 continue
