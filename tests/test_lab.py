@@ -345,3 +345,20 @@ def test_a_device_calls_another_user_over_its_registered_flow() -> None:
     step = run_virtual(scenario, load_profile("multi-device")).steps[-1]
     # originating from a served user: accepted because it comes over alice-phone's registered flow
     assert (step.rang, step.answered, step.caller_got) == (["bob-phone"], "bob-phone", "200 OK at 1.0 s")
+
+
+@pytest.mark.parametrize(
+    ("profile", "picture"),
+    [
+        ("multi-device", "three-devices-multi-device.svg"),
+        ("legacy-single-registration", "three-devices-legacy.svg"),
+    ],
+)
+def test_the_pictures_in_the_docs_are_what_the_lab_draws_today(
+    tmp_path: Path, profile: str, picture: str
+) -> None:
+    run = run_virtual(load_scenario("three-devices"), load_profile(profile))
+    written = write_run(run, tmp_path)
+    svg = next(p for p in written if p.name.endswith(".svg"))
+    docs = Path(__file__).resolve().parent.parent / "docs" / "images" / picture
+    assert svg.read_bytes() == docs.read_bytes(), f"regenerate docs/images/{picture} (docs/lab.rst)"
