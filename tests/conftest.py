@@ -91,4 +91,4 @@ def corpus() -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "proxy_profile(profile): the Profile the proxy tests' server runs")
+    config.addinivalue_line("markers", "proxy_profile(profile): the Profile of the proxy tests' server")

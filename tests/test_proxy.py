@@ -444,3 +444,18 @@ def test_register_with_a_preloaded_route_to_us_reaches_the_registrar(
     phone._register_request = with_route  # type: ignore[method-assign]
     ok = phone.register()
     assert ok.status == 200 and [str(c.uri) for c in ok.contacts] == [phone.contact_uri]
+
+
+def test_a_branch_that_rings_after_the_winning_200_gets_cancel_with_the_reason(
+    phones: list[Phone], caller: Caller
+) -> None:
+    register_all(phones[:2])
+    caller.invite(ALICE)
+    slow, fast = (phone.expect("INVITE") for phone in phones[:2])
+    assert isinstance(slow, Request) and isinstance(fast, Request)
+    phones[1].reply(fast, 200)  # answers before the other branch said anything
+    assert caller.expect("2xx").to.tag == "softphone-tag"  # type: ignore[union-attr]
+    assert phones[0].quiet("CANCEL", 0.3)  # §9.1: no CANCEL before a provisional response
+    phones[0].reply(slow, 180)
+    cancel = phones[0].expect("CANCEL")
+    assert isinstance(cancel, Request) and cancel.headers.get("Reason") == REASON

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import dns.asyncquery
-import dns.exception
-import dns.message
 import pytest
+from dnsmasq import Dnsmasq, free_udp_port, running_dnsmasq
 
 from imscore.routing import Resolver, RoutingError, Target
 
-DNSMASQ = shutil.which("dnsmasq") or (
-    "/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None
-)
 TTL = 30  # --local-ttl: what dnsmasq gives its local records
 NEG_TTL = 15  # the resolver's negative_ttl (dnsmasq's local negative answers carry no SOA)
 
@@ -71,67 +61,14 @@ RECORDS = [
 ]
 
 
-@dataclass
-class Dnsmasq:
-    """A running dnsmasq: where it listens and its process."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _answers(port: int) -> bool:
-    query = dns.message.make_query("plain.example.test", "A")
-    try:
-        asyncio.run(dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=0.2))
-    except (dns.exception.DNSException, OSError):
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def dnsmasq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
     """dnsmasq serving :data:`RECORDS` on 127.0.0.1 at a free port; stopped by PID at the end."""
-    if DNSMASQ is None:
-        pytest.skip("dnsmasq not installed (Debian package dnsmasq-base)")
     folder = tmp_path_factory.mktemp("dnsmasq")
-    for _attempt in range(5):  # the free port may be taken (TCP side) between probe and start
-        port = _free_port()
-        log = (folder / f"dnsmasq-{port}.log").open("wb")
-        process = subprocess.Popen(
-            [
-                DNSMASQ, "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
-                f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
-                f"--pid-file={folder}/dnsmasq-{port}.pid", "--local=/example.test/",
-                f"--local-ttl={TTL}", *RECORDS,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        for _ in range(100):
-            if process.poll() is not None or _answers(port):
-                break
-            time.sleep(0.02)
-        if process.poll() is None:
-            break
-    else:
-        pytest.fail(f"dnsmasq did not start: {(folder / f'dnsmasq-{port}.log').read_text()}")
-    try:
-        yield Dnsmasq(port, process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+    with running_dnsmasq(
+        folder, RECORDS, domain="example.test", probe="plain.example.test", ttl=TTL
+    ) as server:
+        yield server
 
 
 class FakeClock:
@@ -333,7 +270,7 @@ def test_refused_is_a_server_failure(dnsmasq: Dnsmasq) -> None:
 
 
 def test_dead_name_server_fails_fast(caplog: pytest.LogCaptureFixture) -> None:
-    resolver = Resolver([("127.0.0.1", _free_port())], timeout=0.5)
+    resolver = Resolver([("127.0.0.1", free_udp_port())], timeout=0.5)
     start = time.monotonic()
     with caplog.at_level("WARNING", logger="imscore.routing"), pytest.raises(RoutingError) as info:
         asyncio.run(resolver.resolve("sip:example.test"))

@@ -108,8 +108,14 @@ class Branch(Generic[FlowT]):
     response: Response | None = None
     #: set when a CANCEL is wanted before any provisional response arrived (§9.1: wait for one)
     cancel_pending: bool = False
+    #: the Reason that CANCEL will carry
+    cancel_reason: str | None = None
     cancelled: bool = False
     abandoned: bool = False
+    #: the caller's failover state for this branch (RFC 3263 §4.3: e.g. the DNS target list)
+    targets: object | None = None
+    #: how many targets were tried
+    attempts: int = 0
 
     @property
     def final(self) -> bool:
@@ -186,9 +192,13 @@ class ProxyCore(Generic[FlowT]):
         *,
         record_route: Callable[[FlowT], str | None] | None = None,
         server_name: str | None = None,
+        can_retry: Callable[[Branch[FlowT]], bool] | None = None,
     ) -> None:
         self.layer = layer
         self.sent_by = sent_by
+        #: asked when a branch times out, fails to send or gets a 503 before any provisional
+        #: response: ``True`` when another target is left to try (RFC 3263 §4.3 failover)
+        self.can_retry = can_retry
         self.record_route = record_route
         self.server_name = server_name
         self._by_client: dict[ClientTransaction[FlowT], Branch[FlowT]] = {}
@@ -200,6 +210,7 @@ class ProxyCore(Generic[FlowT]):
             "branches": 0,
             "cancels_sent": 0,
             "responses_forwarded": 0,
+            "failovers": 0,
         }
 
     # -- starting ----------------------------------------------------------------------------------
@@ -333,7 +344,7 @@ class ProxyCore(Generic[FlowT]):
             first = not branch.provisional
             branch.provisional = True
             if first and branch.cancel_pending and context.is_invite:
-                out += self._cancel(branch, now)
+                out += self._cancel(branch, now, branch.cancel_reason)
             if status > 100 and not context.final_sent and not context.answered:
                 out += self._forward(context, response, now)
             return out
@@ -353,6 +364,8 @@ class ProxyCore(Generic[FlowT]):
             return out  # a retransmitted final (the transaction absorbs most)
         if branch.abandoned:
             return out
+        if status == 503 and self._failover(branch, client):  # §4.3: a 503 moves to the next target
+            return [NeedFlow(branch)]
         branch.response = response
         return self._after_final(branch, now)
 
@@ -361,6 +374,8 @@ class ProxyCore(Generic[FlowT]):
         branch = self._by_client.get(client)
         if branch is None or branch.final:
             return []
+        if self._failover(branch, client):
+            return [NeedFlow(branch)]
         branch.response = self._local_response(branch.context.request, 408, "Request Timeout")
         return self._after_final(branch, now)
 
@@ -369,6 +384,8 @@ class ProxyCore(Generic[FlowT]):
         branch = self._by_client.get(client)
         if branch is None or branch.final:
             return []
+        if self._failover(branch, client):
+            return [NeedFlow(branch)]
         branch.response = self._local_response(branch.context.request, 503, "Service Unavailable")
         return self._after_final(branch, now)
 
@@ -424,6 +441,22 @@ class ProxyCore(Generic[FlowT]):
         return out
 
     # -- internals ---------------------------------------------------------------------------------
+    def _failover(self, branch: Branch[FlowT], client: ClientTransaction[FlowT]) -> bool:
+        """Prepare ``branch`` for its next target when the caller has one (RFC 3263 §4.3): only
+        before any provisional response, and not once the fork is stopped. The branch request
+        loses our Via (a new one, with a new branch, is added when it is sent again)."""
+        context = branch.context
+        if branch.provisional or context.stopped or branch.cancel_pending or self.can_retry is None:
+            return False
+        if not self.can_retry(branch):
+            return False
+        self._by_client.pop(client, None)
+        branch.transaction = None
+        branch.flow = None
+        branch.request.headers.pop_first("Via")
+        self.stats["failovers"] += 1
+        return True
+
     def _after_final(self, branch: Branch[FlowT], now: float) -> list[Action[FlowT]]:
         context = branch.context
         out: list[Action[FlowT]] = []
@@ -529,6 +562,7 @@ class ProxyCore(Generic[FlowT]):
             return []
         if not branch.provisional:
             branch.cancel_pending = True
+            branch.cancel_reason = reason
             return []
         branch.cancelled = True
         cancel = build_cancel(branch.request)

@@ -14,10 +14,11 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from imscore.plugin.types import NextHop
 from imscore.proxy.core import Branch, Destination, ProxyCore
 from imscore.proxy.router import Decision, Router
 from imscore.registrar import FlowInfo
-from imscore.routing import RoutingError
+from imscore.routing import RoutingError, TargetList
 from imscore.sip import Request, SipError, SipUri
 from imscore.sip.transaction import ServerTransaction
 from imscore.transport import Flow, TransportError
@@ -56,6 +57,7 @@ class ProxyService:
             self.sent_by,
             record_route=self._record_route if server.profile.proxy.record_route else None,
             server_name=server.core.server_name,
+            can_retry=self._can_retry,
         )
         server.core.proxy = self.core
         server.core.defer_all = True
@@ -167,7 +169,7 @@ class ProxyService:
         server = self.server
         destination = branch.target.destination or Destination(branch.target.uri)
         try:
-            flow = await self.flow_for(destination)
+            flow = await self._branch_flow(branch, destination)
         except RoutingError as exc:  # RFC 3263 found nothing: its status (404, 503) is the branch's
             log.info("branch %s to %s: %s", branch.index, destination.uri, exc)
             self._fail(branch, exc.status, exc.reason)
@@ -182,6 +184,63 @@ class ProxyService:
             return
         actions = self.core.send_branch(branch, flow, flow.reliable, server.now())
         server.emit(server.core.proxied(actions))
+
+    @staticmethod
+    def _can_retry(branch: Branch[Flow]) -> bool:
+        """RFC 3263 §4.3: another DNS target is left for this branch."""
+        targets = branch.targets
+        return isinstance(targets, TargetList) and not targets.exhausted
+
+    async def _branch_flow(self, branch: Branch[Flow], destination: Destination) -> Flow:
+        """The flow for a branch's next attempt. A name resolved by DNS gives the branch a target
+        list (RFC 3263 §4.3): each later attempt (after a transport error, a timeout or a 503)
+        takes the next target; a target that cannot be connected to is skipped at once."""
+        branch.attempts += 1
+        targets = branch.targets
+        if targets is None:
+            recorded = destination.flow
+            usable = isinstance(recorded, FlowInfo) and (
+                recorded.connection is None or self._has_connection(recorded.connection)
+            )
+            uri = SipUri.parse(destination.uri)
+            if usable or _is_ip(uri.host.strip("[]")):
+                return await self.flow_for(destination)
+            targets = branch.targets = await self._targets(branch, uri)
+        else:
+            assert isinstance(targets, TargetList)
+            targets.mark_failed()
+        errors: list[str] = []
+        while (target := targets.next()) is not None:
+            try:
+                return await self._connect(target.transport, (target.address, target.port), target.host)
+            except TransportError as exc:
+                targets.mark_failed(target)
+                errors.append(str(exc))
+        raise LookupError(f"no target left for {destination.uri}: {'; '.join(errors) or 'all failed'}")
+
+    async def _targets(self, branch: Branch[Flow], uri: SipUri) -> TargetList:
+        """RFC 3263 targets for ``uri``, in the order the ``ims_route_next_hop`` hook prefers (its
+        choice first, the rest after as DNS ordered them)."""
+        resolver = getattr(self.server, "resolver", None)
+        if resolver is None:
+            raise LookupError(f"{uri.host} is a name and no DNS resolver is configured")
+        found = await resolver.resolve(uri)
+        hops = [NextHop(str(uri), t.address, t.port, t.transport) for t in found]
+        chosen = self.server.plugins.hook.ims_route_next_hop(request=branch.request, targets=hops)
+        if chosen is not None and chosen in hops:
+            first = hops.index(chosen)
+            found = [found[first], *found[:first], *found[first + 1 :]]
+        return TargetList(found)
+
+    def _has_connection(self, connection: int) -> bool:
+        transports = self.server.transports
+        return transports is not None and transports.has_connection(connection)
+
+    async def _connect(self, transport: str, remote: tuple[str, int], name: str | None = None) -> Flow:
+        transports = self.server.transports
+        assert transports is not None
+        server_name = name if transport == "tls" and name and not _is_ip(name) else None
+        return await transports.connect(transport, remote, server_name=server_name)
 
     def _fail(self, branch: Branch[Flow], status: int, reason: str) -> None:
         server = self.server
