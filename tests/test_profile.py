@@ -64,10 +64,18 @@ def message_of(path: str, known_plugins: Mapping[str, Collection[str]] | None = 
 
 
 def test_shipped_profiles_are_listed() -> None:
-    assert shipped_profiles() == ("default", "ims", "legacy-single-registration", "multi-device")
+    assert shipped_profiles() == (
+        "default",
+        "hunt-group",
+        "ims",
+        "legacy-single-registration",
+        "multi-device",
+    )
 
 
-@pytest.mark.parametrize("name", ["default", "ims", "legacy-single-registration", "multi-device"])
+@pytest.mark.parametrize(
+    "name", ["default", "hunt-group", "ims", "legacy-single-registration", "multi-device"]
+)
 def test_every_shipped_profile_loads_with_builtin_plugins(name: str) -> None:
     profile = load_profile(name, known_plugins=BUILTIN_PLUGINS)
     assert profile.name == name
@@ -122,7 +130,9 @@ def test_ims_profile_contents() -> None:
     assert "AKA" in profile.description
 
 
-@pytest.mark.parametrize("name", ["default", "ims", "legacy-single-registration", "multi-device"])
+@pytest.mark.parametrize(
+    "name", ["default", "hunt-group", "ims", "legacy-single-registration", "multi-device"]
+)
 def test_shipped_binding_policy_options_are_valid(name: str) -> None:
     from imscore.profile.model import check_binding_policy_options
 
@@ -160,7 +170,7 @@ def test_unknown_profile_name() -> None:
         resolve_profile("nosuch")
     assert str(info.value) == (
         "profile 'nosuch': no such shipped profile; expected one of: "
-        "default, ims, legacy-single-registration, multi-device, or a path to a YAML file"
+        "default, hunt-group, ims, legacy-single-registration, multi-device, or a path to a YAML file"
     )
 
 
@@ -586,8 +596,7 @@ def test_connection_limits(write: Writer) -> None:
 def test_proxy_and_qualify_sections(write: Writer) -> None:
     profile = load_profile(
         write(
-            MIN
-            + "proxy: {record_route: true, originating_auth: [digest], trusted_peers: ['::1'],"
+            MIN + "proxy: {record_route: true, originating_auth: [digest], trusted_peers: ['::1'],"
             " outbound: 'sip:127.0.0.1:5090;transport=tcp'}\nqualify: {interval: 30, max_failures: 2}\n"
         )
     )
@@ -687,3 +696,23 @@ def test_profile_from_data() -> None:
         "<cli>: key 'store': expected a store URL ('memory:', 'sqlite:PATH' or 'redis://...'), "
         "got 1 (int)"
     )
+
+
+def test_hunt_group_profile_contents() -> None:
+    profile = load_profile("hunt-group", known_plugins=BUILTIN_PLUGINS)
+    assert profile.policies["forking"] == PolicyChoice(
+        "hunt", {"ring_timeout": 10, "order": "newest-first"}
+    )
+    assert (profile.qualify.interval, profile.qualify.max_failures) == (30.0, 3)
+
+
+def test_forking_options_are_checked_at_load(write: Writer) -> None:
+    for text, key, expected in [
+        ("policies:\n  forking: {plugin: hunt, options: {order: random}}\n", "order", "expected one of"),
+        ("policies:\n  forking: {plugin: hunt, options: {ring_timeout: 0}}\n", "ring_timeout", "> 0"),
+        ("policies:\n  forking: {plugin: parallel, options: {order: q}}\n", "order", "unknown option"),
+    ]:
+        with pytest.raises(ProfileError) as info:
+            load_profile(write(MIN + text))
+        assert f"key 'policies.forking.options.{key}'" in str(info.value), text
+        assert expected in str(info.value), str(info.value)
