@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--subscribers",
         metavar="FILE",
-        help="subscriber file (YAML; default: the shipped demo subscribers)",
+        help="subscriber file (YAML; default: the shipped demo subscribers), or SCHEME:... of a "
+        "plugin's subscriber store (ims_register_subscriber_stores)",
     )
     serve.add_argument("--store", metavar="URL", help="memory: or sqlite:PATH (default: the profile's)")
     serve.add_argument(
@@ -208,19 +209,32 @@ def _serve(args: argparse.Namespace) -> int:
         profile = dataclasses.replace(
             profile, dns=dataclasses.replace(profile.dns, nameservers=nameservers)
         )
-    source, directory = _load_subscribers(args.subscribers)
-    logging.getLogger("imscore").info("subscribers: %d from %s", len(directory), source)
+    from imscore.server.providers import scheme_of
     from imscore.server.runtime import Server, ServerError, run_until_signalled
     from imscore.subscribers import MemorySubscriberStore
 
+    plugin_source: str | None = None
+    subscribers: MemorySubscriberStore | None = None
+    given = args.subscribers
+    if given is not None and not Path(given).exists() and scheme_of(given) is not None:
+        plugin_source = given  # e.g. ldap://…: a plugin's subscriber store, opened at start
+        logging.getLogger("imscore").info("subscribers: from %s", given)
+    else:
+        source, directory = _load_subscribers(given)
+        logging.getLogger("imscore").info("subscribers: %d from %s", len(directory), source)
+        subscribers = MemorySubscriberStore(directory)
     server = Server(
         profile,
         listeners=listeners,
         store_url=args.store,
         source=args.profile,
-        subscribers=MemorySubscriberStore(directory),
+        subscribers=subscribers,
+        subscriber_source=plugin_source,
         pcap_path=args.pcap,
     )
+    from imscore.server.gctune import tune_for_serving
+
+    tune_for_serving()  # the subscribers are loaded: keep them out of garbage collections
     try:
         asyncio.run(run_until_signalled(server))
     except ServerError as exc:

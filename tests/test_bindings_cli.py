@@ -218,14 +218,13 @@ def test_aor_filter_by_any_impu_form(store_url: str) -> None:
     ("url", "message"),
     [
         (
-            "postgres://db",
-            "imscore: --store: unknown store 'postgres://db'; expected 'memory:', 'sqlite:PATH' or "
-            "'redis://HOST[:PORT][/DB]'",
+            "postgres://db",  # a plugin's store would be accepted by serve; bindings reads SQLite
+            "imscore: --store: store 'postgres://db': expected 'memory:' or 'sqlite:PATH'",
         ),
         (
             "sqlite:",
-            "imscore: --store: unknown store 'sqlite:'; expected 'memory:', 'sqlite:PATH' or "
-            "'redis://HOST[:PORT][/DB]'",
+            "imscore: --store: unknown store 'sqlite:'; expected 'memory:', 'sqlite:PATH', "
+            "'redis://HOST[:PORT][/DB]' or SCHEME:... of a plugin's binding store",
         ),
         (
             "redis://localhost",

@@ -308,9 +308,9 @@ ERROR_CASES = [
         id="listener-int",
     ),
     pytest.param(
-        MIN + "store: mysql://db\n",
-        "key 'store': unknown store 'mysql://db'; "
-        "expected 'memory:', 'sqlite:PATH' or 'redis://HOST[:PORT][/DB]'",
+        MIN + "store: /var/lib/imscore.db\n",
+        "key 'store': unknown store '/var/lib/imscore.db'; expected 'memory:', 'sqlite:PATH', "
+        "'redis://HOST[:PORT][/DB]' or SCHEME:... of a plugin's binding store",
         id="store",
     ),
     pytest.param(
@@ -528,10 +528,14 @@ def test_store_memory_without_colon() -> None:
     assert check_store_url("memory") == "memory:"
 
 
-@pytest.mark.parametrize("url", ["memory:x", "sqlite:", "", "redis://", "postgres://x", "mem"])
+@pytest.mark.parametrize("url", ["memory:x", "sqlite:", "", "redis://", "/a/path", "mem", "1x:y"])
 def test_store_urls_rejected(url: str) -> None:
-    with pytest.raises(ValueError, match="expected 'memory:', 'sqlite:PATH' or 'redis://"):
+    with pytest.raises(ValueError, match="expected 'memory:', 'sqlite:PATH', 'redis://.* or SCHEME:"):
         check_store_url(url)
+
+
+def test_a_plugin_store_scheme_is_accepted_and_checked_at_start() -> None:
+    assert check_store_url("postgres://db.example.test/ims") == "postgres://db.example.test/ims"
 
 
 # --------------------------------------------------------------------------------------------------

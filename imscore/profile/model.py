@@ -225,6 +225,9 @@ def parse_nameserver(text: str) -> tuple[str, int]:
     return str(address), int(port_text)
 
 
+_SCHEME: Final = re.compile(r"[a-z][a-z0-9+.-]+")
+
+
 def check_store_url(url: str) -> str:
     """Validate a binding store URL and return it: ``memory:``, ``sqlite:PATH`` or ``redis://...``.
 
@@ -240,8 +243,12 @@ def check_store_url(url: str) -> str:
         return url
     if url.startswith(("redis://", "rediss://")) and len(url.partition("://")[2]) > 0:
         return url
+    scheme, sep, rest = url.partition(":")
+    if sep and rest and scheme not in ("memory", "sqlite", "redis", "rediss") and _SCHEME.fullmatch(scheme):
+        return url  # a plugin's store (ims_register_binding_stores), checked when the server starts
     raise ValueError(
-        f"unknown store {url!r}; expected 'memory:', 'sqlite:PATH' or 'redis://HOST[:PORT][/DB]'"
+        f"unknown store {url!r}; expected 'memory:', 'sqlite:PATH', 'redis://HOST[:PORT][/DB]' "
+        "or SCHEME:... of a plugin's binding store"
     )
 
 

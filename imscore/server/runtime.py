@@ -29,9 +29,10 @@ from imscore.transport.registry import collect_transports, known_transports
 
 from .core import ServerCore
 from .eager import start_eagerly
-from .retransmit import RetransmissionCache
+from .providers import BUILTIN_STORES, ProviderError, collect, open_provided, scheme_of
 from .proxying import ProxyService
 from .qualify import Qualifier
+from .retransmit import RetransmissionCache
 
 __all__ = ["Server", "ServerError", "client_tls_context_for", "run_until_signalled", "tls_context_for"]
 
@@ -89,6 +90,8 @@ class Server:
     :param source: where the profile came from, for messages.
     :param extra_plugins: plugins to register besides the entry-point ones (tests, the lab).
     :param subscribers: the subscriber provider (default: the demo subscribers shipped with imscore).
+    :param subscriber_source: a URL whose scheme names a subscriber store a plugin offers
+        (``ims_register_subscriber_stores``); it replaces ``subscribers`` at start.
     :param clock: the registrar's clock (seconds since the epoch; binding lifetimes use it).
     :param authenticator: the registrar's authenticator (default: built from the profile).
     :param transports_factory: makes the :class:`~imscore.transport.Transports` (called with the
@@ -106,6 +109,7 @@ class Server:
         source: str = "profile",
         extra_plugins: Sequence[object] = (),
         subscribers: SubscriberStore | None = None,
+        subscriber_source: str | None = None,
         clock: Any = time.time,
         authenticator: Authenticator | None = None,
         pcap_path: str | os.PathLike[str] | None = None,
@@ -120,6 +124,8 @@ class Server:
             timers, server_name=f"imscore/{__version__}", deferred=frozenset({"REGISTER", "SUBSCRIBE"})
         )
         self.subscribers = subscribers or MemorySubscriberStore.from_file(demo_subscribers_path())
+        #: a subscriber store URL for a plugin's provider (``ims_register_subscriber_stores``)
+        self.subscriber_source = subscriber_source
         self.clock = clock
         self.registrar: Registrar | None = None
         self.authenticator = authenticator
@@ -154,8 +160,15 @@ class Server:
             self.profile.dns, [t.transport for t in self.listeners if t.transport in ROUTING_TRANSPORTS]
         )
         try:
-            self.store = open_binding_store(self.store_url)
-        except StoreError as exc:
+            if self.subscriber_source is not None:  # an HSS, LDAP … offered by a plugin
+                offered = collect(self.plugins, "ims_register_subscriber_stores", "subscriber store")
+                self.subscribers = open_provided(offered, self.subscriber_source, "subscribers")
+            if scheme_of(self.store_url) in BUILTIN_STORES or self.store_url == "memory":
+                self.store = open_binding_store(self.store_url)
+            else:  # e.g. redis://: a plugin's binding store
+                offered = collect(self.plugins, "ims_register_binding_stores", "binding store")
+                self.store = open_provided(offered, self.store_url, "store")
+        except (StoreError, ProviderError) as exc:
             raise ServerError(str(exc)) from None
         try:
             self.registrar = Registrar(
