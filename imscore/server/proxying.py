@@ -62,7 +62,9 @@ class ProxyService:
         server.core.proxy = self.core
         server.core.defer_all = True
         #: flows seen for contacts we forked to: in-dialog requests and ACKs to them use these
-        self.known_flows: dict[str, FlowInfo] = {}
+        self.known_flows: dict[str, FlowInfo | None] = {}
+        #: ACKs neither in a dialog we record-routed nor to a device we forked to (not relayed)
+        self.acks_dropped = 0
 
     # -- our addresses -----------------------------------------------------------------------------
     def _local_addresses(self) -> list[tuple[str, int]]:
@@ -144,10 +146,21 @@ class ProxyService:
             return
         for group in decision.groups:
             for target in group[0]:
-                if target.destination is not None and isinstance(target.destination.flow, FlowInfo):
-                    self.known_flows[target.uri] = target.destination.flow
+                destination = target.destination
+                if destination is not None and decision.kind == "terminating":
+                    # a device we fork to: the end-to-end ACK for its 2xx may come through us
+                    recorded = destination.flow
+                    self._remember(target.uri, recorded if isinstance(recorded, FlowInfo) else None)
         actions = self.core.start(transaction, request, decision.groups, server.now(), inbound=flow)
         server.emit(core.proxied(actions))
+
+    def _remember(self, contact: str, flow: FlowInfo | None) -> None:
+        """Keep the flow of a contact we forked to (bounded: the oldest entries go first)."""
+        known = self.known_flows
+        known.pop(contact, None)
+        known[contact] = flow
+        while len(known) > 10_000:
+            del known[next(iter(known))]
 
     def _answer(self, transaction: ServerTransaction[Flow], response: Any) -> None:
         server = self.server
@@ -285,6 +298,10 @@ class ProxyService:
             own = self.router.pop_own_route(ack)
             if not ack.route and own is None and self.router.is_ours(ack.uri):
                 return  # an ACK for a 2xx this server sent itself: nothing to do
+            if own is None and str(ack.uri) not in self.known_flows:
+                # not in a dialog we record-routed, nor to a device we forked to: no relaying
+                self.acks_dropped += 1
+                return
             forwards = ack.max_forwards
             if forwards is not None and forwards <= 0:
                 return
