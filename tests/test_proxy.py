@@ -459,3 +459,22 @@ def test_a_branch_that_rings_after_the_winning_200_gets_cancel_with_the_reason(
     phones[0].reply(slow, 180)
     cancel = phones[0].expect("CANCEL")
     assert isinstance(cancel, Request) and cancel.headers.get("Reason") == REASON
+
+
+@pytest.mark.proxy_profile(profile_with(timers=Timers(t1=0.02, t2=0.08, t4=0.1)))
+def test_a_2xx_retransmitted_after_the_branch_ended_is_forwarded_statelessly(
+    server: RunningServer, phones: list[Phone], caller: Caller
+) -> None:
+    register_all(phones[:1])
+    caller.invite(ALICE)
+    invite = phones[0].expect("INVITE")
+    assert isinstance(invite, Request)
+    ok = phones[0].reply(invite, 200)
+    first = caller.expect("2xx")
+    assert isinstance(first, Response)
+    time.sleep(1.6)  # Timer M (64 x T1 = 1.28 s) ended the branch's transaction
+    phones[0].send(ok, server.address("udp"))  # the callee did not see an ACK: it retransmits
+    again = caller.expect("2xx", 3)
+    assert isinstance(again, Response) and again.to.tag == first.to.tag and len(again.via) == 1
+    proxying = server.server.proxying
+    assert proxying is not None and proxying.strays_forwarded == 1

@@ -26,6 +26,7 @@ from imscore.sip.transaction import (
     ResponseReceived,
     Send,
     ServerTransaction,
+    StrayResponse,
     TimerConfig,
     Transaction,
     TransactionLayer,
@@ -103,6 +104,9 @@ class ServerCore(Generic[FlowT]):
         self.flows_needed: list[Branch[FlowT]] = []
         #: ACKs for 2xx responses (no transaction), for the runtime to route end to end
         self.acks: list[tuple[Request, FlowT]] = []
+        #: responses that matched no client transaction (a 2xx retransmitted after the branch
+        #: ended): a proxy forwards them statelessly (§16.7 step 1 / §16.11)
+        self.strays: list[Response] = []
         #: when set, every new request except CANCEL waits in :attr:`waiting` (the proxy decides)
         self.defer_all = False
         #: client transactions whose outcome someone waits for (e.g. qualification OPTIONS):
@@ -213,6 +217,8 @@ class ServerCore(Generic[FlowT]):
                 output.transaction, 0
             ):
                 pass  # a watched request got no answer (timeout or transport failure)
+            elif proxy is not None and isinstance(output, StrayResponse):
+                self.strays.append(output.response)
             elif proxy is not None and isinstance(output, ResponseReceived):
                 sends += self.proxied(proxy.on_response(output.transaction, output.response, now))
             elif proxy is not None and isinstance(output, TransactionTimeout):

@@ -19,9 +19,11 @@ from imscore.proxy.core import Branch, Destination, ProxyCore
 from imscore.proxy.router import Decision, Router
 from imscore.registrar import FlowInfo
 from imscore.routing import RoutingError, TargetList
-from imscore.sip import Request, SipError, SipUri
+from imscore.sip import Request, Response, SipError, SipUri
+from imscore.sip.headers import parse_via
 from imscore.sip.transaction import ServerTransaction
 from imscore.transport import Flow, TransportError
+from imscore.transport.transports import response_address
 
 if TYPE_CHECKING:
     from .runtime import Server
@@ -65,6 +67,9 @@ class ProxyService:
         self.known_flows: dict[str, FlowInfo | None] = {}
         #: ACKs neither in a dialog we record-routed nor to a device we forked to (not relayed)
         self.acks_dropped = 0
+        #: stray responses forwarded statelessly, and dropped (not ours, or undeliverable)
+        self.strays_forwarded = 0
+        self.strays_dropped = 0
 
     # -- our addresses -----------------------------------------------------------------------------
     def _local_addresses(self) -> list[tuple[str, int]]:
@@ -177,6 +182,8 @@ class ProxyService:
         while core.acks:
             ack, flow = core.acks.pop(0)
             self.server.spawn(self._forward_ack(ack, flow))
+        while core.strays:
+            self.server.spawn(self._forward_stray(core.strays.pop(0)))
 
     async def _resolve_branch(self, branch: Branch[Flow]) -> None:
         server = self.server
@@ -288,6 +295,31 @@ class ProxyService:
             except TransportError as exc:
                 errors.append(str(exc))
         raise LookupError(f"no usable target for {uri.host}: {'; '.join(errors) or 'none found'}")
+
+    # -- stray responses ---------------------------------------------------------------------------
+    async def _forward_stray(self, response: Response) -> None:
+        """A response no transaction wants (typically a 2xx retransmitted by a callee after its
+        branch ended): forwarded statelessly (§16.7 step 1, §16.11) when the top Via is ours —
+        removed — to the next Via's received/rport (§18.2.2); dropped otherwise."""
+        try:
+            vias = response.headers.values("Via")
+            if len(vias) < 2:
+                self.strays_dropped += 1
+                return
+            ours = parse_via(vias[0])
+            if not self.router.is_local_address(ours.host, ours.port or 5060):
+                self.strays_dropped += 1
+                return
+            response.headers.pop_first("Via")
+            upstream = parse_via(vias[1])
+            address = response_address(upstream)
+            flow = await self._connect(upstream.transport.lower(), address)
+            assert self.server.transports is not None
+            self.server.transports.send(response, flow)
+            self.strays_forwarded += 1
+        except (SipError, TransportError, ValueError) as exc:
+            self.strays_dropped += 1
+            log.info("cannot forward a stray %s response: %s", response.status, exc)
 
     # -- ACK for 2xx -------------------------------------------------------------------------------
     async def _forward_ack(self, ack: Request, flow: Flow) -> None:
