@@ -10,7 +10,6 @@ is what Python 3.12's eager task factory does, for one coroutine at a time and o
 from __future__ import annotations
 
 import asyncio
-import types
 from collections.abc import Coroutine, Generator
 from typing import Any
 
@@ -29,28 +28,33 @@ def start_eagerly(
         waiting_on = coroutine.send(None)
     except StopIteration:
         return None
-    return loop.create_task(_finish(coroutine, waiting_on))
+    return loop.create_task(_Resumed(coroutine, waiting_on))
 
 
-async def _finish(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    await _resume(coroutine, waiting_on)
+class _Resumed(Coroutine[Any, Any, None]):
+    """A coroutine that has already run up to its first wait, as a task can take it over: the task's
+    first step gets what it waits on; later steps, and anything the task throws in (cancellation,
+    even before that first step), go to the coroutine itself."""
 
+    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        self._coroutine = coroutine
+        self._waiting_on = waiting_on
+        self._started = False
 
-@types.coroutine
-def _resume(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, Any, None]:
-    """Hand the task what ``coroutine`` waits on (a future, or ``None`` for a bare yield), then pass
-    results and exceptions (cancellation included) back into it until it returns: ``yield from``
-    on a coroutine that has already started."""
-    while True:
-        try:
-            sent = yield waiting_on
-        except BaseException as exc:  # noqa: BLE001 - thrown in by the task (e.g. CancelledError)
-            try:
-                waiting_on = coroutine.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                waiting_on = coroutine.send(sent)
-            except StopIteration:
-                return
+    def send(self, value: Any) -> Any:
+        if not self._started:
+            self._started = True
+            return self._waiting_on
+        return self._coroutine.send(value)
+
+    def throw(self, typ: Any, value: Any = None, traceback: Any = None) -> Any:
+        self._started = True
+        if value is None and traceback is None:
+            return self._coroutine.throw(typ)
+        return self._coroutine.throw(typ, value, traceback)
+
+    def close(self) -> None:
+        self._coroutine.close()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise TypeError("a resumed coroutine is run by its task only")
