@@ -218,11 +218,10 @@ def _serve(args: argparse.Namespace) -> int:
     given = args.subscribers
     if given is not None and not Path(given).exists() and scheme_of(given) is not None:
         plugin_source = given  # e.g. ldap://…: a plugin's subscriber store, opened at start
-        logging.getLogger("imscore").info("subscribers: from %s", given)
     else:
         source, directory = _load_subscribers(given)
-        logging.getLogger("imscore").info("subscribers: %d from %s", len(directory), source)
-        subscribers = MemorySubscriberStore(directory)
+        # said once the server is up, so a start-up error stays the only line on stderr
+        subscribers = MemorySubscriberStore(directory, f"{len(directory)} from {source}")
     server = Server(
         profile,
         listeners=listeners,

@@ -47,7 +47,8 @@ def test_profile_check_ok_and_bad(tmp_path: Path, capsys: pytest.CaptureFixture[
     [
         (["--listen", "udp:127.0.0.1:port"], "--listen: "),
         (["--listen", "xyz:127.0.0.1:5060"], "--listen: unknown transport 'xyz' (known: udp, tcp, tls"),
-        (["--store", "postgres://x"], "--store: "),
+        (["--store", "sqlite:"], "--store: "),
+        (["--store", "postgres://x"], "store 'postgres://x': no provider for 'postgres'"),
         (["--profile", "no-such-profile"], "no-such-profile"),
     ],
 )

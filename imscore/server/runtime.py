@@ -228,6 +228,7 @@ class Server:
             self.transports.on_keepalive = self.qualifier.keepalive
             self.spawn(self.qualifier.run())
         self.plugins.hook.ims_server_started(server=self)
+        log.info("subscribers: %s", self.subscriber_source or self.subscribers)
         log.info("%s", self.ready_line())
 
     def _transport_providers(self) -> dict[str, TransportProvider]:

@@ -49,10 +49,12 @@ class MemorySubscriberStore:
         :func:`~imscore.subscribers.loader.load_subscribers`.
     """
 
-    __slots__ = ("directory",)
+    __slots__ = ("description", "directory")
 
-    def __init__(self, directory: SubscriberDirectory) -> None:
+    def __init__(self, directory: SubscriberDirectory, description: str | None = None) -> None:
         self.directory = directory
+        #: what the start-up log says of these subscribers (e.g. ``3 from subscribers.yaml``)
+        self.description = description
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> MemorySubscriberStore:
@@ -73,3 +75,6 @@ class MemorySubscriberStore:
 
     def __repr__(self) -> str:
         return f"MemorySubscriberStore({self.directory!r})"
+
+    def __str__(self) -> str:
+        return self.description or repr(self)
