@@ -16,7 +16,7 @@ from imscore.auth.digest import credentials
 from imscore.profile import PolicyChoice, Profile, load_profile
 from imscore.profile.model import ProxySettings, QualifySettings, Timers
 from imscore.sip import Request, Response
-from imscore.sip.transaction import build_ack
+from imscore.sip.transaction import ClientTransaction, build_ack
 from imscore.testing import RunningServer, start_server
 
 ALICE = "sip:alice@ims.example.test"
@@ -472,9 +472,21 @@ def test_a_2xx_retransmitted_after_the_branch_ended_is_forwarded_statelessly(
     ok = phones[0].reply(invite, 200)
     first = caller.expect("2xx")
     assert isinstance(first, Response)
-    time.sleep(1.6)  # Timer M (64 x T1 = 1.28 s) ended the branch's transaction
+    # wait until Timer M (64 x T1 = 1.28 s) ended the branch's client transaction
+    async def client_transactions() -> int:
+        layer = server.server.core.layer
+        return sum(1 for t in layer.transactions() if isinstance(t, ClientTransaction))
+
+    deadline = time.monotonic() + 10
+    while server.call(client_transactions()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.call(client_transactions()) == 0
     phones[0].send(ok, server.address("udp"))  # the callee did not see an ACK: it retransmits
     again = caller.expect("2xx", 3)
     assert isinstance(again, Response) and again.to.tag == first.to.tag and len(again.via) == 1
     proxying = server.server.proxying
-    assert proxying is not None and proxying.strays_forwarded == 1
+    assert proxying is not None
+    deadline = time.monotonic() + 2  # the server thread counts it just after sending it
+    while proxying.strays_forwarded == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxying.strays_forwarded == 1
