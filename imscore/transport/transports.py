@@ -371,17 +371,7 @@ class Transports:
         def reply(answer: bytes) -> None:
             endpoint.send(answer, flow.remote)
 
-        try:
-            message = parse_datagram(data, self.max_message_size)
-        except SipError as error:
-            self._bad_input(error, flow, reply)
-            return
-        if message is None:
-            self.stats.keepalives += 1
-            if self.on_keepalive is not None:
-                self.on_keepalive(flow)
-            return
-        self._message_received(message, flow, reply)
+        self._one_message(data, flow, reply)
 
     # -- connecting --------------------------------------------------------------------------------
     async def connect(
@@ -692,6 +682,10 @@ class Transports:
             self.stats.received += 1
             self.stats.delivered += 1
             return
+        self._one_message(data, flow, reply)
+
+    def _one_message(self, data: bytes, flow: Flow, reply: _Reply) -> None:
+        """One datagram or SCTP message: a SIP message, a keep-alive, or bad input answered."""
         try:
             message = parse_datagram(data, self.max_message_size)
         except SipError as error:
