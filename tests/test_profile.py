@@ -530,7 +530,7 @@ def test_store_memory_without_colon() -> None:
 
 @pytest.mark.parametrize("url", ["memory:x", "sqlite:", "", "redis://", "/a/path", "mem", "1x:y"])
 def test_store_urls_rejected(url: str) -> None:
-    with pytest.raises(ValueError, match="expected 'memory:', 'sqlite:PATH', 'redis://.* or SCHEME:"):
+    with pytest.raises(ValueError, match=r"expected 'memory:', 'sqlite:PATH', 'redis://.* or SCHEME:"):
         check_store_url(url)
 
 

@@ -244,7 +244,8 @@ def check_store_url(url: str) -> str:
     if url.startswith(("redis://", "rediss://")) and len(url.partition("://")[2]) > 0:
         return url
     scheme, sep, rest = url.partition(":")
-    if sep and rest and scheme not in ("memory", "sqlite", "redis", "rediss") and _SCHEME.fullmatch(scheme):
+    builtin = scheme in ("memory", "sqlite", "redis", "rediss")
+    if sep and rest and not builtin and _SCHEME.fullmatch(scheme):
         return url  # a plugin's store (ims_register_binding_stores), checked when the server starts
     raise ValueError(
         f"unknown store {url!r}; expected 'memory:', 'sqlite:PATH', 'redis://HOST[:PORT][/DB]' "
