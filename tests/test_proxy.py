@@ -472,6 +472,7 @@ def test_a_2xx_retransmitted_after_the_branch_ended_is_forwarded_statelessly(
     ok = phones[0].reply(invite, 200)
     first = caller.expect("2xx")
     assert isinstance(first, Response)
+
     # wait until Timer M (64 x T1 = 1.28 s) ended the branch's client transaction
     async def client_transactions() -> int:
         layer = server.server.core.layer
@@ -490,3 +491,48 @@ def test_a_2xx_retransmitted_after_the_branch_ended_is_forwarded_statelessly(
     while proxying.strays_forwarded == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proxying.strays_forwarded == 1
+
+
+def test_a_silent_branch_does_not_hold_back_the_answer_after_a_6xx_or_a_cancel(
+    phones: list[Phone], caller: Caller
+) -> None:
+    register_all(phones[:2])  # phones[1] will never answer anything (switched off)
+    invite = caller.invite(ALICE)
+    declining, _silent = (phone.expect("INVITE") for phone in phones[:2])
+    assert isinstance(declining, Request)
+    started = time.monotonic()
+    phones[0].reply(declining, 603)
+    final = caller.expect("final", 5)
+    assert isinstance(final, Response) and final.status == 603
+    assert time.monotonic() - started < 2  # not Timer B (32 s) of the silent branch
+    ack(caller, invite, final)
+    # the same with the caller's CANCEL: the ringing branch answers 487 and the caller gets it
+    invite = caller.invite(ALICE, cseq=5)
+    ringing = ring(phones[0])
+    phones[1].expect("INVITE")
+    caller.expect("180")
+    caller.cancel(invite)
+    cancel = phones[0].expect("CANCEL")
+    assert isinstance(cancel, Request)
+    phones[0].reply(cancel, 200)
+    started = time.monotonic()
+    phones[0].reply(ringing, 487)
+    final = caller.expect("487", 5)
+    assert isinstance(final, Response) and time.monotonic() - started < 2
+
+
+@pytest.mark.proxy_profile(profile_with("hunt", {"ring_timeout": 0.5, "order": "oldest-first"}))
+def test_hunt_a_device_that_rings_after_its_turn_still_gets_its_cancel(
+    phones: list[Phone], caller: Caller
+) -> None:
+    register_all(phones[:2])
+    caller.invite(ALICE)
+    late = phones[0].expect("INVITE")  # it says nothing during its 0.5 s
+    assert isinstance(late, Request)
+    second = phones[1].expect("INVITE", 3)  # the hunt moved on
+    assert isinstance(second, Request)
+    phones[0].reply(late, 180)  # now it rings, too late
+    cancel = phones[0].expect("CANCEL", 3)
+    assert isinstance(cancel, Request) and cancel.top_via.branch == late.top_via.branch
+    phones[1].reply(second, 200)
+    assert caller.expect("2xx").to.tag == "softphone-tag"  # type: ignore[union-attr]

@@ -111,7 +111,11 @@ class Branch(Generic[FlowT]):
     #: the Reason that CANCEL will carry
     cancel_reason: str | None = None
     cancelled: bool = False
+    #: the proxy stopped waiting for this branch (ring timer ran out, or the fork ended before it
+    #: rang); a provisional response arriving later still gets its CANCEL
     abandoned: bool = False
+    #: a final response arrived from the network on this branch
+    got_final: bool = False
     #: the caller's failover state for this branch (RFC 3263 §4.3: e.g. the DNS target list)
     targets: object | None = None
     #: how many targets were tried
@@ -348,6 +352,7 @@ class ProxyCore(Generic[FlowT]):
             if status > 100 and not context.final_sent and not context.answered:
                 out += self._forward(context, response, now)
             return out
+        branch.got_final = True
         if 200 <= status < 300:
             branch.response = response
             # every 2xx to an INVITE goes upstream (§16.7 step 5); of a non-INVITE only the first
@@ -546,7 +551,9 @@ class ProxyCore(Generic[FlowT]):
         for branch in context.pending():
             if context.is_invite:
                 out += self._cancel(branch, now, reason)
-            else:
+            if not context.is_invite or not branch.provisional:
+                # nothing to wait for: a branch that never rang would keep the answer upstream
+                # waiting for its Timer B; its CANCEL still goes out if it rings later
                 branch.abandoned = True
         return out
 
@@ -555,7 +562,7 @@ class ProxyCore(Generic[FlowT]):
     ) -> list[Action[FlowT]]:
         """CANCEL an INVITE branch (§9.1): at once if it had a provisional response, else as soon
         as one arrives; a branch with no client transaction yet is abandoned."""
-        if branch.cancelled or branch.final:
+        if branch.cancelled or branch.got_final:
             return []
         if branch.transaction is None or branch.flow is None:
             branch.abandoned = True
