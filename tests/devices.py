@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,9 @@ class TracedMessage:
     direction: str
     #: the message as traced, lines joined with CRLF
     text: str
+    #: when the device traced it (seconds since the epoch, local clock), None when the trace has no
+    #: timestamp (baresip's)
+    when: float | None = None
 
     @property
     def start_line(self) -> str:
@@ -175,9 +179,17 @@ class TracedMessage:
 
 
 _SIPP_BLOCK = re.compile(
-    r"^-{20,} [^\n]*\n(?:UDP|TCP|TLS|SCTP) message (?P<dir>sent|received) [^\n]*\n\n",
+    r"^-{20,} (?P<stamp>[^\n]*)\n(?:UDP|TCP|TLS|SCTP) message (?P<dir>sent|received) [^\n]*\n\n",
     re.MULTILINE,
 )
+
+
+def _sipp_time(stamp: str) -> float | None:
+    """The time of a SIPp trace block header (``2026-01-31 12:00:00.123456``), None if unreadable."""
+    try:
+        return datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    except ValueError:
+        return None
 
 
 def _sipp_trace(path: Path) -> list[TracedMessage]:
@@ -189,7 +201,10 @@ def _sipp_trace(path: Path) -> list[TracedMessage]:
     messages = []
     ends = [m.start() for m in matches[1:]] + [len(text)] if matches else []
     for match, end in zip(matches, ends, strict=True):
-        messages.append(_traced(match.group("dir"), text[match.end() : end]))
+        traced = _traced(match.group("dir"), text[match.end() : end])
+        messages.append(
+            TracedMessage(traced.direction, traced.text, _sipp_time(match.group("stamp")))
+        )
     return messages
 
 
@@ -299,12 +314,17 @@ class SippDevice(_Sipp):
         port: int | None = None,
         instance: str | bool = False,
         reg_id: int | None = None,
+        q: float | None = None,
         expires: int = 600,
         ring_ms: int = 0,
+        answer_uri_params: str = ";transport=UDP",
         timeout: float = 60.0,
     ) -> None:
         """``instance``: True for a random ``+sip.instance`` URN, or the URN itself; ``reg_id`` adds
-        ``reg-id`` (RFC 5626); ``ring_ms``: how long an ``"answer"`` device rings before its 200;
+        ``reg-id`` (RFC 5626); ``q`` adds the Contact's ``q`` (its preference, RFC 3261 §10.2.1.2);
+        ``ring_ms``: how long an ``"answer"`` device rings before its 200; ``answer_uri_params``: the
+        URI parameters of the Contact in its 180/200 (the remote target of the caller's ACK and BYE;
+        ``""``: exactly the registered contact);
         ``timeout``: sipp's own limit on the whole run (it then exits with an error)."""
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, not {behaviour!r}")
@@ -320,8 +340,10 @@ class SippDevice(_Sipp):
             instance = f"urn:uuid:{uuid.uuid4()}"
         self.instance = instance or None
         self.reg_id = reg_id
+        self.q = q
         self.expires = expires
         self.ring_ms = ring_ms
+        self.answer_uri_params = answer_uri_params
         self.timeout = timeout
 
     @property
@@ -341,6 +363,8 @@ class SippDevice(_Sipp):
             params += f';+sip.instance="<{self.instance}>"'
         if self.reg_id is not None:
             params += f";reg-id={self.reg_id}"
+        if self.q is not None:
+            params += f";q={self.q:g}"
         host, port = self.registrar
         self._spawn(
             [
@@ -351,6 +375,7 @@ class SippDevice(_Sipp):
                 "-key", "aor_user", self.user, "-key", "domain", self.domain,
                 "-key", "contact_user", self.name, "-key", "contact_params", params,
                 "-key", "expires", str(self.expires),
+                "-key", "answer_uri_params", self.answer_uri_params,
                 "-set", "ring_ms", str(self.ring_ms),
                 "-aa",  # 200 OK to OPTIONS (qualify pings), INFO, NOTIFY, UPDATE
                 "-au", self.impi, "-ap", self.password, "-auth_uri", self.domain,

@@ -197,12 +197,15 @@ class ProxyCore(Generic[FlowT]):
         record_route: Callable[[FlowT], str | None] | None = None,
         server_name: str | None = None,
         can_retry: Callable[[Branch[FlowT]], bool] | None = None,
+        on_answer: Callable[[Branch[FlowT], Response], None] | None = None,
     ) -> None:
         self.layer = layer
         self.sent_by = sent_by
         #: asked when a branch times out, fails to send or gets a 503 before any provisional
         #: response: ``True`` when another target is left to try (RFC 3263 §4.3 failover)
         self.can_retry = can_retry
+        #: told of every 2xx a branch forwards (the runtime learns the dialog's remote target)
+        self.on_answer = on_answer
         self.record_route = record_route
         self.server_name = server_name
         self._by_client: dict[ClientTransaction[FlowT], Branch[FlowT]] = {}
@@ -355,6 +358,8 @@ class ProxyCore(Generic[FlowT]):
         branch.got_final = True
         if 200 <= status < 300:
             branch.response = response
+            if self.on_answer is not None:
+                self.on_answer(branch, response)
             # every 2xx to an INVITE goes upstream (§16.7 step 5); of a non-INVITE only the first
             if context.is_invite or not (context.answered or context.final_sent):
                 out += self._forward(context, response, now)

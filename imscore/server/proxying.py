@@ -60,6 +60,7 @@ class ProxyService:
             record_route=self._record_route if server.profile.proxy.record_route else None,
             server_name=server.core.server_name,
             can_retry=self._can_retry,
+            on_answer=self.answered,
         )
         server.core.proxy = self.core
         server.core.defer_all = True
@@ -159,13 +160,35 @@ class ProxyService:
         actions = self.core.start(transaction, request, decision.groups, server.now(), inbound=flow)
         server.emit(core.proxied(actions))
 
+    @staticmethod
+    def _contact_key(uri: str) -> str:
+        """A contact as an address: scheme, user, host and port (``sip:desk@127.0.0.1:5062``); the
+        URI parameters a device adds to the Contact of its 2xx (``;transport=UDP``) do not count."""
+        try:
+            return SipUri.parse(uri.strip("<>")).aor
+        except SipError:
+            return uri
+
     def _remember(self, contact: str, flow: FlowInfo | None) -> None:
-        """Keep the flow of a contact we forked to (bounded: the oldest entries go first)."""
+        """Keep the flow of a contact we forked to, or of a 2xx's Contact (the dialog's remote
+        target, where the end-to-end ACK goes); bounded: the oldest entries go first."""
         known = self.known_flows
-        known.pop(contact, None)
-        known[contact] = flow
+        key = self._contact_key(contact)
+        known.pop(key, None)
+        known[key] = flow
         while len(known) > 10_000:
             del known[next(iter(known))]
+
+    def answered(self, branch: Branch[Flow], response: Response) -> None:
+        """A branch's 2xx went upstream: its Contact is where the caller's ACK and BYE go."""
+        try:
+            contacts = response.contacts
+        except SipError:
+            return  # the caller will not be able to use it either
+        if contacts:
+            destination = branch.target.destination
+            flow = destination.flow if destination is not None else None
+            self._remember(str(contacts[0].uri), flow if isinstance(flow, FlowInfo) else None)
 
     def _answer(self, transaction: ServerTransaction[Flow], response: Any) -> None:
         server = self.server
@@ -330,7 +353,7 @@ class ProxyService:
             own = self.router.pop_own_route(ack)
             if not ack.route and own is None and self.router.is_ours(ack.uri):
                 return  # an ACK for a 2xx this server sent itself: nothing to do
-            if own is None and str(ack.uri) not in self.known_flows:
+            if own is None and self._contact_key(str(ack.uri)) not in self.known_flows:
                 # not in a dialog we record-routed, nor to a device we forked to: no relaying
                 self.acks_dropped += 1
                 return
@@ -342,7 +365,7 @@ class ProxyService:
                 destination = Destination(str(ack.route[0].uri))
             else:
                 target = str(ack.uri)
-                destination = Destination(target, self.known_flows.get(target))
+                destination = Destination(target, self.known_flows.get(self._contact_key(target)))
             out = await self.flow_for(destination)
             transport, host, port = self.sent_by(out)
             branch = (
