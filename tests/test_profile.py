@@ -189,7 +189,8 @@ ERROR_CASES = [
     pytest.param(
         MIN + "listen: [udp:127.0.0.1]\n",
         "key 'listen': unknown key; expected one of: "
-        "connections, description, dns, domains, listeners, name, policies, proxy, qualify, registrar, "
+        "connections, description, dns, domains, listeners, name, overload, policies, proxy, qualify, "
+        "registrar, "
         "store, "
         "timers, tls",
         id="unknown-top-key",
@@ -352,7 +353,8 @@ ERROR_CASES = [
     pytest.param(
         "- domains\n",
         "top level: expected a mapping with keys: "
-        "connections, description, dns, domains, listeners, name, policies, proxy, qualify, registrar, "
+        "connections, description, dns, domains, listeners, name, overload, policies, proxy, qualify, "
+        "registrar, "
         "store, "
         "timers, tls, got a list",
         id="top-level-list",
@@ -583,6 +585,7 @@ def test_effective_settings_fill_defaults(write: Writer) -> None:
             "outbound": None,
         },
         "qualify": {"interval": 0.0, "max_failures": 3},
+        "overload": {"max_lag": 0.25, "retry_after": 5},
     }
 
 

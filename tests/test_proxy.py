@@ -536,3 +536,12 @@ def test_hunt_a_device_that_rings_after_its_turn_still_gets_its_cancel(
     assert isinstance(cancel, Request) and cancel.top_via.branch == late.top_via.branch
     phones[1].reply(second, 200)
     assert caller.expect("2xx").to.tag == "softphone-tag"  # type: ignore[union-attr]
+
+
+def test_an_in_dialog_request_to_a_foreign_target_outside_our_dialogs_is_refused(
+    caller: Caller,
+) -> None:
+    # a BYE with a To tag, no Route of ours, to an address imscore never forked to: no relaying
+    caller.send(caller.request("BYE", "sip:victim@198.51.100.99:5060", to_tag="x1"))
+    final = caller.expect("final")
+    assert isinstance(final, Response) and final.status == 403 and final.reason == "Relaying denied"

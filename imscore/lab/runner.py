@@ -323,7 +323,12 @@ async def _virtual(
     extra_plugins: Sequence[object],
     snapshots: bool,
 ) -> LabRun:
-    lab_profile = replace(profile, store="memory:", listeners=(Listener("udp", *SERVER_ADDRESS),))
+    lab_profile = replace(
+        profile,
+        store="memory:",
+        listeners=(Listener("udp", *SERVER_ADDRESS),),
+        overload=replace(profile.overload, max_lag=0.0),  # a virtual loop is never late
+    )
     server = Server(
         lab_profile,
         source=f"profile {profile.name}",

@@ -28,6 +28,7 @@ from .model import (
     DnsSettings,
     Listener,
     OptionValue,
+    OverloadSettings,
     PolicyChoice,
     PolicyOptionError,
     Profile,
@@ -268,6 +269,7 @@ def _build(plain: dict[str, object], default_name: str) -> Profile:
     dns = _mapping(plain["dns"])
     proxy = _mapping(plain["proxy"])
     qualify = _mapping(plain["qualify"])
+    overload = _mapping(plain["overload"])
     name = plain["name"]
     return Profile(
         name=default_name if name is None else _str(name),
@@ -316,6 +318,9 @@ def _build(plain: dict[str, object], default_name: str) -> Profile:
         ),
         qualify=QualifySettings(
             interval=_float(qualify["interval"]), max_failures=_int(qualify["max_failures"])
+        ),
+        overload=OverloadSettings(
+            max_lag=_float(overload["max_lag"]), retry_after=_int(overload["retry_after"])
         ),
     )
 
@@ -377,6 +382,10 @@ def effective_settings(profile: Profile) -> dict[str, Any]:
         "qualify": {
             "interval": profile.qualify.interval,
             "max_failures": profile.qualify.max_failures,
+        },
+        "overload": {
+            "max_lag": profile.overload.max_lag,
+            "retry_after": profile.overload.retry_after,
         },
     }
 

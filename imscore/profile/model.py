@@ -35,6 +35,7 @@ __all__ = [
     "ListenError",
     "Listener",
     "OptionValue",
+    "OverloadSettings",
     "PolicyChoice",
     "PolicyOptionError",
     "Profile",
@@ -417,6 +418,15 @@ class ProxySettings:
 
 
 @dataclass(frozen=True)
+class OverloadSettings:
+    """When the server refuses new work: smoothed event-loop lag above ``max_lag`` seconds (0: never)
+    gets new out-of-dialog requests a 503 with ``Retry-After: retry_after``."""
+
+    max_lag: float = 0.25
+    retry_after: int = 5
+
+
+@dataclass(frozen=True)
 class QualifySettings:
     """Contact qualification: OPTIONS pings to registered contacts (interval 0: off)."""
 
@@ -477,3 +487,4 @@ class Profile:
     dns: DnsSettings = field(default_factory=DnsSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     qualify: QualifySettings = field(default_factory=QualifySettings)
+    overload: OverloadSettings = field(default_factory=OverloadSettings)

@@ -22,6 +22,7 @@ from .model import (
     UNKNOWN_USER_STATUSES,
     ConnectionSettings,
     DnsSettings,
+    OverloadSettings,
     ProxySettings,
     QualifySettings,
     RegistrarSettings,
@@ -382,6 +383,7 @@ _C = ConnectionSettings()
 _D = DnsSettings()
 _P = ProxySettings()
 _Q = QualifySettings()
+_O = OverloadSettings()
 
 
 def _check_ip_literal(text: str) -> str:
@@ -517,6 +519,15 @@ PROFILE_SCHEMA: Final = Record(
                 {
                     "interval": Field(NonNegative(), _Q.interval),
                     "max_failures": Field(Int(minimum=1), _Q.max_failures),
+                }
+            ),
+            {},
+        ),
+        "overload": Field(
+            Record(
+                {
+                    "max_lag": Field(NonNegative(), _O.max_lag),
+                    "retry_after": Field(Int(minimum=0, maximum=86400), _O.retry_after),
                 }
             ),
             {},

@@ -69,6 +69,8 @@ class ServerCounters:
     """What the core answered, by status code, and what it ignored."""
 
     answered: dict[int, int] = field(default_factory=dict)
+    #: new requests refused with 503 while overloaded
+    shed: int = 0
     stray_acks: int = 0
     other_outputs: int = 0
 
@@ -109,6 +111,11 @@ class ServerCore(Generic[FlowT]):
         self.strays: list[Response] = []
         #: when set, every new request except CANCEL waits in :attr:`waiting` (the proxy decides)
         self.defer_all = False
+        #: set by the runtime while the server cannot keep up (see imscore.server.overload): new
+        #: out-of-dialog requests are then answered 503 with Retry-After
+        self.overloaded = False
+        #: the Retry-After (seconds) of those 503s
+        self.retry_after = 5
         #: client transactions whose outcome someone waits for (e.g. qualification OPTIONS):
         #: called once with the final status, or 0 when none came (timeout, transport failure)
         self.watchers: dict[ClientTransaction[FlowT], Callable[[int], None]] = {}
@@ -195,6 +202,10 @@ class ServerCore(Generic[FlowT]):
                 sends.append(output)
             elif isinstance(output, RequestReceived):
                 request = output.request
+                if self.overloaded and self._shed(request):
+                    busy = self.layer.respond(output.transaction, self._busy(request), now)
+                    sends.extend(self._handle(busy, now))
+                    continue
                 if request.method in self.deferred or (self.defer_all and request.method != "CANCEL"):
                     self.waiting.append((output.transaction, request))
                     continue
@@ -237,6 +248,26 @@ class ServerCore(Generic[FlowT]):
             else:
                 self.counters.other_outputs += 1
         return sends
+
+    # -- overload ---------------------------------------------------------------------------------
+    @staticmethod
+    def _shed(request: Request) -> bool:
+        """Whether to refuse ``request`` while overloaded: new out-of-dialog work only. CANCEL and
+        in-dialog requests (To tag: BYE, re-INVITE, NOTIFY …) finish what is in progress."""
+        if request.method in ("CANCEL", "ACK"):
+            return False
+        try:
+            return request.to.tag is None
+        except SipError:
+            return False  # let the normal path answer the bad header
+
+    def _busy(self, request: Request) -> Response:
+        self.counters.count(503)
+        self.counters.shed += 1
+        headers: list[tuple[str, object]] = [("Retry-After", self.retry_after)]
+        if self.server_name:
+            headers.append(("Server", self.server_name))
+        return request.make_response(503, "Overloaded", headers, to_tag=secrets.token_hex(6))
 
     # -- decisions --------------------------------------------------------------------------------
     def answer(self, request: Request) -> Response:

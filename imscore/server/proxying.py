@@ -131,6 +131,12 @@ class ProxyService:
                 self._answer(transaction, core.answer(request))
                 return
             info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
+            if self._relayed_in_dialog(request, own):
+                # a "mid-dialog" request in no dialog of ours, to a target we never forked to
+                core.counters.count(403)
+                response = request.make_response(403, "Relaying denied", to_tag=None)
+                self._answer(transaction, response)
+                return
             try:
                 decision = await self.router.decide(request, info, server.clock())
             except Exception:  # a provider failed: answer 500 rather than leave the caller waiting
@@ -168,6 +174,17 @@ class ProxyService:
             return SipUri.parse(uri.strip("<>")).aor
         except SipError:
             return uri
+
+    def _relayed_in_dialog(self, request: Request, own: str | None) -> bool:
+        """An in-dialog request (To tag) that would leave for a foreign target although it came
+        through no Route of ours (we did not record-route its dialog) and names no device we
+        forked to: relaying it would make imscore an open relay."""
+        if own is not None or request.route or request.to.tag is None:
+            return False
+        uri = request.uri
+        if self.router.serves(uri) or self.router.is_ours(uri):
+            return False
+        return self._contact_key(str(uri)) not in self.known_flows
 
     def _remember(self, contact: str, flow: FlowInfo | None) -> None:
         """Keep the flow of a contact we forked to, or of a 2xx's Contact (the dialog's remote

@@ -29,6 +29,7 @@ from imscore.transport.registry import collect_transports, known_transports
 
 from .core import ServerCore
 from .eager import start_eagerly
+from .overload import LoadMonitor
 from .providers import BUILTIN_STORES, ProviderError, collect, open_provided, scheme_of
 from .proxying import ProxyService
 from .qualify import Qualifier
@@ -146,6 +147,8 @@ class Server:
         self.proxying: ProxyService | None = None
         #: contact qualification (OPTIONS pings), when the profile's qualify.interval > 0
         self.qualifier: Qualifier | None = None
+        #: watches the event loop's lag (overload control, made at start)
+        self.load: LoadMonitor | None = None
         self.pcap_path = pcap_path
         self._pcap: PcapWriter | None = None
 
@@ -224,6 +227,9 @@ class Server:
                 self._close_pcap()
                 raise ServerError(f"cannot listen on {listener}: {exc}") from None
         self._expiry = asyncio.get_running_loop().create_task(self._expire_bindings())
+        self.core.retry_after = self.profile.overload.retry_after
+        self.load = LoadMonitor(self.profile.overload.max_lag, on_change=self._overload)
+        self.load.start()
         if self.qualifier is not None:
             self.transports.on_keepalive = self.qualifier.keepalive
             self.spawn(self.qualifier.run())
@@ -244,9 +250,23 @@ class Server:
                 raise ServerError(f"cannot listen on {listener}: {problem}")
         return {name: entry.provider for name, entry in offered.items()}
 
+    def _overload(self, overloaded: bool) -> None:
+        """The load monitor's verdict changed: new out-of-dialog requests get 503 while it lasts."""
+        self.core.overloaded = overloaded
+        if overloaded:
+            log.warning(
+                "overloaded (event loop %.0f ms late): new requests get 503 Retry-After %d",
+                self.load.lag * 1000 if self.load is not None else 0,
+                self.core.retry_after,
+            )
+        else:
+            log.warning("load back to normal: %d requests were refused so far", self.core.counters.shed)
+
     async def stop(self) -> None:
         """Tell the plugins, stop timers, close listeners, connections and the store."""
         self.plugins.hook.ims_server_stopping(server=self)
+        if self.load is not None:
+            self.load.stop()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
