@@ -250,6 +250,9 @@ class Run(Load):
     device_errors: dict[str, dict[str, int]] = field(default_factory=dict)
     #: ACKs for the 2xx that reached the answering device (one per successful call expected)
     acks_at_callee: int | None = None
+    #: calls the proxy turned away with 503 (overload control); SIPp ends them as successful
+    #: scenario runs, so they are taken out of ``ok`` and counted as failed
+    refused: int = 0
 
 
 class ImscoreProxy(Imscore):
@@ -372,6 +375,14 @@ def run_calls(
         if drops_before is not None and drops_after is not None:
             run.rcvbuf_drops = drops_after - drops_before
         parse_sipp_output(output, run)
+        refused = re.findall(r"^\s*503 <-+\s+(\d+)", output, re.MULTILINE)
+        if refused:
+            run.refused = int(refused[-1])
+            run.ok -= run.refused
+            run.failed += run.refused
+            run.note = (run.note + "; " if run.note else "") + (
+                f"{run.refused} calls refused with 503 (overload control)"
+            )
         if run.ok + run.failed < args.calls:
             missing = args.calls - run.ok - run.failed
             run.note = (run.note + "; " if run.note else "") + f"{missing} calls never completed"

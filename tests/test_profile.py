@@ -585,7 +585,7 @@ def test_effective_settings_fill_defaults(write: Writer) -> None:
             "outbound": None,
         },
         "qualify": {"interval": 0.0, "max_failures": 3},
-        "overload": {"max_lag": 0.25, "retry_after": 5},
+        "overload": {"max_lag": 0.25, "retry_after": 5, "max_backlog": 262144},
     }
 
 

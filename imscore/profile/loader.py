@@ -320,7 +320,9 @@ def _build(plain: dict[str, object], default_name: str) -> Profile:
             interval=_float(qualify["interval"]), max_failures=_int(qualify["max_failures"])
         ),
         overload=OverloadSettings(
-            max_lag=_float(overload["max_lag"]), retry_after=_int(overload["retry_after"])
+            max_lag=_float(overload["max_lag"]),
+            retry_after=_int(overload["retry_after"]),
+            max_backlog=_int(overload["max_backlog"]),
         ),
     )
 
@@ -386,6 +388,7 @@ def effective_settings(profile: Profile) -> dict[str, Any]:
         "overload": {
             "max_lag": profile.overload.max_lag,
             "retry_after": profile.overload.retry_after,
+            "max_backlog": profile.overload.max_backlog,
         },
     }
 

@@ -419,11 +419,13 @@ class ProxySettings:
 
 @dataclass(frozen=True)
 class OverloadSettings:
-    """When the server refuses new work: smoothed event-loop lag above ``max_lag`` seconds (0: never)
-    gets new out-of-dialog requests a 503 with ``Retry-After: retry_after``."""
+    """When the server refuses new work: smoothed event-loop lag above ``max_lag`` seconds, or more
+    than ``max_backlog`` octets unread in the UDP listeners' receive queues (0: not watched), gets
+    new out-of-dialog requests a 503 with ``Retry-After: retry_after``."""
 
     max_lag: float = 0.25
     retry_after: int = 5
+    max_backlog: int = 262_144
 
 
 @dataclass(frozen=True)

@@ -528,6 +528,7 @@ PROFILE_SCHEMA: Final = Record(
                 {
                     "max_lag": Field(NonNegative(), _O.max_lag),
                     "retry_after": Field(Int(minimum=0, maximum=86400), _O.retry_after),
+                    "max_backlog": Field(Int(minimum=0), _O.max_backlog),
                 }
             ),
             {},

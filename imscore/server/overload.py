@@ -1,12 +1,16 @@
-"""Overload control: notice when the event loop falls behind, so new work is refused with 503.
+"""Overload control: notice when the server falls behind, so new work is refused with 503.
 
 A proxy that takes every new call while it cannot keep up collapses: its answers come late, the
 callers and devices retransmit, the retransmissions cost more work, and the kernel starts dropping
-datagrams. :class:`LoadMonitor` measures how late the loop runs a callback it scheduled every
-``interval`` seconds (the loop's lag, smoothed) and says *overloaded* while that lag is above
-``max_lag``; the server core then answers new out-of-dialog requests with ``503 Service Unavailable``
-and ``Retry-After`` (RFC 3261 §21.5.4), cheaply, and keeps serving transactions and dialogs in
-progress (ACK, CANCEL, BYE and other in-dialog requests are never refused).
+datagrams. :class:`LoadMonitor` watches two signs: how late the loop runs a callback it scheduled
+every ``interval`` seconds (the loop's lag, smoothed), and how many octets wait unread in the
+kernel's receive queues of the UDP listeners (asyncio reads one datagram per socket per loop turn,
+so a backlog of datagrams barely delays the loop's callbacks: the queue is the sign that matters
+for UDP; read from ``/proc/net/udp`` and ``/proc/net/udp6`` on Linux). It says *overloaded* while
+either is above its limit; the server core then answers new out-of-dialog requests with ``503
+Service Unavailable`` and ``Retry-After`` (RFC 3261 §21.5.4), cheaply, and keeps serving
+transactions and dialogs in progress (ACK, CANCEL, BYE and other in-dialog requests are never
+refused).
 """
 
 from __future__ import annotations
@@ -14,7 +18,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-__all__ = ["LoadMonitor"]
+__all__ = ["LoadMonitor", "udp_receive_queue"]
+
+
+def udp_receive_queue(ports: set[int]) -> int:
+    """Octets waiting in the receive queues of the UDP sockets bound to ``ports`` (Linux
+    ``/proc/net/udp`` and ``udp6``; 0 where they cannot be read)."""
+    total = 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name, encoding="ascii") as table:
+                next(table, None)
+                for line in table:
+                    fields = line.split()
+                    if len(fields) > 4 and int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                        total += int(fields[4].split(":", 1)[1], 16)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 class LoadMonitor:
@@ -31,10 +52,16 @@ class LoadMonitor:
         *,
         interval: float = 0.05,
         on_change: Callable[[bool], None] | None = None,
+        backlog: Callable[[], int] | None = None,
+        max_backlog: int = 0,
     ) -> None:
         self.max_lag = max_lag
         self.interval = interval
         self.on_change = on_change
+        #: octets waiting unread in the listeners' receive queues (``None``: not watched)
+        self.backlog = backlog
+        self.max_backlog = max_backlog
+        self.queued = 0
         self.lag = 0.0
         self.overloaded = False
         #: how many times the server went into overload
@@ -60,8 +87,13 @@ class LoadMonitor:
         late = max(0.0, now - self._expected)
         # smoothed over about four probes: one slow callback does not trip it, a backlog does
         self.lag += (late - self.lag) * 0.25
-        # leave overload only well below the threshold, so the state does not flap
-        state = self.lag > self.max_lag if not self.overloaded else self.lag > self.max_lag / 2
+        if self.backlog is not None and self.max_backlog > 0:
+            self.queued = self.backlog()
+        # leave overload only well below the limits, so the state does not flap
+        factor = 0.5 if self.overloaded else 1.0
+        state = self.lag > self.max_lag * factor or (
+            self.max_backlog > 0 and self.queued > self.max_backlog * factor
+        )
         if state != self.overloaded:
             self.overloaded = state
             if state:

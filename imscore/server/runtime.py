@@ -29,7 +29,7 @@ from imscore.transport.registry import collect_transports, known_transports
 
 from .core import ServerCore
 from .eager import start_eagerly
-from .overload import LoadMonitor
+from .overload import LoadMonitor, udp_receive_queue
 from .providers import BUILTIN_STORES, ProviderError, collect, open_provided, scheme_of
 from .proxying import ProxyService
 from .qualify import Qualifier
@@ -228,7 +228,13 @@ class Server:
                 raise ServerError(f"cannot listen on {listener}: {exc}") from None
         self._expiry = asyncio.get_running_loop().create_task(self._expire_bindings())
         self.core.retry_after = self.profile.overload.retry_after
-        self.load = LoadMonitor(self.profile.overload.max_lag, on_change=self._overload)
+        udp_ports = {port for transport, _, port in self.addresses if transport == "udp"}
+        self.load = LoadMonitor(
+            self.profile.overload.max_lag,
+            on_change=self._overload,
+            backlog=lambda: udp_receive_queue(udp_ports),
+            max_backlog=self.profile.overload.max_backlog,
+        )
         self.load.start()
         if self.qualifier is not None:
             self.transports.on_keepalive = self.qualifier.keepalive
@@ -253,10 +259,12 @@ class Server:
     def _overload(self, overloaded: bool) -> None:
         """The load monitor's verdict changed: new out-of-dialog requests get 503 while it lasts."""
         self.core.overloaded = overloaded
-        if overloaded:
+        if overloaded and self.load is not None:
             log.warning(
-                "overloaded (event loop %.0f ms late): new requests get 503 Retry-After %d",
-                self.load.lag * 1000 if self.load is not None else 0,
+                "overloaded (event loop %.0f ms late, %d octets unread): new requests get 503 "
+                "Retry-After %d",
+                self.load.lag * 1000,
+                self.load.queued,
                 self.core.retry_after,
             )
         else:
