@@ -1,9 +1,12 @@
 """The server's transaction user, sans-IO: what the server answers, given the transaction layer.
 
-Until the registrar and the proxy land, the server is a UAS that answers OPTIONS with 200 (Allow,
-Supported) and every other request as RFC 3261 says: 405 with Allow for a method it knows, 501 for
-one it does not, 481 for a CANCEL that matches nothing, 416 for a Request-URI scheme it cannot use,
-420 with Unsupported for an extension it lacks, 400 for headers it cannot parse.
+The core hands deferred requests to the runtime (:attr:`ServerCore.waiting`: the registrar's, and
+with a proxy attached every new request but CANCEL), routes the events of the proxy's branches to
+the :class:`~imscore.proxy.core.ProxyCore`, refuses new work with 503 while :attr:`overloaded`, and
+answers what is addressed to the server itself as a UAS does: OPTIONS with 200 (Allow, Supported),
+and every other request as RFC 3261 says: 405 with Allow for a method it knows, 501 for one it does
+not, 481 for a CANCEL that matches nothing, 416 for a Request-URI scheme it cannot use, 420 with
+Unsupported for an extension it lacks, 400 for headers it cannot parse.
 
 Like :mod:`imscore.sip`, this module does no I/O and reads no clock: :class:`ServerCore` takes
 messages, flows and ``now`` and returns the :class:`~imscore.sip.transaction.Send` outputs.
