@@ -6,6 +6,7 @@ import itertools
 import secrets
 import socket
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -502,3 +503,44 @@ def test_secrets_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> None:
     assert "ims_binding_policy_apply" in text  # the trace did run
     for secret in ("alice-secret", "wrong-secret", K.hex(), OP.hex(), "bob-secret"):
         assert secret not in text
+
+
+def test_a_plugin_picks_the_challenge_scheme_within_what_the_profile_allows() -> None:
+    from imscore.plugin import hookimpl
+    from imscore.subscribers import MemorySubscriberStore
+
+    both = (
+        Path(__file__).resolve().parent.parent
+        / "imscore"
+        / "scenarios"
+        / "three-devices.subscribers.yaml"
+    )
+
+    class PreferDigest:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        @hookimpl
+        def ims_auth_select_scheme(self, subscriber: object, request: Request) -> str | None:
+            self.seen.append(request.method)
+            return "digest"
+
+    plugin = PreferDigest()
+    for profile, expected in (("default", "MD5"), ("ims", "AKAv1-MD5")):
+        running = start_server(
+            profile,
+            plugins=[plugin],
+            transports=("udp",),
+            subscribers=MemorySubscriberStore.from_file(both),
+        )
+        ue = Ue(running, *ALICE)
+        try:
+            challenge = ue.send(ue.request())
+            (offered,) = challenge.www_authenticate
+            # default (digest-or-aka) would challenge alice, who has AKA credentials, with AKA; the
+            # plugin's digest is allowed there, but not under ims (aka only): the profile wins
+            assert (offered.get("algorithm") or "MD5") == expected, profile
+        finally:
+            ue.close()
+            running.stop()
+    assert plugin.seen == ["REGISTER", "REGISTER"]

@@ -54,9 +54,13 @@ Fork strategies:
     ``newest-first`` or ``oldest-first`` (by first registration). Unreachable contacts are skipped
     (unless all are).
 
-Other defaults: the auth scheme is the subscriber's first allowed scheme; an IMPU resolves to the
-subscriber whose implicit registration set contains it verbatim; the next hop is the first candidate.
-The registry hooks add nothing here: providers come from the transport and store packages.
+Other defaults: the auth scheme is the subscriber's first allowed scheme (AKA before Digest; the
+registrar uses a plugin's choice only when the profile allows that scheme, else the profile's
+order); the next hop is the first candidate (DNS order). ``ims_identity_resolve`` (an IMPU resolves
+to the subscriber whose implicit registration set contains it verbatim) is specified and
+implemented here but not yet consulted: the registrar and the proxy resolve identities through the
+subscriber store. The registry hooks add nothing here: providers come from the transport and store
+packages.
 """
 
 from __future__ import annotations

@@ -113,10 +113,23 @@ class Authenticator:
         self.random_bytes: Callable[[int], bytes] = random_bytes or (lambda n: secrets.token_bytes(n))
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._sqn: dict[str, SqnState] = {}
+        #: asks the plugins which scheme to challenge with (``ims_auth_select_scheme``); its answer
+        #: counts when the profile allows that scheme and the subscriber has credentials for it
+        self.select_scheme: Callable[[Subscriber, Request | None], str | None] | None = None
 
     # -- choosing and challenging ----------------------------------------------------------------
-    def scheme_for(self, subscriber: Subscriber) -> str | None:
-        """The first scheme of the profile that the subscriber has credentials for."""
+    def _usable(self, scheme: str, subscriber: Subscriber) -> bool:
+        if scheme not in self.schemes:
+            return False
+        return subscriber.aka is not None if scheme == "aka" else subscriber.password is not None
+
+    def scheme_for(self, subscriber: Subscriber, request: Request | None = None) -> str | None:
+        """The scheme to challenge ``request`` with: the plugins' choice when usable, else the
+        first scheme of the profile that the subscriber has credentials for."""
+        if self.select_scheme is not None:
+            chosen = self.select_scheme(subscriber, request)
+            if chosen is not None and self._usable(chosen, subscriber):
+                return chosen
         for scheme in self.schemes:
             if scheme == "aka" and subscriber.aka is not None:
                 return "aka"
@@ -124,8 +137,16 @@ class Authenticator:
                 return "digest"
         return None
 
-    def challenge_for(self, subscriber: Subscriber, now: float, *, stale: bool = False) -> AuthResult:
-        scheme = self.scheme_for(subscriber)
+    def challenge_for(
+        self,
+        subscriber: Subscriber,
+        now: float,
+        *,
+        stale: bool = False,
+        request: Request | None = None,
+    ) -> AuthResult:
+        """A 401 challenge for ``subscriber`` (for ``request``, which the plugins may look at)."""
+        scheme = self.scheme_for(subscriber, request)
         if scheme is None:
             return AuthResult(AuthOutcome.FORBIDDEN, "no authentication scheme allowed for this user")
         if scheme == "digest":
@@ -196,8 +217,8 @@ class Authenticator:
                 counter=self.counter,
                 algorithms=DIGEST_ALGORITHMS,
             )
-            return self._judged(verdict, subscriber, now)
-        return self.challenge_for(subscriber, now)
+            return self._judged(verdict, subscriber, now, request)
+        return self.challenge_for(subscriber, now, request=request)
 
     def _check_aka(
         self,
@@ -215,7 +236,7 @@ class Authenticator:
             or pending.impi != subscriber.impi
             or now - pending.created > AKA_VECTOR_LIFETIME
         ):
-            return self.challenge_for(subscriber, now, stale=pending is not None)
+            return self.challenge_for(subscriber, now, stale=pending is not None, request=request)
         auts = credentials.get("auts")
         if auts:
             # RFC 3310 §3.4: re-synchronise SQN from AUTS, then challenge again
@@ -225,7 +246,7 @@ class Authenticator:
             except AkaError:
                 return AuthResult(AuthOutcome.FORBIDDEN, "AKA re-synchronisation failed (bad AUTS)")
             self._sqn_state(subscriber).next(sqn_ms)
-            return self.challenge_for(subscriber, now)
+            return self.challenge_for(subscriber, now, request=request)
         vector = pending.vector
         password = derive_password(version, vector.xres, vector.ik, vector.ck)
         verdict = verify(
@@ -240,11 +261,13 @@ class Authenticator:
         )
         if verdict.ok:
             del self._pending[nonce]
-        return self._judged(verdict, subscriber, now)
+        return self._judged(verdict, subscriber, now, request)
 
-    def _judged(self, verdict: Verdict, subscriber: Subscriber, now: float) -> AuthResult:
+    def _judged(
+        self, verdict: Verdict, subscriber: Subscriber, now: float, request: Request
+    ) -> AuthResult:
         if verdict.ok:
             return AuthResult(AuthOutcome.OK, impi=subscriber.impi)
         if verdict.kind is VerdictKind.BAD_REQUEST:
             return AuthResult(AuthOutcome.BAD_REQUEST, verdict.reason)
-        return self.challenge_for(subscriber, now, stale=verdict.stale)
+        return self.challenge_for(subscriber, now, stale=verdict.stale, request=request)

@@ -75,8 +75,18 @@ class Registrar:
             digest_algorithm=str(auth.options.get("digest_algorithm", "MD5")),
             aka_algorithm=str(auth.options.get("aka_algorithm", "AKAv1-MD5")),
         )
+        if self.authenticator.select_scheme is None:
+            self.authenticator.select_scheme = self._select_scheme
         self.service_route = f"<sip:orig@{profile.domains[0]};lr>"
         self.regevent = RegEventService()
+
+    def _select_scheme(self, subscriber: Subscriber, request: Request | None) -> str | None:
+        """``ims_auth_select_scheme``: which scheme a challenge uses (a plugin may prefer Digest for
+        some subscribers under an AKA-first profile, for instance)."""
+        choice = self.plugins.hook.ims_auth_select_scheme(
+            subscriber=subscriber.hook_record(), request=request
+        )
+        return choice if isinstance(choice, str) else None
 
     async def register(self, request: Request, flow: FlowInfo, now: float) -> RegisterOutcome:
         """Process one REGISTER; never raises for bad input (it becomes a status)."""
@@ -118,7 +128,7 @@ class Registrar:
             status = self.profile.registrar.unknown_user_status
             return RegisterOutcome(self._reply(request, status, "Unknown user"))
         if credentials is None or (not credentials.get("response") and not credentials.get("auts")):
-            result = self.authenticator.challenge_for(subscriber, now)
+            result = self.authenticator.challenge_for(subscriber, now, request=request)
         else:
             result = self.authenticator.check(request, credentials, subscriber, now)
         if result.outcome is AuthOutcome.CHALLENGE:
