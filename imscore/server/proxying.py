@@ -258,17 +258,35 @@ class ProxyService:
         branch.attempts += 1
         targets = branch.targets
         if targets is None:
-            recorded = destination.flow
-            usable = isinstance(recorded, FlowInfo) and (
-                recorded.connection is None or self._has_connection(recorded.connection)
-            )
             uri = SipUri.parse(destination.uri)
-            if usable or _is_ip(uri.host.strip("[]")):
-                return await self.flow_for(destination)
-            targets = branch.targets = await self._targets(branch, uri)
+            direct = await self._direct_flow(destination, uri)
+            if direct is not None:
+                return direct
+            targets = branch.targets = await self._targets(uri, branch.request)
         else:
             assert isinstance(targets, TargetList)
             targets.mark_failed()
+        return await self._first_reachable(targets, destination.uri)
+
+    async def _direct_flow(self, destination: Destination, uri: SipUri) -> Flow | None:
+        """The flow that needs no DNS: the registration's recorded flow while it is usable (a
+        closed TCP/TLS connection falls back to the Contact: RFC 5626 would answer 430), else the
+        URI's numeric host; ``None`` when the host is a name."""
+        recorded = destination.flow
+        if isinstance(recorded, FlowInfo):
+            if recorded.connection is None:
+                return await self._connect(recorded.transport, recorded.remote)
+            if self._has_connection(recorded.connection):
+                return Flow(recorded.transport, recorded.local, recorded.remote, recorded.connection)
+        host = uri.host.strip("[]")
+        if not _is_ip(host):
+            return None
+        transport = (uri.params.get("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
+        port = uri.port or (5061 if transport == "tls" else 5060)
+        return await self._connect(transport, (host, port))
+
+    async def _first_reachable(self, targets: TargetList, what: str) -> Flow:
+        """A flow to the next target that can be connected to (the others are marked failed)."""
         errors: list[str] = []
         while (target := targets.next()) is not None:
             try:
@@ -276,20 +294,21 @@ class ProxyService:
             except TransportError as exc:
                 targets.mark_failed(target)
                 errors.append(str(exc))
-        raise LookupError(f"no target left for {destination.uri}: {'; '.join(errors) or 'all failed'}")
+        raise LookupError(f"no target left for {what}: {'; '.join(errors) or 'all failed'}")
 
-    async def _targets(self, branch: Branch[Flow], uri: SipUri) -> TargetList:
-        """RFC 3263 targets for ``uri``, in the order the ``ims_route_next_hop`` hook prefers (its
-        choice first, the rest after as DNS ordered them)."""
+    async def _targets(self, uri: SipUri, request: Request | None) -> TargetList:
+        """RFC 3263 targets for ``uri``; for a request, in the order the ``ims_route_next_hop``
+        hook prefers (its choice first, the rest after as DNS ordered them)."""
         resolver = getattr(self.server, "resolver", None)
         if resolver is None:
             raise LookupError(f"{uri.host} is a name and no DNS resolver is configured")
         found = await resolver.resolve(uri)
-        hops = [NextHop(str(uri), t.address, t.port, t.transport) for t in found]
-        chosen = self.server.plugins.hook.ims_route_next_hop(request=branch.request, targets=hops)
-        if chosen is not None and chosen in hops:
-            first = hops.index(chosen)
-            found = [found[first], *found[:first], *found[first + 1 :]]
+        if request is not None:
+            hops = [NextHop(str(uri), t.address, t.port, t.transport) for t in found]
+            chosen = self.server.plugins.hook.ims_route_next_hop(request=request, targets=hops)
+            if chosen is not None and chosen in hops:
+                first = hops.index(chosen)
+                found = [found[first], *found[:first], *found[first + 1 :]]
         return TargetList(found)
 
     def _has_connection(self, connection: int) -> bool:
@@ -306,35 +325,14 @@ class ProxyService:
         server = self.server
         server.emit(server.core.proxied(self.core.branch_failed(branch, status, reason, server.now())))
 
-    async def flow_for(self, destination: Destination) -> Flow:
-        """The flow to send to: the recorded flow of a registration (when still usable), else the
-        URI's transport, address and port (RFC 3263 for names)."""
-        recorded = destination.flow
-        transports = self.server.transports
-        assert transports is not None
-        if isinstance(recorded, FlowInfo):
-            if recorded.connection is None:
-                return await transports.connect(recorded.transport, recorded.remote)
-            if transports.has_connection(recorded.connection):
-                return Flow(recorded.transport, recorded.local, recorded.remote, recorded.connection)
-            # the device's connection is gone: try its Contact address (RFC 5626 would answer 430)
+    async def flow_for(self, destination: Destination, request: Request | None = None) -> Flow:
+        """The flow to send to (an ACK, a qualification OPTIONS): the recorded flow of a
+        registration or the URI's numeric host, else the first reachable RFC 3263 target."""
         uri = SipUri.parse(destination.uri)
-        transport = (uri.params.get("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
-        host = uri.host.strip("[]")
-        if _is_ip(host):
-            port = uri.port or (5061 if transport == "tls" else 5060)
-            return await transports.connect(transport, (host, port))
-        resolver = getattr(self.server, "resolver", None)
-        if resolver is None:
-            raise LookupError(f"{uri.host} is a name and no DNS resolver is configured")
-        targets = await resolver.resolve(uri)
-        errors: list[str] = []
-        for target in targets:
-            try:
-                return await transports.connect(target.transport, (target.address, target.port))
-            except TransportError as exc:
-                errors.append(str(exc))
-        raise LookupError(f"no usable target for {uri.host}: {'; '.join(errors) or 'none found'}")
+        direct = await self._direct_flow(destination, uri)
+        if direct is not None:
+            return direct
+        return await self._first_reachable(await self._targets(uri, request), destination.uri)
 
     # -- stray responses ---------------------------------------------------------------------------
     async def _forward_stray(self, response: Response) -> None:
@@ -383,7 +381,7 @@ class ProxyService:
             else:
                 target = str(ack.uri)
                 destination = Destination(target, self.known_flows.get(self._contact_key(target)))
-            out = await self.flow_for(destination)
+            out = await self.flow_for(destination, ack)
             transport, host, port = self.sent_by(out)
             branch = (
                 "z9hG4bK"
