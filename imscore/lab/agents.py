@@ -17,7 +17,7 @@ from typing import Protocol
 from imscore.auth.aka import UeSim
 from imscore.auth.digest import credentials
 from imscore.auth.milenage import Milenage
-from imscore.sip import AuthHeader, Request, Response, SipError, parse_datagram
+from imscore.sip import AuthHeader, Request, Response, SipError, SipUri, parse_datagram
 from imscore.sip.transaction import build_ack
 from imscore.subscribers.model import AkaCredentials
 
@@ -399,8 +399,6 @@ class SimCaller(Agent):
             destination = self.server
         else:
             try:
-                from imscore.sip import SipUri
-
                 uri = SipUri.parse(target)
                 destination = (uri.host.strip("[]"), uri.port or 5060)
             except SipError:

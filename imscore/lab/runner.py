@@ -20,6 +20,7 @@ import functools
 import itertools
 import random
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,7 +34,7 @@ from imscore.subscribers.model import AkaCredentials
 
 from .agents import CallOutcome, SimCaller, SimDevice, Tokens
 from .network import VirtualNetwork, VirtualTransports
-from .scenario import Scenario, Step
+from .scenario import CallerSpec, Scenario, Step
 from .vtime import VirtualClock, VirtualTimeLoop
 
 __all__ = ["LabRun", "StepResult", "deterministic", "run_real", "run_virtual"]
@@ -135,8 +136,6 @@ class _UdpPort(asyncio.DatagramProtocol):
 
     def send(self, data: bytes, destination: tuple[str, int]) -> None:
         assert self.transport is not None
-        import time
-
         self.records.append(MessageRecord(time.time(), "udp", self.local, destination, data))
         self.transport.sendto(data, destination)
 
@@ -256,9 +255,7 @@ class _Lab:
         )
 
 
-def _as_caller(device: SimDevice) -> Any:
-    from .scenario import CallerSpec
-
+def _as_caller(device: SimDevice) -> CallerSpec:
     return CallerSpec(device.name, device.spec.impu, device.port.local)
 
 
@@ -387,8 +384,6 @@ async def _real(
     progress: Callable[[int, int], None] | None,
     extra_plugins: Sequence[object],
 ) -> LabRun:
-    import time
-
     loop = asyncio.get_running_loop()
     records: list[MessageRecord] = []
     lab_profile = replace(profile, store="memory:", listeners=(Listener("udp", "127.0.0.1", 0),))
