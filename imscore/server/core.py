@@ -265,22 +265,29 @@ class ServerCore(Generic[FlowT]):
             return False  # let the normal path answer the bad header
 
     def _busy(self, request: Request) -> Response:
-        self.counters.count(503)
         self.counters.shed += 1
-        headers: list[tuple[str, object]] = [("Retry-After", self.retry_after)]
-        if self.server_name:
-            headers.append(("Server", self.server_name))
-        return request.make_response(503, "Overloaded", headers, to_tag=secrets.token_hex(6))
+        return self.reply(request, 503, "Overloaded", [("Retry-After", self.retry_after)])
 
     # -- decisions --------------------------------------------------------------------------------
     def answer(self, request: Request) -> Response:
         """The final response to a new request, following RFC 3261 §8.2 in order."""
         status, reason, extra = self._decide(request)
-        headers: list[tuple[str, object]] = list(extra)
+        return self.reply(request, status, reason, extra)
+
+    def reply(
+        self,
+        request: Request,
+        status: int,
+        reason: str | None = None,
+        headers: Sequence[tuple[str, object]] = (),
+    ) -> Response:
+        """A response the server makes itself: ``headers``, then Server; a fresh To tag when the
+        request has none; counted in :attr:`counters`."""
+        fields = list(headers)
         if self.server_name:
-            headers.append(("Server", self.server_name))
+            fields.append(("Server", self.server_name))
         self.counters.count(status)
-        return request.make_response(status, reason, headers, to_tag=secrets.token_hex(6))
+        return request.make_response(status, reason, fields, to_tag=secrets.token_hex(6))
 
     def _decide(self, request: Request) -> tuple[int, str | None, list[tuple[str, object]]]:
         allow: list[tuple[str, object]] = [("Allow", ", ".join(self.allowed))]

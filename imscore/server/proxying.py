@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from imscore.plugin.types import NextHop
@@ -131,14 +130,12 @@ class ProxyService:
                 self._answer(transaction, core.answer(request))
                 return
             info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
-            if self._relayed_in_dialog(request, own):
-                # a "mid-dialog" request in no dialog of ours, to a target we never forked to
-                core.counters.count(403)
-                response = request.make_response(403, "Relaying denied", to_tag=None)
-                self._answer(transaction, response)
-                return
             try:
-                decision = await self.router.decide(request, info, server.clock())
+                if self._relayed_in_dialog(request, own):
+                    # a "mid-dialog" request in no dialog of ours, to a target we never forked to
+                    decision = Decision.answer(403, "Relaying denied")
+                else:
+                    decision = await self.router.decide(request, info, server.clock())
             except Exception:  # a provider failed: answer 500 rather than leave the caller waiting
                 log.exception("routing %s from %s failed", request.method, flow.remote)
                 decision = Decision.answer(500, "Routing error")
@@ -147,14 +144,8 @@ class ProxyService:
         if transaction.terminated:
             return
         if decision.status is not None:
-            headers = list(decision.headers)
-            if core.server_name:
-                headers.append(("Server", core.server_name))
-            core.counters.count(decision.status)
-            response = request.make_response(
-                decision.status, decision.reason, headers, to_tag=secrets.token_hex(6)
-            )
-            self._answer(transaction, response)
+            reply = core.reply(request, decision.status, decision.reason, decision.headers)
+            self._answer(transaction, reply)
             return
         for group in decision.groups:
             for target in group[0]:
