@@ -256,8 +256,10 @@ class ServerCore(Generic[FlowT]):
     @staticmethod
     def _shed(request: Request) -> bool:
         """Whether to refuse ``request`` while overloaded: new out-of-dialog work only. CANCEL and
-        in-dialog requests (To tag: BYE, re-INVITE, NOTIFY …) finish what is in progress."""
-        if request.method in ("CANCEL", "ACK"):
+        in-dialog requests (To tag: BYE, re-INVITE, NOTIFY …) finish what is in progress. REGISTER
+        is served too: it is cheap next to a fork, a backlog of them drains (a burst of
+        registrations after an outage is normal), and refusing them breeds re-registration storms."""
+        if request.method in ("CANCEL", "ACK", "REGISTER"):
             return False
         try:
             return request.to.tag is None
