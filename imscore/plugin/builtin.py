@@ -166,6 +166,26 @@ def _max_contacts(
     return BindingDecision(bindings=bindings, removed=(*removed, *evicted))
 
 
+#: options already checked, by policy and options (the same few for every REGISTER)
+_CHECKED: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
+
+
+def _checked_options(policy: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`check_binding_policy_options`, remembered for hashable options."""
+    try:
+        key = (policy, tuple(sorted(options.items())))
+        hash(key)
+    except TypeError:  # an unhashable value (a plugin's list, say): check it every time
+        return check_binding_policy_options(policy, options)
+    found = _CHECKED.get(key)
+    if found is None:
+        found = check_binding_policy_options(policy, options)
+        if len(_CHECKED) >= 256:
+            _CHECKED.clear()
+        _CHECKED[key] = found
+    return dict(found)
+
+
 @hookimpl(trylast=True)
 def ims_binding_policy_apply(
     existing: Sequence[Binding],
@@ -178,7 +198,7 @@ def ims_binding_policy_apply(
     if policy != "max-contacts":  # the registrar's per-subscriber limit means nothing here
         options = {k: v for k, v in options.items() if k != "max_contacts"}
     try:
-        checked = check_binding_policy_options(policy, options)
+        checked = _checked_options(policy, options)
     except PolicyOptionError as exc:
         return _refuse(
             existing, 500, f"Bad option {exc.option!r} of binding policy {policy}: {exc.message}"

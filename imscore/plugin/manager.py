@@ -31,6 +31,15 @@ TRACE_LOGGER = "imscore.plugin.trace"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
+#: result types that are never awaitable, checked by identity before the slower inspection
+_PLAIN_RESULTS: frozenset[type] = frozenset({type(None), str, int, float, bool, bytes, tuple, dict})
+
+
+def _awaitable(value: object) -> bool:
+    """:func:`inspect.isawaitable`, without its abstract-class check for the plain types."""
+    return type(value) not in _PLAIN_RESULTS and inspect.isawaitable(value)
+
+
 _short = reprlib.Repr()
 _short.maxstring = 120
 _short.maxother = 120
@@ -164,8 +173,10 @@ class ImsPluginManager(pluggy.PluginManager):
             firstresult: bool,
         ) -> object:
             result = inner(hook_name, impls, kwargs, firstresult)
+            if type(result) in _PLAIN_RESULTS:  # None, a string...: nothing to await
+                return result
             values = result if isinstance(result, list) else (result,)
-            if any(inspect.isawaitable(value) for value in values):
+            if any(_awaitable(value) for value in values):
                 outcome: Result[object] = Result(result, None)
                 self._reject_coroutine_results(outcome, hook_name, impls, kwargs)
                 return outcome.get_result()

@@ -420,27 +420,33 @@ def parse_cseq(value: str) -> CSeq:
 class AuthHeader:
     """A challenge (WWW-/Proxy-Authenticate) or credentials (Authorization/Proxy-Authorization).
 
-    ``params`` keeps values as written; :meth:`get` returns them unquoted.
+    ``params`` keeps values as written (change them with :meth:`set`); :meth:`get` returns them
+    unquoted.
     """
 
-    __slots__ = ("params", "scheme")
+    __slots__ = ("_index", "params", "scheme")
 
     def __init__(self, scheme: str, params: list[tuple[str, str]] | None = None) -> None:
         self.scheme = scheme
         self.params: list[tuple[str, str]] = params if params is not None else []
+        #: lower-cased name -> unquoted value of its first occurrence, built on the first get
+        self._index: dict[str, str] | None = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        lname = name.lower()
-        for key, value in self.params:
-            if key.lower() == lname:
-                return g.unquote(value)
-        return default
+        index = self._index
+        if index is None:
+            index = {}
+            for key, value in self.params:
+                index.setdefault(key.lower(), g.unquote(value))
+            self._index = index
+        return index.get(name.lower(), default)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 
     def set(self, name: str, value: str, *, quoted: bool = True) -> None:
         written = g.quote(value) if quoted else value
+        self._index = None
         lname = name.lower()
         for i, (key, _) in enumerate(self.params):
             if key.lower() == lname:

@@ -23,9 +23,12 @@ class Params:
         self._items: list[tuple[str, str | None]] = list(items)
 
     def _index(self, name: str) -> int:
+        # (hot: Via branch, To tag and Contact expires are read for every request; only a name of
+        # the same length can match, and most peers spell names as we ask for them)
         lname = name.lower()
+        size = len(name)
         for i, (key, _value) in enumerate(self._items):
-            if key.lower() == lname:
+            if len(key) == size and (key == name or key.lower() == lname):
                 return i
         return -1
 
