@@ -68,7 +68,7 @@ SIPP_LOAD = [
     "-max_recv_loops",
     "10000",
 ]
-TARGETS = ("kamailio", "imscore-memory", "imscore-sqlite")
+TARGETS = ("kamailio", "imscore-memory", "imscore-sqlite", "imscore-workers")
 
 
 def peer_dir() -> Path:
@@ -365,10 +365,14 @@ def options_probe(address: tuple[str, int], port: int) -> bytes:
 class Imscore:
     """``imscore serve`` on a free loopback UDP port, stopped with SIGTERM."""
 
-    def __init__(self, subscribers: Path, store: str, folder: Path, log_level: str) -> None:
+    def __init__(
+        self, subscribers: Path, store: str, folder: Path, log_level: str, workers: int = 1
+    ) -> None:
         self.subscribers, self.store, self.folder, self.log_level = subscribers, store, folder, log_level
+        self.workers = workers
         self.process: subprocess.Popen[bytes] | None = None
-        self.log = folder / f"imscore-{store.split(':')[0]}.log"
+        name = store.split(":")[0] + (f"-{workers}-workers" if workers > 1 else "")
+        self.log = folder / f"imscore-{name}.log"
         self.exit_status: int | None = None
 
     def start(self) -> tuple[str, int]:
@@ -387,6 +391,8 @@ class Imscore:
         ]
         if self.store != "default":
             command += ["--store", self.store]
+        if self.workers > 1:
+            command += ["--workers", str(self.workers)]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
@@ -440,7 +446,8 @@ def make_server(
     if target == "kamailio":
         return Kamailio(peer)
     store = "memory:" if target == "imscore-memory" else "default"
-    return Imscore(subscribers, store, folder, args.log_level)
+    workers = args.workers if target == "imscore-workers" else 1
+    return Imscore(subscribers, store, folder, args.log_level, workers)
 
 
 def measure(
@@ -452,7 +459,7 @@ def measure(
     folder: Path,
     args: argparse.Namespace,
 ) -> Load:
-    if target == "imscore-sqlite":
+    if target in ("imscore-sqlite", "imscore-workers"):
         (folder / "imscore.db").unlink(missing_ok=True)  # each run starts with an empty store
     server = make_server(target, peer, subscribers, folder, args)
     try:
@@ -695,8 +702,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=20000, help="SIPp -r, as register-rate.sh (20000)")
     parser.add_argument(
         "--stores",
-        default="memory,sqlite",
-        help="imscore stores to run, comma separated: memory, sqlite (default both)",
+        default="memory,sqlite,workers",
+        help="imscore runs, comma separated: memory, sqlite (one process each), workers (SQLite "
+        "store, --workers N processes); default all three",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="worker processes of the 'workers' run (default 2)"
     )
     parser.add_argument("--log-level", default="WARNING", help="imscore --log-level (default WARNING)")
     parser.add_argument(
@@ -730,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         print("register_bench: " + "; ".join(problems), file=sys.stderr)
         return 2
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
-    targets = ["kamailio"] + [f"imscore-{s}" for s in stores if s in ("memory", "sqlite")]
+    targets = ["kamailio"] + [f"imscore-{s}" for s in stores if s in ("memory", "sqlite", "workers")]
 
     folder = Path(tempfile.mkdtemp(prefix="register-bench-"))
     loads: list[Load] = []

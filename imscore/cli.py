@@ -34,6 +34,7 @@ from imscore.sip import ParseError, parse_uri
 
 if TYPE_CHECKING:
     from imscore.registrar import StoredBinding
+    from imscore.server.workers import WorkerSetup
 
 if TYPE_CHECKING:
     from imscore.subscribers import SubscriberDirectory
@@ -90,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write every SIP message received and sent to FILE (pcap, for Wireshark or sngrep; "
         "replaced if it exists)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve the UDP listeners with N worker processes, one per core (default 1; needs a store "
+        "all can share, such as the default SQLite one; see docs/running.rst)",
     )
     serve.add_argument(
         "--log-level",
@@ -222,6 +231,30 @@ def _serve(args: argparse.Namespace) -> int:
         source, directory = _load_subscribers(given)
         # said once the server is up, so a start-up error stays the only line on stderr
         subscribers = MemorySubscriberStore(directory, f"{len(directory)} from {source}")
+    if args.workers != 1:
+        from imscore.server.workers import check_workers, serve_workers
+
+        problem = check_workers(
+            args.workers, listeners or profile.listeners, args.store or profile.store, args.pcap
+        )
+        if problem is not None:
+            raise CliError(f"--workers: {problem}")
+
+        def build(setup: WorkerSetup) -> Server:
+            return Server(
+                profile,
+                listeners=listeners,
+                store_url=args.store,
+                source=args.profile,
+                subscribers=subscribers,
+                subscriber_source=plugin_source,
+                worker=setup,
+            )
+
+        try:
+            return serve_workers(args.workers, listeners or profile.listeners, build)
+        except OSError as exc:
+            raise CliError(str(exc)) from None
     server = Server(
         profile,
         listeners=listeners,

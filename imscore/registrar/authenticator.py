@@ -108,6 +108,9 @@ class Authenticator:
         self.digest_algorithm = digest_algorithm
         self.aka_algorithm = aka_algorithm
         self.nonces = NonceFactory(secret or secrets.token_bytes(32), nonce_lifetime)
+        #: what every nonce made here is bound to: worker processes sharing one secret each bind
+        #: theirs to their number, so a nonce-count is always checked where the nonce was made
+        self.nonce_extra = b""
         self.counter = NonceCounter()
         # looked up at call time (not bound at import), so a seeded lab run can replace the source
         self.random_bytes: Callable[[int], bytes] = random_bytes or (lambda n: secrets.token_bytes(n))
@@ -150,7 +153,7 @@ class Authenticator:
         if scheme is None:
             return AuthResult(AuthOutcome.FORBIDDEN, "no authentication scheme allowed for this user")
         if scheme == "digest":
-            nonce = self.nonces.make(now)
+            nonce = self.nonces.make(now, extra=self.nonce_extra)
             value = challenge(self.realm, nonce, algorithm=self.digest_algorithm, stale=stale)
             return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
         vector = self._new_vector(subscriber)
@@ -168,7 +171,8 @@ class Authenticator:
         challenged here (FORBIDDEN)."""
         if subscriber.password is None or "digest" not in self.schemes:
             return AuthResult(AuthOutcome.FORBIDDEN, "no Digest credentials for this user")
-        value = challenge(self.realm, self.nonces.make(now), algorithm=self.digest_algorithm)
+        nonce = self.nonces.make(now, extra=self.nonce_extra)
+        value = challenge(self.realm, nonce, algorithm=self.digest_algorithm)
         return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
 
     def _milenage(self, subscriber: Subscriber) -> Milenage:
@@ -214,6 +218,7 @@ class Authenticator:
                 realm=self.realm,
                 nonces=self.nonces,
                 now=now,
+                nonce_extra=self.nonce_extra,
                 counter=self.counter,
                 algorithms=DIGEST_ALGORITHMS,
             )

@@ -174,6 +174,10 @@ class RegEventService:
         return 200, headers, existing.local_tag, notify
 
     # -- changes -----------------------------------------------------------------------------------
+    def watches(self, aor: str) -> bool:
+        """Whether any subscription here watches the set filed under ``aor``."""
+        return any(s.aor == aor for s in self.subscriptions.values())
+
     def changed(
         self, aor: str, bindings: Sequence[StoredBinding], now: float, *, deregistered: bool = False
     ) -> list[tuple[Request, FlowInfo]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -60,8 +60,10 @@ class Registrar:
         plugins: Any,
         *,
         authenticator: Authenticator | None = None,
+        nonce_secret: bytes | None = None,
     ) -> None:
-        # (pass an Authenticator to choose its secret or its source of AKA RANDs)
+        # (pass an Authenticator to choose its secret or its source of AKA RANDs; nonce_secret sets
+        # only the secret of the one made here, shared by worker processes)
         self.profile = profile
         self.domains = {d.lower() for d in profile.domains}
         self.subscribers = subscribers
@@ -74,11 +76,15 @@ class Registrar:
             schemes,
             digest_algorithm=str(auth.options.get("digest_algorithm", "MD5")),
             aka_algorithm=str(auth.options.get("aka_algorithm", "AKAv1-MD5")),
+            secret=nonce_secret,
         )
         if self.authenticator.select_scheme is None:
             self.authenticator.select_scheme = self._select_scheme
         self.service_route = f"<sip:orig@{profile.domains[0]};lr>"
         self.regevent = RegEventService()
+        #: called with the AOR whose bindings a REGISTER or an expiry changed (worker processes tell
+        #: each other, so a reg-event subscription held by another one hears of it too)
+        self.on_change: Callable[[str], None] | None = None
 
     def _select_scheme(self, subscriber: Subscriber, request: Request | None) -> str | None:
         """``ims_auth_select_scheme``: which scheme a challenge uses (a plugin may prefer Digest for
@@ -158,6 +164,7 @@ class Registrar:
                 if binding.call_id == request.call_id and request.cseq.seq <= binding.cseq:
                     return RegisterOutcome(self._reply(request, 500, "Out-of-order REGISTER (CSeq)"))
             await self.bindings.save(aor, [])
+            self._changed(aor)
             notes = self.regevent.changed(aor, [], now, deregistered=True)
             ok = self._ok(request, subscriber, to_uri, [], now)
             return RegisterOutcome(ok, tuple(stored), tuple(notes))
@@ -184,6 +191,7 @@ class Registrar:
             return RegisterOutcome(self._reply(request, decision.reject_status, reason))
         kept = self._merge(stored, incoming, decision)
         await self.bindings.save(aor, kept)
+        self._changed(aor)
         removed = tuple(b for b in stored if not any(k.same_device(b) for k in kept))
         notes = self.regevent.changed(aor, kept, now, deregistered=not kept)
         ok = self._ok(request, subscriber, to_uri, kept, now)
@@ -227,10 +235,23 @@ class Registrar:
         expired = await self.bindings.expire(now)
         notes: list[tuple[Request, FlowInfo]] = []
         for aor in dict.fromkeys(b.aor for b in expired):
+            self._changed(aor)
             left = [b for b in await self.bindings.load(aor) if not b.expired(now)]
             notes.extend(self.regevent.changed(aor, left, now, deregistered=not left))
         notes.extend(self.regevent.expire(now))
         return tuple(notes)
+
+    async def changed_elsewhere(self, aor: str, now: float) -> tuple[tuple[Request, FlowInfo], ...]:
+        """Another process changed the bindings of ``aor`` in the shared store: the NOTIFYs for the
+        reg-event subscriptions held here (none, without a store read, when nobody here watches)."""
+        if not self.regevent.watches(aor):
+            return ()
+        bindings = [b for b in await self.bindings.load(aor) if not b.expired(now)]
+        return tuple(self.regevent.changed(aor, bindings, now, deregistered=not bindings))
+
+    def _changed(self, aor: str) -> None:
+        if self.on_change is not None:
+            self.on_change(aor)
 
     # -- pieces --------------------------------------------------------------------------------------
     def _expires(self, request: Request, contact: Contact) -> int:

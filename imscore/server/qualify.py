@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,15 @@ class Qualifier:
         self._alive: set[tuple[str, tuple[str, int]]] = set()
         #: pings sent, answered and failed, for logs and tests
         self.stats = {"sent": 0, "answered": 0, "failed": 0, "marked_unreachable": 0, "keepalives": 0}
+        #: whether a Call-ID may be used for a ping: a worker process takes only Call-IDs whose
+        #: answers its parent hands back to it (see imscore.server.workers)
+        self.accept_call_id: Callable[[str], bool] = lambda call_id: True
+
+    def _call_id(self, domain: str) -> str:
+        while True:
+            call_id = f"{secrets.token_hex(8)}@{domain}"
+            if self.accept_call_id(call_id):
+                return call_id
 
     def seen(self, flow: Flow) -> None:
         """Traffic or a keep-alive arrived on ``flow``: its device is alive this round."""
@@ -110,7 +120,7 @@ class Qualifier:
                 ("Max-Forwards", 70),
                 ("From", f"<sip:qualify@{domain}>;tag={secrets.token_hex(4)}"),
                 ("To", f"<{binding.uri}>"),
-                ("Call-ID", f"{secrets.token_hex(8)}@{domain}"),
+                ("Call-ID", self._call_id(domain)),
                 ("CSeq", "1 OPTIONS"),
             ],
         )

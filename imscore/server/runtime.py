@@ -9,7 +9,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imscore import __version__
 from imscore.capture.pcap import PcapWriter
@@ -34,6 +34,9 @@ from .providers import BUILTIN_STORES, ProviderError, collect, open_provided, sc
 from .proxying import ProxyService
 from .qualify import Qualifier
 from .retransmit import RetransmissionCache
+
+if TYPE_CHECKING:
+    from .workers import WorkerSetup
 
 __all__ = ["Server", "ServerError", "client_tls_context_for", "run_until_signalled", "tls_context_for"]
 
@@ -99,6 +102,8 @@ class Server:
         same arguments); the lab passes one bound to its in-process network.
     :param pcap_path: write every message received and sent to this pcap file (``--pcap``), from
         start to stop; it is replaced if it exists.
+    :param worker: in a worker process of ``serve --workers N``, what the parent handed over (the
+        UDP listeners are then served through it; see :mod:`imscore.server.workers`).
     """
 
     def __init__(
@@ -115,6 +120,7 @@ class Server:
         authenticator: Authenticator | None = None,
         pcap_path: str | os.PathLike[str] | None = None,
         transports_factory: Callable[..., Transports] | None = None,
+        worker: WorkerSetup | None = None,
     ) -> None:
         self.profile = profile
         self.listeners = tuple(listeners) if listeners else profile.listeners
@@ -151,6 +157,8 @@ class Server:
         self.load: LoadMonitor | None = None
         self.pcap_path = pcap_path
         self._pcap: PcapWriter | None = None
+        #: set in a worker process of ``serve --workers N`` (see imscore.server.workers)
+        self.worker = worker
 
     # -- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -180,13 +188,14 @@ class Server:
                 self.store,
                 self.plugins,
                 authenticator=self.authenticator,
+                nonce_secret=None if self.worker is None else self.worker.nonce_secret,
             )
         except ValueError as exc:
             await self.store.close()
             raise ServerError(f"{self.source}: key 'policies.auth.options': {exc}") from None
         self.proxying = ProxyService(self)  # the forking proxy (RFC 3261 §16), see docs/proxy.rst
         qualify = self.profile.qualify
-        if qualify.interval > 0:
+        if qualify.interval > 0 and (self.worker is None or self.worker.index == 0):
             self.qualifier = Qualifier(self, qualify.interval, qualify.max_failures)
         needs_tls = any(listener.transport == "tls" for listener in self.listeners)
         try:
@@ -218,8 +227,11 @@ class Server:
         if self._pcap is not None:
             self.transports.tap = self._pcap.write
         self.transports.datagram_shortcut = self._retransmitted
-        for listener in self.listeners:
+        for position, listener in enumerate(self.listeners):
             try:
+                if self.worker is not None:  # the parent reads this socket and relays (udp only)
+                    self.worker.adopt(self.transports, position)
+                    continue
                 await self.transports.listen(listener.transport, listener.host, listener.port)
             except (OSError, TransportError) as exc:
                 await self.transports.close()
@@ -242,6 +254,8 @@ class Server:
         self.plugins.hook.ims_server_started(server=self)
         log.info("subscribers: %s", self.subscriber_source or self.subscribers)
         log.info("%s", self.ready_line())
+        if self.worker is not None:
+            self.worker.attach(self)
 
     def _transport_providers(self) -> dict[str, TransportProvider]:
         """The transports plugins offer (``ims_register_transports``); every listener's must be known."""
@@ -273,6 +287,8 @@ class Server:
     async def stop(self) -> None:
         """Tell the plugins, stop timers, close listeners, connections and the store."""
         self.plugins.hook.ims_server_stopping(server=self)
+        if self.worker is not None:
+            self.worker.detach()
         if self.load is not None:
             self.load.stop()
         if self._timer is not None:
@@ -384,6 +400,10 @@ class Server:
             response = request.make_response(500, "Registrar error", to_tag="e500")
         if not transaction.terminated:
             self._emit(self.core.respond(transaction, response, self._now()))
+        self._notify(notes)
+
+    def notify(self, notes: Sequence[tuple[Request, FlowInfo]]) -> None:
+        """Send reg-event NOTIFYs (a worker process's, for a change another one made)."""
         self._notify(notes)
 
     def _notify(self, notes: Sequence[tuple[Request, FlowInfo]]) -> None:

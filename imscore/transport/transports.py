@@ -326,6 +326,14 @@ class Transports:
         logger.info("listening on %s %s", name, _join(*bound))
         return bound
 
+    def adopt_udp(self, endpoint: _DatagramEndpoint, local: tuple[str, int]) -> None:
+        """Serve UDP at ``local`` through an endpoint made elsewhere: a worker process's share of a
+        socket its parent reads (:mod:`imscore.transport.relay`). It sends and receives like one of
+        :meth:`listen`'s and is closed with the others."""
+        endpoint.local = local
+        self._endpoints[_key(local)] = endpoint
+        self._listening.append(("udp", local[0], local[1]))
+
     @property
     def listening(self) -> list[tuple[str, str, int]]:
         """``(transport, host, port)`` of every listener, as actually bound."""
@@ -773,7 +781,7 @@ class _DatagramEndpoint(asyncio.DatagramProtocol):
         ip = _parse_ip(host)
         if ip is None:
             raise TransportError(f"cannot send over udp to {host!r}: not an IP address")
-        if self._transport is None or self.closed or self._transport.is_closing():
+        if not self._usable():
             raise TransportError(f"udp socket at {_join(*self.local)} is closed")
         if ip.version == 4 and self.family == socket.AF_INET6:
             target = f"::ffff:{ip}"  # an IPv4-mapped address through a dual-stack socket
@@ -781,7 +789,14 @@ class _DatagramEndpoint(asyncio.DatagramProtocol):
             raise TransportError(f"cannot send to IPv6 {host} from IPv4 socket {_join(*self.local)}")
         else:
             target = str(ip)
-        self._transport.sendto(data, (target, port))
+        self._write(data, (target, port))
+
+    def _usable(self) -> bool:
+        return self._transport is not None and not self.closed and not self._transport.is_closing()
+
+    def _write(self, data: bytes, target: tuple[str, int]) -> None:
+        assert self._transport is not None
+        self._transport.sendto(data, target)
 
 
 class _StreamConnection(asyncio.Protocol):

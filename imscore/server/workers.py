@@ -1,0 +1,524 @@
+"""One UDP server spread over worker processes (``imscore serve --workers N``).
+
+A Python process uses one core. With ``--workers N`` the parent process binds the UDP sockets, starts
+``N`` workers (each a whole :class:`~imscore.server.runtime.Server`) and reads every datagram itself,
+handing it to one worker chosen by its Call-ID (:func:`worker_for`). Everything that belongs to one
+Call-ID therefore meets in one process: a request, its retransmissions, its CANCEL and ACK, the
+responses to what a worker sent on that call, the challenge and the REGISTER that answers it. Workers
+answer straight on the shared socket (see :mod:`imscore.transport.relay`).
+
+What the workers share, and how:
+
+- **bindings**: the store, which must be one every process can open (the SQLite file, or a plugin's
+  store): ``memory:`` is refused at start-up;
+- **nonces**: one secret drawn by the parent; each worker binds its nonces to its number, so the
+  nonce-count of a nonce (RFC 2617 replay protection) is always checked by the worker that made it. A
+  UE that reuses a nonce under another Call-ID is simply challenged again;
+- **reg-event**: a worker that changes an AOR's bindings tells the parent, which tells the others; a
+  worker holding a subscription for that AOR reads the store and sends the NOTIFY;
+- **qualification**: only worker 0 pings contacts, with Call-IDs that come back to it.
+
+Limits, checked at start-up where they can be: only UDP listeners (a TCP or TLS connection lives in
+one process), no ``--pcap``. Digest-AKA sequence numbers are kept per worker, so a SIM may answer a
+worker's challenge with a synchronisation failure (AUTS), after which that worker re-synchronises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import selectors
+import signal
+import socket
+import sys
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from imscore.profile import Listener
+from imscore.transport.relay import RelayedEndpoint, pack
+
+if TYPE_CHECKING:
+    from imscore.transport import Transports
+
+    from .runtime import Server
+
+__all__ = ["WorkerSetup", "serve_workers", "worker_for", "worker_of_datagram"]
+
+log = logging.getLogger("imscore.server")
+
+#: the Call-ID header line in a header section (long or compact form, any case)
+_CALL_ID_RE: Final = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+#: receive buffer of each shared UDP socket (the kernel caps it at net.core.rmem_max)
+UDP_RECEIVE_BUFFER: Final = 8 * 1024 * 1024
+#: buffers of the stream from the parent to a worker
+RELAY_BUFFER: Final = 4 * 1024 * 1024
+#: octets held for a worker that does not keep up, beyond which datagrams for it are dropped
+MAX_PENDING: Final = 32 * 1024 * 1024
+#: seconds the workers have to start, and to stop before they are killed
+START_TIMEOUT: Final = 60.0
+STOP_TIMEOUT: Final = 5.0
+
+
+def worker_for(call_id: bytes, workers: int) -> int:
+    """The worker (0 … workers-1) that serves a Call-ID."""
+    return zlib.crc32(call_id.strip()) % workers
+
+
+def worker_of_datagram(data: bytes, workers: int) -> int:
+    """The worker a datagram goes to: by its Call-ID, read straight off the octets; worker 0 for
+    anything without one (keep-alives, garbage: it answers or drops them as one process would)."""
+    end = data.find(b"\r\n\r\n")
+    found = _CALL_ID_RE.search(data, 0, len(data) if end < 0 else end)
+    return 0 if found is None else worker_for(found.group(1), workers)
+
+
+@dataclass
+class WorkerSetup:
+    """What a worker process gets from its parent.
+
+    :param index: its number, 0 … ``count`` - 1.
+    :param count: how many workers there are.
+    :param udp: the shared UDP sockets, one per listener, in the listeners' order.
+    :param relays: its ends of the streams the parent writes datagrams to, in the same order.
+    :param control: its end of the line-based channel to the parent (``ready``, ``changed AOR``).
+    :param nonce_secret: the Digest nonce secret all workers share.
+    """
+
+    index: int
+    count: int
+    udp: Sequence[socket.socket]
+    relays: Sequence[socket.socket]
+    control: socket.socket
+    nonce_secret: bytes
+
+    def accepts(self, call_id: str) -> bool:
+        """Whether answers on this Call-ID come back to this worker."""
+        return worker_for(call_id.encode("utf-8", "surrogateescape"), self.count) == self.index
+
+    # -- in the worker's event loop ---------------------------------------------------------------
+    def adopt(self, transports: Transports, position: int) -> None:
+        """Serve the ``position``-th listener (a UDP one) through the relay from the parent."""
+        udp = self.udp[position]
+        endpoint = RelayedEndpoint(transports, udp, self.relays[position])
+        host, port = udp.getsockname()[:2]
+        transports.adopt_udp(endpoint, (str(host), int(port)))
+
+    def attach(self, server: Server) -> None:
+        """Wire a started server to the others: nonce binding, reg-event news, qualification's
+        Call-IDs; then tell the parent this worker is ready."""
+        registrar = server.registrar
+        if registrar is not None:
+            registrar.authenticator.nonce_extra = f"worker {self.index}".encode()
+            registrar.on_change = self._tell_changed
+        if server.qualifier is not None:
+            server.qualifier.accept_call_id = self.accepts
+        self.control.setblocking(False)
+        self._server = server
+        self._lines = bytearray()
+        asyncio.get_running_loop().add_reader(self.control.fileno(), self._control_readable)
+        self._send(b"ready\n")
+
+    def detach(self) -> None:
+        """Stop listening to the parent (the server is stopping)."""
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self.control.fileno())
+
+    def _tell_changed(self, aor: str) -> None:
+        self._send(b"changed " + aor.encode("utf-8", "surrogateescape") + b"\n")
+
+    def _send(self, line: bytes) -> None:
+        try:
+            self.control.send(line)
+        except OSError as exc:  # the parent is gone or the channel is full: news lost, serving goes on
+            log.info("worker %d: cannot tell the parent %r: %s", self.index, line[:60], exc)
+
+    def _control_readable(self) -> None:
+        try:
+            chunk = self.control.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.detach()
+            return
+        self._lines += chunk
+        *lines, rest = bytes(self._lines).split(b"\n")
+        self._lines = bytearray(rest)
+        for line in lines:
+            if line.startswith(b"changed "):
+                aor = line[8:].decode("utf-8", "surrogateescape")
+                self._server.spawn(self._changed_elsewhere(aor))
+
+    async def _changed_elsewhere(self, aor: str) -> None:
+        registrar = self._server.registrar
+        if registrar is None:
+            return
+        try:
+            notes = await registrar.changed_elsewhere(aor, self._server.clock())
+        except Exception:  # the store failed this once: the next change will tell again
+            log.exception("worker %d: reading %s after another worker's change failed", self.index, aor)
+            return
+        self._server.notify(notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# The parent
+# --------------------------------------------------------------------------------------------------
+def check_workers(
+    workers: int, listeners: Sequence[Listener], store_url: str, pcap: object
+) -> str | None:
+    """Why these settings cannot be served by ``workers`` processes, or ``None`` when they can."""
+    if workers < 1:
+        return f"expected a number of worker processes >= 1, got {workers}"
+    if workers == 1:
+        return None
+    shared = [f"{lst.transport}:{lst.host}:{lst.port}" for lst in listeners if lst.transport != "udp"]
+    if shared:
+        return (
+            f"only UDP listeners can be shared by worker processes; {', '.join(shared)} cannot "
+            "(a connection lives in one process): listen on UDP only, or run one process"
+        )
+    if store_url == "memory:" or store_url == "memory":
+        return (
+            "the memory: store lives in one process and the workers must share their bindings: use "
+            "the SQLite store (the default, or --store sqlite:PATH) or a plugin's shared store"
+        )
+    if pcap is not None:
+        return "--pcap records one process: run without --workers to capture"
+    return None
+
+
+@dataclass
+class _Worker:
+    index: int
+    pid: int
+    relays: list[socket.socket]
+    control: socket.socket
+    pending: list[bytearray]
+    lines: bytearray
+    ready: bool = False
+    dropped: int = 0
+
+
+def _bind(listener: Listener) -> socket.socket:
+    host = listener.host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+        sock.bind((host, listener.port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def serve_workers(
+    workers: int,
+    listeners: Sequence[Listener],
+    build: Callable[[WorkerSetup], Server],
+) -> int:
+    """Bind the UDP listeners, fork ``workers`` processes that each run ``build(setup)``, and hand
+    them the datagrams until SIGTERM or SIGINT. Returns the exit status: 0 after a clean stop, that
+    of a worker which failed to start (its error is on stderr), 1 when a worker died while serving.
+
+    :raises OSError: a listener cannot be bound.
+    """
+    udp: list[socket.socket] = []
+    try:
+        for listener in listeners:
+            udp.append(_bind(listener))
+    except OSError as exc:
+        for sock in udp:
+            sock.close()
+        raise OSError(f"cannot listen on {listener}: {exc.strerror or exc}") from None
+    secret = secrets.token_bytes(32)
+    family: list[_Worker] = []
+    for index in range(workers):
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in udp]
+        control_parent, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for parent_end, child_end in pairs:
+            with contextlib.suppress(OSError):
+                parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RELAY_BUFFER)
+                child_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RELAY_BUFFER)
+        setup = WorkerSetup(
+            index, workers, udp, [child for _, child in pairs], control_child, secret
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            for other in family:
+                for sock in (*other.relays, other.control):
+                    sock.close()
+            for parent_end, _ in pairs:
+                parent_end.close()
+            control_parent.close()
+            os._exit(_worker_main(setup, build))
+        for _, child_end in pairs:
+            child_end.close()
+        control_child.close()
+        for parent_end, _ in pairs:
+            parent_end.setblocking(False)
+        control_parent.setblocking(False)
+        relays = [parent_end for parent_end, _ in pairs]
+        pending = [bytearray() for _ in udp]
+        family.append(_Worker(index, pid, relays, control_parent, pending, bytearray()))
+    return _Parent(udp, family).run()
+
+
+def _worker_main(setup: WorkerSetup, build: Callable[[WorkerSetup], Server]) -> int:
+    """A worker process: its own server on the shared sockets, until SIGTERM."""
+    from imscore.server.gctune import tune_for_serving
+
+    from .runtime import ServerError, run_until_signalled
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    prefix = logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [worker {setup.index}]: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(prefix)
+    try:
+        server = build(setup)
+        tune_for_serving()
+        asyncio.run(run_until_signalled(server))
+    except ServerError as exc:
+        print(f"imscore: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    except Exception:
+        log.exception("worker %d failed", setup.index)
+        return 1
+    finally:
+        logging.shutdown()
+    return 0
+
+
+class _Parent:
+    """The parent's loop: datagrams to workers, reg-event news between them, signals, deaths."""
+
+    def __init__(self, udp: list[socket.socket], family: list[_Worker]) -> None:
+        self.udp = udp
+        self.family = family
+        self.count = len(family)
+        self.selector = selectors.DefaultSelector()
+        self.stopping = False
+        self.status = 0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # -- life ------------------------------------------------------------------------------------
+    def run(self) -> int:
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)}
+        old_fd = signal.set_wakeup_fd(self._wake_w.fileno())
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_stop_signal)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the loop to reap
+        try:
+            self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None, 0))
+            for worker in self.family:
+                self.selector.register(worker.control, selectors.EVENT_READ, ("control", worker, 0))
+            if self._wait_ready():
+                for position, sock in enumerate(self.udp):
+                    self.selector.register(sock, selectors.EVENT_READ, ("udp", None, position))
+                addresses = " ".join(_spelled(sock) for sock in self.udp)
+                pids = ", ".join(str(w.pid) for w in self.family)
+                log.info(
+                    "ready: listening on %s with %d worker processes (pids %s)",
+                    addresses,
+                    self.count,
+                    pids,
+                )
+                self._serve()
+        finally:
+            self._stop_all()
+            signal.set_wakeup_fd(old_fd)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.selector.close()
+            for sock in (*self.udp, self._wake_r, self._wake_w):
+                sock.close()
+            for worker in self.family:
+                for sock in (*worker.relays, worker.control):
+                    sock.close()
+        return self.status
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not all(w.ready for w in self.family):
+            if self.stopping or self._reap():
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.error("worker processes not ready after %.0f s", START_TIMEOUT)
+                self.status = 1
+                return False
+            self._turn(min(left, 0.5))
+        return True
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            self._turn(1.0)
+            if self._reap():
+                return
+
+    def _reap(self) -> bool:
+        """Whether a worker has ended (the whole server then stops)."""
+        for worker in self.family:
+            if worker.pid == 0:
+                continue
+            try:
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = worker.pid, 0
+            if pid == 0:
+                continue
+            worker.pid = 0
+            code = os.waitstatus_to_exitcode(status)
+            if not worker.ready:  # it could not start: its error is on stderr; exit as it did
+                self.status = code if code > 0 else 1
+            else:
+                log.error("worker %d ended (exit status %d): stopping the server", worker.index, code)
+                self.status = 1
+            self.stopping = True
+            return True
+        return False
+
+    def _stop_all(self) -> None:
+        for worker in self.family:
+            if worker.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for worker in self.family:
+            while worker.pid:
+                pid, _ = os.waitpid(worker.pid, os.WNOHANG)
+                if pid:
+                    worker.pid = 0
+                elif time.monotonic() > deadline:
+                    log.warning("worker %d did not stop in %.0f s: killed", worker.index, STOP_TIMEOUT)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGKILL)
+                    os.waitpid(worker.pid, 0)
+                    worker.pid = 0
+                else:
+                    time.sleep(0.02)
+        dropped = sum(w.dropped for w in self.family)
+        if dropped:
+            log.warning("%d datagrams were dropped for workers that did not keep up", dropped)
+
+    # -- one turn --------------------------------------------------------------------------------
+    def _turn(self, timeout: float) -> None:
+        try:
+            events = self.selector.select(timeout)
+        except InterruptedError:
+            return
+        for key, _mask in events:
+            kind, worker, position = key.data
+            if kind == "udp":
+                self._datagrams(position)
+            elif kind == "control":
+                self._control(worker)
+            elif kind == "relay":
+                self._flush(worker)
+            else:
+                with contextlib.suppress(OSError):
+                    while self._wake_r.recv(4096):
+                        pass
+
+    def _datagrams(self, position: int) -> None:
+        sock = self.udp[position]
+        family, count = self.family, self.count
+        for _ in range(256):  # then let the other sockets and the workers' news have a turn
+            try:
+                data, source = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an ICMP error for an earlier answer: nothing to read
+                return
+            worker = family[worker_of_datagram(data, count)]
+            self._relay(worker, position, pack(data, (source[0], source[1])))
+
+    def _relay(self, worker: _Worker, position: int, record: bytes) -> None:
+        pending = worker.pending[position]
+        if pending:
+            if len(pending) > MAX_PENDING:
+                worker.dropped += 1
+                return
+            pending += record
+            return
+        try:
+            sent = worker.relays[position].send(record)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the worker is gone; _reap will tell
+            return
+        if sent < len(record):
+            pending += record[sent:]
+            self._watch_relays(worker)
+
+    def _watch_relays(self, worker: _Worker) -> None:
+        for position, relay in enumerate(worker.relays):
+            if worker.pending[position]:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.register(relay, selectors.EVENT_WRITE, ("relay", worker, position))
+
+    def _flush(self, worker: _Worker) -> None:
+        for position, relay in enumerate(worker.relays):
+            pending = worker.pending[position]
+            if not pending:
+                continue
+            try:
+                sent = relay.send(pending)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                pending.clear()
+                sent = 0
+            del pending[:sent]
+            if not pending:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(relay)
+
+    def _control(self, worker: _Worker) -> None:
+        try:
+            chunk = worker.control.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(worker.control)
+            return
+        worker.lines += chunk
+        *lines, rest = bytes(worker.lines).split(b"\n")
+        worker.lines = bytearray(rest)
+        for line in lines:
+            if line == b"ready":
+                worker.ready = True
+            elif line.startswith(b"changed "):
+                for other in self.family:
+                    if other is not worker:
+                        with contextlib.suppress(OSError):  # full or gone: that news is lost
+                            other.control.send(line + b"\n")
+
+
+def _spelled(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"udp:[{host}]:{port}" if ":" in host else f"udp:{host}:{port}"

@@ -1,0 +1,318 @@
+"""``imscore serve --workers N``: one UDP server spread over worker processes.
+
+The parent reads the socket and hands each datagram to the worker its Call-ID hashes to; workers share
+the SQLite store, the nonce secret (each binding its nonces to itself) and reg-event news. Tested over
+a real loopback socket with a real ``imscore serve --workers 2``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from imscore.profile import Listener
+from imscore.server.workers import check_workers, worker_for, worker_of_datagram
+from imscore.sip import Request, Response, parse_datagram
+
+DOMAIN = "ims.example.test"
+READY = re.compile(
+    r"ready: listening on udp:([\d.]+):(\d+) with (\d+) worker processes \(pids ([\d, ]+)\)"
+)
+SUBSCRIBERS = f"""subscribers:
+  - impi: alice@{DOMAIN}
+    password: alice-secret
+    implicit_sets: [[sip:alice@{DOMAIN}, tel:+15551230001]]
+  - impi: bob@{DOMAIN}
+    password: bob-secret
+    implicit_sets: [[sip:bob@{DOMAIN}]]
+"""
+
+
+def call_id_for(worker: int, workers: int = 2, tag: str = "") -> str:
+    """A Call-ID the parent hands to ``worker``."""
+    for n in range(10_000):
+        call_id = f"{tag}{n}-test@127.0.0.1"
+        if worker_for(call_id.encode(), workers) == worker:
+            return call_id
+    raise AssertionError("no Call-ID found")
+
+
+# --- choosing a worker ------------------------------------------------------------------------------
+def _datagram(call_id_line: str, body: str = "") -> bytes:
+    return (
+        "OPTIONS sip:ims.example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK1\r\n"
+        f"From: <sip:a@{DOMAIN}>;tag=1\r\nTo: <sip:b@{DOMAIN}>\r\n{call_id_line}\r\n"
+        f"CSeq: 1 OPTIONS\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+def test_a_datagram_goes_to_the_worker_of_its_call_id_in_any_spelling() -> None:
+    expected = worker_for(b"abc@host", 7)
+    for line in ("Call-ID: abc@host", "call-id:abc@host", "CALL-ID :  abc@host ", "i: abc@host"):
+        assert worker_of_datagram(_datagram(line), 7) == expected, line
+    # a body line that looks like a header does not count; nor does a datagram without a Call-ID
+    without = _datagram("Subject: none", body="\r\ni: abc@host\r\n")
+    assert worker_of_datagram(without, 7) == 0
+    assert worker_of_datagram(b"\r\n\r\n", 7) == 0
+    assert worker_of_datagram(b"\x00\xffgarbage", 7) == 0
+
+
+def test_call_ids_spread_over_the_workers() -> None:
+    counts = [0, 0, 0]
+    for n in range(3000):
+        counts[worker_for(f"{n:x}-{n * 7919}@10.0.0.{n % 250}".encode(), 3)] += 1
+    assert all(800 < count < 1200 for count in counts), counts
+
+
+def test_settings_the_workers_cannot_share_are_refused_with_the_reason() -> None:
+    udp = [Listener("udp", "127.0.0.1", 5060)]
+    assert check_workers(2, udp, "sqlite:/tmp/x.db", None) is None
+    assert check_workers(1, [Listener("tcp", "127.0.0.1", 5060)], "memory:", None) is None
+    problem = check_workers(2, [*udp, Listener("tcp", "127.0.0.1", 5060)], "sqlite:x.db", None)
+    assert problem is not None and "tcp:127.0.0.1:5060 cannot" in problem
+    problem = check_workers(2, udp, "memory:", None)
+    assert problem is not None and "memory: store lives in one process" in problem
+    problem = check_workers(2, udp, "sqlite:x.db", "out.pcap")
+    assert problem is not None and "--pcap" in problem
+    problem = check_workers(0, udp, "sqlite:x.db", None)
+    assert problem is not None and ">= 1, got 0" in problem
+
+
+def test_serve_with_workers_and_the_memory_store_stops_naming_the_option() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "imscore", "serve", "--workers", "2", "--store", "memory:",
+         "--listen", "udp:127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--workers: the memory: store lives in one process" in result.stderr
+
+
+# --- a running server ---------------------------------------------------------------------------------
+@dataclass
+class Workers:
+    process: subprocess.Popen[str]
+    address: tuple[str, int]
+    pids: list[int]
+    log: list[str] = field(default_factory=list)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        assert self.process.stderr is not None
+        self.log.extend(self.process.stderr.read().splitlines())
+        return self.process.returncode
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    subscribers = tmp_path / "subscribers.yaml"
+    subscribers.write_text(SUBSCRIBERS)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imscore", "serve", "--workers", "2", "--listen", "udp:127.0.0.1:0",
+         "--store", f"sqlite:{tmp_path / 'bindings.db'}", "--subscribers", str(subscribers)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stderr is not None
+    log: list[str] = []
+    deadline = time.monotonic() + 60
+    running = None
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        log.append(line.rstrip())
+        found = READY.search(line)
+        if found:
+            pids = [int(p) for p in found.group(4).split(", ")]
+            running = Workers(process, (found.group(1), int(found.group(2))), pids, log)
+            break
+    if running is None:
+        process.kill()
+        process.wait(timeout=10)
+        raise AssertionError("imscore serve --workers 2 did not get ready:\n" + "\n".join(log))
+    try:
+        yield running
+    finally:
+        assert running.stop() == 0, "\n".join(running.log)
+
+
+class Device:
+    """A UDP endpoint that registers with Digest and receives NOTIFYs."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(5.0)
+        self.port = self.sock.getsockname()[1]
+        self.cseq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendto(data, self.server)
+
+    def receive(self) -> Request | Response:
+        data, _ = self.sock.recvfrom(65535)
+        message = parse_datagram(data)
+        assert message is not None
+        return message
+
+    def response(self) -> Response:
+        while True:  # a NOTIFY may come first
+            message = self.receive()
+            if isinstance(message, Response):
+                return message
+
+    def register(self, user: str, call_id: str, authorization: str = "", contact: bool = True) -> bytes:
+        self.cseq += 1
+        contact_line = f"Contact: <sip:{user}@127.0.0.1:{self.port}>\r\n" if contact else ""
+        return (
+            f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK-{self.port}-{self.cseq};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=t{self.port}\r\n"
+            f"To: <sip:{user}@{DOMAIN}>\r\nCall-ID: {call_id}\r\nCSeq: {self.cseq} REGISTER\r\n"
+            f"{contact_line}{authorization}Expires: 600\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+
+
+def nonce_of(response: Response) -> str:
+    challenge = response.headers.get("WWW-Authenticate") or ""
+    found = re.search(r'nonce="([^"]+)"', challenge)
+    assert found is not None, challenge
+    return found.group(1)
+
+
+def credentials(user: str, password: str, nonce: str, nc: int = 1) -> str:
+    username, uri = f"{user}@{DOMAIN}", f"sip:{DOMAIN}"
+    ha1 = hashlib.md5(f"{username}:{DOMAIN}:{password}".encode()).hexdigest()
+    ha2 = hashlib.md5(f"REGISTER:{uri}".encode()).hexdigest()
+    response = hashlib.md5(f"{ha1}:{nonce}:{nc:08x}:c0ffee:auth:{ha2}".encode()).hexdigest()
+    return (
+        f'Authorization: Digest username="{username}", realm="{DOMAIN}", nonce="{nonce}", '
+        f'uri="{uri}", response="{response}", algorithm=MD5, qop=auth, nc={nc:08x}, cnonce="c0ffee"\r\n'
+    )
+
+
+def register(device: Device, user: str, password: str, call_id: str) -> Response:
+    device.send(device.register(user, call_id))
+    challenge = device.response()
+    assert challenge.status == 401
+    device.send(device.register(user, call_id, credentials(user, password, nonce_of(challenge))))
+    return device.response()
+
+
+def test_both_workers_register_into_one_store(workers: Workers) -> None:
+    alice, bob = Device(workers.address), Device(workers.address)
+    try:
+        assert register(alice, "alice", "alice-secret", call_id_for(0, tag="a")).status == 200
+        assert register(bob, "bob", "bob-secret", call_id_for(1, tag="b")).status == 200
+        # alice's binding, made by worker 0, as worker 1 reads it from the shared store
+        query_id = call_id_for(1, tag="q")
+        alice.send(alice.register("alice", query_id, contact=False))
+        challenge = alice.response()
+        assert challenge.status == 401
+        auth = credentials("alice", "alice-secret", nonce_of(challenge))
+        alice.send(alice.register("alice", query_id, auth, contact=False))
+        listed = alice.response()
+        assert listed.status == 200
+        assert [str(c.uri) for c in listed.contacts] == [f"sip:alice@127.0.0.1:{alice.port}"]
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_a_nonce_counts_only_at_the_worker_that_made_it(workers: Workers) -> None:
+    device = Device(workers.address)
+    try:
+        first, other = call_id_for(0, tag="n"), call_id_for(1, tag="n")
+        device.send(device.register("alice", first))
+        nonce = nonce_of(device.response())
+        # the same nonce under a Call-ID of the other worker: challenged again, with a new nonce
+        device.send(device.register("alice", other, credentials("alice", "alice-secret", nonce)))
+        again = device.response()
+        assert again.status == 401
+        assert nonce_of(again) != nonce
+        # at its own worker it is good
+        device.send(device.register("alice", first, credentials("alice", "alice-secret", nonce)))
+        assert device.response().status == 200
+    finally:
+        device.close()
+
+
+def test_a_reg_event_subscription_hears_of_a_registration_made_by_the_other_worker(
+    workers: Workers,
+) -> None:
+    watcher, phone = Device(workers.address), Device(workers.address)
+    try:
+        assert register(watcher, "alice", "alice-secret", call_id_for(0, tag="w")).status == 200
+        subscription = call_id_for(1, tag="s")  # held by worker 1
+        watcher.send(
+            (
+                f"SUBSCRIBE sip:alice@{DOMAIN} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{watcher.port};branch=z9hG4bK-sub1;rport\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=sub\r\nTo: <sip:alice@{DOMAIN}>\r\n"
+                f"Call-ID: {subscription}\r\nCSeq: 1 SUBSCRIBE\r\nEvent: reg\r\nExpires: 600\r\n"
+                f"Contact: <sip:alice@127.0.0.1:{watcher.port}>\r\nAccept: application/reginfo+xml\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        seen: list[Request] = []
+        answered = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (answered is None or not seen):
+            message = watcher.receive()
+            if isinstance(message, Response):
+                answered = message
+            else:
+                seen.append(message)
+                watcher.send(message.make_response(200).to_bytes())
+        assert answered is not None and answered.status == 200
+        assert seen and seen[0].method == "NOTIFY"
+        # the phone registers through worker 0; worker 1 sends the watcher the news
+        assert register(phone, "alice", "alice-secret", call_id_for(0, tag="p")).status == 200
+        phone_uri = f"sip:alice@127.0.0.1:{phone.port}"
+        news = None
+        while time.monotonic() < deadline and news is None:
+            message = watcher.receive()
+            if isinstance(message, Request) and message.method == "NOTIFY":
+                watcher.send(message.make_response(200).to_bytes())
+                if phone_uri in message.body.decode():
+                    news = message
+        assert news is not None, "no NOTIFY with the phone's contact"
+        assert news.call_id == subscription
+    finally:
+        watcher.close()
+        phone.close()
+
+
+def test_sigterm_stops_the_parent_and_every_worker(workers: Workers) -> None:
+    assert len(workers.pids) == 2
+    for pid in workers.pids:
+        os.kill(pid, 0)  # alive
+    assert workers.stop() == 0
+    for pid in workers.pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
