@@ -316,3 +316,36 @@ def test_sigterm_stops_the_parent_and_every_worker(workers: Workers) -> None:
     for pid in workers.pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_call_rings_a_device_registered_through_the_other_worker(workers: Workers) -> None:
+    caller, callee = Device(workers.address), Device(workers.address)
+    try:
+        assert register(callee, "bob", "bob-secret", call_id_for(0, tag="callee")).status == 200
+        assert register(caller, "alice", "alice-secret", call_id_for(1, tag="caller")).status == 200
+        call_id = call_id_for(1, tag="call")  # the INVITE is worker 1's; bob's binding came via 0
+        caller.send(
+            (
+                f"INVITE sip:bob@{DOMAIN} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-inv1;rport\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=caller\r\n"
+                f"To: <sip:bob@{DOMAIN}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+                f"Contact: <sip:alice@127.0.0.1:{caller.port}>\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        ringing = callee.receive()
+        assert isinstance(ringing, Request) and ringing.method == "INVITE"
+        assert ringing.call_id == call_id
+        assert str(ringing.uri) == f"sip:bob@127.0.0.1:{callee.port}"
+        callee.send(ringing.make_response(486, to_tag="busy").to_bytes())
+        final = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and final is None:
+            message = caller.receive()
+            if isinstance(message, Response) and message.status >= 200:
+                final = message
+        assert final is not None and final.status == 486
+    finally:
+        caller.close()
+        callee.close()
