@@ -15,7 +15,8 @@ and SIPp runs the peer's ``register-auth.xml`` with the command line of ``regist
 In a temporary folder the script writes ``users.csv`` as the peer's ``make-users.py`` does and the
 matching imscore subscriber file, then runs rounds. Each round loads every target once: Kamailio,
 imscore with ``--store memory:`` and imscore with its default SQLite store (a file in the temporary
-folder); the order alternates from round to round. The rate is, as in ``register-rate.sh``,
+folder) and ``imscore serve --workers N`` (``--workers``, default 2) with that SQLite store; the
+order alternates from round to round. The rate is, as in ``register-rate.sh``,
 succeeded registrations over the wall time of the whole SIPp run. It prints every round, the
 medians, the ratios imscore ÷ Kamailio and, loudly, every failure with what SIPp saw (retransmission
 timeouts, unexpected responses and their status codes, UDP receive-buffer drops of the host).

@@ -184,7 +184,8 @@ def check_workers(
     if shared:
         return (
             f"only UDP listeners can be shared by worker processes; {', '.join(shared)} cannot "
-            "(a connection lives in one process): listen on UDP only, or run one process"
+            "(a connection lives in one process): listen on UDP only (e.g. --listen "
+            "udp:127.0.0.1:5060), or run one process"
         )
     if store_url == "memory:" or store_url == "memory":
         return (
@@ -443,16 +444,21 @@ class _Parent:
 
     def _datagrams(self, position: int) -> None:
         sock = self.udp[position]
-        family, count = self.family, self.count
-        for _ in range(256):  # then let the other sockets and the workers' news have a turn
+        count = self.count
+        # what is read in one turn goes to each worker in one write (fewer system calls on both
+        # sides than a write per datagram), then the other sockets and the workers' news have a turn
+        batches = [bytearray() for _ in range(count)]
+        for _ in range(256):
             try:
                 data, source = sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:  # an ICMP error for an earlier answer: nothing to read
-                return
-            worker = family[worker_of_datagram(data, count)]
-            self._relay(worker, position, pack(data, (source[0], source[1])))
+                break
+            batches[worker_of_datagram(data, count)] += pack(data, (source[0], source[1]))
+        for worker, batch in zip(self.family, batches, strict=True):
+            if batch:
+                self._relay(worker, position, bytes(batch))
 
     def _relay(self, worker: _Worker, position: int, record: bytes) -> None:
         pending = worker.pending[position]
