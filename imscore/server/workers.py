@@ -152,10 +152,12 @@ class WorkerSetup:
         self._lines += chunk
         *lines, rest = bytes(self._lines).split(b"\n")
         self._lines = bytearray(rest)
+        registrar = self._server.registrar
         for line in lines:
-            if line.startswith(b"changed "):
+            if line.startswith(b"changed ") and registrar is not None:
                 aor = line[8:].decode("utf-8", "surrogateescape")
-                self._server.spawn(self._changed_elsewhere(aor))
+                if registrar.regevent.watches(aor):  # (most changes concern nobody watching here)
+                    self._server.spawn(self._changed_elsewhere(aor))
 
     async def _changed_elsewhere(self, aor: str) -> None:
         registrar = self._server.registrar
