@@ -231,6 +231,19 @@ def _serve(args: argparse.Namespace) -> int:
         source, directory = _load_subscribers(given)
         # said once the server is up, so a start-up error stays the only line on stderr
         subscribers = MemorySubscriberStore(directory, f"{len(directory)} from {source}")
+
+    def make_server(worker: WorkerSetup | None = None) -> Server:
+        return Server(
+            profile,
+            listeners=listeners,
+            store_url=args.store,
+            source=args.profile,
+            subscribers=subscribers,
+            subscriber_source=plugin_source,
+            pcap_path=args.pcap,
+            worker=worker,
+        )
+
     if args.workers != 1:
         from imscore.server.workers import check_workers, serve_workers
 
@@ -239,31 +252,11 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if problem is not None:
             raise CliError(f"--workers: {problem}")
-
-        def build(setup: WorkerSetup) -> Server:
-            return Server(
-                profile,
-                listeners=listeners,
-                store_url=args.store,
-                source=args.profile,
-                subscribers=subscribers,
-                subscriber_source=plugin_source,
-                worker=setup,
-            )
-
         try:
-            return serve_workers(args.workers, listeners or profile.listeners, build)
+            return serve_workers(args.workers, listeners or profile.listeners, make_server)
         except OSError as exc:
             raise CliError(str(exc)) from None
-    server = Server(
-        profile,
-        listeners=listeners,
-        store_url=args.store,
-        source=args.profile,
-        subscribers=subscribers,
-        subscriber_source=plugin_source,
-        pcap_path=args.pcap,
-    )
+    server = make_server()
     from imscore.server.gctune import tune_for_serving
 
     tune_for_serving()  # the subscribers are loaded: keep them out of garbage collections

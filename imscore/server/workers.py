@@ -79,6 +79,23 @@ def worker_of_datagram(data: bytes, workers: int) -> int:
     return 0 if found is None else worker_for(found.group(1), workers)
 
 
+def read_lines(sock: socket.socket, partial: bytearray) -> list[bytes] | None:
+    """The whole lines a non-blocking control channel has for us (``partial`` keeps the end of an
+    unfinished one); ``None`` when the other side has closed it."""
+    try:
+        chunk = sock.recv(65536)
+    except (BlockingIOError, InterruptedError):
+        return []
+    except OSError:
+        chunk = b""
+    if not chunk:
+        return None
+    partial += chunk
+    *lines, rest = bytes(partial).split(b"\n")
+    partial[:] = rest
+    return lines
+
+
 @dataclass
 class WorkerSetup:
     """What a worker process gets from its parent.
@@ -140,18 +157,10 @@ class WorkerSetup:
             log.info("worker %d: cannot tell the parent %r: %s", self.index, line[:60], exc)
 
     def _control_readable(self) -> None:
-        try:
-            chunk = self.control.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
+        lines = read_lines(self.control, self._lines)
+        if lines is None:
             self.detach()
             return
-        self._lines += chunk
-        *lines, rest = bytes(self._lines).split(b"\n")
-        self._lines = bytearray(rest)
         registrar = self._server.registrar
         for line in lines:
             if line.startswith(b"changed ") and registrar is not None:
@@ -504,19 +513,11 @@ class _Parent:
                     self.selector.unregister(relay)
 
     def _control(self, worker: _Worker) -> None:
-        try:
-            chunk = worker.control.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
+        lines = read_lines(worker.control, worker.lines)
+        if lines is None:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(worker.control)
             return
-        worker.lines += chunk
-        *lines, rest = bytes(worker.lines).split(b"\n")
-        worker.lines = bytearray(rest)
         for line in lines:
             if line == b"ready":
                 worker.ready = True
