@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from test_serve import Served
 
 from imscore.profile import Listener
 from imscore.server.workers import check_workers, worker_for, worker_of_datagram
@@ -103,23 +103,11 @@ def test_serve_with_workers_and_the_memory_store_stops_naming_the_option() -> No
 
 # --- a running server ---------------------------------------------------------------------------------
 @dataclass
-class Workers:
-    process: subprocess.Popen[str]
-    address: tuple[str, int]
-    pids: list[int]
-    log: list[str] = field(default_factory=list)
+class Workers(Served):
+    """``imscore serve --workers 2``: the parent's process, its address and the workers' pids."""
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        assert self.process.stderr is not None
-        self.log.extend(self.process.stderr.read().splitlines())
-        return self.process.returncode
+    address: tuple[str, int] = ("", 0)
+    pids: list[int] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -145,7 +133,8 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
         found = READY.search(line)
         if found:
             pids = [int(p) for p in found.group(4).split(", ")]
-            running = Workers(process, (found.group(1), int(found.group(2))), pids, log)
+            address = (found.group(1), int(found.group(2)))
+            running = Workers(process, {"udp": address}, log, address, pids)
             break
     if running is None:
         process.kill()
