@@ -338,3 +338,34 @@ def test_a_call_rings_a_device_registered_through_the_other_worker(workers: Work
     finally:
         caller.close()
         callee.close()
+
+
+def test_bad_input_gets_its_answer_and_the_workers_keep_serving(workers: Workers) -> None:
+    device = Device(workers.address)
+    try:
+        device.send(b"\x00\xff not SIP at all \r\n\r\n")  # no Call-ID: worker 0 drops it
+        # a request with a broken Max-Forwards, on a Call-ID of worker 1: 400 naming the header
+        device.send(
+            (
+                f"OPTIONS sip:{DOMAIN} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{device.port};branch=z9hG4bK-bad1;rport\r\n"
+                f"Max-Forwards: lots\r\nFrom: <sip:alice@{DOMAIN}>;tag=b\r\nTo: <sip:{DOMAIN}>\r\n"
+                f"Call-ID: {call_id_for(1, tag='bad')}\r\nCSeq: 1 OPTIONS\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        refused = device.response()
+        assert refused.status == 400 and "Max-Forwards" in refused.reason, refused.reason
+        for worker in (0, 1):
+            device.send(
+                (
+                    f"OPTIONS sip:{DOMAIN} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{device.port};branch=z9hG4bK-ok{worker};rport\r\n"
+                    f"Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=o\r\nTo: <sip:{DOMAIN}>\r\n"
+                    f"Call-ID: {call_id_for(worker, tag='ok')}\r\nCSeq: 1 OPTIONS\r\n"
+                    "Content-Length: 0\r\n\r\n"
+                ).encode()
+            )
+            assert device.response().status == 200
+    finally:
+        device.close()
