@@ -56,12 +56,13 @@ from register_bench import (
     Imscore,
     Kamailio,
     Load,
+    count_missing,
     free_udp_port,
     parse_sipp_output,
     peer_dir,
+    run_sipp,
     summarise_error_file,
     tree_cpu_seconds,
-    udp_rcvbuf_errors,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -346,34 +347,9 @@ def run_calls(
         ]
         if args.trace:
             command += ["-trace_msg", "-message_file", str(folder / f"uac-{target}-{rnd}.msg")]
-        drops_before = udp_rcvbuf_errors()
-        cpu_before = tree_cpu_seconds(server_pid)
-        children_before = os.times()
-        start = time.time()
-        try:
-            result = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                cwd=folder,
-                check=False,
-                timeout=args.sipp_timeout + 30,
-            )
-            output, run.sipp_status = result.stdout + result.stderr, result.returncode
-        except subprocess.TimeoutExpired:
-            output, run.note = "", f"SIPp killed after {args.sipp_timeout + 30} s"
-        run.elapsed = time.time() - start
-        cpu_after = tree_cpu_seconds(server_pid)
-        if cpu_before is not None and cpu_after is not None:
-            run.server_cpu = cpu_after - cpu_before
-        children_after = os.times()
-        run.sipp_cpu = (children_after.children_user - children_before.children_user) + (
-            children_after.children_system - children_before.children_system
+        output = run_sipp(
+            command, run, timeout=args.sipp_timeout + 30, folder=folder, server_pid=server_pid
         )
-        drops_after = udp_rcvbuf_errors()
-        if drops_before is not None and drops_after is not None:
-            run.rcvbuf_drops = drops_after - drops_before
         parse_sipp_output(output, run)
         refused = re.findall(r"^\s*503 <-+\s+(\d+)", output, re.MULTILINE)
         if refused:
@@ -383,11 +359,7 @@ def run_calls(
             run.note = (run.note + "; " if run.note else "") + (
                 f"{run.refused} calls refused with 503 (overload control)"
             )
-        if run.ok + run.failed < args.calls:
-            missing = args.calls - run.ok - run.failed
-            run.note = (run.note + "; " if run.note else "") + f"{missing} calls never completed"
-            run.failed += missing
-        run.rate = run.ok / run.elapsed if run.elapsed > 0 else 0.0
+        count_missing(run, args.calls)
         run.errors = summarise_error_file(error_file)
         ignored = count_ignored(error_file)
         if ignored:

@@ -254,6 +254,19 @@ def run_load(
         "-error_file",
         str(error_file),
     ]
+    output = run_sipp(command, load, timeout=args.sipp_timeout, folder=folder, server_pid=server_pid)
+    parse_sipp_output(output, load)
+    count_missing(load, args.calls)
+    load.errors = summarise_error_file(error_file)
+    (folder / f"sipp-{target}-{rnd}.out").write_text(output)
+    return load
+
+
+def run_sipp(
+    command: list[str], load: Load, *, timeout: float, folder: Path, server_pid: int | None
+) -> str:
+    """Run one SIPp load and return its output; fills in ``load``'s wall time, SIPp's exit status,
+    the CPU seconds of the server (its process tree) and of SIPp, and the host's UDP drops."""
     drops_before = udp_rcvbuf_errors()
     cpu_before = tree_cpu_seconds(server_pid)
     children_before = os.times()
@@ -264,14 +277,14 @@ def run_load(
             capture_output=True,
             text=True,
             errors="replace",
-            timeout=args.sipp_timeout,
+            timeout=timeout,
             cwd=folder,
             check=False,
         )
         output, load.sipp_status = result.stdout + result.stderr, result.returncode
-    except subprocess.TimeoutExpired as exc:  # SIPp's own -timeout 60 should come first
+    except subprocess.TimeoutExpired as exc:  # SIPp's own -timeout should come first
         output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-        load.note = f"SIPp killed after {args.sipp_timeout} s"
+        load.note = f"SIPp killed after {timeout:g} s"
     load.elapsed = time.time() - start
     cpu_after = tree_cpu_seconds(server_pid)
     if cpu_before is not None and cpu_after is not None:
@@ -283,15 +296,16 @@ def run_load(
     drops_after = udp_rcvbuf_errors()
     if drops_before is not None and drops_after is not None:
         load.rcvbuf_drops = drops_after - drops_before
-    parse_sipp_output(output, load)
-    if load.ok + load.failed < args.calls:
-        missing = args.calls - load.ok - load.failed
+    return output
+
+
+def count_missing(load: Load, calls: int) -> None:
+    """Calls SIPp neither completed nor failed count as failed; then the rate over the wall time."""
+    if load.ok + load.failed < calls:
+        missing = calls - load.ok - load.failed
         load.note = (load.note + "; " if load.note else "") + f"{missing} calls never completed"
         load.failed += missing
     load.rate = load.ok / load.elapsed if load.elapsed > 0 else 0.0
-    load.errors = summarise_error_file(error_file)
-    (folder / f"sipp-{target}-{rnd}.out").write_text(output)
-    return load
 
 
 # --------------------------------------------------------------------------------------------------
