@@ -60,6 +60,23 @@ def call(server: RunningServer, workdir: Path, expect: int) -> SippCaller:
     )
 
 
+def place_call(
+    server: RunningServer, tmp_path: Path, answer: int, devices: list[SippDevice]
+) -> SippCaller:
+    """Register ``devices`` (in order), place one call expecting ``answer``, let everyone finish and
+    stop them; the caller, for its trace."""
+    caller = call(server, tmp_path, answer)
+    try:
+        register(devices)
+        caller.start()
+        caller.finish(10)
+        for device in devices:
+            device.finish(5)
+    finally:
+        stop_all([caller, *devices])
+    return caller
+
+
 def first(device: SippDevice, method: str) -> TracedMessage:
     """The first request of ``method`` the device received (fails the test when there is none)."""
     found = device.received(method)
@@ -105,15 +122,7 @@ def test_parallel_one_answers_and_the_two_ringing_get_cancel_with_reason(
     soft = SippDevice("soft", "noanswer", registrar, tmp_path, timeout=20)
     app = SippDevice("app", "noanswer", registrar, tmp_path, timeout=20)
     devices = [desk, soft, app]
-    caller = call(server, tmp_path, 200)
-    try:
-        register(devices)
-        caller.start()
-        caller.finish(10)
-        for device in devices:
-            device.finish(5)
-    finally:
-        stop_all([caller, *devices])
+    caller = place_call(server, tmp_path, 200, devices)
 
     # every device rang at once (retargeted to its own contact), the desk answered after 300 ms
     invites = {device.name: first(device, "INVITE") for device in devices}
@@ -145,15 +154,7 @@ def test_hunt_no_answer_is_cancelled_after_ring_timeout_busy_moves_on_third_answ
     soft = SippDevice("soft", "busy", registrar, tmp_path, timeout=20)
     desk = SippDevice("desk", "answer", registrar, tmp_path, timeout=20)
     devices = [mobile, soft, desk]  # registered in this order: the hunt's order (oldest first)
-    caller = call(server, tmp_path, 200)
-    try:
-        register(devices)
-        caller.start()
-        caller.finish(10)
-        for device in devices:
-            device.finish(5)
-    finally:
-        stop_all([caller, *devices])
+    caller = place_call(server, tmp_path, 200, devices)
 
     assert mobile.received_methods() == ["INVITE", "CANCEL", "ACK"]
     assert soft.received_methods() == ["INVITE", "ACK"]
@@ -184,15 +185,7 @@ def test_sequential_rings_by_q_equal_q_together_then_the_lower_q(
     soft = SippDevice("soft", "noanswer", registrar, tmp_path, q=1.0, timeout=20)
     desk = SippDevice("desk", "busy", registrar, tmp_path, q=1.0, timeout=20)
     devices = [app, soft, desk]
-    caller = call(server, tmp_path, 200)
-    try:
-        register(devices)
-        caller.start()
-        caller.finish(10)
-        for device in devices:
-            device.finish(5)
-    finally:
-        stop_all([caller, *devices])
+    caller = place_call(server, tmp_path, 200, devices)
 
     assert soft.received_methods() == ["INVITE", "CANCEL", "ACK"]
     assert desk.received_methods() == ["INVITE", "ACK"]
@@ -212,15 +205,7 @@ def test_all_busy_gives_486_to_the_caller_and_nobody_is_cancelled(
 ) -> None:
     registrar = server.address("udp")
     devices = [SippDevice(name, "busy", registrar, tmp_path, timeout=20) for name in ("a", "b", "c")]
-    caller = call(server, tmp_path, 486)
-    try:
-        register(devices)
-        caller.start()
-        caller.finish(10)
-        for device in devices:
-            device.finish(5)
-    finally:
-        stop_all([caller, *devices])
+    caller = place_call(server, tmp_path, 486, devices)
     for device in devices:
         assert device.received_methods() == ["INVITE", "ACK"]  # the ACK for its 486, from imscore
         ack = first(device, "ACK")
