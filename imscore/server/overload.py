@@ -3,10 +3,11 @@
 A proxy that takes every new call while it cannot keep up collapses: its answers come late, the
 callers and devices retransmit, the retransmissions cost more work, and the kernel starts dropping
 datagrams. :class:`LoadMonitor` watches two signs: how late the loop runs a callback it scheduled
-every ``interval`` seconds (the loop's lag, smoothed), and how many octets wait unread in the
-kernel's receive queues of the UDP listeners (asyncio reads one datagram per socket per loop turn,
-so a backlog of datagrams barely delays the loop's callbacks: the queue is the sign that matters
-for UDP; read from ``/proc/net/udp`` and ``/proc/net/udp6`` on Linux). It says *overloaded* while
+every ``interval`` seconds (the loop's lag, smoothed), and how many octets of UDP wait unhandled:
+in the kernel's receive queues of the listeners (read from ``/proc/net/udp`` and ``/proc/net/udp6``
+on Linux) and in the transports' backlog (:mod:`imscore.transport.backlog`; it is handled a batch
+per loop turn, so a long backlog barely delays the loop's callbacks: the queue is the sign that
+matters for UDP). It says *overloaded* while
 either is above its limit; the server core then answers new out-of-dialog requests with ``503
 Service Unavailable`` and ``Retry-After`` (RFC 3261 §21.5.4), cheaply, and keeps serving
 transactions and dialogs in progress (ACK, CANCEL, BYE and other in-dialog requests are never

@@ -241,10 +241,11 @@ class Server:
         self._expiry = asyncio.get_running_loop().create_task(self._expire_bindings())
         self.core.retry_after = self.profile.overload.retry_after
         udp_ports = {port for transport, _, port in self.addresses if transport == "udp"}
+        waiting = self.transports.backlog
         self.load = LoadMonitor(
             self.profile.overload.max_lag,
             on_change=self._overload,
-            backlog=lambda: udp_receive_queue(udp_ports),
+            backlog=lambda: udp_receive_queue(udp_ports) + waiting.octets,
             max_backlog=self.profile.overload.max_backlog,
         )
         self.load.start()
@@ -461,7 +462,12 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         """Counters of the transports and of the core, for logs and tests."""
-        transport = {} if self.transports is None else self.transports.stats.as_dict()
+        transport: dict[str, int] = {}
+        if self.transports is not None:
+            transport = self.transports.stats.as_dict()
+            backlog = self.transports.backlog
+            transport["udp_duplicates_dropped"] = backlog.duplicates
+            transport["udp_backlog_dropped"] = backlog.dropped
         return {"transport": transport, "answered": dict(self.core.counters.answered)}
 
 

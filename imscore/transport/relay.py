@@ -3,7 +3,8 @@
 With ``imscore serve --workers N`` (see :mod:`imscore.server.workers`) the parent process owns every
 UDP socket and reads it; each datagram goes to one worker over a stream socket pair, framed by
 :func:`pack` as ``size, port, host length, host, octets``. The worker's :class:`RelayedEndpoint` reads
-those records and hands each datagram to the transports as if it had read it from the socket; it sends
+those records, as many as are waiting, and queues each datagram in the transports' backlog
+(:mod:`imscore.transport.backlog`) as if it had read it from the socket itself; it sends
 straight on the shared UDP socket (inherited across ``fork``), so answers leave from the address the
 request came to, and the parent never touches outgoing traffic.
 """
@@ -28,8 +29,10 @@ logger = logging.getLogger("imscore.transport")
 
 #: a record's header: datagram size, source port, length of the source host (ASCII) that follows
 HEADER: Final = struct.Struct("!IHB")
-#: octets read from the relay at a time (bounds the work done between two turns of the event loop)
+#: octets read from the relay at a time
 READ_SIZE: Final = 65536
+#: reads per readiness at most (the datagrams are only queued here: reading is cheap)
+READ_CHUNKS: Final = 16
 
 
 def pack(data: bytes, source: tuple[str, int]) -> bytes:
@@ -70,23 +73,28 @@ class RelayedEndpoint(_DatagramEndpoint):
             raise TransportError(f"cannot send over udp to {target[0]}: {exc.strerror or exc}") from exc
 
     def _readable(self) -> None:
-        try:
-            chunk = self._relay.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            logger.warning("relay from the parent process failed: %s", exc)
-            self.close()
-            return
-        if not chunk:  # the parent is gone: nothing more will come
-            logger.warning("the parent process closed the relay of udp %s", self.local)
-            self.close()
-            return
+        for _ in range(READ_CHUNKS):
+            try:
+                chunk = self._relay.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                logger.warning("relay from the parent process failed: %s", exc)
+                self.close()
+                return
+            if not chunk:  # the parent is gone: nothing more will come
+                logger.warning("the parent process closed the relay of udp %s", self.local)
+                self.close()
+                return
+            self._records(chunk)
+
+    def _records(self, chunk: bytes) -> None:
+        """Queue every whole record of what has been read; keep the rest for the next read."""
         buffer = self._buffer
         buffer += chunk
         header = HEADER.size
         pos, end = 0, len(buffer)
-        owner = self._owner
+        push = self._owner.backlog.push
         while end - pos >= header:
             size, port, host_size = HEADER.unpack_from(buffer, pos)
             start = pos + header + host_size
@@ -96,9 +104,7 @@ class RelayedEndpoint(_DatagramEndpoint):
             host = buffer[pos + header : start].decode("ascii")
             data = bytes(buffer[start:stop])
             pos = stop
-            owner._datagram_received(self, data, (host, port))
-            if self.closed:
-                return
+            push(self, data, (host, port))
         del buffer[:pos]
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ transport keeps serving.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import ipaddress
@@ -38,12 +39,19 @@ from imscore.sip import (
     parse_datagram,
 )
 
+from .backlog import DatagramBacklog
 from .flow import TRANSPORTS, Flow, MessageHandler, TransportError, TransportStats
 from .provider import TransportEndpoint, TransportProvider
 
 _EVENT_TYPES: Final = (Request, Response, KeepAlive, SipError)
 #: receive buffer asked for each UDP socket (the kernel may cap it at net.core.rmem_max)
 UDP_RECEIVE_BUFFER: Final = 8 * 1024 * 1024
+#: datagrams read from one UDP socket per readiness, at most (then the loop turns)
+UDP_READ_BATCH: Final = 256
+#: largest datagram read (an IPv4 UDP payload is at most 65,507 octets)
+UDP_MAX_DATAGRAM: Final = 65535
+#: datagrams waiting for room in a full UDP send buffer, per socket; more are dropped
+UDP_SEND_QUEUE: Final = 4096
 
 __all__ = ["Transports", "response_address", "stamp_via"]
 
@@ -243,10 +251,9 @@ class Transports:
         self._listening: list[tuple[str, str, int]] = []
         self._ids = itertools.count(1)
         self._closed = False
-        #: called with a :class:`~imscore.capture.MessageRecord` for every message received (once
-        #: framed and parsed, before the Via is stamped) and sent (answers to bad input included);
-        #: ``None``: no capture, and no cost. An exception it raises is logged, never propagated.
-        self.tap: Callable[[MessageRecord], None] | None = None
+        #: datagrams read off the UDP sockets, waiting to be handled (see imscore.transport.backlog)
+        self.backlog: DatagramBacklog[_DatagramEndpoint] = DatagramBacklog(self._datagram_received)
+        self._tap: Callable[[MessageRecord], None] | None = None
         #: called with the flow of every keep-alive received (CRLF on UDP, RFC 5626 ping or pong on a
         #: connection): contact qualification counts them as signs of life
         self.on_keepalive: Callable[[Flow], None] | None = None
@@ -254,6 +261,20 @@ class Transports:
         #: (the server recognised a retransmission by its octets) and it is counted as received and
         #: delivered, unparsed. Not called while :attr:`tap` is set, so a capture sees every message.
         self.datagram_shortcut: Callable[[bytes, Flow], bool] | None = None
+
+    @property
+    def tap(self) -> Callable[[MessageRecord], None] | None:
+        """Called with a :class:`~imscore.capture.MessageRecord` for every message received (once
+        framed and parsed, before the Via is stamped) and sent (answers to bad input included);
+        ``None``: no capture, and no cost. An exception it raises is logged, never propagated.
+        While it is set, the UDP backlog keeps retransmitted copies too, so a capture sees every
+        datagram."""
+        return self._tap
+
+    @tap.setter
+    def tap(self, value: Callable[[MessageRecord], None] | None) -> None:
+        self._tap = value
+        self.backlog.keep_duplicates = value is not None
 
     async def __aenter__(self) -> Transports:
         return self
@@ -297,15 +318,17 @@ class Transports:
             return await self._listen_provided(name, bind, port)
         try:
             if name == "udp":
-                sock, endpoint = await loop.create_datagram_endpoint(
-                    lambda: _DatagramEndpoint(self), local_addr=(bind, port), family=family
-                )
-                bound = _address(sock.get_extra_info("sockname"))
-                endpoint.local = bound
-                raw = sock.get_extra_info("socket")
-                if raw is not None:
+                raw = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    raw.bind((bind, port))
                     with contextlib.suppress(OSError):  # bursts of datagrams wait here, not dropped
                         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+                    endpoint = _SocketEndpoint(self, raw)
+                except BaseException:
+                    raw.close()
+                    raise
+                bound = _address(raw.getsockname())
+                endpoint.local = bound
                 self._endpoints[_key(bound)] = endpoint
             else:
                 server = await loop.create_server(
@@ -612,12 +635,12 @@ class Transports:
             provided.send(data, flow.remote)
         else:
             raise TransportError(f"unknown transport {flow.transport!r}")
-        if self.tap is not None:
+        if self._tap is not None:
             self._tapped(flow.transport, flow.local, flow.remote, data)
 
     def _tapped(self, transport: str, src: tuple[str, int], dst: tuple[str, int], data: bytes) -> None:
         """Hand one message to :attr:`tap` (a failing tap is logged; the traffic goes on)."""
-        tap = self.tap
+        tap = self._tap
         if tap is None:
             return
         try:
@@ -628,7 +651,7 @@ class Transports:
     # -- receiving ---------------------------------------------------------------------------------
     def _message_received(self, message: Request | Response, flow: Flow, reply: _Reply) -> None:
         """Steps 2 to 5 for one framed message."""
-        if self.tap is not None:  # before stamp_via: the octets as they came
+        if self._tap is not None:  # before stamp_via: the octets as they came
             self._tapped(flow.transport, flow.remote, flow.local, message.to_bytes())
         try:
             message.check_framing_headers()
@@ -670,7 +693,7 @@ class Transports:
                 return False
             self.stats.sent += 1
             self.stats.answered_errors += 1
-            if self.tap is not None:
+            if self._tap is not None:
                 self._tapped(flow.transport, flow.local, flow.remote, data)
             logger.info("bad request from %s answered %d: %s", source, answer.status, error.reason)
             return True
@@ -686,7 +709,7 @@ class Transports:
             endpoint.sendto(answer, remote)
 
         shortcut = self.datagram_shortcut
-        if shortcut is not None and self.tap is None and shortcut(data, flow):
+        if shortcut is not None and self._tap is None and shortcut(data, flow):
             self.stats.received += 1
             self.stats.delivered += 1
             return
@@ -731,6 +754,7 @@ class Transports:
             server.close()
         for endpoint in endpoints:
             endpoint.close()
+        self.backlog.clear()
         for connection in connections:
             connection.close()
         waiting = [c.lost for c in connections] + [e.lost for e in endpoints]
@@ -797,6 +821,86 @@ class _DatagramEndpoint(asyncio.DatagramProtocol):
     def _write(self, data: bytes, target: tuple[str, int]) -> None:
         assert self._transport is not None
         self._transport.sendto(data, target)
+
+
+class _SocketEndpoint(_DatagramEndpoint):
+    """A bound UDP socket this process reads itself, without an asyncio transport.
+
+    When the socket is readable, every datagram waiting (up to :data:`UDP_READ_BATCH`) is read into
+    the transports' backlog (:mod:`imscore.transport.backlog`), so the kernel's queue stays short and
+    a retransmitted copy of a request still waiting is recognised; the backlog is handled a batch
+    per turn of the loop. Answers are written straight to the socket; when its send buffer is full
+    they wait (up to :data:`UDP_SEND_QUEUE`) until it has room.
+    """
+
+    def __init__(self, owner: Transports, sock: socket.socket) -> None:
+        super().__init__(owner)
+        sock.setblocking(False)
+        self._sock = sock
+        self.family = sock.family
+        self._loop = asyncio.get_running_loop()
+        self._unsent: collections.deque[tuple[bytes, tuple[str, int]]] = collections.deque()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        receive = self._sock.recvfrom
+        push = self._owner.backlog.push
+        for _ in range(UDP_READ_BATCH):
+            try:
+                data, source = receive(UDP_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error reported on the socket, for instance
+                self.error_received(exc)
+                return
+            push(self, data, source)
+
+    def _usable(self) -> bool:
+        return not self.closed
+
+    def _write(self, data: bytes, target: tuple[str, int]) -> None:
+        if self._unsent:
+            self._queue_unsent(data, target)
+            return
+        try:
+            self._sock.sendto(data, target)
+        except (BlockingIOError, InterruptedError):
+            self._queue_unsent(data, target)
+            self._loop.add_writer(self._sock.fileno(), self._writable)
+        except OSError as exc:
+            raise TransportError(
+                f"cannot send over udp to {_join(*target)}: {exc.strerror or exc}"
+            ) from exc
+
+    def _queue_unsent(self, data: bytes, target: tuple[str, int]) -> None:
+        if len(self._unsent) >= UDP_SEND_QUEUE:
+            logger.info("udp %s: send queue full, datagram to %s dropped", _join(*self.local), target)
+            return
+        self._unsent.append((data, target))
+
+    def _writable(self) -> None:
+        unsent = self._unsent
+        while unsent:
+            data, target = unsent[0]
+            try:
+                self._sock.sendto(data, target)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # this one cannot go; the others may
+                logger.info("udp %s: cannot send to %s: %s", _join(*self.local), target, exc)
+            unsent.popleft()
+        self._loop.remove_writer(self._sock.fileno())
+
+    def close(self) -> None:
+        if not self.closed:
+            self._loop.remove_reader(self._sock.fileno())
+            if self._unsent:
+                self._loop.remove_writer(self._sock.fileno())
+                self._unsent.clear()
+            self._sock.close()
+        self.closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
 
 
 class _StreamConnection(asyncio.Protocol):

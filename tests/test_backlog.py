@@ -1,0 +1,159 @@
+"""The UDP backlog: datagrams read at once, handled a batch per loop turn, retransmitted copies of
+a datagram still waiting dropped on arrival (imscore.transport.backlog)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from test_transport import UdpClient, run, serving, sip_request
+
+from imscore.transport.backlog import DatagramBacklog
+
+A = ("127.0.0.1", 5061)
+B = ("127.0.0.1", 5062)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.handled: list[tuple[str, bytes, Any]] = []
+
+    def __call__(self, endpoint: str, data: bytes, source: Any) -> None:
+        self.handled.append((endpoint, data, source))
+
+
+def test_copies_of_a_waiting_datagram_are_dropped_and_order_is_kept() -> None:
+    async def scenario() -> None:
+        seen = Recorder()
+        backlog: DatagramBacklog[str] = DatagramBacklog(seen)
+        backlog.push("udp", b"one", A)
+        backlog.push("udp", b"one", A)  # a retransmission while the first waits
+        backlog.push("udp", b"two", A)
+        backlog.push("udp", b"one", B)  # the same octets from another source: another message
+        backlog.push("udp", b"one", A)
+        assert (len(backlog), backlog.octets, backlog.duplicates) == (3, 9, 2)
+        await asyncio.sleep(0)
+        assert seen.handled == [("udp", b"one", A), ("udp", b"two", A), ("udp", b"one", B)]
+        assert (len(backlog), backlog.octets) == (0, 0)
+        # handled, it is no longer waiting: a later copy is handled (its transaction answers it)
+        backlog.push("udp", b"one", A)
+        await asyncio.sleep(0)
+        assert seen.handled[-1] == ("udp", b"one", A)
+        assert backlog.duplicates == 2
+
+    run(scenario())
+
+
+def test_a_batch_per_loop_turn() -> None:
+    async def scenario() -> None:
+        seen = Recorder()
+        backlog: DatagramBacklog[str] = DatagramBacklog(seen, batch=2)
+        for n in range(5):
+            backlog.push("udp", b"m%d" % n, A)
+        await asyncio.sleep(0)
+        assert [d for _, d, _ in seen.handled] == [b"m0", b"m1"]
+        assert len(backlog) == 3
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert [d for _, d, _ in seen.handled] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+
+    run(scenario())
+
+
+def test_full_backlog_drops_and_a_capture_keeps_copies() -> None:
+    async def scenario() -> None:
+        seen = Recorder()
+        backlog: DatagramBacklog[str] = DatagramBacklog(seen, limit=100)
+        backlog.push("udp", b"x" * 60, A)
+        backlog.push("udp", b"y" * 60, A)  # 120 octets would wait: dropped
+        assert (len(backlog), backlog.dropped, backlog.duplicates) == (1, 1, 0)
+        await asyncio.sleep(0)
+        backlog.keep_duplicates = True
+        backlog.push("udp", b"z", A)
+        backlog.push("udp", b"z", A)
+        await asyncio.sleep(0)
+        assert [d for _, d, _ in seen.handled] == [b"x" * 60, b"z", b"z"]
+        assert backlog.duplicates == 0
+
+    run(scenario())
+
+
+def test_a_handler_error_does_not_stall_the_backlog() -> None:
+    async def scenario() -> None:
+        handled: list[bytes] = []
+
+        def handle(endpoint: str, data: bytes, source: Any) -> None:
+            handled.append(data)
+            if data == b"bad":
+                raise RuntimeError("handler bug")
+
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        backlog: DatagramBacklog[str] = DatagramBacklog(handle)
+        for data in (b"bad", b"good", b"also good"):
+            backlog.push("udp", data, A)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert handled == [b"bad", b"good", b"also good"]
+        assert len(errors) == 1 and isinstance(errors[0]["exception"], RuntimeError)
+
+    run(scenario())
+
+
+def test_udp_retransmissions_waiting_in_the_socket_are_answered_once() -> None:
+    """Copies that arrive before the server has read the first are dropped; each distinct
+    request is answered; a copy sent after the answer is handled again."""
+
+    async def scenario() -> None:
+        async with serving() as server:
+            bound = await server.transports.listen("udp", "127.0.0.1", 0)
+            client = UdpClient()
+            first = sip_request(f"SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bKr1", cseq=1)
+            second = sip_request(f"SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bKr2", cseq=2)
+            # sent while the server's loop cannot run: all of it waits in the socket together
+            for data in (first, first, first, second, first, second):
+                client.sock.sendto(data, bound)
+            answers = [await client.response() for _ in range(2)]
+            assert sorted(a.cseq.seq for a in answers) == [1, 2]
+            await asyncio.sleep(0.05)
+            with_timeout = asyncio.wait_for(client.response(), 0.2)
+            try:
+                extra = await with_timeout
+            except TimeoutError:
+                extra = None
+            assert extra is None, "a copy was answered twice"
+            stats = server.transports.stats
+            assert (stats.received, stats.delivered) == (2, 2)
+            assert server.transports.backlog.duplicates == 4
+            # the server has answered: a later retransmission reaches the handler again
+            await client.send(first, bound)
+            again = await client.response()
+            assert again.cseq.seq == 1 and stats.delivered == 3
+            client.close()
+
+    run(scenario())
+
+
+def test_udp_capture_sees_every_copy() -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            records: list[Any] = []
+            server.transports.tap = records.append
+            bound = await server.transports.listen("udp", "127.0.0.1", 0)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                sender.bind(("127.0.0.1", 0))
+                port = sender.getsockname()[1]
+                data = sip_request(f"SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKcap")
+                for _ in range(3):
+                    sender.sendto(data, bound)
+                for _ in range(50):
+                    await asyncio.sleep(0.01)
+                    if len(server.received) == 3:
+                        break
+            assert len(server.received) == 3
+            assert server.transports.backlog.duplicates == 0
+            assert sum(1 for r in records if r.src == ("127.0.0.1", port)) == 3
+
+    run(scenario())
