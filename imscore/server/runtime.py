@@ -308,7 +308,14 @@ class Server:
         if self.store is not None:
             await self.store.close()
         self._close_pcap()
-        log.info("imscore stopped")
+        if self.transports is not None:
+            counted = self.stats()["transport"]
+            log.info(
+                "imscore stopped: %s",
+                ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in counted.items()),
+            )
+        else:
+            log.info("imscore stopped")
 
     def _close_pcap(self) -> None:
         if self._pcap is not None:
