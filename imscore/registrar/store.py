@@ -205,11 +205,11 @@ def _to_row(pos: int, b: StoredBinding) -> tuple[object, ...]:
         b.instance_id,
         b.reg_id,
         None if b.q is None else float(b.q),
-        json.dumps(list(b.path)),
+        json.dumps(list(b.path)) if b.path else "[]",  # (most bindings have neither)
         _flow_to_json(b.flow),
         b.user_agent,
         1 if b.reachable else 0,
-        json.dumps(b.extra),
+        json.dumps(b.extra) if b.extra else "{}",
     )
 
 

@@ -347,12 +347,17 @@ class Subscriber:
 
     def hook_record(self) -> hook_types.Subscriber:
         """This subscriber as the plugin hooks take it (:class:`imscore.plugin.types.Subscriber`):
-        the IMPI, each set's IMPUs as written, and :attr:`auth_schemes`. No secrets."""
-        return hook_types.Subscriber(
-            impi=self.impi,
-            implicit_sets=tuple(tuple(str(uri) for uri in s.impus) for s in self.implicit_sets),
-            auth_schemes=self.auth_schemes,
-        )
+        the IMPI, each set's IMPUs as written, and :attr:`auth_schemes`. No secrets. (Made once:
+        both are immutable, and every challenge asks for it.)"""
+        record = self.__dict__.get("_hook_record")
+        if record is None:
+            record = hook_types.Subscriber(
+                impi=self.impi,
+                implicit_sets=tuple(tuple(str(uri) for uri in s.impus) for s in self.implicit_sets),
+                auth_schemes=self.auth_schemes,
+            )
+            object.__setattr__(self, "_hook_record", record)
+        return record
 
     def __repr__(self) -> str:
         password = "None" if self.password is None else "<hidden>"
