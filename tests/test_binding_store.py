@@ -362,7 +362,9 @@ def test_sqlite_schema(tmp_path: Path) -> None:
     run(SqliteBindingStore(path).close())
     db = sqlite3.connect(path)
     version = db.execute("SELECT value FROM imscore_meta WHERE key = 'schema'").fetchone()
-    assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION == 2
+    assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION == 3
+    sqn_columns = {row[1] for row in db.execute("PRAGMA table_info(aka_sqn)")}
+    assert sqn_columns == {"impi", "sqn", "file_sqn"}
     columns = {row[1] for row in db.execute("PRAGMA table_info(bindings)")}
     assert {f for f in StoredBinding.__dataclass_fields__} <= columns
     indexed: set[str] = set()
@@ -395,7 +397,28 @@ def test_a_version_1_file_is_upgraded(tmp_path: Path) -> None:
     assert run(s.load(aor)) == [binding(aor, 1)]
     run(s.close())
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM imscore_meta WHERE key = 'schema'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM imscore_meta WHERE key = 'schema'").fetchone() == ("3",)
+    db.close()
+
+
+def test_a_version_2_file_is_upgraded_keeping_its_bindings(tmp_path: Path) -> None:
+    """A file of the previous imscore (bindings, no AKA SQN table) gains the table, loses nothing."""
+    path = tmp_path / "v2.db"
+    aor = "sip:alice@ims.example"
+    s = SqliteBindingStore(path)
+    run(s.save(aor, [binding(aor, 1)]))
+    run(s.close())
+    db = sqlite3.connect(path)  # back to what version 2 wrote
+    db.execute("DROP TABLE aka_sqn")
+    db.execute("UPDATE imscore_meta SET value = '2' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    s = open_binding_store(f"sqlite:{path}")
+    assert run(s.load(aor)) == [binding(aor, 1)]
+    run(s.close())
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM imscore_meta WHERE key = 'schema'").fetchone() == ("3",)
+    assert db.execute("SELECT count(*) FROM aka_sqn").fetchone() == (0,)
     db.close()
 
 
@@ -407,7 +430,7 @@ def test_a_newer_schema_is_refused_naming_the_url(tmp_path: Path) -> None:
     db.commit()
     db.close()
     url = f"sqlite:{path}"
-    with pytest.raises(StoreError, match=r"schema version 9, this imscore needs 2") as info:
+    with pytest.raises(StoreError, match=r"schema version 9, this imscore needs 3") as info:
         open_binding_store(url)
     assert repr(url) in str(info.value)
     with pytest.raises(StoreError, match="schema version 9"):

@@ -18,7 +18,6 @@ from typing import Final
 from imscore.auth.aka import (
     AkaError,
     AuthVector,
-    SqnState,
     decode_auts,
     derive_password,
     generate_vector,
@@ -37,6 +36,8 @@ from imscore.auth.milenage import Milenage
 from imscore.sip import AuthHeader, Request
 from imscore.sip.grammar import quote
 from imscore.subscribers import Subscriber
+
+from .sqn import MemorySqnStore, SqnStore
 
 __all__ = ["SCHEMES_BY_POLICY", "AuthOutcome", "AuthResult", "Authenticator"]
 
@@ -83,6 +84,7 @@ class Authenticator:
     :param schemes: the schemes the profile accepts, preferred first (``digest``, ``aka``).
     :param secret: the key that makes Digest nonces self-validating.
     :param random_bytes: where AKA RANDs come from (injectable for tests).
+    :param sqn_store: where the last AKA SQN issued per IMPI is kept (default: in this process).
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class Authenticator:
         random_bytes: Callable[[int], bytes] | None = None,
         digest_algorithm: str = "MD5",
         aka_algorithm: str = AKA_ALGORITHM,
+        sqn_store: SqnStore | None = None,
     ) -> None:
         if digest_algorithm not in DIGEST_ALGORITHMS:
             expected = ", ".join(DIGEST_ALGORITHMS)
@@ -115,7 +118,9 @@ class Authenticator:
         # looked up at call time (not bound at import), so a seeded lab run can replace the source
         self.random_bytes: Callable[[int], bytes] = random_bytes or (lambda n: secrets.token_bytes(n))
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
-        self._sqn: dict[str, SqnState] = {}
+        #: the last AKA SQN issued per IMPI (in the SQLite store file when the server has one, so it
+        #: survives restarts and worker processes share it)
+        self.sqn_store: SqnStore = sqn_store if sqn_store is not None else MemorySqnStore()
         #: asks the plugins which scheme to challenge with (``ims_auth_select_scheme``); its answer
         #: counts when the profile allows that scheme and the subscriber has credentials for it
         self.select_scheme: Callable[[Subscriber, Request | None], str | None] | None = None
@@ -180,17 +185,10 @@ class Authenticator:
         assert aka is not None
         return Milenage(aka.k, op=aka.op, opc=aka.opc)
 
-    def _sqn_state(self, subscriber: Subscriber) -> SqnState:
-        state = self._sqn.get(subscriber.impi)
-        if state is None:
-            assert subscriber.aka is not None
-            state = self._sqn[subscriber.impi] = SqnState.from_int(subscriber.aka.sqn)
-        return state
-
-    def _new_vector(self, subscriber: Subscriber) -> AuthVector:
+    def _new_vector(self, subscriber: Subscriber, sqn_ms: int | None = None) -> AuthVector:
         aka = subscriber.aka
         assert aka is not None
-        sqn = self._sqn_state(subscriber).next()
+        sqn = self.sqn_store.issue(subscriber.impi, aka.sqn, sqn_ms)
         return generate_vector(self._milenage(subscriber), sqn, aka.amf, self.random_bytes(16))
 
     def _remember(self, vector: AuthVector, impi: str, now: float) -> None:
@@ -250,7 +248,8 @@ class Authenticator:
                 sqn_ms = resync_sqn(self._milenage(subscriber), pending.vector.rand, decode_auts(auts))
             except AkaError:
                 return AuthResult(AuthOutcome.FORBIDDEN, "AKA re-synchronisation failed (bad AUTS)")
-            self._sqn_state(subscriber).next(sqn_ms)
+            assert subscriber.aka is not None
+            self.sqn_store.issue(subscriber.impi, subscriber.aka.sqn, sqn_ms)
             return self.challenge_for(subscriber, now, request=request)
         vector = pending.vector
         password = derive_password(version, vector.xres, vector.ik, vector.ck)

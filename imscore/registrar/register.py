@@ -23,6 +23,7 @@ from imscore.subscribers import Subscriber, SubscriberStore
 from .authenticator import SCHEMES_BY_POLICY, Authenticator, AuthOutcome
 from .model import FlowInfo, StoredBinding
 from .regevent import RegEventService
+from .sqn import SqnStore
 from .store import BindingStore
 
 __all__ = ["SUPPORTED", "RegisterOutcome", "Registrar"]
@@ -61,9 +62,10 @@ class Registrar:
         *,
         authenticator: Authenticator | None = None,
         nonce_secret: bytes | None = None,
+        sqn_store: SqnStore | None = None,
     ) -> None:
-        # (pass an Authenticator to choose its secret or its source of AKA RANDs; nonce_secret sets
-        # only the secret of the one made here, shared by worker processes)
+        # (pass an Authenticator to choose its secret or its source of AKA RANDs; nonce_secret and
+        # sqn_store set only the secret and the AKA SQN store of the one made here)
         self.profile = profile
         self.domains = {d.lower() for d in profile.domains}
         self.subscribers = subscribers
@@ -77,6 +79,7 @@ class Registrar:
             digest_algorithm=str(auth.options.get("digest_algorithm", "MD5")),
             aka_algorithm=str(auth.options.get("aka_algorithm", "AKAv1-MD5")),
             secret=nonce_secret,
+            sqn_store=sqn_store,
         )
         if self.authenticator.select_scheme is None:
             self.authenticator.select_scheme = self._select_scheme

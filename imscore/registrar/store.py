@@ -282,6 +282,11 @@ class SqliteBindingStore:
         self._db: sqlite3.Connection | None = db
         self._close_connection = owned if close_connection is None else close_connection
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection (the AKA SQN store shares it: :mod:`imscore.registrar.sqn`)."""
+        return self._conn()
+
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             raise StoreError(f"store {self.url!r}: closed")

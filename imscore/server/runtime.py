@@ -19,7 +19,8 @@ from imscore.profile.loader import unknown_transport
 from imscore.registrar import FlowInfo
 from imscore.registrar.authenticator import Authenticator
 from imscore.registrar.register import Registrar
-from imscore.registrar.store import BindingStore, open_binding_store
+from imscore.registrar.sqn import SqliteSqnStore
+from imscore.registrar.store import BindingStore, SqliteBindingStore, open_binding_store
 from imscore.sip import Request, Response
 from imscore.sip.transaction import Send, TimerConfig
 from imscore.store import StoreError
@@ -181,6 +182,11 @@ class Server:
                 self.store = open_provided(offered, self.store_url, "store")
         except (StoreError, ProviderError) as exc:
             raise ServerError(str(exc)) from None
+        sqn_store = (  # AKA SQNs in the store file: they survive restarts, workers share them
+            SqliteSqnStore(self.store.connection, self.store.url)
+            if isinstance(self.store, SqliteBindingStore)
+            else None
+        )
         try:
             self.registrar = Registrar(
                 self.profile,
@@ -189,6 +195,7 @@ class Server:
                 self.plugins,
                 authenticator=self.authenticator,
                 nonce_secret=None if self.worker is None else self.worker.nonce_secret,
+                sqn_store=sqn_store,
             )
         except ValueError as exc:
             await self.store.close()

@@ -1,7 +1,9 @@
 """The embedded store: where registrations live (``memory:`` or an SQLite file).
 
 The server opens it at start-up so that a bad ``--store`` fails early with a clear message; the
-registrar's binding store (:mod:`imscore.registrar.store`) keeps its bindings in the same SQLite file.
+registrar's binding store (:mod:`imscore.registrar.store`) keeps its bindings in the same SQLite file,
+and the authenticator the last AKA sequence number issued to each subscriber
+(:mod:`imscore.registrar.sqn`).
 An SQLite file carries a schema version in its ``imscore_meta`` table; :func:`ensure_schema` creates
 the tables of a new file and upgrades an older one.
 """
@@ -16,9 +18,13 @@ from typing import Final
 __all__ = ["SCHEMA_VERSION", "Store", "StoreError", "ensure_schema", "open_store"]
 
 #: 1: the meta table only. 2: adds the ``bindings`` table (one row per registered contact).
-SCHEMA_VERSION: Final = 2
+#: 3: adds the ``aka_sqn`` table (the last AKA sequence number issued per IMPI, and the subscriber
+#: file's SQN it counts from).
+SCHEMA_VERSION: Final = 3
+#: older versions that :func:`ensure_schema` upgrades
+_UPGRADABLE: Final = ("1", "2")
 
-_BINDINGS_DDL: Final = (
+_TABLES_DDL: Final = (
     """CREATE TABLE IF NOT EXISTS bindings (
         id INTEGER PRIMARY KEY,
         aor TEXT NOT NULL,
@@ -41,6 +47,11 @@ _BINDINGS_DDL: Final = (
     )""",
     "CREATE INDEX IF NOT EXISTS bindings_by_aor ON bindings (aor, registered_at, pos)",
     "CREATE INDEX IF NOT EXISTS bindings_by_expiry ON bindings (expires_at)",
+    """CREATE TABLE IF NOT EXISTS aka_sqn (
+        impi TEXT PRIMARY KEY,
+        sqn INTEGER NOT NULL,
+        file_sqn INTEGER NOT NULL
+    )""",
 )
 
 
@@ -76,7 +87,8 @@ def _schema_version(db: sqlite3.Connection) -> str | None:
 
 
 def ensure_schema(db: sqlite3.Connection, url: str) -> None:
-    """Create the tables of a new database, upgrade a version-1 one, and check the version.
+    """Create the tables of a new database, upgrade an older one (version 1 or 2), and check the
+    version.
 
     A file already at :data:`SCHEMA_VERSION` is only read (so a read-only file opens); otherwise the
     work happens in one ``BEGIN IMMEDIATE`` transaction. The connection must not be inside a
@@ -88,19 +100,19 @@ def ensure_schema(db: sqlite3.Connection, url: str) -> None:
     :raises sqlite3.Error: the file cannot be read or written (the caller names the cause).
     """
     version = _schema_version(db)
-    if version == str(SCHEMA_VERSION) and _has_table(db, "bindings"):
+    if version == str(SCHEMA_VERSION) and _has_table(db, "bindings") and _has_table(db, "aka_sqn"):
         return
-    if version not in (None, "1", str(SCHEMA_VERSION)):
+    if version not in (None, *_UPGRADABLE, str(SCHEMA_VERSION)):
         raise StoreError(f"store {url!r}: schema version {version}, this imscore needs {SCHEMA_VERSION}")
     db.execute("BEGIN IMMEDIATE")
     try:
         db.execute("CREATE TABLE IF NOT EXISTS imscore_meta (key TEXT PRIMARY KEY, value TEXT)")
         row = db.execute("SELECT value FROM imscore_meta WHERE key = 'schema'").fetchone()
-        if row is not None and row[0] not in ("1", str(SCHEMA_VERSION)):  # changed under our feet
+        if row is not None and row[0] not in (*_UPGRADABLE, str(SCHEMA_VERSION)):  # changed meanwhile
             raise StoreError(
                 f"store {url!r}: schema version {row[0]}, this imscore needs {SCHEMA_VERSION}"
             )
-        for statement in _BINDINGS_DDL:
+        for statement in _TABLES_DDL:
             db.execute(statement)
         db.execute(
             "INSERT OR REPLACE INTO imscore_meta (key, value) VALUES ('schema', ?)",
