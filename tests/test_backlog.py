@@ -157,3 +157,44 @@ def test_udp_capture_sees_every_copy() -> None:
             assert sum(1 for r in records if r.src == ("127.0.0.1", port)) == 3
 
     run(scenario())
+
+
+class _FullOnce:
+    """A UDP socket whose send buffer is full for the first ``full`` sends."""
+
+    def __init__(self, sock: socket.socket, full: int) -> None:
+        self.sock, self.full = sock, full
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        return self.sock.recvfrom(size)
+
+    def sendto(self, data: bytes, target: Any) -> int:
+        if self.full > 0:
+            self.full -= 1
+            raise BlockingIOError
+        return self.sock.sendto(data, target)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_answers_wait_for_room_in_a_full_send_buffer_in_order() -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            bound = await server.transports.listen("udp", "127.0.0.1", 0)
+            endpoint: Any = server.transports._endpoints[bound]
+            full = endpoint._sock = _FullOnce(endpoint._sock, full=1)
+            client = UdpClient()
+            via = f"SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bKfull"
+            for cseq in (1, 2, 3):
+                await client.send(sip_request(f"{via}{cseq}", cseq=cseq), bound)
+            answers = [await client.response() for _ in range(3)]
+            # the first answer met a full buffer and waited; the next ones queued behind it
+            assert [a.cseq.seq for a in answers] == [1, 2, 3]
+            assert full.full == 0 and not endpoint._unsent
+            client.close()
+
+    run(scenario())

@@ -107,7 +107,9 @@ class DatagramBacklog(Generic[E]):
         self._scheduled = False
         queue, waiting, handle = self._queue, self._waiting, self._handle
         try:
-            for _ in range(min(self.batch, len(queue))):
+            for _ in range(self.batch):
+                if not queue:  # (cleared by a handler closing the transports, for instance)
+                    break
                 endpoint, data, source = queue.popleft()
                 waiting.discard((data, source))
                 self.octets -= len(data)
