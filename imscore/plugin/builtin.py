@@ -56,15 +56,17 @@ Fork strategies:
 
 Other defaults: the auth scheme is the subscriber's first allowed scheme (AKA before Digest; the
 registrar uses a plugin's choice only when the profile allows that scheme, else the profile's
-order); the next hop is the first candidate (DNS order). ``ims_identity_resolve`` (an IMPU resolves
-to the subscriber whose implicit registration set contains it verbatim) is specified and
-implemented here but not yet consulted: the registrar and the proxy resolve identities through the
-subscriber store. The registry hooks add nothing here: providers come from the transport and store
-packages.
+order); the next hop is the first candidate (DNS order). ``ims_identity_resolve``: an IMPU resolves
+to the candidate subscriber with an implicit registration set containing it, compared as
+addresses-of-record (:attr:`imscore.sip.Uri.aor`: a SIP URI's scheme, user and host without
+parameters, the host in lower case; a tel URI's number without visual separators), as the
+subscriber store indexes them. The registry hooks add nothing here: providers come from the
+transport and store packages.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from itertools import groupby
 from typing import Any
@@ -75,7 +77,7 @@ from imscore.profile.model import (
     PolicyOptionError,
     check_binding_policy_options,
 )
-from imscore.sip import Request, Uri
+from imscore.sip import Request, SipError, Uri, parse_uri
 
 from .markers import hookimpl
 from .types import (
@@ -269,11 +271,24 @@ def ims_auth_select_scheme(subscriber: Subscriber, request: Request) -> str | No
     return subscriber.auth_schemes[0] if subscriber.auth_schemes else None
 
 
+@functools.lru_cache(maxsize=65536)
+def _aor_key(text: str) -> str | None:
+    """The address-of-record key of a URI written as text, ``None`` if it is not a URI (cached:
+    the subscribers' IMPUs are asked about again and again)."""
+    try:
+        return parse_uri(text).aor
+    except SipError:
+        return None
+
+
 @hookimpl(trylast=True)
 def ims_identity_resolve(impu: str, subscribers: Sequence[Subscriber]) -> ResolvedIdentity | None:
+    key = _aor_key(impu)
+    if key is None:
+        return None
     for subscriber in subscribers:
         for implicit_set in subscriber.implicit_sets:
-            if impu in implicit_set:
+            if any(_aor_key(member) == key for member in implicit_set):
                 return ResolvedIdentity(subscriber=subscriber, implicit_set=implicit_set)
     return None
 

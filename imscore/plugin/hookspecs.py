@@ -159,13 +159,20 @@ def ims_auth_select_scheme(subscriber: Subscriber, request: Request) -> str | No
 def ims_identity_resolve(impu: str, subscribers: Sequence[Subscriber]) -> ResolvedIdentity | None:
     """Find which subscriber owns a public identity, and the implicit registration set it is in.
 
-    Fires when a REGISTER's To URI or a request's target names a public identity, after the
-    subscriber store returned the candidate records. Stops at the first non-``None`` result.
+    Fires when a REGISTER's To URI (for the challenge, and again once the IMPI is authenticated), a
+    reg-event SUBSCRIBE's target or a terminating request's Request-URI names a public identity,
+    after the subscriber store returned its candidate record. Stops at the first non-``None``
+    result.
 
     :param impu: the public identity as text (``sip:`` or ``tel:`` URI).
-    :param subscribers: candidate subscriber records fetched by the core.
+    :param subscribers: the candidate records: the authenticated subscriber on a REGISTER, else the
+        store's record for ``impu`` (empty when the store has none: a plugin may still resolve an
+        alias, a wildcard identity or a number range it knows itself).
     :returns: the owner and the implicit registration set, or ``None`` when this plugin cannot tell;
-        if every plugin answers ``None`` the identity is unknown (404 / 403 per TS 24.229).
+        if every plugin answers ``None`` the identity is unknown (403 on a REGISTER, 404 on a
+        request). The owner is found again by its IMPI in the subscriber store, and the set is the
+        owner's set that contains the first IMPU of ``implicit_set``; an answer whose IMPI or set
+        the store does not have is logged and counts as ``None``.
     """
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from imscore.profile import Profile
 from imscore.registrar.authenticator import Authenticator, AuthOutcome
+from imscore.registrar.identity import resolve_identity
 from imscore.registrar.model import FlowInfo, StoredBinding
 from imscore.registrar.store import BindingStore
 from imscore.sip import Request, SipError, SipUri, TelUri, Uri
@@ -312,16 +313,13 @@ class Router:
         """The bindings of the Request-URI's implicit registration set, planned by the forking hook."""
         uri = request.uri
         try:
-            owner = await self.subscribers.get_by_impu(uri)
+            candidate = await self.subscribers.get_by_impu(uri)
         except (SipError, ValueError):
-            owner = None
-        if owner is None:
+            candidate = None
+        resolved = await resolve_identity(self.plugins, self.subscribers, uri, candidate)
+        if resolved is None or resolved[0].is_barred(uri):
             return Decision.answer(404, "Not Found")
-        if owner.is_barred(uri):
-            return Decision.answer(404, "Not Found")
-        implicit_set = owner.implicit_set_of(uri)
-        if implicit_set is None:
-            return Decision.answer(404, "Not Found")
+        implicit_set = resolved[1]
         aor = implicit_set.default.aor
         live = [b for b in await self.bindings.load(aor) if not b.expired(now)]
         if not live:

@@ -18,9 +18,10 @@ from typing import Any, Final
 from imscore.plugin.types import Binding, BindingDecision
 from imscore.profile import Profile
 from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri
-from imscore.subscribers import Subscriber, SubscriberStore
+from imscore.subscribers import ImplicitSet, Subscriber, SubscriberStore
 
 from .authenticator import SCHEMES_BY_POLICY, Authenticator, AuthOutcome
+from .identity import resolve_identity
 from .model import FlowInfo, StoredBinding
 from .regevent import RegEventService
 from .sqn import SqnStore
@@ -130,9 +131,13 @@ class Registrar:
         # step 3: authentication; the username is the IMPI (TS 24.229), else find it from To
         credentials = next((c for c in request.authorization if c.is_digest), None)
         username = credentials.get("username") if credentials is not None else None
-        subscriber = await (
-            self.subscribers.get_by_impi(username) if username else self.subscribers.get_by_impu(to_uri)
-        )
+        if username:
+            subscriber = await self.subscribers.get_by_impi(username)
+        else:  # the owner of the To IMPU (or the store's record, for a barred-only one)
+            subscriber = await self.subscribers.get_by_impu(to_uri)
+            resolved = await resolve_identity(self.plugins, self.subscribers, to_uri, subscriber)
+            if resolved is not None:
+                subscriber = resolved[0]
         if subscriber is None:
             status = self.profile.registrar.unknown_user_status
             return RegisterOutcome(self._reply(request, status, "Unknown user"))
@@ -148,14 +153,16 @@ class Registrar:
             return RegisterOutcome(self._reply(request, 400, result.reason))
         if result.outcome is AuthOutcome.FORBIDDEN:
             return RegisterOutcome(self._reply(request, 403, result.reason))
-        # step 4: the authenticated IMPI must own the IMPU, and it must not be barred
-        if not subscriber.owns(to_uri):
-            return RegisterOutcome(self._reply(request, 403, "The IMPI does not own this IMPU"))
+        # step 4: the IMPU must not be barred, and it must resolve (ims_identity_resolve) to an
+        # implicit set of the authenticated IMPI
         if subscriber.is_barred(to_uri):
             return RegisterOutcome(self._reply(request, 403, "Barred public identity"))
-        implicit_set = subscriber.implicit_set_of(to_uri)
-        if implicit_set is None:
+        resolved = await resolve_identity(self.plugins, self.subscribers, to_uri, subscriber)
+        if resolved is None and subscriber.owns(to_uri):
             return RegisterOutcome(self._reply(request, 403, "The IMPU is in no implicit set"))
+        if resolved is None or resolved[0].impi != subscriber.impi:
+            return RegisterOutcome(self._reply(request, 403, "The IMPI does not own this IMPU"))
+        implicit_set = resolved[1]
         # step 5: bindings are filed under the implicit set's default IMPU
         aor = implicit_set.default.aor
         stored = [b for b in await self.bindings.load(aor) if not b.expired(now)]
@@ -169,11 +176,11 @@ class Registrar:
             await self.bindings.save(aor, [])
             self._changed(aor)
             notes = self.regevent.changed(aor, [], now, deregistered=True)
-            ok = self._ok(request, subscriber, to_uri, [], now)
+            ok = self._ok(request, subscriber, implicit_set, [], now)
             return RegisterOutcome(ok, tuple(stored), tuple(notes))
         contacts = request.contacts
         if not contacts:  # a query
-            return RegisterOutcome(self._ok(request, subscriber, to_uri, stored, now))
+            return RegisterOutcome(self._ok(request, subscriber, implicit_set, stored, now))
         incoming: list[StoredBinding] = []
         for contact in contacts:
             expires = self._expires(request, contact)
@@ -197,7 +204,7 @@ class Registrar:
         self._changed(aor)
         removed = tuple(b for b in stored if not any(k.same_device(b) for k in kept))
         notes = self.regevent.changed(aor, kept, now, deregistered=not kept)
-        ok = self._ok(request, subscriber, to_uri, kept, now)
+        ok = self._ok(request, subscriber, implicit_set, kept, now)
         return RegisterOutcome(ok, removed, tuple(notes))
 
     async def subscribe(
@@ -218,10 +225,11 @@ class Registrar:
         target = request.uri
         if not isinstance(target, SipUri | TelUri):
             return self._reply(request, 416), ()
-        subscriber = await self.subscribers.get_by_impu(target)
-        implicit_set = subscriber.implicit_set_of(target) if subscriber is not None else None
-        if subscriber is None or implicit_set is None:
+        candidate = await self.subscribers.get_by_impu(target)
+        resolved = await resolve_identity(self.plugins, self.subscribers, target, candidate)
+        if resolved is None:
             return self._reply(request, 404, "Unknown public identity"), ()
+        subscriber, implicit_set = resolved
         aor = implicit_set.default.aor
         bindings = [b for b in await self.bindings.load(aor) if not b.expired(now)]
         if not self.regevent.authorised(request, flow, subscriber, bindings):
@@ -335,14 +343,14 @@ class Registrar:
         self,
         request: Request,
         subscriber: Subscriber,
-        to_uri: SipUri | TelUri,
+        implicit_set: ImplicitSet,
         bindings: Sequence[StoredBinding],
         now: float,
     ) -> Response:
         headers: list[tuple[str, object]] = [
             ("Contact", f"{b.contact};expires={b.remaining(now)}") for b in bindings
         ]
-        associated = subscriber.associated_uris(to_uri)
+        associated = subscriber.unbarred(implicit_set)
         if associated:
             headers.append(("P-Associated-URI", ", ".join(f"<{u}>" for u in associated)))
         headers.append(("Service-Route", self.service_route))

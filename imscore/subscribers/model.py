@@ -325,8 +325,10 @@ class Subscriber:
         in P-Associated-URI after registering ``uri`` (TS 24.229 §5.4.1.2.2). Empty if ``uri`` is
         in no set."""
         implicit_set = self.implicit_set_of(uri)
-        if implicit_set is None:
-            return ()
+        return () if implicit_set is None else self.unbarred(implicit_set)
+
+    def unbarred(self, implicit_set: ImplicitSet) -> tuple[Uri, ...]:
+        """The IMPUs of ``implicit_set`` that are not barred, default first (P-Associated-URI)."""
         return tuple(
             u
             for u, key in zip(implicit_set.impus, implicit_set.keys, strict=True)
