@@ -57,6 +57,7 @@ from register_bench import (
     Kamailio,
     Load,
     count_missing,
+    format_steps,
     free_udp_port,
     parse_sipp_output,
     peer_dir,
@@ -496,12 +497,7 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
             for device, errors in r.device_errors.items():
                 for name, count in errors.items():
                     print(f"!!!     device {device}: {count:6d} x {name}")
-            steps = ", ".join(
-                f"{s[0]}#{i + 1}: {s[1]} msgs {s[2]} retrans {s[3]} timeouts"
-                f"{f' {s[4]} unexpected' if s[4] else ''}"
-                for i, s in enumerate(r.steps)
-            )
-            print(f"!!!     caller SIPp steps: {steps}")
+            print(f"!!!     caller SIPp steps: {format_steps(r.steps)}")
             if r.rcvbuf_drops is not None:
                 print(f"!!!     host UDP receive-buffer drops during the run: {r.rcvbuf_drops}")
         print("!" * 100)

@@ -704,6 +704,15 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"\nfiles kept in {result['folder']}" if result["kept"] else "")
 
 
+def format_steps(steps: list[list[Any]]) -> str:
+    """SIPp's scenario screen in one line: per step its messages, retransmissions, timeouts."""
+    return ", ".join(
+        f"{s[0]}#{i + 1}: {s[1]} msgs {s[2]} retrans {s[3]} timeouts"
+        f"{f' {s[4]} unexpected' if s[4] else ''}"
+        for i, s in enumerate(steps)
+    )
+
+
 def describe_run(ld: Load, calls: int, prefix: str) -> None:
     """One run's outcome, note, SIPp errors and steps, and the host's drops, a line each."""
     print(
@@ -712,12 +721,7 @@ def describe_run(ld: Load, calls: int, prefix: str) -> None:
     )
     for name, count in ld.errors.items():
         print(f"{prefix}    {count:6d} x {name}")
-    steps = ", ".join(
-        f"{s[0]}#{i + 1}: {s[1]} msgs {s[2]} retrans {s[3]} timeouts"
-        f"{f' {s[4]} unexpected' if s[4] else ''}"
-        for i, s in enumerate(ld.steps)
-    )
-    print(f"{prefix}    SIPp steps: {steps}")
+    print(f"{prefix}    SIPp steps: {format_steps(ld.steps)}")
     if ld.rcvbuf_drops is not None:
         print(f"{prefix}    host UDP receive-buffer drops during the run: {ld.rcvbuf_drops}")
 
