@@ -353,7 +353,7 @@ def run_calls(
         )
         parse_sipp_output(output, run)
         refused = re.findall(r"^\s*503 <-+\s+(\d+)", output, re.MULTILINE)
-        if refused:
+        if refused and int(refused[-1]):
             run.refused = int(refused[-1])
             run.ok -= run.refused
             run.failed += run.refused
@@ -479,32 +479,44 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
         "(srv cpu: user + system CPU seconds of the server's processes during the UAC run; uac/uas"
         " cpu: SIPp's; the box has 2 cores shared by all of them)"
     )
-    bad = [r for r in runs if r.failed or r.note or r.device_errors]
-    if bad:
+    failed = [r for r in runs if r.failed]
+    noted = [r for r in runs if not r.failed and (r.note or r.device_errors or r.errors)]
+    if failed:  # loudly: every run that lost calls, with what SIPp saw
         print()
         print("!" * 100)
         print(
             f"!!! FAILURES: {sum(r.failed for r in runs)} calls failed in "
-            f"{sum(1 for r in runs if r.failed)} of {len(runs)} runs"
+            f"{len(failed)} of {len(runs)} runs"
         )
-        for r in bad:
-            print(
-                f"!!! round {r.round + 1} {r.target}: {r.failed} failed of {args.calls}"
-                f"{'; ' + r.note if r.note else ''}"
-            )
-            for name, count in r.errors.items():
-                print(f"!!!     caller: {count:6d} x {name}")
-            for device, errors in r.device_errors.items():
-                for name, count in errors.items():
-                    print(f"!!!     device {device}: {count:6d} x {name}")
-            print(f"!!!     caller SIPp steps: {format_steps(r.steps)}")
-            if r.rcvbuf_drops is not None:
-                print(f"!!!     host UDP receive-buffer drops during the run: {r.rcvbuf_drops}")
+        for r in failed:
+            describe_call_run(r, args.calls, "!!! ")
         print("!" * 100)
+    if noted:  # runs without a failed call that SIPp or the devices still logged something about
+        print()
+        print("notes of runs without failed calls:")
+        for r in noted:
+            describe_call_run(r, args.calls, "    ")
     retrans = ", ".join(f"r{r.round + 1} {r.target} {sum(s[2] for s in r.steps)}" for r in runs)
     print(f"\ncaller SIPp retransmissions: {retrans}")
     if result["kept"]:
         print(f"files kept in {result['folder']}")
+
+
+def describe_call_run(r: Run, calls: int, prefix: str) -> None:
+    """One run's outcome and note, the caller's and the devices' errors, SIPp's steps and the
+    host's drops, a line each."""
+    print(
+        f"{prefix}round {r.round + 1} {r.target}: {r.failed} failed of {calls}"
+        f"{'; ' + r.note if r.note else ''}"
+    )
+    for name, count in r.errors.items():
+        print(f"{prefix}    caller: {count:6d} x {name}")
+    for device, errors in r.device_errors.items():
+        for name, count in errors.items():
+            print(f"{prefix}    device {device}: {count:6d} x {name}")
+    print(f"{prefix}    caller SIPp steps: {format_steps(r.steps)}")
+    if r.rcvbuf_drops is not None:
+        print(f"{prefix}    host UDP receive-buffer drops during the run: {r.rcvbuf_drops}")
 
 
 def main(argv: list[str] | None = None) -> int:
