@@ -4,6 +4,7 @@ SUBSCRIBE's target and a call's Request-URI (imscore.registrar.identity), over r
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -11,6 +12,7 @@ from sipua import Caller, Phone
 
 from imscore.plugin import create_plugin_manager, hookimpl
 from imscore.plugin.types import ResolvedIdentity, Subscriber
+from imscore.sip import Request, parse_datagram
 from imscore.testing import RunningServer, start_server
 
 ALICE_IMPI = "alice@ims.example.test"
@@ -105,3 +107,22 @@ def test_register_for_an_identity_of_another_subscriber_is_403(server: RunningSe
         assert (refused.status, refused.reason) == (403, "The IMPI does not own this IMPU")
     finally:
         bob.close()
+
+
+def test_a_device_registered_under_an_alias_calls_out_from_it(server: RunningServer) -> None:
+    """From the alias, over the flow it registered on, the caller is alice: the call goes out.
+    Unresolved, the From would be nobody we serve and the call 403 Relaying denied."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as far_end:
+        far_end.bind(("127.0.0.1", 0))
+        far_end.settimeout(5)
+        target = f"sip:someone@127.0.0.1:{far_end.getsockname()[1]}"
+        desk = Phone(server.address("udp"), "desk", impu=ALIAS)
+        try:
+            assert desk.register().status == 200
+            desk.invite(target)
+            data, _ = far_end.recvfrom(65535)
+            relayed = parse_datagram(data)
+            assert isinstance(relayed, Request) and relayed.method == "INVITE"
+            assert str(relayed.uri) == target and str(relayed.from_.uri) == ALIAS
+        finally:
+            desk.close()

@@ -264,9 +264,12 @@ class Router:
         if not self.serves(uri):
             return None
         try:
-            return await self.subscribers.get_by_impu(uri)
+            candidate = await self.subscribers.get_by_impu(uri)
         except (SipError, ValueError):
             return None
+        # (the store's record when nobody resolves it: a barred IMPU is still the caller's)
+        resolved = await resolve_identity(self.plugins, self.subscribers, uri, candidate)
+        return candidate if resolved is None else resolved[0]
 
     async def _authorise(
         self, request: Request, flow: FlowInfo, caller: Subscriber, now: float

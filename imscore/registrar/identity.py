@@ -1,6 +1,7 @@
 """Which subscriber owns a public identity, and in which implicit registration set: the
 ``ims_identity_resolve`` hook, asked by the registrar (a REGISTER's To), the reg-event package (a
-SUBSCRIBE's target) and the proxy (a terminating request's Request-URI).
+SUBSCRIBE's target) and the proxy (a terminating request's Request-URI, an originating request's
+From).
 
 The subscriber store offers the candidate (its record for the IMPU, if it has one); the plugins
 decide. The builtin answer is the candidate's set that contains the IMPU (compared as
