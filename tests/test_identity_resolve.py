@@ -12,7 +12,7 @@ from sipua import Caller, Phone
 
 from imscore.plugin import create_plugin_manager, hookimpl
 from imscore.plugin.types import ResolvedIdentity, Subscriber
-from imscore.sip import Request, parse_datagram
+from imscore.sip import Request, Response, parse_datagram
 from imscore.testing import RunningServer, start_server
 
 ALICE_IMPI = "alice@ims.example.test"
@@ -126,3 +126,28 @@ def test_a_device_registered_under_an_alias_calls_out_from_it(server: RunningSer
             assert str(relayed.uri) == target and str(relayed.from_.uri) == ALIAS
         finally:
             desk.close()
+
+
+def test_a_device_registered_under_an_alias_watches_its_registrations(
+    server: RunningServer,
+) -> None:
+    """SUBSCRIBE to the reg event of the alias, From the alias: the target and the watcher both
+    resolve to alice, so the subscription is accepted and the NOTIFY lists her set."""
+    desk = Phone(server.address("udp"), "desk", impu=ALIAS)
+    try:
+        assert desk.register().status == 200
+        subscribe = desk.request(
+            "SUBSCRIBE",
+            ALIAS,
+            headers=[("Event", "reg"), ("Accept", "application/reginfo+xml"), ("Expires", 600)],
+        )
+        desk.send(subscribe)
+        notify = desk.expect("NOTIFY")
+        assert isinstance(notify, Request)
+        desk.reply(notify, 200)
+        answer = desk.expect("final")
+        assert isinstance(answer, Response) and answer.status == 200
+        body = notify.body.decode()
+        assert "sip:alice@ims.example.test" in body and desk.contact_uri in body
+    finally:
+        desk.close()

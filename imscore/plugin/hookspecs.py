@@ -160,9 +160,10 @@ def ims_identity_resolve(impu: str, subscribers: Sequence[Subscriber]) -> Resolv
     """Find which subscriber owns a public identity, and the implicit registration set it is in.
 
     Fires when a REGISTER's To URI (for the challenge, and again once the IMPI is authenticated), a
-    reg-event SUBSCRIBE's target, a terminating request's Request-URI or an originating request's
-    From names a public identity, after the subscriber store returned its candidate record. Stops
-    at the first non-``None`` result.
+    reg-event SUBSCRIBE's target (and its From, when it is none of the owner's own IMPUs), a
+    terminating request's Request-URI or an originating request's From names a public identity,
+    after the subscriber store returned its candidate record. Stops at the first non-``None``
+    result.
 
     :param impu: the public identity as text (``sip:`` or ``tel:`` URI).
     :param subscribers: the candidate records: the authenticated subscriber on a REGISTER, else the

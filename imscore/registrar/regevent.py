@@ -21,7 +21,6 @@ from typing import Final
 from xml.sax.saxutils import escape, quoteattr
 
 from imscore.sip import Request, Uri
-from imscore.subscribers import Subscriber
 
 from .model import FlowInfo, StoredBinding
 
@@ -108,14 +107,11 @@ class RegEventService:
         self._ids = itertools.count(1)
 
     # -- SUBSCRIBE ---------------------------------------------------------------------------------
-    def authorised(
-        self, request: Request, flow: FlowInfo, subscriber: Subscriber, bindings: Sequence[StoredBinding]
-    ) -> bool:
+    def authorised(self, flow: FlowInfo, bindings: Sequence[StoredBinding]) -> bool:
         """Without a P-CSCF to assert the subscriber's identity, a SUBSCRIBE is accepted when it comes
-        from the flow of one of the set's registered devices and its From is an IMPU of the same
-        subscriber (the UE watching itself, TS 24.229 §5.4.2.1.2)."""
-        if not subscriber.owns(request.from_.uri):
-            return False
+        from the flow of one of the set's registered devices (the UE watching itself, TS 24.229
+        §5.4.2.1.2). That its From is an IMPU of the same subscriber the registrar checks first
+        (through ``ims_identity_resolve``, so an identity a plugin resolves counts too)."""
         return any(b.flow is not None and b.flow.remote == flow.remote for b in bindings)
 
     def subscribe(

@@ -232,7 +232,12 @@ class Registrar:
         subscriber, implicit_set = resolved
         aor = implicit_set.default.aor
         bindings = [b for b in await self.bindings.load(aor) if not b.expired(now)]
-        if not self.regevent.authorised(request, flow, subscriber, bindings):
+        watcher = request.from_.uri  # one of the subscriber's IMPUs, or one a plugin resolves to it
+        own = subscriber.owns(watcher)
+        if not own and isinstance(watcher, SipUri | TelUri):
+            found = await resolve_identity(self.plugins, self.subscribers, watcher, subscriber)
+            own = found is not None and found[0].impi == subscriber.impi
+        if not own or not self.regevent.authorised(flow, bindings):
             return self._reply(request, 403, "Only a registered device of this user may subscribe"), ()
         impus = [u for u in implicit_set if not subscriber.is_barred(u)]
         status, headers, tag, notify = self.regevent.subscribe(
