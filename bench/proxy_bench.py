@@ -57,7 +57,7 @@ from register_bench import (
     Kamailio,
     Load,
     count_missing,
-    format_steps,
+    describe_run,
     free_udp_port,
     parse_sipp_output,
     peer_dir,
@@ -503,20 +503,13 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def describe_call_run(r: Run, calls: int, prefix: str) -> None:
-    """One run's outcome and note, the caller's and the devices' errors, SIPp's steps and the
-    host's drops, a line each."""
-    print(
-        f"{prefix}round {r.round + 1} {r.target}: {r.failed} failed of {calls}"
-        f"{'; ' + r.note if r.note else ''}"
-    )
-    for name, count in r.errors.items():
-        print(f"{prefix}    caller: {count:6d} x {name}")
-    for device, errors in r.device_errors.items():
-        for name, count in errors.items():
-            print(f"{prefix}    device {device}: {count:6d} x {name}")
-    print(f"{prefix}    caller SIPp steps: {format_steps(r.steps)}")
-    if r.rcvbuf_drops is not None:
-        print(f"{prefix}    host UDP receive-buffer drops during the run: {r.rcvbuf_drops}")
+    """:func:`describe_run` of a call run: the caller's errors and steps, the devices' errors."""
+    devices = [
+        f"device {device}: {count:6d} x {name}"
+        for device, errors in r.device_errors.items()
+        for name, count in errors.items()
+    ]
+    describe_run(r, calls, prefix, role="caller", more=devices)
 
 
 def main(argv: list[str] | None = None) -> int:

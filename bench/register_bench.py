@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -713,15 +714,18 @@ def format_steps(steps: list[list[Any]]) -> str:
     )
 
 
-def describe_run(ld: Load, calls: int, prefix: str) -> None:
-    """One run's outcome, note, SIPp errors and steps, and the host's drops, a line each."""
+def describe_run(ld: Load, calls: int, prefix: str, *, role: str = "", more: Sequence[str] = ()) -> None:
+    """One run's outcome, note, SIPp errors and steps, and the host's drops, a line each; ``role``
+    names the SIPp whose errors and steps these are, ``more`` adds lines (a device's errors)."""
     print(
         f"{prefix}round {ld.round + 1} {ld.target}: {ld.failed} failed of {calls}"
         f"{'; ' + ld.note if ld.note else ''}"
     )
     for name, count in ld.errors.items():
-        print(f"{prefix}    {count:6d} x {name}")
-    print(f"{prefix}    SIPp steps: {format_steps(ld.steps)}")
+        print(f"{prefix}    {role + ': ' if role else ''}{count:6d} x {name}")
+    for line in more:
+        print(f"{prefix}    {line}")
+    print(f"{prefix}    {role + ' ' if role else ''}SIPp steps: {format_steps(ld.steps)}")
     if ld.rcvbuf_drops is not None:
         print(f"{prefix}    host UDP receive-buffer drops during the run: {ld.rcvbuf_drops}")
 
