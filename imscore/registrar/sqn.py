@@ -26,7 +26,7 @@ import sqlite3
 from typing import Protocol
 
 from imscore.auth.aka import SqnState
-from imscore.store import StoreError
+from imscore.store import StoreError, write_transaction
 
 __all__ = ["MemorySqnStore", "SqliteSqnStore", "SqnStore"]
 
@@ -92,21 +92,13 @@ class SqliteSqnStore:
         """See :meth:`SqnStore.issue` (one ``BEGIN IMMEDIATE`` transaction)."""
         db = self._db
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute(
-                    "SELECT sqn, file_sqn FROM aka_sqn WHERE impi = ?", (impi,)
-                ).fetchone()
+            with write_transaction(db):
+                row = db.execute("SELECT sqn, file_sqn FROM aka_sqn WHERE impi = ?", (impi,)).fetchone()
                 sqn = _next(None if row is None else (int(row[0]), int(row[1])), initial, sqn_ms)
                 db.execute(
                     "INSERT OR REPLACE INTO aka_sqn (impi, sqn, file_sqn) VALUES (?, ?, ?)",
                     (impi, sqn, initial),
                 )
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(
                 f"store {self.url!r}: cannot record the AKA SQN of {impi!r}: {exc}"

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Final, Protocol, runtime_checkable
 
-from imscore.store import StoreError, ensure_schema, open_store
+from imscore.store import StoreError, ensure_schema, open_store, write_transaction
 
 from .model import FlowInfo, StoredBinding
 
@@ -314,15 +314,9 @@ class SqliteBindingStore:
         _check_aor(aor, bindings)
         rows = [_to_row(pos, b) for pos, b in enumerate(bindings)]
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(db):
                 db.execute("DELETE FROM bindings WHERE aor = ?", (aor,))
                 db.executemany(_INSERT, rows)
-            except BaseException:
-                if db.in_transaction:  # some errors roll back on their own
-                    db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         except (sqlite3.Error, OverflowError) as exc:  # OverflowError: an int beyond 64 bits
             raise self._error(f"save {aor!r}", exc) from None
 
@@ -330,16 +324,10 @@ class SqliteBindingStore:
         """See :meth:`BindingStore.expire` (select and delete in one transaction)."""
         db = self._conn()
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(db):
                 gone = self._rows(f"{_SELECT} WHERE expires_at <= ? {_ORDER}", (now,), "expire")
                 if gone:
                     db.execute("DELETE FROM bindings WHERE expires_at <= ?", (now,))
-            except BaseException:
-                if db.in_transaction:  # some errors roll back on their own
-                    db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._error("expire", exc) from None
         return gone

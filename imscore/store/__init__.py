@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "ensure_schema", "open_store"]
+__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "ensure_schema", "open_store", "write_transaction"]
 
 #: 1: the meta table only. 2: adds the ``bindings`` table (one row per registered contact).
 #: 3: adds the ``aka_sqn`` table (the last AKA sequence number issued per IMPI, and the subscriber
@@ -86,6 +87,21 @@ def _schema_version(db: sqlite3.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
+@contextlib.contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` around the block (the write lock taken at once, so two
+    processes on one file never interleave); rolled back when the block raises. The connection
+    must be in autocommit mode (``isolation_level=None``) and not inside a transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:  # some errors roll back on their own
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def ensure_schema(db: sqlite3.Connection, url: str) -> None:
     """Create the tables of a new database, upgrade an older one (version 1 or 2), and check the
     version.
@@ -104,8 +120,7 @@ def ensure_schema(db: sqlite3.Connection, url: str) -> None:
         return
     if version not in (None, *_UPGRADABLE, str(SCHEMA_VERSION)):
         raise StoreError(f"store {url!r}: schema version {version}, this imscore needs {SCHEMA_VERSION}")
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(db):
         db.execute("CREATE TABLE IF NOT EXISTS imscore_meta (key TEXT PRIMARY KEY, value TEXT)")
         row = db.execute("SELECT value FROM imscore_meta WHERE key = 'schema'").fetchone()
         if row is not None and row[0] not in (*_UPGRADABLE, str(SCHEMA_VERSION)):  # changed meanwhile
@@ -118,11 +133,6 @@ def ensure_schema(db: sqlite3.Connection, url: str) -> None:
             "INSERT OR REPLACE INTO imscore_meta (key, value) VALUES ('schema', ?)",
             (str(SCHEMA_VERSION),),
         )
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def open_store(url: str) -> Store:
