@@ -115,6 +115,7 @@ class Registrar:
         return request.make_response(status, reason, headers, to_tag=_tag(request))
 
     async def _register(self, request: Request, flow: FlowInfo, now: float) -> RegisterOutcome:
+        request.validate()  # a header that does not parse is a 400 before anything is decided
         uri = request.uri
         # §10.3 step 1: a domain we are the registrar for
         if not isinstance(uri, SipUri) or uri.host.lower().rstrip(".") not in self.domains:
@@ -219,6 +220,7 @@ class Registrar:
     async def _subscribe(
         self, request: Request, flow: FlowInfo, local_contact: str, now: float
     ) -> tuple[Response, tuple[tuple[Request, FlowInfo], ...]]:
+        request.validate()  # a header that does not parse is a 400 before anything is decided
         event = (request.headers.get("Event") or "").split(";", 1)[0].strip().lower()
         if event != "reg":
             return self._reply(request, 489, None, [("Allow-Events", "reg")]), ()

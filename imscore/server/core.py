@@ -75,6 +75,8 @@ class ServerCounters:
     #: new requests refused with 503 while overloaded
     shed: int = 0
     stray_acks: int = 0
+    #: requests whose handling met a header that does not parse (answered with its status)
+    parse_errors: int = 0
     other_outputs: int = 0
 
     def count(self, status: int) -> None:
@@ -212,7 +214,14 @@ class ServerCore(Generic[FlowT]):
                 if request.method in self.deferred or (self.defer_all and request.method != "CANCEL"):
                     self.waiting.append((output.transaction, request))
                     continue
-                response = self.answer(request)
+                try:
+                    response = self.answer(request)
+                except SipError as error:  # a header first read here: its status
+                    self.counters.parse_errors += 1
+                    try:
+                        response = self.reply(request, error.status, error.phrase)
+                    except SipError:
+                        continue  # not even the response can be built: dropped
                 sends.extend(self._handle(self.layer.respond(output.transaction, response, now), now))
                 if proxy is not None and request.method == "CANCEL" and response.status == 200:
                     cancelled = self.layer.find_cancelled(request)

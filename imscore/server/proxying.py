@@ -136,6 +136,8 @@ class ProxyService:
                     decision = Decision.answer(403, "Relaying denied")
                 else:
                     decision = await self.router.decide(request, info, server.clock())
+            except SipError:
+                raise  # a header of the request does not parse: the server's guard answers it
             except Exception:  # a provider failed: answer 500 rather than leave the caller waiting
                 log.exception("routing %s from %s failed", request.method, flow.remote)
                 decision = Decision.answer(500, "Routing error")

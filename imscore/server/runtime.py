@@ -21,7 +21,7 @@ from imscore.registrar.authenticator import Authenticator
 from imscore.registrar.register import Registrar
 from imscore.registrar.sqn import SqliteSqnStore
 from imscore.registrar.store import BindingStore, SqliteBindingStore, open_binding_store
-from imscore.sip import Request, Response
+from imscore.sip import Request, Response, SipError
 from imscore.sip.transaction import Send, TimerConfig
 from imscore.store import StoreError
 from imscore.subscribers import MemorySubscriberStore, SubscriberStore, demo_subscribers_path
@@ -395,6 +395,25 @@ class Server:
     async def _register(self, transaction: Any, request: Request, flow: Flow) -> None:
         """A deferred request: REGISTER and reg-event SUBSCRIBE go to the registrar (answer, send
         NOTIFYs); the proxy takes every other one."""
+        try:
+            await self._handle_deferred(transaction, request, flow)
+        except SipError as error:  # one guard: a header first read deep inside is still a status
+            self._refuse(transaction, request, error)
+
+    def _refuse(self, transaction: Any, request: Request, error: SipError) -> None:
+        """Answer a request whose handling raised ``error`` (a header that does not parse) with the
+        error's status; when not even the response can be built, the request is dropped."""
+        log.debug("%s from %s: %s", request.method, transaction.flow, error)
+        self.core.counters.parse_errors += 1
+        if transaction.terminated:
+            return
+        try:
+            response = self.core.reply(request, error.status, error.phrase)
+        except SipError:
+            return  # its Via/From/To/Call-ID/CSeq do not parse either: nothing can be answered
+        self._emit(self.core.respond(transaction, response, self._now()))
+
+    async def _handle_deferred(self, transaction: Any, request: Request, flow: Flow) -> None:
         assert self.registrar is not None
         if self.proxying is not None and not self.proxying.is_registrar_request(request):
             await self.proxying.handle(transaction, request, flow)
@@ -410,6 +429,8 @@ class Server:
             else:
                 outcome = await self.registrar.register(request, info, self.clock())
                 response, notes = outcome.response, outcome.notifications
+        except SipError:
+            raise  # the request's fault: its status (the guard in _register answers it)
         except Exception:  # a provider failed: answer 500 rather than leave the UE waiting
             log.exception("%s from %s failed", request.method, flow.remote)
             response = request.make_response(500, "Registrar error", to_tag="e500")
