@@ -7,9 +7,11 @@ a real loopback socket with a real ``imscore serve --workers 2``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_serve import Served
+from test_serve import Served, options, udp_exchange
 
 from imscore.profile import Listener
 from imscore.server.workers import check_workers, worker_for, worker_of_datagram
@@ -110,13 +112,15 @@ class Workers(Served):
     pids: list[int] = field(default_factory=list)
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
+def start_workers(tmp_path: Path, port: int = 0) -> Workers:
+    """``imscore serve --workers 2`` on ``udp:127.0.0.1:port`` with the SQLite store in ``tmp_path``,
+    once its parent says every worker is ready."""
     subscribers = tmp_path / "subscribers.yaml"
     subscribers.write_text(SUBSCRIBERS)
     process = subprocess.Popen(
-        [sys.executable, "-m", "imscore", "serve", "--workers", "2", "--listen", "udp:127.0.0.1:0",
-         "--store", f"sqlite:{tmp_path / 'bindings.db'}", "--subscribers", str(subscribers)],
+        [sys.executable, "-m", "imscore", "serve", "--workers", "2", "--listen",
+         f"udp:127.0.0.1:{port}", "--store", f"sqlite:{tmp_path / 'bindings.db'}",
+         "--subscribers", str(subscribers)],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -124,7 +128,6 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     assert process.stderr is not None
     log: list[str] = []
     deadline = time.monotonic() + 60
-    running = None
     while time.monotonic() < deadline:
         line = process.stderr.readline()
         if not line:
@@ -134,12 +137,15 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
         if found:
             pids = [int(p) for p in found.group(4).split(", ")]
             address = (found.group(1), int(found.group(2)))
-            running = Workers(process, {"udp": address}, log, address, pids)
-            break
-    if running is None:
-        process.kill()
-        process.wait(timeout=10)
-        raise AssertionError("imscore serve --workers 2 did not get ready:\n" + "\n".join(log))
+            return Workers(process, {"udp": address}, log, address, pids)
+    process.kill()
+    process.wait(timeout=10)
+    raise AssertionError("imscore serve --workers 2 did not get ready:\n" + "\n".join(log))
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    running = start_workers(tmp_path)
     try:
         yield running
     finally:
@@ -369,3 +375,76 @@ def test_bad_input_gets_its_answer_and_the_workers_keep_serving(workers: Workers
             assert device.response().status == 200
     finally:
         device.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting for its reaper counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_workers_end_with_a_killed_parent_and_a_restart_serves_on_the_same_port(
+    tmp_path: Path,
+) -> None:
+    first = start_workers(tmp_path)
+    port = first.address[1]
+    try:
+        assert all(_alive(pid) for pid in first.pids)
+        first.process.send_signal(signal.SIGKILL)  # no chance for the parent to stop its workers
+        first.process.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in first.pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in first.pids if _alive(pid)], "workers outlived their parent"
+    finally:
+        for pid in first.pids:  # without the fix they hold the port: do not leave them behind
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        first.stop()
+    second = start_workers(tmp_path, port)  # "Address already in use" if anything still holds it
+    try:
+        assert second.address == ("127.0.0.1", port)
+        answer = udp_exchange(second.address, options("127.0.0.1", 5999, "UDP", "restarted"))
+        assert answer is not None and answer.status == 200
+    finally:
+        assert second.stop() == 0, "\n".join(second.log)
+
+
+CHILD_OF_A_SHORT_PARENT = """
+import os, sys, time
+from imscore.server.workers import die_with_parent
+parent = os.getpid()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.write(w, b"1" if die_with_parent(parent) else b"0")
+    time.sleep(30)  # until the SIGTERM the kernel sends when the parent ends
+    os._exit(3)
+print(pid, os.read(r, 1).decode(), flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_kernel_signals_a_worker_whose_parent_ends() -> None:
+    # the parent-death signal alone, without a control channel: the child sleeps, its parent exits
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD_OF_A_SHORT_PARENT], capture_output=True, text=True, timeout=20
+    )
+    pid_text, taken = result.stdout.split()
+    pid = int(pid_text)
+    try:
+        assert taken == "1"
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "the child outlived its parent"
+    finally:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -18,6 +18,11 @@ What the workers share, and how:
   worker holding a subscription for that AOR reads the store and sends the NOTIFY;
 - **qualification**: only worker 0 pings contacts, with Call-IDs that come back to it.
 
+A worker never outlives its parent: it asks the kernel for SIGTERM when the parent dies
+(:func:`die_with_parent`, Linux's ``PR_SET_PDEATHSIG``), and, on every platform, takes the end of its
+control channel (the parent's end is closed by the kernel when the parent dies, even by SIGKILL) as
+SIGTERM: it stops as on SIGTERM, closing its store, and releases the shared UDP ports.
+
 Limits, checked at start-up where they can be: only UDP listeners (a TCP or TLS connection lives in
 one process), no ``--pcap``. Digest-AKA sequence numbers are kept per worker, so a SIM may answer a
 worker's challenge with a synchronisation failure (AUTS), after which that worker re-synchronises.
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import re
@@ -49,7 +56,7 @@ if TYPE_CHECKING:
 
     from .runtime import Server
 
-__all__ = ["WorkerSetup", "serve_workers", "worker_for", "worker_of_datagram"]
+__all__ = ["WorkerSetup", "die_with_parent", "serve_workers", "worker_for", "worker_of_datagram"]
 
 log = logging.getLogger("imscore.server")
 
@@ -64,6 +71,26 @@ MAX_PENDING: Final = 32 * 1024 * 1024
 #: seconds the workers have to start, and to stop before they are killed
 START_TIMEOUT: Final = 60.0
 STOP_TIMEOUT: Final = 5.0
+#: prctl(2) option: the signal the kernel sends this process when its parent ends (Linux)
+PR_SET_PDEATHSIG: Final = 1
+
+
+def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``signum`` to this process when its parent ends (Linux's
+    ``prctl(PR_SET_PDEATHSIG)``), then make sure the parent (pid ``parent``) has not already ended
+    before the request took effect. Returns whether the kernel took the request: ``False`` on other
+    platforms, where the control channel's end alone tells a worker its parent is gone.
+    """
+    taken = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            taken = libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            taken = False
+    if os.getppid() != parent:  # the parent died between fork and prctl: no signal will come
+        os.kill(os.getpid(), signum)
+    return taken
 
 
 def worker_for(call_id: bytes, workers: int) -> int:
@@ -106,6 +133,8 @@ class WorkerSetup:
     :param relays: its ends of the streams the parent writes datagrams to, in the same order.
     :param control: its end of the line-based channel to the parent (``ready``, ``changed AOR``).
     :param nonce_secret: the Digest nonce secret all workers share.
+    :param parent_death_signal: whether the kernel sends this worker SIGTERM when its parent ends
+        (set in the worker by :func:`die_with_parent`).
     """
 
     index: int
@@ -114,6 +143,8 @@ class WorkerSetup:
     relays: Sequence[socket.socket]
     control: socket.socket
     nonce_secret: bytes
+    parent_death_signal: bool = False
+    _stopping: bool = False
 
     def accepts(self, call_id: str) -> bool:
         """Whether answers on this Call-ID come back to this worker."""
@@ -143,9 +174,19 @@ class WorkerSetup:
         self._send(b"ready\n")
 
     def detach(self) -> None:
-        """Stop listening to the parent (the server is stopping)."""
+        """Stop listening to the parent (the server is stopping). A further SIGTERM or SIGINT (the
+        parent's, the kernel's on the parent's death) is ignored from now on: it would end the
+        worker half-way through closing its store."""
+        self._stopping = True
+        with contextlib.suppress(ValueError):  # (not in the main thread: nothing to protect)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self.control.fileno())
+
+    def _orphaned(self) -> None:
+        if not self._stopping:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _tell_changed(self, aor: str) -> None:
         self._send(b"changed " + aor.encode("utf-8", "surrogateescape") + b"\n")
@@ -158,8 +199,14 @@ class WorkerSetup:
 
     def _control_readable(self) -> None:
         lines = read_lines(self.control, self._lines)
-        if lines is None:
-            self.detach()
+        if lines is None:  # the parent has ended (killed, maybe): stop as on SIGTERM
+            log.warning("worker %d: the parent process is gone: stopping", self.index)
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.control.fileno())
+            # the kernel's parent-death signal is on its way (one SIGTERM is enough); without it,
+            # or should it not come, the worker sends itself one
+            delay = 1.0 if self.parent_death_signal else 0.0
+            asyncio.get_running_loop().call_later(delay, self._orphaned)
             return
         registrar = self._server.registrar
         for line in lines:
@@ -268,8 +315,10 @@ def serve_workers(
         )
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
+            setup.parent_death_signal = die_with_parent(parent)
             for other in family:
                 for sock in (*other.relays, other.control):
                     sock.close()
