@@ -61,6 +61,9 @@ INVALID_4475: dict[str, tuple[int | None, str]] = {
     "multi01": (400, "parse"),
     "mcl01": (400, "parse"),
 }
+# Valid (well-formed) messages that validate() still refuses with 400, and why: RFC 4475 §3.3.4 says
+# a registrar rejects a REGISTER whose To is not a SIP/SIPS AOR, and that is checked before routing.
+SEMANTIC_400 = {"unksm2": "To of a REGISTER must be a SIP, SIPS or tel URI"}
 # Invalid cases where RFC 4475 lets a liberal element accept, and we do.
 LIBERAL_4475 = {"baddate": "the Date header is not interpreted by the core"}
 
@@ -98,7 +101,13 @@ def test_index_covers_every_file() -> None:
     "name", sorted(n for n, r in INDEX_4475.items() if r["verdict"] == "valid") or ["<none>"]
 )
 def test_rfc4475_valid_messages_parse(name: str) -> None:
-    message = _parse_all(_load(RFC4475 / f"{name}.dat"))
+    if name in SEMANTIC_400:  # well-formed, but validate() holds the request to its method's rules
+        message = _receive(_load(RFC4475 / f"{name}.dat"))
+        with pytest.raises(SipError) as info:
+            message.validate()
+        assert (info.value.status, info.value.reason) == (400, SEMANTIC_400[name])
+    else:
+        message = _parse_all(_load(RFC4475 / f"{name}.dat"))
     # every valid message serialises to bytes that parse to the same header list and body
     again = parse_datagram(message.to_bytes())
     assert again is not None
@@ -274,7 +283,8 @@ def test_other_schemes_parse_and_416_on_demand() -> None:
     assert info.value.status == 416
     assert str(m.uri) == "nobodyKnowsThisScheme:totallyopaquecontent"
     assert _req("novelsc").uri.scheme == "soap.beep"
-    u = _req("unksm2")
+    u = _receive(_load(RFC4475 / "unksm2.dat"))
+    assert isinstance(u, Request)
     assert u.to.uri.scheme == "isbn"
     assert u.from_.uri.scheme == "http"
     assert u.contacts[0].uri.scheme == "name"
@@ -385,3 +395,25 @@ def test_rfc5118_archive_form_with_lf_line_ends(name: str) -> None:
             assert "Content-Length" in info.value.reason
     else:
         _parse_all(data)
+
+
+@needs_corpus
+@pytest.mark.parametrize("name", sorted(n for n, (s, _) in INVALID_4475.items() if s is not None))
+def test_rfc4475_invalid_requests_can_be_answered(name: str) -> None:
+    """RFC 3261 §8.2.6.2: each broken request has an answer built from what of it can be read,
+    its Via lines copied as received (the transport sends it: see tests/test_wire_verdicts.py)."""
+    status, where = INVALID_4475[name]
+    data = _load(RFC4475 / f"{name}.dat")
+    with pytest.raises(SipError) as info:
+        message = _receive(data)
+        if where == "validate":
+            message.validate()
+    request = info.value.message
+    assert isinstance(request, Request)
+    answer = request.make_error_response(info.value.status, info.value.phrase, to_tag="x1")
+    assert answer is not None
+    assert answer.status == status
+    sent = parse_datagram(answer.to_bytes())
+    assert isinstance(sent, Response)
+    vias = [f.raw for f in request.headers.readable_fields() if f.key == "via"]
+    assert [f.raw for f in sent.headers if f.key == "via"] == vias

@@ -31,7 +31,7 @@ from .headers import (
     parse_via,
 )
 from .params import Params
-from .uri import AbsoluteUri, SipUri, Uri, parse_uri
+from .uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri
 
 __all__ = [
     "COMPACT_FORMS",
@@ -297,6 +297,20 @@ class Headers:
     def check(self) -> None:
         """Split and check every header line now (a :class:`ParseError` names the bad one)."""
         self._load()
+
+    def readable_fields(self) -> list[HeaderField]:
+        """Every header field that can be read, skipping the lines that cannot (never raises).
+
+        For answering broken input (RFC 3261 §8.2.6.2): when the header section does not split into
+        fields, the lines that do (``Name: value``, a token name, with their continuation lines)
+        are kept as received and the others dropped.
+        """
+        block = self._pending
+        if block is None:
+            return list(self)
+        lines = block.decode("utf-8", "surrogateescape").split("\r\n") if block else []
+        keys, items = _tolerant_fields(lines)
+        return [HeaderField(n, v, r, k) for k, (n, v, r) in zip(keys, items, strict=True)]
 
     def _changed(self) -> None:
         self.cache.clear()
@@ -905,6 +919,48 @@ class Request(Message):
         if self.cseq.method != self._method:
             raise ParseError(f"CSeq method {self.cseq.method[:30]!r} does not match request method")
 
+    def _validate(self) -> None:
+        super()._validate()
+        if self._method == "REGISTER" and not isinstance(self.to.uri, SipUri | TelUri):
+            # RFC 3261 §10.2: the To of a REGISTER is the address-of-record, a SIP or SIPS URI
+            # (tel: too in IMS, TS 24.229 §5.4.1.2); RFC 4475 §3.3.4 (unksm2)
+            raise ParseError("To of a REGISTER must be a SIP, SIPS or tel URI")
+
+    def make_error_response(self, status: int, reason: str | None, *, to_tag: str) -> Response | None:
+        """The stateless answer to this request when it failed to parse (RFC 3261 §8.2.6.2).
+
+        When Via, From, To, Call-ID and CSeq all read well this is :meth:`make_response`. Otherwise
+        it is built from the header lines that can be read: every Via line, then the first From,
+        To, Call-ID and CSeq where present, copied as received (``to_tag`` added to a To that
+        parses and has none), so the sender can match it to its request. ``None`` when there is no
+        Via whose sent-protocol and sent-by can be read: nothing says where the answer goes.
+        """
+        try:
+            response = self.make_response(status, reason, to_tag=to_tag)
+            response.check_framing_headers()
+        except SipError:
+            pass
+        else:
+            return response
+        fields = self.headers.readable_fields()
+        vias = [f for f in fields if f.key == "via"]
+        if not vias or not _readable_sent_by(vias[0].value):
+            return None
+        keys = [f.key for f in vias]
+        items: list[_Item] = [(f.name, f.value, f.raw) for f in vias]
+        for wanted in ("from", "to", "call-id", "cseq"):
+            found = next((f for f in fields if f.key == wanted), None)
+            if found is None:
+                continue
+            item: _Item = (found.name, found.value, found.raw)
+            if wanted == "to" and _untagged_address(found.value):
+                item = (found.name, f"{found.value};tag={to_tag}", None)
+            keys.append(wanted)
+            items.append(item)
+        keys.append("content-length")
+        items.append(("Content-Length", "0", None))
+        return Response(status, reason, Headers._from_parsed(keys, items, None))
+
     def make_response(
         self,
         status: int,
@@ -1035,6 +1091,53 @@ def _parse_start(line: str) -> Request | Response:
     return request
 
 
+def _readable_sent_by(value: str) -> bool:
+    """Whether a Via value starts with a sent-protocol and a sent-by that can be read."""
+    m = g.VIA_RE.match(value)
+    if m is None:
+        return False
+    try:
+        g.check_host(m.group(4))
+        if m.group(5) is not None:
+            g.check_port(m.group(5))
+    except SipError:
+        return False
+    return True
+
+
+def _untagged_address(value: str) -> bool:
+    """Whether a To value parses as an address without a tag (so one may be appended)."""
+    try:
+        return parse_address(value, "To", Address).tag is None
+    except SipError:
+        return False
+
+
+def _tolerant_fields(lines: list[str]) -> tuple[list[str], list[_Item]]:
+    """Like :func:`_split_fields`, but lines that cannot be read (and their continuation lines)
+    are skipped instead of raising."""
+    keys: list[str] = []
+    items: list[_Item] = []
+    keep = False  # whether the last field line was kept (so its continuation lines are too)
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            if keep:
+                name, value, raw = items[-1]
+                more = line.strip(" \t")
+                value = f"{value} {more}" if value and more else value or more
+                items[-1] = (name, value, f"{raw}\r\n{line}")
+            continue
+        try:
+            k, i = _split_fields([line])
+        except SipError:
+            keep = False
+            continue
+        keys.extend(k)
+        items.extend(i)
+        keep = True
+    return keys, items
+
+
 def _split_fields(lines: list[str]) -> tuple[list[str], list[_Item]]:
     """Header lines to keys and items; folded lines are unfolded (their raw text kept)."""
     keys: list[str] = []
@@ -1103,7 +1206,7 @@ def _headers(block: bytes, lines: list[str] | None) -> Headers:
     return Headers._from_parsed(keys, items, None)
 
 
-def _partial_request(first: str, block: bytes, lines: list[str] | None) -> Request | None:
+def _partial_request(first: str, block: bytes, lines: list[str] | None) -> Request:
     """A request whose start line is broken, kept only so that the error can be answered from its
     Via, From, To, Call-ID and CSeq (its Request-URI is a placeholder)."""
     request = Request.__new__(Request)
@@ -1111,8 +1214,9 @@ def _partial_request(first: str, block: bytes, lines: list[str] | None) -> Reque
     request._uri = AbsoluteUri("invalid", "request-line")
     request._start = first.encode("utf-8", "surrogateescape")
     request._body = b""
-    try:
-        request.headers = _headers(block, lines)
-    except SipError:
-        return None
+    if lines is None:
+        request.headers = Headers._from_block(block)
+    else:
+        keys, items = _tolerant_fields(lines)
+        request.headers = Headers._from_parsed(keys, items, None)
     return request

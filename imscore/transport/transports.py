@@ -183,12 +183,10 @@ def _error_response(error: SipError) -> Response | str:
         return "a request too broken to answer"
     if message.method == "ACK":
         return "an ACK (never answered)"
-    try:
-        response = message.make_response(error.status, error.phrase, to_tag=secrets.token_hex(6))
-        # the answer must itself carry a usable Via, From, To, Call-ID and CSeq
-        response.check_framing_headers()
-    except SipError as again:
-        return f"a request too broken to answer ({again.reason})"
+    # RFC 3261 §8.2.6.2: built from the Via and whatever addressing headers can be read
+    response = message.make_error_response(error.status, error.phrase, to_tag=secrets.token_hex(6))
+    if response is None:
+        return "a request without a usable Via"
     return response
 
 
