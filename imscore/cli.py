@@ -2,6 +2,8 @@
 
 Every start-up problem (a bad profile, a bad ``--listen``, a store that cannot be opened, a port in
 use) ends the command with one message on standard error naming what was wrong, and exit status 2.
+A reader that closes standard output early (``imscore bindings --json | head``) ends the command
+quietly with status 141 (128 + SIGPIPE, as a shell reports a command a closed pipe ended).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import datetime
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+#: the status of a command whose standard output was closed before it finished (128 + SIGPIPE)
+EXIT_PIPE_CLOSED = 128 + int(getattr(signal, "SIGPIPE", 13))
 
 
 class CliError(Exception):
@@ -430,7 +436,31 @@ def _bindings(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (:data:`EXIT_PIPE_CLOSED` when the reader of
+    standard output went away before everything was written, without a traceback)."""
+    try:
+        try:
+            status = _main(argv)
+        finally:  # (--help's SystemExit too) here, not at exit, where it could only be reported
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_PIPE_CLOSED
+    return status
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that the interpreter's final flush of what is
+    still buffered does not fail again on the closed pipe."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind sys.stdout
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":

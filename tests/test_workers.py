@@ -422,6 +422,7 @@ r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.dup2(1, 2)
     os.write(w, b"1" if die_with_parent(parent) else b"0")
     time.sleep(30)  # until the SIGTERM the kernel sends when the parent ends
     os._exit(3)
