@@ -129,12 +129,13 @@ def test_max_forwards_zero_is_483_and_a_loop_is_482(server: RunningServer, calle
     invite.headers.set("Max-Forwards", 0)
     caller.send(invite)
     assert caller.expect("final").status == 483  # type: ignore[union-attr]
-    # an in-dialog request routed twice through us comes back unchanged: a loop
+    # an in-dialog request routed twice through us (a dialog we stamped) comes back unchanged: a loop
     host, port = server.address("udp")
-    route = f"<sip:{host}:{port};lr>"
-    looped = caller.request(
-        "INFO", "sip:x@192.0.2.1", to_tag="t1", headers=[("Route", route), ("Route", route)]
-    )
+    looped = caller.request("INFO", "sip:x@192.0.2.1", to_tag="t1")
+    assert server.server.proxying is not None
+    stamp = server.server.proxying.stamp.make(looped.call_id, looped.from_.tag)
+    route = f"<sip:{host}:{port};lr;dlg={stamp}>"
+    looped.headers.set_list("Route", [route, route])
     caller.send(looped)
     assert caller.expect("final", 5).status == 482  # type: ignore[union-attr]
 
@@ -269,7 +270,8 @@ def test_record_route_and_the_ack_for_2xx_routed_end_to_end(
     assert isinstance(received, Request)
     host, port = server.address("udp")
     (record,) = received.record_route
-    assert str(record.uri) == f"sip:{host}:{port};transport=udp;lr"
+    stamp = server.server.proxying.stamp.make(invite.call_id, caller.tag)  # type: ignore[union-attr]
+    assert str(record.uri) == f"sip:{host}:{port};transport=udp;lr;dlg={stamp}"
     phones[0].reply(received, 200)
     ok = caller.expect("2xx")
     assert isinstance(ok, Response) and [str(r.uri) for r in ok.record_route] == [str(record.uri)]

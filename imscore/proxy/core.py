@@ -194,7 +194,7 @@ class ProxyCore(Generic[FlowT]):
         layer: TransactionLayer[FlowT],
         sent_by: Callable[[FlowT], tuple[str, str, int]],
         *,
-        record_route: Callable[[FlowT], str | None] | None = None,
+        record_route: Callable[[FlowT, Request], str | None] | None = None,
         server_name: str | None = None,
         can_retry: Callable[[Branch[FlowT]], bool] | None = None,
         on_answer: Callable[[Branch[FlowT], Response], None] | None = None,
@@ -247,7 +247,7 @@ class ProxyCore(Generic[FlowT]):
             loop=loop_key(request, upstream_via),
         )
         if self.record_route is not None and inbound is not None:
-            value = self.record_route(inbound)
+            value = self.record_route(inbound, request)
             if value is not None:
                 request.headers.prepend("Record-Route", value)
         self._by_server[server] = context

@@ -205,10 +205,10 @@ class Router:
                 return True
         return False
 
-    def pop_own_route(self, request: Request) -> str | None:
-        """§16.4: remove the top Route when it names us; returns its URI user (``orig`` marks an
-        originating request, TS 24.229 §5.4.3.2), ``""`` for a Route of ours without user, or
-        ``None`` when the top Route is not ours (or there is none)."""
+    def pop_own_route(self, request: Request) -> SipUri | None:
+        """§16.4: remove the top Route when it names us and return its URI (its user ``orig``
+        marks an originating request, TS 24.229 §5.4.3.2; its ``dlg`` stamps a dialog we
+        record-routed); ``None`` when the top Route is not ours (or there is none)."""
         routes = request.route
         if not routes:
             return None
@@ -217,22 +217,31 @@ class Router:
             return None
         request.headers.pop_first("Route")
         assert isinstance(uri, SipUri)
-        return uri.user or ""
+        return uri
+
+    def trusted(self, flow: FlowInfo) -> bool:
+        """The request came from one of the profile's ``trusted_peers``."""
+        return self._trusted(flow)
+
+    async def on_registered_flow(self, request: Request, flow: FlowInfo, now: float) -> bool:
+        """The request's From is a served subscriber and it came on a flow one of that
+        subscriber's devices registered on (a barred From proves nothing)."""
+        try:
+            caller = await self._served_caller(request)
+        except SipError:
+            return False
+        if caller is None or caller.is_barred(request.from_.uri):
+            return False
+        return await self._on_registered_flow(caller, flow, now)
 
     # -- the decision ------------------------------------------------------------------------------
     async def decide(self, request: Request, flow: FlowInfo, now: float) -> Decision:
-        """Route a request that passed :meth:`check` (its own Route entry already popped)."""
-        in_dialog = request.to.tag is not None
-        if request.route:  # loose routing (§16.5): someone else is next
-            if in_dialog or self._trusted(flow):
-                return Decision(groups=[((self._route_target(request),), None)], kind="route")
-            return Decision.answer(403, "Relaying denied")
-        if in_dialog:
-            if self.serves(request.uri) or self.is_ours(request.uri):
-                return Decision.answer(481, "Call/Transaction Does Not Exist")
-            return Decision(groups=[((self._uri_target(request),), None)], kind="in-dialog")
+        """Route an out-of-dialog request that passed :meth:`check` and the relay rules
+        (:mod:`imscore.proxy.relay`), its own Route entry already popped and no other left."""
         caller = await self._served_caller(request)
         if caller is not None:
+            if caller.is_barred(request.from_.uri):  # TS 24.229 §5.4.3.2
+                return Decision.answer(403, "Barred public identity may not originate")
             refused = await self._authorise(request, flow, caller, now)
             if refused is not None:
                 return refused
@@ -246,14 +255,19 @@ class Router:
                 groups=[((Target(str(request.uri), (outbound,), Destination(outbound)),), None)],
                 kind="outbound",
             )
-        return Decision(groups=[((self._uri_target(request),), None)], kind="originating")
+        return Decision(groups=[((self.uri_target(request),), None)], kind="originating")
 
-    def _route_target(self, request: Request) -> Target:
+    @staticmethod
+    def route_target(request: Request) -> Target:
+        """Loose routing (§16.5): the request goes to its next Route entry."""
         top = request.route[0].uri
         return Target(str(request.uri), (), Destination(str(top)), label=str(top))
 
-    def _uri_target(self, request: Request) -> Target:
-        return Target(str(request.uri), (), Destination(str(request.uri)), label=str(request.uri))
+    @staticmethod
+    def uri_target(request: Request, flow: FlowInfo | None = None) -> Target:
+        """The request goes to its Request-URI (on ``flow`` when we know the device's flow)."""
+        uri = str(request.uri)
+        return Target(uri, (), Destination(uri, flow), label=uri)
 
     def _trusted(self, flow: FlowInfo) -> bool:
         return flow.remote[0].strip("[]") in self.settings.trusted_peers

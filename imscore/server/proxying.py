@@ -15,6 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from imscore.plugin.types import NextHop
 from imscore.proxy.core import Branch, Destination, ProxyCore
+from imscore.proxy.relay import (
+    DIALOG_PARAM,
+    DialogStamp,
+    RelayFacts,
+    relay_verdict,
+    stamp_of,
+    strict_route_fixup,
+)
 from imscore.proxy.router import Decision, Router
 from imscore.registrar import FlowInfo
 from imscore.routing import RoutingError, TargetList
@@ -63,6 +71,8 @@ class ProxyService:
         )
         server.core.proxy = self.core
         server.core.defer_all = True
+        #: stamps our Record-Route values with the dialog's Call-ID (workers share the key)
+        self.stamp = DialogStamp(None if server.worker is None else server.worker.nonce_secret)
         #: flows seen for contacts we forked to: in-dialog requests and ACKs to them use these
         self.known_flows: dict[str, FlowInfo | None] = {}
         #: ACKs neither in a dialog we record-routed nor to a device we forked to (not relayed)
@@ -94,9 +104,12 @@ class ProxyService:
             )
         return flow.transport, _bracket(host), port
 
-    def _record_route(self, flow: Flow) -> str:
+    def _record_route(self, flow: Flow, request: Request) -> str:
+        """Our Record-Route: the listener of the flow, stamped with the dialog's Call-ID (so a
+        request inside the dialog proves the dialog is ours: :mod:`imscore.proxy.relay`)."""
         transport, host, port = self.sent_by(flow)
-        return f"<sip:{host}:{port};transport={transport};lr>"
+        stamp = self.stamp.make(request.call_id, request.from_.tag)
+        return f"<sip:{host}:{port};transport={transport};lr;{DIALOG_PARAM}={stamp}>"
 
     # -- requests ----------------------------------------------------------------------------------
     def is_registrar_request(self, request: Request) -> bool:
@@ -124,18 +137,15 @@ class ProxyService:
         core = server.core
         refused = self.router.check(request)
         if refused is None:
+            strict = strict_route_fixup(request, self.router.is_ours(request.uri))
             own = self.router.pop_own_route(request)
-            if not request.route and own is None and self.router.is_ours(request.uri):
+            if not request.route and own is None and strict is None and self.router.is_ours(request.uri):
                 # addressed to this server (OPTIONS ping, or a method we do not serve)
                 self._answer(transaction, core.answer(request))
                 return
             info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
             try:
-                if self._relayed_in_dialog(request, own):
-                    # a "mid-dialog" request in no dialog of ours, to a target we never forked to
-                    decision = Decision.answer(403, "Relaying denied")
-                else:
-                    decision = await self.router.decide(request, info, server.clock())
+                decision = await self._route(request, info, strict or stamp_of(own))
             except SipError:
                 raise  # a header of the request does not parse: the server's guard answers it
             except Exception:  # a provider failed: answer 500 rather than leave the caller waiting
@@ -159,6 +169,41 @@ class ProxyService:
         actions = self.core.start(transaction, request, decision.groups, server.now(), inbound=flow)
         server.emit(core.proxied(actions))
 
+    async def relay_facts(self, request: Request, flow: FlowInfo, stamp: str | None) -> RelayFacts:
+        """What the relay rules (:func:`~imscore.proxy.relay.relay_verdict`) look at, for a
+        request whose Route entry of ours (carrying ``stamp``, if any) was already removed."""
+        router = self.router
+        in_dialog = request.to.tag is not None
+        stamped = self.stamp.valid(stamp, request)
+        trusted = router.trusted(flow)
+        onward = bool(request.route)
+        uri = request.uri
+        registered = False
+        if in_dialog and not stamped and not trusted:
+            registered = await router.on_registered_flow(request, flow, self.server.clock())
+        return RelayFacts(
+            in_dialog=in_dialog,
+            stamped=stamped,
+            onward_route=onward,
+            to_served=router.serves(uri) or router.is_ours(uri),
+            to_known_device=self._contact_key(str(uri)) in self.known_flows,
+            trusted_peer=trusted,
+            registered_flow=registered,
+        )
+
+    async def _route(self, request: Request, flow: FlowInfo, stamp: str | None) -> Decision:
+        """The relay rules first (who may be relayed where), then the router's decision."""
+        verdict = relay_verdict(await self.relay_facts(request, flow, stamp))
+        if verdict.refused:
+            assert verdict.status is not None
+            return Decision.answer(verdict.status, verdict.reason)
+        if verdict.action == "route":
+            return Decision(groups=[((self.router.route_target(request),), None)], kind="route")
+        if verdict.action == "in-dialog":
+            known = self.known_flows.get(self._contact_key(str(request.uri)))
+            return Decision(groups=[((self.router.uri_target(request, known),), None)], kind="in-dialog")
+        return await self.router.decide(request, flow, self.server.clock())
+
     @staticmethod
     def _contact_key(uri: str) -> str:
         """A contact as an address: scheme, user, host and port (``sip:desk@127.0.0.1:5062``); the
@@ -167,17 +212,6 @@ class ProxyService:
             return SipUri.parse(uri.strip("<>")).aor
         except SipError:
             return uri
-
-    def _relayed_in_dialog(self, request: Request, own: str | None) -> bool:
-        """An in-dialog request (To tag) that would leave for a foreign target although it came
-        through no Route of ours (we did not record-route its dialog) and names no device we
-        forked to: relaying it would make imscore an open relay."""
-        if own is not None or request.route or request.to.tag is None:
-            return False
-        uri = request.uri
-        if self.router.serves(uri) or self.router.is_ours(uri):
-            return False
-        return self._contact_key(str(uri)) not in self.known_flows
 
     def _remember(self, contact: str, flow: FlowInfo | None) -> None:
         """Keep the flow of a contact we forked to, or of a 2xx's Contact (the dialog's remote
@@ -195,7 +229,8 @@ class ProxyService:
             contacts = response.contacts
         except SipError:
             return  # the caller will not be able to use it either
-        if contacts:
+        if contacts and self._contact_key(branch.target.uri) in self.known_flows:
+            # (only for the devices we forked to: a foreign callee's Contact is not ours to relay to)
             destination = branch.target.destination
             flow = destination.flow if destination is not None else None
             self._remember(str(contacts[0].uri), flow if isinstance(flow, FlowInfo) else None)
@@ -358,10 +393,13 @@ class ProxyService:
         or the Request-URI (through the flow the device registered on, when we know it)."""
         try:
             ack.check_framing_headers()
+            strict = strict_route_fixup(ack, self.router.is_ours(ack.uri))
             own = self.router.pop_own_route(ack)
-            if not ack.route and own is None and self.router.is_ours(ack.uri):
+            if not ack.route and own is None and strict is None and self.router.is_ours(ack.uri):
                 return  # an ACK for a 2xx this server sent itself: nothing to do
-            if own is None and self._contact_key(str(ack.uri)) not in self.known_flows:
+            info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
+            verdict = relay_verdict(await self.relay_facts(ack, info, strict or stamp_of(own)))
+            if verdict.refused:
                 # not in a dialog we record-routed, nor to a device we forked to: no relaying
                 self.acks_dropped += 1
                 return
