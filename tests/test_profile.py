@@ -190,7 +190,7 @@ ERROR_CASES = [
         MIN + "listen: [udp:127.0.0.1]\n",
         "key 'listen': unknown key; expected one of: "
         "connections, description, dns, domains, listeners, name, overload, policies, proxy, qualify, "
-        "registrar, "
+        "reg_event, registrar, "
         "store, "
         "timers, tls",
         id="unknown-top-key",
@@ -242,7 +242,7 @@ ERROR_CASES = [
     ),
     pytest.param(
         MIN + "registrar:\n  unknown_user_status: 500\n",
-        "key 'registrar.unknown_user_status': expected one of: 403, 404, got 500 (int)",
+        "key 'registrar.unknown_user_status': expected one of: 401, 403, 404, got 500 (int)",
         id="status",
     ),
     pytest.param(
@@ -354,7 +354,7 @@ ERROR_CASES = [
         "- domains\n",
         "top level: expected a mapping with keys: "
         "connections, description, dns, domains, listeners, name, overload, policies, proxy, qualify, "
-        "registrar, "
+        "reg_event, registrar, "
         "store, "
         "timers, tls, got a list",
         id="top-level-list",
@@ -584,6 +584,7 @@ def test_effective_settings_fill_defaults(write: Writer) -> None:
             "trusted_peers": [],
             "outbound": None,
         },
+        "reg_event": {"max_per_set": 16, "max_per_watcher": 8},
         "qualify": {"interval": 0.0, "max_failures": 3},
         "overload": {"max_lag": 0.25, "retry_after": 5, "max_backlog": 262144},
     }

@@ -34,9 +34,11 @@ from .model import (
     Profile,
     ProxySettings,
     QualifySettings,
+    RegEventSettings,
     RegistrarSettings,
     Timers,
     TlsSettings,
+    check_auth_options,
     check_binding_policy_options,
     check_forking_options,
 )
@@ -193,6 +195,11 @@ def profile_from_data(
         check_forking_options(choice.plugin, choice.options)
     except PolicyOptionError as exc:
         raise ProfileError(source, exc.message, key=f"policies.forking.options.{exc.option}") from None
+    choice = profile.policies["auth"]
+    try:
+        check_auth_options(choice.plugin, choice.options)
+    except PolicyOptionError as exc:
+        raise ProfileError(source, exc.message, key=f"policies.auth.options.{exc.option}") from None
     if known_plugins is not None:
         for decision, choice in profile.policies.items():
             if decision not in known_plugins:
@@ -269,6 +276,7 @@ def _build(plain: dict[str, object], default_name: str) -> Profile:
     dns = _mapping(plain["dns"])
     proxy = _mapping(plain["proxy"])
     qualify = _mapping(plain["qualify"])
+    reg_event = _mapping(plain["reg_event"])
     overload = _mapping(plain["overload"])
     name = plain["name"]
     return Profile(
@@ -318,6 +326,10 @@ def _build(plain: dict[str, object], default_name: str) -> Profile:
         ),
         qualify=QualifySettings(
             interval=_float(qualify["interval"]), max_failures=_int(qualify["max_failures"])
+        ),
+        reg_event=RegEventSettings(
+            max_per_set=_int(reg_event["max_per_set"]),
+            max_per_watcher=_int(reg_event["max_per_watcher"]),
         ),
         overload=OverloadSettings(
             max_lag=_float(overload["max_lag"]),
@@ -380,6 +392,10 @@ def effective_settings(profile: Profile) -> dict[str, Any]:
             "originating_auth": list(profile.proxy.originating_auth),
             "trusted_peers": list(profile.proxy.trusted_peers),
             "outbound": profile.proxy.outbound,
+        },
+        "reg_event": {
+            "max_per_set": profile.reg_event.max_per_set,
+            "max_per_watcher": profile.reg_event.max_per_watcher,
         },
         "qualify": {
             "interval": profile.qualify.interval,

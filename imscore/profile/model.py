@@ -16,7 +16,9 @@ from types import MappingProxyType
 from typing import Final, TypeAlias, cast
 
 __all__ = [
+    "AKA_ALGORITHMS",
     "AT_LIMIT_ACTIONS",
+    "AUTH_OPTION_DEFAULTS",
     "BUILTIN_PLUGINS",
     "DECISIONS",
     "DEFAULT_AT_LIMIT",
@@ -26,6 +28,7 @@ __all__ = [
     "DEFAULT_PORTS",
     "DEFAULT_REJECT_STATUS",
     "DEFAULT_STORE",
+    "DIGEST_ALGORITHMS",
     "DNS_PREFER",
     "ORIGINATING_AUTH",
     "TRANSPORTS",
@@ -41,9 +44,11 @@ __all__ = [
     "Profile",
     "ProxySettings",
     "QualifySettings",
+    "RegEventSettings",
     "RegistrarSettings",
     "Timers",
     "TlsSettings",
+    "check_auth_options",
     "check_binding_policy_options",
     "check_domain",
     "check_forking_options",
@@ -83,8 +88,25 @@ AT_LIMIT_ACTIONS: Final = (
 DEFAULT_MAX_CONTACTS: Final = 10
 DEFAULT_AT_LIMIT: Final = "reject"
 DEFAULT_REJECT_STATUS: Final = 403
-#: Statuses a registrar may answer for an unknown user (404 tells, 403 does not).
-UNKNOWN_USER_STATUSES: Final = (403, 404)
+#: Statuses a registrar may answer for an unknown user: 404 and 403 tell it apart from a known one,
+#: 401 challenges it as if it were known (and never lets it register), see docs/security.rst.
+UNKNOWN_USER_STATUSES: Final = (401, 403, 404)
+#: Digest algorithms an ``auth`` policy may challenge with (option ``digest_algorithm``).
+DIGEST_ALGORITHMS: Final = ("MD5", "MD5-sess", "SHA-256", "SHA-256-sess")
+#: Digest-AKA algorithms an ``auth`` policy may challenge with (option ``aka_algorithm``).
+AKA_ALGORITHMS: Final = ("AKAv1-MD5", "AKAv2-MD5")
+#: The options of the builtin ``auth`` policies and their defaults: the algorithms challenged with,
+#: and the limits on failed authentications (per ``failure_window`` seconds; 0: no limit).
+AUTH_OPTION_DEFAULTS: Final[Mapping[str, str | int | float]] = MappingProxyType(
+    {
+        "digest_algorithm": "MD5",
+        "aka_algorithm": "AKAv1-MD5",
+        "failure_window": 60.0,
+        "max_failures": 10,
+        "max_failures_per_source": 100,
+        "max_failures_per_impi": 0,
+    }
+)
 DEFAULT_STORE: Final = "sqlite:imscore.db"
 
 
@@ -351,6 +373,44 @@ def check_forking_options(strategy: str, options: Mapping[str, object]) -> None:
             raise PolicyOptionError(key, f"expected a number of seconds > 0, got {describe(value)}")
 
 
+def check_auth_options(plugin: str, options: Mapping[str, object]) -> dict[str, OptionValue]:
+    """Validate the options of an ``auth`` policy and return them with every default filled in.
+
+    The keys of :data:`AUTH_OPTION_DEFAULTS`: ``digest_algorithm`` (one of
+    :data:`DIGEST_ALGORITHMS`), ``aka_algorithm`` (one of :data:`AKA_ALGORITHMS`),
+    ``failure_window`` (seconds > 0), ``max_failures`` (failed authentications of one IMPI from one
+    source address per window), ``max_failures_per_source`` (from one source address, whatever the
+    IMPI) and ``max_failures_per_impi`` (of one IMPI, whatever the source), integers >= 0 where 0
+    means no limit. Other keys are left to plugins (the ``ims_auth_*`` hooks may read them) and
+    returned unchanged.
+
+    :raises PolicyOptionError: for the first unknown option or bad value, naming it and what was
+        expected.
+    """
+    from .schema import describe  # schema imports this module: import at call time
+
+    del plugin  # the same options for every auth plugin: the registrar's Authenticator reads them
+    out = cast("dict[str, OptionValue]", dict(options))
+    for key, default in AUTH_OPTION_DEFAULTS.items():
+        value = options.get(key, default)
+        if key in ("digest_algorithm", "aka_algorithm"):
+            choices = DIGEST_ALGORITHMS if key == "digest_algorithm" else AKA_ALGORITHMS
+            if not isinstance(value, str) or value not in choices:
+                raise PolicyOptionError(
+                    key, f"expected one of: {', '.join(choices)}, got {describe(value)}"
+                )
+        elif key == "failure_window":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise PolicyOptionError(key, f"expected a number of seconds > 0, got {describe(value)}")
+            value = float(value)
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise PolicyOptionError(
+                key, f"expected an integer >= 0 (0: no limit), got {describe(value)}"
+            )
+        out[key] = value
+    return out
+
+
 @dataclass(frozen=True)
 class Timers:
     """SIP transaction timers in seconds (RFC 3261 §17.1.1.1)."""
@@ -372,7 +432,8 @@ class ConnectionSettings:
 
 @dataclass(frozen=True)
 class RegistrarSettings:
-    """Registration lifetimes in seconds and the answer for an unknown user."""
+    """Registration lifetimes in seconds and the answer for an unknown user (401: challenged like
+    a known user, see :data:`UNKNOWN_USER_STATUSES`)."""
 
     min_expires: int = 60
     max_expires: int = 7200
@@ -426,6 +487,15 @@ class OverloadSettings:
     max_lag: float = 0.25
     retry_after: int = 5
     max_backlog: int = 262_144
+
+
+@dataclass(frozen=True)
+class RegEventSettings:
+    """Limits of the reg event package (RFC 3680): subscriptions per watched implicit set and per
+    watcher (the subscriber's source address); a SUBSCRIBE past either gets 403."""
+
+    max_per_set: int = 16
+    max_per_watcher: int = 8
 
 
 @dataclass(frozen=True)
@@ -489,4 +559,5 @@ class Profile:
     dns: DnsSettings = field(default_factory=DnsSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     qualify: QualifySettings = field(default_factory=QualifySettings)
+    reg_event: RegEventSettings = field(default_factory=RegEventSettings)
     overload: OverloadSettings = field(default_factory=OverloadSettings)

@@ -25,6 +25,7 @@ from .model import (
     OverloadSettings,
     ProxySettings,
     QualifySettings,
+    RegEventSettings,
     RegistrarSettings,
     Timers,
     TlsSettings,
@@ -383,6 +384,7 @@ _C = ConnectionSettings()
 _D = DnsSettings()
 _P = ProxySettings()
 _Q = QualifySettings()
+_E = RegEventSettings()
 _O = OverloadSettings()
 
 
@@ -510,6 +512,15 @@ PROFILE_SCHEMA: Final = Record(
                         ListOf(Parsed("an IP address", _check_ip_literal), unique=True), []
                     ),
                     "outbound": Field(Optional(Parsed("a sip: URI", _check_sip_uri)), _P.outbound),
+                }
+            ),
+            {},
+        ),
+        "reg_event": Field(
+            Record(
+                {
+                    "max_per_set": Field(Int(minimum=1), _E.max_per_set),
+                    "max_per_watcher": Field(Int(minimum=1), _E.max_per_watcher),
                 }
             ),
             {},

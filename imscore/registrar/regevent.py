@@ -102,9 +102,43 @@ def _device_key(binding: StoredBinding) -> str:
 class RegEventService:
     """The reg-event subscriptions of one registrar."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_per_set: int = 16, max_per_watcher: int = 8) -> None:
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
         self._ids = itertools.count(1)
+        #: at most this many subscriptions watch one implicit set (a SUBSCRIBE past it gets 403)
+        self.max_per_set = max_per_set
+        #: at most this many of them from one source address (one device cannot take them all)
+        self.max_per_watcher = max_per_watcher
+        #: new subscriptions refused by those limits
+        self.refused = 0
+        #: subscriptions ended because their NOTIFY failed (timeout, 481 …: RFC 6665 §4.2.2)
+        self.dropped = 0
+
+    def _full(self, aor: str, flow: FlowInfo) -> str | None:
+        """Why a new subscription to the set filed under ``aor`` from ``flow`` is refused, if it is."""
+        per_set = per_watcher = 0
+        for subscription in self.subscriptions.values():
+            if subscription.aor == aor:
+                per_set += 1
+                if subscription.flow.remote[0] == flow.remote[0]:
+                    per_watcher += 1
+        if per_set >= self.max_per_set:
+            return f"Too many reg-event subscriptions for this user (at most {self.max_per_set})"
+        if per_watcher >= self.max_per_watcher:
+            return f"Too many reg-event subscriptions from this address (at most {self.max_per_watcher})"
+        return None
+
+    def notify_failed(self, notify: Request, status: int) -> bool:
+        """The NOTIFY of a subscription got ``status`` (0: no answer, or the flow failed). A timeout,
+        a 481 or another failure other than an authentication challenge ends the subscription
+        (RFC 6665 §4.2.2) without a further NOTIFY; returns whether one ended."""
+        if 200 <= status < 300 or status in (401, 407):
+            return False
+        key = (notify.call_id, notify.to.tag or "")
+        if self.subscriptions.pop(key, None) is None:
+            return False
+        self.dropped += 1
+        return True
 
     # -- SUBSCRIBE ---------------------------------------------------------------------------------
     def authorised(self, flow: FlowInfo, bindings: Sequence[StoredBinding]) -> bool:
@@ -142,6 +176,10 @@ class RegEventService:
         if existing is None:
             if not contacts:
                 return 400, [], secrets.token_hex(6), None
+            # (a fetch, Expires: 0, keeps no subscription: RFC 6665 §4.4.3)
+            if expires != 0 and (why := self._full(aor, flow)) is not None:
+                self.refused += 1
+                return 403, [("Reason", f'SIP;cause=403;text="{why}"')], secrets.token_hex(6), None
             existing = Subscription(
                 aor=aor,
                 impus=tuple(str(u) for u in impus),

@@ -20,7 +20,7 @@ from imscore.profile import Profile
 from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri
 from imscore.subscribers import ImplicitSet, Subscriber, SubscriberStore
 
-from .authenticator import SCHEMES_BY_POLICY, Authenticator, AuthOutcome
+from .authenticator import Authenticator, AuthOutcome
 from .identity import resolve_identity
 from .model import FlowInfo, StoredBinding
 from .regevent import RegEventService
@@ -72,20 +72,13 @@ class Registrar:
         self.subscribers = subscribers
         self.bindings = bindings
         self.plugins = plugins
-        auth = profile.policies["auth"]
-        schemes = SCHEMES_BY_POLICY.get(auth.plugin, ("digest",))
-        self.authenticator = authenticator or Authenticator(
-            profile.domains[0],
-            schemes,
-            digest_algorithm=str(auth.options.get("digest_algorithm", "MD5")),
-            aka_algorithm=str(auth.options.get("aka_algorithm", "AKAv1-MD5")),
-            secret=nonce_secret,
-            sqn_store=sqn_store,
+        self.authenticator = authenticator or Authenticator.from_profile(
+            profile, secret=nonce_secret, sqn_store=sqn_store
         )
         if self.authenticator.select_scheme is None:
             self.authenticator.select_scheme = self._select_scheme
         self.service_route = f"<sip:orig@{profile.domains[0]};lr>"
-        self.regevent = RegEventService()
+        self.regevent = RegEventService(profile.reg_event.max_per_set, profile.reg_event.max_per_watcher)
         #: called with the AOR whose bindings a REGISTER or an expiry changed (worker processes tell
         #: each other, so a reg-event subscription held by another one hears of it too)
         self.on_change: Callable[[str], None] | None = None
@@ -141,8 +134,12 @@ class Registrar:
                 subscriber = resolved[0]
         if subscriber is None:
             status = self.profile.registrar.unknown_user_status
-            return RegisterOutcome(self._reply(request, status, "Unknown user"))
-        if credentials is None or (not credentials.get("response") and not credentials.get("auts")):
+            if status != 401:
+                return RegisterOutcome(self._reply(request, status, "Unknown user"))
+            # challenged as a known user would be, never authenticated (docs/security.rst)
+            impi = username or str(to_uri).partition(":")[2]
+            result = self.authenticator.unknown_user(request, credentials, impi, now)
+        elif credentials is None or (not credentials.get("response") and not credentials.get("auts")):
             result = self.authenticator.challenge_for(subscriber, now, request=request)
         else:
             result = self.authenticator.check(request, credentials, subscriber, now)
@@ -152,7 +149,7 @@ class Registrar:
             return RegisterOutcome(response)
         if result.outcome is AuthOutcome.BAD_REQUEST:
             return RegisterOutcome(self._reply(request, 400, result.reason))
-        if result.outcome is AuthOutcome.FORBIDDEN:
+        if result.outcome is AuthOutcome.FORBIDDEN or subscriber is None:
             return RegisterOutcome(self._reply(request, 403, result.reason))
         # step 4: the IMPU must not be barred, and it must resolve (ims_identity_resolve) to an
         # implicit set of the authenticated IMPI

@@ -444,10 +444,19 @@ class Server:
 
     def _notify(self, notes: Sequence[tuple[Request, FlowInfo]]) -> None:
         """Send reg-event NOTIFYs, each on the flow of its subscription (the UE's own flow)."""
+        registrar = self.registrar
         for notify, info in notes:
             flow = Flow(info.transport, info.local, info.remote, info.connection)
+
+            def failed(status: int, notify: Request = notify) -> None:
+                if registrar is not None and registrar.regevent.notify_failed(notify, status):
+                    log.info("reg-event subscription %s ended: its NOTIFY got %s", notify.call_id,
+                             status or "no answer")
+
             try:
-                self._emit(self.core.send_request(notify, flow, flow.reliable, self._now()))
+                self._emit(
+                    self.core.send_request(notify, flow, flow.reliable, self._now(), on_final=failed)
+                )
             except Exception:  # the flow is gone or the request is refused: log, go on
                 log.exception("cannot send NOTIFY to %s", info.remote)
 
