@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -17,6 +18,7 @@ from imscore.auth import (
     NonceCheck,
     NonceCounter,
     NonceFactory,
+    NonceUse,
     StoredHA1,
     Verdict,
     VerdictKind,
@@ -407,34 +409,61 @@ def test_nonce_factory_arguments_and_repr() -> None:
 
 def test_nonce_counter_replay() -> None:
     c = NonceCounter()
-    assert c.accept("n1", 1)
-    assert not c.accept("n1", 1)  # the same nc again: replay
-    assert c.accept("n1", 2)
-    assert c.accept("n1", 5)  # gaps are fine (RFC 7616: greater, not consecutive)
-    assert not c.accept("n1", 3)
+    use = functools.partial(c.use, issued=NOW, now=NOW + 1, owner=IMPI)
+    assert use("n1", 1) is NonceUse.FRESH
+    assert use("n1", 1) is NonceUse.REPLAY  # the same nc again
+    assert use("n1", 2) is NonceUse.FRESH
+    assert use("n1", 5) is NonceUse.FRESH  # gaps are fine (RFC 7616: greater, not consecutive)
+    assert use("n1", 3) is NonceUse.REPLAY
     assert c.last("n1") == 5
-    assert c.accept("n2", 1)  # per nonce
-    assert not c.accept("n3", 0)  # nc starts at 1
+    assert use("n2", 1) is NonceUse.FRESH  # per nonce
+    assert use("n3", 0) is NonceUse.REPLAY  # nc starts at 1
     assert c.last("n3") is None
-    c.forget("n1")
-    assert c.last("n1") is None
-    assert len(c) == 1
-    assert repr(c) == "NonceCounter(1/10000 nonces)"
+    assert len(c) == 2 and c.held(IMPI) == 2 and c.held("other") == 0
+    assert repr(c) == "NonceCounter(2/100000 nonces)"
 
 
-def test_nonce_counter_is_bounded_lru() -> None:
-    c = NonceCounter(max_nonces=3)
-    for n in ("a", "b", "c"):
-        assert c.accept(n, 1)
-    assert not c.accept("a", 1)  # touches "a": now the most recently used
-    assert c.accept("d", 1)  # evicts "b", the least recently used
-    assert len(c) == 3
-    assert c.last("b") is None and c.last("a") == 1 and c.last("c") == 1
-    for i in range(100):
-        c.accept(f"x{i}", 1)
-    assert len(c) == 3
+def test_nonce_counter_keeps_state_for_the_lifetime_however_many_nonces_follow() -> None:
+    """Issue 15: an LRU of 10,000 forgot a used nonce after 10,000 others, and its Authorization
+    was then accepted again. State now lives as long as the nonce, whatever else is used."""
+    c = NonceCounter(300.0, per_owner=None)
+    assert c.use("first", 1, issued=NOW, now=NOW) is NonceUse.FRESH
+    for i in range(20_000):
+        assert c.use(f"other-{i}", 1, issued=NOW + i * 0.01, now=NOW + i * 0.01) is NonceUse.FRESH
+    assert c.use("first", 1, issued=NOW, now=NOW + 250) is NonceUse.REPLAY
+    assert len(c) == 20_001
+    # once every nonce of a bucket is past its lifetime, the bucket goes (those nonces are stale)
+    c.use("late", 1, issued=NOW + 700, now=NOW + 700)
+    assert len(c) == 1 and c.last("first") is None
+
+
+def test_nonce_counter_full_answers_full_never_forgets() -> None:
+    c = NonceCounter(max_nonces=3, per_owner=2)
+    use = functools.partial(c.use, issued=NOW, now=NOW)
+    assert use("a", 1, owner="x") is NonceUse.FRESH
+    assert use("b", 1, owner="x") is NonceUse.FRESH
+    assert use("c", 1, owner="x") is NonceUse.FULL  # x's share is used up
+    assert use("c", 1, owner="y") is NonceUse.FRESH
+    assert use("d", 1, owner="z") is NonceUse.FULL  # the whole table
+    assert use("a", 2, owner="x") is NonceUse.FRESH  # known nonces go on counting
+    assert use("a", 2, owner="x") is NonceUse.REPLAY
+    with pytest.raises(ValueError):
+        NonceCounter(max_nonces=0)
+    with pytest.raises(ValueError):
+        NonceCounter(per_owner=0)
     with pytest.raises(ValueError):
         NonceCounter(0)
+
+
+def test_nonce_counter_does_not_vouch_for_nonces_from_before_it_began() -> None:
+    c = NonceCounter()
+    assert c.use("old", 1, issued=NOW - 10, now=NOW) is NonceUse.FRESH  # no start: no rule
+    c = NonceCounter()
+    c.start(NOW)
+    c.start(NOW + 50)  # the first start counts
+    assert c.use("old", 1, issued=NOW - 0.001, now=NOW + 60) is NonceUse.UNKNOWN
+    assert c.use("new", 1, issued=NOW, now=NOW + 60) is NonceUse.FRESH
+    assert NonceCounter(since=NOW).since == NOW
 
 
 # --------------------------------------------------------------------------------------------------
@@ -675,12 +704,13 @@ def test_verify_algorithm_alias_for_aka(nonce: str) -> None:
     )  # fmt: skip
     creds = _authorization(nonce=nonce, algorithm="AKAv1-MD5", response=response)
     aka = {"algorithms": ("AKAv1-MD5",), "algorithm_aliases": {"AKAv1-MD5": "MD5"}, "nonces": None}
+    aka["counter"] = None
     assert _verify(creds, NonceFactory(KEY), password_or_ha1=res, **aka).ok
     assert _verify(creds, NonceFactory(KEY), password_or_ha1=b"\0" * 8, **aka).kind is (
         VerdictKind.WRONG_RESPONSE
     )
     # an alias not listed in algorithms is not accepted; nor plain MD5 where only AKA is
-    only_md5 = {"algorithm_aliases": {"AKAv1-MD5": "MD5"}, "nonces": None}
+    only_md5 = {"algorithm_aliases": {"AKAv1-MD5": "MD5"}, "nonces": None, "counter": None}
     assert _verify(creds, NonceFactory(KEY), password_or_ha1=res, **only_md5).kind is (
         VerdictKind.UNSUPPORTED_ALGORITHM
     )
@@ -957,7 +987,7 @@ def test_no_secret_in_any_verdict_or_repr(factory: NonceFactory, nonce: str) -> 
         _verify(_authorization(nonce=nonce, drop="username"), factory),
     ]
     counter = NonceCounter()
-    counter.accept(nonce, 1)
+    counter.use(nonce, 1, issued=NOW, now=NOW)
     verdicts.append(_verify(good, factory, counter=counter))
     verdicts.append(_verify(_authorization(nonce=nonce, realm="other.example.test"), factory))
     verdicts.append(_verify(AuthHeader("Basic", [("response", f'"{response}"')]), factory))

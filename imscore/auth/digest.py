@@ -5,8 +5,8 @@ is always an argument). It has four parts:
 
 * :class:`NonceFactory` makes self-validating nonces (a timestamp and a MAC inside the nonce itself, so
   the server keeps no per-nonce state to know whether a nonce is its own and how old it is);
-* :class:`NonceCounter` remembers, in bounded memory, the highest nonce-count seen per nonce, so a
-  replayed ``nc`` is refused;
+* :class:`NonceCounter` remembers the highest nonce-count seen per nonce for the nonce's lifetime,
+  in bounded memory, so a replayed ``nc`` is refused;
 * :func:`digest_response` and :func:`ha1` compute the response (MD5, MD5-sess, SHA-256, SHA-256-sess;
   qop ``auth``, ``auth-int`` or none, the RFC 2069 form). The password may be ``bytes`` so that Digest
   AKA (RFC 3310) can pass RES octets as the password;
@@ -27,7 +27,6 @@ import hmac
 import re
 import secrets
 import struct
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -42,6 +41,7 @@ __all__ = [
     "NonceCheck",
     "NonceCounter",
     "NonceFactory",
+    "NonceUse",
     "StoredHA1",
     "Verdict",
     "VerdictKind",
@@ -333,15 +333,20 @@ class NonceFactory:
         Age exactly equal to the lifetime is still valid; a nonce stamped more than ``max_skew`` in the
         future is invalid.
         """
+        return self.inspect(nonce, now, extra=extra)[0]
+
+    def inspect(self, nonce: str, now: float, *, extra: bytes = b"") -> tuple[NonceCheck, float]:
+        """:meth:`check` and :meth:`issued_at` at once: the verdict, and the issue time (``0.0``
+        for an invalid nonce)."""
         issued = self.issued_at(nonce, extra=extra)
         if issued is None:
-            return NonceCheck.INVALID
+            return NonceCheck.INVALID, 0.0
         age = _millis(now) / 1000.0 - issued
         if age < -self.max_skew:
-            return NonceCheck.INVALID
+            return NonceCheck.INVALID, 0.0
         if age > self.lifetime:
-            return NonceCheck.STALE
-        return NonceCheck.VALID
+            return NonceCheck.STALE, issued
+        return NonceCheck.VALID, issued
 
     def __repr__(self) -> str:
         return f"NonceFactory(lifetime={self.lifetime!r}, max_skew={self.max_skew!r})"
@@ -367,51 +372,137 @@ def _decode_nonce(nonce: object) -> bytes | None:
     return raw
 
 
-class NonceCounter:
-    """Highest nonce-count seen per nonce, in bounded memory (an LRU of at most ``max_nonces``).
+class NonceUse(enum.Enum):
+    """What :meth:`NonceCounter.use` found."""
 
-    :meth:`accept` enforces RFC 2617 §3.2.2's replay rule: the ``nc`` of each request on a nonce must be
-    greater than every ``nc`` already accepted for it. When the LRU is full the least recently used nonce
-    is forgotten, after which its counts could be accepted again; size it to hold the nonces issued over
-    one nonce lifetime (stale nonces are refused before the counter is asked, so older ones do not
-    matter).
+    #: the nonce-count is greater than any accepted before on this nonce: recorded, go on
+    FRESH = "fresh"
+    #: the nonce-count is not greater than one already accepted: a replay
+    REPLAY = "replay"
+    #: the nonce was issued before this counter began (a restart): its counts are not known, so it
+    #: is treated as stale and the client asked for a new one
+    UNKNOWN = "unknown"
+    #: no room to remember another nonce (the whole table, or the owner's share of it): treated as
+    #: stale, never accepted unrecorded
+    FULL = "full"
+
+
+_COUNTER_BUCKETS: Final = 10
+
+
+class NonceCounter:
+    """Highest nonce-count seen per nonce, kept for the nonce's lifetime, in bounded memory.
+
+    :meth:`use` enforces RFC 7616 §3.4's replay rule: the ``nc`` of each request on a nonce must be
+    greater than every ``nc`` already accepted for it. State is created only when a nonce is first
+    used with a right response (an issued but unused nonce costs nothing: it is only an HMAC), and
+    it is kept until the nonce itself expires, never forgotten earlier for room: entries are filed
+    by the time their nonce was issued, in buckets of ``lifetime / 10`` seconds, and a bucket is
+    dropped whole once every nonce in it is older than ``lifetime`` (those are refused as stale
+    before the counter is asked). Each entry is a 56-bit digest of the nonce and an int.
+
+    When ``max_nonces`` entries are live, or ``per_owner`` entries of one owner (the IMPI), a new
+    nonce is answered :attr:`NonceUse.FULL` (the caller challenges again with ``stale=true``) rather
+    than accepted without a record, so the table cannot be flushed to replay a nonce.
+
+    :param lifetime: the nonce lifetime (the :class:`NonceFactory`'s), seconds.
+    :param max_nonces: entries kept at most, over all owners.
+    :param per_owner: entries kept at most for one owner (``None``: no share per owner).
+    :param since: nonces issued before this time are :attr:`NonceUse.UNKNOWN` (set it, or call
+        :meth:`start`, when the process begins serving, so nonces of a previous run whose counts
+        are lost are not taken as new); ``None``: no such rule.
     """
 
-    __slots__ = ("_seen", "max_nonces")
+    __slots__ = ("_buckets", "_live", "_width", "lifetime", "max_nonces", "per_owner", "since")
 
-    def __init__(self, max_nonces: int = 10_000) -> None:
+    def __init__(
+        self,
+        lifetime: float = 300.0,
+        *,
+        max_nonces: int = 100_000,
+        per_owner: int | None = 64,
+        since: float | None = None,
+    ) -> None:
+        if not lifetime > 0:
+            raise ValueError("the nonce lifetime must be > 0")
         if max_nonces < 1:
             raise ValueError("max_nonces must be >= 1")
+        if per_owner is not None and per_owner < 1:
+            raise ValueError("per_owner must be >= 1 or None")
+        self.lifetime = float(lifetime)
         self.max_nonces = max_nonces
-        self._seen: OrderedDict[str, int] = OrderedDict()
+        self.per_owner = per_owner
+        self.since = None if since is None else _millis(since) / 1000.0
+        self._width = self.lifetime / _COUNTER_BUCKETS
+        #: bucket number -> (nonce key -> highest nc, owner -> entries)
+        self._buckets: dict[int, tuple[dict[int, int], dict[str, int]]] = {}
+        self._live = 0
 
-    def accept(self, nonce: str, nc: int) -> bool:
-        """Record ``nc`` for ``nonce`` and return ``True`` if it is greater than the last one accepted;
-        return ``False`` (a replay, nothing recorded) otherwise. ``nc`` must be >= 1 to be accepted."""
-        last = self._seen.get(nonce, 0)
-        if nc <= last:
-            if nonce in self._seen:
-                self._seen.move_to_end(nonce)
-            return False
-        self._seen[nonce] = nc
-        self._seen.move_to_end(nonce)
-        while len(self._seen) > self.max_nonces:
-            self._seen.popitem(last=False)
-        return True
+    def start(self, now: float) -> None:
+        """Begin counting at ``now`` if not begun: nonces issued before it are unknown."""
+        if self.since is None:
+            self.since = _millis(now) / 1000.0
+
+    @staticmethod
+    def _key(nonce: str) -> int:
+        digest = hashlib.blake2b(nonce.encode("utf-8", "surrogateescape"), digest_size=7).digest()
+        return int.from_bytes(digest, "big")
+
+    def _expire(self, now: float) -> None:
+        horizon = (now - self.lifetime) // self._width  # buckets ending before now - lifetime
+        for number in [b for b in self._buckets if b + 1 < horizon]:
+            self._live -= len(self._buckets.pop(number)[0])
+
+    def _find(self, key: int) -> tuple[dict[int, int], int] | None:
+        for entries, _owners in self._buckets.values():
+            last = entries.get(key)
+            if last is not None:
+                return entries, last
+        return None
+
+    def use(self, nonce: str, nc: int, *, issued: float, now: float, owner: str = "") -> NonceUse:
+        """Record ``nc`` for ``nonce`` (issued at ``issued``, on behalf of ``owner``) at ``now``.
+
+        :attr:`NonceUse.FRESH` when ``nc`` (>= 1) is greater than every count accepted for the
+        nonce; otherwise why not. Only a fresh count changes anything.
+        """
+        self._expire(now)
+        if self.since is not None and issued < self.since:
+            return NonceUse.UNKNOWN
+        if nc < 1:
+            return NonceUse.REPLAY
+        key = self._key(nonce)
+        found = self._find(key)
+        if found is not None:
+            entries, last = found
+            if nc <= last:
+                return NonceUse.REPLAY
+            entries[key] = nc
+            return NonceUse.FRESH
+        if self._live >= self.max_nonces:
+            return NonceUse.FULL
+        if self.per_owner is not None and self.held(owner) >= self.per_owner:
+            return NonceUse.FULL
+        entries, owners = self._buckets.setdefault(int(issued // self._width), ({}, {}))
+        entries[key] = nc
+        owners[owner] = owners.get(owner, 0) + 1
+        self._live += 1
+        return NonceUse.FRESH
+
+    def held(self, owner: str) -> int:
+        """How many live entries ``owner`` holds."""
+        return sum(owners.get(owner, 0) for _entries, owners in self._buckets.values())
 
     def last(self, nonce: str) -> int | None:
-        """The highest ``nc`` accepted for ``nonce``, or ``None`` if it is not remembered."""
-        return self._seen.get(nonce)
-
-    def forget(self, nonce: str) -> None:
-        """Drop what is remembered about ``nonce`` (e.g. once it is known to be stale)."""
-        self._seen.pop(nonce, None)
+        """The highest ``nc`` accepted for ``nonce``, or ``None`` if none is remembered."""
+        found = self._find(self._key(nonce))
+        return None if found is None else found[1]
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return self._live
 
     def __repr__(self) -> str:
-        return f"NonceCounter({len(self._seen)}/{self.max_nonces} nonces)"
+        return f"NonceCounter({self._live}/{self.max_nonces} nonces)"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -646,7 +737,9 @@ def verify(
     :param nonces: the factory that made our nonces; when given, ``now`` is required and the nonce is
         checked (invalid, stale). When ``None`` the caller has checked the nonce itself (AKA).
     :param nonce_extra: the ``extra`` the nonce was bound to.
-    :param counter: when given, a nonce-count not greater than the last accepted one is a replay.
+    :param counter: when given (with ``nonces``), a nonce-count not greater than the last accepted
+        one is a replay; a nonce the counter cannot vouch for (issued before it began, or no room
+        to record it) is answered as stale, never accepted unrecorded.
     :param algorithms: the algorithm names accepted (any case; see :data:`ALGORITHMS`).
     :param algorithm_aliases: extra algorithm names and the algorithm each computes with, e.g.
         ``{"AKAv1-MD5": "MD5"}`` for Digest AKAv1 (RFC 3310) with the RES as ``password_or_ha1``; an
@@ -720,11 +813,13 @@ def verify(
     if opaque is not None and credentials.get("opaque") != opaque:
         return _bad("Digest opaque does not match", username)
 
-    state = NonceCheck.VALID
+    state, issued = NonceCheck.VALID, 0.0
+    if counter is not None and nonces is None:
+        raise TypeError("verify() needs nonces= when counter= is given")
     if nonces is not None:
         if now is None:
             raise TypeError("verify() needs now= when nonces= is given")
-        state = nonces.check(nonce, now, extra=nonce_extra)
+        state, issued = nonces.inspect(nonce, now, extra=nonce_extra)
         if state is NonceCheck.INVALID:
             return Verdict(VerdictKind.INVALID_NONCE, "nonce not issued here", username)
 
@@ -745,6 +840,13 @@ def verify(
         return Verdict(VerdictKind.WRONG_RESPONSE, "Digest response does not match", username)
     if state is NonceCheck.STALE:
         return Verdict(VerdictKind.STALE, "nonce expired", username)
-    if counter is not None and nc is not None and not counter.accept(nonce, nc):
-        return Verdict(VerdictKind.REPLAY, "nonce-count replayed", username)
+    if counter is not None and nc is not None:
+        assert now is not None
+        use = counter.use(nonce, nc, issued=issued, now=now, owner=username)
+        if use is NonceUse.REPLAY:
+            return Verdict(VerdictKind.REPLAY, "nonce-count replayed", username)
+        if use is NonceUse.UNKNOWN:
+            return Verdict(VerdictKind.STALE, "nonce from before this server started", username)
+        if use is NonceUse.FULL:
+            return Verdict(VerdictKind.STALE, "no room to count another nonce", username)
     return Verdict(VerdictKind.OK, "", username)

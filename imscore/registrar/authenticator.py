@@ -1,13 +1,26 @@
 """Challenge and verify a REGISTER with SIP Digest or IMS Digest-AKA (no I/O; ``now`` is passed in).
 
-Digest nonces validate themselves (timestamp + MAC, :class:`~imscore.auth.digest.NonceFactory`), so
-Digest needs no per-nonce state beyond the nonce-count window. AKA keeps, per challenge, the
-authentication vector it sent (the expected RES lives only here) and, per private identity, the
-sequence number state; both are in memory.
+Digest nonces validate themselves (timestamp + MAC, :class:`~imscore.auth.digest.NonceFactory`) and
+are bound to the algorithm challenged with, so credentials computed with another algorithm are not
+accepted (RFC 7616 §3.4, §3.9: no downgrade). A nonce costs no state until it is first used with a
+right response; then its nonce-count is kept for the nonce's lifetime
+(:class:`~imscore.auth.digest.NonceCounter`), and a nonce the counter cannot vouch for is answered
+as stale, never accepted.
+
+AKA keeps, per challenge, the authentication vector it sent (the expected RES lives only here) and,
+per private identity, the sequence number state. A private identity has at most
+:data:`AKA_VECTORS_PER_IMPI` vectors made in one :data:`AKA_REUSE_AGE`; a further challenge re-sends
+the newest of them, so unauthenticated REGISTERs cannot move the SQN (nor write the store) at will.
+
+Failed authentications are counted per IMPI and source address and logged, rate-limited
+(:mod:`.failures`); past the profile's limits credentials get ``403`` unchecked. With the profile's
+``registrar.unknown_user_status: 401`` an unknown user is challenged like a known one
+(:meth:`Authenticator.unknown_user`) and never authenticated.
 """
 
 from __future__ import annotations
 
+import base64
 import enum
 import secrets
 from collections import OrderedDict
@@ -33,13 +46,24 @@ from imscore.auth.digest import (
     verify,
 )
 from imscore.auth.milenage import Milenage
-from imscore.sip import AuthHeader, Request
+from imscore.profile import Profile
+from imscore.profile.model import AKA_ALGORITHMS, DIGEST_ALGORITHMS, check_auth_options
+from imscore.sip import AuthHeader, Request, SipError
 from imscore.sip.grammar import quote
 from imscore.subscribers import Subscriber
 
+from .failures import FailureLimiter, FailureLimits, FailureLog
 from .sqn import MemorySqnStore, SqnStore
 
-__all__ = ["SCHEMES_BY_POLICY", "AuthOutcome", "AuthResult", "Authenticator"]
+__all__ = [
+    "AKA_REUSE_AGE",
+    "AKA_VECTORS_PER_IMPI",
+    "AKA_VECTOR_LIFETIME",
+    "SCHEMES_BY_POLICY",
+    "AuthOutcome",
+    "AuthResult",
+    "Authenticator",
+]
 
 #: which schemes each builtin ``auth`` policy allows, preferred first
 SCHEMES_BY_POLICY: Final[dict[str, tuple[str, ...]]] = {
@@ -48,16 +72,25 @@ SCHEMES_BY_POLICY: Final[dict[str, tuple[str, ...]]] = {
     "digest-or-aka": ("aka", "digest"),
 }
 AKA_ALGORITHM: Final = "AKAv1-MD5"
-AKA_ALGORITHMS: Final = ("AKAv1-MD5", "AKAv2-MD5")
-DIGEST_ALGORITHMS: Final = ("MD5", "MD5-sess", "SHA-256", "SHA-256-sess")
+#: seconds an AKA vector may be answered
 AKA_VECTOR_LIFETIME: Final = 120.0
+#: seconds within which a private identity gets at most :data:`AKA_VECTORS_PER_IMPI` new vectors
+AKA_REUSE_AGE: Final = AKA_VECTOR_LIFETIME / 2
+#: new vectors (each a fresh SQN, one store write) per private identity per :data:`AKA_REUSE_AGE`
+AKA_VECTORS_PER_IMPI: Final = 4
+#: AKA vectors kept at most (over all private identities)
+MAX_PENDING_VECTORS: Final = 100_000
+#: made-up AKA nonces kept at most for unknown users (see :meth:`Authenticator.unknown_user`)
+MAX_UNKNOWN_NONCES: Final = 10_000
+#: the reason phrase of a 403 for credentials past a failure limit
+LOCKED_OUT: Final = "Too many failed authentications"
 
 
 class AuthOutcome(enum.Enum):
     OK = "ok"
     CHALLENGE = "challenge"  # answer 401 with the challenge
     BAD_REQUEST = "bad request"  # answer 400
-    FORBIDDEN = "forbidden"  # answer 403 (no scheme this subscriber and profile share)
+    FORBIDDEN = "forbidden"  # answer 403 (no scheme this subscriber and profile share, locked out)
 
 
 @dataclass(frozen=True)
@@ -75,6 +108,22 @@ class _Pending:
     impi: str
     vector: AuthVector
     created: float
+    algorithm: str
+
+
+def source_of(request: Request) -> str:
+    """The address a request came from, as its top Via says once the transport stamped it
+    (``received``, RFC 3261 §18.2.1); ``"?"`` when there is no readable Via."""
+    try:
+        via = request.top_via
+    except (SipError, ValueError, IndexError):
+        return "?"
+    return via.received or via.host or "?"
+
+
+def _looks_3gpp(impi: str) -> bool:
+    """An IMPI derived from an IMSI (TS 23.003 §13.3) ends in ``.3gppnetwork.org``."""
+    return impi.rpartition("@")[2].lower().rstrip(".").endswith(".3gppnetwork.org")
 
 
 class Authenticator:
@@ -83,8 +132,13 @@ class Authenticator:
     :param realm: the realm of challenges (the served domain).
     :param schemes: the schemes the profile accepts, preferred first (``digest``, ``aka``).
     :param secret: the key that makes Digest nonces self-validating.
+    :param nonce_lifetime: seconds a Digest nonce may be used.
     :param random_bytes: where AKA RANDs come from (injectable for tests).
+    :param digest_algorithm: the one Digest algorithm challenged with and accepted.
+    :param aka_algorithm: the one AKA algorithm challenged with and accepted.
     :param sqn_store: where the last AKA SQN issued per IMPI is kept (default: in this process).
+    :param limits: the limits on failed authentications (default: :class:`FailureLimits`).
+    :param counter: the nonce-count state (default: one for ``nonce_lifetime``).
     """
 
     def __init__(
@@ -98,6 +152,8 @@ class Authenticator:
         digest_algorithm: str = "MD5",
         aka_algorithm: str = AKA_ALGORITHM,
         sqn_store: SqnStore | None = None,
+        limits: FailureLimits | None = None,
+        counter: NonceCounter | None = None,
     ) -> None:
         if digest_algorithm not in DIGEST_ALGORITHMS:
             expected = ", ".join(DIGEST_ALGORITHMS)
@@ -113,17 +169,58 @@ class Authenticator:
         self.nonces = NonceFactory(secret or secrets.token_bytes(32), nonce_lifetime)
         #: what every nonce made here is bound to: worker processes sharing one secret each bind
         #: theirs to their number, so a nonce-count is always checked where the nonce was made
+        #: (the algorithm challenged with is bound too, see :meth:`_extra`)
         self.nonce_extra = b""
-        self.counter = NonceCounter()
+        #: nonce-counts, per process: a nonce made before the counter began is answered as stale
+        self.counter = counter or NonceCounter(nonce_lifetime)
         # looked up at call time (not bound at import), so a seeded lab run can replace the source
         self.random_bytes: Callable[[int], bytes] = random_bytes or (lambda n: secrets.token_bytes(n))
+        #: AKA vectors sent and not yet used, oldest first, and their nonces per IMPI
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._by_impi: dict[str, list[str]] = {}
+        #: made-up AKA nonces of unknown users: IMPI -> (nonce, made at)
+        self._unknown: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._decoy = secrets.token_bytes(16)  # the "password" an unknown user's answer is checked with
         #: the last AKA SQN issued per IMPI (in the SQLite store file when the server has one, so it
         #: survives restarts and worker processes share it)
         self.sqn_store: SqnStore = sqn_store if sqn_store is not None else MemorySqnStore()
+        self.limiter = FailureLimiter(limits)
+        self.failure_log = FailureLog()
         #: asks the plugins which scheme to challenge with (``ims_auth_select_scheme``); its answer
         #: counts when the profile allows that scheme and the subscriber has credentials for it
         self.select_scheme: Callable[[Subscriber, Request | None], str | None] | None = None
+
+    @classmethod
+    def from_profile(
+        cls,
+        profile: Profile,
+        *,
+        secret: bytes | None = None,
+        sqn_store: SqnStore | None = None,
+    ) -> Authenticator:
+        """The authenticator a profile describes: its ``auth`` policy's schemes and options
+        (:func:`~imscore.profile.model.check_auth_options`), trusted peers exempt from the
+        per-source failure limit. Raises :class:`ValueError` naming a bad option."""
+        auth = profile.policies["auth"]
+        options = check_auth_options(auth.plugin, auth.options)
+        window = options["failure_window"]
+        assert isinstance(window, float)
+        limits = FailureLimits(
+            window=window,
+            per_impi_source=_int(options["max_failures"]),
+            per_source=_int(options["max_failures_per_source"]),
+            per_impi=_int(options["max_failures_per_impi"]),
+            exempt=frozenset(profile.proxy.trusted_peers),
+        )
+        return cls(
+            profile.domains[0],
+            SCHEMES_BY_POLICY.get(auth.plugin, ("digest",)),
+            secret=secret,
+            digest_algorithm=str(options["digest_algorithm"]),
+            aka_algorithm=str(options["aka_algorithm"]),
+            sqn_store=sqn_store,
+            limits=limits,
+        )
 
     # -- choosing and challenging ----------------------------------------------------------------
     def _usable(self, scheme: str, subscriber: Subscriber) -> bool:
@@ -145,6 +242,23 @@ class Authenticator:
                 return "digest"
         return None
 
+    def _extra(self) -> bytes:
+        # the nonce names the algorithm it was issued for: credentials computed with another one
+        # fail the nonce's MAC, even if the profile changed between the challenge and the answer
+        return self.nonce_extra + b"\x00" + self.digest_algorithm.encode("ascii")
+
+    def _digest_challenge(self, now: float, *, stale: bool = False) -> str:
+        self.counter.start(now)
+        nonce = self.nonces.make(now, extra=self._extra())
+        return challenge(self.realm, nonce, algorithm=self.digest_algorithm, stale=stale)
+
+    def _aka_challenge(self, nonce: str, stale: bool) -> str:
+        # RFC 3310 §3.2: a Digest challenge whose nonce is base64(RAND || AUTN)
+        return (
+            f'Digest realm={quote(self.realm)}, nonce={quote(nonce)}, qop="auth", '
+            f"algorithm={self.aka_algorithm}" + (", stale=true" if stale else "")
+        )
+
     def challenge_for(
         self,
         subscriber: Subscriber,
@@ -158,16 +272,10 @@ class Authenticator:
         if scheme is None:
             return AuthResult(AuthOutcome.FORBIDDEN, "no authentication scheme allowed for this user")
         if scheme == "digest":
-            nonce = self.nonces.make(now, extra=self.nonce_extra)
-            value = challenge(self.realm, nonce, algorithm=self.digest_algorithm, stale=stale)
+            value = self._digest_challenge(now, stale=stale)
             return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
-        vector = self._new_vector(subscriber)
-        self._remember(vector, subscriber.impi, now)
-        # RFC 3310 §3.2: a Digest challenge whose nonce is base64(RAND || AUTN)
-        value = (
-            f'Digest realm={quote(self.realm)}, nonce={quote(vector.nonce)}, qop="auth", '
-            f"algorithm={self.aka_algorithm}" + (", stale=true" if stale else "")
-        )
+        vector = self._vector_for(subscriber, now)
+        value = self._aka_challenge(vector.nonce, stale)
         return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
 
     def proxy_challenge(self, subscriber: Subscriber, now: float) -> AuthResult:
@@ -176,8 +284,7 @@ class Authenticator:
         challenged here (FORBIDDEN)."""
         if subscriber.password is None or "digest" not in self.schemes:
             return AuthResult(AuthOutcome.FORBIDDEN, "no Digest credentials for this user")
-        nonce = self.nonces.make(now, extra=self.nonce_extra)
-        value = challenge(self.realm, nonce, algorithm=self.digest_algorithm)
+        value = self._digest_challenge(now)
         return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
 
     def _milenage(self, subscriber: Subscriber) -> Milenage:
@@ -191,18 +298,57 @@ class Authenticator:
         sqn = self.sqn_store.issue(subscriber.impi, aka.sqn, sqn_ms)
         return generate_vector(self._milenage(subscriber), sqn, aka.amf, self.random_bytes(16))
 
-    def _remember(self, vector: AuthVector, impi: str, now: float) -> None:
-        for nonce, pending in list(self._pending.items()):  # drop the stale ones (oldest first)
-            if now - pending.created <= AKA_VECTOR_LIFETIME and len(self._pending) < 100_000:
+    def _vector_for(self, subscriber: Subscriber, now: float) -> AuthVector:
+        """A new vector, or, when the IMPI already got :data:`AKA_VECTORS_PER_IMPI` within
+        :data:`AKA_REUSE_AGE`, the newest of those again (it has not been used: used vectors go)."""
+        self._expire_vectors(now)
+        recent = [
+            self._pending[n]
+            for n in self._by_impi.get(subscriber.impi, ())
+            if now - self._pending[n].created <= AKA_REUSE_AGE
+            and self._pending[n].algorithm == self.aka_algorithm
+        ]
+        if len(recent) >= AKA_VECTORS_PER_IMPI:
+            return recent[-1].vector
+        vector = self._new_vector(subscriber)
+        self._pending[vector.nonce] = _Pending(subscriber.impi, vector, now, self.aka_algorithm)
+        self._by_impi.setdefault(subscriber.impi, []).append(vector.nonce)
+        return vector
+
+    def _expire_vectors(self, now: float) -> None:
+        while self._pending:
+            nonce, oldest = next(iter(self._pending.items()))
+            if now - oldest.created <= AKA_VECTOR_LIFETIME and len(self._pending) < MAX_PENDING_VECTORS:
                 break
-            del self._pending[nonce]
-        self._pending[vector.nonce] = _Pending(impi, vector, now)
+            self._drop(nonce)
+
+    def _drop(self, nonce: str) -> None:
+        pending = self._pending.pop(nonce, None)
+        if pending is None:
+            return
+        nonces = self._by_impi.get(pending.impi)
+        if nonces is not None:
+            if nonce in nonces:
+                nonces.remove(nonce)
+            if not nonces:
+                del self._by_impi[pending.impi]
+
+    def vectors_pending(self, impi: str | None = None) -> int:
+        """AKA vectors sent and not yet used (of ``impi``, or of everyone)."""
+        if impi is None:
+            return len(self._pending)
+        return len(self._by_impi.get(impi, ()))
 
     # -- verifying ---------------------------------------------------------------------------------
     def check(
         self, request: Request, credentials: AuthHeader, subscriber: Subscriber, now: float
     ) -> AuthResult:
         """Judge the credentials of ``request`` for ``subscriber`` (the IMPI of ``username``)."""
+        self.counter.start(now)
+        source = source_of(request)
+        refused = self._locked_out(subscriber.impi, source, now)
+        if refused is not None:
+            return refused
         algorithm = credentials.get("algorithm") or "MD5"
         aka = parse_aka_algorithm(algorithm)
         if aka is not None and "aka" in self.schemes and subscriber.aka is not None:
@@ -216,11 +362,13 @@ class Authenticator:
                 realm=self.realm,
                 nonces=self.nonces,
                 now=now,
-                nonce_extra=self.nonce_extra,
+                nonce_extra=self._extra(),
                 counter=self.counter,
-                algorithms=DIGEST_ALGORITHMS,
+                algorithms=(self.digest_algorithm,),
             )
-            return self._judged(verdict, subscriber, now, request)
+            return self._judged(verdict, subscriber, now, request, source)
+        if aka is not None or algorithm.lower() != self.digest_algorithm.lower():
+            self._note(now, subscriber.impi, source, f"algorithm {algorithm[:20]!r} not offered")
         return self.challenge_for(subscriber, now, request=request)
 
     def _check_aka(
@@ -233,6 +381,7 @@ class Authenticator:
         algorithm: str,
     ) -> AuthResult:
         nonce = credentials.get("nonce") or ""
+        source = source_of(request)
         pending = self._pending.get(nonce)
         if (
             pending is None
@@ -240,38 +389,156 @@ class Authenticator:
             or now - pending.created > AKA_VECTOR_LIFETIME
         ):
             return self.challenge_for(subscriber, now, stale=pending is not None, request=request)
+        if algorithm.lower() != pending.algorithm.lower():  # AKAv1 to an AKAv2 challenge: no
+            self._note(now, subscriber.impi, source, f"algorithm {algorithm[:20]!r} not offered")
+            return self.challenge_for(subscriber, now, request=request)
         auts = credentials.get("auts")
         if auts:
             # RFC 3310 §3.4: re-synchronise SQN from AUTS, then challenge again
-            del self._pending[nonce]
+            self._drop(nonce)
             try:
                 sqn_ms = resync_sqn(self._milenage(subscriber), pending.vector.rand, decode_auts(auts))
             except AkaError:
+                self._failed(now, subscriber.impi, source, "AKA AUTS does not verify")
                 return AuthResult(AuthOutcome.FORBIDDEN, "AKA re-synchronisation failed (bad AUTS)")
             assert subscriber.aka is not None
             self.sqn_store.issue(subscriber.impi, subscriber.aka.sqn, sqn_ms)
+            self._drop_all(subscriber.impi)  # their SQNs are behind the USIM's now
             return self.challenge_for(subscriber, now, request=request)
         vector = pending.vector
         password = derive_password(version, vector.xres, vector.ik, vector.ck)
+        # no nonce-count state: a vector is used once (dropped on success, below)
         verdict = verify(
             credentials,
             method=request.method,
             request_uri=request.uri,
             password_or_ha1=password,
             realm=self.realm,
-            counter=self.counter,
             algorithms=(algorithm,),
             algorithm_aliases={algorithm: "MD5"},
         )
         if verdict.ok:
-            del self._pending[nonce]
-        return self._judged(verdict, subscriber, now, request)
+            self._drop(nonce)
+        return self._judged(verdict, subscriber, now, request, source)
+
+    def _drop_all(self, impi: str) -> None:
+        for nonce in list(self._by_impi.get(impi, ())):
+            self._drop(nonce)
 
     def _judged(
-        self, verdict: Verdict, subscriber: Subscriber, now: float, request: Request
+        self, verdict: Verdict, subscriber: Subscriber, now: float, request: Request, source: str
     ) -> AuthResult:
         if verdict.ok:
             return AuthResult(AuthOutcome.OK, impi=subscriber.impi)
         if verdict.kind is VerdictKind.BAD_REQUEST:
             return AuthResult(AuthOutcome.BAD_REQUEST, verdict.reason)
+        self._verdict_failed(verdict, subscriber.impi, source, now)
         return self.challenge_for(subscriber, now, stale=verdict.stale, request=request)
+
+    # -- failures ----------------------------------------------------------------------------------
+    def _verdict_failed(self, verdict: Verdict, impi: str, source: str, now: float) -> None:
+        if verdict.kind is VerdictKind.WRONG_RESPONSE:
+            self._failed(now, impi, source, "wrong response")
+        elif verdict.kind in (VerdictKind.REPLAY, VerdictKind.UNSUPPORTED_ALGORITHM):
+            self._note(now, impi, source, verdict.reason)
+
+    def _locked_out(self, impi: str, source: str, now: float) -> AuthResult | None:
+        why = self.limiter.blocked(impi, source, now)
+        if why is None:
+            return None
+        self._note(now, impi, source, f"refused unchecked, {why}")
+        return AuthResult(AuthOutcome.FORBIDDEN, LOCKED_OUT)
+
+    def _failed(self, now: float, impi: str, source: str, reason: str) -> None:
+        """A failed authentication: counted towards the limits, and logged."""
+        self.limiter.failed(impi, source, now)
+        self._note(now, impi, source, reason)
+
+    def _note(self, now: float, impi: str, source: str, reason: str) -> None:
+        self.failure_log.note(now, impi, source, reason)
+
+    # -- unknown users -----------------------------------------------------------------------------
+    def unknown_scheme(self, impi: str) -> str:
+        """The scheme an unknown user is challenged with: the only one the profile allows, or
+        with both AKA for an IMPI derived from an IMSI (``…3gppnetwork.org``) and Digest else."""
+        if "aka" in self.schemes and ("digest" not in self.schemes or _looks_3gpp(impi)):
+            return "aka"
+        return "digest"
+
+    def _unknown_challenge(self, impi: str, now: float, stale: bool = False) -> AuthResult:
+        if self.unknown_scheme(impi) == "digest":
+            value = self._digest_challenge(now, stale=stale)
+        else:  # a known IMPI gets the same vector again for a while: so does an unknown one
+            found = self._unknown.get(impi)
+            if found is None or now - found[1] > AKA_REUSE_AGE:
+                found = (base64.b64encode(secrets.token_bytes(32)).decode("ascii"), now)
+                self._unknown.pop(impi, None)
+                while len(self._unknown) >= MAX_UNKNOWN_NONCES:
+                    self._unknown.popitem(last=False)
+                self._unknown[impi] = found
+            value = self._aka_challenge(found[0], stale)
+        return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value)
+
+    def unknown_user(
+        self, request: Request, credentials: AuthHeader | None, impi: str, now: float
+    ) -> AuthResult:
+        """Answer a REGISTER of ``impi``, which the subscriber store does not know, as a known
+        user's would be answered, without ever authenticating it.
+
+        Without a response: a challenge of the same shape (the same headers and algorithms, a real
+        Digest nonce, or for AKA a random one repeated as a known IMPI's vector would be). With a
+        response: it is checked against a random password (so it costs what a known user's check
+        costs), counted and logged as a failure, and challenged again; malformed credentials get
+        ``400`` as a known user's would; past the failure limits, ``403``. Never OK.
+        """
+        self.counter.start(now)
+        if credentials is None or (not credentials.get("response") and not credentials.get("auts")):
+            return self._unknown_challenge(impi, now)
+        source = source_of(request)
+        refused = self._locked_out(impi, source, now)
+        if refused is not None:
+            return refused
+        algorithm = credentials.get("algorithm") or "MD5"
+        scheme = self.unknown_scheme(impi)
+        if parse_aka_algorithm(algorithm) is not None:
+            made = self._unknown.get(impi)
+            if scheme != "aka" or made is None or made[0] != credentials.get("nonce"):
+                return self._unknown_challenge(impi, now)  # as for a nonce no vector is known for
+            if credentials.get("auts"):
+                self._failed(now, impi, source, "AKA AUTS does not verify")
+                return AuthResult(AuthOutcome.FORBIDDEN, "AKA re-synchronisation failed (bad AUTS)")
+            verdict = verify(
+                credentials,
+                method=request.method,
+                request_uri=request.uri,
+                password_or_ha1=self._decoy,
+                realm=self.realm,
+                algorithms=(algorithm,),
+                algorithm_aliases={algorithm: "MD5"},
+            )
+        elif scheme == "digest":
+            verdict = verify(
+                credentials,
+                method=request.method,
+                request_uri=request.uri,
+                password_or_ha1=self._decoy.hex(),
+                realm=self.realm,
+                nonces=self.nonces,
+                now=now,
+                nonce_extra=self._extra(),
+                algorithms=(self.digest_algorithm,),
+            )
+        else:
+            return self._unknown_challenge(impi, now)
+        if verdict.kind is VerdictKind.BAD_REQUEST:
+            return AuthResult(AuthOutcome.BAD_REQUEST, verdict.reason)
+        if verdict.kind in (VerdictKind.WRONG_RESPONSE, VerdictKind.OK, VerdictKind.STALE):
+            self._failed(now, impi, source, "wrong response, unknown user")  # (a decoy never matches)
+        else:
+            self._verdict_failed(verdict, impi, source, now)
+        return self._unknown_challenge(impi, now)
+
+
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value

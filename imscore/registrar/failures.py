@@ -1,0 +1,175 @@
+"""Failed authentications: a limit per IMPI and source, and a log that a flood cannot fill.
+
+Both take ``now`` (the registrar's clock) and keep bounded state; neither reads a clock.
+
+* :class:`FailureLimiter` counts failed authentications (a wrong Digest or AKA response, an AUTS
+  that does not verify) in fixed windows, per (IMPI, source address), per source address and per
+  IMPI, and says when one of them has reached its limit: the server then answers ``403`` to
+  credentials from there, without checking them, until the window that counted them has passed.
+* :class:`FailureLog` writes one INFO line per failure, at most one per (IMPI, source, reason) and
+  ``burst`` in all per ``interval``; what it leaves out is counted and summed up in one line when the
+  next interval begins. It never writes a password, a response, a nonce or any other credential
+  parameter: only the IMPI (as ``repr``, so control characters cannot forge lines), the source
+  address and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Final
+
+from imscore.subscribers.model import impi_key
+
+__all__ = ["FailureLimiter", "FailureLimits", "FailureLog"]
+
+log = logging.getLogger("imscore.auth")
+
+#: entries each table of :class:`FailureLimiter` keeps at most
+MAX_ENTRIES: Final = 100_000
+
+
+@dataclass(frozen=True)
+class FailureLimits:
+    """How many failed authentications are allowed per ``window`` seconds (0: no limit).
+
+    :param window: the length of a counting window, seconds.
+    :param per_impi_source: failures of one IMPI from one source address.
+    :param per_source: failures from one source address, whatever the IMPIs.
+    :param per_impi: failures of one IMPI from all sources; reaching it refuses that IMPI's own
+        devices too, wherever they are, until the window passes.
+    :param exempt: source addresses the per-source limit does not apply to (trusted peers such as
+        a P-CSCF, which send the REGISTERs of many users).
+    :param max_entries: keys each table keeps at most (oldest window dropped first).
+    """
+
+    window: float = 60.0
+    per_impi_source: int = 10
+    per_source: int = 100
+    per_impi: int = 0
+    exempt: frozenset[str] = field(default_factory=frozenset)
+    max_entries: int = MAX_ENTRIES
+
+
+class _Windows:
+    """Failure counts in fixed windows for one kind of key, oldest window first, bounded."""
+
+    __slots__ = ("_counts", "limit", "max_entries", "window")
+
+    def __init__(self, limit: int, window: float, max_entries: int) -> None:
+        self.limit, self.window, self.max_entries = limit, window, max_entries
+        #: key -> (window start, failures), in the order the windows began
+        self._counts: OrderedDict[object, tuple[float, int]] = OrderedDict()
+
+    def reached(self, key: object, now: float) -> bool:
+        if self.limit <= 0:
+            return False
+        found = self._counts.get(key)
+        return found is not None and now - found[0] <= self.window and found[1] >= self.limit
+
+    def add(self, key: object, now: float) -> None:
+        if self.limit <= 0:
+            return
+        counts = self._counts
+        found = counts.get(key)
+        if found is not None and now - found[0] <= self.window:
+            counts[key] = (found[0], found[1] + 1)
+            return
+        counts.pop(key, None)
+        while counts:  # windows that have passed, then (when still full) the oldest
+            start, _ = next(iter(counts.values()))
+            if now - start <= self.window and len(counts) < self.max_entries:
+                break
+            counts.popitem(last=False)
+        counts[key] = (now, 1)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+class FailureLimiter:
+    """Counts failed authentications and says which credentials to refuse (see the module)."""
+
+    def __init__(self, limits: FailureLimits | None = None) -> None:
+        self.limits = limits or FailureLimits()
+        lim = self.limits
+        self._pair = _Windows(lim.per_impi_source, lim.window, lim.max_entries)
+        self._source = _Windows(lim.per_source, lim.window, lim.max_entries)
+        self._impi = _Windows(lim.per_impi, lim.window, lim.max_entries)
+
+    def blocked(self, impi: str, source: str, now: float) -> str | None:
+        """Why credentials of ``impi`` from ``source`` are refused at ``now``, or ``None``."""
+        key = impi_key(impi)
+        if self._pair.reached((key, source), now):
+            return "too many failures of this IMPI from this source"
+        if source not in self.limits.exempt and self._source.reached(source, now):
+            return "too many failures from this source"
+        if self._impi.reached(key, now):
+            return "too many failures of this IMPI"
+        return None
+
+    def failed(self, impi: str, source: str, now: float) -> None:
+        """Count one failed authentication of ``impi`` from ``source``."""
+        key = impi_key(impi)
+        self._pair.add((key, source), now)
+        if source not in self.limits.exempt:
+            self._source.add(source, now)
+        self._impi.add(key, now)
+
+    def sizes(self) -> tuple[int, int, int]:
+        """Entries kept: (IMPI and source, source, IMPI)."""
+        return len(self._pair), len(self._source), len(self._impi)
+
+
+class FailureLog:
+    """INFO lines about failed authentications, rate-limited (see the module).
+
+    :param interval: seconds of one logging interval.
+    :param burst: lines written per interval at most (the summary line not counted).
+    :param logger: where the lines go (``imscore.auth``).
+    """
+
+    def __init__(
+        self, interval: float = 10.0, burst: int = 20, logger: logging.Logger = log
+    ) -> None:
+        self.interval, self.burst, self.logger = interval, burst, logger
+        self._start: float | None = None
+        self._logged: set[tuple[str, str, str]] = set()
+        self._suppressed = 0
+        self._sample: tuple[str, str, str] | None = None
+
+    def note(self, now: float, impi: str, source: str, reason: str) -> bool:
+        """Log (or count) one failure; ``True`` when a line was written for it."""
+        if self._start is None or now - self._start >= self.interval or now < self._start:
+            self._summary(now)
+            self._start = now
+        key = (impi[:80], source[:80], reason)
+        if key in self._logged or len(self._logged) >= self.burst:
+            self._suppressed += 1
+            self._sample = key
+            return False
+        self._logged.add(key)
+        self.logger.info("authentication failed: %s, IMPI %r from %s", reason, key[0], key[1])
+        return True
+
+    def _summary(self, now: float) -> None:
+        if self._suppressed and self._sample is not None and self._start is not None:
+            impi, source, reason = self._sample
+            self.logger.info(
+                "authentication failed %d more times in %.0f s, not logged one by one "
+                "(the last: %s, IMPI %r from %s)",
+                self._suppressed,
+                max(now - self._start, self.interval),
+                reason,
+                impi,
+                source,
+            )
+        self._logged.clear()
+        self._suppressed = 0
+        self._sample = None
+
+    @property
+    def suppressed(self) -> int:
+        """Failures of this interval not logged one by one (summed up when the next begins)."""
+        return self._suppressed
