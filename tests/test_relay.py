@@ -240,3 +240,19 @@ def test_a_barred_identity_may_not_originate(server: RunningServer) -> None:
         assert isinstance(delivered, Request)
     finally:
         phone.close()
+
+
+def test_dialog_stamps_survive_a_restart_on_the_same_store(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The stamp key is kept in the SQLite file: a BYE of a call set up before a restart is still
+    in a dialog of ours; another file (or the memory store) gives another key."""
+    url = f"sqlite:{tmp_path / 'one.db'}"
+    stamps = []
+    for store in (url, url, f"sqlite:{tmp_path / 'two.db'}", "memory:"):
+        running = start_server("multi-device", transports=("udp",), store_url=store)
+        try:
+            assert running.server.proxying is not None
+            stamps.append(running.server.proxying.stamp.make("call-1@x", "tag-1"))
+        finally:
+            running.stop()
+    assert stamps[0] == stamps[1]
+    assert len({stamps[0], stamps[2], stamps[3]}) == 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from imscore.plugin.types import NextHop
@@ -25,10 +26,12 @@ from imscore.proxy.relay import (
 )
 from imscore.proxy.router import Decision, Router
 from imscore.registrar import FlowInfo
+from imscore.registrar.store import SqliteBindingStore
 from imscore.routing import RoutingError, TargetList
 from imscore.sip import Request, Response, SipError, SipUri
 from imscore.sip.headers import parse_via
 from imscore.sip.transaction import ServerTransaction
+from imscore.store import stored_secret
 from imscore.transport import Flow, TransportError
 from imscore.transport.transports import response_address
 
@@ -72,7 +75,7 @@ class ProxyService:
         server.core.proxy = self.core
         server.core.defer_all = True
         #: stamps our Record-Route values with the dialog's Call-ID (workers share the key)
-        self.stamp = DialogStamp(None if server.worker is None else server.worker.nonce_secret)
+        self.stamp = DialogStamp(self._stamp_secret(server))
         #: flows seen for contacts we forked to: in-dialog requests and ACKs to them use these
         self.known_flows: dict[str, FlowInfo | None] = {}
         #: ACKs neither in a dialog we record-routed nor to a device we forked to (not relayed)
@@ -80,6 +83,18 @@ class ProxyService:
         #: stray responses forwarded statelessly, and dropped (not ours, or undeliverable)
         self.strays_forwarded = 0
         self.strays_dropped = 0
+
+    @staticmethod
+    def _stamp_secret(server: Server) -> bytes | None:
+        """The dialog stamps' key: kept in the SQLite store file (the same after a restart and for
+        every worker), else the workers' shared secret, else random (``None``)."""
+        store = server.store
+        if isinstance(store, SqliteBindingStore):
+            try:
+                return stored_secret(store.connection, "record-route")
+            except sqlite3.Error as exc:  # a read-only file: stamps live as long as this process
+                log.warning("dialog stamps: cannot keep their key in %s: %s", store.url, exc)
+        return None if server.worker is None else server.worker.nonce_secret
 
     # -- our addresses -----------------------------------------------------------------------------
     def _local_addresses(self) -> list[tuple[str, int]]:

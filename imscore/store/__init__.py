@@ -11,12 +11,21 @@ the tables of a new file and upgrades an older one.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "ensure_schema", "open_store", "write_transaction"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Store",
+    "StoreError",
+    "ensure_schema",
+    "open_store",
+    "stored_secret",
+    "write_transaction",
+]
 
 #: 1: the meta table only. 2: adds the ``bindings`` table (one row per registered contact).
 #: 3: adds the ``aka_sqn`` table (the last AKA sequence number issued per IMPI, and the subscriber
@@ -133,6 +142,20 @@ def ensure_schema(db: sqlite3.Connection, url: str) -> None:
             "INSERT OR REPLACE INTO imscore_meta (key, value) VALUES ('schema', ?)",
             (str(SCHEMA_VERSION),),
         )
+
+
+def stored_secret(db: sqlite3.Connection, name: str) -> bytes:
+    """A random 32-byte secret kept in the file's ``imscore_meta`` table under ``secret:NAME``:
+    made by whoever asks first, the same for every process on the file and after a restart (the
+    proxy's dialog stamps use it, so calls set up before a restart can still be ended)."""
+    key = f"secret:{name}"
+    with write_transaction(db):
+        db.execute(
+            "INSERT OR IGNORE INTO imscore_meta (key, value) VALUES (?, ?)",
+            (key, secrets.token_hex(32)),
+        )
+        row = db.execute("SELECT value FROM imscore_meta WHERE key = ?", (key,)).fetchone()
+    return bytes.fromhex(str(row[0]))
 
 
 def open_store(url: str) -> Store:
