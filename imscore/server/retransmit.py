@@ -8,11 +8,15 @@ once it has answered), but only after the datagram has been parsed, its framing 
 Via stamped and its transaction key computed — as much work as the useful part of a new request.
 
 :class:`RetransmissionCache` remembers, for each live non-INVITE server transaction created from a
-datagram, the datagram's octets and flow. A datagram with the same octets from the same source on the
-same socket carries the same top Via (branch and sent-by) and the same method, so §17.2.3 matches it
-to that transaction; the cache finds it with one dictionary look-up instead. Entries whose transaction
-has terminated are dropped when they are next looked up, or in a sweep once they outnumber the live
-ones.
+datagram, a digest of the datagram's octets (BLAKE2b, 128 bits) and its flow. A datagram with the same
+octets from the same source on the same socket carries the same top Via (branch and sent-by) and the
+same method, so §17.2.3 matches it to that transaction; the cache finds it with one dictionary look-up
+instead. The digest rather than the octets, because an entry lives as long as its transaction (32 s
+after the answer over UDP): a flood of REGISTERs would otherwise keep every datagram. Two datagrams
+from one source would have to collide in 128 bits to be taken for each other. Entries whose
+transaction has terminated are dropped when they are next looked up, or in a sweep once they
+outnumber the live ones: :meth:`RetransmissionCache.tidy`, which the server calls after its timers
+fire, sweeps when the transactions end even if no datagram arrives any more.
 
 INVITE and ACK are left to the normal path (an ACK is not a retransmission of anything, and an INVITE
 server transaction's answers to retransmissions belong to the proxy's state machine).
@@ -21,6 +25,7 @@ server transaction's answers to retransmissions belong to the proxy's state mach
 from __future__ import annotations
 
 from collections.abc import Callable
+from hashlib import blake2b
 from typing import Final
 
 from imscore.sip import Request
@@ -31,8 +36,14 @@ __all__ = ["RetransmissionCache"]
 
 #: entries kept at least before a sweep looks for terminated transactions
 SWEEP_MIN: Final = 4096
+#: terminated entries :meth:`RetransmissionCache.tidy` leaves for the next sweep
+TIDY_SLACK: Final = 256
 
 _Key = tuple[bytes, Flow]
+
+
+def _key(data: bytes, flow: Flow) -> _Key:
+    return blake2b(data, digest_size=16).digest(), flow
 
 
 class RetransmissionCache:
@@ -54,7 +65,7 @@ class RetransmissionCache:
     def lookup(self, data: bytes, flow: Flow) -> ServerTransaction[Flow] | None:
         """The live transaction a datagram retransmits, or ``None``; on ``None`` the datagram is kept
         as the candidate for the next :meth:`remember` (the transport parses it and hands it on)."""
-        key = (data, flow)
+        key = _key(data, flow)
         transaction = self._entries.get(key)
         if transaction is not None:
             if not transaction.terminated:
@@ -79,6 +90,13 @@ class RetransmissionCache:
     def forget_pending(self) -> None:
         """Drop the candidate datagram (it turned out not to be a request to remember)."""
         self._pending = None
+
+    def tidy(self) -> None:
+        """Sweep when the entries may be mostly of terminated transactions (more than twice the
+        layer's live transactions): call it after transactions ended, e.g. when timers fired. Each
+        sweep drops at least half of what it looks at, so this costs O(1) per transaction."""
+        if len(self._entries) > 2 * len(self._layer) + TIDY_SLACK:
+            self._sweep()
 
     def _sweep(self) -> None:
         self._entries = {k: t for k, t in self._entries.items() if not t.terminated}

@@ -463,6 +463,7 @@ class Server:
     def _on_timer(self) -> None:
         self._timer = None
         self._emit(self.core.advance(self._now()))
+        self._retransmissions.tidy()  # Timer J ended transactions: let their entries go
 
     def _emit(self, sends: list[Send[Flow]]) -> None:
         transports = self.transports

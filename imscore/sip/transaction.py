@@ -20,6 +20,13 @@ What RFC 6026 changes, and this module does:
 Messages handed to the layer are kept by reference: a client transaction retransmits the very
 :class:`Request` it was given, so the TU must not change it afterwards. A server transaction copies
 what it matches on when it is created, so a proxy may reuse the received request object.
+
+A non-INVITE server transaction over UDP lives Timer J (32 s) after its final response, only to
+answer retransmissions with that response, so it keeps no more than that (a flood of REGISTERs each
+leaves one behind): it lets go of its request when the final response is sent, and once that
+response has gone out (at the layer's next call) the response keeps only the octets of its header
+section, which it parses again should it be sent again. The object stays the TU's :class:`Response`,
+and its bytes on the wire do not change.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import ClassVar, Final, Generic, TypeVar
 
 from .errors import SipError, TransactionError
 from .headers import Via
-from .message import Message, Request, Response
+from .message import Headers, Message, Request, Response
 
 __all__ = [
     "MAGIC_COOKIE",
@@ -360,6 +367,27 @@ def _same_hop_request(method: str, request: Request, to_source: Message) -> Requ
     return Request(method, request.uri.copy(), headers)
 
 
+def _slim(response: Response) -> None:
+    """Let a response that was sent keep only its header section's octets (parsed again on use).
+
+    Left as it is when it was not serialised since it last changed (nothing to keep then), is slim
+    already, or its header section would not parse back (a TU may have written a header value with
+    a line break in it): its bytes on the wire never change.
+    """
+    headers = response.headers
+    raw = headers.raw
+    if not raw or headers._pending is not None:
+        return
+    block = raw[:-2]  # without the CRLF of the last line
+    try:
+        Headers._from_block(block).check()
+    except SipError:
+        return
+    slim = Headers._from_block(block)
+    slim.raw = None  # one copy of the octets: serialising it again joins the lines as received
+    response.headers = slim
+
+
 def _lower(text: str | None) -> str | None:
     return None if text is None else text.lower()
 
@@ -382,7 +410,9 @@ def _server_key(request: Request, method: str) -> Key:
     branch = via.branch
     if branch is not None and is_rfc3261_branch(branch):
         host, port = via.sent_by_key()
-        return ("3261", branch.lower(), host, port, method)
+        lowered = branch.lower()
+        # the transaction keeps the branch as written too: one string when they are the same
+        return ("3261", branch if lowered == branch else lowered, host, port, method)
     return (
         "2543",
         request.uri.copy(),
@@ -432,12 +462,30 @@ _TERMINATED: Final = TransactionState.TERMINATED
 class Transaction(Generic[FlowT]):
     """What client and server transactions share.
 
-    ``request`` is the request that created the transaction, ``flow`` where it sends,
-    ``reliable`` whether that transport is reliable, ``state`` a :class:`TransactionState`,
-    ``branch`` the top Via branch of the request (``None`` for an RFC 2543 request), ``cseq`` its
-    CSeq number, ``response`` the last response received (client) or sent (server), ``key`` what
-    it is matched by. Transactions are made by the :class:`TransactionLayer`.
+    ``request`` is the request that created the transaction (a non-INVITE server transaction lets
+    go of it, ``None``, once its final response is sent), ``flow`` where it sends, ``reliable``
+    whether that transport is reliable, ``state`` a :class:`TransactionState`, ``branch`` the top
+    Via branch of the request (``None`` for an RFC 2543 request), ``cseq`` its CSeq number,
+    ``response`` the last response received (client) or sent (server), ``key`` what it is matched
+    by. Transactions are made by the :class:`TransactionLayer`.
     """
+
+    # tens of thousands are alive under load (every one over UDP for 32 s after its answer)
+    __slots__ = (
+        "_interval",
+        "_layer",
+        "_timers",
+        "branch",
+        "created_at",
+        "cseq",
+        "flow",
+        "key",
+        "method",
+        "reliable",
+        "request",
+        "response",
+        "state",
+    )
 
     is_client: ClassVar[bool] = False
     is_invite: ClassVar[bool] = False
@@ -451,7 +499,6 @@ class Transaction(Generic[FlowT]):
         now: float,
         key: Key,
     ) -> None:
-        self.request = request
         self.flow = flow
         self.reliable = reliable
         self.created_at = now
@@ -521,6 +568,8 @@ class ClientTransaction(Transaction[FlowT]):
     transports, and passes the responses up. ``ack`` is the ACK an INVITE client transaction built
     for a non-2xx final response, else ``None``."""
 
+    __slots__ = ("ack",)
+
     is_client = True
 
     def __init__(
@@ -533,6 +582,7 @@ class ClientTransaction(Transaction[FlowT]):
         key: Key,
     ) -> None:
         super().__init__(layer, request, flow, reliable, now, key)
+        self.request: Request = request
         self.ack: Request | None = None
 
     def _start(self, now: float) -> list[Output[FlowT]]:
@@ -555,6 +605,8 @@ class InviteClientTransaction(ClientTransaction[FlowT]):
     sent and re-sent for each retransmitted final response; Timer D) or Accepted on 2xx (every 2xx
     passed up; Timer M) -> Terminated.
     """
+
+    __slots__ = ()
 
     is_invite = True
 
@@ -615,6 +667,8 @@ class NonInviteClientTransaction(ClientTransaction[FlowT]):
     response (retransmitted responses absorbed; Timer K) -> Terminated.
     """
 
+    __slots__ = ()
+
     def _start(self, now: float) -> list[Output[FlowT]]:
         config = self._layer.timers
         self.state = _TRYING
@@ -659,10 +713,25 @@ class ServerTransaction(Transaction[FlowT]):
     """A server transaction (RFC 3261 §17.2): absorbs retransmitted requests (re-sending the last
     response where the state says so) and sends the TU's responses to the request's flow."""
 
+    __slots__ = ()
+
+    def __init__(
+        self,
+        layer: TransactionLayer[FlowT],
+        request: Request,
+        flow: FlowT,
+        reliable: bool,
+        now: float,
+        key: Key,
+    ) -> None:
+        super().__init__(layer, request, flow, reliable, now, key)
+        self.request: Request | None = request
+
     def _start(self, now: float, auto_trying: bool) -> list[Output[FlowT]]:
         raise NotImplementedError
 
-    def _on_request(self, request: Request, now: float) -> list[Output[FlowT]]:
+    def _on_request(self, now: float) -> list[Output[FlowT]]:
+        """A retransmission of the request arrived."""
         raise NotImplementedError
 
     def _on_ack(self, ack: Request, flow: FlowT, now: float) -> list[Output[FlowT]]:
@@ -687,6 +756,8 @@ class InviteServerTransaction(ServerTransaction[FlowT]):
     the TU; Timer L) -> Terminated.
     """
 
+    __slots__ = ("_ack_key",)
+
     is_invite = True
 
     def __init__(
@@ -702,18 +773,20 @@ class InviteServerTransaction(ServerTransaction[FlowT]):
         self._ack_key: Key | None = None
 
     def _start(self, now: float, auto_trying: bool) -> list[Output[FlowT]]:
+        request = self.request
+        assert request is not None  # an INVITE server transaction keeps its request
         self.state = _PROCEEDING
         out: list[Output[FlowT]] = []
         if auto_trying:
             # §8.2.6.1: a 100 copies the request's Timestamp; it gets no To tag.
-            stamps = [("Timestamp", value) for value in self.request.headers.get_all("Timestamp")]
-            trying = self.request.make_response(100, headers=stamps)
+            stamps = [("Timestamp", value) for value in request.headers.get_all("Timestamp")]
+            trying = request.make_response(100, headers=stamps)
             self.response = trying
             out.append(Send(trying, self.flow, self))
-        out.append(RequestReceived(self.request, self))
+        out.append(RequestReceived(request, self))
         return out
 
-    def _on_request(self, request: Request, now: float) -> list[Output[FlowT]]:
+    def _on_request(self, now: float) -> list[Output[FlowT]]:
         if self.response is not None and (self.state is _PROCEEDING or self.state is _COMPLETED):
             return [Send(self.response, self.flow, self)]
         return []
@@ -770,16 +843,27 @@ class NonInviteServerTransaction(ServerTransaction[FlowT]):
     Trying (retransmitted requests discarded) -> Proceeding on a 1xx from the TU (a retransmitted
     request re-sends it) -> Completed on a final response (a retransmitted request re-sends it;
     further final responses from the TU are discarded; Timer J) -> Terminated.
+
+    In Completed it needs only its key, flow, final response and Timer J: it drops its request then,
+    and the final response is slimmed to its octets once sent (see the module's notes); a terminated
+    one drops its response too.
     """
+
+    __slots__ = ()
 
     def _start(self, now: float, auto_trying: bool) -> list[Output[FlowT]]:
         self.state = _TRYING
-        return [RequestReceived(self.request, self)]
+        request = self.request
+        assert request is not None  # set at creation, dropped only with the final response
+        return [RequestReceived(request, self)]
 
-    def _on_request(self, request: Request, now: float) -> list[Output[FlowT]]:
-        if self.response is not None and (self.state is _PROCEEDING or self.state is _COMPLETED):
-            return [Send(self.response, self.flow, self)]
-        return []
+    def _on_request(self, now: float) -> list[Output[FlowT]]:
+        response = self.response
+        if response is None or (self.state is not _PROCEEDING and self.state is not _COMPLETED):
+            return []
+        if self.state is _COMPLETED:
+            self._layer._to_slim.append(response)  # sending parses it again: slim it again after
+        return [Send(response, self.flow, self)]
 
     def _respond(self, response: Response, now: float) -> list[Output[FlowT]]:
         if self.state is not _TRYING and self.state is not _PROCEEDING:
@@ -790,14 +874,22 @@ class NonInviteServerTransaction(ServerTransaction[FlowT]):
             self.state = _PROCEEDING
             return out
         self.state = _COMPLETED
-        wait = 0.0 if self.reliable else self._layer.timers.timer_j
-        out += self._wait("J", wait, now)
+        self.request = None  # only the final response is needed from now on
+        if self.reliable:  # Timer J is 0: terminated at once
+            out += self._fire("J", now)
+            return out
+        self._layer._to_slim.append(response)  # once the transport has sent it
+        out += self._wait("J", self._layer.timers.timer_j, now)
         return out
 
     def _fire(self, name: str, at: float) -> list[Output[FlowT]]:
         if name == "J" and self.state is _COMPLETED:
             return self._terminate()
         return []
+
+    def _terminate(self) -> list[Output[FlowT]]:
+        self.response = self.request = None  # a terminated transaction answers nothing
+        return super()._terminate()
 
 
 # --- the layer ------------------------------------------------------------------------------------
@@ -825,6 +917,9 @@ class TransactionLayer(Generic[FlowT]):
         self._heap: list[tuple[float, int, Transaction[FlowT], str]] = []
         self._stale = 0  # heap entries whose timer was stopped or restarted
         self._seq = itertools.count()
+        #: final responses of non-INVITE server transactions sent since the last call, to be
+        #: slimmed at the next one (by then the transport has serialised them)
+        self._to_slim: list[Response] = []
 
     def __len__(self) -> int:
         """How many transactions are alive."""
@@ -849,6 +944,8 @@ class TransactionLayer(Generic[FlowT]):
         Raises :class:`~imscore.sip.errors.ParseError` if a header matching needs is missing or
         malformed (a message from :func:`~imscore.sip.parse_datagram` always has them).
         """
+        if self._to_slim:
+            self._slim_sent()
         if isinstance(message, Response):
             client = self.find_client(message)
             if client is None:
@@ -862,7 +959,7 @@ class TransactionLayer(Generic[FlowT]):
         key = _server_key(message, message.method)
         server = self._servers.get(key)
         if server is not None:
-            return server._on_request(message, now)
+            return server._on_request(now)
         if message.method == "INVITE":
             invite = InviteServerTransaction(self, message, flow, reliable, now, key)
             if key[0] == "2543":
@@ -874,9 +971,7 @@ class TransactionLayer(Generic[FlowT]):
         self._servers[key] = server
         return server._start(now, self.auto_trying)
 
-    def retransmission(
-        self, transaction: ServerTransaction[FlowT], now: float
-    ) -> list[Output[FlowT]]:
+    def retransmission(self, transaction: ServerTransaction[FlowT], now: float) -> list[Output[FlowT]]:
         """A retransmission of the request that created ``transaction``, which the caller recognised
         without parsing it (the same octets from the same source): what :meth:`receive` does with a
         request matching the transaction (re-send the last response where the state says so).
@@ -884,13 +979,15 @@ class TransactionLayer(Generic[FlowT]):
         Nothing for a transaction that has terminated or is not a server transaction of this layer
         (the caller should then hand the message to :meth:`receive`).
         """
+        if self._to_slim:
+            self._slim_sent()
         if (
             not isinstance(transaction, ServerTransaction)
             or transaction._layer is not self
             or transaction.terminated
         ):
             return []
-        return transaction._on_request(transaction.request, now)
+        return transaction._on_request(now)
 
     def transport_error(self, transaction: Transaction[FlowT], now: float) -> list[Output[FlowT]]:
         """The transport failed to send for ``transaction`` (after any fail-over of §18 / RFC 3263).
@@ -951,6 +1048,8 @@ class TransactionLayer(Generic[FlowT]):
         a live server transaction of this layer, or the response's CSeq or top Via branch is not
         the request's.
         """
+        if self._to_slim:
+            self._slim_sent()
         if not isinstance(transaction, ServerTransaction) or transaction._layer is not self:
             raise TransactionError("respond() takes a server transaction of this layer")
         if transaction.terminated:
@@ -976,6 +1075,8 @@ class TransactionLayer(Generic[FlowT]):
         this late fires every retransmission the schedule held, exactly as calling it at each
         deadline would.
         """
+        if self._to_slim:
+            self._slim_sent()
         out: list[Output[FlowT]] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
@@ -1045,6 +1146,12 @@ class TransactionLayer(Generic[FlowT]):
         return invite
 
     # -- internals ---------------------------------------------------------------------------------
+    def _slim_sent(self) -> None:
+        """Slim the final responses sent since the last call (see :func:`_slim`)."""
+        for response in self._to_slim:
+            _slim(response)
+        self._to_slim.clear()
+
     def _schedule(self, transaction: Transaction[FlowT], name: str, deadline: float) -> None:
         if name in transaction._timers:
             self._dropped(1)
