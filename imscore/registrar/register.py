@@ -108,7 +108,6 @@ class Registrar:
         return request.make_response(status, reason, headers, to_tag=_tag(request))
 
     async def _register(self, request: Request, flow: FlowInfo, now: float) -> RegisterOutcome:
-        request.validate()  # a header that does not parse is a 400 before anything is decided
         uri = request.uri
         # §10.3 step 1: a domain we are the registrar for
         if not isinstance(uri, SipUri) or uri.host.lower().rstrip(".") not in self.domains:
@@ -161,6 +160,12 @@ class Registrar:
         if resolved is None or resolved[0].impi != subscriber.impi:
             return RegisterOutcome(self._reply(request, 403, "The IMPI does not own this IMPU"))
         implicit_set = resolved[1]
+        # what a binding keeps or the answer echoes must parse before anything is stored (the
+        # headers a registrar has no use for are not read: RFC 3261 §8.2 asks no more)
+        for hop in request.path:
+            hop.check()
+        request.expires  # noqa: B018
+        request.supported  # noqa: B018
         # step 5: bindings are filed under the implicit set's default IMPU
         aor = implicit_set.default.aor
         stored = [b for b in await self.bindings.load(aor) if not b.expired(now)]
