@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import hmac
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -166,21 +167,24 @@ class Authenticator:
         self.schemes = tuple(schemes)
         self.digest_algorithm = digest_algorithm
         self.aka_algorithm = aka_algorithm
-        self.nonces = NonceFactory(secret or secrets.token_bytes(32), nonce_lifetime)
+        secret = secret or secrets.token_bytes(32)
+        self.nonces = NonceFactory(secret, nonce_lifetime)
         #: what every nonce made here is bound to: worker processes sharing one secret each bind
         #: theirs to their number, so a nonce-count is always checked where the nonce was made
         #: (the algorithm challenged with is bound too, see :meth:`_extra`)
         self.nonce_extra = b""
         #: nonce-counts, per process: a nonce made before the counter began is answered as stale
-        self.counter = counter or NonceCounter(nonce_lifetime)
+        self.counter = counter if counter is not None else NonceCounter(nonce_lifetime)
         # looked up at call time (not bound at import), so a seeded lab run can replace the source
         self.random_bytes: Callable[[int], bytes] = random_bytes or (lambda n: secrets.token_bytes(n))
         #: AKA vectors sent and not yet used, oldest first, and their nonces per IMPI
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._by_impi: dict[str, list[str]] = {}
-        #: made-up AKA nonces of unknown users: IMPI -> (nonce, made at)
-        self._unknown: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._decoy = secrets.token_bytes(16)  # the "password" an unknown user's answer is checked with
+        #: made-up AKA nonces of unknown users: IMPI -> [(nonce, made at)], least recent IMPI first
+        self._unknown: OrderedDict[str, list[tuple[str, float]]] = OrderedDict()
+        #: the "password" an unknown user's answer is checked with (derived, so that it draws
+        #: nothing from a seeded random source)
+        self._decoy = hmac.digest(secret, b"imscore unknown-user decoy", "sha256")[:16]
         #: the last AKA SQN issued per IMPI (in the SQLite store file when the server has one, so it
         #: survives restarts and worker processes share it)
         self.sqn_store: SqnStore = sqn_store if sqn_store is not None else MemorySqnStore()
@@ -468,15 +472,18 @@ class Authenticator:
     def _unknown_challenge(self, impi: str, now: float, stale: bool = False) -> AuthResult:
         if self.unknown_scheme(impi) == "digest":
             value = self._digest_challenge(now, stale=stale)
-        else:  # a known IMPI gets the same vector again for a while: so does an unknown one
-            found = self._unknown.get(impi)
-            if found is None or now - found[1] > AKA_REUSE_AGE:
-                found = (base64.b64encode(secrets.token_bytes(32)).decode("ascii"), now)
-                self._unknown.pop(impi, None)
-                while len(self._unknown) >= MAX_UNKNOWN_NONCES:
-                    self._unknown.popitem(last=False)
-                self._unknown[impi] = found
-            value = self._aka_challenge(found[0], stale)
+        else:  # new nonces, then the newest again, by the rule a known IMPI's vectors follow
+            made = [m for m in self._unknown.pop(impi, []) if now - m[1] <= AKA_VECTOR_LIFETIME]
+            recent = [m for m in made if now - m[1] <= AKA_REUSE_AGE]
+            if len(recent) >= AKA_VECTORS_PER_IMPI:
+                nonce = recent[-1][0]
+            else:  # looks like base64(RAND || AUTN): 32 octets nobody can tell from a vector's
+                nonce = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+                made.append((nonce, now))
+            while len(self._unknown) >= MAX_UNKNOWN_NONCES:
+                self._unknown.popitem(last=False)
+            self._unknown[impi] = made
+            value = self._aka_challenge(nonce, stale)
         return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value)
 
     def unknown_user(
@@ -501,8 +508,8 @@ class Authenticator:
         algorithm = credentials.get("algorithm") or "MD5"
         scheme = self.unknown_scheme(impi)
         if parse_aka_algorithm(algorithm) is not None:
-            made = self._unknown.get(impi)
-            if scheme != "aka" or made is None or made[0] != credentials.get("nonce"):
+            made = [m[0] for m in self._unknown.get(impi, []) if now - m[1] <= AKA_VECTOR_LIFETIME]
+            if scheme != "aka" or credentials.get("nonce") not in made:
                 return self._unknown_challenge(impi, now)  # as for a nonce no vector is known for
             if credentials.get("auts"):
                 self._failed(now, impi, source, "AKA AUTS does not verify")

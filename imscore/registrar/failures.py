@@ -130,9 +130,7 @@ class FailureLog:
     :param logger: where the lines go (``imscore.auth``).
     """
 
-    def __init__(
-        self, interval: float = 10.0, burst: int = 20, logger: logging.Logger = log
-    ) -> None:
+    def __init__(self, interval: float = 10.0, burst: int = 20, logger: logging.Logger = log) -> None:
         self.interval, self.burst, self.logger = interval, burst, logger
         self._start: float | None = None
         self._logged: set[tuple[str, str, str]] = set()
