@@ -15,6 +15,7 @@ Both take ``now`` (the registrar's clock) and keep bounded state; neither reads 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ __all__ = ["FailureLimiter", "FailureLimits", "FailureLog"]
 log = logging.getLogger("imscore.auth")
 
 #: entries each table of :class:`FailureLimiter` keeps at most
-MAX_ENTRIES: Final = 100_000
+MAX_ENTRIES: Final = 50_000
 
 
 @dataclass(frozen=True)
@@ -52,40 +53,56 @@ class FailureLimits:
     max_entries: int = MAX_ENTRIES
 
 
+_COUNT_BITS: Final = 24
+_COUNT_MASK: Final = (1 << _COUNT_BITS) - 1
+
+
 class _Windows:
-    """Failure counts in fixed windows for one kind of key, oldest window first, bounded."""
+    """Failure counts in fixed windows for one kind of key, oldest window first, bounded.
+
+    Each value is one int: the window's start in milliseconds, shifted, and the count.
+    """
 
     __slots__ = ("_counts", "limit", "max_entries", "window")
 
     def __init__(self, limit: int, window: float, max_entries: int) -> None:
         self.limit, self.window, self.max_entries = limit, window, max_entries
-        #: key -> (window start, failures), in the order the windows began
-        self._counts: OrderedDict[object, tuple[float, int]] = OrderedDict()
+        #: key -> window start (ms) << 24 | failures, in the order the windows began
+        self._counts: OrderedDict[object, int] = OrderedDict()
+
+    def _open(self, value: int, now: float) -> bool:
+        return now - (value >> _COUNT_BITS) / 1000.0 <= self.window
 
     def reached(self, key: object, now: float) -> bool:
         if self.limit <= 0:
             return False
-        found = self._counts.get(key)
-        return found is not None and now - found[0] <= self.window and found[1] >= self.limit
+        value = self._counts.get(key)
+        return value is not None and self._open(value, now) and value & _COUNT_MASK >= self.limit
 
     def add(self, key: object, now: float) -> None:
         if self.limit <= 0:
             return
         counts = self._counts
-        found = counts.get(key)
-        if found is not None and now - found[0] <= self.window:
-            counts[key] = (found[0], found[1] + 1)
+        value = counts.get(key)
+        if value is not None and self._open(value, now):
+            if value & _COUNT_MASK < _COUNT_MASK:
+                counts[key] = value + 1
             return
         counts.pop(key, None)
         while counts:  # windows that have passed, then (when still full) the oldest
-            start, _ = next(iter(counts.values()))
-            if now - start <= self.window and len(counts) < self.max_entries:
+            if self._open(next(iter(counts.values())), now) and len(counts) < self.max_entries:
                 break
             counts.popitem(last=False)
-        counts[key] = (now, 1)
+        counts[key] = (int(now * 1000.0) << _COUNT_BITS) | 1
 
     def __len__(self) -> int:
         return len(self._counts)
+
+
+def _key(*parts: str) -> int:
+    """A 64-bit digest of the parts: a compact key (two keys colliding would only share a count)."""
+    data = "\x00".join(parts).encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 class FailureLimiter:
@@ -100,8 +117,8 @@ class FailureLimiter:
 
     def blocked(self, impi: str, source: str, now: float) -> str | None:
         """Why credentials of ``impi`` from ``source`` are refused at ``now``, or ``None``."""
-        key = impi_key(impi)
-        if self._pair.reached((key, source), now):
+        key = _key(impi_key(impi))
+        if self._pair.reached(_key(impi_key(impi), source), now):
             return "too many failures of this IMPI from this source"
         if source not in self.limits.exempt and self._source.reached(source, now):
             return "too many failures from this source"
@@ -111,8 +128,8 @@ class FailureLimiter:
 
     def failed(self, impi: str, source: str, now: float) -> None:
         """Count one failed authentication of ``impi`` from ``source``."""
-        key = impi_key(impi)
-        self._pair.add((key, source), now)
+        key = _key(impi_key(impi))
+        self._pair.add(_key(impi_key(impi), source), now)
         if source not in self.limits.exempt:
             self._source.add(source, now)
         self._impi.add(key, now)
