@@ -542,3 +542,34 @@ def test_limits_are_profile_options_checked_on_load() -> None:
         )
     ).limiter.limits
     assert (limits.per_impi_source, limits.window, limits.exempt) == (2, 5.0, frozenset({"10.0.0.1"}))
+
+
+def test_resync_still_works_when_the_usim_already_saw_a_re_sent_vector() -> None:
+    """A USIM that computed a vector's RES (the answer got lost) sees the same SQN when the vector
+    is re-sent: it answers with AUTS, and the fresh vector after it registers."""
+    auth = Authenticator(DOMAIN, ("aka",))
+    carol = _subscriber(AKA_IMPI)
+    sim = UeSim(Milenage(K, op=OP), sqn_ms=SQN - 32)
+    offers = [_offered(auth.challenge_for(carol, 1000.0).challenge) for _ in range(AKA_VECTORS_PER_IMPI)]
+    assert sim.respond(offers[-1].get("nonce") or "").auts is None  # computed, never sent back
+    again = _offered(auth.challenge_for(carol, 1001.0).challenge)
+    assert again.get("nonce") == offers[-1].get("nonce")  # the newest unused vector, re-sent
+    stale = sim.respond(again.get("nonce") or "")
+    assert stale.auts_param is not None
+    value = credentials(
+        again, username=AKA_IMPI, password=stale.password(1), method="REGISTER", uri=RURI,
+        algorithm_aliases={"AKAv1-MD5": "MD5"},
+    ) + f', auts="{stale.auts_param}"'  # fmt: skip
+    request = _register(value, impu=AKA_IMPU)
+    result = auth.check(request, request.authorization[0], carol, 1002.0)
+    assert result.outcome is AuthOutcome.CHALLENGE
+    assert auth.vectors_pending(AKA_IMPI) == 1  # the old ones went with the resync
+    fresh = _offered(result.challenge)
+    reply = sim.respond(fresh.get("nonce") or "")
+    assert reply.auts is None
+    value = credentials(
+        fresh, username=AKA_IMPI, password=reply.password(1), method="REGISTER", uri=RURI,
+        algorithm_aliases={"AKAv1-MD5": "MD5"},
+    )  # fmt: skip
+    request = _register(value, impu=AKA_IMPU)
+    assert auth.check(request, request.authorization[0], carol, 1003.0).outcome is AuthOutcome.OK
