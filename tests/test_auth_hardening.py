@@ -573,3 +573,29 @@ def test_resync_still_works_when_the_usim_already_saw_a_re_sent_vector() -> None
     )  # fmt: skip
     request = _register(value, impu=AKA_IMPU)
     assert auth.check(request, request.authorization[0], carol, 1003.0).outcome is AuthOutcome.OK
+
+
+def test_the_proxy_407_keeps_stale(server_with_clock: tuple) -> None:
+    """Right credentials on a nonce whose state is gone: the 407 says ``stale=true`` as the 401
+    does, so the client answers the new nonce without asking its user (RFC 7616 §3.3)."""
+    running, clock = server_with_clock
+    bob = Caller(running.address("udp"), "bob", from_uri=BOB[2])
+    try:
+        bob.send(bob.request("MESSAGE", ALICE[2], cseq=1))
+        challenge = bob.expect("407")
+        assert isinstance(challenge, Response)
+        (offered,) = challenge.proxy_authenticate
+        assert offered.get("stale") is None
+        good = credentials(offered, username=BOB[0], password=BOB[1], method="MESSAGE", uri=ALICE[2])
+        bob.send(bob.request("MESSAGE", ALICE[2], cseq=2, headers=[("Proxy-Authorization", good)]))
+        assert bob.expect("final").status == 480  # type: ignore[union-attr]  # authorised; alice is offline
+        authenticator = running.server.registrar.authenticator  # type: ignore[union-attr]
+        authenticator.counter = NonceCounter(authenticator.nonces.lifetime)  # the state is gone
+        clock[0] += 1
+        bob.send(bob.request("MESSAGE", ALICE[2], cseq=3, headers=[("Proxy-Authorization", good)]))
+        again = bob.expect("final")
+        assert isinstance(again, Response) and again.status == 407
+        (fresh,) = again.proxy_authenticate
+        assert fresh.get("stale") == "true"
+    finally:
+        bob.close()

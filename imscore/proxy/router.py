@@ -21,7 +21,7 @@ from imscore.registrar.identity import resolve_identity
 from imscore.registrar.model import FlowInfo, StoredBinding
 from imscore.registrar.store import BindingStore
 from imscore.sip import Request, SipError, SipUri, TelUri, Uri
-from imscore.sip.headers import parse_via
+from imscore.sip.headers import parse_auth, parse_via
 from imscore.subscribers import Subscriber, SubscriberStore
 
 from .core import Destination, Target, loop_key
@@ -103,6 +103,17 @@ def flow_for(binding: StoredBinding) -> FlowInfo | None:
     """The recorded flow a request to this device must use, or ``None`` to use its Contact
     (see :func:`nat_decision`)."""
     return nat_decision(binding)[0]
+
+
+def _is_stale(challenge: str | None) -> bool:
+    """Whether a challenge the authenticator made says ``stale=true`` (kept in the 407 that
+    replaces it, so the client retries without asking its user: RFC 7616 §3.3)."""
+    if challenge is None:
+        return False
+    try:
+        return (parse_auth(challenge, "challenge").get("stale") or "").lower() == "true"
+    except SipError:
+        return False
 
 
 def _hostport(host: str, port: int) -> str:
@@ -306,7 +317,8 @@ class Router:
                 return Decision.answer(403, "Credentials are not the caller's")
             result = self.authenticator.check(request, credentials, caller, now)
             if result.outcome is AuthOutcome.CHALLENGE:  # wrong or stale: a new Digest challenge
-                result = self.authenticator.proxy_challenge(caller, now)
+                stale = _is_stale(result.challenge)
+                result = self.authenticator.proxy_challenge(caller, now, stale=stale)
         if result.outcome is AuthOutcome.OK:
             return None
         if result.outcome is AuthOutcome.CHALLENGE:

@@ -282,13 +282,14 @@ class Authenticator:
         value = self._aka_challenge(vector.nonce, stale)
         return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
 
-    def proxy_challenge(self, subscriber: Subscriber, now: float) -> AuthResult:
+    def proxy_challenge(self, subscriber: Subscriber, now: float, *, stale: bool = False) -> AuthResult:
         """A Digest challenge for a request other than REGISTER (the proxy's 407): AKA
         authenticates registrations only, so a subscriber without a password cannot be
-        challenged here (FORBIDDEN)."""
+        challenged here (FORBIDDEN). ``stale``: the credentials were right but their nonce is
+        not usable any more (RFC 7616 §3.3)."""
         if subscriber.password is None or "digest" not in self.schemes:
             return AuthResult(AuthOutcome.FORBIDDEN, "no Digest credentials for this user")
-        value = self._digest_challenge(now)
+        value = self._digest_challenge(now, stale=stale)
         return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
 
     def _milenage(self, subscriber: Subscriber) -> Milenage:
