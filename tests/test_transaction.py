@@ -6,6 +6,8 @@ Messages travel through ``to_bytes``/``parse_datagram`` where the layer would se
 
 from __future__ import annotations
 
+import gc
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -533,6 +535,114 @@ def test_non_invite_server_over_reliable_transport_timer_j_is_zero() -> None:
     assert layer.respond(tx, ok, 0.0) == [Send(ok, "tcp:c", tx), TransactionTerminated(tx)]
 
 
+def retained_bytes(root: object, *, beyond: Sequence[object]) -> int:
+    """The sizes of every object reachable from ``root``, not going into ``beyond``, classes or
+    enum members (what the transaction shares with every other one)."""
+    seen: set[int] = {id(o) for o in beyond}
+    stack, total = [root], 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type | TransactionState):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        stack.extend(gc.get_referents(obj))
+    return total
+
+
+def challenged_register(
+    layer: Layer, now: float = 0.0
+) -> tuple[ServerTransaction[str], Response, bytes]:
+    """A REGISTER with credentials answered 401 with a fresh challenge, as the registrar answers a
+    wrong password, serialised as the transport sends it: the transaction, the 401, its octets."""
+    digest = 'Digest username="alice", realm="atlanta.com", nonce="' + "4e" * 32 + '", response="00"'
+    register = request("REGISTER", extra=[("Authorization", digest), ("Expires", "3600")])
+    out = layer.receive(wire_request(register), UAC, False, now)
+    (received,) = out
+    assert isinstance(received, RequestReceived)
+    parsed = received.request
+    _ = parsed.to, parsed.from_, parsed.call_id, parsed.headers.get("Authorization")  # the TU reads
+    challenge = 'Digest realm="atlanta.com", nonce="' + "5f" * 32 + '", algorithm=MD5, qop="auth"'
+    unauthorized = parsed.make_response(401, headers=[("WWW-Authenticate", challenge)], to_tag="r1")
+    (sent,) = layer.respond(received.transaction, unauthorized, now)
+    assert isinstance(sent, Send)
+    octets = sent.message.to_bytes()  # what the transport does with a response
+    _ = sent.message.top_via
+    return received.transaction, unauthorized, octets
+
+
+def test_completed_non_invite_server_keeps_only_its_answer_and_resends_the_same_octets() -> None:
+    layer = Layer()
+    tx, unauthorized, octets = challenged_register(layer)
+    assert state(tx) is State.COMPLETED
+    assert tx.request is None  # the TU has it; the transaction only answers retransmissions now
+    layer.advance(1.0)  # the layer's next call (nothing due): the sent 401 keeps only its octets
+    assert not unauthorized.headers.cache  # no parsed Via, CSeq, To ... kept
+    held = retained_bytes(tx, beyond=[layer, UAC])
+    assert held < len(octets) + 1400, held  # about 9 KB when the request and parsed fields stayed
+    # a retransmitted REGISTER recognised by its octets gets the very same 401, again and again
+    for attempt in range(3):
+        resent = layer.retransmission(tx, 2.0 + attempt)
+        assert resent == [Send(unauthorized, UAC, tx)]
+        assert resent[0].message.to_bytes() == octets
+        assert resent[0].message.top_via.branch == BRANCH
+        layer.advance(2.5 + attempt)  # slimmed again after each re-send
+        assert not unauthorized.headers.cache
+    assert retained_bytes(tx, beyond=[layer, UAC]) <= held
+    assert run(layer, 100.0) == [(32.0, TransactionTerminated(tx))]
+    assert tx.response is None  # a terminated transaction holds nothing more
+
+
+def test_completed_non_invite_server_answers_a_parsed_retransmission_with_the_same_octets() -> None:
+    layer = Layer()
+    tx, unauthorized, octets = challenged_register(layer)
+    digest = 'Digest username="alice", realm="atlanta.com", nonce="' + "4e" * 32 + '", response="00"'
+    again = request("REGISTER", extra=[("Authorization", digest), ("Expires", "3600")])
+    (resent,) = layer.receive(wire_request(again), UAC, False, 1.0)
+    assert resent == Send(unauthorized, UAC, tx)
+    assert resent.message.to_bytes() == octets
+    (resent,) = layer.receive(wire_request(again), UAC, False, 2.0)  # after being slimmed again
+    assert resent.message.to_bytes() == octets
+
+
+def test_a_response_whose_headers_would_not_parse_back_is_resent_as_it_was() -> None:
+    layer = Layer()
+    register = request("REGISTER")
+    tx = new_server(layer, register)
+    odd = register.make_response(401, headers=[("X-Odd", "one\r\ntwo")], to_tag="r1")  # a TU's slip
+    (sent,) = layer.respond(tx, odd, 0.0)
+    assert isinstance(sent, Send)
+    octets = sent.message.to_bytes()
+    layer.advance(1.0)
+    (resent,) = layer.retransmission(tx, 2.0)
+    assert isinstance(resent, Send) and resent.message.to_bytes() == octets
+
+
+def test_the_retransmission_cache_lets_go_of_ended_transactions_without_new_datagrams() -> None:
+    from imscore.server.retransmit import TIDY_SLACK, RetransmissionCache
+    from imscore.transport import Flow
+
+    layer: TransactionLayer[Flow] = TransactionLayer()
+    cache = RetransmissionCache(layer)
+    flow = Flow("udp", ("127.0.0.1", 5060), ("127.0.0.1", 5999))
+    count = 2 * TIDY_SLACK
+    for i in range(count):
+        register = request("REGISTER", branch=f"{MAGIC_COOKIE}-flood-{i}", call_id=f"{i}@flood")
+        data = register.to_bytes()
+        assert cache.lookup(data, flow) is None
+        parsed = parse_datagram(data)
+        assert isinstance(parsed, Request)
+        (received,) = layer.receive(parsed, flow, False, 0.0)
+        assert isinstance(received, RequestReceived)
+        cache.remember(parsed, flow, layer.find_server)
+        layer.respond(received.transaction, parsed.make_response(401, to_tag="r1"), 0.0)
+        assert cache.lookup(data, flow) is received.transaction  # a retransmission finds it
+    assert len(cache) == count
+    layer.advance(layer.timers.timer_j)  # Timer J ends them all; no datagram arrives any more
+    cache.tidy()
+    assert len(cache) == 0
+
+
 # --- matching --------------------------------------------------------------------------------------
 def test_same_branch_from_another_sent_by_is_another_transaction() -> None:
     layer = Layer()
@@ -1057,3 +1167,22 @@ def test_stopped_timers_do_not_pile_up_in_the_heap() -> None:
     events = run(layer, 100.0)
     assert len(events) == 500 and all(isinstance(o, TransactionTerminated) for _, o in events)
     assert len(layer) == 0 and layer._stale == stale_entries(layer) == 0
+
+
+def test_memory_is_given_back_each_time_live_transactions_halve_after_a_peak() -> None:
+    from imscore.server.gctune import MemoryReturn
+
+    trims: list[int] = []
+    memory = MemoryReturn(peak=1000, trim=lambda: trims.append(1))
+    assert not any(memory.observe(live) for live in (10, 500, 999, 600))  # no peak worth it yet
+    assert [memory.observe(live) for live in (4000, 3000, 2000, 1500, 1000, 900, 0)] == [
+        False,
+        False,
+        True,  # halved from 4000
+        False,
+        True,  # halved from 2000
+        False,
+        True,  # halved from 1000, still a peak worth it; 1000 is the last one that is
+    ]
+    assert len(trims) == memory.trims == 3
+    assert not memory.observe(0)  # nothing more to give back

@@ -30,6 +30,7 @@ from imscore.transport.registry import collect_transports, known_transports
 
 from .core import ServerCore
 from .eager import start_eagerly
+from .gctune import return_freed_memory
 from .overload import LoadMonitor, udp_receive_queue
 from .providers import BUILTIN_STORES, ProviderError, collect, open_provided, scheme_of
 from .proxying import ProxyService
@@ -464,6 +465,7 @@ class Server:
         self._timer = None
         self._emit(self.core.advance(self._now()))
         self._retransmissions.tidy()  # Timer J ended transactions: let their entries go
+        return_freed_memory(len(self.core.layer))  # after a flood, give the memory back
 
     def _emit(self, sends: list[Send[Flow]]) -> None:
         transports = self.transports
