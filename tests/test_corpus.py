@@ -61,8 +61,9 @@ INVALID_4475: dict[str, tuple[int | None, str]] = {
     "multi01": (400, "parse"),
     "mcl01": (400, "parse"),
 }
-# Valid (well-formed) messages that validate() still refuses with 400, and why: RFC 4475 §3.3.4 says
-# a registrar rejects a REGISTER whose To is not a SIP/SIPS AOR, and that is checked before routing.
+# Valid (well-formed) messages still refused with 400 by check_framing_headers(), and why: RFC 4475
+# §3.3.4 says a registrar rejects a REGISTER whose To is not a SIP/SIPS AOR (RFC 3261 §10.2: MUST),
+# and that is checked before routing, by the transport.
 SEMANTIC_400 = {"unksm2": "To of a REGISTER must be a SIP, SIPS or tel URI"}
 # Invalid cases where RFC 4475 lets a liberal element accept, and we do.
 LIBERAL_4475 = {"baddate": "the Date header is not interpreted by the core"}
@@ -101,10 +102,12 @@ def test_index_covers_every_file() -> None:
     "name", sorted(n for n, r in INDEX_4475.items() if r["verdict"] == "valid") or ["<none>"]
 )
 def test_rfc4475_valid_messages_parse(name: str) -> None:
-    if name in SEMANTIC_400:  # well-formed, but validate() holds the request to its method's rules
-        message = _receive(_load(RFC4475 / f"{name}.dat"))
+    if name in SEMANTIC_400:  # well-formed, but its method's rules refuse it before any routing
+        parsed = parse_datagram(_load(RFC4475 / f"{name}.dat"))
+        assert parsed is not None
+        message = parsed
         with pytest.raises(SipError) as info:
-            message.validate()
+            message.check_framing_headers()
         assert (info.value.status, info.value.reason) == (400, SEMANTIC_400[name])
     else:
         message = _parse_all(_load(RFC4475 / f"{name}.dat"))
@@ -283,7 +286,7 @@ def test_other_schemes_parse_and_416_on_demand() -> None:
     assert info.value.status == 416
     assert str(m.uri) == "nobodyKnowsThisScheme:totallyopaquecontent"
     assert _req("novelsc").uri.scheme == "soap.beep"
-    u = _receive(_load(RFC4475 / "unksm2.dat"))
+    u = parse_datagram(_load(RFC4475 / "unksm2.dat"))
     assert isinstance(u, Request)
     assert u.to.uri.scheme == "isbn"
     assert u.from_.uri.scheme == "http"

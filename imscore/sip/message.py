@@ -793,8 +793,9 @@ class Message:
         """The checks every element needs before it can match a transaction or answer.
 
         From, To, Call-ID, CSeq and a top Via present, single and well-formed (for a request, the
-        CSeq method equal to the request method); Max-Forwards in range; Content-Length
-        consistent. Raises :class:`ParseError` whose ``message`` is this message.
+        CSeq method equal to the request method; for a REGISTER, a SIP, SIPS or tel URI in To);
+        Max-Forwards in range; Content-Length consistent. Raises :class:`ParseError` whose
+        ``message`` is this message.
         """
         try:
             self._check_framing()
@@ -918,12 +919,10 @@ class Request(Message):
         super()._check_framing()
         if self.cseq.method != self._method:
             raise ParseError(f"CSeq method {self.cseq.method[:30]!r} does not match request method")
-
-    def _validate(self) -> None:
-        super()._validate()
         if self._method == "REGISTER" and not isinstance(self.to.uri, SipUri | TelUri):
-            # RFC 3261 §10.2: the To of a REGISTER is the address-of-record, a SIP or SIPS URI
-            # (tel: too in IMS, TS 24.229 §5.4.1.2); RFC 4475 §3.3.4 (unksm2)
+            # RFC 3261 §10.2: the To of a REGISTER is the address-of-record and MUST be a SIP or
+            # SIPS URI (tel: too in IMS, TS 24.229 §5.4.1.2); without one the request is malformed
+            # wherever it arrives, so it is a 400 before any routing (RFC 4475 §3.3.4, unksm2)
             raise ParseError("To of a REGISTER must be a SIP, SIPS or tel URI")
 
     def make_error_response(self, status: int, reason: str | None, *, to_tag: str) -> Response | None:
