@@ -570,6 +570,9 @@ def test_effective_settings_fill_defaults(write: Writer) -> None:
             "idle_timeout": 600.0,
             "max_message_size": 65535,
             "connect_timeout": 5.0,
+            "first_message_timeout": 20.0,
+            "header_timeout": 10.0,
+            "max_connections_per_source": 128,
         },
         "dns": {
             "nameservers": [],

@@ -310,6 +310,9 @@ def _build(plain: dict[str, object], default_name: str) -> Profile:
             idle_timeout=_float(connections["idle_timeout"]),
             max_message_size=_int(connections["max_message_size"]),
             connect_timeout=_float(connections["connect_timeout"]),
+            first_message_timeout=_float(connections["first_message_timeout"]),
+            header_timeout=_float(connections["header_timeout"]),
+            max_connections_per_source=_int(connections["max_connections_per_source"]),
         ),
         dns=DnsSettings(
             nameservers=tuple(cast("tuple[str, int]", ns) for ns in _list(dns["nameservers"])),
@@ -376,6 +379,9 @@ def effective_settings(profile: Profile) -> dict[str, Any]:
             "idle_timeout": profile.connections.idle_timeout,
             "max_message_size": profile.connections.max_message_size,
             "connect_timeout": profile.connections.connect_timeout,
+            "first_message_timeout": profile.connections.first_message_timeout,
+            "header_timeout": profile.connections.header_timeout,
+            "max_connections_per_source": profile.connections.max_connections_per_source,
         },
         "dns": {
             "nameservers": [

@@ -428,6 +428,12 @@ class ConnectionSettings:
     idle_timeout: float = 600.0
     max_message_size: int = 65535
     connect_timeout: float = 5.0
+    #: seconds an accepted connection has to deliver its first whole, good SIP message
+    first_message_timeout: float = 20.0
+    #: seconds a message has from its first octets until its header section is complete
+    header_timeout: float = 10.0
+    #: live accepted connections from one IP address at most (0: no limit)
+    max_connections_per_source: int = 128
 
 
 @dataclass(frozen=True)

@@ -482,6 +482,11 @@ PROFILE_SCHEMA: Final = Record(
                     "idle_timeout": Field(Number(), _C.idle_timeout),
                     "max_message_size": Field(Int(minimum=1024), _C.max_message_size),
                     "connect_timeout": Field(Number(), _C.connect_timeout),
+                    "first_message_timeout": Field(Number(), _C.first_message_timeout),
+                    "header_timeout": Field(Number(), _C.header_timeout),
+                    "max_connections_per_source": Field(
+                        Int(minimum=0), _C.max_connections_per_source
+                    ),
                 }
             ),
             {},

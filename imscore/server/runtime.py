@@ -231,6 +231,9 @@ class Server:
             client_tls_context=client_context,
             connect_timeout=limits.connect_timeout,
             providers=providers,
+            first_message_timeout=limits.first_message_timeout,
+            header_timeout=limits.header_timeout,
+            max_connections_per_source=limits.max_connections_per_source,
         )
         if self._pcap is not None:
             self.transports.tap = self._pcap.write

@@ -130,11 +130,18 @@ class StreamFramer:
         self._buf = bytearray()
         self._scan = 0
         self._error: SipError | None = None
+        self._in_header = False
 
     @property
     def buffered(self) -> int:
         """Octets received but not yet part of a whole message."""
         return len(self._buf)
+
+    @property
+    def in_header(self) -> bool:
+        """Whether the octets buffered begin a message whose header section is not complete yet
+        (not a keep-alive, not a body still arriving): what a header timeout measures."""
+        return self._in_header
 
     def feed(self, data: bytes) -> list[StreamEvent]:
         """The events completed by ``data``, in order.
@@ -154,6 +161,7 @@ class StreamFramer:
     def _frame(self, data: bytes, events: list[StreamEvent]) -> None:
         buf = self._buf
         buf += data
+        self._in_header = False
         while buf:
             c = buf[0]
             if c == 0x0D or c == 0x0A:
@@ -175,6 +183,7 @@ class StreamFramer:
                 if len(buf) > self.max_size:
                     self._fail(MessageTooLarge(f"header section longer than {self.max_size} octets"))
                 self._scan = max(0, len(buf) - 3)
+                self._in_header = True
                 break
             head = bytes(buf[:end])
             message: Request | Response | None = None

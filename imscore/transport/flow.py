@@ -61,7 +61,13 @@ class TransportStats:
         pongs on streams).
     :ivar connections_opened: stream connections accepted.
     :ivar connections_rejected: stream connections closed at once because ``max_connections`` were live.
+    :ivar connections_refused_per_source: accepted connections closed at once because
+        ``max_connections_per_source`` connections from the same IP address were live.
     :ivar connections_closed_idle: stream connections closed after ``idle_timeout`` without traffic.
+    :ivar connections_closed_first_message: accepted connections closed because no whole, good SIP
+        message came within ``first_message_timeout`` of opening.
+    :ivar connections_closed_header_timeout: stream connections closed because a message's header
+        section was not complete within ``header_timeout`` of its first octets.
     :ivar streams_closed_broken: stream connections closed because their framing was lost.
     :ivar connections_connected: stream connections this element opened (:meth:`Transports.connect`).
     :ivar responses_lost: responses not sent because their connection had closed and a new one to the
@@ -77,7 +83,10 @@ class TransportStats:
     keepalives: int = 0
     connections_opened: int = 0
     connections_rejected: int = 0
+    connections_refused_per_source: int = 0
     connections_closed_idle: int = 0
+    connections_closed_first_message: int = 0
+    connections_closed_header_timeout: int = 0
     streams_closed_broken: int = 0
     connections_connected: int = 0
     responses_lost: int = 0

@@ -68,7 +68,9 @@ class RelayedEndpoint(_DatagramEndpoint):
         try:
             self._udp.sendto(data, target)
         except BlockingIOError:  # the send buffer is full: a datagram lost, as on any UDP socket
-            logger.info("udp %s: send buffer full, datagram to %s dropped", self.local, target)
+            self._owner.drops.record(
+                "udp send buffer full", f"udp {self.local}: datagram to {target} dropped"
+            )
         except OSError as exc:
             raise TransportError(f"cannot send over udp to {target[0]}: {exc.strerror or exc}") from exc
 

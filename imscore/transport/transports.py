@@ -4,8 +4,9 @@ Every message read goes through the same steps: framing (:func:`~imscore.sip.par
 datagram, one :class:`~imscore.sip.StreamFramer` per connection), ``check_framing_headers()``, the
 ``received``/``rport`` stamp on the top Via of a request (RFC 3261 §18.2.1, RFC 3581 §4), then the
 message handler. Bad input is answered statelessly when it is a request that can be answered, else
-dropped; either way it is counted, logged at INFO on the ``imscore.transport`` logger, and the
-transport keeps serving.
+dropped; either way it is counted, logged (at DEBUG one line each, at INFO in a summary per
+interval: :mod:`imscore.transport.droplog`, on the ``imscore.transport`` logger), and the transport
+keeps serving.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from imscore.sip import (
 )
 
 from .backlog import DatagramBacklog
+from .droplog import DEFAULT_INTERVAL, DropLog
 from .flow import TRANSPORTS, Flow, MessageHandler, TransportError, TransportStats
 from .provider import TransportEndpoint, TransportProvider
 
@@ -208,6 +210,15 @@ class Transports:
     :param connect_timeout: seconds :meth:`connect` waits for a connection and TLS handshake.
     :param providers: extra transports by name (``{"sctp": provider}``), as plugins offer them through
         ``ims_register_transports``; see :mod:`imscore.transport.provider`.
+    :param first_message_timeout: seconds an accepted connection has to deliver its first whole,
+        good SIP message (keep-alives do not count) before it is closed (``0`` or ``inf``: no limit).
+    :param header_timeout: seconds a message on an accepted connection has from its first octet
+        until its header section is complete before the connection is closed (``0`` or ``inf``:
+        no limit).
+    :param max_connections_per_source: live accepted connections from one IP address at most; one
+        more is closed at once (``0``: no limit).
+    :param drop_log_interval: seconds covered by one INFO summary of what was dropped or refused
+        (see :mod:`imscore.transport.droplog`).
     """
 
     def __init__(
@@ -221,6 +232,10 @@ class Transports:
         client_tls_context: ssl.SSLContext | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         providers: Mapping[str, TransportProvider] | None = None,
+        first_message_timeout: float = 0.0,
+        header_timeout: float = 0.0,
+        max_connections_per_source: int = 0,
+        drop_log_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self._handler = handler
         self._tls_context = tls_context
@@ -241,8 +256,15 @@ class Transports:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.max_message_size = max_message_size
+        self.first_message_timeout = first_message_timeout
+        self.header_timeout = header_timeout
+        self.max_connections_per_source = max_connections_per_source
+        #: live accepted connections by remote IP (for max_connections_per_source)
+        self._per_source: collections.Counter[str] = collections.Counter()
         #: the counters of these transports
         self.stats = TransportStats()
+        #: what was dropped or refused, logged as a summary per interval
+        self.drops = DropLog(logger, drop_log_interval)
         self._endpoints: dict[tuple[str, int], _DatagramEndpoint] = {}
         self._servers: list[asyncio.Server] = []
         self._connections: dict[int, _StreamConnection] = {}
@@ -570,7 +592,9 @@ class Transports:
         why = _unroutable(host, port)
         if why is not None:
             self.stats.dropped_unroutable += 1
-            logger.info("dropped %d response to %s: %s", response.status, _join(host, port), why)
+            self.drops.record(
+                "response not sent: unroutable", f"{response.status} to {_join(host, port)}: {why}"
+            )
             return
         if _parse_ip(host) is None:
             raise TransportError(
@@ -602,9 +626,9 @@ class Transports:
                 self.send(response, new)
             except TransportError as error:
                 self.stats.responses_lost += 1
-                logger.info("response %d not sent: connection closed; %s", response.status, error)
+                self.drops.record("response not sent: connection closed", f"{response.status}: {error}")
                 return
-            logger.info("response %d sent on a new connection to %s", response.status, where)
+            logger.debug("response %d sent on a new connection to %s", response.status, where)
 
         task = asyncio.get_running_loop().create_task(answer())
         self._tasks.add(task)
@@ -647,8 +671,8 @@ class Transports:
             logger.exception("capture tap failed on a %s message %s -> %s", transport, src, dst)
 
     # -- receiving ---------------------------------------------------------------------------------
-    def _message_received(self, message: Request | Response, flow: Flow, reply: _Reply) -> None:
-        """Steps 2 to 5 for one framed message."""
+    def _message_received(self, message: Request | Response, flow: Flow, reply: _Reply) -> bool:
+        """Steps 2 to 5 for one framed message; whether it was good (handed to the handler)."""
         if self._tap is not None:  # before stamp_via: the octets as they came
             self._tapped(flow.transport, flow.remote, flow.local, message.to_bytes())
         try:
@@ -657,7 +681,7 @@ class Transports:
                 stamp_via(message, flow.remote)
         except SipError as error:
             self._bad_input(error, flow, reply)
-            return
+            return False
         self.stats.received += 1
         self.stats.delivered += 1
         try:
@@ -666,6 +690,7 @@ class Transports:
             logger.exception(
                 "message handler failed on %r from %s %s", message, flow.transport, _join(*flow.remote)
             )
+        return True
 
     def _bad_input(self, error: SipError, flow: Flow, reply: _Reply) -> bool:
         """Answer bad input statelessly when it allows, else drop it; count and log either way.
@@ -681,22 +706,19 @@ class Transports:
                 reply(data)
             except TransportError as failed:
                 self.stats.dropped_unanswerable += 1
-                logger.info(
-                    "bad request from %s: %s; answer %d not sent: %s",
-                    source,
-                    error.reason,
-                    error.status,
-                    failed,
+                self.drops.record(
+                    "bad request, answer not sent",
+                    f"{source}: {error.reason}; answer {error.status} not sent: {failed}",
                 )
                 return False
             self.stats.sent += 1
             self.stats.answered_errors += 1
             if self._tap is not None:
                 self._tapped(flow.transport, flow.local, flow.remote, data)
-            logger.info("bad request from %s answered %d: %s", source, answer.status, error.reason)
+            self.drops.record(f"bad request answered {answer.status}", f"{source}: {error.reason}")
             return True
         self.stats.dropped_unanswerable += 1
-        logger.info("dropped %s from %s: %s", answer, source, error.reason)
+        self.drops.record(f"dropped {answer}", f"{source}: {error.reason}")
         return False
 
     def _datagram_received(self, endpoint: _DatagramEndpoint, data: bytes, addr: Any) -> None:
@@ -763,6 +785,7 @@ class Transports:
                     connection.abort()
         for server in servers:
             await server.wait_closed()
+        self.drops.flush()
 
 
 class _DatagramEndpoint(asyncio.DatagramProtocol):
@@ -786,7 +809,7 @@ class _DatagramEndpoint(asyncio.DatagramProtocol):
         self._owner._datagram_received(self, data, addr)
 
     def error_received(self, exc: Exception) -> None:
-        logger.info("udp %s: %s", _join(*self.local), exc)
+        self._owner.drops.record("udp socket error", f"udp {_join(*self.local)}: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -872,7 +895,9 @@ class _SocketEndpoint(_DatagramEndpoint):
 
     def _queue_unsent(self, data: bytes, target: tuple[str, int]) -> None:
         if len(self._unsent) >= UDP_SEND_QUEUE:
-            logger.info("udp %s: send queue full, datagram to %s dropped", _join(*self.local), target)
+            self._owner.drops.record(
+                "udp send queue full", f"udp {_join(*self.local)}: datagram to {target} dropped"
+            )
             return
         self._unsent.append((data, target))
 
@@ -885,7 +910,9 @@ class _SocketEndpoint(_DatagramEndpoint):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # this one cannot go; the others may
-                logger.info("udp %s: cannot send to %s: %s", _join(*self.local), target, exc)
+                self._owner.drops.record(
+                    "udp send failed", f"udp {_join(*self.local)}: cannot send to {target}: {exc}"
+                )
             unsent.popleft()
         self._loop.remove_writer(self._sock.fileno())
 
@@ -902,7 +929,14 @@ class _SocketEndpoint(_DatagramEndpoint):
 
 
 class _StreamConnection(asyncio.Protocol):
-    """One TCP or TLS connection with its framer and idle timer."""
+    """One TCP or TLS connection with its framer and its timers.
+
+    Timers: the idle timer (no traffic either way for ``idle_timeout``); on an accepted connection
+    the first-message timer (no whole, good SIP message within ``first_message_timeout`` of
+    opening: keep-alives and bad messages do not count); and the header timer (a message whose
+    header section is not complete within ``header_timeout`` of the chunk that brought its first
+    octets).
+    """
 
     def __init__(self, owner: Transports, transport_name: str, *, outgoing: bool = False) -> None:
         self._owner = owner
@@ -912,11 +946,15 @@ class _StreamConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._framer = StreamFramer(owner.max_message_size)
         self._timer: asyncio.TimerHandle | None = None
+        self._first_timer: asyncio.TimerHandle | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
+        #: the remote IP this connection counts against in max_connections_per_source
+        self._source: str | None = None
         self._last = 0.0
         self.id = 0
         self.flow = Flow(transport_name, ("", 0), ("", 0))
         self.closing = False
-        #: closed at once by connection_made: max_connections live, or the transports closed
+        #: closed at once by connection_made: a limit reached, or the transports closed
         self.rejected = False
         self.lost: asyncio.Future[None] = self._loop.create_future()
 
@@ -925,19 +963,26 @@ class _StreamConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         owner = self._owner
         remote = _address(transport.get_extra_info("peername"))
+        direction = "to" if self._outgoing else "from"
         if owner._closed or len(owner._connections) >= owner.max_connections:
             owner.stats.connections_rejected += 1
-            logger.info(
-                "%s connection %s %s rejected: %d connections open (max_connections %d)",
-                self._name,
-                "to" if self._outgoing else "from",
-                _join(*remote),
-                len(owner._connections),
-                owner.max_connections,
+            owner.drops.record(
+                "connection refused: max_connections",
+                f"{self._name} {direction} {_join(*remote)}: {len(owner._connections)} connections"
+                f" open (max_connections {owner.max_connections})",
             )
-            self.closing = True
-            self.rejected = True
-            transport.close()
+            self._refuse(transport)
+            return
+        source = _key(remote)[0]
+        limit = owner.max_connections_per_source
+        if not self._outgoing and limit > 0 and owner._per_source[source] >= limit:
+            owner.stats.connections_refused_per_source += 1
+            owner.drops.record(
+                "connection refused: per-source limit",
+                f"{self._name} from {_join(*remote)}: {owner._per_source[source]} connections open"
+                f" from {source} (max_connections_per_source {limit})",
+            )
+            self._refuse(transport)
             return
         self.id = next(owner._ids)
         self.flow = Flow(self._name, _address(transport.get_extra_info("sockname")), remote, self.id)
@@ -947,17 +992,21 @@ class _StreamConnection(asyncio.Protocol):
             owner.stats.connections_connected += 1
         else:
             owner.stats.connections_opened += 1
+            owner._per_source[source] += 1
+            self._source = source
+            if _limited(owner.first_message_timeout):
+                self._first_timer = self._loop.call_later(
+                    owner.first_message_timeout, self._first_message_expired
+                )
         self._last = self._loop.time()
-        timeout = owner.idle_timeout
-        if 0 < timeout < math.inf:
-            self._timer = self._loop.call_later(timeout, self._idle_check)
-        logger.debug(
-            "%s connection %d %s %s",
-            self._name,
-            self.id,
-            "to" if self._outgoing else "from",
-            _join(*remote),
-        )
+        if _limited(owner.idle_timeout):
+            self._timer = self._loop.call_later(owner.idle_timeout, self._idle_check)
+        logger.debug("%s connection %d %s %s", self._name, self.id, direction, _join(*remote))
+
+    def _refuse(self, transport: asyncio.BaseTransport) -> None:
+        self.closing = True
+        self.rejected = True
+        transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -972,15 +1021,11 @@ class _StreamConnection(asyncio.Protocol):
                 return
             owner._bad_input(error, self.flow, self.write)
             owner.stats.streams_closed_broken += 1
-            logger.info(
-                "%s connection %d from %s closed: framing lost",
-                self._name,
-                self.id,
-                _join(*self.flow.remote),
-            )
-            self.close()
+            self._closed_for("framing lost", error.reason)
             return
         self._dispatch(events)
+        if self.is_open():
+            self._time_header(any(not isinstance(e, KeepAlive) for e in events))
 
     def _dispatch(self, events: list[StreamEvent]) -> None:
         owner = self._owner
@@ -998,15 +1043,21 @@ class _StreamConnection(asyncio.Protocol):
                 if not answered and event.is_request is not False:
                     # not a request we could answer, nor a response: the peer does not speak SIP
                     owner.stats.streams_closed_broken += 1
-                    logger.info(
-                        "%s connection %d from %s closed: unreadable input",
-                        self._name,
-                        self.id,
-                        _join(*self.flow.remote),
-                    )
-                    self.close()
-            else:
-                owner._message_received(event, self.flow, self.write)
+                    self._closed_for("unreadable input", event.reason)
+            elif owner._message_received(event, self.flow, self.write) and self._first_timer:
+                self._first_timer.cancel()  # a whole, good message: the peer speaks SIP
+                self._first_timer = None
+
+    def _time_header(self, completed: bool) -> None:
+        """Start, keep or stop the header timer after a chunk was framed (``completed``: it
+        finished at least one message, so a message still open began in this chunk)."""
+        timer = self._header_timer
+        if timer is not None and (completed or not self._framer.in_header):
+            timer.cancel()
+            self._header_timer = timer = None
+        timeout = self._owner.header_timeout
+        if timer is None and self._framer.in_header and _limited(timeout):
+            self._header_timer = self._loop.call_later(timeout, self._header_expired)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -1037,16 +1088,49 @@ class _StreamConnection(asyncio.Protocol):
             self._transport.abort()
         self._forget()
 
+    def _closed_for(self, kind: str, why: str) -> None:
+        """Close the connection, and count the reason in the drop log."""
+        self._owner.drops.record(
+            f"connection closed: {kind}",
+            f"{self._name} connection {self.id} from {_join(*self.flow.remote)}: {why}",
+        )
+        self.close()
+
     def _forget(self) -> None:
         self.closing = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._owner._connections.get(self.id) is self:
-            del self._owner._connections[self.id]
+        for timer in (self._timer, self._first_timer, self._header_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._first_timer = self._header_timer = None
+        owner = self._owner
+        if self._source is not None:
+            left = owner._per_source[self._source] - 1
+            if left > 0:
+                owner._per_source[self._source] = left
+            else:
+                del owner._per_source[self._source]
+            self._source = None
+        if owner._connections.get(self.id) is self:
+            del owner._connections[self.id]
             key = (self._name, _key(self.flow.remote))
-            if self._owner._by_remote.get(key) == self.id:
-                del self._owner._by_remote[key]
+            if owner._by_remote.get(key) == self.id:
+                del owner._by_remote[key]
+
+    def _first_message_expired(self) -> None:
+        self._first_timer = None
+        if self.closing:
+            return
+        self._owner.stats.connections_closed_first_message += 1
+        timeout = self._owner.first_message_timeout
+        self._closed_for("no first message", f"no whole SIP message within {timeout:g} s")
+
+    def _header_expired(self) -> None:
+        self._header_timer = None
+        if self.closing:
+            return
+        self._owner.stats.connections_closed_header_timeout += 1
+        timeout = self._owner.header_timeout
+        self._closed_for("header timeout", f"a header section not complete within {timeout:g} s")
 
     def _idle_check(self) -> None:
         self._timer = None
@@ -1057,11 +1141,9 @@ class _StreamConnection(asyncio.Protocol):
             self._timer = self._loop.call_later(remaining, self._idle_check)
             return
         self._owner.stats.connections_closed_idle += 1
-        logger.info(
-            "%s connection %d from %s closed: idle for %g s",
-            self._name,
-            self.id,
-            _join(*self.flow.remote),
-            self._owner.idle_timeout,
-        )
-        self.close()
+        self._closed_for("idle", f"no traffic for {self._owner.idle_timeout:g} s")
+
+
+def _limited(timeout: float) -> bool:
+    """Whether a timeout setting is a limit (``0`` and ``inf`` mean none)."""
+    return 0 < timeout < math.inf
