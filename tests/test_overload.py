@@ -47,10 +47,13 @@ def test_overloaded_server_refuses_new_calls_with_503_and_keeps_dialogs_going() 
         assert phone.quiet("INVITE", 0.3)  # nothing was forked
         # registrations are still served (a burst of them after an outage drains)
         assert phone.register().status == 200
-        # an in-dialog request still goes through (it finishes work in progress)
+        # an in-dialog request (of a dialog we record-routed: its stamp) still goes through (it
+        # finishes work in progress)
         bye = caller.request("BYE", phone.contact_uri, to_tag="device-tag")
         host, port = running.address("udp")
-        bye.headers.add("Route", f"<sip:{host}:{port};lr>")
+        assert running.server.proxying is not None
+        stamp = running.server.proxying.stamp.make(bye.call_id, bye.from_.tag)
+        bye.headers.add("Route", f"<sip:{host}:{port};lr;dlg={stamp}>")
         caller.send(bye)
         assert phone.expect("BYE").method == "BYE"  # type: ignore[union-attr]
         assert running.server.core.counters.shed == 1
