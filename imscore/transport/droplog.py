@@ -59,10 +59,10 @@ class DropLog:
         logger = self.logger
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: %s", kind, detail)
-        counts = self._counts
         now = self._clock()
-        if counts and now - self._started >= self.interval:
+        if self._counts and now - self._started >= self.interval:
             self.flush()
+        counts = self._counts
         if not counts:
             self._started = now
             self._schedule()
