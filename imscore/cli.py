@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import logging
 import os
 import signal
 import sys
@@ -111,7 +110,19 @@ def _parser() -> argparse.ArgumentParser:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper,
-        help="log level (default: INFO)",
+        help="log level (default: INFO; INFO has one line per finished transaction)",
+    )
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text (default) or json: one JSON object a line, for log shippers",
+    )
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics and a health check on /healthz "
+        "(needs prometheus_client: the 'metrics' extra)",
     )
 
     profile = commands.add_parser("profile", help="check or show profiles")
@@ -195,10 +206,20 @@ def _load_subscribers(path: str | None) -> tuple[str, SubscriberDirectory]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    from imscore.logformat import configure
+
+    configure(args.log_level, args.log_format, sys.stderr)
     profile = _load_profile(args.profile)
+    metrics_address: tuple[str, int] | None = None
+    if args.metrics is not None:
+        from imscore.server.metrics import MetricsError, parse_metrics_address
+
+        try:
+            metrics_address = parse_metrics_address(args.metrics)
+        except MetricsError as exc:
+            raise CliError(str(exc)) from None
+        if args.workers != 1:
+            raise CliError("--metrics: not with --workers yet (each worker counts on its own)")
     try:
         listeners = [parse_listen(text, any_transport=True) for text in args.listen]
     except ListenError as exc:
@@ -248,6 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
             subscriber_source=plugin_source,
             pcap_path=args.pcap,
             worker=worker,
+            metrics_address=metrics_address,
         )
 
     if args.workers != 1:

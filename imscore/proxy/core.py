@@ -144,6 +144,8 @@ class ForkContext(Generic[FlowT]):
     cancelled: bool = False
     stopped: bool = False
     reason: str | None = None
+    #: the first final response went upstream (and :attr:`ProxyCore.on_final` was told)
+    reported: bool = False
 
     def pending(self) -> list[Branch[FlowT]]:
         return [b for b in self.branches if not b.final]
@@ -206,6 +208,9 @@ class ProxyCore(Generic[FlowT]):
         self.can_retry = can_retry
         #: told of every 2xx a branch forwards (the runtime learns the dialog's remote target)
         self.on_answer = on_answer
+        #: told of the first final response of each forked request as it goes upstream (the
+        #: runtime logs and counts the outcome)
+        self.on_final: Callable[[ForkContext[FlowT], Response], None] | None = None
         self.record_route = record_route
         self.server_name = server_name
         self._by_client: dict[ClientTransaction[FlowT], Branch[FlowT]] = {}
@@ -522,6 +527,10 @@ class ProxyCore(Generic[FlowT]):
         if context.server.terminated:
             return []
         self.stats["responses_forwarded"] += 1
+        if response.status >= 200 and not context.reported:
+            context.reported = True
+            if self.on_final is not None:
+                self.on_final(context, upstream)
         try:
             return self._sends(self.layer.respond(context.server, upstream, now))
         except SipError:

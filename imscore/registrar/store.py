@@ -149,6 +149,17 @@ class MemoryBindingStore:
         data = self._data()
         return [_copy(b) for aor in sorted(data) for b in data[aor]]
 
+    def counts(self, now: float) -> tuple[int, int]:
+        """Live bindings and the AORs that have one (for metrics; no copies made)."""
+        if self._aors is None:
+            return 0, 0
+        bindings = aors = 0
+        for stored in self._aors.values():
+            live = sum(1 for b in stored if b.expires_at > now)
+            bindings += live
+            aors += 1 if live else 0
+        return bindings, aors
+
     async def close(self) -> None:
         """Drop every binding; see :meth:`BindingStore.close`."""
         self._aors = None
@@ -335,6 +346,16 @@ class SqliteBindingStore:
     async def all(self) -> list[StoredBinding]:
         """See :meth:`BindingStore.all`."""
         return self._rows(f"{_SELECT} {_ORDER}", (), "list bindings")
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """Live bindings and the AORs that have one (for metrics)."""
+        try:
+            row = self._conn().execute(
+                "SELECT COUNT(*), COUNT(DISTINCT aor) FROM bindings WHERE expires_at > ?", (now,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error("count bindings", exc) from None
+        return int(row[0]), int(row[1])
 
     async def close(self) -> None:
         """See :meth:`BindingStore.close`; closes the connection if the store owns it."""

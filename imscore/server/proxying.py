@@ -150,13 +150,16 @@ class ProxyService:
         """A new request the registrar does not take: answer it here or fork it."""
         server = self.server
         core = server.core
+        started = server.now()
         refused = self.router.check(request)
         if refused is None:
             strict = strict_route_fixup(request, self.router.is_ours(request.uri))
             own = self.router.pop_own_route(request)
             if not request.route and own is None and strict is None and self.router.is_ours(request.uri):
                 # addressed to this server (OPTIONS ping, or a method we do not serve)
-                self._answer(transaction, core.answer(request))
+                answer = core.answer(request)
+                self._answer(transaction, answer)
+                server.proxy_answered(request, answer, flow, started)
                 return
             info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
             try:
@@ -173,6 +176,7 @@ class ProxyService:
         if decision.status is not None:
             reply = core.reply(request, decision.status, decision.reason, decision.headers)
             self._answer(transaction, reply)
+            server.proxy_answered(request, reply, flow, started)
             return
         for group in decision.groups:
             for target in group[0]:

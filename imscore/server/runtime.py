@@ -31,6 +31,8 @@ from imscore.transport.registry import collect_transports, known_transports
 from .core import ServerCore
 from .eager import start_eagerly
 from .gctune import return_freed_memory
+from .metrics import Metrics, MetricsError, MetricsServer, timed_resolver, timed_store
+from .outcomes import OutcomeLog, proxy_outcome, registrar_outcome, source_of
 from .overload import LoadMonitor, udp_receive_queue
 from .providers import BUILTIN_STORES, ProviderError, collect, open_provided, scheme_of
 from .proxying import ProxyService
@@ -123,6 +125,7 @@ class Server:
         pcap_path: str | os.PathLike[str] | None = None,
         transports_factory: Callable[..., Transports] | None = None,
         worker: WorkerSetup | None = None,
+        metrics_address: tuple[str, int] | None = None,
     ) -> None:
         self.profile = profile
         self.listeners = tuple(listeners) if listeners else profile.listeners
@@ -161,6 +164,15 @@ class Server:
         self._pcap: PcapWriter | None = None
         #: set in a worker process of ``serve --workers N`` (see imscore.server.workers)
         self.worker = worker
+        #: where ``/metrics`` and ``/healthz`` are served (``--metrics``), or ``None``
+        self.metrics_address = metrics_address
+        self.metrics: Metrics | None = None
+        self._metrics_server: MetricsServer | None = None
+        #: one line (and metric observations) per finished transaction
+        self.outcomes = OutcomeLog()
+        #: retransmitted requests absorbed by their transaction before parsing
+        self.retransmissions = 0
+        self._state = "starting"
 
     # -- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -202,6 +214,14 @@ class Server:
             await self.store.close()
             raise ServerError(f"{self.source}: key 'policies.auth.options': {exc}") from None
         self.proxying = ProxyService(self)  # the forking proxy (RFC 3261 §16), see docs/proxy.rst
+        self.proxying.core.on_final = self._forked
+        if self.metrics_address is not None:
+            try:
+                await self._start_metrics(*self.metrics_address)
+            except (MetricsError, OSError) as exc:
+                await self.store.close()
+                where = ":".join(str(part) for part in self.metrics_address)
+                raise ServerError(f"--metrics {where}: {exc}") from None
         qualify = self.profile.qualify
         if qualify.interval > 0 and (self.worker is None or self.worker.index == 0):
             self.qualifier = Qualifier(self, qualify.interval, qualify.max_failures)
@@ -264,10 +284,54 @@ class Server:
             self.transports.on_keepalive = self.qualifier.keepalive
             self.spawn(self.qualifier.run())
         self.plugins.hook.ims_server_started(server=self)
+        self._state = "ready"
         log.info("subscribers: %s", self.subscriber_source or self.subscribers)
         log.info("%s", self.ready_line())
         if self.worker is not None:
             self.worker.attach(self)
+
+    async def _start_metrics(self, host: str, port: int) -> None:
+        """Metrics (``--metrics``): the registrar's and the router's store calls and the resolver's
+        look-ups are timed, every finished transaction observed, ``/metrics`` and ``/healthz``
+        served over HTTP."""
+        metrics = self.metrics = Metrics(self)
+        self.outcomes.observe = metrics.observe
+        assert self.registrar is not None and self.proxying is not None
+        self.registrar.bindings = timed_store(self.registrar.bindings, metrics)
+        self.proxying.router.bindings = timed_store(self.proxying.router.bindings, metrics)
+        self.resolver = timed_resolver(self.resolver, metrics)
+        self._metrics_server = MetricsServer(metrics, self.health)
+        await self._metrics_server.start(host, port)
+
+    def health(self) -> tuple[int, str]:
+        """``/healthz``: 200 ``ready`` while serving normally, 503 ``overloaded`` while overload
+        control refuses new requests, 503 ``starting`` / ``stopping`` around those."""
+        if self._state != "ready":
+            return 503, self._state
+        if self.core.overloaded:
+            return 503, "overloaded"
+        return 200, "ready"
+
+    def binding_counts(self) -> tuple[int, int] | None:
+        """Live bindings and AORs in the store, when the store can count them."""
+        counts = getattr(self.store, "counts", None)
+        if counts is None:
+            return None
+        try:
+            result: tuple[int, int] = counts(self.clock())
+        except StoreError as exc:
+            log.warning("metrics: %s", exc)
+            return None
+        return result
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://HOST:PORT`` of ``/metrics`` once started, else ``None``."""
+        server = self._metrics_server
+        if server is None or server.address is None:
+            return None
+        host, port = server.address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def _transport_providers(self) -> dict[str, TransportProvider]:
         """The transports plugins offer (``ims_register_transports``); every listener's must be known."""
@@ -299,6 +363,10 @@ class Server:
     async def stop(self) -> None:
         """Tell the plugins, stop timers, close listeners, connections and the store."""
         self.plugins.hook.ims_server_stopping(server=self)
+        self._state = "stopping"
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+            self._metrics_server = None
         if self.worker is not None:
             self.worker.detach()
         if self.load is not None:
@@ -348,7 +416,7 @@ class Server:
         return (
             f"imscore {__version__} ready: listening on {listening} "
             f"(profile {self.profile.name}, domains {', '.join(self.profile.domains)}, "
-            f"store {self.store_url})"
+            f"store {self.store_url}{f', metrics {self.metrics_url}/metrics' if self.metrics_url else ''})"
         )
 
     # -- traffic -----------------------------------------------------------------------------------
@@ -393,35 +461,76 @@ class Server:
             return False
         if self.qualifier is not None:
             self.qualifier.seen(flow)
+        self.retransmissions += 1
         self._emit(self.core.receive_retransmission(transaction, self._now()))
         return True
 
     async def _register(self, transaction: Any, request: Request, flow: Flow) -> None:
         """A deferred request: REGISTER and reg-event SUBSCRIBE go to the registrar (answer, send
         NOTIFYs); the proxy takes every other one."""
+        started = self._now()
         try:
-            await self._handle_deferred(transaction, request, flow)
+            response = await self._handle_deferred(transaction, request, flow)
         except SipError as error:  # one guard: a header first read deep inside is still a status
-            self._refuse(transaction, request, error)
+            response = self._refuse(transaction, request, error)
+        if response is not None and self.outcomes.active:
+            source = source_of(flow.transport, flow.remote)
+            now = self._now()
+            self.outcomes.finished(registrar_outcome(request, response, source, now - started), now)
 
-    def _refuse(self, transaction: Any, request: Request, error: SipError) -> None:
+    def _forked(self, context: Any, response: Response) -> None:
+        """The proxy sent the final response of a request it forked: its outcome."""
+        if not self.outcomes.active:
+            return
+        now = self._now()
+        request, server = context.request, context.server
+        branches = len(context.branches)
+        kind = "cancelled" if context.cancelled else ("fork" if branches > 1 else "routed")
+        detail = f"{branches} branch{'es' if branches != 1 else ''}"
+        source = source_of(server.flow.transport, server.flow.remote)
+        outcome = proxy_outcome(
+            request, response.status, response.reason, source, now - server.created_at, kind, detail
+        )
+        self.outcomes.finished(outcome, now)
+
+    def proxy_answered(self, request: Request, response: Response, flow: Flow, started: float) -> None:
+        """The proxy answered a request itself (refused it, or the server answered it as a UAS)."""
+        if self.outcomes.active:
+            now = self._now()
+            kind = "answered" if response.status < 300 else "refused"
+            outcome = proxy_outcome(
+                request,
+                response.status,
+                response.reason,
+                source_of(flow.transport, flow.remote),
+                now - started,
+                kind,
+            )
+            self.outcomes.finished(outcome, now)
+
+    def _refuse(self, transaction: Any, request: Request, error: SipError) -> Response | None:
         """Answer a request whose handling raised ``error`` (a header that does not parse) with the
         error's status; when not even the response can be built, the request is dropped."""
         log.debug("%s from %s: %s", request.method, transaction.flow, error)
         self.core.counters.parse_errors += 1
         if transaction.terminated:
-            return
+            return None
         try:
             response = self.core.reply(request, error.status, error.phrase)
         except SipError:
-            return  # its Via/From/To/Call-ID/CSeq do not parse either: nothing can be answered
+            return None  # its Via/From/To/Call-ID/CSeq do not parse either: nothing can be answered
         self._emit(self.core.respond(transaction, response, self._now()))
+        return response
 
-    async def _handle_deferred(self, transaction: Any, request: Request, flow: Flow) -> None:
+    async def _handle_deferred(
+        self, transaction: Any, request: Request, flow: Flow
+    ) -> Response | None:
+        """Answer (or hand to the proxy) one deferred request; the registrar's final response,
+        ``None`` when the proxy took the request (it reports its own outcomes)."""
         assert self.registrar is not None
         if self.proxying is not None and not self.proxying.is_registrar_request(request):
             await self.proxying.handle(transaction, request, flow)
-            return
+            return None
         info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
         notes: tuple[tuple[Request, FlowInfo], ...] = ()
         try:
@@ -441,6 +550,7 @@ class Server:
         if not transaction.terminated:
             self._emit(self.core.respond(transaction, response, self._now()))
         self._notify(notes)
+        return response
 
     def notify(self, notes: Sequence[tuple[Request, FlowInfo]]) -> None:
         """Send reg-event NOTIFYs (a worker process's, for a change another one made)."""
@@ -503,6 +613,7 @@ class Server:
             await asyncio.sleep(self.expiry_interval)
             if self.registrar is None:
                 continue
+            self.outcomes.flush(self._now())  # the summary of a flood of refusals that stopped
             try:
                 notes = await self.registrar.expire(self.clock())
             except Exception:  # the store failed this once: log it, keep sweeping
