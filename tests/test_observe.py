@@ -70,8 +70,11 @@ def test_one_line_per_finished_transaction(server: RunningServer, caplog) -> Non
         assert "INVITE sip:nobody@ims.example.test" in unknown and "-> 404" in unknown
         text = "\n".join(lines)
         assert "alice-secret" not in text and "nonce" not in text and "response=" not in text
-        record = next(r for r in caplog.records if r.name == "imscore.requests" and "200 OK" in r.getMessage())
-        assert record.sip["status"] == 200 and record.sip["impi"] == "alice@ims.example.test"  # type: ignore[attr-defined]
+        record = next(
+            r for r in caplog.records if r.name == "imscore.requests" and "200 OK" in r.getMessage()
+        )
+        fields = record.sip  # type: ignore[attr-defined]
+        assert fields["status"] == 200 and fields["impi"] == "alice@ims.example.test"
     finally:
         phone.close()
         caller.close()

@@ -413,10 +413,11 @@ class Server:
         listening = " ".join(
             f"{t}:[{h}]:{p}" if ":" in h else f"{t}:{h}:{p}" for t, h, p in self.addresses
         )
+        metrics = f", metrics {self.metrics_url}/metrics" if self.metrics_url else ""
         return (
             f"imscore {__version__} ready: listening on {listening} "
             f"(profile {self.profile.name}, domains {', '.join(self.profile.domains)}, "
-            f"store {self.store_url}{f', metrics {self.metrics_url}/metrics' if self.metrics_url else ''})"
+            f"store {self.store_url}{metrics})"
         )
 
     # -- traffic -----------------------------------------------------------------------------------
