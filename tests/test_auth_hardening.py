@@ -332,7 +332,8 @@ def test_unknown_users_get_404_by_default() -> None:
     nobody = Ue(running, "mallory@ims.example.test", "guess", "sip:mallory@ims.example.test")
     try:
         response = nobody.send(nobody.request())
-        assert (response.status, response.reason) == (404, "Unknown user")
+        assert response.status == 404
+        assert response.reason == "Unknown user: no public identity sip:mallory@ims.example.test"
     finally:
         nobody.close()
         running.stop()

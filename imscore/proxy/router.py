@@ -17,7 +17,7 @@ from typing import Any
 
 from imscore.profile import Profile
 from imscore.registrar.authenticator import Authenticator, AuthOutcome
-from imscore.registrar.identity import resolve_identity
+from imscore.registrar.identity import find_identity, phone_number, resolve_identity
 from imscore.registrar.model import FlowInfo, StoredBinding
 from imscore.registrar.store import BindingStore
 from imscore.sip import Request, SipError, SipUri, TelUri, Uri
@@ -103,6 +103,17 @@ def flow_for(binding: StoredBinding) -> FlowInfo | None:
     """The recorded flow a request to this device must use, or ``None`` to use its Contact
     (see :func:`nat_decision`)."""
     return nat_decision(binding)[0]
+
+
+def _barred(subscriber: Subscriber, uri: Uri) -> bool:
+    """The identity (or the number a ``user=phone`` SIP URI stands for) is barred."""
+    tel = phone_number(uri)
+    return subscriber.is_barred(uri) or (tel is not None and subscriber.is_barred(tel))
+
+
+def _shown(uri: Uri) -> str:
+    """A public identity for a reason phrase (no CR/LF, bounded)."""
+    return "".join(c for c in str(uri) if c.isprintable())[:120]
 
 
 def _is_stale(challenge: str | None) -> bool:
@@ -241,7 +252,7 @@ class Router:
             caller = await self._served_caller(request)
         except SipError:
             return False
-        if caller is None or caller.is_barred(request.from_.uri):
+        if caller is None or _barred(caller, request.from_.uri):
             return False
         return await self._on_registered_flow(caller, flow, now)
 
@@ -251,7 +262,7 @@ class Router:
         (:mod:`imscore.proxy.relay`), its own Route entry already popped and no other left."""
         caller = await self._served_caller(request)
         if caller is not None:
-            if caller.is_barred(request.from_.uri):  # TS 24.229 §5.4.3.2
+            if _barred(caller, request.from_.uri):  # TS 24.229 §5.4.3.2
                 return Decision.answer(403, "Barred public identity may not originate")
             refused = await self._authorise(request, flow, caller, now)
             if refused is not None:
@@ -288,10 +299,7 @@ class Router:
         uri = request.from_.uri
         if not self.serves(uri):
             return None
-        try:
-            candidate = await self.subscribers.get_by_impu(uri)
-        except (SipError, ValueError):
-            return None
+        uri, candidate = await find_identity(self.subscribers, uri)
         # (the store's record when nobody resolves it: a barred IMPU is still the caller's)
         resolved = await resolve_identity(self.plugins, self.subscribers, uri, candidate)
         return candidate if resolved is None else resolved[0]
@@ -340,14 +348,10 @@ class Router:
 
     async def _terminating(self, request: Request, now: float) -> Decision:
         """The bindings of the Request-URI's implicit registration set, planned by the forking hook."""
-        uri = request.uri
-        try:
-            candidate = await self.subscribers.get_by_impu(uri)
-        except (SipError, ValueError):
-            candidate = None
+        uri, candidate = await find_identity(self.subscribers, request.uri)
         resolved = await resolve_identity(self.plugins, self.subscribers, uri, candidate)
         if resolved is None or resolved[0].is_barred(uri):
-            return Decision.answer(404, "Not Found")
+            return Decision.answer(404, f"Not Found: no user has {_shown(uri)}")
         implicit_set = resolved[1]
         aor = implicit_set.default.aor
         live = [b for b in await self.bindings.load(aor) if not b.expired(now)]

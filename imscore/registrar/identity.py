@@ -18,12 +18,51 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from imscore.sip import Uri
+from imscore.sip import ParseError, SipUri, TelUri, Uri
+from imscore.sip.uri import parse_uri
 from imscore.subscribers import ImplicitSet, Subscriber, SubscriberStore
 
-__all__ = ["resolve_identity"]
+__all__ = ["find_identity", "phone_number", "resolve_identity"]
 
 log = logging.getLogger("imscore.registrar")
+
+
+def phone_number(uri: Uri) -> TelUri | None:
+    """The ``tel:`` URI a ``user=phone`` SIP URI stands for (RFC 3261 §19.1.6, TS 24.229
+    §5.4.3.2: ``sip:+15551230001@ims.example.test;user=phone`` is ``tel:+15551230001``), else
+    ``None``. Only global numbers (``+`` …) are taken: a local number needs a context the URI does
+    not give."""
+    if not isinstance(uri, SipUri) or uri.user is None or not uri.user.startswith("+"):
+        return None
+    if (uri.params.get("user") or "").lower() != "phone":
+        return None
+    number = (uri.user_unescaped or "").split(";", 1)[0]  # (a user part may carry tel parameters)
+    try:
+        tel = parse_uri(f"tel:{number}")
+    except ParseError:
+        return None
+    return tel if isinstance(tel, TelUri) and tel.is_global else None
+
+
+async def find_identity(subscribers: SubscriberStore, uri: Uri) -> tuple[Uri, Subscriber | None]:
+    """The public identity ``uri`` names and the store's record of it: ``uri`` itself when the
+    store knows it (a ``user=phone`` SIP URI may be listed as written), else the ``tel:`` number of
+    a ``user=phone`` SIP URI when the store knows that, else ``uri`` with no record."""
+    try:
+        found = await subscribers.get_by_impu(uri)
+    except (ParseError, ValueError):
+        found = None
+    if found is not None:
+        return uri, found
+    tel = phone_number(uri)
+    if tel is not None:
+        try:
+            by_number = await subscribers.get_by_impu(tel)
+        except (ParseError, ValueError):
+            by_number = None
+        if by_number is not None:
+            return tel, by_number
+    return uri, None
 
 
 async def resolve_identity(

@@ -17,11 +17,11 @@ from typing import Any, Final
 
 from imscore.plugin.types import Binding, BindingDecision
 from imscore.profile import Profile
-from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri
+from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri, Uri
 from imscore.subscribers import ImplicitSet, Subscriber, SubscriberStore
 
 from .authenticator import Authenticator, AuthOutcome
-from .identity import resolve_identity
+from .identity import find_identity, phone_number, resolve_identity
 from .model import FlowInfo, StoredBinding
 from .regevent import RegEventService
 from .sqn import SqnStore
@@ -124,17 +124,19 @@ class Registrar:
         # step 3: authentication; the username is the IMPI (TS 24.229), else find it from To
         credentials = next((c for c in request.authorization if c.is_digest), None)
         username = credentials.get("username") if credentials is not None else None
+        if username and phone_number(to_uri) is not None:  # the number it stands for, if listed
+            to_uri, _ = await find_identity(self.subscribers, to_uri)
         if username:
             subscriber = await self.subscribers.get_by_impi(username)
         else:  # the owner of the To IMPU (or the store's record, for a barred-only one)
-            subscriber = await self.subscribers.get_by_impu(to_uri)
+            to_uri, subscriber = await find_identity(self.subscribers, to_uri)
             resolved = await resolve_identity(self.plugins, self.subscribers, to_uri, subscriber)
             if resolved is not None:
                 subscriber = resolved[0]
         if subscriber is None:
             status = self.profile.registrar.unknown_user_status
             if status != 401:
-                return RegisterOutcome(self._reply(request, status, "Unknown user"))
+                return RegisterOutcome(self._reply(request, status, _unknown(username, to_uri)))
             # challenged as a known user would be, never authenticated (docs/security.rst)
             impi = username or str(to_uri).partition(":")[2]
             result = self.authenticator.unknown_user(request, credentials, impi, now)
@@ -229,7 +231,7 @@ class Registrar:
         target = request.uri
         if not isinstance(target, SipUri | TelUri):
             return self._reply(request, 416), ()
-        candidate = await self.subscribers.get_by_impu(target)
+        target, candidate = await find_identity(self.subscribers, target)
         resolved = await resolve_identity(self.plugins, self.subscribers, target, candidate)
         if resolved is None:
             return self._reply(request, 404, "Unknown public identity"), ()
@@ -393,3 +395,14 @@ def _tag(request: Request) -> str:
     """A To tag that is the same for retransmissions of one request and differs between requests."""
     key = f"{request.top_via.branch}|{request.call_id}|{request.cseq.seq}"
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _unknown(username: str | None, impu: Uri) -> str:
+    """The reason phrase of a 404/403 for an unknown user: what was looked up (the Digest username
+    is the full private identity, ``alice@ims.example.test``, not ``alice``)."""
+    if username:
+        shown = "".join(c for c in username if c.isprintable())[:80]
+        hint = "" if "@" in shown else " (the username is the full private identity, user@realm)"
+        return f"Unknown user: no private identity {shown!r}{hint}"
+    shown = "".join(c for c in str(impu) if c.isprintable())[:120]
+    return f"Unknown user: no public identity {shown}"
