@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import shutil
 import struct
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from imscore.capture import (
     Capture,
     CaptureError,
+    Mark,
     MessageRecord,
     PcapWriter,
     html_ladder,
@@ -403,12 +405,15 @@ LADDER = """\
   ms        alice-phone              imscore               bob-desk              bob-mobile
                  |                      |                      |                      |
  0.0             |------ REGISTER ----->|                      |                      |
- 1.2             |<-- 401 (REGISTER) ---|                      |                      |
+ 1.2             |<-  401 (REGISTER) - -|                      |                      |
 50.0             |----- INVITE bob ---->|                      |                      |
 60.0             |                      |----- INVITE bob ---->|                      |
-65.0  *** alice-desk goes offline ***   |                      |                      |
-70.0             |                      |---------------- INVITE bob ---------------->|
-80.0             |                      |<--- 180 (INVITE) ----|                      |
+65.0  *** alice-desk goes offline ***
+70.0             |                      |---------------------------- INVITE bob ---->|
+80.0             |                      |<- - 180 (INVITE)  - -|                      |
+
+legend:  ---> request  - - > response  ---x lost (receiver offline)  | lifeline  : not registered
+         . offline  # busy  * state change  ~ pause
 """
 
 
@@ -430,8 +435,9 @@ def test_text_ladder_fits_120_columns_for_five_participants_and_keeps_the_given_
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= 120
     assert lines[0].split()[1:3] == ["imscore", "alice-phone"]
-    assert len(lines) == 2 + len(capture)
-    assert "BYE carol" in lines[-1]
+    assert len(lines) == 2 + len(capture) + 3  # header, blank lifelines, messages, legend
+    assert "BYE carol" in lines[2 + len(capture) - 1]
+    assert lines[-2].startswith("legend:  ---> request  - - > response")
 
 
 def test_participants_sharing_a_name_share_a_column() -> None:
@@ -457,8 +463,27 @@ def test_svg_ladder_is_well_formed_with_one_arrow_per_message() -> None:
     assert tooltip.startswith("UDP 127.0.0.1:5070 -> 127.0.0.1:5060")
     assert "REGISTER sip:ims.example.test SIP/2.0\nVia:" in tooltip and "Call-ID: r1@test" in tooltip
     assert "garbage <&>" in (arrows[-1].findtext(f"{SVG}title") or "")
-    labels = [g.findtext(f"{SVG}text") for g in arrows]
-    assert labels[1] == "401 Unauthorized (REGISTER) [udp]"
+    labels = [g.findtext(f"{SVG}text") or "" for g in arrows]
+    # the full label would run over the lifelines either side: the short one fits between them
+    assert labels[1] == "401 (REGISTER) [udp]"
+    lifelines = sorted(
+        {
+            float(x.get("x1") or 0)
+            for x in root.iter(f"{SVG}line")
+            if "lifeline" in (x.get("class") or "") and x.get("x1") == x.get("x2")
+        }
+    )
+    for group, label in zip(arrows[:-1], labels[:-1], strict=True):
+        line = group.find(f"{SVG}line")
+        assert line is not None
+        ends = sorted((float(line.get("x1") or 0), float(line.get("x2") or 0)))
+        centre = float(group.find(f"{SVG}text").get("x") or 0)  # type: ignore[union-attr]
+        half = len(label) * 7.2 / 2
+        # between two neighbouring lifelines, inside the arrow
+        assert not any(centre - half < x < centre + half for x in lifelines), label
+        assert ends[0] < centre - half and centre + half < ends[1], label
+    assert [g.get("class") for g in arrows[:2]] == ["message request", "message response"]
+    assert root.find(f"{SVG}g[@class='legend']") is not None
 
 
 def test_html_ladder_wraps_the_svg_and_lists_every_message() -> None:
@@ -617,8 +642,166 @@ def test_running_page_capture_examples() -> None:
 
 def test_ladders_of_an_empty_capture_and_of_notes_alone() -> None:
     empty = Capture()
-    assert text_ladder(empty) == "ms\n\n"
+    assert text_ladder(empty) == "ms\n\n"  # no messages: no legend
     assert text_ladder(empty, [(5.0, "start")]).splitlines()[-1] == "0.0  *** start ***"
     root = ET.fromstring(svg_ladder(empty, [(5.0, "start")]))
-    assert len(root.findall(f".//{SVG}g")) == 1  # the note
+    groups = [g.get("class") for g in root.findall(f".//{SVG}g")]
+    assert groups.count("note") == 1 and not any(
+        c.startswith("message") for c in groups if c != "legend"
+    )
     assert ET.fromstring(html_ladder(empty)).findall("body/ol/li") == []
+
+
+# --- ladders: forks, states, gaps, challenges ---------------------------------------------------------
+CAROL, APP, DESK, PHONE = (
+    ("127.0.0.1", 5101),
+    ("127.0.0.1", 5102),
+    ("127.0.0.1", 5103),
+    ("127.0.0.1", 5104),
+)
+
+
+def tagged(status: str, tag: str, call_id: str = "c1@test") -> bytes:
+    return (
+        f"SIP/2.0 {status}\r\nVia: SIP/2.0/UDP 127.0.0.1:5101;branch=z9hG4bKx\r\n"
+        f"To: <sip:alice@ims.example.test>;tag={tag}\r\nFrom: <sip:carol@example.org>;tag=c\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def challenge(algorithm: str | None) -> bytes:
+    params = f", algorithm={algorithm}" if algorithm else ""
+    return (
+        "SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKr\r\n"
+        "To: <sip:alice@ims.example.test>;tag=s1\r\nCall-ID: r@test\r\nCSeq: 1 REGISTER\r\n"
+        f'WWW-Authenticate: Digest realm="ims.example.test", nonce="n"{params}\r\n'
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def fork_capture() -> Capture:
+    """Carol calls alice: imscore forks to the app (offline), the desk (busy) and the phone."""
+    invite = request("INVITE", "sip:alice@ims.example.test", "c1")
+    records = [
+        MessageRecord(20.0, "udp", CAROL, CORE, invite),
+        MessageRecord(20.01, "udp", CORE, APP, request("INVITE", "sip:app@x", "c1")),
+        MessageRecord(20.01, "udp", CORE, DESK, request("INVITE", "sip:desk@x", "c1")),
+        MessageRecord(20.01, "udp", CORE, PHONE, request("INVITE", "sip:phone@x", "c1")),
+        MessageRecord(20.02, "udp", DESK, CORE, tagged("486 Busy Here", "desk")),
+        MessageRecord(20.02, "udp", PHONE, CORE, tagged("180 Ringing", "phone")),
+        MessageRecord(20.03, "udp", CORE, CAROL, tagged("180 Ringing", "phone")),
+        MessageRecord(24.03, "udp", PHONE, CORE, tagged("200 OK", "phone")),
+        MessageRecord(24.04, "udp", CORE, CAROL, tagged("200 OK", "phone")),
+    ]
+    names = {CAROL: "carol", CORE: "imscore", APP: "app", DESK: "desk", PHONE: "phone"}
+    return Capture(records, names=names)
+
+
+FORK_MARKS = [
+    Mark(19.0, "phone", "unregistered"),
+    Mark(19.5, "desk", "busy", "busy"),
+    Mark(19.6, "app", "offline", "offline"),
+    Mark(20.005, "phone", ""),  # registered: the usual lifeline from here
+    Mark(25.0, "app", "unregistered", "binding replaced by phone"),
+]
+
+
+def test_summaries_name_the_challenge_and_the_to_tag() -> None:
+    aka = summarize(challenge("AKAv1-MD5"))
+    assert aka.label == "401 Unauthorized (REGISTER, AKAv1-MD5)" and aka.short == "401 AKAv1-MD5"
+    assert aka.auth == "AKAv1-MD5" and aka.to_tag == "s1" and aka.call_id == "r@test"
+    assert summarize(challenge(None)).label == "401 Unauthorized (REGISTER, Digest)"
+    assert summarize(challenge("MD5")).short == "401 MD5"
+    assert summarize(tagged("180 Ringing", "desk")).to_tag == "desk"
+    assert summarize(response("200 OK", "OPTIONS", "1")).auth == ""
+
+
+def test_text_ladder_marks_states_lost_messages_relays_and_pauses() -> None:
+    capture = fork_capture()
+    lines = text_ladder(capture, FORK_MARKS, width=110).splitlines()
+    header = lines[0]
+    x = {
+        name: header.index(name) + len(name) // 2
+        for name in ("carol", "imscore", "app", "desk", "phone")
+    }
+    rows = {line.split()[0]: line for line in lines[2:] if line[:8].strip()}
+
+    def at(line: str, name: str) -> str:
+        return line[x[name]] if x[name] < len(line) else " "
+
+    # the state changes, each on its participant's lifeline
+    marks = [line for line in lines if "* " in line and "***" not in line]
+    assert [m[x["desk"] :].split("  ")[0] for m in marks if at(m, "desk") == "*"] == ["* busy"]
+    assert [m[x["app"] :].split("  ")[0] for m in marks if at(m, "app") == "*"] == ["* offline"]
+    # a mark too long for its gap is a banner of its own
+    assert lines[-4].split(None, 1)[1] == "*** app: binding replaced by phone ***"
+    invite_app = next(line for line in lines if "INVITE app" in line)
+    assert invite_app[x["app"] - 1] == "x" and at(invite_app, "app") == "."  # lost: app is offline
+    assert at(invite_app, "desk") == "#" and at(invite_app, "phone") == "|"
+    first = lines[1]  # before the phone registers its lifeline is dotted, and the desk not yet busy
+    assert (at(first, "phone"), at(first, "app"), at(first, "desk")) == (":", "|", "|")
+    invite_alice = next(line for line in lines if "INVITE alice" in line)
+    assert (at(invite_alice, "phone"), at(invite_alice, "app")) == (":", ".")
+    # the relayed 180 and 200 say where they came from; the device's own do not
+    relayed = [line for line in lines if at(line, "carol") == "|" and "from phone" in line]
+    assert len(relayed) == 2 and "180 from phone" in relayed[0] and "200 from phone" in relayed[1]
+    assert "from" not in next(line for line in lines if "486" in line)
+    # the 4 s between the 180 and the 200 is marked
+    pause = next(line for line in lines if line.lstrip().startswith("+4.0 s"))
+    assert at(pause, "imscore") == "~" and at(pause, "carol") == "~"
+    # requests solid, responses dashed
+    assert "- -" in next(line for line in lines if "486" in line)
+    assert "- -" not in invite_app
+    assert rows  # the ladder has timed rows
+
+
+def test_text_labels_stay_between_the_lifelines_they_sit_between() -> None:
+    capture = fork_capture()
+    text = text_ladder(capture, width=110)
+    lines = text.splitlines()
+    header = lines[0]
+    xs = [header.index(n) + len(n) // 2 for n in ("carol", "imscore", "app", "desk", "phone")]
+    for line in lines[2:]:
+        for match in re.finditer(r" ([0-9A-Z][^-<>|]*?) ", line[12:]):
+            start, end = match.start(1) + 12, match.end(1) + 12
+            assert not any(start <= x < end for x in xs), (line, match.group(1))
+    # the INVITE to the phone crosses app's and desk's lifelines: its label sits next to the phone
+    invite = next(line for line in lines if "INVITE phone" in line)
+    assert xs[3] < invite.index("INVITE phone") < xs[4]
+
+
+def test_svg_ladder_draws_states_lost_messages_gaps_and_a_legend() -> None:
+    capture = fork_capture()
+    capture.add(MessageRecord(24.05, "udp", CORE, ALICE, challenge("AKAv1-MD5")))
+    root = ET.fromstring(svg_ladder(capture, FORK_MARKS))
+    classes = [g.get("class") or "" for g in root.iter(f"{SVG}g")]
+    arrows = [g for g in root.iter(f"{SVG}g") if (g.get("class") or "").startswith("message")]
+    lost = [g for g in arrows if "lost" in (g.get("class") or "").split()]
+    assert len(lost) == 1 and lost[0].findtext(f"{SVG}text", "").startswith("INVITE app")
+    line = lost[0].find(f"{SVG}line")
+    assert line is not None and line.get("marker-end") == "url(#lost)"
+    texts = [g.findtext(f"{SVG}text") or "" for g in arrows]
+    relayed = [t for t in texts if t.startswith("180") and "from phone" in t]
+    assert len(relayed) == 1 and relayed[0] in ("180 from phone [udp]", "180 from phone"), texts
+    assert any(t.startswith("401") and "AKAv1-MD5" in t for t in texts), texts
+    lifelines = {
+        (ln.get("class"), ln.get("x1"))
+        for ln in root.iter(f"{SVG}line")
+        if (ln.get("class") or "").startswith("lifeline") and ln.get("x1") == ln.get("x2")
+    }
+    assert {c for c, _ in lifelines} >= {
+        "lifeline",
+        "lifeline busy",
+        "lifeline offline",
+        "lifeline unregistered",
+    }
+    marks = [g for g in root.iter(f"{SVG}g") if (g.get("class") or "").startswith("mark")]
+    assert [g.findtext(f"{SVG}text") for g in marks] == ["busy", "offline"]
+    notes = [g.findtext(f"{SVG}text") for g in root.iter(f"{SVG}g") if g.get("class") == "note"]
+    assert notes == ["app: binding replaced by phone"]  # too long for the gap: a note across
+    gaps = [g.findtext(f"{SVG}text") for g in root.iter(f"{SVG}g") if g.get("class") == "gap"]
+    assert gaps == ["+4.0 s"]
+    legend = next(g for g in root.iter(f"{SVG}g") if g.get("class") == "legend")
+    words = [t.text for t in legend.iter(f"{SVG}text")]
+    assert words[:3] == ["request", "response", "lost (receiver offline)"] and "busy" in words
+    assert classes.count("legend") == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 
 from imscore.capture import read_pcap
 from imscore.lab import ScenarioError, load_scenario, run_real, run_virtual
-from imscore.lab.report import comparison_table, write_run
+from imscore.lab.report import comparison_table, write_comparison, write_run
 from imscore.lab.scenario import scenario_from_data
 from imscore.profile import load_profile
 
@@ -53,8 +55,18 @@ def test_three_devices_legacy_keeps_only_the_newest_and_rings_it_alone(three_dev
         "answered": "desk",
         "caller": "200 OK at 4.0 s",  # the desk phone answers after 4 s
     }
-    # later the desk phone is busy: the only registered device, so the caller gets 486
-    assert row(legacy, 9)["rang"] == ["desk"] and row(legacy, 9)["caller"] == "486 Busy Here at 0.0 s"
+    # later the desk phone is busy: the only registered device, so the caller gets 486; the desk
+    # phone never rang (486 without a 180)
+    assert row(legacy, 9)["rang"] == [] and row(legacy, 9)["caller"] == "486 Busy Here at 0.0 s"
+    assert legacy.steps[8].devices == {"desk": "busy (486)"}
+    assert legacy.steps[5].devices == {"desk": "rang, answered"}
+    assert [s.auth for s in legacy.steps if s.step.startswith("register ")] == ["MD5"] * 7
+    # each REGISTER replaced the previous device's binding: the ladders say so
+    replaced = [(m.participant, m.text) for m in legacy.marks if "replaced" in m.text]
+    assert replaced[:2] == [
+        ("app", "binding replaced by softphone"),
+        ("softphone", "binding replaced by desk"),
+    ]
 
 
 @pytest.mark.parametrize("profile", ["multi-device", "ims"])
@@ -70,14 +82,48 @@ def test_three_devices_multi_device_rings_all_three_and_cancels_the_others(
         "answered": "softphone",  # it answers first, after 2 s
         "caller": "200 OK at 2.0 s",
     }
-    # the app is offline and the desk busy: the softphone still takes the call
+    assert run.steps[5].devices == {
+        "app": "rang, cancelled (487)",
+        "softphone": "rang, answered",
+        "desk": "rang, cancelled (487)",
+    }
+    # the app is offline and the desk busy: the softphone still takes the call; the desk did not
+    # ring (486 at once), and the app's branch is there, never answered
     assert row(run, 9) == {
         "registered": ["app", "desk", "softphone"],
-        "rang": ["desk", "softphone"],
+        "rang": ["softphone"],
         "cancelled": [],
         "answered": "softphone",
         "caller": "200 OK at 2.0 s",
     }
+    assert run.steps[8].devices == {
+        "app": "no answer (offline)",
+        "softphone": "rang, answered",
+        "desk": "busy (486)",
+    }
+
+
+def test_ims_evicts_the_oldest_of_six_devices_and_refuses_a_digest_only_subscriber(
+    three_devices,
+) -> None:  # type: ignore[no-untyped-def]
+    multi, ims = three_devices["multi-device"], three_devices["ims"]
+    everyone = ["app", "car", "desk", "softphone", "tablet", "watch"]
+    assert multi.steps[12].registered == everyone  # up to 10 devices
+    assert ims.steps[12].registered == everyone[1:]  # up to 5: the car evicted the oldest, the app
+    assert [(m.participant, m.text) for m in ims.marks if "evicted" in m.text] == [
+        ("app", "binding evicted by car")
+    ]
+    assert not any("evicted" in m.text or "replaced" in m.text for m in multi.marks)
+    # the third call: the offline app is still tried under multi-device, no longer under ims
+    assert multi.steps[13].devices["app"] == "no answer (offline)"
+    assert "app" not in ims.steps[13].devices
+    for run in (multi, ims):
+        assert run.steps[13].answered == "softphone"
+        assert run.steps[13].devices["watch"] == "rang, cancelled (487)"
+    # bob has a password and no AKA credentials: Digest profiles take him, ims (AKA only) does not
+    assert (multi.steps[14].detail, multi.steps[14].auth) == ("REGISTER -> 200", "MD5")
+    assert ims.steps[14].detail.startswith("REGISTER -> 403 ") and ims.steps[14].auth == ""
+    assert "bob" in multi.steps[14].registered and "bob" not in ims.steps[14].registered
 
 
 def test_ims_registers_with_aka_and_the_others_with_digest(three_devices) -> None:  # type: ignore[no-untyped-def]
@@ -101,6 +147,63 @@ def test_the_comparison_table_shows_each_profile_side_by_side(three_devices) -> 
     assert lines[2].split(None, 1)[0] == "rang"
     assert " ".join(lines[2].split()[1:]) == "desk app, desk, softphone app, desk, softphone"
     assert " ".join(lines[4].split()[1:]) == "desk softphone softphone"
+    step9 = table.split("step 9  call carol -> sip:alice@ims.example.test\n", 1)[1].split("\n\n", 1)[0]
+    cells = {line.split()[0]: line for line in step9.splitlines()[1:]}
+    assert " ".join(cells["rang"].split()[1:]) == "- softphone softphone"
+    # one row per device the call was offered to, indented, in scenario order
+    devices = [line for line in step9.splitlines()[1:] if line.startswith("    ")]
+    assert [line.split()[0] for line in devices] == ["app", "softphone", "desk"]
+    assert devices[0].split(None, 1)[1].split("  ")[0] == "-"  # not registered under legacy
+    assert devices[0].count("no answer (offline)") == 2
+    assert devices[2].count("busy (486)") == 3
+    step15 = table.split("step 15  register bob\n", 1)[1]
+    auth = next(line for line in step15.splitlines() if line.startswith("  auth"))
+    assert auth.split() == ["auth", "MD5", "MD5", "-"]
+
+
+def test_the_table_and_the_steps_are_written_as_markdown_and_json(tmp_path: Path, three_devices) -> None:  # type: ignore[no-untyped-def]
+    runs = [three_devices[name] for name in PROFILES]
+    written = write_comparison(runs, tmp_path)
+    assert [p.name for p in written] == ["comparison.txt", "comparison.md", "comparison.json"]
+    assert (tmp_path / "comparison.txt").read_text() == comparison_table(runs)
+    document = json.loads((tmp_path / "comparison.json").read_text())
+    assert document["profiles"] == list(PROFILES) and document["scenario"] == "three-devices"
+    step9 = document["steps"][8]
+    rows = {(r["row"], r["device"]): r["cells"] for r in step9["rows"]}
+    assert rows[("rang", False)] == dict(zip(PROFILES, ["-", "softphone", "softphone"], strict=True))
+    assert rows[("app", True)]["multi-device"] == "no answer (offline)"
+    assert document["runs"]["ims"]["policies"]["binding_policy"] == "max-contacts"
+    assert document["runs"]["ims"]["steps"][8]["devices"]["desk"] == "busy (486)"
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert "## Step 9: call carol -> sip:alice@ims.example.test" in markdown
+    assert "| | legacy-single-registration | multi-device | ims |" in markdown
+    assert "| *app* | - | no answer (offline) | no answer (offline) |" in markdown
+    assert "| rang | - | softphone | softphone |" in markdown
+    # every time is rounded to the microsecond: no float noise such as 1.0399999999999996
+    write_run(three_devices["multi-device"], tmp_path)
+    for name in ("comparison.json", "multi-device.steps.json"):
+        text = (tmp_path / name).read_text()
+        numbers = re.findall(r"-?\d+\.\d+", text)
+        assert numbers and all(len(n.split(".")[1]) <= 6 for n in numbers), name
+    steps = json.loads((tmp_path / "multi-device.steps.json").read_text())
+    assert steps[2]["at"] == 1.02 and steps[8]["devices"]["app"] == "no answer (offline)"
+
+
+def test_the_lab_ladders_mark_devices_forks_and_pauses(tmp_path: Path, three_devices) -> None:  # type: ignore[no-untyped-def]
+    write_run(three_devices["multi-device"], tmp_path)
+    write_run(three_devices["legacy-single-registration"], tmp_path)
+    text = (tmp_path / "multi-device.ladder.txt").read_text()
+    # which device each of the three identical 180s came from
+    for device in ("app", "softphone", "desk"):
+        assert f"180 from {device}" in text
+    assert "* busy" in text and "* offline" in text and "---x" in text and "legend:" in text
+    assert "401 AKAv1-MD5" in text  # the challenge's scheme
+    assert re.search(r"^ *\+5\.0 s +~", text, re.MULTILINE)  # the 5 s call before the BYE
+    legacy = (tmp_path / "legacy-single-registration.ladder.txt").read_text()
+    assert "binding replaced by softphone" in legacy and "401 MD5" in legacy
+    svg = ET.parse(tmp_path / "multi-device.ladder.svg").getroot()
+    classes = {g.get("class") for g in svg.iter("{http://www.w3.org/2000/svg}g")}
+    assert {"legend", "gap", "mark busy", "mark offline", "message request lost"} <= classes
 
 
 def test_the_same_scenario_twice_gives_identical_output(tmp_path: Path) -> None:
@@ -129,8 +232,14 @@ def test_a_60_second_hunt_takes_no_wall_time() -> None:
     wall = time.perf_counter() - started
     assert hunt.duration > 15 and wall < 5, (hunt.duration, wall)
     step = hunt.steps[-1]
-    # newest first: desk (no answer, cancelled after 10 s), softphone (busy), app answers after 3 s
-    assert step.rang == ["desk", "softphone", "app"] and step.cancelled == ["desk"]
+    # newest first: desk (no answer, cancelled after 10 s), softphone (busy: 486 without ringing),
+    # app answers after 3 s
+    assert step.rang == ["desk", "app"] and step.cancelled == ["desk"]
+    assert step.devices == {
+        "app": "rang, answered",
+        "softphone": "busy (486)",
+        "desk": "rang, cancelled (487)",
+    }
     assert step.answered == "app" and step.caller_got == "200 OK at 13.0 s"
     parallel = run_virtual(scenario, load_profile("multi-device")).steps[-1]
     assert parallel.caller_got == "200 OK at 3.0 s" and parallel.cancelled == ["desk"]
@@ -174,10 +283,10 @@ def test_pcap_parses_with_the_right_message_count(tmp_path: Path, three_devices)
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == len(run.records)
     invites = [r for r in run.records if r.data.startswith(b"INVITE ")]
-    # two calls: caller -> imscore, imscore -> each of the three devices; the INVITE to the offline
-    # app is retransmitted (Timer A) until the fork ends
-    assert len({(r.dst, r.data.split(b"Call-ID: ", 1)[1][:20]) for r in invites}) == 8
-    assert sum(1 for line in lines if line.split("\t")[0] == "INVITE") == len(invites) > 8
+    # three calls: caller -> imscore, imscore -> each of the three, three and six devices; the
+    # INVITE to the offline app is retransmitted (Timer A) until the fork ends
+    assert len({(r.dst, r.data.split(b"Call-ID: ", 1)[1][:20]) for r in invites}) == 4 + 4 + 7
+    assert sum(1 for line in lines if line.split("\t")[0] == "INVITE") == len(invites) > 15
     svg = next(p for p in written if p.name.endswith(".svg"))
     root = ET.parse(svg).getroot()
     assert root.tag.endswith("svg")
@@ -203,9 +312,17 @@ def test_cli_compare_writes_ladders_and_pcaps(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "caller got  200 OK at 3.0 s" in result.stdout and "200 OK at 13.0 s" in result.stdout
+    assert re.search(r"caller got +200 OK at 3\.0 s +200 OK at 13\.0 s", result.stdout)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert "hunt-group.pcap" in names and "multi-device.ladder.svg" in names and len(names) == 10
+    assert "hunt-group.pcap" in names and "multi-device.ladder.svg" in names and len(names) == 13
+    # the table printed is the table written, also as Markdown and JSON
+    table = (tmp_path / "out" / "comparison.txt").read_text()
+    assert table in result.stdout
+    hunt = json.loads((tmp_path / "out" / "comparison.json").read_text())["steps"][-1]
+    outcomes = {r["row"]: r["cells"] for r in hunt["rows"] if r["device"]}
+    assert outcomes["softphone"] == {"multi-device": "busy (486)", "hunt-group": "busy (486)"}
+    assert outcomes["desk"]["hunt-group"] == "rang, cancelled (487)"
+    assert "## Step 6: call carol" in (tmp_path / "out" / "comparison.md").read_text()
 
 
 def test_cli_bad_scenario_exits_2_naming_file_and_key(tmp_path: Path) -> None:

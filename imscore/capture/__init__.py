@@ -10,13 +10,14 @@ This package depends on nothing else in imscore, so the transports, the server a
 use it.
 """
 
-from .ladder import Note, html_ladder, svg_ladder, text_ladder
+from .ladder import Mark, Note, html_ladder, svg_ladder, text_ladder
 from .pcap import PcapWriter, read_pcap, write_pcap
 from .record import Capture, CaptureError, MessageRecord, Summary, summarize
 
 __all__ = [
     "Capture",
     "CaptureError",
+    "Mark",
     "MessageRecord",
     "Note",
     "PcapWriter",

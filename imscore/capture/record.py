@@ -3,7 +3,8 @@
 A record is one whole SIP message as it was on the wire, with when it was seen (seconds, virtual or
 wall clock), the transport and both socket addresses. The renderers (:mod:`imscore.capture.pcap`,
 :mod:`imscore.capture.ladder`) only read records; they never parse more of a message than its
-start line and ``CSeq``, and never fail on a message that does not parse.
+start line, ``CSeq``, ``Call-ID``, the ``To`` tag and a challenge's scheme, and never fail on a
+message that does not parse.
 """
 
 from __future__ import annotations
@@ -149,6 +150,15 @@ _REQUEST_RE: Final = re.compile(
 )
 _CSEQ_RE: Final = re.compile(rb"^(?:cseq)[ \t]*:[ \t]*\d+[ \t]+([^\s]+)", re.IGNORECASE | re.MULTILINE)
 _USER_RE: Final = re.compile(r"^(?:sips?|tel):(?:([^@;?]+)@|(\+?[0-9().-]+))", re.IGNORECASE)
+_CALL_ID_RE: Final = re.compile(
+    rb"^(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+)
+_TO_RE: Final = re.compile(rb"^(?:to|t)[ \t]*:([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+_TAG_RE: Final = re.compile(rb";[ \t]*tag[ \t]*=[ \t]*([^;, \t>]+)", re.IGNORECASE)
+_CHALLENGE_RE: Final = re.compile(
+    rb"^(?:www|proxy)-authenticate[ \t]*:[ \t]*([A-Za-z0-9._-]+)([^\r\n]*)", re.IGNORECASE | re.MULTILINE
+)
+_ALGORITHM_RE: Final = re.compile(rb"algorithm[ \t]*=[ \t]*\"?([^\",\s]+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +168,14 @@ class Summary:
     :ivar kind: ``"request"``, ``"response"`` or ``"unknown"`` (the start line did not parse).
     :ivar method: the request method, or the CSeq method of a response (``""`` if unknown).
     :ivar status: the status code of a response, else ``None``.
-    :ivar label: the short label: ``"INVITE bob"``, ``"200 OK (REGISTER)"``.
-    :ivar short: a shorter one where space is tight: ``"200 (REGISTER)"`` for a response.
+    :ivar label: the short label: ``"INVITE bob"``, ``"200 OK (REGISTER)"``; a 401 or 407 names
+        the challenge's algorithm (``"401 Unauthorized (REGISTER, AKAv1-MD5)"``).
+    :ivar short: a shorter one where space is tight: ``"200 (REGISTER)"`` for a response,
+        ``"401 AKAv1-MD5"`` for a challenge.
+    :ivar call_id: the ``Call-ID`` (``""`` if none).
+    :ivar to_tag: a response's ``To`` tag (``""`` if none): forked responses differ by it.
+    :ivar auth: a challenge's algorithm (``"MD5"``, ``"AKAv1-MD5"``), its scheme when not Digest
+        (``"Basic"``), ``"Digest"`` when it names none; several joined by ``/``; else ``""``.
     """
 
     kind: str
@@ -167,10 +183,28 @@ class Summary:
     status: int | None
     label: str
     short: str
+    call_id: str = ""
+    to_tag: str = ""
+    auth: str = ""
 
 
 def _clip(text: str, size: int) -> str:
     return text if len(text) <= size else text[: size - 2] + ".."
+
+
+def _challenge_auth(data: bytes) -> str:
+    """The algorithms (or non-Digest schemes) of a response's challenges, ``/``-joined."""
+    found: list[str] = []
+    for match in _CHALLENGE_RE.finditer(data):
+        scheme = match.group(1).decode("ascii", "replace")
+        algorithm = _ALGORITHM_RE.search(match.group(2))
+        if scheme.lower() != "digest":
+            name = scheme
+        else:
+            name = algorithm.group(1).decode("ascii", "replace") if algorithm else "Digest"
+        if name not in found:
+            found.append(_clip(name, 16))
+    return "/".join(found)
 
 
 def summarize(data: bytes) -> Summary:
@@ -178,27 +212,35 @@ def summarize(data: bytes) -> Summary:
 
     A request: its method and the user part of its Request-URI (``INVITE bob``; a URI without user
     part gives the method alone). A response: status and reason, then the CSeq method in
-    parentheses (``401 Unauthorized (REGISTER)``). Anything else: ``?`` and the first octets.
+    parentheses, with a challenge's algorithm (``401 Unauthorized (REGISTER, MD5)``). Anything
+    else: ``?`` and the first octets.
     """
     start = data.lstrip(b"\r\n")
     end = start.find(b"\n")
     first = (start if end < 0 else start[:end]).decode("utf-8", "replace").strip()
     match = _CSEQ_RE.search(start)
     cseq = match.group(1).decode("ascii", "replace") if match else ""
+    call_match = _CALL_ID_RE.search(start)
+    call_id = call_match.group(1).decode("utf-8", "replace") if call_match else ""
     status = _STATUS_RE.match(first)
     if status is not None:
         code = int(status.group(1))
         reason = _clip(status.group(2).strip(), 24)
-        text = f"{code} {reason}".strip() + (f" ({cseq})" if cseq else "")
-        short = f"{code}" + (f" ({cseq})" if cseq else "")
-        return Summary("response", cseq, code, text, short)
+        auth = _challenge_auth(start) if code in (401, 407) else ""
+        inside = ", ".join(part for part in (cseq, auth) if part)
+        text = f"{code} {reason}".strip() + (f" ({inside})" if inside else "")
+        short = f"{code} {auth}" if auth else f"{code}" + (f" ({cseq})" if cseq else "")
+        to = _TO_RE.search(start)
+        tag = _TAG_RE.search(to.group(1)) if to else None
+        to_tag = tag.group(1).decode("utf-8", "replace") if tag else ""
+        return Summary("response", cseq, code, text, short, call_id, to_tag, auth)
     request = _REQUEST_RE.match(first)
     if request is not None:
         method = request.group(1).upper()
         user = _USER_RE.match(request.group(2))
         part = "" if user is None else (user.group(1) or user.group(2) or "")
         label = f"{method} {_clip(part, 20)}".strip()
-        return Summary("request", method, None, label, label)
+        return Summary("request", method, None, label, label, call_id)
     shown = "".join(c if c.isprintable() else "." for c in first[:20])
     label = f"? {shown}".strip()
     return Summary("unknown", cseq, None, label, label)

@@ -156,6 +156,10 @@ class SimDevice(Agent):
         self.notifies = 0
         #: the calls this device places (``call: {from: DEVICE}``) share its address
         self.outgoing: SimCaller | None = None
+        #: the last REGISTER's final reason phrase, and the algorithm of the challenge it answered
+        #: (``"MD5"``, ``"AKAv1-MD5"``; ``""`` when it answered none)
+        self.last_reason = ""
+        self.last_algorithm = ""
 
     @property
     def contact(self) -> str:
@@ -227,18 +231,23 @@ class SimDevice(Agent):
         """REGISTER, answering Digest or Digest-AKA challenges (an AKA re-synchronisation too);
         returns the final status (0 when nothing answered)."""
         wanted = self.spec.expires if expires is None else expires
+        self.last_reason = self.last_algorithm = ""
         try:
             first = self._register_request(wanted, self._empty_authorization())
             response = await self._transact(first)
             for _ in range(3):  # a challenge, perhaps a re-synchronisation and a new challenge
                 if response.status != 401 or not response.www_authenticate:
                     break
-                answer = self._credentials(response.www_authenticate[0])
+                offered = response.www_authenticate[0]
+                answer = self._credentials(offered)
                 if answer is None:
                     break
+                self.last_algorithm = offered.get("algorithm") or "MD5"
                 response = await self._transact(self._register_request(wanted, answer))
         except TimeoutError:
+            self.last_reason = "no answer"
             return 0
+        self.last_reason = response.reason
         return response.status
 
     async def subscribe(self, expires: int) -> int:

@@ -11,7 +11,7 @@ from typing import TextIO
 
 from imscore.profile import Profile, ProfileError, load_profile
 
-from .report import comparison_table, new_output_dir, write_run
+from .report import comparison_table, new_output_dir, write_comparison, write_run
 from .runner import LabRun, run_real, run_virtual
 from .scenario import ScenarioError, load_scenario, shipped_scenarios
 
@@ -43,7 +43,8 @@ def add_lab_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
             "--out",
             type=Path,
             default=None,
-            help="folder for ladders and pcaps (default: a new lab-* folder)",
+            help="folder for the table (comparison.txt/.md/.json), ladders and pcaps "
+            "(default: a new lab-* folder)",
         )
         action.add_argument(
             "--real-time",
@@ -102,7 +103,8 @@ def run_lab(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sy
     out.write(comparison_table(runs))
     try:
         folder = args.out if args.out is not None else new_output_dir(scenario.name)
-        written = [path for run in runs for path in write_run(run, folder)]
+        written = write_comparison(runs, folder)
+        written += [path for run in runs for path in write_run(run, folder)]
     except OSError as exc:
         print(f"imscore: cannot write the lab output: {exc}", file=err)
         return 2
@@ -110,6 +112,6 @@ def run_lab(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sy
     out.write(
         f"\n{len(runs)} run(s) in {elapsed:.2f} s wall ({mode} time: "
         + ", ".join(f"{run.profile} {run.duration:.1f} s" for run in runs)
-        + f"); ladders and pcaps in {folder}/ ({len(written)} files)\n"
+        + f"); table, ladders and pcaps in {folder}/ ({len(written)} files)\n"
     )
     return 0

@@ -2,8 +2,11 @@
 
 The server is the one ``imscore serve`` runs (:class:`~imscore.server.runtime.Server`, the given
 profile, a memory binding store); the devices and callers are :mod:`imscore.lab.agents`. After each
-step the runner notes who is registered (from the binding store), which devices rang, which were
-cancelled, who answered and what the caller got: a :class:`StepResult`.
+step the runner notes who is registered (from the binding store), which devices rang (sent 180 or
+answered), which were cancelled, who answered, what the caller got, and what became of each
+device's branch (``rang, answered``, ``busy (486)``, ``no answer (offline)`` …): a
+:class:`StepResult`. It also notes each device's state as it changes — offline, busy, its binding
+replaced or evicted — as :class:`~imscore.capture.Mark` rows for the ladders.
 
 Virtual time (:func:`run_virtual`) needs no sockets and no waiting, and the same scenario always
 gives byte-identical records: tokens come from counters and the random sources the server uses
@@ -25,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from imscore.capture import MessageRecord
+from imscore.capture import Mark, MessageRecord, summarize
 from imscore.profile import Listener, Profile
 from imscore.server.runtime import Server
 from imscore.sip import transaction as sip_transaction
@@ -34,7 +37,7 @@ from imscore.subscribers.model import AkaCredentials
 
 from .agents import CallOutcome, SimCaller, SimDevice, Tokens
 from .network import VirtualNetwork, VirtualTransports
-from .scenario import CallerSpec, Scenario, Step
+from .scenario import Behaviour, CallerSpec, Scenario, Step
 from .vtime import VirtualClock, VirtualTimeLoop
 
 __all__ = ["LabRun", "StepResult", "deterministic", "run_real", "run_virtual"]
@@ -59,6 +62,10 @@ class StepResult:
     answered: str | None = None
     caller_got: str = ""
     detail: str = ""
+    #: a REGISTER step: the algorithm of the challenge the device answered (``MD5``, ``AKAv1-MD5``)
+    auth: str = ""
+    #: a call step: what became of each device the call was offered to (see :func:`branch_outcome`)
+    devices: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,10 +78,47 @@ class LabRun:
     steps: list[StepResult]
     records: list[MessageRecord]
     names: dict[tuple[str, int], str]
-    notes: list[tuple[float, str]]
+    #: step notes and device marks in the order they happened (times on the records' clock)
+    notes: list[tuple[float, str] | Mark]
     duration: float
     #: ladder column order: callers, the server, then the devices in scenario order
     order: list[str] = field(default_factory=list)
+    #: the devices' states as they changed (offline, busy, binding replaced …), on the records' clock
+    marks: list[Mark] = field(default_factory=list)
+    #: the profile's binding policy and auth policy names (``replace-all``, ``aka`` …)
+    policies: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Branch:
+    """What the records say of one device's branch of a call."""
+
+    offered: float | None = None
+    rang: float | None = None
+    cancelled: bool = False
+    final: int | None = None
+
+
+def branch_outcome(branch: _Branch, offline: bool) -> str:
+    """A device's branch in words: ``rang, answered``, ``rang, cancelled (487)``, ``busy (486)``,
+    ``declined (603)``, ``no answer (offline)``; ``""`` when the call was not offered to it."""
+    if branch.offered is None:
+        return ""
+    rang = "rang, " if branch.rang is not None else ""
+    final = branch.final
+    if final is None:
+        if offline:
+            return "no answer (offline)"
+        return rang + ("cancelled, no final response" if branch.cancelled else "no final response")
+    if 200 <= final < 300:
+        return rang + "answered"
+    if final == 486 or final == 600:
+        return f"{rang}busy ({final})"
+    if final == 487:
+        return f"{rang}cancelled (487)"
+    if final == 603:
+        return f"{rang}declined (603)"
+    return f"{rang}{final}"
 
 
 @contextlib.contextmanager
@@ -149,12 +193,20 @@ class _Lab:
         self.server = server
         self.devices: dict[str, SimDevice] = {}
         self.callers: dict[str, SimCaller] = {}
-        self.notes: list[tuple[float, str]] = []
+        #: step notes and device marks, in the order they happened (the ladders' annotations)
+        self.notes: list[tuple[float, str] | Mark] = []
         self.set_offline: Callable[[SimDevice, bool], None] = lambda device, down: None
         #: (time, agent, label) of every message an agent received, in order
         self.journal: list[tuple[float, str, str]] = []
         #: list who is registered after each step (reads the whole store: off for scale runs)
         self.snapshots = True
+        #: every message on the wire, in order (the network's records, or the real run's)
+        self.records: list[MessageRecord] = []
+        #: device states for the ladders, on the loop's clock
+        self.marks: list[Mark] = []
+        self._state: dict[str, tuple[bool, bool, str]] = {}  # name -> (offline, registered, behaviour)
+        binding = profile.policies.get("binding_policy")
+        self.binding_policy = binding.plugin if binding is not None else ""
 
     def add_device(self, device: SimDevice) -> None:
         device.journal = self.journal
@@ -170,6 +222,13 @@ class _Lab:
     async def run_steps(self, progress: Callable[[int, int], None] | None) -> list[StepResult]:
         results: list[StepResult] = []
         total = len(self.scenario.steps)
+        if self.snapshots:
+            start = self.now()
+            for name, device in self.devices.items():
+                kind = device.behaviour.kind
+                self._state[name] = (False, False, kind)
+                text = str(device.behaviour) if kind != "answer" else ""
+                self._mark(Mark(start, name, "unregistered", text))
         for index, step in enumerate(self.scenario.steps):
             results.append(await self.run_step(index, step))
             if progress is not None:
@@ -187,16 +246,19 @@ class _Lab:
     async def run_step(self, index: int, step: Step) -> StepResult:
         started = self.now()
         mark = len(self.journal)
+        record_mark = len(self.records)
         result = StepResult(index + 1, step.describe(), started)
         self.notes.append((started, f"step {index + 1}: {step.describe()}"))
         args = step.args
         action = step.action
         if action == "register":
-            status = await self.devices[args["device"]].register(args.get("expires"))
-            result.detail = f"REGISTER -> {status or 'no answer'}"
+            device = self.devices[args["device"]]
+            status = await device.register(args.get("expires"))
+            result.detail = _register_detail("REGISTER", status, device.last_reason)
         elif action == "deregister":
-            status = await self.devices[args["device"]].register(0)
-            result.detail = f"REGISTER expires 0 -> {status or 'no answer'}"
+            device = self.devices[args["device"]]
+            status = await device.register(0)
+            result.detail = _register_detail("REGISTER expires 0", status, device.last_reason)
         elif action == "subscribe":
             status = await self.devices[args["device"]].subscribe(args["expires"])
             await asyncio.sleep(SETTLE)
@@ -209,7 +271,7 @@ class _Lab:
         elif action == "on_call":
             device = self.devices[args["device"]]
             device.behaviour = args["behaviour"]
-            result.detail = f"{device.name} will {device.behaviour}"
+            result.detail = f"{device.name} will {_will(device.behaviour)}"
         elif action == "wait":
             await asyncio.sleep(args["seconds"])
         elif action == "call":
@@ -220,23 +282,89 @@ class _Lab:
             else:
                 result.caller_got = f"nothing ({outcome.reason})"
             await asyncio.sleep(SETTLE)
-        rang: dict[str, float] = {}
-        cancelled: set[str] = set()
-        for at, name, label in self.journal[mark:]:
-            if name not in self.devices:
-                continue
-            if label == "INVITE":
-                rang.setdefault(name, at)
-            elif label == "CANCEL":
-                cancelled.add(name)
-        # in the order they rang (a hunt's order); same time: by name
-        result.rang = [name for name, _ in sorted(rang.items(), key=lambda item: (item[1], item[0]))]
-        result.cancelled = sorted(cancelled)
+        if action == "call":
+            self._branches(result, self.records[record_mark:])
         if self.snapshots:
             result.registered = await self.registered()
+            self._note_states(step, result)
+        if action == "register" and result.detail == "REGISTER -> 200":
+            result.auth = self.devices[args["device"]].last_algorithm or "none"
         if len(self.journal) > 100_000:  # long runs: keep the journal short
             del self.journal[:mark]
         return result
+
+    def _branches(self, result: StepResult, records: Sequence[MessageRecord]) -> None:
+        """Fill ``rang``, ``cancelled`` and ``devices`` from what went to and came from devices."""
+        by_address = {device.port.local: name for name, device in self.devices.items()}
+        branches: dict[str, _Branch] = {}
+        for record in records:
+            to_device, from_device = by_address.get(record.dst), by_address.get(record.src)
+            if to_device is None and from_device is None:
+                continue
+            summary = summarize(record.data)
+            if to_device is not None and summary.kind == "request":
+                branch = branches.setdefault(to_device, _Branch())
+                if summary.method == "INVITE" and branch.offered is None:
+                    branch.offered = record.time
+                elif summary.method == "CANCEL" and branch.offered is not None:
+                    branch.cancelled = True
+            elif from_device is not None and summary.kind == "response":
+                branch = branches.setdefault(from_device, _Branch())
+                status = summary.status or 0
+                if summary.method != "INVITE" or branch.offered is None:
+                    continue
+                if (101 <= status < 200 or 200 <= status < 300) and branch.rang is None:
+                    branch.rang = record.time
+                if status >= 200 and branch.final is None:
+                    branch.final = status
+        # in the order they rang (a hunt's order); same time: by name
+        rang = sorted((b.rang, n) for n, b in branches.items() if b.rang is not None)
+        result.rang = [name for _, name in rang]
+        result.cancelled = sorted(n for n, b in branches.items() if b.cancelled)
+        for name in self.devices:  # scenario order
+            found = branches.get(name)
+            outcome = "" if found is None else branch_outcome(found, not self.devices[name].online)
+            if outcome:
+                result.devices[name] = outcome
+
+    def _note_states(self, step: Step, result: StepResult) -> None:
+        """Add a :class:`Mark` for each device whose state this step changed."""
+        now = self.now()
+        registered = set(result.registered)
+        actor = step.args.get("device")
+        for name, device in self.devices.items():
+            was_offline, was_registered, was_behaviour = self._state[name]
+            offline, bound, behaviour = not device.online, name in registered, device.behaviour.kind
+            texts: list[str] = []
+            if offline != was_offline:
+                texts.append("offline" if offline else "online")
+            if was_registered and not bound:
+                if step.action == "deregister" and actor == name:
+                    texts.append("deregistered")
+                elif step.action == "register" and actor not in (None, name):
+                    verb = "replaced" if self.binding_policy == "replace-all" else "evicted"
+                    texts.append(f"binding {verb} by {actor}")
+                else:
+                    texts.append("binding gone")
+            if behaviour != was_behaviour:
+                texts.append(str(device.behaviour) if behaviour != "answer" else "answers again")
+            if (offline, bound, behaviour) == (was_offline, was_registered, was_behaviour):
+                continue
+            self._state[name] = (offline, bound, behaviour)
+            state = (
+                "offline"
+                if offline
+                else "unregistered"
+                if not bound
+                else "busy"
+                if behaviour == "busy"
+                else ""
+            )
+            self._mark(Mark(now, name, state, ", ".join(texts)))
+
+    def _mark(self, mark: Mark) -> None:
+        self.marks.append(mark)
+        self.notes.append(mark)
 
     async def _call(self, args: Any) -> CallOutcome:
         origin = args["from"]
@@ -255,6 +383,18 @@ class _Lab:
         )
 
 
+def _will(behaviour: Behaviour) -> str:
+    """``answer after 2 s``, ``be busy``, ``not answer``, ``decline 603``."""
+    return {"busy": "be busy", "no-answer": "not answer"}.get(behaviour.kind, str(behaviour))
+
+
+def _register_detail(what: str, status: int, reason: str) -> str:
+    """``REGISTER -> 200``; a refusal with its reason phrase (``REGISTER -> 403 Forbidden``)."""
+    if not status:
+        return f"{what} -> no answer"
+    return f"{what} -> {status}" if status == 200 else f"{what} -> {status} {reason}".rstrip()
+
+
 def _as_caller(device: SimDevice) -> CallerSpec:
     return CallerSpec(device.name, device.spec.impu, device.port.local)
 
@@ -267,6 +407,16 @@ async def _aka_of(server: Server, impi: str) -> AkaCredentials | None:
 
 def _subscribers(scenario: Scenario) -> MemorySubscriberStore:
     return MemorySubscriberStore.from_file(scenario.subscribers or demo_subscribers_path())
+
+
+def _shifted(note: tuple[float, str] | Mark, offset: float) -> tuple[float, str] | Mark:
+    if isinstance(note, Mark):
+        return replace(note, time=note.time + offset)
+    return (note[0] + offset, note[1])
+
+
+def _policies(profile: Profile) -> dict[str, str]:
+    return {decision: choice.plugin for decision, choice in profile.policies.items()}
 
 
 def _order(scenario: Scenario) -> list[str]:
@@ -350,6 +500,7 @@ async def _virtual(
         network.attach(caller_spec.address, caller.receive)
         lab.add_caller(caller)
     lab.set_offline = lambda device, down: network.set_down(device.port.local, down)
+    lab.records = network.records
     try:
         steps = await lab.run_steps(progress)
     finally:
@@ -361,9 +512,11 @@ async def _virtual(
         steps=steps,
         records=[replace(r) for r in network.records],
         names=_names(lab, SERVER_ADDRESS),
-        notes=[(EPOCH + t, text) for t, text in lab.notes],
+        notes=[_shifted(note, EPOCH) for note in lab.notes],
         duration=loop.time(),
         order=_order(scenario),
+        marks=[replace(m, time=EPOCH + m.time) for m in lab.marks],
+        policies=_policies(profile),
     )
 
 
@@ -404,6 +557,7 @@ async def _real(
 
     server.transports.tap = tap
     lab = _Lab(scenario, profile, server)
+    lab.records = records
     domain = profile.domains[0]
     sockets: list[asyncio.DatagramTransport] = []
     offline: set[str] = set()
@@ -445,6 +599,7 @@ async def _real(
         for transport in sockets:
             transport.close()
     records.sort(key=lambda r: r.time)
+    offset = time.time() - loop.time()
     return LabRun(
         scenario=scenario.name,
         profile=profile.name,
@@ -452,7 +607,9 @@ async def _real(
         steps=steps,
         records=records,
         names=_names(lab, address),
-        notes=[(time.time() - (loop.time() - t), text) for t, text in lab.notes],
+        notes=[_shifted(note, offset) for note in lab.notes],
         duration=time.monotonic() - started,
         order=_order(scenario),
+        marks=[replace(m, time=m.time + offset) for m in lab.marks],
+        policies=_policies(profile),
     )
