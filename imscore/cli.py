@@ -155,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     bindings.add_argument(
         "--subscribers",
         metavar="FILE",
-        help="subscriber file used to resolve --aor to its implicit set (a tel: URI or an alias)",
+        help="subscriber file used to resolve --aor to its implicit set (a tel: URI or another IMPU "
+        "of the set); default: the shipped demo subscribers, as for serve",
     )
     bindings.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
@@ -396,10 +397,15 @@ def _bindings_aor_key(text: str, subscribers: str | None) -> str:
         raise CliError(
             f"--aor: {text!r} is not a URI; expected e.g. sip:alice@ims.example.test"
         ) from None
-    if subscribers is not None:
-        _, directory = _load_subscribers(subscribers)
-        subscriber = directory.by_impu(uri)
-        implicit_set = None if subscriber is None else subscriber.implicit_set_of(uri)
+    from imscore.registrar.identity import phone_number
+    from imscore.server.providers import scheme_of
+
+    if subscribers is not None and not Path(subscribers).exists() and scheme_of(subscribers):
+        return uri.aor  # a plugin's subscriber store (ldap://…): not readable from here
+    _, directory = _load_subscribers(subscribers)  # the same default as serve: the demo file
+    for form in (uri, phone_number(uri)):
+        subscriber = None if form is None else directory.by_impu(form)
+        implicit_set = None if subscriber is None or form is None else subscriber.implicit_set_of(form)
         if implicit_set is not None:
             return implicit_set.default.aor
     return uri.aor

@@ -289,7 +289,8 @@ ERROR_CASES = [
     ),
     pytest.param(
         MIN + "listeners: [udp:127.0.0.1:5060, 'sctp:127.0.0.1:5060']\n",
-        "key 'listeners[1]': unknown transport 'sctp' (known: udp, tcp, tls)",
+        "key 'listeners[1]': unknown transport 'sctp' (known: udp, tcp, tls); SCTP comes with the "
+        "imscore-sctp plugin: pip install ./plugins/imscore-sctp",
         id="listener-transport",
     ),
     pytest.param(

@@ -89,10 +89,15 @@ def test_a_plugin_binding_store_and_subscriber_store_serve_registrations() -> No
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"store_url": "nosuch://x"}, "store 'nosuch://x': no provider for 'nosuch' (known: vendordb)"),
+        (
+            {"store_url": "nosuch://x"},
+            "store 'nosuch://x': no provider for 'nosuch' "
+            "(known: memory:, sqlite:PATH, vendordb: (plugin))",
+        ),
         (
             {"subscriber_source": "ldap://dir"},
-            "subscribers 'ldap://dir': no provider for 'ldap' (known: hss)",
+            "subscribers 'ldap://dir': no provider for 'ldap' "
+            "(known: a subscriber file (a path), hss: (plugin))",
         ),
         (
             {"subscriber_source": "hss://broken"},

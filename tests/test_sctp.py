@@ -308,7 +308,8 @@ def test_server_without_the_transport_stops_with_a_clear_line(monkeypatch: pytes
     with pytest.raises(ServerError) as info:
         run(server.start())
     assert str(info.value) == (
-        "cannot listen on sctp:127.0.0.1:0: unknown transport 'sctp' (known: udp, tcp, tls)"
+        "cannot listen on sctp:127.0.0.1:0: unknown transport 'sctp' (known: udp, tcp, tls); SCTP "
+        "comes with the imscore-sctp plugin: pip install ./plugins/imscore-sctp"
     )
 
 

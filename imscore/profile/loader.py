@@ -226,7 +226,12 @@ def unknown_transport(name: str, known: Mapping[str, str | None] | None) -> str 
     names = ", ".join(
         n if origin is None else f"{n} from plugin {origin}" for n, origin in offered.items()
     )
-    return f"unknown transport {name!r} (known: {names})"
+    hint = (
+        "; SCTP comes with the imscore-sctp plugin: pip install ./plugins/imscore-sctp"
+        if name == "sctp"
+        else ""
+    )
+    return f"unknown transport {name!r} (known: {names}){hint}"
 
 
 # The schema guarantees the types below; these helpers only narrow them for the type checker.

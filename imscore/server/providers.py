@@ -58,7 +58,9 @@ def open_provided(registry: ProviderRegistry[Any], url: str, what: str) -> Any:
     """
     scheme = scheme_of(url)
     if scheme is None or scheme not in registry:
-        known = ", ".join(registry.names()) or "none offered by the installed plugins"
+        offered = ", ".join(f"{name}: (plugin)" for name in registry.names())
+        builtin = "memory:, sqlite:PATH" if what == "store" else "a subscriber file (a path)"
+        known = builtin + (f", {offered}" if offered else "; no plugin offers another")
         wanted = repr(scheme) if scheme else "a plain path"
         raise ProviderError(f"{what} {url!r}: no provider for {wanted} (known: {known})")
     factory = registry.get(scheme)
