@@ -320,28 +320,24 @@ def test_ipv6_and_clean_stop_on_sigint() -> None:
     assert any("imscore stopped" in line for line in running.log)
 
 
-def test_port_in_use_is_a_clear_start_up_error() -> None:
+def test_port_in_use_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    """One line, said once, and the default SQLite file it would have created is not left behind."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
         holder.bind(("127.0.0.1", 0))
         port = holder.getsockname()[1]
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "imscore",
-                "serve",
-                "--store",
-                "memory:",
-                "--listen",
-                f"udp:127.0.0.1:{port}",
-            ],
+            [sys.executable, "-m", "imscore", "serve", "--listen", f"udp:127.0.0.1:{port}"],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
+            cwd=tmp_path,
         )
     assert result.returncode == 2
-    assert f"cannot listen on udp:127.0.0.1:{port}" in result.stderr
+    assert result.stderr.splitlines() == [
+        f"imscore: cannot listen on udp:127.0.0.1:{port}: Address already in use"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no imscore.db
 
 
 def test_tcp_garbage_closes_the_stream_and_the_server_keeps_serving(served: Served) -> None:

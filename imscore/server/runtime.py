@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -176,7 +177,21 @@ class Server:
 
     # -- life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the store, listen on every listener, tell the plugins. Raises :class:`ServerError`."""
+        """Open the store, listen on every listener, tell the plugins. Raises :class:`ServerError`.
+
+        A start that fails leaves no SQLite store file behind that it created itself."""
+        path = self.store_url[len("sqlite:") :] if self.store_url.startswith("sqlite:") else None
+        created = path is not None and not os.path.exists(path)
+        try:
+            await self._start()
+        except ServerError:
+            if created and path is not None:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path + suffix)
+            raise
+
+    async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
         from imscore.routing import ROUTING_TRANSPORTS, Resolver  # RFC 3263 next hops (docs/routing.rst)
 
@@ -268,7 +283,10 @@ class Server:
                 await self.transports.close()
                 await self.store.close()
                 self._close_pcap()
-                raise ServerError(f"cannot listen on {listener}: {exc}") from None
+                why = str(exc)
+                if why.startswith("cannot listen on ") and ": " in why:  # said once, not twice
+                    why = why.split(": ", 1)[1]
+                raise ServerError(f"cannot listen on {listener}: {why}") from None
         self._expiry = asyncio.get_running_loop().create_task(self._expire_bindings())
         self.core.retry_after = self.profile.overload.retry_after
         udp_ports = {port for transport, _, port in self.addresses if transport == "udp"}
