@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -479,3 +481,69 @@ def test_the_pictures_in_the_docs_are_what_the_lab_draws_today(
     svg = next(p for p in written if p.name.endswith(".svg"))
     docs = Path(__file__).resolve().parent.parent / "docs" / "images" / picture
     assert svg.read_bytes() == docs.read_bytes(), f"regenerate docs/images/{picture} (docs/lab.rst)"
+
+
+# --- the plugin guide's example, packaged and installed ----------------------------------------------
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "newest-first"
+
+
+@pytest.fixture(scope="module")
+def newest_first_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment where the packaged example plugin is installed: this one if tox installed it
+    (commands_pre), else a ``pip install --target`` of a copy of it on PYTHONPATH."""
+    env = dict(os.environ)
+    if any(e.value == "newest_first" for e in entry_points(group="imscore")):
+        return env
+    base = tmp_path_factory.mktemp("newest-first")
+    shutil.copytree(EXAMPLE, base / "src")  # pip builds in place: keep docs/examples clean
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+    result = subprocess.run(
+        [*pip, "--target", str(base / "site"), str(base / "src")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"cannot install docs/examples/newest-first (pip: {last})")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(base / "site"), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def test_the_plugin_guide_example_installed_is_selected_by_a_profile_and_runs_in_the_lab(
+    tmp_path: Path, newest_first_env: dict[str, str]
+) -> None:
+    def imscore(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "imscore", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=newest_first_env,
+            cwd=tmp_path,
+        )
+
+    profile = tmp_path / "newest.yaml"
+    profile.write_text(
+        "name: newest\ndomains: [ims.example.test]\n"
+        "policies:\n  forking: {plugin: newest-first, options: {first_timeout: 4}}\n"
+    )
+    check = imscore("profile", "check", str(profile))
+    assert check.returncode == 0, check.stderr  # the plugin declares its name (ims_policy_names)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(profile.read_text().replace("newest-first", "newest-frist"))
+    refused = imscore("profile", "check", str(typo))
+    assert refused.returncode == 2 and "unknown plugin 'newest-frist'" in refused.stderr
+    lab = imscore("lab", "compare", "hunt", "--profiles", f"multi-device,{profile}", "--out", "out")
+    assert lab.returncode == 0, lab.stderr
+    call = json.loads((tmp_path / "out" / "comparison.json").read_text())["steps"][-1]
+    cells = {r["row"]: r["cells"]["newest"] for r in call["rows"]}
+    # the desk phone, registered last, rings alone for 4 s; then the softphone (busy) and the app,
+    # which answers after 3 s
+    assert cells["rang"] == "desk, app" and cells["answered"] == "app"
+    assert cells["caller got"] == "200 OK at 7.0 s"
+    assert (cells["desk"], cells["softphone"], cells["app"]) == (
+        "rang, cancelled (487)",
+        "busy (486)",
+        "rang, answered",
+    )

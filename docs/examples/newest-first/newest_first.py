@@ -11,6 +11,12 @@ STRATEGY = "newest-first"
 
 
 @hookimpl
+def ims_policy_names():
+    # the names a profile may select: ``policies: {forking: {plugin: newest-first}}``
+    return {"forking": [STRATEGY]}
+
+
+@hookimpl
 def ims_fork_plan(contacts, strategy, options):
     if strategy != STRATEGY:
         return None  # not ours: let the next plugin (in the end, the builtin defaults) answer
