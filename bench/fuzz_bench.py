@@ -358,7 +358,7 @@ class Mutator:
                 return data, base.name, []
             for _ in range(1 + int(rng.random() < 0.35) + int(rng.random() < 0.1)):
                 name, mutate = rng.choice(self.mutations)
-                data = mutate(rng, data)
+                data = mutate(rng, data) if data else data
                 names.append(name)
             if names_only_loopback(data):
                 return data, base.name, names
@@ -1051,6 +1051,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     held = server.held()
     log = read_log(server.log())
     classes: Counter[str] = Counter()
+    statuses: Counter[int] = Counter()
     unanswered: Counter[str] = Counter()
     unanswered_unmutated: Counter[str] = Counter()
     by_transport: dict[str, Counter[str]] = {"udp": Counter(), "tcp": Counter()}
@@ -1063,6 +1064,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{status // 100}xx" if status else ("1xx only" if tally.provisional[seq] else "no answer")
         )
         classes[name] += 1
+        if status:
+            statuses[status] += 1
         by_transport["udp" if kind == 1 else "tcp"][name] += 1
         if name == "no answer" and fuzzer is not None:
             unanswered[choices[fuzzer.base_of[seq]].name] += 1
@@ -1079,6 +1082,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rate_sent": round(sent / elapsed, 1) if elapsed else 0.0,
         "answers": dict(sorted(classes.items())),
         "answers_by_transport": {k: dict(sorted(v.items())) for k, v in by_transport.items()},
+        "answers_by_status": dict(statuses.most_common(20)),
         "answers_retransmitted": tally.retransmitted,
         "answers_unmatched": tally.unmatched,
         "requests_from_server": tally.requests_from_server,
@@ -1122,6 +1126,8 @@ def show(report: dict[str, Any]) -> str:
     ]
     for transport, counted in report["answers_by_transport"].items():
         lines.append(f"    {transport}: " + ", ".join(f"{k} {v:,}" for k, v in counted.items()))
+    by_status = report.get("answers_by_status", {})
+    lines.append("    by status: " + ", ".join(f"{k} {v:,}" for k, v in by_status.items()))
     lines += [
         f"  answers retransmitted {report['answers_retransmitted']:,}, unmatched "
         f"{report['answers_unmatched']:,}; requests from the server {report['requests_from_server']}",
