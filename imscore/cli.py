@@ -159,6 +159,18 @@ def _parser() -> argparse.ArgumentParser:
         "of the set); default: the shipped demo subscribers, as for serve",
     )
     bindings.add_argument("--json", action="store_true", help="print JSON instead of text")
+    bindings.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live table in the terminal, redrawn every --interval seconds, with the latest "
+        "registrations and de-registrations (Ctrl-C quits)",
+    )
+    bindings.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="--watch: seconds between reads"
+    )
+    bindings.add_argument(
+        "--frames", type=int, default=None, metavar="N", help="--watch: stop after N frames"
+    )
     return parser
 
 
@@ -439,6 +451,23 @@ def _bindings(args: argparse.Namespace) -> int:
             return await (store.all() if aor is None else store.load(aor))
         finally:
             await store.close()
+
+    if args.watch:
+        if args.json or url == "memory:":
+            raise CliError(
+                "--watch: needs a store another process can read (sqlite:PATH), without --json"
+            )
+        if args.interval <= 0:
+            raise CliError("--watch: --interval must be > 0")
+        from imscore.watch import watch
+
+        try:
+            asyncio.run(watch(read, sys.stdout, url, interval=args.interval, frames=args.frames))
+        except StoreError as exc:
+            raise CliError(f"{option}: {exc}") from None
+        except KeyboardInterrupt:
+            print()
+        return 0
 
     try:
         stored = asyncio.run(read())

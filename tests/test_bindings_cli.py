@@ -256,3 +256,50 @@ def test_default_store_comes_from_the_profile(tmp_path: Path, store_url: str) ->
     result = run("--profile", str(profile), "--aor", ALICE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == f"1 AOR(s), 2 binding(s) in {store_url} for {ALICE}"
+
+
+def test_watch_shows_registrations_appearing_and_going(tmp_path: Path) -> None:
+    """``--watch`` against the SQLite file of a running server: alice's phone registers, then
+    de-registers; the frames (each one write: cursor home, the frame, clear below) show both."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sipua import Phone
+
+    from imscore.testing import start_server
+
+    url = f"sqlite:{tmp_path / 'live.db'}"
+    server = start_server("multi-device", transports=("udp",), store_url=url)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "imscore", "bindings", "--store", url, "--watch",
+         "--interval", "0.25", "--frames", "14"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    phone = Phone(server.address("udp"), "desk")
+    try:
+        assert watcher.stdout is not None
+        first = ""
+        while not first.endswith("\x1b[J"):  # the first frame is drawn: the watcher is running
+            char = watcher.stdout.read(1)
+            assert char, "the watcher ended before its first frame"
+            first += char
+        assert phone.register().status == 200
+        time.sleep(1.0)
+        assert phone.register(expires=0).status == 200
+        rest, _ = watcher.communicate(timeout=30)
+        out = first + rest
+    finally:
+        phone.close()
+        server.stop()
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == 0
+    frames = out.split("\x1b[H")[1:]
+    assert len(frames) == 14 and out.startswith("\x1b[2J")
+    assert all(frame.endswith("\x1b[J") for frame in frames)
+    assert "0 AOR(s), 0 binding(s)" in frames[0] and "(no registrations)" in frames[0]
+    seen = next(f for f in frames if "1 AOR(s), 1 binding(s)" in f)
+    assert f"sip:desk@127.0.0.1:{phone.port}" in seen and "test-phone desk" in seen
+    last = frames[-1]
+    assert "0 AOR(s), 0 binding(s)" in last
+    changes = [line for line in last.splitlines() if line[9:11] in ("+ ", "- ", "~ ")]
+    assert [c[9] for c in changes] == ["-", "+"]  # newest first
+    assert ALICE in changes[1] and "de-registered" in changes[0]
