@@ -21,7 +21,8 @@ exclude_patterns = ["_build"]
 
 autodoc_member_order = "bysource"
 
-html_theme = "alabaster"
+# furo: a layout that uses the width of the window, so the lab's wide tables and ladders are not cut
+html_theme = "furo"
 
 
 def _resolve_reexport(app, env, node, contnode):

@@ -547,3 +547,19 @@ def test_the_plugin_guide_example_installed_is_selected_by_a_profile_and_runs_in
         "busy (486)",
         "rang, answered",
     )
+
+
+def test_the_table_in_the_docs_is_what_the_lab_prints_today(three_devices) -> None:  # type: ignore[no-untyped-def]
+    table = comparison_table([three_devices[name] for name in PROFILES])
+    page = (Path(__file__).resolve().parent.parent / "docs" / "lab.rst").read_text()
+    excerpt = (
+        page.split(".. code-block:: text\n\n", 1)[1].split("\n\n\n", 1)[0].split("\nEach step", 1)[0]
+    )
+    blocks = [
+        "\n".join(line[3:] for line in block.splitlines())
+        for block in excerpt.strip("\n").split("\n\n")
+        if block.strip() != "..."
+    ]
+    assert len(blocks) == 6  # steps 5, 6, 9, 13, 14 and 15
+    for block in blocks:
+        assert block + "\n" in table, f"docs/lab.rst is out of date:\n{block}"

@@ -133,7 +133,7 @@ def comparison_table(runs: Sequence[LabRun]) -> str:
     widths = []
     for column, profile in enumerate(data.profiles):
         sizes = [len(profile)] + [len(row.cells[column]) for step in data.steps for row in step.rows]
-        widths.append(min(max(sizes) + 2, 48))
+        widths.append(min(max(sizes) + 2, 64))
     lines = [f"scenario {data.scenario} ({data.mode} time)"]
     header = " " * label_width + "".join(
         profile.ljust(w) for profile, w in zip(data.profiles, widths, strict=True)
