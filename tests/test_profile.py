@@ -728,3 +728,17 @@ def test_forking_options_are_checked_at_load(write: Writer) -> None:
             load_profile(write(MIN + text))
         assert f"key 'policies.forking.options.{key}'" in str(info.value), text
         assert expected in str(info.value), str(info.value)
+
+
+def test_the_shipped_profiles_are_the_top_level_profiles_folder() -> None:
+    """One copy: ``profiles/`` of the repository is what the installed package ships (in a
+    checkout ``imscore/profiles`` links to it; a wheel carries its files)."""
+    from importlib import resources
+
+    top = Path(__file__).resolve().parent.parent / "profiles"
+    installed = Path(str(resources.files("imscore").joinpath("profiles")))
+    names = sorted(p.name for p in top.glob("*.yaml"))
+    assert "default.yaml" in names and "subscribers.demo.yaml" in names
+    assert sorted(p.name for p in installed.glob("*.yaml")) == names
+    for name in names:
+        assert (installed / name).read_bytes() == (top / name).read_bytes(), name
