@@ -111,6 +111,7 @@ class Registrar:
         uri = request.uri
         # §10.3 step 1: a domain we are the registrar for
         if not isinstance(uri, SipUri) or uri.host.lower().rstrip(".") not in self.domains:
+            request.contacts  # noqa: B018  # a malformed REGISTER is 400 first (RFC 4475 regbadct)
             return RegisterOutcome(self._reply(request, 404, "Domain not served here"))
         to_uri = request.to.uri
         if not isinstance(to_uri, SipUri | TelUri):
