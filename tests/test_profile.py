@@ -150,7 +150,7 @@ def test_default_resolves_by_name_regardless_of_cwd(
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "default.yaml").write_text("not: a profile\n")
     path = resolve_profile("default")
-    assert path.resolve() == SHIPPED_DIR / "default.yaml"
+    assert path.resolve() == (SHIPPED_DIR / "default.yaml").resolve()
     assert load_profile("default").name == "default"
 
 

@@ -69,9 +69,9 @@ VERDICTS: dict[str, tuple[Verdict, str]] = {
     "trws": (400, "3.1.2.10 trailing SP after SIP-Version"),
     "escruri": (400, "3.1.2.11 escaped headers in a SIP Request-URI"),
     "baddate": (NOT_OURS, "3.1.2.12 accepted liberally: Date is not interpreted"),
-    # a registrar for the domain refuses the Contact with 400 once it reads it; this one is not the
-    # registrar for example.com, and says so first (RFC 3261 §10.3 step 1)
-    "regbadct": (404, "3.1.2.13 Contact URI with '?' outside <>: domain not served"),
+    # the Contact is read before the answer that the domain is not served here (not on the hot path
+    # of REGISTERs for our domains, which read it when they need it)
+    "regbadct": (400, "3.1.2.13 Contact URI with '?' outside <>: malformed"),
     "badaspec": (400, "3.1.2.14 spaces inside <addr-spec>: rejected, not guessed"),
     "baddn": (400, "3.1.2.15 unquoted display names with commas: rejected"),
     "badvers": (505, "3.1.2.16 SIP/7.0"),
