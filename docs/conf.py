@@ -21,8 +21,12 @@ exclude_patterns = ["_build"]
 
 autodoc_member_order = "bysource"
 
-# furo: a layout that uses the width of the window, so the lab's wide tables and ladders are not cut
+# furo, widened on wide windows (docs/_static/imscore.css), so the lab's tables and ladders are seen
+# whole; its own "On this page" sidebar replaces the pages' ``.. contents::`` (see _drop_contents)
 html_theme = "furo"
+html_static_path = ["_static"]
+html_css_files = ["imscore.css"]
+html_title = "imscore documentation"
 
 
 def _resolve_reexport(app, env, node, contnode):
@@ -52,5 +56,16 @@ def _resolve_reexport(app, env, node, contnode):
     )
 
 
+def _drop_contents(app, doctree):
+    """Remove ``.. contents::`` tables: furo shows each page's contents in its sidebar, and flags
+    an in-page one as an error."""
+    from docutils import nodes
+
+    for topic in list(doctree.findall(nodes.topic)):
+        if "contents" in topic["classes"]:
+            topic.parent.remove(topic)
+
+
 def setup(app):
     app.connect("missing-reference", _resolve_reexport)
+    app.connect("doctree-read", _drop_contents)
