@@ -4,7 +4,9 @@ Over real loopback UDP with phones of tests/sipua.py."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 from sipua import Phone
@@ -12,7 +14,7 @@ from sipua import Phone
 from imscore.profile import load_profile
 from imscore.profile.model import RegEventSettings, Timers
 from imscore.sip import Request, Response
-from imscore.testing import start_server
+from imscore.testing import RunningServer, start_server
 
 ALICE = "sip:alice@ims.example.test"
 
@@ -49,14 +51,24 @@ def _notifies(phone: Phone, wait: float) -> list[Request]:
     return got
 
 
-def test_subscriptions_are_bounded_and_one_change_gives_one_notify_each() -> None:
-    profile = load_profile("multi-device")
-    profile = replace(profile, reg_event=RegEventSettings(max_per_set=5, max_per_watcher=3))
+@contextlib.contextmanager
+def _two_phones(limits: RegEventSettings) -> Iterator[tuple[RunningServer, Phone, Phone]]:
+    """A server with these limits and two of alice's phones registered."""
+    profile = replace(load_profile("multi-device"), reg_event=limits)
     server = start_server(profile, transports=("udp",))
     app, desk = Phone(server.address("udp"), "app"), Phone(server.address("udp"), "desk")
     try:
         assert app.register().status == 200
         assert desk.register().status == 200
+        yield server, app, desk
+    finally:
+        app.close()
+        desk.close()
+        server.stop()
+
+
+def test_subscriptions_are_bounded_and_one_change_gives_one_notify_each() -> None:
+    with _two_phones(RegEventSettings(max_per_set=5, max_per_watcher=3)) as (server, app, desk):
         statuses = [_subscribe(app) for _ in range(20)]
         assert statuses == [200] * 3 + [403] * 17  # per watcher (one source address)
         # the desk phone shares the loopback address: per watcher is per address, so it is full too
@@ -69,25 +81,11 @@ def test_subscriptions_are_bounded_and_one_change_gives_one_notify_each() -> Non
         notes = _notifies(app, 1.5)
         assert len(notes) == 3
         assert len({(n.call_id, n.cseq.seq) for n in notes}) == 3
-    finally:
-        app.close()
-        desk.close()
-        server.stop()
 
 
 def test_the_per_set_limit_counts_every_watcher() -> None:
-    profile = load_profile("multi-device")
-    profile = replace(profile, reg_event=RegEventSettings(max_per_set=2, max_per_watcher=8))
-    server = start_server(profile, transports=("udp",))
-    app, desk = Phone(server.address("udp"), "app"), Phone(server.address("udp"), "desk")
-    try:
-        assert app.register().status == 200
-        assert desk.register().status == 200
+    with _two_phones(RegEventSettings(max_per_set=2, max_per_watcher=8)) as (_, app, desk):
         assert [_subscribe(app), _subscribe(desk), _subscribe(desk)] == [200, 200, 403]
-    finally:
-        app.close()
-        desk.close()
-        server.stop()
 
 
 def test_a_subscription_whose_notify_goes_unanswered_ends() -> None:

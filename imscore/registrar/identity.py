@@ -48,20 +48,14 @@ async def find_identity(subscribers: SubscriberStore, uri: Uri) -> tuple[Uri, Su
     """The public identity ``uri`` names and the store's record of it: ``uri`` itself when the
     store knows it (a ``user=phone`` SIP URI may be listed as written), else the ``tel:`` number of
     a ``user=phone`` SIP URI when the store knows that, else ``uri`` with no record."""
-    try:
-        found = await subscribers.get_by_impu(uri)
-    except (ParseError, ValueError):
-        found = None
-    if found is not None:
-        return uri, found
     tel = phone_number(uri)
-    if tel is not None:
+    for form in (uri,) if tel is None else (uri, tel):
         try:
-            by_number = await subscribers.get_by_impu(tel)
+            found = await subscribers.get_by_impu(form)
         except (ParseError, ValueError):
-            by_number = None
-        if by_number is not None:
-            return tel, by_number
+            continue
+        if found is not None:
+            return form, found
     return uri, None
 
 
