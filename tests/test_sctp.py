@@ -60,9 +60,10 @@ def options(port: int, branch: str, transport: str = "SCTP") -> bytes:
 class UnixSockets:
     """The plugin's ``Sockets`` over AF_UNIX SOCK_SEQPACKET: (host, port) names a file in a folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, wire: Any = None) -> None:
         self.folder = folder
         self._ports = itertools.count(41000)
+        self.wire = wire if wire is not None else imscore_sctp.StdlibWire()
 
     def path(self, address: tuple[str, int]) -> str:
         return str(self.folder / f"{address[0]}-{address[1]}")
@@ -80,6 +81,9 @@ class UnixSockets:
         sock.bind(self.path(("127.0.0.1", next(self._ports))))  # an "ephemeral port" the peer sees
         sock.setblocking(False)
         return sock, self.path(remote)
+
+    async def connect(self, sock: socket.socket, address: Any) -> None:
+        await asyncio.get_running_loop().sock_connect(sock, address)
 
     def peer(self, sock: socket.socket) -> tuple[str, int] | None:
         name = sock.getpeername()
