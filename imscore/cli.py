@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imscore import __version__
 from imscore.profile import (
@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics on http://HOST:PORT/metrics and a health check on /healthz "
         "(needs prometheus_client: the 'metrics' extra)",
     )
+    serve.add_argument(
+        "--node-id",
+        metavar="NAME",
+        help="this node's name in a pool sharing a Redis store: in every log line and in the bindings "
+        "it stores (docs/deployment.rst)",
+    )
 
     profile = commands.add_parser("profile", help="check or show profiles")
     profile_commands = profile.add_subparsers(dest="profile_command", required=True, metavar="ACTION")
@@ -222,6 +228,13 @@ def _serve(args: argparse.Namespace) -> int:
     from imscore.logformat import configure
 
     configure(args.log_level, args.log_format, sys.stderr)
+    if args.node_id is not None:
+        from imscore.server.nodeid import check_node_id, name_node_in_logs
+
+        try:
+            name_node_in_logs(check_node_id(args.node_id))
+        except ValueError as exc:
+            raise CliError(f"--node-id: {exc}") from None
     profile = _load_profile(args.profile)
     metrics_address: tuple[str, int] | None = None
     if args.metrics is not None:
@@ -273,7 +286,7 @@ def _serve(args: argparse.Namespace) -> int:
         subscribers = MemorySubscriberStore(directory, f"{len(directory)} from {source}")
 
     def make_server(worker: WorkerSetup | None = None) -> Server:
-        return Server(
+        server = Server(
             profile,
             listeners=listeners,
             store_url=args.store,
@@ -284,6 +297,8 @@ def _serve(args: argparse.Namespace) -> int:
             worker=worker,
             metrics_address=metrics_address,
         )
+        server.node_id = args.node_id
+        return server
 
     if args.workers != 1:
         from imscore.server.workers import check_workers, serve_workers
@@ -423,6 +438,24 @@ def _bindings_aor_key(text: str, subscribers: str | None) -> str:
     return uri.aor
 
 
+def _plugin_store(url: str) -> Any:
+    """The binding store a provider offers for ``url`` (the builtin Redis one, or a plugin's)."""
+    from imscore.plugin import create_plugin_manager
+    from imscore.registrar import redis_provider
+    from imscore.server.providers import ProviderError, collect, open_provided, scheme_of
+    from imscore.store import StoreError
+
+    plugins = create_plugin_manager(extra_plugins=[redis_provider])
+    try:
+        offered = collect(plugins, "ims_register_binding_stores", "binding store")
+        scheme = scheme_of(url)
+        if scheme is None or scheme not in offered:
+            return open_provided(offered, url, "store")  # raises, naming the known schemes
+    except ProviderError as exc:
+        raise StoreError(str(exc)) from None
+    return offered.get(scheme)(url)  # its StoreError names the URL and the cause
+
+
 def _bindings(args: argparse.Namespace) -> int:
     """``imscore bindings``: the registrations in the store, per AOR."""
     from imscore.registrar.store import open_binding_store
@@ -446,7 +479,7 @@ def _bindings(args: argparse.Namespace) -> int:
         )
 
     async def read() -> list[StoredBinding]:
-        store = open_binding_store(url)
+        store = open_binding_store(url) if url.startswith(("memory:", "sqlite:")) else _plugin_store(url)
         try:
             return await (store.all() if aor is None else store.load(aor))
         finally:

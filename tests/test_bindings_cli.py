@@ -219,8 +219,9 @@ def test_aor_filter_by_any_impu_form(store_url: str) -> None:
     ("url", "message"),
     [
         (
-            "postgres://db",  # a plugin's store would be accepted by serve; bindings reads SQLite
-            "imscore: --store: store 'postgres://db': expected 'memory:' or 'sqlite:PATH'",
+            "postgres://db",  # no plugin offers it: the schemes that are offered are named
+            "imscore: --store: store 'postgres://db': no provider for 'postgres' (known: memory:, "
+            "sqlite:PATH; no plugin offers another)",
         ),
         (
             "sqlite:",
@@ -228,8 +229,8 @@ def test_aor_filter_by_any_impu_form(store_url: str) -> None:
             "'redis://HOST[:PORT][/DB]' or SCHEME:... of a plugin's binding store",
         ),
         (
-            "redis://localhost",
-            "imscore: --store: store 'redis://localhost': expected 'memory:' or 'sqlite:PATH'",
+            "redis://localhost/x",  # bindings reads Redis too (tests/test_redis_pool.py)
+            "imscore: --store: store 'redis://localhost/x': the database must be a number, got 'x'",
         ),
     ],
 )

@@ -26,6 +26,14 @@ from .model import FlowInfo, StoredBinding
 from .regevent import RegEventService
 from .sqn import SqnStore
 from .store import BindingStore
+from .versioned import (
+    MAX_ATTEMPTS,
+    AorLocks,
+    BindingConflict,
+    VersionedStore,
+    load_for_update,
+    save_checked,
+)
 
 __all__ = ["SUPPORTED", "RegisterOutcome", "Registrar"]
 
@@ -82,6 +90,8 @@ class Registrar:
         #: called with the AOR whose bindings a REGISTER or an expiry changed (worker processes tell
         #: each other, so a reg-event subscription held by another one hears of it too)
         self.on_change: Callable[[str], None] | None = None
+        #: REGISTERs of one set decided here take turns (a store shared by several nodes)
+        self._deciding = AorLocks()
 
     def _select_scheme(self, subscriber: Subscriber, request: Request | None) -> str | None:
         """``ims_auth_select_scheme``: which scheme a challenge uses (a plugin may prefer Digest for
@@ -169,9 +179,32 @@ class Registrar:
             hop.check()
         request.expires  # noqa: B018
         request.supported  # noqa: B018
+        # steps 5-7 read, decide and write; a store shared by several nodes refuses a write when
+        # another node wrote the set meanwhile, and the decision is made again (.versioned)
+        if not isinstance(self.bindings, VersionedStore):
+            return await self._bind(request, subscriber, implicit_set, flow, now)
+        async with self._deciding.hold(implicit_set.default.aor):  # this node's turn
+            for _ in range(MAX_ATTEMPTS - 1):
+                try:
+                    return await self._bind(request, subscriber, implicit_set, flow, now)
+                except BindingConflict:
+                    continue
+            return await self._bind(request, subscriber, implicit_set, flow, now)
+
+    async def _bind(
+        self,
+        request: Request,
+        subscriber: Subscriber,
+        implicit_set: ImplicitSet,
+        flow: FlowInfo,
+        now: float,
+    ) -> RegisterOutcome:
+        """Steps 5-7 of RFC 3261 §10.3 for an authenticated REGISTER: load the set's bindings,
+        decide, save (:class:`~.versioned.BindingConflict` when another node wrote first)."""
         # step 5: bindings are filed under the implicit set's default IMPU
         aor = implicit_set.default.aor
-        stored = [b for b in await self.bindings.load(aor) if not b.expired(now)]
+        loaded, version = await load_for_update(self.bindings, aor)
+        stored = [b for b in loaded if not b.expired(now)]
         # step 6: contacts
         if request.contact_star:
             if request.expires != 0 or request.headers.count("Contact") != 1:
@@ -179,7 +212,7 @@ class Registrar:
             for binding in stored:
                 if binding.call_id == request.call_id and request.cseq.seq <= binding.cseq:
                     return RegisterOutcome(self._reply(request, 500, "Out-of-order REGISTER (CSeq)"))
-            await self.bindings.save(aor, [])
+            await save_checked(self.bindings, aor, [], version)
             self._changed(aor)
             notes = self.regevent.changed(aor, [], now, deregistered=True)
             ok = self._ok(request, subscriber, implicit_set, [], now)
@@ -206,7 +239,7 @@ class Registrar:
             reason = decision.reject_reason or None
             return RegisterOutcome(self._reply(request, decision.reject_status, reason))
         kept = self._merge(stored, incoming, decision)
-        await self.bindings.save(aor, kept)
+        await save_checked(self.bindings, aor, kept, version)
         self._changed(aor)
         removed = tuple(b for b in stored if not any(k.same_device(b) for k in kept))
         notes = self.regevent.changed(aor, kept, now, deregistered=not kept)

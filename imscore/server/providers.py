@@ -58,7 +58,11 @@ def open_provided(registry: ProviderRegistry[Any], url: str, what: str) -> Any:
     """
     scheme = scheme_of(url)
     if scheme is None or scheme not in registry:
-        offered = ", ".join(f"{name}: (plugin)" for name in registry.names())
+        offered = ", ".join(  # (redis: is builtin: check_store_url's message names it)
+            f"{name}: (plugin)"
+            for name in registry.names()
+            if not getattr(registry.get(name), "imscore_builtin", False)
+        )
         builtin = "memory:, sqlite:PATH" if what == "store" else "a subscriber file (a path)"
         known = builtin + (f", {offered}" if offered else "; no plugin offers another")
         wanted = repr(scheme) if scheme else "a plain path"

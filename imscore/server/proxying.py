@@ -31,7 +31,7 @@ from imscore.routing import RoutingError, TargetList
 from imscore.sip import Request, Response, SipError, SipUri
 from imscore.sip.headers import parse_via
 from imscore.sip.transaction import ServerTransaction
-from imscore.store import stored_secret
+from imscore.store import StoreError, stored_secret
 from imscore.transport import Flow, TransportError
 from imscore.transport.transports import response_address
 
@@ -89,6 +89,9 @@ class ProxyService:
         """The dialog stamps' key: kept in the SQLite store file (the same after a restart and for
         every worker), else the workers' shared secret, else random (``None``)."""
         store = server.store
+        pool = getattr(store, "pool", None)  # a pool's store (Redis): every node the same key
+        if pool is not None:
+            return bytes(pool.secret("record-route"))
         if isinstance(store, SqliteBindingStore):
             try:
                 return stored_secret(store.connection, "record-route")
@@ -166,6 +169,10 @@ class ProxyService:
                 decision = await self._route(request, info, strict or stamp_of(own))
             except SipError:
                 raise  # a header of the request does not parse: the server's guard answers it
+            except StoreError as exc:  # the bindings cannot be read (Redis down): come back later
+                log.warning("routing %s from %s: %s", request.method, flow.remote, exc)
+                retry = ("Retry-After", core.retry_after)
+                decision = Decision.answer(503, "Store unavailable", retry)
             except Exception:  # a provider failed: answer 500 rather than leave the caller waiting
                 log.exception("routing %s from %s failed", request.method, flow.remote)
                 decision = Decision.answer(500, "Routing error")

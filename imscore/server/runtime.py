@@ -148,7 +148,11 @@ class Server:
         self._expiry: asyncio.Task[None] | None = None
         #: seconds between two sweeps of expired bindings
         self.expiry_interval = 1.0
-        self.plugins = create_plugin_manager(extra_plugins=extra_plugins)
+        from imscore.registrar import redis_provider  # the builtin redis:// store provider
+
+        self.plugins = create_plugin_manager(extra_plugins=(*extra_plugins, redis_provider))
+        #: this node's name in a pool (``--node-id``): written into the bindings it stores
+        self.node_id: str | None = None
         self.transports: Transports | None = None
         self.store: BindingStore | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -215,6 +219,15 @@ class Server:
             if isinstance(self.store, SqliteBindingStore)
             else None
         )
+        nonce_secret = None if self.worker is None else self.worker.nonce_secret
+        pool = getattr(self.store, "pool", None)  # a store a pool of nodes shares (Redis)
+        if pool is not None:
+            self.store.node_id = self.node_id  # type: ignore[union-attr]
+            try:
+                sqn_store, nonce_secret = pool.sqn_store(), pool.secret("nonce")
+            except StoreError as exc:
+                await self.store.close()
+                raise ServerError(str(exc)) from None
         try:
             self.registrar = Registrar(
                 self.profile,
@@ -222,12 +235,15 @@ class Server:
                 self.store,
                 self.plugins,
                 authenticator=self.authenticator,
-                nonce_secret=None if self.worker is None else self.worker.nonce_secret,
+                nonce_secret=nonce_secret,
                 sqn_store=sqn_store,
             )
         except ValueError as exc:
             await self.store.close()
             raise ServerError(f"{self.source}: key 'policies.auth.options': {exc}") from None
+        if pool is not None and self.authenticator is None:  # nonce-counts shared by the pool
+            auth = self.registrar.authenticator
+            auth.counter = pool.nonce_counter(auth.nonces.lifetime)
         self.proxying = ProxyService(self)  # the forking proxy (RFC 3261 §16), see docs/proxy.rst
         self.proxying.core.on_final = self._forked
         if self.metrics_address is not None:
@@ -563,6 +579,10 @@ class Server:
                 response, notes = outcome.response, outcome.notifications
         except SipError:
             raise  # the request's fault: its status (the guard in _register answers it)
+        except StoreError as exc:  # the store is unreachable (Redis down): come back later
+            log.warning("%s from %s: %s", request.method, flow.remote, exc)
+            retry = ("Retry-After", self.core.retry_after)
+            response = request.make_response(503, "Store unavailable", [retry], to_tag="e503")
         except Exception:  # a provider failed: answer 500 rather than leave the UE waiting
             log.exception("%s from %s failed", request.method, flow.remote)
             response = request.make_response(500, "Registrar error", to_tag="e500")
@@ -635,6 +655,9 @@ class Server:
             self.outcomes.flush(self._now())  # the summary of a flood of refusals that stopped
             try:
                 notes = await self.registrar.expire(self.clock())
+            except StoreError as exc:  # unreachable: the next sweep tries again
+                log.warning("expiring bindings: %s", exc)
+                continue
             except Exception:  # the store failed this once: log it, keep sweeping
                 log.exception("expiring bindings failed")
                 continue
