@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import itertools
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -348,3 +351,331 @@ def test_real_sctp_listener_works_or_start_up_says_why() -> None:
         assert isinstance(response, Response) and response.status == 200
     finally:
         running.stop()
+
+
+# --- the two backends: the standard library and pysctp -----------------------------------------------
+def stand_in_pysctp() -> types.ModuleType:
+    """A stand-in ``sctp`` module: it has the names the plugin looks for and does nothing. It is not
+    pysctp, and the tests that use it send nothing over SCTP."""
+    module = types.ModuleType("sctp", "a test's stand-in for pysctp, not pysctp")
+    module.sctpsocket_tcp = object  # type: ignore[attr-defined]
+    module.FLAG_NOTIFICATION = 0x8000  # type: ignore[attr-defined]
+    return module
+
+
+def test_backend_is_pysctp_only_when_it_imports_and_the_kernel_has_sctp() -> None:
+    choose, found = imscore_sctp.choose_backend, imscore_sctp.PysctpImport
+    module = stand_in_pysctp()
+    chosen = choose(found(module, "9.9"), None)
+    assert (chosen.name, chosen.module) == ("pysctp", module)
+    assert chosen.reason == "pysctp 9.9 is installed and the kernel has SCTP"
+
+    no_kernel = choose(found(module, "9.9"), imscore_sctp.UNAVAILABLE)
+    assert (no_kernel.name, no_kernel.module) == ("stdlib", None)
+    assert no_kernel.reason == f"pysctp 9.9 is installed but not used: {imscore_sctp.UNAVAILABLE}"
+
+    for unavailable in (None, imscore_sctp.UNAVAILABLE):
+        absent = choose(found(None, error="No module named 'sctp'"), unavailable)
+        assert absent.name == "stdlib"
+        assert absent.reason == (
+            "pysctp is not installed (No module named 'sctp'); multi-homing and per-message "
+            "stream/PPID need it: pip install './plugins/imscore-sctp[pysctp]'"
+        )
+
+    other = types.ModuleType("sctp", "some other module called sctp")
+    wrong = choose(found(other, None), None)
+    assert wrong.name == "stdlib"
+    assert "is not pysctp (it has no sctpsocket_tcp, FLAG_NOTIFICATION)" in wrong.reason
+
+
+def test_installed_pysctp_is_used_only_with_kernel_sctp(caplog: pytest.LogCaptureFixture) -> None:
+    """The real pysctp (a tox dependency): it imports without kernel SCTP; the plugin picks it only
+    where the kernel has SCTP, and its first listen logs which backend and why."""
+    sctp = pytest.importorskip("sctp", reason="pysctp not installed: pip install pysctp")
+    found = imscore_sctp.load_pysctp()
+    assert found.module is sctp and found.version
+    unavailable = imscore_sctp.sctp_unavailable()
+    chosen = imscore_sctp.choose_backend(found, unavailable)
+    transport = imscore_sctp.SctpTransport()
+
+    async def listen() -> Any:
+        return await transport.listen("127.0.0.1", 0, lambda data, remote: None, max_message_size=65535)
+
+    caplog.set_level("INFO", logger="imscore.transport.sctp")
+    if unavailable is not None:  # this machine: pysctp imports, but there is no SCTP to use it on
+        assert chosen.name == "stdlib"
+        with pytest.raises(TransportError) as info:
+            run(listen())
+        assert str(info.value) == imscore_sctp.UNAVAILABLE
+        assert transport.backend == chosen
+        assert caplog.messages == [
+            "sctp transport: using the standard library socket module: "
+            f"pysctp {found.version} is installed but not used: {unavailable}"
+        ]
+        return
+
+    async def exchange() -> None:  # kernel SCTP and pysctp: a real association, stream and PPID
+        got: list[tuple[bytes, Any]] = []
+        endpoint = await transport.listen(
+            "127.0.0.1", 0, lambda data, remote: got.append((data, remote)), max_message_size=65535
+        )
+        try:
+            client = sctp.sctpsocket_tcp(socket.AF_INET)
+            client.events.data_io = True
+            client.settimeout(5)
+            await asyncio.get_running_loop().run_in_executor(None, client.connect, endpoint.local)
+            client.sctp_send(b"hello", ppid=1234, stream=1)
+            for _ in range(300):
+                if got:
+                    break
+                await asyncio.sleep(0.01)
+            assert got and got[0][0] == b"hello"
+            association = endpoint.association(got[0][1])
+            assert association is not None
+            assert association.last_received == imscore_sctp.Received(1, 1234)
+            endpoint.send(b"back", got[0][1], stream=2, ppid=99)
+            _, _, data, info = await asyncio.get_running_loop().run_in_executor(
+                None, client.sctp_recv, 65536
+            )
+            assert (data, info.stream, socket.ntohl(info.ppid)) == (b"back", 2, 99)
+            client.close()
+        finally:
+            await endpoint.close()
+
+    run(exchange())
+    assert transport.backend is not None and transport.backend.name == "pysctp"
+    assert caplog.messages[0].startswith("sctp transport: using pysctp: pysctp ")
+
+
+class HeaderWire:
+    """A test wire, not SCTP: it carries each message's stream and PPID in a 6-octet header over an
+    AF_UNIX SOCK_SEQPACKET socket, so that the plugin's per-message stream/PPID plumbing (send,
+    queue, receive, ``last_received``) can be checked where the kernel has no SCTP."""
+
+    per_message = True
+
+    def check(self, stream: int, ppid: int) -> None:
+        imscore_sctp.PysctpWire(stand_in_pysctp()).check(stream, ppid)
+
+    def read(self, sock: socket.socket, size: int) -> tuple[bytes, int, int, int]:
+        data, _, flags, _ = sock.recvmsg(size + 6)
+        if not data:
+            return data, flags, 0, 0
+        stream, ppid = struct.unpack("!HI", data[:6])
+        return data[6:], flags, stream, ppid
+
+    def write(self, sock: socket.socket, data: bytes, stream: int, ppid: int) -> None:
+        sock.send(struct.pack("!HI", stream, ppid) + data)
+
+
+def test_stream_and_ppid_travel_per_message_through_the_endpoint(folder: Path) -> None:
+    async def main() -> None:
+        got: list[tuple[bytes, tuple[str, int], imscore_sctp.Received | None]] = []
+
+        def take(data: bytes, remote: tuple[str, int]) -> None:
+            association = server.association(remote)  # told before the message is handed on
+            got.append((data, remote, association.last_received if association else None))
+
+        sockets = UnixSockets(folder, wire=HeaderWire())
+        options = imscore_sctp.SctpOptions(stream=2, ppid=7)
+        server = await imscore_sctp.SctpTransport(sockets, options=options).listen(
+            "127.0.0.1", 0, take, max_message_size=4096
+        )
+        client = await imscore_sctp.SctpTransport(sockets).listen(
+            "127.0.0.1", 0, lambda data, remote: None, max_message_size=4096
+        )
+        try:
+            client.send(b"one", server.local, stream=5, ppid=46)  # queued while it connects
+            client.send(b"two", server.local)  # the endpoint's defaults: stream 0, PPID 0
+            for _ in range(300):
+                if len(got) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert [(data, seen) for data, _, seen in got] == [
+                (b"one", imscore_sctp.Received(5, 46)),
+                (b"two", imscore_sctp.Received(0, 0)),
+            ]
+            back = client.association(server.local)
+            assert back is not None and back.last_received is None
+            server.send(b"answer", got[0][1])  # this endpoint's defaults: stream 2, PPID 7
+            for _ in range(300):
+                if back.last_received is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert back.last_received == imscore_sctp.Received(2, 7)
+        finally:
+            await client.close()
+            await server.close()
+
+    run(main())
+
+
+def test_stdlib_sockets_refuse_what_needs_pysctp(folder: Path) -> None:
+    async def main() -> None:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        association = imscore_sctp.Association(
+            left, ("a", 1), limit=4096, on_message=lambda *_: None, on_closed=lambda _: None
+        )
+        with pytest.raises(TransportError, match=r"stream 1 with PPID 0 needs pysctp"):
+            association.send(b"x", stream=1)
+        association.send(b"fine")  # stream 0, PPID 0: what the socket module sends
+        assert right.recv(16) == b"fine"
+        association.close()
+        right.close()
+
+        no_pysctp = imscore_sctp.PysctpImport(None, error="No module named 'sctp'")
+        multihomed = imscore_sctp.SctpOptions(local_addresses={"127.0.0.1": ("127.0.0.2",)})
+        # a host with kernel SCTP (stated, not probed) but no pysctp: refused before any socket
+        transport = imscore_sctp.SctpTransport(
+            options=multihomed, pysctp=lambda: no_pysctp, kernel=lambda: None
+        )
+        with pytest.raises(TransportError) as info:
+            await transport.listen("127.0.0.1", 0, lambda *_: None, max_message_size=4096)
+        assert str(info.value).startswith(
+            "extra local addresses (multi-homing) need pysctp, which is not used: pysctp is not "
+            "installed (No module named 'sctp')"
+        )
+        # no kernel SCTP: that is what start-up says, whatever the options
+        transport = imscore_sctp.SctpTransport(
+            options=multihomed, pysctp=lambda: no_pysctp, kernel=lambda: imscore_sctp.UNAVAILABLE
+        )
+        with pytest.raises(TransportError, match=r"^SCTP is not available: the kernel"):
+            await transport.listen("127.0.0.1", 0, lambda *_: None, max_message_size=4096)
+        given = imscore_sctp.SctpTransport(UnixSockets(folder), options=multihomed)
+        with pytest.raises(TransportError, match=r"the sockets given \(UnixSockets\) do not carry"):
+            await given.listen("127.0.0.1", 0, lambda *_: None, max_message_size=4096)
+
+    run(main())
+
+
+class RecordingSctpSocket:
+    """A stand-in for pysctp's ``sctpsocket_tcp`` that records the calls made on it (no SCTP)."""
+
+    def __init__(self, family: int) -> None:
+        self.family = family
+        self.calls: list[tuple[str, Any]] = []
+        self.events = types.SimpleNamespace(data_io=False)
+        self.replies: list[tuple[Any, int, bytes, Any]] = []
+        made.append(self)
+
+    def __getattr__(self, name: str) -> Any:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, (args, kwargs) if kwargs else args))
+
+        return record
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 5090)
+
+    def sctp_recv(self, size: int) -> tuple[Any, int, bytes, Any]:
+        return self.replies.pop(0)
+
+
+made: list[RecordingSctpSocket] = []
+
+
+def test_pysctp_sockets_bind_extra_addresses_and_pass_stream_and_ppid() -> None:
+    module = stand_in_pysctp()
+    module.sctpsocket_tcp = RecordingSctpSocket  # type: ignore[attr-defined]
+    made.clear()
+    sockets = imscore_sctp.PysctpSockets(
+        module,
+        local_addresses={"127.0.0.1": ("127.0.0.2", "127.0.0.3")},
+        peer_addresses={"127.0.0.9": ("127.0.1.9",)},
+    )
+    listener, local = sockets.listener("127.0.0.1", 0)
+    assert local == ("127.0.0.1", 5090) and listener.events.data_io is True
+    assert [name for name, _ in listener.calls] == [
+        "setsockopt",
+        "bind",
+        "bindx",
+        "listen",
+        "setblocking",
+    ]
+    assert listener.calls[1] == ("bind", (("127.0.0.1", 0),))
+    assert listener.calls[2] == ("bindx", ([("127.0.0.2", 5090), ("127.0.0.3", 5090)],))
+    sock, addresses = sockets.client(("127.0.0.9", 5060))
+    assert addresses == [("127.0.0.9", 5060), ("127.0.1.9", 5060)]
+    assert sock.family == socket.AF_INET and sock.events.data_io is True
+    _, single = sockets.client(("127.0.0.8", 5060))
+    assert single == [("127.0.0.8", 5060)]
+
+    wire = sockets.wire
+    wire.write(sock, b"msg", 3, 46)
+    assert sock.calls[-1] == ("sctp_send", ((b"msg",), {"ppid": 46, "stream": 3}))
+    info = types.SimpleNamespace(stream=3, ppid=socket.htonl(46))  # pysctp hands it in network order
+    sock.replies = [(None, 0x8000, b"", None), (None, socket.MSG_EOR, b"msg", info)]
+    assert wire.read(sock, 100) is None  # a notification
+    assert wire.read(sock, 100) == (b"msg", socket.MSG_EOR, 3, 46)
+    wire.check(65535, 0x7F)
+    with pytest.raises(TransportError, match="pysctp cannot send PPID 128"):
+        wire.check(0, 128)  # htonl(128) = 0x80000000: over the C int pysctp 0.7 passes
+    with pytest.raises(TransportError, match="stream 65536 is out of range"):
+        wire.check(65536, 0)
+
+
+def test_pysctp_connectx_waits_for_the_association_without_blocking() -> None:
+    """``connect`` with several addresses: sctp_connectx answers EINPROGRESS (here a stand-in
+    raising BlockingIOError), then the socket's becoming writable and SO_ERROR say how it went; the
+    socket watched is a real AF_UNIX one."""
+
+    async def main() -> None:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        asked: list[Any] = []
+
+        class Connecting:
+            def sock(self) -> socket.socket:
+                return left
+
+            def connectx(self, addresses: Any) -> None:
+                asked.append(addresses)
+                raise BlockingIOError(errno.EINPROGRESS, "in progress")
+
+        left.setblocking(False)
+        right.setblocking(False)
+        for _ in range(100_000):  # fill the pair, so that the socket watched is not writable yet
+            try:
+                left.send(b"x" * 1024)
+            except BlockingIOError:
+                break
+        sockets = imscore_sctp.PysctpSockets(stand_in_pysctp())
+        addresses = [("192.0.2.1", 5060), ("192.0.2.2", 5060)]
+        task = asyncio.ensure_future(sockets.connect(Connecting(), addresses))
+        await asyncio.sleep(0.05)
+        assert asked and not task.done()  # connectx asked, then waiting for writable
+        for _ in range(100_000):
+            try:
+                right.recv(2048)
+            except BlockingIOError:
+                break
+        await asyncio.wait_for(task, 3)
+        assert asked == [[("192.0.2.1", 5060), ("192.0.2.2", 5060)]]
+        left.close()
+        right.close()
+
+    run(main())
+
+
+def test_address_options_parse_and_say_what_is_wrong() -> None:
+    parse = imscore_sctp.parse_addresses
+    assert parse("", source="V") == {}
+    assert parse("10.0.0.1=10.0.1.1, 10.0.2.1; ::1=::2", source="V") == {
+        "10.0.0.1": ("10.0.1.1", "10.0.2.1"),
+        "::1": ("::2",),
+    }
+    for text, problem in (
+        ("10.0.0.1", "V: '10.0.0.1' is not IP=IP[,IP...]"),
+        ("10.0.0.1=", "V: '10.0.0.1=' is not IP=IP[,IP...]"),
+        ("x=10.0.0.2", "V: 'x' is not an IP address"),
+        ("10.0.0.1=host", "V: 'host' is not an IP address"),
+        ("10.0.0.1=::2", "V: ::2 is not of the same address family as 10.0.0.1"),
+    ):
+        with pytest.raises(TransportError) as info:
+            parse(text, source="V")
+        assert str(info.value) == problem
+    options = imscore_sctp.SctpOptions.from_environ(
+        {"IMSCORE_SCTP_LOCAL_ADDRESSES": "127.0.0.1=127.0.0.2", "IMSCORE_SCTP_PEER_ADDRESSES": ""}
+    )
+    assert options.local_addresses == {"127.0.0.1": ("127.0.0.2",)} and options.peer_addresses == {}
+    assert options.needs_pysctp() == "extra local addresses (multi-homing)"
+    assert imscore_sctp.SctpOptions().needs_pysctp() is None
