@@ -217,3 +217,24 @@ def test_the_secret_is_made_once_for_every_node(url: str) -> None:
 def test_key_of_an_aor_is_tagged() -> None:
     key = RedisBindingStore.key("sip:alice@ims.example.test")
     assert key == "imscore:b:{sip:alice@ims.example.test}"
+
+
+def test_two_nodes_removing_one_aor_at_once_report_each_expiry_once(url: str) -> None:
+    # a lease that ran out while its node was still at work: both remove, one reports
+    async def run() -> None:
+        a, b = open_redis_store(url), open_redis_store(url)
+        now = time.time()
+        try:
+            aors = [f"sip:u{k}@ims.example.test" for k in range(30)]
+            for aor in aors:
+                await a.save(aor, [binding(aor, n, now + 1) for n in range(2)])
+            results = await asyncio.gather(
+                *(store._expire_aor(aor, now + 2) for aor in aors for store in (a, b))
+            )
+            reported = [(g.aor, g.uri) for result in results for g in result]
+            assert len(reported) == len(set(reported)) == 60
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(run())
