@@ -92,7 +92,8 @@ def _read_yaml(path: Path, source: str) -> object:
 
 
 def demo_subscribers_path() -> Path:
-    """The demo subscriber file shipped with the package (``profiles/subscribers.demo.yaml`` of the repository, installed as ``imscore/profiles/``)."""
+    """The demo subscriber file shipped with the package (``profiles/subscribers.demo.yaml`` of
+    the repository, installed as ``imscore/profiles/``)."""
     from importlib import resources
 
     return Path(str(resources.files("imscore").joinpath("profiles", "subscribers.demo.yaml")))
