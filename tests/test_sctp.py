@@ -338,6 +338,12 @@ def test_real_sctp_listener_works_or_start_up_says_why() -> None:
         assert result.returncode == 2
         last = result.stderr.splitlines()[-1]
         assert last == f"imscore: cannot listen on sctp:127.0.0.1:0: {unavailable}"
+        chosen = imscore_sctp.choose_backend(imscore_sctp.load_pysctp(), unavailable)
+        assert chosen.name == "stdlib"
+        assert (
+            "sctp transport: using the standard library socket module: " + chosen.reason
+            in result.stderr
+        )
         assert "Traceback" not in result.stderr
         return
     running = start_server(transports=("sctp",))  # the installed plugin, real SCTP sockets
