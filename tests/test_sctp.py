@@ -430,7 +430,7 @@ def test_installed_pysctp_is_used_only_with_kernel_sctp(caplog: pytest.LogCaptur
             client.events.data_io = True
             client.settimeout(5)
             await asyncio.get_running_loop().run_in_executor(None, client.connect, endpoint.local)
-            client.sctp_send(b"hello", ppid=1234, stream=1)
+            client.sctp_send(b"hello", ppid=46, stream=1)  # 46: its network order fits a C int
             for _ in range(300):
                 if got:
                     break
@@ -438,7 +438,7 @@ def test_installed_pysctp_is_used_only_with_kernel_sctp(caplog: pytest.LogCaptur
             assert got and got[0][0] == b"hello"
             association = endpoint.association(got[0][1])
             assert association is not None
-            assert association.last_received == imscore_sctp.Received(1, 1234)
+            assert association.last_received == imscore_sctp.Received(1, 46)
             endpoint.send(b"back", got[0][1], stream=2, ppid=99)
             _, _, data, info = await asyncio.get_running_loop().run_in_executor(
                 None, client.sctp_recv, 65536
