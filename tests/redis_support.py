@@ -57,9 +57,22 @@ def need_redis() -> str:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback TCP port at most 55535 whose cluster bus port (+10000) is free too: Redis
+    Cluster refuses a higher port, and the kernel's ephemeral range often lies above it."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 55535)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as one, socket.socket(
+                socket.AF_INET, socket.SOCK_STREAM
+            ) as bus:
+                one.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free loopback port pair for redis-server found")
 
 
 def _ping(port: int) -> bool:
