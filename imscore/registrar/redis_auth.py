@@ -22,6 +22,9 @@ a UE must answer an AKA challenge to the node that sent it; docs/deployment.rst)
 from __future__ import annotations
 
 import hashlib
+import random
+import threading
+import time
 from typing import Final
 
 from imscore.auth.digest import NonceCounter, NonceUse
@@ -115,6 +118,8 @@ class RedisSqnStore:
     def __init__(self, connection: RedisConnection) -> None:
         self.connection = connection
         self.url = connection.url
+        #: one issue at a time in this process: the compare-and-set then only races other nodes
+        self._lock = threading.Lock()
 
     @staticmethod
     def key(impi: str) -> str:
@@ -132,8 +137,10 @@ class RedisSqnStore:
         """See :meth:`SqnStore.issue` (read, advance, compare-and-set; again if another node
         moved it first)."""
         key = self.key(impi)
-        with self.connection.blocking(f"record the AKA SQN of {impi!r}") as r:
-            for _ in range(SQN_ATTEMPTS):
+        with self._lock, self.connection.blocking(f"record the AKA SQN of {impi!r}") as r:
+            for attempt in range(SQN_ATTEMPTS):
+                if attempt:  # another node moved it first: a short random pause, then again
+                    time.sleep(random.uniform(0.0, 0.0005 * min(attempt, 8)))
                 current = _text(r.get(key))
                 try:
                     stored = self._parse(current)
