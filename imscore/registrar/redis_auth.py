@@ -36,7 +36,7 @@ from .sqn import _next
 __all__ = ["PoolState", "RedisNonceCounter", "RedisSqnStore"]
 
 #: compare-and-set attempts for one SQN before giving up (StoreError)
-SQN_ATTEMPTS: Final = 32
+SQN_ATTEMPTS: Final = 64
 
 # KEYS[1] the nonce's counter. ARGV: nc, TTL in ms. 1 when nc is above every accepted one (stored).
 _USE_NC: Final = """
