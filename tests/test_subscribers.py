@@ -278,7 +278,7 @@ BAD_FILES = [
     pytest.param(
         bob("- impi: bob@ims.example.test\n  passwd: x\n" + SETS),
         BOB + "key 'passwd': unknown key; expected one of: impi, password, aka, implicit_sets, barred, "
-        "max_devices",
+        "max_devices, service_profile",
         id="unknown-key",
     ),
     pytest.param(
@@ -533,7 +533,7 @@ BAD_FILES = [
     pytest.param(
         "subscribers:\n  - alice\n",
         "subs.yaml: subscribers[0]: expected a mapping with keys: impi, password, aka, implicit_sets, "
-        "barred, max_devices, got 'alice'",
+        "barred, max_devices, service_profile, got 'alice'",
         id="entry-not-mapping",
     ),
     pytest.param(

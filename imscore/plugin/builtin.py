@@ -60,7 +60,8 @@ order); the next hop is the first candidate (DNS order). ``ims_identity_resolve`
 to the candidate subscriber with an implicit registration set containing it, compared as
 addresses-of-record (:attr:`imscore.sip.Uri.aor`: a SIP URI's scheme, user and host without
 parameters, the host in lower case; a tel URI's number without visual separators), as the
-subscriber store indexes them. The registry hooks add nothing here: providers come from the
+subscriber store indexes them. ``ims_ifc_match``: the initial filter criteria rules of TS
+29.228 Annex B/C (:mod:`imscore.ifc.match`). The registry hooks add nothing here: providers come from the
 transport and store packages.
 """
 
@@ -71,6 +72,8 @@ from collections.abc import Mapping, Sequence
 from itertools import groupby
 from typing import Any
 
+from imscore.ifc.match import matching_ifcs
+from imscore.ifc.model import Ifc, IfcFacts
 from imscore.profile.model import (
     BUILTIN_PLUGINS,
     OptionValue,
@@ -296,3 +299,9 @@ def ims_identity_resolve(impu: str, subscribers: Sequence[Subscriber]) -> Resolv
 @hookimpl(trylast=True)
 def ims_route_next_hop(request: Request, targets: Sequence[NextHop]) -> NextHop | None:
     return targets[0] if targets else None
+
+
+@hookimpl(trylast=True)
+def ims_ifc_match(request: Request, ifcs: Sequence[Ifc], facts: IfcFacts) -> Sequence[Ifc] | None:
+    """The 3GPP rules of TS 29.228 Annex B/C (:func:`imscore.ifc.match.matching_ifcs`)."""
+    return matching_ifcs(request, ifcs, facts)

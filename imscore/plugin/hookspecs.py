@@ -19,6 +19,7 @@ from typing import Any
 
 import pluggy
 
+from imscore.ifc.model import Ifc, IfcFacts
 from imscore.sip import Request, Uri
 
 from .types import (
@@ -188,6 +189,28 @@ def ims_route_next_hop(request: Request, targets: Sequence[NextHop]) -> NextHop 
     :param targets: candidate hops, in the order the core would try them.
     :returns: the chosen hop, or ``None`` for no opinion; if every plugin answers ``None`` the
         request cannot be routed (the proxy answers 502 / 503).
+    """
+
+
+@hookspec(firstresult=True)
+def ims_ifc_match(request: Request, ifcs: Sequence[Ifc], facts: IfcFacts) -> Sequence[Ifc] | None:
+    """Decide which initial filter criteria of the served user apply to a request.
+
+    Fires when the S-CSCF evaluates a service profile (TS 29.228 Annex B, TS 24.229 §5.4.3.2 and
+    §5.4.3.3): for an out-of-dialog request from a served caller (originating) or to a served
+    identity (terminating), again each time the request comes back from an application server
+    (with the iFCs of lower priority than the one just executed), and for a REGISTER, a
+    de-registration or an expiry (third-party registration, TS 24.229 §5.4.1.7). Stops at the first
+    non-``None`` result.
+
+    :param request: the request as it is now (for a registration event without one, e.g. an
+        expiry, a REGISTER the S-CSCF made up with ``Expires: 0``). Read it, do not change it.
+    :param ifcs: the candidate iFCs (:class:`imscore.ifc.Ifc`), in priority order.
+    :param facts: :class:`imscore.ifc.IfcFacts`: the session case, whether the served user is
+        registered, the registration type of a REGISTER and the interface the request came on.
+    :returns: the iFCs that apply, in the order their application servers are visited (an empty
+        sequence for none); ``None`` for no opinion. The builtin default applies the 3GPP rules
+        (:mod:`imscore.ifc.match`).
     """
 
 

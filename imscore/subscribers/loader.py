@@ -38,11 +38,20 @@ from .model import (
     impi_key,
     parse_impu,
 )
+from .service_profile import parse_service_profile
 
 __all__ = ["ENTRY_KEYS", "demo_subscribers_path", "load_subscribers", "subscribers_from_data"]
 
 #: The keys of one entry of the ``subscribers`` list.
-ENTRY_KEYS: Final = ("impi", "password", "aka", "implicit_sets", "barred", "max_devices")
+ENTRY_KEYS: Final = (
+    "impi",
+    "password",
+    "aka",
+    "implicit_sets",
+    "barred",
+    "max_devices",
+    "service_profile",
+)
 _AKA_KEYS: Final = ("k", "op", "opc", "amf", "sqn")
 _TOP_KEYS: Final = ("subscribers",)
 _HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
@@ -196,6 +205,7 @@ class _Entry:
         sets = self.implicit_sets(data.get("implicit_sets"), "implicit_sets" in data)
         barred = self.barred(data.get("barred"), sets)
         max_devices = self.max_devices(data.get("max_devices"))
+        service_profile = parse_service_profile(data.get("service_profile"), self.fail, _describe)
         problem = None
         try:
             return Subscriber(
@@ -205,6 +215,7 @@ class _Entry:
                 implicit_sets=sets,
                 barred=barred,
                 max_devices=max_devices,
+                service_profile=service_profile,
             )
         except ValueError as exc:  # the checks above should have caught it; the model has the last word
             problem = str(exc)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
+from imscore.ifc.model import NO_SERVICES, ServiceProfile
 from imscore.plugin import types as hook_types
 from imscore.sip import ParseError, SipUri, TelUri, Uri, parse_uri
 
@@ -246,6 +247,8 @@ class Subscriber:
         barred.
     :param max_devices: the most devices (contacts) this subscriber may register at once, overriding
         the binding policy's limit; ``None`` leaves the policy's own.
+    :param service_profile: the initial filter criteria of the subscriber's public identities
+        (TS 29.228 Annex B; one profile for all of them), empty by default.
     :raises ValueError: when one of those rules is broken.
     """
 
@@ -255,6 +258,7 @@ class Subscriber:
     implicit_sets: tuple[ImplicitSet, ...] = ()
     barred: frozenset[str] = frozenset()
     max_devices: int | None = None
+    service_profile: ServiceProfile = NO_SERVICES
     # address-of-record key -> index of its implicit set (None: barred and in no set)
     _index: dict[str, int | None] = field(init=False, repr=False, compare=False, hash=False)
 
@@ -366,5 +370,5 @@ class Subscriber:
         return (
             f"Subscriber(impi={self.impi!r}, password={password}, aka={self.aka!r}, "
             f"implicit_sets={self.implicit_sets!r}, barred={sorted(self.barred)!r}, "
-            f"max_devices={self.max_devices!r})"
+            f"max_devices={self.max_devices!r}, ifcs={len(self.service_profile.ifcs)})"
         )
