@@ -21,6 +21,7 @@ from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri, Ur
 from imscore.subscribers import ImplicitSet, Subscriber, SubscriberStore
 
 from .authenticator import Authenticator, AuthOutcome
+from .change import DEREGISTRATION, INITIAL, REREGISTRATION, RegistrationChange
 from .identity import find_identity, phone_number, resolve_identity
 from .model import FlowInfo, StoredBinding
 from .regevent import RegEventService
@@ -90,6 +91,9 @@ class Registrar:
         #: called with the AOR whose bindings a REGISTER or an expiry changed (worker processes tell
         #: each other, so a reg-event subscription held by another one hears of it too)
         self.on_change: Callable[[str], None] | None = None
+        #: called after a stored REGISTER or an expiry changed whether or how long a set is
+        #: registered (third-party registration, TS 24.229 §5.4.1.7: imscore.server.thirdparty)
+        self.on_registration: Callable[[RegistrationChange], None] | None = None
         #: REGISTERs of one set decided here take turns (a store shared by several nodes)
         self._deciding = AorLocks()
 
@@ -216,6 +220,7 @@ class Registrar:
             self._changed(aor)
             notes = self.regevent.changed(aor, [], now, deregistered=True)
             ok = self._ok(request, subscriber, implicit_set, [], now)
+            self._registration(request, ok, subscriber, implicit_set, flow, stored, [], now)
             return RegisterOutcome(ok, tuple(stored), tuple(notes))
         contacts = request.contacts
         if not contacts:  # a query
@@ -244,6 +249,7 @@ class Registrar:
         removed = tuple(b for b in stored if not any(k.same_device(b) for k in kept))
         notes = self.regevent.changed(aor, kept, now, deregistered=not kept)
         ok = self._ok(request, subscriber, implicit_set, kept, now)
+        self._registration(request, ok, subscriber, implicit_set, flow, stored, kept, now)
         return RegisterOutcome(ok, removed, tuple(notes))
 
     async def subscribe(
@@ -294,6 +300,9 @@ class Registrar:
             self._changed(aor)
             left = [b for b in await self.bindings.load(aor) if not b.expired(now)]
             notes.extend(self.regevent.changed(aor, left, now, deregistered=not left))
+            if not left and self.on_registration is not None:
+                impi = next(b.impi for b in expired if b.aor == aor)
+                self.on_registration(RegistrationChange(DEREGISTRATION, aor, impi, 0, "expired"))
         notes.extend(self.regevent.expire(now))
         return tuple(notes)
 
@@ -308,6 +317,37 @@ class Registrar:
     def _changed(self, aor: str) -> None:
         if self.on_change is not None:
             self.on_change(aor)
+
+    def _registration(
+        self,
+        request: Request,
+        response: Response,
+        subscriber: Subscriber,
+        implicit_set: ImplicitSet,
+        flow: FlowInfo,
+        before: Sequence[StoredBinding],
+        after: Sequence[StoredBinding],
+        now: float,
+    ) -> None:
+        """Tell :attr:`on_registration` what a stored REGISTER did to the set's registration."""
+        if self.on_registration is None or (not before and not after):
+            return
+        kind = DEREGISTRATION if not after else (REREGISTRATION if before else INITIAL)
+        host, port = flow.local
+        self.on_registration(
+            RegistrationChange(
+                kind,
+                implicit_set.default.aor,
+                subscriber.impi,
+                max((b.remaining(now) for b in after), default=0),
+                impu=request.to.uri,
+                subscriber=subscriber,
+                implicit_set=implicit_set,
+                request=request,
+                response=response,
+                interface=f"{flow.transport}:{host}:{port}",
+            )
+        )
 
     # -- pieces --------------------------------------------------------------------------------------
     def _expires(self, request: Request, contact: Contact) -> int:

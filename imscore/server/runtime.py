@@ -39,6 +39,7 @@ from .providers import BUILTIN_STORES, ProviderError, collect, open_provided, sc
 from .proxying import ProxyService
 from .qualify import Qualifier
 from .retransmit import RetransmissionCache
+from .thirdparty import ThirdPartyRegistration
 
 if TYPE_CHECKING:
     from .workers import WorkerSetup
@@ -246,6 +247,9 @@ class Server:
             auth.counter = pool.nonce_counter(auth.nonces.lifetime)
         self.proxying = ProxyService(self)  # the forking proxy (RFC 3261 §16), see docs/proxy.rst
         self.proxying.core.on_final = self._forked
+        #: third-party REGISTERs to the application servers of the users' iFCs (docs/ifc.rst)
+        self.thirdparty = ThirdPartyRegistration(self)
+        self.registrar.on_registration = self.thirdparty.changed
         if self.metrics_address is not None:
             try:
                 await self._start_metrics(*self.metrics_address)
