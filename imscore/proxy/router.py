@@ -13,7 +13,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imscore.profile import Profile
 from imscore.registrar.authenticator import Authenticator, AuthOutcome
@@ -25,6 +25,9 @@ from imscore.sip.headers import parse_auth, parse_via
 from imscore.subscribers import Subscriber, SubscriberStore
 
 from .core import Destination, Target, loop_key
+
+if TYPE_CHECKING:
+    from imscore.ifc.routing import ServiceRouting
 
 __all__ = ["Decision", "Router", "flow_for", "is_private_host", "nat_decision"]
 
@@ -164,6 +167,8 @@ class Router:
         self.plugins = plugins
         self.authenticator = authenticator
         self._local = local
+        #: routes requests through the ASs of matching iFCs (imscore.ifc.routing), or ``None``
+        self.services: ServiceRouting | None = None
 
     # -- what is ours ------------------------------------------------------------------------------
     def is_local_address(self, host: str, port: int | None) -> bool:
@@ -204,9 +209,13 @@ class Router:
         unsupported = [t for t in request.proxy_require if t.lower() not in PROXY_SUPPORTED]
         if unsupported:
             return Decision.answer(420, None, ("Unsupported", ", ".join(unsupported)))
-        if self._looped(request):
+        if self._looped(request) and not self._from_as(request):
             return Decision.answer(482)
         return None
+
+    def _from_as(self, request: Request) -> bool:
+        """Back from an AS with our odi Route: the same request again is a spiral, not a loop."""
+        return self.services is not None and bool(self.services.returning(request))
 
     def _looped(self, request: Request) -> bool:
         """§16.3 step 4: a Via of ours whose branch carries the loop key of this very request
@@ -267,10 +276,18 @@ class Router:
             refused = await self._authorise(request, flow, caller, now)
             if refused is not None:
                 return refused
+            if self.services is not None:  # the caller's originating iFCs (TS 24.229 §5.4.3.2)
+                routed = self.services.originating(request, caller, flow, now)
+                if routed is not None:
+                    return routed
         if self.serves(request.uri):
-            return await self._terminating(request, now)
+            return await self._terminating(request, now, flow)
         if caller is None and not self._trusted(flow):
             return Decision.answer(403, "Relaying denied")
+        return self.onward(request)
+
+    def onward(self, request: Request) -> Decision:
+        """A request for another domain: to the profile's outbound proxy, else its Request-URI."""
         outbound = self.settings.outbound
         if outbound:
             return Decision(
@@ -346,8 +363,17 @@ class Router:
                     return True
         return False
 
-    async def _terminating(self, request: Request, now: float) -> Decision:
-        """The bindings of the Request-URI's implicit registration set, planned by the forking hook."""
+    async def terminating(
+        self, request: Request, now: float, flow: FlowInfo | None = None, after: int | None = None
+    ) -> Decision:
+        """The terminating side for a request back from an AS (iFCs after priority ``after``)."""
+        return await self._terminating(request, now, flow, after)
+
+    async def _terminating(
+        self, request: Request, now: float, flow: FlowInfo | None = None, after: int | None = None
+    ) -> Decision:
+        """The bindings of the Request-URI's implicit registration set, planned by the forking hook
+        (first through the ASs of the callee's terminating iFCs after priority ``after``)."""
         uri, candidate = await find_identity(self.subscribers, request.uri)
         resolved = await resolve_identity(self.plugins, self.subscribers, uri, candidate)
         if resolved is None or resolved[0].is_barred(uri):
@@ -355,6 +381,10 @@ class Router:
         implicit_set = resolved[1]
         aor = implicit_set.default.aor
         live = [b for b in await self.bindings.load(aor) if not b.expired(now)]
+        if self.services is not None:  # TS 24.229 §5.4.3.3
+            routed = self.services.terminating(request, resolved[0], bool(live), flow, now, after)
+            if routed is not None:
+                return routed
         if not live:
             return Decision.answer(480, "Temporarily Unavailable")
         choice = self.profile.policies["forking"]

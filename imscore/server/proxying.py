@@ -14,6 +14,8 @@ import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from imscore.ifc.odi import ODI_PARAM, OdiStamp
+from imscore.ifc.routing import ServiceRouting
 from imscore.plugin.types import NextHop
 from imscore.proxy.core import Branch, Destination, ProxyCore
 from imscore.proxy.relay import (
@@ -76,6 +78,9 @@ class ProxyService:
         server.core.defer_all = True
         #: stamps our Record-Route values with the dialog's Call-ID (workers share the key)
         self.stamp = DialogStamp(self._stamp_secret(server))
+        #: routes requests through the ASs of matching iFCs, and knows them when they come back
+        self.ifc = ServiceRouting(server.plugins, OdiStamp(self._stamp_secret(server)), self._odi_route)
+        self.router.services = self.ifc
         #: flows seen for contacts we forked to: in-dialog requests and ACKs to them use these
         self.known_flows: dict[str, FlowInfo | None] = {}
         #: ACKs neither in a dialog we record-routed nor to a device we forked to (not relayed)
@@ -129,6 +134,11 @@ class ProxyService:
         stamp = self.stamp.make(request.call_id, request.from_.tag)
         return f"<sip:{host}:{port};transport={transport};lr;{DIALOG_PARAM}={stamp}>"
 
+    def _odi_route(self, token: str) -> str:
+        """Our Route for an AS to send a request back along, carrying its ``odi`` token."""
+        transport, host, port = self.server.addresses[0]
+        return f"<sip:{_bracket(host)}:{port};transport={transport};lr;{ODI_PARAM}={token}>"
+
     # -- requests ----------------------------------------------------------------------------------
     def is_registrar_request(self, request: Request) -> bool:
         """REGISTER, and a SUBSCRIBE that starts a subscription, go to the registrar (which
@@ -166,7 +176,7 @@ class ProxyService:
                 return
             info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
             try:
-                decision = await self._route(request, info, strict or stamp_of(own))
+                decision = await self._route(request, info, strict or stamp_of(own), own)
             except SipError:
                 raise  # a header of the request does not parse: the server's guard answers it
             except StoreError as exc:  # the bindings cannot be read (Redis down): come back later
@@ -217,8 +227,17 @@ class ProxyService:
             registered_flow=registered,
         )
 
-    async def _route(self, request: Request, flow: FlowInfo, stamp: str | None) -> Decision:
-        """The relay rules first (who may be relayed where), then the router's decision."""
+    async def _route(
+        self, request: Request, flow: FlowInfo, stamp: str | None, own: SipUri | None = None
+    ) -> Decision:
+        """The relay rules first (who may be relayed where), then the router's decision; a
+        request back from an AS with our valid ``odi`` Route goes on with its iFCs."""
+        odi = own.params.get(ODI_PARAM) if own is not None else None
+        if odi is not None and request.to.tag is None:
+            now = self.server.clock()
+            state = self.ifc.read(odi, now)
+            if state is not None:  # TS 24.229 §5.4.3.2 / §5.4.3.3
+                return await self.ifc.resume(self.router, request, flow, now, state)
         verdict = relay_verdict(await self.relay_facts(request, flow, stamp))
         if verdict.refused:
             assert verdict.status is not None
