@@ -59,6 +59,9 @@ class TransportStats:
         multicast or unspecified address, or port 0.
     :ivar keepalives: keep-alives received (empty UDP datagrams of CR/LF, CRLFCRLF pings and CRLF
         pongs on streams).
+    :ivar stun_answered: STUN Binding Requests answered on a UDP port (RFC 5626 §8 keep-alives).
+    :ivar stun_dropped: datagrams that looked like STUN (first octet 0x00/0x01, magic cookie) but
+        were malformed, or STUN messages that get no answer; dropped, never parsed as SIP.
     :ivar connections_opened: stream connections accepted.
     :ivar connections_rejected: stream connections closed at once because ``max_connections`` were live.
     :ivar connections_refused_per_source: accepted connections closed at once because
@@ -81,6 +84,8 @@ class TransportStats:
     dropped_unanswerable: int = 0
     dropped_unroutable: int = 0
     keepalives: int = 0
+    stun_answered: int = 0
+    stun_dropped: int = 0
     connections_opened: int = 0
     connections_rejected: int = 0
     connections_refused_per_source: int = 0

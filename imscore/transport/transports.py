@@ -40,6 +40,7 @@ from imscore.sip import (
     parse_datagram,
 )
 
+from . import stun
 from .backlog import DatagramBacklog
 from .droplog import DEFAULT_INTERVAL, DropLog
 from .flow import TRANSPORTS, Flow, MessageHandler, TransportError, TransportStats
@@ -728,12 +729,40 @@ class Transports:
         def reply(answer: bytes) -> None:
             endpoint.sendto(answer, remote)
 
+        if stun.looks_like_stun(data):  # RFC 5626 §8: a keep-alive, never SIP
+            self._stun_received(data, flow, reply)
+            return
         shortcut = self.datagram_shortcut
         if shortcut is not None and self._tap is None and shortcut(data, flow):
             self.stats.received += 1
             self.stats.delivered += 1
             return
         self._one_message(data, flow, reply)
+
+    def _stun_received(self, data: bytes, flow: Flow, reply: _Reply) -> None:
+        """A STUN message on a SIP UDP port: a Binding Request is answered with the flow's remote
+        address (a keep-alive, counted as one); anything else is dropped and counted."""
+        source = f"udp {_join(*flow.remote)}"
+        try:
+            answer = stun.answer(data, flow.remote)
+        except stun.StunError as error:
+            self.stats.stun_dropped += 1
+            self.drops.record("dropped malformed STUN", f"{source}: {error}")
+            return
+        if answer is None:
+            self.stats.stun_dropped += 1
+            self.drops.record("dropped STUN not a Binding Request", source)
+            return
+        try:
+            reply(answer)
+        except TransportError as failed:
+            self.stats.stun_dropped += 1
+            self.drops.record("STUN answer not sent", f"{source}: {failed}")
+            return
+        self.stats.stun_answered += 1
+        self.stats.keepalives += 1
+        if self.on_keepalive is not None:
+            self.on_keepalive(flow)
 
     def _one_message(self, data: bytes, flow: Flow, reply: _Reply) -> None:
         """One datagram or SCTP message: a SIP message, a keep-alive, or bad input answered."""
