@@ -19,6 +19,7 @@ from imscore.profile import Profile
 from imscore.registrar.authenticator import Authenticator, AuthOutcome
 from imscore.registrar.identity import find_identity, phone_number, resolve_identity
 from imscore.registrar.model import FlowInfo, StoredBinding
+from imscore.registrar.outbound import flow_set, is_outbound
 from imscore.registrar.store import BindingStore
 from imscore.sip import Request, SipError, SipUri, TelUri, Uri
 from imscore.sip.headers import parse_auth, parse_via
@@ -84,6 +85,8 @@ def nat_decision(binding: StoredBinding) -> tuple[FlowInfo | None, str]:
     if flow is None:
         return None, "no flow recorded"
     seen = f"flow from {_hostport(*flow.remote)}"
+    if is_outbound(binding):
+        return flow, f"registered with outbound (RFC 5626): that flow only ({seen})"
     if flow.connection is not None:
         return flow, f"registered over {flow.transport.upper()}: the same connection ({seen})"
     if binding.path:
@@ -397,15 +400,37 @@ class Router:
             return Decision.answer(500, f"Unknown forking strategy {choice.plugin!r}")
         by_contact = {b.uri: b for b in live}
         groups: list[tuple[tuple[Target, ...], float | None]] = []
+        instances: set[str] = set()  # RFC 5626 §5.3: one branch per outbound instance
         for group in plan:
             targets = tuple(
-                self._binding_target(by_contact[c]) for c in group.targets if c in by_contact
+                target
+                for c in group.targets
+                if c in by_contact
+                and (target := self._instance_target(by_contact[c], live, instances)) is not None
             )
             if targets:
                 groups.append((targets, group.timeout))
         if not groups:
             return Decision.answer(480, "Temporarily Unavailable")
         return Decision(groups=groups, kind="terminating")
+
+    @classmethod
+    def _instance_target(
+        cls, binding: StoredBinding, live: Sequence[StoredBinding], seen: set[str]
+    ) -> Target | None:
+        """The branch for a binding; for one registered with outbound, the branch of its
+        instance, carrying every flow (reg-id) of the instance in the order to try them, once
+        (``None`` for the instance's other bindings)."""
+        instance = binding.instance_id
+        if not is_outbound(binding) or instance is None:
+            return cls._binding_target(binding)
+        if instance in seen:
+            return None
+        seen.add(instance)
+        mine = [b for b in live if b.instance_id == instance and is_outbound(b)]
+        flows = flow_set(mine)
+        newest = max(mine, key=lambda b: b.registered_at)
+        return Target(uri=newest.uri, destination=Destination(newest.uri, flows), label=instance)
 
     @staticmethod
     def _binding_target(binding: StoredBinding) -> Target:

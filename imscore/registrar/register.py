@@ -24,6 +24,7 @@ from .authenticator import Authenticator, AuthOutcome
 from .change import DEREGISTRATION, INITIAL, REREGISTRATION, RegistrationChange
 from .identity import find_identity, phone_number, resolve_identity
 from .model import FlowInfo, StoredBinding
+from .outbound import OUTBOUND_MARK, flow_timer, uses_outbound
 from .regevent import RegEventService
 from .sqn import SqnStore
 from .store import BindingStore
@@ -387,6 +388,7 @@ class Registrar:
             path=tuple(request.headers.values("Path")),
             flow=flow,
             user_agent=request.headers.get("User-Agent"),
+            extra={OUTBOUND_MARK: "1"} if uses_outbound(request, contact) else {},
         )
 
     def _policy(
@@ -442,6 +444,11 @@ class Registrar:
         if "path" in [t.lower() for t in request.supported] and "Path" in request.headers:
             headers.extend(("Path", value) for value in request.headers.get_all("Path"))
         headers.append(("Supported", ", ".join(SUPPORTED)))
+        if request.headers.count("Contact") and not request.contact_star:
+            flows = [c for c in request.contacts if uses_outbound(request, c)]
+            if flows:  # RFC 5626 §6: the device's flow is registered; keep it alive this often
+                headers.append(("Require", "outbound"))
+                headers.append(("Flow-Timer", flow_timer(request.top_via.transport)))
         headers.append(("Date", _http_date(now)))
         return self._reply(request, 200, None, headers)
 

@@ -28,6 +28,7 @@ from imscore.proxy.relay import (
 )
 from imscore.proxy.router import Decision, Router
 from imscore.registrar import FlowInfo
+from imscore.registrar.outbound import FlowSet
 from imscore.registrar.store import SqliteBindingStore
 from imscore.routing import RoutingError, TargetList
 from imscore.sip import Request, Response, SipError, SipUri
@@ -315,6 +316,10 @@ class ProxyService:
             log.exception("branch %s to %s failed", branch.index, destination.uri)
             self._fail(branch, 500, "Routing error")
             return
+        if isinstance(destination.flow, FlowSet):  # in-dialog requests follow the flow chosen
+            self._remember(
+                branch.target.uri, FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
+            )
         actions = self.core.send_branch(branch, flow, flow.reliable, server.now())
         server.emit(server.core.proxied(actions))
 
@@ -342,10 +347,14 @@ class ProxyService:
         return await self._first_reachable(targets, destination.uri)
 
     async def _direct_flow(self, destination: Destination, uri: SipUri) -> Flow | None:
-        """The flow that needs no DNS: the registration's recorded flow while it is usable (a
-        closed TCP/TLS connection falls back to the Contact: RFC 5626 would answer 430), else the
-        URI's numeric host; ``None`` when the host is a name."""
+        """The flow that needs no DNS: for a device registered with outbound, the first of its
+        flows still open (none left: :class:`RoutingError` 430 Flow Failed, RFC 5626 §5.3, never
+        the Contact); else the registration's recorded flow while it is usable (a closed TCP/TLS
+        connection falls back to the Contact), else the URI's numeric host; ``None`` when the
+        host is a name."""
         recorded = destination.flow
+        if isinstance(recorded, FlowSet):
+            return await self._outbound_flow(recorded)
         if isinstance(recorded, FlowInfo):
             if recorded.connection is None:
                 return await self._connect(recorded.transport, recorded.remote)
@@ -357,6 +366,21 @@ class ProxyService:
         transport = (uri.params.get("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
         port = uri.port or (5061 if transport == "tls" else 5060)
         return await self._connect(transport, (host, port))
+
+    async def _outbound_flow(self, flows: FlowSet) -> Flow:
+        """The first flow of an outbound instance that is not gone (a TCP/TLS connection still
+        open, a UDP flow through our socket), in the router's order."""
+        for recorded in flows.flows:
+            if recorded.connection is None:
+                try:
+                    return await self._connect(recorded.transport, recorded.remote)
+                except TransportError as exc:
+                    log.info("outbound flow %s of %s gone: %s", recorded, flows.instance_id, exc)
+                    continue
+            if self._has_connection(recorded.connection):
+                return Flow(recorded.transport, recorded.local, recorded.remote, recorded.connection)
+            log.info("outbound flow %s of %s gone: connection closed", recorded, flows.instance_id)
+        raise RoutingError(430, "Flow Failed", f"no flow of {flows.instance_id} is left")
 
     async def _first_reachable(self, targets: TargetList, what: str) -> Flow:
         """A flow to the next target that can be connected to (the others are marked failed)."""

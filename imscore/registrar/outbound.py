@@ -1,0 +1,91 @@
+"""SIP Outbound (RFC 5626) as the registrar and the proxy use it, without the edge proxy role.
+
+A REGISTER uses outbound when a Contact has ``+sip.instance`` and ``reg-id`` and its Supported
+lists ``outbound`` (§6). When it came straight to us (no Path: we are the first hop, the "edge"),
+the flow it arrived on is the device's flow for that reg-id: the 200 OK says ``Require: outbound``
+and ``Flow-Timer`` (§4.4.1, §6), and requests for the device go down that flow only, never to the
+Contact address; when no flow of the instance is left, the branch fails with ``430 Flow Failed``
+(§5.3). Behind a Path (a P-CSCF or another edge proxy) the flow is the edge's business: the
+registration is kept as a plain one (see docs/registrar.rst for why no 439 is sent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from imscore.sip import Contact, Request
+
+from .model import FlowInfo, StoredBinding
+
+__all__ = [
+    "FLOW_TIMER_STREAM",
+    "FLOW_TIMER_UDP",
+    "OUTBOUND_MARK",
+    "FlowSet",
+    "flow_set",
+    "flow_timer",
+    "is_outbound",
+    "uses_outbound",
+]
+
+#: ``Flow-Timer`` (seconds) for a flow over UDP: under the 30 s many NATs keep a UDP mapping; the
+#: UA sends a STUN keep-alive every 80-100 % of it (RFC 5626 §4.4.1)
+FLOW_TIMER_UDP: Final = 29
+#: ``Flow-Timer`` for a TCP or TLS flow (a CRLF ping, RFC 5626 §4.4.1 suggests 95-120 s)
+FLOW_TIMER_STREAM: Final = 120
+#: the key in :attr:`StoredBinding.extra` that marks a binding registered with outbound
+OUTBOUND_MARK: Final = "outbound"
+
+
+def uses_outbound(request: Request, contact: Contact) -> bool:
+    """RFC 5626 §6: this Contact of a REGISTER that came without a Path registers a flow."""
+    if contact.instance is None or contact.reg_id is None:
+        return False
+    if "outbound" not in [t.lower() for t in request.supported]:
+        return False
+    return "Path" not in request.headers
+
+
+def flow_timer(transport: str) -> int:
+    """The ``Flow-Timer`` we ask for on a flow of this transport."""
+    return FLOW_TIMER_UDP if transport.lower() == "udp" else FLOW_TIMER_STREAM
+
+
+def is_outbound(binding: StoredBinding) -> bool:
+    """The binding was registered with outbound: requests for it are bound to its flow."""
+    return (
+        binding.extra.get(OUTBOUND_MARK) == "1"
+        and binding.flow is not None
+        and binding.instance_id is not None
+        and binding.reg_id is not None
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSet:
+    """The flows of one outbound instance, in the order to try them (a branch's destination).
+
+    :param instance_id: the ``+sip.instance`` they belong to.
+    :param flows: one flow per reg-id, the most recently registered first; a flow that is gone
+        (connection closed) is skipped, and when none is left the branch fails with ``430``.
+    """
+
+    instance_id: str
+    flows: tuple[FlowInfo, ...]
+
+
+def flow_set(bindings: Sequence[StoredBinding]) -> FlowSet | None:
+    """The usable flows of these outbound bindings of one instance (UDP flows that contact
+    qualification marked unreachable are gone), newest registration first (possibly none left:
+    the branch then fails with 430); ``None`` when the bindings have no instance."""
+    usable = [
+        b
+        for b in bindings
+        if is_outbound(b) and (b.reachable or (b.flow is not None and b.flow.connection is not None))
+    ]
+    usable.sort(key=lambda b: b.registered_at, reverse=True)
+    flows = tuple(b.flow for b in usable if b.flow is not None)
+    instance = bindings[0].instance_id if bindings else None
+    return FlowSet(instance, flows) if instance is not None else None
