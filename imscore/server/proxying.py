@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
@@ -78,9 +79,12 @@ class ProxyService:
         server.core.proxy = self.core
         server.core.defer_all = True
         #: stamps our Record-Route values with the dialog's Call-ID (workers share the key)
-        self.stamp = DialogStamp(self._stamp_secret(server))
+        # one secret for both stamps (drawn once when no store keeps it: the lab's seeded runs
+        # then stay byte for byte what they were)
+        secret = self._stamp_secret(server) or secrets.token_bytes(32)
+        self.stamp = DialogStamp(secret)
         #: routes requests through the ASs of matching iFCs, and knows them when they come back
-        self.ifc = ServiceRouting(server.plugins, OdiStamp(self._stamp_secret(server)), self._odi_route)
+        self.ifc = ServiceRouting(server.plugins, OdiStamp(secret), self._odi_route)
         self.router.services = self.ifc
         #: flows seen for contacts we forked to: in-dialog requests and ACKs to them use these
         self.known_flows: dict[str, FlowInfo | None] = {}
