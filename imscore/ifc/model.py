@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
+    "DEFAULT_AS_TIMEOUT",
     "DEFAULT_HANDLINGS",
     "NO_SERVICES",
     "PROFILE_PARTS",
@@ -50,6 +51,9 @@ REGISTRATION_TYPES: Final = ("initial", "re-registration", "de-registration")
 SESSION_CONTINUED: Final = "session-continued"
 SESSION_TERMINATED: Final = "session-terminated"
 DEFAULT_HANDLINGS: Final = (SESSION_CONTINUED, SESSION_TERMINATED)
+#: how long a request routed to an AS waits for its first response (a 100 Trying counts) before
+#: the AS counts as not reached (TS 24.229 §5.4.3.2 leaves the value to the operator)
+DEFAULT_AS_TIMEOUT: Final = 2.0
 #: ProfilePartIndicator: the iFC applies while the user is registered, or unregistered
 PROFILE_PARTS: Final = ("registered", "unregistered")
 #: the kinds of service point trigger (SIP-Interface is imscore's: the listener a request came on)
@@ -178,6 +182,9 @@ class ApplicationServer:
     :param include_register_request: a third-party REGISTER carries the UE's REGISTER
         (``message/sip``, TS 29.228 IncludeRegisterRequest).
     :param include_register_response: it carries our 200 OK to it (IncludeRegisterResponse).
+    :param response_timeout: seconds a request routed to the AS waits for the AS's first response
+        (a 100 Trying counts) before the AS counts as not reached and the default handling applies
+        (``None``: only the transaction's own Timer B/F, 32 s by default).
     """
 
     uri: str
@@ -185,10 +192,14 @@ class ApplicationServer:
     service_info: str | None = None
     include_register_request: bool = False
     include_register_response: bool = False
+    response_timeout: float | None = DEFAULT_AS_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.default_handling not in DEFAULT_HANDLINGS:
             raise ValueError(f"expected {' or '.join(DEFAULT_HANDLINGS)}, got {self.default_handling!r}")
+        timeout = self.response_timeout
+        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+            raise ValueError(f"expected a response timeout above 0 seconds, got {timeout!r}")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,14 @@ from imscore.registrar.identity import find_identity, resolve_identity
 from imscore.sip import ParseError, Request, SipUri, TelUri, parse_uri
 from imscore.subscribers import Subscriber
 
-from .model import ORIGINATING, TERMINATING_REGISTERED, TERMINATING_UNREGISTERED, Ifc, IfcFacts
+from .model import (
+    ORIGINATING,
+    SESSION_CONTINUED,
+    TERMINATING_REGISTERED,
+    TERMINATING_UNREGISTERED,
+    Ifc,
+    IfcFacts,
+)
 from .odi import OdiStamp, OdiState, uri_digest
 
 if TYPE_CHECKING:
@@ -91,9 +98,15 @@ class ServiceRouting:
         from imscore.proxy.router import Decision
 
         back = self.route_back(self.stamp.make(state))
-        server = ifc.server.uri
+        server = ifc.server
         target = Target(
-            str(request.uri), (f"<{server};lr>", back), Destination(server), label=f"AS {server}"
+            str(request.uri),
+            (f"<{server.uri};lr>", back),
+            Destination(server.uri),
+            label=f"AS {server.uri}",
+            answer_timeout=server.response_timeout,
+            # session-continued: an AS not reached is skipped (imscore.ifc.defaults)
+            unreached=state if server.default_handling == SESSION_CONTINUED else None,
         )
         return Decision(groups=[((target,), None)], kind="as")
 
@@ -140,9 +153,10 @@ class ServiceRouting:
         return self.stamp.read(token, now)
 
     async def resume(
-        self, router: Router, request: Request, flow: FlowInfo, now: float, state: OdiState
+        self, router: Router, request: Request, flow: FlowInfo | None, now: float, state: OdiState
     ) -> Decision:
-        """Go on with a request an AS sent back (its ``odi`` Route already removed)."""
+        """Go on with a request an AS sent back (its ``odi`` Route already removed), or one an AS
+        did not answer with the default handling session-continued (as if sent back unchanged)."""
         if state.case == "orig":
             caller = await self._subscriber(router, state.served)
             if caller is not None:

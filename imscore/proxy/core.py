@@ -84,12 +84,21 @@ class Target:
     :param route: Route header values to put first (Path of the binding), in order.
     :param destination: where to send it.
     :param label: a name for logs and tests (e.g. the device's instance id or contact).
+    :param answer_timeout: seconds to wait for the branch's first response (a 100 Trying counts)
+        before it counts as not reached (an application server's shorter timer); ``None``: only
+        the transaction's Timer B/F.
+    :param unreached: an opaque continuation: when the branch is not reached (no response, a
+        transport failure, a 408 or a 5xx before any provisional response), the proxy asks
+        :attr:`ProxyCore.on_unreached` whether the caller routes the request on instead
+        (:meth:`ProxyCore.reroute`); ``None``: the branch's failure counts as any other.
     """
 
     uri: str
     route: tuple[str, ...] = ()
     destination: Destination | None = None
     label: str = ""
+    answer_timeout: float | None = None
+    unreached: object | None = None
 
 
 @dataclass(eq=False)
@@ -120,6 +129,8 @@ class Branch(Generic[FlowT]):
     targets: object | None = None
     #: how many targets were tried
     attempts: int = 0
+    #: when the branch counts as not reached without a first response (Target.answer_timeout)
+    answer_deadline: float | None = None
 
     @property
     def final(self) -> bool:
@@ -146,6 +157,11 @@ class ForkContext(Generic[FlowT]):
     reason: str | None = None
     #: the first final response went upstream (and :attr:`ProxyCore.on_final` was told)
     reported: bool = False
+    #: the caller works out where the request goes instead of an unreached branch
+    #: (:meth:`ProxyCore.reroute`): no answer goes upstream meanwhile
+    rerouting: bool = False
+    #: the flow the request came on
+    inbound: object | None = None
 
     def pending(self) -> list[Branch[FlowT]]:
         return [b for b in self.branches if not b.final]
@@ -211,6 +227,9 @@ class ProxyCore(Generic[FlowT]):
         #: told of the first final response of each forked request as it goes upstream (the
         #: runtime logs and counts the outcome)
         self.on_final: Callable[[ForkContext[FlowT], Response], None] | None = None
+        #: asked when a branch whose target has an ``unreached`` continuation was not reached:
+        #: ``True`` when the caller will route the request on (and call :meth:`reroute`)
+        self.on_unreached: Callable[[Branch[FlowT]], bool] | None = None
         self.record_route = record_route
         self.server_name = server_name
         self._by_client: dict[ClientTransaction[FlowT], Branch[FlowT]] = {}
@@ -250,6 +269,7 @@ class ProxyCore(Generic[FlowT]):
             groups=[(tuple(targets), timeout) for targets, timeout in groups if targets],
             is_invite=request.method == "INVITE",
             loop=loop_key(request, upstream_via),
+            inbound=inbound,
         )
         if self.record_route is not None and inbound is not None:
             value = self.record_route(inbound, request)
@@ -316,6 +336,8 @@ class ProxyCore(Generic[FlowT]):
         branch.request.headers.prepend("Via", via)
         branch.flow = flow
         branch.reliable = reliable
+        if branch.target.answer_timeout is not None and not branch.provisional:
+            branch.answer_deadline = now + branch.target.answer_timeout
         try:
             client, outputs = self.layer.send_request(branch.request, flow, reliable, now)
         except SipError as error:  # a header we must copy cannot be parsed: that branch fails
@@ -352,12 +374,13 @@ class ProxyCore(Generic[FlowT]):
         context = branch.context
         status = response.status
         out: list[Action[FlowT]] = []
+        branch.answer_deadline = None
         if status < 200:
             first = not branch.provisional
             branch.provisional = True
             if first and branch.cancel_pending and context.is_invite:
                 out += self._cancel(branch, now, branch.cancel_reason)
-            if status > 100 and not context.final_sent and not context.answered:
+            if status > 100 and not context.final_sent and not context.answered and not branch.abandoned:
                 out += self._forward(context, response, now)
             return out
         branch.got_final = True
@@ -433,6 +456,12 @@ class ProxyCore(Generic[FlowT]):
     def next_deadline(self) -> float | None:
         """The earliest group ring timer, ``None`` when none runs."""
         deadlines = [c.group_deadline for c in self._by_server.values() if c.group_deadline is not None]
+        deadlines += [
+            b.answer_deadline
+            for c in self._by_server.values()
+            for b in c.branches
+            if b.answer_deadline is not None
+        ]
         return min(deadlines) if deadlines else None
 
     def advance(self, now: float) -> list[Action[FlowT]]:
@@ -440,6 +469,7 @@ class ProxyCore(Generic[FlowT]):
         without a provisional response yet, abandoned) and the next group starts."""
         out: list[Action[FlowT]] = []
         for context in list(self._by_server.values()):
+            out += self._answer_timeouts(context, now)
             if context.group_deadline is None or context.group_deadline > now:
                 continue
             context.group_deadline = None
@@ -454,6 +484,70 @@ class ProxyCore(Generic[FlowT]):
             out += self._next_group(context, now)
             out += self._settle(context, now)
         return out
+
+    def _answer_timeouts(self, context: ForkContext[FlowT], now: float) -> list[Action[FlowT]]:
+        """Branches whose first response did not come within their target's answer timeout: not
+        reached (a 408); an INVITE is CANCELled should it ring later."""
+        out: list[Action[FlowT]] = []
+        for branch in context.branches:
+            deadline = branch.answer_deadline
+            if deadline is None or deadline > now:
+                continue
+            branch.answer_deadline = None
+            if branch.final or branch.provisional:
+                continue
+            if context.is_invite:
+                out += self._cancel(branch, now)
+            branch.abandoned = True
+            branch.response = self._local_response(context.request, 408, "Request Timeout")
+            out += self._after_final(branch, now)
+        return out
+
+    def reroute(
+        self,
+        context: ForkContext[FlowT],
+        groups: Sequence[tuple[Sequence[Target], float | None]],
+        now: float,
+        status: int | None = None,
+        reason: str | None = None,
+    ) -> list[Action[FlowT]]:
+        """Where the request goes instead of an unreached branch (:attr:`on_unreached` said the
+        caller would tell): ``groups`` are tried next, or ``status`` answers upstream."""
+        context.rerouting = False
+        if context.final_sent or context.server.terminated:
+            return []
+        if context.stopped or status is not None or not groups:
+            if status is not None and not context.stopped:
+                context.final_sent = True
+                context.group_deadline = None
+                self._by_server.pop(context.server, None)
+                response = self._local_response(context.request, status, reason)
+                return self._forward(context, response, now)
+            return self._settle(context, now)
+        added = [(tuple(targets), timeout) for targets, timeout in groups if targets]
+        context.groups[context.group_index + 1 : context.group_index + 1] = added
+        return self._settle(context, now)
+
+    def _unreached(self, branch: Branch[FlowT]) -> bool:
+        """The branch was not reached and the caller routes the request on instead: its failure
+        no longer counts (§16.7 sees only the branches that follow)."""
+        context = branch.context
+        response = branch.response
+        if (
+            branch.target.unreached is None
+            or self.on_unreached is None
+            or branch.provisional
+            or context.stopped
+            or response is None
+            or not (response.status == 408 or response.status >= 500)
+        ):
+            return False
+        if not self.on_unreached(branch):
+            return False
+        branch.response = None
+        branch.abandoned = True
+        context.rerouting = True
+        return True
 
     # -- internals ---------------------------------------------------------------------------------
     def _failover(self, branch: Branch[FlowT], client: ClientTransaction[FlowT]) -> bool:
@@ -476,6 +570,8 @@ class ProxyCore(Generic[FlowT]):
         context = branch.context
         out: list[Action[FlowT]] = []
         assert branch.response is not None
+        if self._unreached(branch):
+            return out
         if branch.response.status >= 600 and not context.stopped:
             context.stopped = True
             context.group_deadline = None
@@ -487,7 +583,7 @@ class ProxyCore(Generic[FlowT]):
         """Start the next group when the current one is all answered; answer upstream when every
         branch is final and no group is left (§16.7 step 4)."""
         out: list[Action[FlowT]] = []
-        if context.final_sent:
+        if context.final_sent or context.rerouting:
             return out
         if any(not b.final for b in context.branches):
             return out
@@ -549,7 +645,7 @@ class ProxyCore(Generic[FlowT]):
     def _relabel(self, response: Response, status: int, reason: str) -> Response:
         return Response(status, reason, response.headers.copy(), response.body)
 
-    def _local_response(self, request: Request, status: int, reason: str) -> Response:
+    def _local_response(self, request: Request, status: int, reason: str | None) -> Response:
         """A response the proxy makes itself for a branch, as if the branch had sent it: the
         request's headers (with our Via on top, popped when forwarded)."""
         headers: list[tuple[str, object]] = []

@@ -15,6 +15,7 @@ import secrets
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from imscore.ifc.defaults import DefaultHandling
 from imscore.ifc.odi import ODI_PARAM, OdiStamp
 from imscore.ifc.routing import ServiceRouting
 from imscore.plugin.types import NextHop
@@ -86,6 +87,8 @@ class ProxyService:
         #: routes requests through the ASs of matching iFCs, and knows them when they come back
         self.ifc = ServiceRouting(server.plugins, OdiStamp(secret), self._odi_route)
         self.router.services = self.ifc
+        #: an AS not reached, with default handling session-continued, is skipped (docs/ifc.rst)
+        self.core.on_unreached = DefaultHandling(self).unreached
         #: flows seen for contacts we forked to: in-dialog requests and ACKs to them use these
         self.known_flows: dict[str, FlowInfo | None] = {}
         #: ACKs neither in a dialog we record-routed nor to a device we forked to (not relayed)
@@ -200,15 +203,21 @@ class ProxyService:
             self._answer(transaction, reply)
             server.proxy_answered(request, reply, flow, started)
             return
+        self.remember_targets(decision)
+        actions = self.core.start(transaction, request, decision.groups, server.now(), inbound=flow)
+        server.emit(core.proxied(actions))
+
+    def remember_targets(self, decision: Decision) -> None:
+        """The devices a terminating decision forks to: the end-to-end ACK for their 2xx may come
+        through us."""
+        if decision.kind != "terminating":
+            return
         for group in decision.groups:
             for target in group[0]:
                 destination = target.destination
-                if destination is not None and decision.kind == "terminating":
-                    # a device we fork to: the end-to-end ACK for its 2xx may come through us
+                if destination is not None:
                     recorded = destination.flow
                     self._remember(target.uri, recorded if isinstance(recorded, FlowInfo) else None)
-        actions = self.core.start(transaction, request, decision.groups, server.now(), inbound=flow)
-        server.emit(core.proxied(actions))
 
     async def relay_facts(self, request: Request, flow: FlowInfo, stamp: str | None) -> RelayFacts:
         """What the relay rules (:func:`~imscore.proxy.relay.relay_verdict`) look at, for a

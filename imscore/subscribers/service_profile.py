@@ -22,6 +22,7 @@ key path (``service_profile.ifcs[0].trigger.spts[1].group``) and what was expect
             service_info: '<x>...</x>'            # optional: body of the third-party REGISTER
             include_register_request: false
             include_register_response: false
+            response_timeout: 2                   # s for the AS's first response (null: Timer B)
 
 (see ``docs/ifc.rst``).
 """
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from typing import Final, NoReturn
 
 from imscore.ifc.model import (
+    DEFAULT_AS_TIMEOUT,
     DEFAULT_HANDLINGS,
     PROFILE_PARTS,
     REGISTRATION_TYPES,
@@ -57,6 +59,7 @@ AS_KEYS: Final = (
     "service_info",
     "include_register_request",
     "include_register_response",
+    "response_timeout",
 )
 
 Fail = Callable[[str, str], NoReturn]
@@ -160,10 +163,20 @@ def _server(value: object, where: str, fail: Fail, describe: Describe) -> Applic
     info = data.get("service_info")
     if info is not None:
         info = _text(info, f"{where}.service_info", fail, describe)
+    timeout: object = data.get("response_timeout", DEFAULT_AS_TIMEOUT)
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 64
+    ):
+        fail(
+            "expected seconds above 0 and at most 64 to wait for the AS's first response "
+            f"(null: the transaction's Timer B), got {describe(timeout)}",
+            f"{where}.response_timeout",
+        )
     return ApplicationServer(
         uri=uri,
         default_handling=handling,
         service_info=info,
+        response_timeout=None if timeout is None else float(timeout),
         include_register_request=_flag(
             data.get("include_register_request"), f"{where}.include_register_request", fail, describe
         ),
