@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     from imscore.lab.cli import add_lab_parser  # the lab imports the server: load it only here
 
     add_lab_parser(commands)
+    from imscore.diameter.cli import add_hss_parser
+
+    add_hss_parser(commands)
     bindings = commands.add_parser(
         "bindings", help="list the registrations in the binding store (like kamctl ul show)"
     )
@@ -557,6 +560,13 @@ def _main(argv: Sequence[str] | None) -> int:
             return _serve(args)
         if args.command == "bindings":
             return _bindings(args)
+        if args.command == "hss":
+            from imscore.diameter.cli import HssCliError, run_hss
+
+            try:
+                return run_hss(args)
+            except HssCliError as exc:
+                raise CliError(str(exc)) from None
         if args.command == "lab":
             from imscore.lab.cli import run_lab
 

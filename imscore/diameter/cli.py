@@ -1,0 +1,140 @@
+"""The ``imscore hss`` command: serve a subscriber file over Diameter Cx until SIGINT or SIGTERM.
+
+The logic of the command lives here; :mod:`imscore.cli` only adds the parser and calls
+:func:`run_hss`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Final
+
+__all__ = ["DEFAULT_PORT", "add_hss_parser", "parse_diameter_listen", "run_hss"]
+
+#: the Diameter port (RFC 6733 §2.1)
+DEFAULT_PORT: Final = 3868
+
+
+class HssCliError(Exception):
+    """A start-up problem of ``imscore hss``, worded for the user."""
+
+
+def add_hss_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``hss`` to the ``imscore`` subcommands."""
+    hss = commands.add_parser("hss", help="serve the subscriber file as an HSS over Diameter Cx")
+    hss.add_argument(
+        "--listen",
+        default=f"tcp:127.0.0.1:{DEFAULT_PORT}",
+        metavar="tcp:HOST:PORT",
+        help=f"where to listen (default: tcp:127.0.0.1:{DEFAULT_PORT}; port 0 picks a free one)",
+    )
+    hss.add_argument(
+        "--subscribers",
+        metavar="FILE",
+        help="subscriber file (YAML; default: the shipped demo subscribers)",
+    )
+    hss.add_argument(
+        "--profile",
+        default="default",
+        metavar="NAME|PATH",
+        help="the profile whose first domain gives the default origin realm (default: default)",
+    )
+    hss.add_argument("--origin-host", metavar="FQDN", help="Origin-Host (default: hss.<realm>)")
+    hss.add_argument(
+        "--origin-realm", metavar="REALM", help="Origin-Realm (default: the profile's first domain)"
+    )
+    hss.add_argument(
+        "--scscf",
+        metavar="SIP-URI",
+        help="the S-CSCF named in first-registration UAAs and LIAs (default: none, the answer "
+        "carries Server-Capabilities and the I-CSCF chooses)",
+    )
+
+
+def parse_diameter_listen(text: str) -> tuple[str, int]:
+    """``tcp:HOST:PORT`` (``tcp:[::1]:3868`` for IPv6) as ``(host, port)``.
+
+    :raises ValueError: with what was expected.
+    """
+    transport, sep, rest = text.partition(":")
+    if not sep or transport.lower() != "tcp":
+        raise ValueError(f"expected tcp:HOST:PORT (Diameter over TCP), got {text!r}")
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or not tail.startswith(":"):
+            raise ValueError(f"expected tcp:[IPv6]:PORT, got {text!r}")
+        port_text = tail[1:]
+    else:
+        host, sep, port_text = rest.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected tcp:HOST:PORT, got {text!r}")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"expected tcp:HOST:PORT with a port from 0 to 65535, got {text!r}")
+    return host, int(port_text)
+
+
+def run_hss(args: argparse.Namespace) -> int:
+    """Run ``imscore hss``; returns the exit status. Start-up problems raise :class:`HssCliError`
+    wrapped by the caller's error type through ``str()``."""
+    from imscore.diameter.hss import CxHss
+    from imscore.diameter.server import HssServer
+    from imscore.profile import ProfileError, load_profile
+    from imscore.subscribers import (
+        MemorySubscriberStore,
+        SubscriberError,
+        demo_subscribers_path,
+        load_subscribers,
+    )
+
+    try:
+        host, port = parse_diameter_listen(args.listen)
+    except ValueError as exc:
+        raise HssCliError(f"--listen: {exc}") from None
+    source = args.subscribers or str(demo_subscribers_path())
+    try:
+        directory = load_subscribers(source)
+    except SubscriberError as exc:
+        raise HssCliError(str(exc)) from None
+    realm = args.origin_realm
+    if realm is None:
+        try:
+            realm = load_profile(args.profile).domains[0]
+        except ProfileError as exc:
+            raise HssCliError(str(exc)) from None
+    origin_host = args.origin_host or f"hss.{realm}"
+    hss = CxHss(
+        MemorySubscriberStore(directory, f"{len(directory)} from {source}"),
+        origin_host,
+        realm,
+        server_name=args.scscf,
+    )
+    server = HssServer(hss)
+
+    async def serve() -> None:
+        try:
+            await server.start(host, port)
+        except OSError as exc:
+            raise HssCliError(f"--listen {args.listen}: {exc.strerror or exc}") from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        bound = ", ".join(
+            f"tcp:[{h}]:{p}" if ":" in h else f"tcp:{h}:{p}" for h, p in server.addresses
+        )
+        print(
+            f"imscore hss: Cx on {bound} as {origin_host} (realm {realm}), "
+            f"{len(directory)} subscribers from {source}",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            await stop.wait()
+        finally:
+            await server.close()
+
+    asyncio.run(serve())
+    return 0

@@ -1,0 +1,137 @@
+"""``imscore hss``: the Cx application of :mod:`imscore.diameter.hss` served over TCP.
+
+Each accepted connection is a :class:`~imscore.diameter.peer.PeerConnection`. The first request
+must be a CER (RFC 6733 §5.3); the CEA says Result-Code 2001 and advertises Cx as
+Vendor-Specific-Application-Id { Vendor-Id 10415, Auth-Application-Id 16777216 } when the peer
+offers Cx (in an Auth-Application-Id, a Vendor-Specific-Application-Id, or the relay application),
+else 5010 DIAMETER_NO_COMMON_APPLICATION and the connection is closed. Another request before the
+CER is answered 3010 DIAMETER_UNKNOWN_PEER and the connection is closed. A Cx request for a
+command the HSS does not serve is answered 3001, one for another application 3007.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Final
+
+from imscore import __version__
+from imscore.diameter import dictionary as d
+from imscore.diameter.codec import Avp, Message
+from imscore.diameter.hss import CxHss
+from imscore.diameter.messages import IdSource, answer, cx_application_avp, error_answer, result_code
+from imscore.diameter.peer import PeerConnection
+
+__all__ = ["HssServer", "offers_cx"]
+
+log = logging.getLogger("imscore.diameter.server")
+
+UNKNOWN_PEER: Final = 3010
+PRODUCT: Final = "imscore"
+
+
+def offers_cx(cer: Message) -> bool:
+    """Whether a CER (or CEA) lists the Cx application, or the relay application."""
+    wanted = {d.CX_APPLICATION, d.RELAY_APPLICATION}
+    for avp in cer.find_all(d.AUTH_APPLICATION_ID):
+        if avp.as_u32() in wanted:
+            return True
+    for group in cer.find_all(d.VENDOR_SPECIFIC_APPLICATION_ID):
+        app = group.find(d.AUTH_APPLICATION_ID)
+        if app is not None and app.as_u32() in wanted:
+            return True
+    return False
+
+
+def capabilities_avps(origin_host: str, origin_realm: str, host_ip: str) -> list[Avp]:
+    """What a CER or CEA of ours carries after the Result-Code (RFC 6733 §5.3.1/§5.3.2)."""
+    return [
+        Avp.utf8(d.ORIGIN_HOST, origin_host),
+        Avp.utf8(d.ORIGIN_REALM, origin_realm),
+        Avp.address(d.HOST_IP_ADDRESS, host_ip),
+        Avp.u32(d.VENDOR_ID, 0),
+        Avp.utf8(d.PRODUCT_NAME, PRODUCT, mandatory=False),
+        Avp.u32(d.ORIGIN_STATE_ID, os.getpid()),
+        Avp.u32(d.SUPPORTED_VENDOR_ID, d.VENDOR_3GPP),
+        Avp.u32(d.AUTH_APPLICATION_ID, d.CX_APPLICATION),
+        cx_application_avp(),
+        Avp.u32(d.FIRMWARE_REVISION, _firmware(), mandatory=False),
+    ]
+
+
+def _firmware() -> int:
+    """Firmware-Revision: the package version's major and minor, ``0.4`` as 4, ``1.2`` as 102."""
+    parts = [int(p) if p.isdigit() else 0 for p in __version__.split(".")[:2]] + [0, 0]
+    return parts[0] * 100 + parts[1]
+
+
+class HssServer:
+    """A TCP Diameter server for a :class:`~imscore.diameter.hss.CxHss`."""
+
+    def __init__(self, hss: CxHss) -> None:
+        self.hss = hss
+        self.ids = IdSource(hss.origin_host)
+        self.connections: set[PeerConnection] = set()
+        self._server: asyncio.Server | None = None
+        self._ready: set[PeerConnection] = set()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) pairs."""
+        if self._server is None:
+            return []
+        return [sock.getsockname()[:2] for sock in self._server.sockets]
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host``:``port`` (port 0: any free one; see :attr:`addresses`)."""
+        self._server = await asyncio.start_server(self._accept, host, port)
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            await connection.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = PeerConnection(reader, writer, self.ids, self.hss.origin_realm, self._request)
+        self.connections.add(connection)
+        log.info("diameter: connection from %s", connection.peer_address)
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+            self._ready.discard(connection)
+            log.info("diameter: %s (%s) closed", connection.peer_address, connection.peer_host)
+
+    async def _request(self, connection: PeerConnection, request: Message) -> Message | None:
+        if request.command == d.CER:
+            return await self._cer(connection, request)
+        if connection not in self._ready:
+            reply = error_answer(request, UNKNOWN_PEER, connection.origin_avps(), "no CER yet")
+            connection.send(reply)
+            await connection.close()
+            return None
+        if request.application != d.CX_APPLICATION:
+            return error_answer(request, d.APPLICATION_UNSUPPORTED, connection.origin_avps())
+        return await self.hss.handle(request)
+
+    async def _cer(self, connection: PeerConnection, request: Message) -> Message | None:
+        host = request.find(d.ORIGIN_HOST)
+        realm = request.find(d.ORIGIN_REALM)
+        connection.peer_host = None if host is None else host.as_str()
+        connection.peer_realm = None if realm is None else realm.as_str()
+        sock = connection.writer.get_extra_info("sockname")
+        ip = sock[0] if isinstance(sock, tuple) else "127.0.0.1"
+        caps = capabilities_avps(self.hss.origin_host, self.hss.origin_realm, ip)
+        if not offers_cx(request):
+            log.warning("diameter: CER from %s offers no Cx application", connection.peer_host)
+            connection.send(answer(request, [result_code(d.NO_COMMON_APPLICATION), *caps]))
+            await connection.close()
+            return None
+        self._ready.add(connection)
+        log.info("diameter: CER from %s (%s)", connection.peer_host, connection.peer_realm)
+        return answer(request, [result_code(d.SUCCESS), *caps])
