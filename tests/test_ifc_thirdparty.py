@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sipua import Phone
@@ -15,6 +16,7 @@ from test_sipp_register import SCENARIOS, free_udp_port, sipp_binary
 
 from imscore.profile import load_profile
 from imscore.profile.model import Timers
+from imscore.registrar.model import StoredBinding
 from imscore.sip import Request, SipError, parse_datagram
 from imscore.subscribers import MemorySubscriberStore, load_subscribers
 from imscore.testing import RunningServer, start_server
@@ -209,3 +211,66 @@ def test_an_expired_registration_is_told_to_the_as_with_expires_0(workdir: Path)
         phone.close()
         running.stop()
         answering.stop()
+
+
+class RacingStore:
+    """A shared (versioned) store in front of the server's memory store: once, between the
+    de-registration's read and its write, "another node" registers a second device."""
+
+    def __init__(self, inner: Any, extra: StoredBinding) -> None:
+        self.inner = inner
+        self.extra = extra
+        self.versions: dict[str, int] = {}
+        self.raced = False
+        self.saves: list[tuple[str, bool]] = []  # (how, written)
+
+    async def load(self, aor: str) -> list[StoredBinding]:
+        return list(await self.inner.load(aor))
+
+    async def load_versioned(self, aor: str) -> tuple[list[StoredBinding], str]:
+        bindings = list(await self.inner.load(aor))
+        version = str(self.versions.get(aor, 0))
+        if not self.raced:  # the other node writes after this read
+            self.raced = True
+            await self.inner.save(aor, [*bindings, self.extra])
+            self.versions[aor] = self.versions.get(aor, 0) + 1
+        return bindings, version
+
+    async def save_versioned(self, aor: str, bindings: Sequence[StoredBinding], version: str) -> bool:
+        if str(self.versions.get(aor, 0)) != version:
+            self.saves.append(("versioned", False))
+            return False
+        await self.inner.save(aor, bindings)
+        self.versions[aor] = self.versions.get(aor, 0) + 1
+        self.saves.append(("versioned", True))
+        return True
+
+    async def save(self, aor: str, bindings: Sequence[StoredBinding]) -> None:
+        self.saves.append(("plain", True))
+        await self.inner.save(aor, bindings)
+
+
+def test_network_deregistration_uses_versioned_saves_on_a_shared_store(workdir: Path) -> None:
+    running = server_for(
+        subscribers_with(workdir, register_ifc(0, "sip:127.0.0.1:9", "session-continued"))
+    )
+    phone = Phone(running.address("udp"), "desk")
+    server = running.server
+    try:
+        assert phone.register(expires=300).status == 200
+        (desk,) = running.call(server.store.load(ALICE))
+        other = replace(desk, uri="sip:other@127.0.0.1:5999", instance_id=None, call_id="other-node")
+        racing = RacingStore(server.store, other)
+        subscriber = running.call(server.subscribers.get_by_impi(f"alice@{DOMAIN}"))
+        original, server.store = server.store, racing  # type: ignore[assignment]
+        try:
+            running.call(server.thirdparty._deregister(subscriber, subscriber.implicit_sets[0]))
+        finally:
+            server.store = original
+        # the first write found the set changed, so it was read again: both devices are gone
+        assert racing.saves == [("versioned", False), ("versioned", True)]
+        assert running.call(original.load(ALICE)) == []
+        assert server.thirdparty.stats["deregistered"] == 1
+    finally:
+        phone.close()
+        running.stop()

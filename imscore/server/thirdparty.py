@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from imscore.ifc import SESSION_TERMINATED, Ifc, IfcFacts
 from imscore.proxy.core import Destination
 from imscore.registrar.change import DEREGISTRATION, RegistrationChange
+from imscore.registrar.versioned import MAX_ATTEMPTS, BindingConflict, load_for_update, save_checked
 from imscore.routing import RoutingError
 from imscore.sip import Request, SipError
 from imscore.sip.transaction import new_branch
@@ -222,10 +223,19 @@ class ThirdPartyRegistration:
         store, registrar = server.store, server.registrar
         assert store is not None and registrar is not None
         aor = implicit_set.default.aor
-        removed = await store.load(aor)
-        if not removed:
-            return
-        await store.save(aor, [])
+        # read, decide, write as a REGISTER does: on a store shared by several nodes another node
+        # may write the set between the read and the write (.versioned), and then it is read again
+        for attempt in range(MAX_ATTEMPTS):
+            removed, version = await load_for_update(store, aor)
+            if not removed:
+                return
+            try:
+                await save_checked(store, aor, [], version)
+                break
+            except BindingConflict:
+                if attempt == MAX_ATTEMPTS - 1:
+                    raise
+                log.info("%s: written by another node meanwhile, de-registering again", aor)
         self.stats["deregistered"] += 1
         log.info("%s de-registered: an AS with default handling session-terminated failed", aor)
         if registrar.on_change is not None:
