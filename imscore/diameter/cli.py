@@ -122,9 +122,7 @@ def run_hss(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        bound = ", ".join(
-            f"tcp:[{h}]:{p}" if ":" in h else f"tcp:{h}:{p}" for h, p in server.addresses
-        )
+        bound = ", ".join(f"tcp:[{h}]:{p}" if ":" in h else f"tcp:{h}:{p}" for h, p in server.addresses)
         print(
             f"imscore hss: Cx on {bound} as {origin_host} (realm {realm}), "
             f"{len(directory)} subscribers from {source}",

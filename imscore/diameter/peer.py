@@ -173,13 +173,18 @@ class PeerConnection:
         if message.command == d.DWR:
             self.send(answer(message, [result_code(d.SUCCESS), *self.origin_avps()]))
             return
-        if message.command == d.DPR:
-            self.send(answer(message, [result_code(d.SUCCESS), *self.origin_avps()]))
-            self._closed.set()  # run() closes once the DPA is written
-            return
-        task = asyncio.get_running_loop().create_task(self._handle(message))
+        work = self._disconnect(message) if message.command == d.DPR else self._handle(message)
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _disconnect(self, message: Message) -> None:
+        """Answer a DPR once the requests before it are answered, then close (RFC 6733 §5.4)."""
+        earlier = [task for task in self._tasks if task is not asyncio.current_task()]
+        await asyncio.gather(*earlier, return_exceptions=True)
+        if not self.closed:
+            self.send(answer(message, [result_code(d.SUCCESS), *self.origin_avps()]))
+            await self.close()
 
     async def _handle(self, message: Message) -> None:
         try:
@@ -201,8 +206,10 @@ class PeerConnection:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(DiameterPeerError(f"connection to {self.peer_address} closed"))
+        current = asyncio.current_task()
         for task in list(self._tasks):
-            task.cancel()
+            if task is not current:
+                task.cancel()
         try:
             if not self.writer.is_closing():
                 await self.writer.drain()
