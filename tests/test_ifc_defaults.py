@@ -30,7 +30,7 @@ def as_ifc(priority: int, uri: str, handling: str, timeout: float | None = 0.5) 
     shown = "null" if timeout is None else str(timeout)
     return (
         f"        - priority: {priority}\n"
-        f"          trigger: {{spts: [{ORIGINATING}, {{method: INVITE}}]}}\n"
+        f"          trigger: {{spts: [{ORIGINATING}, {{method: INVITE, group: 1}}]}}\n"
         f"          application_server: {{uri: '{uri}', default_handling: {handling}, "
         f"response_timeout: {shown}}}\n"
     )

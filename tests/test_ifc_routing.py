@@ -166,7 +166,10 @@ def test_a_terminating_as_that_changes_the_request_uri_retargets_the_call(tmp_pa
     targets = tmp_path / "targets.csv"
     targets.write_text(f"SEQUENTIAL\n{BOB}\n")
     alice_ifcs = ifc(
-        0, f"sip:127.0.0.1:{port}", "{session_case: terminating_registered}", "{method: INVITE}"
+        0,
+        f"sip:127.0.0.1:{port}",
+        "{session_case: terminating_registered}",
+        "{method: INVITE, group: 1}",
     )
     running = server_for(subscribers(tmp_path, alice_ifcs))
     alice = Phone(running.address("udp"), "alice")

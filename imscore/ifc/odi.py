@@ -30,7 +30,7 @@ __all__ = ["ODI_LIFETIME", "ODI_PARAM", "OdiStamp", "OdiState", "uri_digest"]
 ODI_PARAM: Final = "odi"
 #: seconds a token is accepted after it was issued (Timer C is 180 s)
 ODI_LIFETIME: Final = 300
-_CASES: Final = {"o": "orig", "t": "term"}
+_CASES: Final = {"o": "orig", "t": "term", "c": "cdiv"}
 
 
 def uri_digest(uri: str) -> str:
@@ -42,7 +42,8 @@ def uri_digest(uri: str) -> str:
 class OdiState:
     """Where iFC processing stood when the request was sent to an AS.
 
-    :param case: ``"orig"`` or ``"term"``.
+    :param case: ``"orig"``, ``"term"`` or ``"cdiv"`` (the originating services of a user whose
+        terminating AS retargeted the request, TS 24.229 §5.4.3.3).
     :param priority: the priority of the iFC just executed (the next one has a higher number).
     :param served: the served user's public identity (text).
     :param uri: :func:`uri_digest` of the Request-URI the request had.
@@ -70,7 +71,7 @@ class OdiStamp:
         return hmac.new(self._key, payload.encode(), "sha256").hexdigest()[:20]
 
     def make(self, state: OdiState) -> str:
-        """The token: ``<o|t><priority>.<issued hex>.<served, base64url>.<uri digest>.<MAC>``."""
+        """The token: ``<o|t|c><priority>.<issued hex>.<served, base64url>.<uri digest>.<MAC>``."""
         served = base64.urlsafe_b64encode(state.served.encode("utf-8", "surrogateescape")).decode()
         payload = f"{state.case[0]}{state.priority}.{state.issued:x}.{served.rstrip('=')}.{state.uri}"
         return f"{payload}.{self._mac(payload)}"

@@ -31,6 +31,8 @@ from imscore.subscribers import Subscriber
 
 from .model import (
     ORIGINATING,
+    ORIGINATING_CDIV,
+    ORIGINATING_UNREGISTERED,
     SESSION_CONTINUED,
     TERMINATING_REGISTERED,
     TERMINATING_UNREGISTERED,
@@ -110,7 +112,26 @@ class ServiceRouting:
         )
         return Decision(groups=[((target,), None)], kind="as")
 
-    # -- the two session cases ---------------------------------------------------------------------
+    # -- the session cases -------------------------------------------------------------------------
+    async def originate(
+        self,
+        router: Router,
+        request: Request,
+        caller: Subscriber,
+        flow: FlowInfo | None,
+        now: float,
+        after: int | None = None,
+        served: str | None = None,
+    ) -> Decision | None:
+        """Route an originating request of ``caller`` to the next AS, or ``None`` (no iFC left):
+        session case ``originating`` while the served identity has a live binding, else
+        ``originating_unregistered`` (e.g. an AS that originates on behalf of the user)."""
+        if not caller.service_profile.after(after):
+            return None
+        user = served or str(request.from_.uri)
+        registered = await self._registered(router, caller, user, now)
+        return self.originating(request, caller, flow, now, after, user, registered)
+
     def originating(
         self,
         request: Request,
@@ -119,14 +140,35 @@ class ServiceRouting:
         now: float,
         after: int | None = None,
         served: str | None = None,
+        registered: bool = True,
     ) -> Decision | None:
         """Route an originating request of ``caller`` to the next AS, or ``None`` (no iFC left)."""
-        facts = IfcFacts(ORIGINATING, registered=True, interface=interface_of(flow))
+        case = ORIGINATING if registered else ORIGINATING_UNREGISTERED
+        facts = IfcFacts(case, registered=registered, interface=interface_of(flow))
         ifc = self.next_ifc(request, caller, facts, after)
         if ifc is None:
             return None
         user = served or str(request.from_.uri)
         state = OdiState("orig", ifc.priority, user, uri_digest(str(request.uri)), int(now))
+        return self._to_as(request, ifc, state)
+
+    def diverting(
+        self,
+        request: Request,
+        diverting: Subscriber,
+        served: str,
+        registered: bool,
+        flow: FlowInfo | None,
+        now: float,
+        after: int | None = None,
+    ) -> Decision | None:
+        """A terminating AS retargeted the request away from ``served`` (TS 24.229 §5.4.3.3):
+        the next of that user's iFCs for session case ``originating_cdiv``, or ``None``."""
+        facts = IfcFacts(ORIGINATING_CDIV, registered=registered, interface=interface_of(flow))
+        ifc = self.next_ifc(request, diverting, facts, after)
+        if ifc is None:
+            return None
+        state = OdiState("cdiv", ifc.priority, served, uri_digest(str(request.uri)), int(now))
         return self._to_as(request, ifc, state)
 
     def terminating(
@@ -157,20 +199,53 @@ class ServiceRouting:
     ) -> Decision:
         """Go on with a request an AS sent back (its ``odi`` Route already removed), or one an AS
         did not answer with the default handling session-continued (as if sent back unchanged)."""
-        if state.case == "orig":
-            caller = await self._subscriber(router, state.served)
-            if caller is not None:
-                routed = self.originating(request, caller, flow, now, state.priority, state.served)
+        if state.case in ("orig", "cdiv"):
+            user = await self._subscriber(router, state.served)
+            if user is not None:
+                routed: Decision | None
+                if state.case == "orig":
+                    routed = await self.originate(
+                        router, request, user, flow, now, state.priority, state.served
+                    )
+                else:
+                    registered = await self._registered(router, user, state.served, now)
+                    routed = self.diverting(
+                        request, user, state.served, registered, flow, now, state.priority
+                    )
                 if routed is not None:
                     return routed
-            if router.serves(request.uri):
-                return await router.terminating(request, now, flow)
-            return router.onward(request)
+            return await self._destination(router, request, flow, now)
         if uri_digest(str(request.uri)) != state.uri:  # retargeted by the AS (§5.4.3.3)
-            if router.serves(request.uri):
-                return await router.terminating(request, now, flow)
-            return router.onward(request)
+            # the diverting user's originating-cdiv iFCs first, then the new Request-URI
+            user = await self._subscriber(router, state.served)
+            if user is not None and user.service_profile.ifcs:
+                registered = await self._registered(router, user, state.served, now)
+                routed = self.diverting(request, user, state.served, registered, flow, now)
+                if routed is not None:
+                    return routed
+            return await self._destination(router, request, flow, now)
         return await router.terminating(request, now, flow, after=state.priority)
+
+    @staticmethod
+    async def _destination(
+        router: Router, request: Request, flow: FlowInfo | None, now: float
+    ) -> Decision:
+        """Where a request goes once no originating iFC is left: a served identity's terminating
+        side, else out of the domain."""
+        if router.serves(request.uri):
+            return await router.terminating(request, now, flow)
+        return router.onward(request)
+
+    @staticmethod
+    async def _registered(router: Router, user: Subscriber, served: str, now: float) -> bool:
+        """Whether the served identity's implicit set has a live binding (every set of the
+        subscriber when the identity names none of them)."""
+        implicit_set = user.implicit_set_of(served)
+        aors = (implicit_set.default.aor,) if implicit_set is not None else user.aors
+        for aor in aors:
+            if any(not b.expired(now) for b in await router.bindings.load(aor)):
+                return True
+        return False
 
     @staticmethod
     async def _subscriber(router: Router, served: str) -> Subscriber | None:

@@ -280,7 +280,7 @@ class Router:
             if refused is not None:
                 return refused
             if self.services is not None:  # the caller's originating iFCs (TS 24.229 §5.4.3.2)
-                routed = self.services.originating(request, caller, flow, now)
+                routed = await self.services.originate(self, request, caller, flow, now)
                 if routed is not None:
                     return routed
         if self.serves(request.uri):
