@@ -41,6 +41,7 @@ from imscore.auth.aka import (
 from imscore.auth.digest import (
     NonceCounter,
     NonceFactory,
+    StoredHA1,
     Verdict,
     VerdictKind,
     challenge,
@@ -54,6 +55,7 @@ from imscore.sip.grammar import quote
 from imscore.subscribers import Subscriber
 
 from .failures import FailureLimiter, FailureLimits, FailureLog
+from .remote import AKA, RemoteCredentials
 from .sqn import MemorySqnStore, SqnStore
 
 __all__ = [
@@ -92,6 +94,8 @@ class AuthOutcome(enum.Enum):
     CHALLENGE = "challenge"  # answer 401 with the challenge
     BAD_REQUEST = "bad request"  # answer 400
     FORBIDDEN = "forbidden"  # answer 403 (no scheme this subscriber and profile share, locked out)
+    #: a store holding the credentials (an HSS, :mod:`.remote`) must fetch them (``offer``) first
+    NEED_CREDENTIALS = "need credentials"
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class AuthResult:
     reason: str = ""
     challenge: str | None = None
     impi: str | None = None
+    #: with NEED_CREDENTIALS after an AUTS: RAND || AUTS for the store's re-synchronisation
+    resync: bytes | None = None
 
 
 @dataclass
@@ -193,6 +199,10 @@ class Authenticator:
         #: asks the plugins which scheme to challenge with (``ims_auth_select_scheme``); its answer
         #: counts when the profile allows that scheme and the subscriber has credentials for it
         self.select_scheme: Callable[[Subscriber, Request | None], str | None] | None = None
+        #: the subscriber store holds the credentials (an HSS over Cx, :mod:`.remote`): only what
+        #: :meth:`offer` handed over is used, never the record's own password or K
+        self.remote_credentials = False
+        self._remote: OrderedDict[str, RemoteCredentials] = OrderedDict()
 
     @classmethod
     def from_profile(
@@ -235,6 +245,9 @@ class Authenticator:
     def scheme_for(self, subscriber: Subscriber, request: Request | None = None) -> str | None:
         """The scheme to challenge ``request`` with: the plugins' choice when usable, else the
         first scheme of the profile that the subscriber has credentials for."""
+        if self.remote_credentials:  # the HSS chose (the store asked for the profile's schemes)
+            offered = self._remote.get(subscriber.impi)
+            return offered.scheme if offered is not None and offered.scheme in self.schemes else None
         if self.select_scheme is not None:
             chosen = self.select_scheme(subscriber, request)
             if chosen is not None and self._usable(chosen, subscriber):
@@ -272,6 +285,9 @@ class Authenticator:
         request: Request | None = None,
     ) -> AuthResult:
         """A 401 challenge for ``subscriber`` (for ``request``, which the plugins may look at)."""
+        if self._needs_credentials(subscriber, now):
+            need = AuthOutcome.NEED_CREDENTIALS
+            return AuthResult(need, "credentials from the store", impi=subscriber.impi)
         scheme = self.scheme_for(subscriber, request)
         if scheme is None:
             return AuthResult(AuthOutcome.FORBIDDEN, "no authentication scheme allowed for this user")
@@ -287,7 +303,7 @@ class Authenticator:
         authenticates registrations only, so a subscriber without a password cannot be
         challenged here (FORBIDDEN). ``stale``: the credentials were right but their nonce is
         not usable any more (RFC 7616 §3.3)."""
-        if subscriber.password is None or "digest" not in self.schemes:
+        if subscriber.password is None or "digest" not in self.schemes or self.remote_credentials:
             return AuthResult(AuthOutcome.FORBIDDEN, "no Digest credentials for this user")
         value = self._digest_challenge(now, stale=stale)
         return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
@@ -297,7 +313,30 @@ class Authenticator:
         assert aka is not None
         return Milenage(aka.k, op=aka.op, opc=aka.opc)
 
+    # -- credentials a remote store fetched (.remote) ---------------------------------------------
+    def offer(self, impi: str, credentials: RemoteCredentials) -> None:
+        """Credentials the store (the HSS) gave for ``impi``; they replace earlier ones."""
+        self._remote.pop(impi, None)
+        while len(self._remote) >= MAX_PENDING_VECTORS:
+            self._remote.popitem(last=False)
+        self._remote[impi] = credentials
+
+    def _needs_credentials(self, subscriber: Subscriber, now: float) -> bool:
+        """Whether a challenge for a remote store's subscriber needs a fetch first: nothing
+        offered, or AKA with no vector left and none of the recent ones to send again."""
+        if not self.remote_credentials:
+            return False
+        offered = self._remote.get(subscriber.impi)
+        if offered is None:
+            return True
+        if offered.scheme != AKA or offered.vectors:
+            return False
+        self._expire_vectors(now)
+        return len(self._recent(subscriber.impi, now)) < AKA_VECTORS_PER_IMPI
+
     def _new_vector(self, subscriber: Subscriber, sqn_ms: int | None = None) -> AuthVector:
+        if self.remote_credentials:  # one the HSS made (_needs_credentials saw it is there)
+            return self._remote[subscriber.impi].vectors.pop(0)
         aka = subscriber.aka
         assert aka is not None
         sqn = self.sqn_store.issue(subscriber.impi, aka.sqn, sqn_ms)
@@ -307,18 +346,21 @@ class Authenticator:
         """A new vector, or, when the IMPI already got :data:`AKA_VECTORS_PER_IMPI` within
         :data:`AKA_REUSE_AGE`, the newest of those again (it has not been used: used vectors go)."""
         self._expire_vectors(now)
-        recent = [
-            self._pending[n]
-            for n in self._by_impi.get(subscriber.impi, ())
-            if now - self._pending[n].created <= AKA_REUSE_AGE
-            and self._pending[n].algorithm == self.aka_algorithm
-        ]
+        recent = self._recent(subscriber.impi, now)
         if len(recent) >= AKA_VECTORS_PER_IMPI:
             return recent[-1].vector
         vector = self._new_vector(subscriber)
         self._pending[vector.nonce] = _Pending(subscriber.impi, vector, now, self.aka_algorithm)
         self._by_impi.setdefault(subscriber.impi, []).append(vector.nonce)
         return vector
+
+    def _recent(self, impi: str, now: float) -> list[_Pending]:
+        return [
+            self._pending[n]
+            for n in self._by_impi.get(impi, ())
+            if now - self._pending[n].created <= AKA_REUSE_AGE
+            and self._pending[n].algorithm == self.aka_algorithm
+        ]
 
     def _expire_vectors(self, now: float) -> None:
         while self._pending:
@@ -356,14 +398,20 @@ class Authenticator:
             return refused
         algorithm = credentials.get("algorithm") or "MD5"
         aka = parse_aka_algorithm(algorithm)
-        if aka is not None and "aka" in self.schemes and subscriber.aka is not None:
+        remote = self._remote.get(subscriber.impi) if self.remote_credentials else None
+        if aka is not None and "aka" in self.schemes and (subscriber.aka or self.remote_credentials):
             return self._check_aka(request, credentials, subscriber, now, aka[0], algorithm)
         if aka is None and "digest" in self.schemes and subscriber.password is not None:
+            secret: str | StoredHA1 = subscriber.password
+            if self.remote_credentials:  # the H(A1) the HSS gave, never the record's decoy
+                if remote is None or remote.ha1 is None:
+                    return AuthResult(AuthOutcome.NEED_CREDENTIALS, "H(A1) from the store")
+                secret = StoredHA1(remote.ha1)
             verdict = verify(
                 credentials,
                 method=request.method,
                 request_uri=request.uri,
-                password_or_ha1=subscriber.password,
+                password_or_ha1=secret,
                 realm=self.realm,
                 nonces=self.nonces,
                 now=now,
@@ -401,6 +449,15 @@ class Authenticator:
         if auts:
             # RFC 3310 §3.4: re-synchronise SQN from AUTS, then challenge again
             self._drop(nonce)
+            if self.remote_credentials:  # the HSS re-synchronises (MAR with RAND || AUTS)
+                self._drop_all(subscriber.impi)
+                self._remote.pop(subscriber.impi, None)
+                try:
+                    resync = pending.vector.rand + decode_auts(auts)
+                except AkaError:
+                    return AuthResult(AuthOutcome.BAD_REQUEST, "malformed AUTS")
+                need = AuthOutcome.NEED_CREDENTIALS
+                return AuthResult(need, "re-synchronisation", impi=subscriber.impi, resync=resync)
             try:
                 sqn_ms = resync_sqn(self._milenage(subscriber), pending.vector.rand, decode_auts(auts))
             except AkaError:

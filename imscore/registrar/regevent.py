@@ -213,10 +213,18 @@ class RegEventService:
         return any(s.aor == aor for s in self.subscriptions.values())
 
     def changed(
-        self, aor: str, bindings: Sequence[StoredBinding], now: float, *, deregistered: bool = False
+        self,
+        aor: str,
+        bindings: Sequence[StoredBinding],
+        now: float,
+        *,
+        deregistered: bool = False,
+        terminated: str = "deactivated",
     ) -> list[tuple[Request, FlowInfo]]:
         """The set filed under ``aor`` changed: a NOTIFY per subscription watching it. When the set
-        has no binding left after a de-registration, the subscriptions end (RFC 3680 §3.2)."""
+        has no binding left after a de-registration, the subscriptions end (RFC 3680 §3.2) with
+        ``terminated`` as the contacts' event and the subscription's reason (``rejected`` for a
+        network-initiated de-registration the UE must not undo)."""
         out: list[tuple[Request, FlowInfo]] = []
         for key, subscription in list(self.subscriptions.items()):
             if subscription.aor != aor:
@@ -225,7 +233,7 @@ class RegEventService:
                 del self.subscriptions[key]
                 out.append(
                     (
-                        self._notify(subscription, bindings, now, terminated="deactivated"),
+                        self._notify(subscription, bindings, now, terminated=terminated),
                         subscription.flow,
                     )
                 )

@@ -20,12 +20,13 @@ from imscore.profile import Profile
 from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri, Uri
 from imscore.subscribers import ImplicitSet, Subscriber, SubscriberStore
 
-from .authenticator import Authenticator, AuthOutcome
+from .authenticator import Authenticator, AuthOutcome, AuthResult
 from .change import DEREGISTRATION, INITIAL, REREGISTRATION, RegistrationChange
 from .identity import find_identity, phone_number, resolve_identity
 from .model import FlowInfo, StoredBinding
 from .outbound import OUTBOUND_MARK, flow_timer, uses_outbound
 from .regevent import RegEventService
+from .remote import RemoteAuthority, StoreRefusal, StoreUnavailable, is_remote
 from .sqn import SqnStore
 from .store import BindingStore
 from .versioned import (
@@ -85,6 +86,9 @@ class Registrar:
         self.authenticator = authenticator or Authenticator.from_profile(
             profile, secret=nonce_secret, sqn_store=sqn_store
         )
+        #: the store holds the credentials (an HSS over Cx, .remote): vectors come from it
+        self.remote: RemoteAuthority | None = subscribers if is_remote(subscribers) else None  # type: ignore[assignment]
+        self.authenticator.remote_credentials = self.remote is not None
         if self.authenticator.select_scheme is None:
             self.authenticator.select_scheme = self._select_scheme
         self.service_route = f"<sip:orig@{profile.domains[0]};lr>"
@@ -97,6 +101,14 @@ class Registrar:
         self.on_registration: Callable[[RegistrationChange], None] | None = None
         #: REGISTERs of one set decided here take turns (a store shared by several nodes)
         self._deciding = AorLocks()
+
+    def _authenticate(
+        self, request: Request, credentials: Any, subscriber: Subscriber, now: float
+    ) -> AuthResult:
+        """Challenge a REGISTER without a response, else check its credentials."""
+        if credentials is None or (not credentials.get("response") and not credentials.get("auts")):
+            return self.authenticator.challenge_for(subscriber, now, request=request)
+        return self.authenticator.check(request, credentials, subscriber, now)
 
     def _select_scheme(self, subscriber: Subscriber, request: Request | None) -> str | None:
         """``ims_auth_select_scheme``: which scheme a challenge uses (a plugin may prefer Digest for
@@ -112,6 +124,12 @@ class Registrar:
             return await self._register(request, flow, now)
         except SipError as error:
             return RegisterOutcome(self._reply(request, error.status, error.phrase))
+        except StoreUnavailable as exc:  # the HSS (.remote) is down or silent: come back later
+            log.warning("REGISTER %s: subscriber store unavailable: %s", request.call_id, exc.reason)
+            headers = [("Retry-After", exc.retry_after)]
+            return RegisterOutcome(self._reply(request, 503, "HSS unavailable", headers))
+        except StoreRefusal as exc:  # the HSS refused the user (unknown, barred ...)
+            return RegisterOutcome(self._reply(request, exc.status, exc.reason))
 
     def _reply(
         self,
@@ -156,18 +174,34 @@ class Registrar:
             # challenged as a known user would be, never authenticated (docs/security.rst)
             impi = username or str(to_uri).partition(":")[2]
             result = self.authenticator.unknown_user(request, credentials, impi, now)
-        elif credentials is None or (not credentials.get("response") and not credentials.get("auts")):
-            result = self.authenticator.challenge_for(subscriber, now, request=request)
         else:
-            result = self.authenticator.check(request, credentials, subscriber, now)
+            result = self._authenticate(request, credentials, subscriber, now)
+            if result.outcome is AuthOutcome.NEED_CREDENTIALS and self.remote is not None:
+                # the HSS holds the credentials: vectors or H(A1) by MAR, then decide again
+                fetched = await self.remote.fetch_credentials(
+                    subscriber,
+                    to_uri,
+                    self.authenticator.schemes,
+                    aka_algorithm=self.authenticator.aka_algorithm,
+                    resync=result.resync,
+                )
+                self.authenticator.offer(subscriber.impi, fetched)
+                result = self._authenticate(request, credentials, subscriber, now)
         if result.outcome is AuthOutcome.CHALLENGE:
             assert result.challenge is not None
             response = self._reply(request, 401, None, [("WWW-Authenticate", result.challenge)])
             return RegisterOutcome(response)
         if result.outcome is AuthOutcome.BAD_REQUEST:
             return RegisterOutcome(self._reply(request, 400, result.reason))
-        if result.outcome is AuthOutcome.FORBIDDEN or subscriber is None:
+        if result.outcome in (AuthOutcome.FORBIDDEN, AuthOutcome.NEED_CREDENTIALS) or subscriber is None:
             return RegisterOutcome(self._reply(request, 403, result.reason))
+        if self.remote is not None:  # the HSS's profile (SAR/SAA) for the rest of the REGISTER
+            if not _deregistering(request):
+                subscriber = await self.remote.assign(subscriber, to_uri)
+            elif not subscriber.owns(to_uri):
+                found = await self.subscribers.get_by_impu(to_uri)
+                if found is not None and found.impi == subscriber.impi:
+                    subscriber = found
         # step 4: the IMPU must not be barred, and it must resolve (ims_identity_resolve) to an
         # implicit set of the authenticated IMPI
         if subscriber.is_barred(to_uri):
@@ -301,9 +335,9 @@ class Registrar:
             self._changed(aor)
             left = [b for b in await self.bindings.load(aor) if not b.expired(now)]
             notes.extend(self.regevent.changed(aor, left, now, deregistered=not left))
-            if not left and self.on_registration is not None:
+            if not left:
                 impi = next(b.impi for b in expired if b.aor == aor)
-                self.on_registration(RegistrationChange(DEREGISTRATION, aor, impi, 0, "expired"))
+                self._report(RegistrationChange(DEREGISTRATION, aor, impi, 0, "expired"))
         notes.extend(self.regevent.expire(now))
         return tuple(notes)
 
@@ -314,6 +348,28 @@ class Registrar:
             return ()
         bindings = [b for b in await self.bindings.load(aor) if not b.expired(now)]
         return tuple(self.regevent.changed(aor, bindings, now, deregistered=not bindings))
+
+    def _report(self, change: RegistrationChange) -> None:
+        """Tell :attr:`on_registration`, and a store that holds the credentials (SAR), of a change."""
+        if self.on_registration is not None:
+            self.on_registration(change)
+        if self.remote is not None:
+            self.remote.registration_changed(change)
+
+    async def network_deregister(
+        self, aor: str, event: str, now: float
+    ) -> tuple[tuple[Request, FlowInfo], ...]:
+        """The network ends the registration of the set filed under ``aor`` (an HSS's RTR,
+        TS 24.229 §5.4.1.5): its bindings go, and its reg-event watchers get a NOTIFY whose contacts
+        are ``terminated`` with ``event`` (``rejected``: do not register again; ``deactivated``:
+        register again) and whose subscription ends with that reason (RFC 3680 §5.1, RFC 6665)."""
+        stored = await self.bindings.load(aor)
+        await self.bindings.save(aor, [])
+        self._changed(aor)
+        if stored and self.on_registration is not None:
+            impi = stored[0].impi
+            self.on_registration(RegistrationChange(DEREGISTRATION, aor, impi, 0, "network"))
+        return tuple(self.regevent.changed(aor, [], now, deregistered=True, terminated=event))
 
     def _changed(self, aor: str) -> None:
         if self.on_change is not None:
@@ -331,11 +387,11 @@ class Registrar:
         now: float,
     ) -> None:
         """Tell :attr:`on_registration` what a stored REGISTER did to the set's registration."""
-        if self.on_registration is None or (not before and not after):
+        if (self.on_registration is None and self.remote is None) or (not before and not after):
             return
         kind = DEREGISTRATION if not after else (REREGISTRATION if before else INITIAL)
         host, port = flow.local
-        self.on_registration(
+        self._report(
             RegistrationChange(
                 kind,
                 implicit_set.default.aor,
@@ -476,6 +532,17 @@ def _tag(request: Request) -> str:
     """A To tag that is the same for retransmissions of one request and differs between requests."""
     key = f"{request.top_via.branch}|{request.call_id}|{request.cseq.seq}"
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _deregistering(request: Request) -> bool:
+    """Whether a REGISTER removes contacts only (``Contact: *``, or every contact expires 0)."""
+    if request.contact_star:
+        return True
+    contacts = request.contacts
+    if not contacts:
+        return False
+    default = request.expires
+    return all((c.expires if c.expires is not None else default) == 0 for c in contacts)
 
 
 def _unknown(username: str | None, impu: Uri) -> str:
