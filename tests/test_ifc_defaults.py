@@ -59,10 +59,14 @@ def alice_and_bob(running: RunningServer, phones: list[Phone]) -> tuple[Phone, P
     return alice, bob
 
 
-def closed_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+@pytest.fixture
+def closed_tcp_port() -> Iterator[int]:
+    """A loopback TCP port bound but not listening for the whole test: a connection to it is
+    refused, and no other process can take it meanwhile (a port closed before use could be, and
+    another server's answer would come back instead)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
 
 
 def bob_busy(alice: Phone, bob: Phone, invite: Request) -> None:
@@ -198,9 +202,9 @@ def test_a_5xx_after_a_provisional_response_is_the_callers(tmp_path: Path, phone
     ("handling", "status"), [("session-continued", 486), ("session-terminated", 500)]
 )
 def test_an_as_nothing_listens_on(
-    tmp_path: Path, phones: list[Phone], handling: str, status: int
+    tmp_path: Path, phones: list[Phone], handling: str, status: int, closed_tcp_port: int
 ) -> None:
-    uri = f"sip:127.0.0.1:{closed_tcp_port()};transport=tcp"
+    uri = f"sip:127.0.0.1:{closed_tcp_port};transport=tcp"
     running = server(tmp_path, as_ifc(0, uri, handling))
     try:
         alice, bob = alice_and_bob(running, phones)
