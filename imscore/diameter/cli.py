@@ -52,6 +52,28 @@ def add_hss_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         help="the S-CSCF named in first-registration UAAs and LIAs (default: none, the answer "
         "carries Server-Capabilities and the I-CSCF chooses)",
     )
+    hss.add_argument(
+        "--control",
+        metavar="PATH",
+        help="a Unix socket (mode 0600) on which `imscore hss rtr` and `imscore hss ppr` reach this "
+        "HSS (default: none)",
+    )
+    actions = hss.add_subparsers(dest="hss_action", metavar="ACTION")
+    rtr = actions.add_parser("rtr", help="de-register a user from its S-CSCF (RTR) via --control")
+    ppr = actions.add_parser(
+        "ppr", help="re-read the subscriber file and push a user's profile (PPR) via --control"
+    )
+    for action in (rtr, ppr):
+        action.add_argument("--control", required=True, metavar="PATH", help="the HSS's --control")
+        action.add_argument("--impi", required=True, metavar="IMPI", help="the private identity")
+    from imscore.diameter.control import REASONS
+
+    rtr.add_argument(
+        "--reason",
+        choices=list(REASONS),
+        default="permanent",
+        help="Deregistration-Reason's Reason-Code (default: permanent)",
+    )
 
 
 def parse_diameter_listen(text: str) -> tuple[str, int]:
@@ -79,6 +101,9 @@ def parse_diameter_listen(text: str) -> tuple[str, int]:
 def run_hss(args: argparse.Namespace) -> int:
     """Run ``imscore hss``; returns the exit status. Start-up problems raise :class:`HssCliError`
     wrapped by the caller's error type through ``str()``."""
+    if getattr(args, "hss_action", None) is not None:
+        return _control(args)
+    from imscore.diameter.control import ControlServer
     from imscore.diameter.hss import CxHss
     from imscore.diameter.server import HssServer
     from imscore.profile import ProfileError, load_profile
@@ -112,12 +137,19 @@ def run_hss(args: argparse.Namespace) -> int:
         server_name=args.scscf,
     )
     server = HssServer(hss)
+    control = ControlServer(server, lambda: load_subscribers(source))
 
     async def serve() -> None:
         try:
             await server.start(host, port)
         except OSError as exc:
             raise HssCliError(f"--listen {args.listen}: {exc.strerror or exc}") from None
+        if args.control:
+            try:
+                await control.start(args.control)
+            except OSError as exc:
+                await server.close()
+                raise HssCliError(f"--control {args.control}: {exc.strerror or exc}") from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -132,7 +164,25 @@ def run_hss(args: argparse.Namespace) -> int:
         try:
             await stop.wait()
         finally:
+            await control.close()
             await server.close()
 
     asyncio.run(serve())
     return 0
+
+
+def _control(args: argparse.Namespace) -> int:
+    """``imscore hss rtr|ppr``: one command to the running HSS; prints its JSON answer."""
+    import json
+
+    from imscore.diameter.control import send_control
+
+    order = {"command": args.hss_action, "impi": args.impi}
+    if args.hss_action == "rtr":
+        order["reason"] = args.reason
+    try:
+        reply = send_control(args.control, order)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise HssCliError(f"--control {args.control}: {exc}") from None
+    print(json.dumps(reply))
+    return 0 if reply.get("ok") else 1

@@ -96,6 +96,29 @@ class HssServer:
         if self._server is not None:
             await self._server.wait_closed()
 
+    async def push(self, peer_host: str, command: int, avps: list[Avp], timeout: float = 5.0) -> Message:
+        """Send an HSS-initiated Cx request (RTR, PPR) to the connected peer ``peer_host`` with
+        Session-Id, Origin-Host/Realm and Destination-Realm added; its answer.
+
+        :raises DiameterPeerError: no connection from that peer, or no answer in time.
+        """
+        from imscore.diameter.peer import DiameterPeerError
+
+        for connection in self._ready:
+            if connection.peer_host == peer_host and not connection.closed:
+                head = [
+                    Avp.utf8(d.SESSION_ID, self.ids.session_id()),
+                    *connection.origin_avps(),
+                    Avp.utf8(d.DESTINATION_REALM, connection.peer_realm or self.hss.origin_realm),
+                ]
+                return await connection.request(
+                    command,
+                    d.CX_APPLICATION,
+                    [head[0], *avps[:1], *head[1:], *avps[1:]],
+                    timeout=timeout,
+                )
+        raise DiameterPeerError(f"no Diameter connection from {peer_host}")
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = PeerConnection(reader, writer, self.ids, self.hss.origin_realm, self._request)
         self.connections.add(connection)

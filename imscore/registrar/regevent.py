@@ -213,18 +213,10 @@ class RegEventService:
         return any(s.aor == aor for s in self.subscriptions.values())
 
     def changed(
-        self,
-        aor: str,
-        bindings: Sequence[StoredBinding],
-        now: float,
-        *,
-        deregistered: bool = False,
-        terminated: str = "deactivated",
+        self, aor: str, bindings: Sequence[StoredBinding], now: float, *, deregistered: bool = False
     ) -> list[tuple[Request, FlowInfo]]:
         """The set filed under ``aor`` changed: a NOTIFY per subscription watching it. When the set
-        has no binding left after a de-registration, the subscriptions end (RFC 3680 §3.2) with
-        ``terminated`` as the contacts' event and the subscription's reason (``rejected`` for a
-        network-initiated de-registration the UE must not undo)."""
+        has no binding left after a de-registration, the subscriptions end (RFC 3680 §3.2)."""
         out: list[tuple[Request, FlowInfo]] = []
         for key, subscription in list(self.subscriptions.items()):
             if subscription.aor != aor:
@@ -233,12 +225,28 @@ class RegEventService:
                 del self.subscriptions[key]
                 out.append(
                     (
-                        self._notify(subscription, bindings, now, terminated=terminated),
+                        self._notify(subscription, bindings, now, terminated="deactivated"),
                         subscription.flow,
                     )
                 )
             else:
                 out.append((self._notify(subscription, bindings, now), subscription.flow))
+        return out
+
+    def network_terminated(
+        self, aor: str, bindings: Sequence[StoredBinding], now: float, event: str
+    ) -> list[tuple[Request, FlowInfo]]:
+        """The network ended the registration of the set filed under ``aor`` (an HSS's RTR,
+        TS 24.229 §5.4.1.5): each subscription watching it gets a final NOTIFY in which every
+        contact, the set's ``bindings`` as they were, is ``terminated`` with ``event``
+        (``rejected``, or ``deactivated`` when the UE should register again, RFC 3680 §5.1), and
+        ends with that reason."""
+        out: list[tuple[Request, FlowInfo]] = []
+        for key, subscription in list(self.subscriptions.items()):
+            if subscription.aor == aor:
+                del self.subscriptions[key]
+                final = self._notify(subscription, bindings, now, terminated=event)
+                out.append((final, subscription.flow))
         return out
 
     def expire(self, now: float) -> list[tuple[Request, FlowInfo]]:

@@ -362,14 +362,16 @@ class Registrar:
         """The network ends the registration of the set filed under ``aor`` (an HSS's RTR,
         TS 24.229 §5.4.1.5): its bindings go, and its reg-event watchers get a NOTIFY whose contacts
         are ``terminated`` with ``event`` (``rejected``: do not register again; ``deactivated``:
-        register again) and whose subscription ends with that reason (RFC 3680 §5.1, RFC 6665)."""
+        register again) and whose subscription ends with that reason (RFC 3680 §5.1, RFC 6665
+        §4.2.2)."""
         stored = await self.bindings.load(aor)
         await self.bindings.save(aor, [])
         self._changed(aor)
         if stored and self.on_registration is not None:
             impi = stored[0].impi
             self.on_registration(RegistrationChange(DEREGISTRATION, aor, impi, 0, "network"))
-        return tuple(self.regevent.changed(aor, [], now, deregistered=True, terminated=event))
+        live = [b for b in stored if not b.expired(now)]
+        return tuple(self.regevent.network_terminated(aor, live, now, event))
 
     def _changed(self, aor: str) -> None:
         if self.on_change is not None:

@@ -149,9 +149,12 @@ class Server:
         self._expiry: asyncio.Task[None] | None = None
         #: seconds between two sweeps of expired bindings
         self.expiry_interval = 1.0
+        from imscore.diameter import plugin as cx_provider  # the builtin cx:// subscriber store
         from imscore.registrar import redis_provider  # the builtin redis:// store provider
 
-        self.plugins = create_plugin_manager(extra_plugins=(*extra_plugins, redis_provider))
+        self.plugins = create_plugin_manager(
+            extra_plugins=(*extra_plugins, redis_provider, cx_provider)
+        )
         #: this node's name in a pool (``--node-id``): written into the bindings it stores
         self.node_id: str | None = None
         self.transports: Transports | None = None
