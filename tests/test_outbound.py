@@ -23,10 +23,18 @@ class OutboundPhone(Phone):
     """A Phone whose REGISTER uses outbound: ``reg-id`` on its Contact, ``Supported: outbound``
     (and ``Require: outbound`` when asked)."""
 
-    def __init__(self, *args: object, reg_id: int, require: bool = False, **kwargs: object) -> None:
+    def __init__(
+        self,
+        *args: object,
+        reg_id: int,
+        require: bool = False,
+        path: tuple[str, ...] = (),
+        **kwargs: object,
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.reg_id = reg_id
         self.require = require
+        self.path = path  # Path values as edge proxies would have put them (the edge's last)
 
     def _register_request(
         self, authorization: str | None, expires: int, q: float | None, contact: str | None
@@ -38,6 +46,8 @@ class OutboundPhone(Phone):
         request.headers.add("Supported", "outbound, path")
         if self.require:
             request.headers.add("Require", "outbound")
+        for hop in self.path:
+            request.headers.add("Path", hop)
         return request
 
 
@@ -129,3 +139,29 @@ def test_two_flows_of_one_instance_then_one_gone_then_both(server: RunningServer
     finally:
         udp.close()
         caller.close()
+
+
+def test_through_an_edge_proxy_with_and_without_outbound(server: RunningServer) -> None:
+    """RFC 5626 §6: through a Path, the edge proxy (the first hop, whose Path value is the last)
+    must do outbound (``ob``), else 439; with it, Require: outbound and no Flow-Timer of ours."""
+    lacking = OutboundPhone(server.address("udp"), "edge1", reg_id=1, path=("<sip:edge.test;lr>",))
+    doing = OutboundPhone(
+        server.address("udp"),
+        "edge2",
+        reg_id=1,
+        path=("<sip:core.test;lr>", "<sip:edge.test;lr;ob>"),  # only the edge's needs ob
+    )
+    wrong_hop = OutboundPhone(
+        server.address("udp"), "edge3", reg_id=1, path=("<sip:core.test;lr;ob>", "<sip:edge.test;lr>")
+    )
+    try:
+        refused = lacking.register()
+        assert (refused.status, refused.reason) == (439, "First Hop Lacks Outbound Support")
+        assert wrong_hop.register().status == 439
+        ok = doing.register()
+        assert ok.status == 200
+        assert ok.headers.get("Require") == "outbound"
+        assert "Flow-Timer" not in ok.headers  # the edge proxy keeps the flow, not us
+    finally:
+        for phone in (lacking, doing, wrong_hop):
+            phone.close()

@@ -465,9 +465,9 @@ def test_cseq_ordering_require_and_path(alice: Ue) -> None:
     out_of_order = alice.send(retry)
     assert out_of_order.status == 500 and "CSeq" in out_of_order.reason
     # an option tag the registrar does not support -> 420 naming it
-    unsupported = alice.send(alice.request(extra=[("Require", "sec-agree, gruu")]))
+    unsupported = alice.send(alice.request(extra=[("Require", "sec-agree, gruu, foo")]))
     assert unsupported.status == 420
-    assert unsupported.headers.get("Unsupported") == "sec-agree, gruu"
+    assert unsupported.headers.get("Unsupported") == "sec-agree, foo"  # gruu is ours (RFC 5627)
     # Path is stored and echoed when the UE supports it (RFC 3327)
     path = [("Path", "<sip:term@pcscf.visited.test;lr>"), ("Supported", "path")]
     echoed = alice.register(extra=path)

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from imscore.profile import Profile
 from imscore.registrar.authenticator import Authenticator, AuthOutcome
+from imscore.registrar.gruu import Gruus, GruuTarget
 from imscore.registrar.identity import find_identity, phone_number, resolve_identity
 from imscore.registrar.model import FlowInfo, StoredBinding
 from imscore.registrar.outbound import flow_set, is_outbound
 from imscore.registrar.store import BindingStore
-from imscore.sip import Request, SipError, SipUri, TelUri, Uri
+from imscore.sip import Request, SipError, SipUri, TelUri, Uri, parse_uri
 from imscore.sip.headers import parse_auth, parse_via
 from imscore.subscribers import Subscriber, SubscriberStore
 
@@ -172,6 +173,8 @@ class Router:
         self._local = local
         #: routes requests through the ASs of matching iFCs (imscore.ifc.routing), or ``None``
         self.services: ServiceRouting | None = None
+        #: reads the GRUUs the registrar issued (RFC 5627); ``None``: a GRUU is a plain URI
+        self.gruus: Gruus | None = None
 
     # -- what is ours ------------------------------------------------------------------------------
     def is_local_address(self, host: str, port: int | None) -> bool:
@@ -377,13 +380,21 @@ class Router:
     ) -> Decision:
         """The bindings of the Request-URI's implicit registration set, planned by the forking hook
         (first through the ASs of the callee's terminating iFCs after priority ``after``)."""
-        uri, candidate = await find_identity(self.subscribers, request.uri)
+        gruu = self._gruu(request.uri)  # RFC 5627 §5.5: a GRUU reaches its instance only
+        if isinstance(gruu, Decision):
+            return gruu
+        looked_up = request.uri if gruu is None else parse_uri(gruu.aor)
+        uri, candidate = await find_identity(self.subscribers, looked_up)
         resolved = await resolve_identity(self.plugins, self.subscribers, uri, candidate)
         if resolved is None or resolved[0].is_barred(uri):
             return Decision.answer(404, f"Not Found: no user has {_shown(uri)}")
         implicit_set = resolved[1]
         aor = implicit_set.default.aor
         live = [b for b in await self.bindings.load(aor) if not b.expired(now)]
+        if gruu is not None:
+            live = gruu.bindings(live)
+            if not live and gruu.temporary:  # its binding was removed: it is no longer valid
+                return Decision.answer(404, "Not Found: the temporary GRUU is no longer valid")
         if self.services is not None:  # TS 24.229 §5.4.3.3
             routed = self.services.terminating(request, resolved[0], bool(live), flow, now, after)
             if routed is not None:
@@ -413,6 +424,16 @@ class Router:
         if not groups:
             return Decision.answer(480, "Temporarily Unavailable")
         return Decision(groups=groups, kind="terminating")
+
+    def _gruu(self, uri: Uri) -> GruuTarget | Decision | None:
+        """What a GRUU Request-URI names; a ``404`` decision for one that is not ours (forged, or
+        made under another key); ``None`` when the URI is no GRUU."""
+        if self.gruus is None:
+            return None
+        try:
+            return self.gruus.target(uri)
+        except (LookupError, SipError) as exc:
+            return Decision.answer(404, f"Not Found: {exc}")
 
     @classmethod
     def _instance_target(

@@ -8,7 +8,12 @@ from dataclasses import dataclass, field, replace
 from imscore.plugin.types import Binding
 from imscore.sip import SipError
 
-__all__ = ["FlowInfo", "StoredBinding", "feature_tags"]
+__all__ = ["FIRST_CSEQ", "FlowInfo", "StoredBinding", "feature_tags"]
+
+#: the key in :attr:`StoredBinding.extra` holding the CSeq of the first REGISTER under the
+#: binding's Call-ID (RFC 5628 ``first-cseq``): temporary GRUUs issued from it on are valid
+#: (:mod:`imscore.registrar.gruu`)
+FIRST_CSEQ = "first-cseq"
 
 
 def feature_tags(contact: str) -> tuple[tuple[str, str | None], ...]:
@@ -116,5 +121,11 @@ class StoredBinding:
         )
 
     def refreshed(self, other: StoredBinding) -> StoredBinding:
-        """This device's binding updated by a new REGISTER (first registration time kept)."""
+        """This device's binding updated by a new REGISTER (first registration time kept; under
+        the same Call-ID the first CSeq too, so earlier temporary GRUUs stay valid)."""
+        first = self.extra.get(FIRST_CSEQ)
+        if first is not None and other.call_id == self.call_id and FIRST_CSEQ in other.extra:
+            return replace(
+                other, registered_at=self.registered_at, extra={**other.extra, FIRST_CSEQ: first}
+            )
         return replace(other, registered_at=self.registered_at)

@@ -6,7 +6,8 @@ the flow it arrived on is the device's flow for that reg-id: the 200 OK says ``R
 and ``Flow-Timer`` (§4.4.1, §6), and requests for the device go down that flow only, never to the
 Contact address; when no flow of the instance is left, the branch fails with ``430 Flow Failed``
 (§5.3). Behind a Path (a P-CSCF or another edge proxy) the flow is the edge's business: the
-registration is kept as a plain one (see docs/registrar.rst for why no 439 is sent).
+registration is kept as a plain one when the edge proxy does outbound (``ob`` on its Path), and
+refused with ``439 First Hop Lacks Outbound Support`` when it does not (§6).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from imscore.sip import Contact, Request
+from imscore.sip import Contact, Request, SipUri
 
 from .model import FlowInfo, StoredBinding
 
@@ -24,9 +25,11 @@ __all__ = [
     "FLOW_TIMER_UDP",
     "OUTBOUND_MARK",
     "FlowSet",
+    "first_hop_lacks_outbound",
     "flow_set",
     "flow_timer",
     "is_outbound",
+    "through_outbound_edge",
     "uses_outbound",
 ]
 
@@ -46,6 +49,37 @@ def uses_outbound(request: Request, contact: Contact) -> bool:
     if "outbound" not in [t.lower() for t in request.supported]:
         return False
     return "Path" not in request.headers
+
+
+def _edge_hop(request: Request, contact: Contact) -> SipUri | bool | None:
+    """The URI of the Path the first hop added when this Contact asks for outbound through an
+    edge proxy; ``False`` when it does not ask for outbound or came without a Path; ``None`` when
+    that Path is not a SIP URI."""
+    if contact.instance is None or contact.reg_id is None:
+        return False
+    if "outbound" not in [t.lower() for t in request.supported]:
+        return False
+    hops = request.path
+    if not hops:
+        return False  # no Path: we are the first hop, and we do outbound
+    uri = hops[-1].uri
+    return uri if isinstance(uri, SipUri) else None
+
+
+def through_outbound_edge(request: Request, contact: Contact) -> bool:
+    """This Contact registers a flow kept by an edge proxy that does outbound (``ob`` on the Path
+    it added, RFC 5626 §5.1): the 200 OK says ``Require: outbound``; requests go through the Path."""
+    hop = _edge_hop(request, contact)
+    return isinstance(hop, SipUri) and "ob" in hop.params
+
+
+def first_hop_lacks_outbound(request: Request, contact: Contact) -> bool:
+    """RFC 5626 §6, §11.6: this Contact asks for outbound (``+sip.instance``, ``reg-id``,
+    ``Supported: outbound``) but the REGISTER came through an edge proxy that does not do it:
+    the Path value the first hop added (the last one: each proxy puts its own on top) has no
+    ``ob`` parameter. The registrar answers ``439 First Hop Lacks Outbound Support``."""
+    hop = _edge_hop(request, contact)
+    return hop is None or (isinstance(hop, SipUri) and "ob" not in hop.params)
 
 
 def flow_timer(transport: str) -> int:

@@ -20,14 +20,17 @@ from dataclasses import dataclass, field
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
 
-from imscore.sip import Request, Uri
+from imscore.sip import Request, SipError, SipUri, Uri, parse_uri
 
+from .gruu import Gruus, first_cseq, public_gruu
 from .model import FlowInfo, StoredBinding
 
 __all__ = ["CONTENT_TYPE", "RegEventService", "Subscription", "reginfo_xml"]
 
 CONTENT_TYPE: Final = "application/reginfo+xml"
 NAMESPACE: Final = "urn:ietf:params:xml:ns:reginfo"
+#: the GRUU extension of reginfo (RFC 5628 §3)
+GRUU_NAMESPACE: Final = "urn:ietf:params:xml:ns:gruuinfo"
 DEFAULT_EXPIRES: Final = 3600
 MAX_EXPIRES: Final = 7200
 MIN_EXPIRES: Final = 60
@@ -42,16 +45,25 @@ class ContactState:
     state: str
     event: str
     expires: int
+    #: the binding's ``+sip.instance`` (its public GRUU is made per registration's AOR)
+    instance: str | None = None
+    #: the latest temporary GRUU and the CSeq it counts from (RFC 5628 ``first-cseq``)
+    temp_gruu: str | None = None
+    first_cseq: int | None = None
 
 
 def reginfo_xml(
     version: int,
     registrations: Sequence[tuple[str, str, Sequence[ContactState]]],
 ) -> bytes:
-    """A full-state reginfo document (RFC 3680 §5.3): ``(aor, state, contacts)`` per registration."""
+    """A full-state reginfo document (RFC 3680 §5.3): ``(aor, state, contacts)`` per registration;
+    an active contact with an instance carries its ``gr:pub-gruu`` for that AOR (a SIP one) and
+    its latest ``gr:temp-gruu`` (RFC 5628 §3)."""
+    gruus = any(c.instance is not None for _, _, contacts in registrations for c in contacts)
+    namespaces = f' xmlns:gr="{GRUU_NAMESPACE}"' if gruus else ""
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<reginfo xmlns="{NAMESPACE}" version="{version}" state="full">',
+        f'<reginfo xmlns="{NAMESPACE}"{namespaces} version="{version}" state="full">',
     ]
     for index, (aor, state, contacts) in enumerate(registrations):
         lines.append(f'  <registration aor={quoteattr(aor)} id="r{index}" state="{state}">')
@@ -62,10 +74,27 @@ def reginfo_xml(
                 f'event="{contact.event}"{expires}>'
             )
             lines.append(f"      <uri>{escape(contact.uri)}</uri>")
+            lines.extend(_gruu_lines(aor, contact))
             lines.append("    </contact>")
         lines.append("  </registration>")
     lines.append("</reginfo>")
     return ("\n".join(lines) + "\n").encode()
+
+
+def _gruu_lines(aor: str, contact: ContactState) -> list[str]:
+    if contact.instance is None or contact.state != "active":
+        return []
+    out: list[str] = []
+    try:
+        uri = parse_uri(aor)
+    except SipError:
+        uri = None
+    if isinstance(uri, SipUri):
+        out.append(f"      <gr:pub-gruu uri={quoteattr(public_gruu(uri, contact.instance))}/>")
+    if contact.temp_gruu is not None:
+        first = "" if contact.first_cseq is None else f' first-cseq="{contact.first_cseq}"'
+        out.append(f"      <gr:temp-gruu uri={quoteattr(contact.temp_gruu)}{first}/>")
+    return out
 
 
 @dataclass
@@ -113,6 +142,8 @@ class RegEventService:
         self.refused = 0
         #: subscriptions ended because their NOTIFY failed (timeout, 481 …: RFC 6665 §4.2.2)
         self.dropped = 0
+        #: makes the temporary GRUUs the NOTIFYs carry (the registrar's; ``None``: no temp-gruu)
+        self.gruus: Gruus | None = None
 
     def _full(self, aor: str, flow: FlowInfo) -> str | None:
         """Why a new subscription to the set filed under ``aor`` from ``flow`` is refused, if it is."""
@@ -283,7 +314,19 @@ class RegEventService:
                     event = "shortened"
             seen.add(contact_id)
             subscription.known[contact_id] = binding
-            states.append(ContactState(contact_id, binding.uri, "active", event, binding.remaining(now)))
+            temp = None if self.gruus is None else self.gruus.temporary(binding)
+            states.append(
+                ContactState(
+                    contact_id,
+                    binding.uri,
+                    "active",
+                    event,
+                    binding.remaining(now),
+                    binding.instance_id,
+                    temp,
+                    None if temp is None else first_cseq(binding),
+                )
+            )
         for contact_id, old in list(subscription.known.items()):
             if contact_id not in seen:
                 event = "expired" if old.expires_at <= now else "unregistered"

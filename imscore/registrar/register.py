@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,9 +23,16 @@ from imscore.subscribers import ImplicitSet, Subscriber, SubscriberStore
 
 from .authenticator import Authenticator, AuthOutcome, AuthResult
 from .change import DEREGISTRATION, INITIAL, REREGISTRATION, RegistrationChange
+from .gruu import Gruus, gruu_params
 from .identity import find_identity, phone_number, resolve_identity
-from .model import FlowInfo, StoredBinding
-from .outbound import OUTBOUND_MARK, flow_timer, uses_outbound
+from .model import FIRST_CSEQ, FlowInfo, StoredBinding
+from .outbound import (
+    OUTBOUND_MARK,
+    first_hop_lacks_outbound,
+    flow_timer,
+    through_outbound_edge,
+    uses_outbound,
+)
 from .regevent import RegEventService
 from .remote import RemoteAuthority, StoreRefusal, StoreUnavailable, is_remote
 from .sqn import SqnStore
@@ -42,8 +50,8 @@ __all__ = ["SUPPORTED", "RegisterOutcome", "Registrar"]
 
 log = logging.getLogger("imscore.registrar")
 
-#: option tags the registrar supports (RFC 3327 Path, RFC 5626 outbound)
-SUPPORTED: Final = ("path", "outbound")
+#: option tags the registrar supports (RFC 3327 Path, RFC 5626 outbound, RFC 5627 GRUU)
+SUPPORTED: Final = ("path", "outbound", "gruu")
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,10 @@ class Registrar:
         self.on_registration: Callable[[RegistrationChange], None] | None = None
         #: REGISTERs of one set decided here take turns (a store shared by several nodes)
         self._deciding = AorLocks()
+        #: issues public and temporary GRUUs (RFC 5627); the server replaces it with one whose key
+        #: is kept in the store (imscore.server.proxying), so every node resolves the same ones
+        self.gruus = Gruus(lambda: secrets.token_bytes(32))
+        self.regevent.gruus = self.gruus
 
     def _authenticate(
         self, request: Request, credentials: Any, subscriber: Subscriber, now: float
@@ -218,6 +230,12 @@ class Registrar:
             hop.check()
         request.expires  # noqa: B018
         request.supported  # noqa: B018
+        if (
+            request.headers.count("Contact")
+            and not request.contact_star
+            and any(first_hop_lacks_outbound(request, c) for c in request.contacts)
+        ):  # RFC 5626 §6: outbound asked for through an edge proxy that does not do it
+            return RegisterOutcome(self._reply(request, 439))
         # steps 5-7 read, decide and write; a store shared by several nodes refuses a write when
         # another node wrote the set meanwhile, and the decision is made again (.versioned)
         if not isinstance(self.bindings, VersionedStore):
@@ -429,8 +447,12 @@ class Registrar:
         now: float,
     ) -> StoredBinding:
         echo = contact.copy()
-        echo.params.remove("expires")
+        for name in ("expires", "pub-gruu", "temp-gruu"):  # ours to add in the 200 OK
+            echo.params.remove(name)
         echo.bracketed = True
+        extra = {OUTBOUND_MARK: "1"} if uses_outbound(request, contact) else {}
+        if contact.instance is not None:  # RFC 5628 first-cseq: kept while the Call-ID stays
+            extra[FIRST_CSEQ] = str(request.cseq.seq)
         return StoredBinding(
             aor=aor,
             impi=subscriber.impi,
@@ -446,7 +468,7 @@ class Registrar:
             path=tuple(request.headers.values("Path")),
             flow=flow,
             user_agent=request.headers.get("User-Agent"),
-            extra={OUTBOUND_MARK: "1"} if uses_outbound(request, contact) else {},
+            extra=extra,
         )
 
     def _policy(
@@ -484,6 +506,16 @@ class Registrar:
         kept.sort(key=lambda b: b.registered_at)
         return kept
 
+    def _contact(self, binding: StoredBinding, request: Request, now: float) -> str:
+        """A Contact of the 200 OK to a REGISTER with ``Supported: gruu``: with ``pub-gruu`` and
+        ``temp-gruu`` when the binding has an instance (RFC 5627 §5.3)."""
+        domain = request.uri.host if isinstance(request.uri, SipUri) else self.profile.domains[0]
+        params = "".join(
+            f";{name}={value}"
+            for name, value in gruu_params(self.gruus, binding, request.to.uri, domain)
+        )
+        return f"{binding.contact}{params};expires={binding.remaining(now)}"
+
     def _ok(
         self,
         request: Request,
@@ -492,8 +524,13 @@ class Registrar:
         bindings: Sequence[StoredBinding],
         now: float,
     ) -> Response:
+        gruu = "gruu" in [t.lower() for t in request.supported]
         headers: list[tuple[str, object]] = [
-            ("Contact", f"{b.contact};expires={b.remaining(now)}") for b in bindings
+            (
+                "Contact",
+                self._contact(b, request, now) if gruu else f"{b.contact};expires={b.remaining(now)}",
+            )
+            for b in bindings
         ]
         associated = subscriber.unbarred(implicit_set)
         if associated:
@@ -507,6 +544,8 @@ class Registrar:
             if flows:  # RFC 5626 §6: the device's flow is registered; keep it alive this often
                 headers.append(("Require", "outbound"))
                 headers.append(("Flow-Timer", flow_timer(request.top_via.transport)))
+            elif any(through_outbound_edge(request, c) for c in request.contacts):
+                headers.append(("Require", "outbound"))  # the edge proxy keeps the flow alive
         headers.append(("Date", _http_date(now)))
         return self._reply(request, 200, None, headers)
 

@@ -10,6 +10,7 @@ the answers of :meth:`imscore.server.core.ServerCore.answer`.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import secrets
 import sqlite3
@@ -30,6 +31,8 @@ from imscore.proxy.relay import (
 )
 from imscore.proxy.router import Decision, Router
 from imscore.registrar import FlowInfo
+from imscore.registrar.gruu import KEY_NAME as GRUU_KEY_NAME
+from imscore.registrar.gruu import Gruus
 from imscore.registrar.outbound import FlowSet
 from imscore.registrar.store import SqliteBindingStore
 from imscore.routing import RoutingError, TargetList
@@ -84,6 +87,9 @@ class ProxyService:
         # then stay byte for byte what they were)
         secret = self._stamp_secret(server) or secrets.token_bytes(32)
         self.stamp = DialogStamp(secret)
+        #: the registrar issues GRUUs and the router resolves them under one key (RFC 5627)
+        gruus = Gruus(self._gruu_key(server, secret))
+        self.router.gruus = server.registrar.gruus = server.registrar.regevent.gruus = gruus
         #: routes requests through the ASs of matching iFCs, and knows them when they come back
         self.ifc = ServiceRouting(server.plugins, OdiStamp(secret), self._odi_route)
         self.router.services = self.ifc
@@ -111,6 +117,22 @@ class ProxyService:
             except sqlite3.Error as exc:  # a read-only file: stamps live as long as this process
                 log.warning("dialog stamps: cannot keep their key in %s: %s", store.url, exc)
         return None if server.worker is None else server.worker.nonce_secret
+
+    @staticmethod
+    def _gruu_key(server: Server, stamp_secret: bytes) -> bytes:
+        """The temporary GRUUs' key: kept in the store (a pool's Redis, the SQLite file) so that
+        another node, or this one after a restart, resolves them; else one made from the dialog
+        stamps' key (a ``memory:`` store forgets its bindings, and with them its GRUUs)."""
+        store = server.store
+        pool = getattr(store, "pool", None)
+        if pool is not None:
+            return bytes(pool.secret(GRUU_KEY_NAME))
+        if isinstance(store, SqliteBindingStore):
+            try:
+                return stored_secret(store.connection, GRUU_KEY_NAME)
+            except sqlite3.Error as exc:
+                log.warning("GRUUs: cannot keep their key in %s: %s", store.url, exc)
+        return hmac.digest(stamp_secret, b"imscore gruu key", "sha256")
 
     # -- our addresses -----------------------------------------------------------------------------
     def _local_addresses(self) -> list[tuple[str, int]]:
