@@ -25,6 +25,7 @@ from typing import Protocol
 
 from imscore.auth.aka import AuthVector
 from imscore.sip import Uri
+from imscore.store import StoreError
 from imscore.subscribers import Subscriber
 
 from .change import RegistrationChange
@@ -43,8 +44,12 @@ AKA = "aka"
 DIGEST = "digest"
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(StoreError):
     """The store (the HSS) cannot be reached or did not answer: a ``503`` with ``Retry-After``.
+
+    A :class:`~imscore.store.StoreError`, so that a request other than REGISTER whose lookup
+    fails (a terminating INVITE, a SUBSCRIBE) is answered ``503`` with ``Retry-After`` by the
+    server too, not ``500``.
 
     :param reason: for the log and the reason phrase.
     :param retry_after: seconds the UE should wait.

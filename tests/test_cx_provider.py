@@ -1,0 +1,277 @@
+"""The S-CSCF side of Cx over real loopback TCP: ``imscore serve --subscribers cx://HOST:PORT``
+against ``imscore hss``, both subprocesses.
+
+A REGISTER is challenged with what the HSS gives by MAR (SIP Digest H(A1), Digest-AKAv1 vectors
+checked by a simulated USIM, the AUTS re-synchronisation sent back to the HSS), its 200 OK lists
+the implicit set the SAA's User-Data names, and the HSS learns of the registration and the
+de-registration by SAR (checked here with our own Cx client asking the HSS by UAR). An HSS that
+is stopped makes a REGISTER ``503`` with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from devices import stop_process
+from sipua import Caller, Phone
+from test_registrar import Ue, _aka_credentials, _empty_auth
+from test_serve import Served, serve
+
+from imscore.auth.aka import UeSim
+from imscore.auth.milenage import Milenage
+from imscore.diameter import dictionary as d
+from imscore.diameter.client import CxClient
+from imscore.diameter.messages import result_of
+from imscore.sip import Response
+
+V = d.VENDOR_3GPP
+K = bytes.fromhex("465b5ce8b199b49faa5f0a2ee238a6bc")
+OP = bytes.fromhex("cdc202d5123e20f62b6d676ac72cb318")
+CAROL = "001010123456789@ims.mnc001.mcc001.3gppnetwork.org"
+ALICE_SET = ["sip:alice@ims.example.test", "tel:+15551230001"]
+
+SUBSCRIBERS = f"""
+subscribers:
+  - impi: alice@ims.example.test
+    password: alice-secret
+    implicit_sets:
+      - [sip:alice@ims.example.test, tel:+15551230001, sip:alice.old@ims.example.test]
+      - [sip:alice.work@ims.example.test]
+    barred: [sip:alice.old@ims.example.test]
+  - impi: {CAROL}
+    aka:
+      k: {K.hex()}
+      op: {OP.hex()}
+      amf: b9b9
+      sqn: ff9bb4d0b607
+    implicit_sets:
+      - [sip:+15551230003@ims.example.test;user=phone, tel:+15551230003]
+"""
+
+
+class Hss:
+    """``imscore hss`` on a free loopback port."""
+
+    def __init__(self, path: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "imscore", "hss", "--listen", "tcp:127.0.0.1:0",
+             "--subscribers", str(path), "--origin-realm", "ims.example.test"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert self.process.stderr is not None
+        line = self.process.stderr.readline()
+        match = re.search(r"Cx on tcp:127\.0\.0\.1:(\d+) ", line)
+        assert match, line
+        self.port = int(match.group(1))
+
+    def uar(self, impu: str, impi: str, kind: int = d.UAT_REGISTRATION) -> tuple[object, str | None]:
+        """Ask the HSS (our own Cx client, a second peer) what it knows of ``impu``: the result
+        and the Server-Name."""
+
+        async def main() -> tuple[object, str | None]:
+            client = await CxClient.connect(
+                "127.0.0.1",
+                self.port,
+                origin_host="icscf.ims.example.test",
+                origin_realm="ims.example.test",
+                destination_realm="ims.example.test",
+            )
+            try:
+                answer = await client.uar(impu, impi, kind=kind)
+            finally:
+                await client.close()
+            name = answer.find(d.SERVER_NAME, V)
+            return result_of(answer), None if name is None else name.as_str()
+
+        return asyncio.run(asyncio.wait_for(main(), 10))
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+@pytest.fixture
+def hss(tmp_path: Path) -> Iterator[Hss]:
+    path = tmp_path / "subscribers.yaml"
+    path.write_text(SUBSCRIBERS)
+    running = Hss(path)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def scscf(hss: Hss, *extra: str) -> Served:
+    return serve(
+        "--listen", "udp:127.0.0.1:0", "--subscribers", f"cx://127.0.0.1:{hss.port}", *extra
+    )  # fmt: skip
+
+
+def stopped(served: Served) -> None:
+    assert served.stop() == 0, "\n".join(served.log)
+
+
+def eventually(check: object, expected: object, seconds: float = 5.0) -> object:
+    """``check()`` until it returns ``expected`` (bounded in time); the last value."""
+    assert callable(check)
+    deadline = time.monotonic() + seconds
+    value = check()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = check()
+    return value
+
+
+def test_digest_registration_takes_ha1_by_mar_and_the_set_by_sar(hss: Hss) -> None:
+    served = scscf(hss)
+    try:
+        # before: the HSS has no S-CSCF for alice (first registration, no Server-Name)
+        assert hss.uar(ALICE_SET[0], "alice@ims.example.test") == ((d.FIRST_REGISTRATION, V), None)
+        phone = Phone(served.addresses["udp"], "alice1")
+        try:
+            ok = phone.register()  # 401 with the HSS's H(A1) behind it, then 200
+            assert ok.status == 200, ok.status
+            # the implicit set from the SAA's User-Data, the barred alice.old left out
+            assert [str(a.uri) for a in ok.p_associated_uri] == ALICE_SET
+            # the HSS was told by SAR REGISTRATION: this S-CSCF serves the set now
+            result, name = hss.uar("tel:+15551230001", "alice@ims.example.test")
+            assert result == (d.SUBSEQUENT_REGISTRATION, V)
+            assert name == "sip:scscf.ims.example.test"
+            again = phone.register()  # a re-registration (SAR RE_REGISTRATION)
+            assert again.status == 200
+            assert [str(a.uri) for a in again.p_associated_uri] == ALICE_SET
+            gone = phone.register(expires=0)
+            assert gone.status == 200
+            # SAR USER_DEREGISTRATION (sent in the background): the set has no S-CSCF any more
+            deregistered = (d.ERROR_IDENTITY_NOT_REGISTERED, V)
+            check = lambda: hss.uar(ALICE_SET[0], "alice@ims.example.test", d.UAT_DE_REGISTRATION)[0]  # noqa: E731
+            assert eventually(check, deregistered) == deregistered
+        finally:
+            phone.close()
+        wrong = Phone(served.addresses["udp"], "alice2", password="not-her-secret")
+        try:
+            assert wrong.register().status == 401  # challenged again, never 200
+        finally:
+            wrong.close()
+    finally:
+        stopped(served)
+
+
+def test_unknown_user_and_foreign_identity(hss: Hss) -> None:
+    served = scscf(hss)
+    try:
+        nobody = Phone(
+            served.addresses["udp"],
+            "nobody",
+            "nobody@ims.example.test",
+            "x",
+            "sip:nobody@ims.example.test",
+        )
+        try:
+            assert nobody.register().status == 404
+        finally:
+            nobody.close()
+        # alice's IMPI for carol's IMPU: the HSS says the identities do not match
+        thief = Ue(_At(served.addresses["udp"]), "alice@ims.example.test", None, "tel:+15551230003")  # type: ignore[arg-type]
+        try:
+            refused = thief.send(thief.request(extra=[("Authorization", _empty_auth(thief.impi))]))
+            assert refused.status == 403
+        finally:
+            thief.sock.close()
+    finally:
+        stopped(served)
+
+
+class _At:
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._address = address
+
+    def address(self, transport: str) -> tuple[str, int]:
+        return self._address
+
+
+def test_aka_registration_with_vectors_and_resync_from_the_hss(hss: Hss) -> None:
+    served = scscf(hss, "--profile", "ims")
+    ue = Ue(_At(served.addresses["udp"]), CAROL, None, "tel:+15551230003")  # type: ignore[arg-type]
+    sim = UeSim(Milenage(K, op=OP), sqn_ms=0)  # far behind the HSS: the first challenge resyncs
+    try:
+        challenge = ue.send(ue.request(extra=[("Authorization", _empty_auth(CAROL))]))
+        assert challenge.status == 401
+        (offered,) = challenge.www_authenticate
+        assert offered.get("algorithm") == "AKAv1-MD5"
+        answer = sim.respond(offered.get("nonce") or "")
+        assert answer.auts is not None, "the SIM's SQN is stale: it must ask for re-synchronisation"
+        resync = _aka_credentials(offered, answer.password(1), auts=answer.auts_param)
+        second = ue.send(ue.request(authorization=resync))
+        assert second.status == 401  # the HSS re-synchronised (MAR with RAND || AUTS): a new vector
+        (offered,) = second.www_authenticate
+        answer = sim.respond(offered.get("nonce") or "")
+        assert answer.auts is None, "the new vector's SQN must be fresh for the SIM"
+        ok = ue.send(ue.request(authorization=_aka_credentials(offered, answer.password(1))))
+        assert ok.status == 200
+        assert [str(a.uri) for a in ok.p_associated_uri] == [
+            "sip:+15551230003@ims.example.test;user=phone",
+            "tel:+15551230003",
+        ]
+        result, name = hss.uar("tel:+15551230003", CAROL)
+        assert (result, name) == ((d.SUBSEQUENT_REGISTRATION, V), "sip:scscf.ims.example.test")
+    finally:
+        ue.sock.close()
+        stopped(served)
+
+
+def test_an_unreachable_hss_is_503_with_retry_after(hss: Hss) -> None:
+    served = scscf(hss)
+    try:
+        phone = Phone(served.addresses["udp"], "alice1")
+        try:
+            assert phone.register().status == 200
+            hss.stop()
+            refused = phone.register()
+            assert refused.status == 503
+            assert refused.headers.get("Retry-After") == "30"
+        finally:
+            phone.close()
+        # a terminating request for an IMPU not registered here needs its profile (SAR
+        # NO_ASSIGNMENT): the HSS is down, so 503 with Retry-After too, not a 500
+        caller = Caller(served.addresses["udp"])
+        try:
+            caller.invite("sip:alice.work@ims.example.test")
+            answer = caller.expect("final")
+            assert isinstance(answer, Response)
+            assert answer.status == 503, answer.status
+            assert answer.headers.get("Retry-After")
+        finally:
+            caller.close()
+    finally:
+        stopped(served)
+
+
+def test_an_expiry_is_told_to_the_hss_by_sar(hss: Hss, tmp_path: Path) -> None:
+    default = Path(__file__).parent.parent / "imscore" / "profiles" / "default.yaml"
+    text = default.read_text()
+    assert "min_expires: 60" in text
+    profile = tmp_path / "short.yaml"
+    profile.write_text(text.replace("min_expires: 60", "min_expires: 1"))
+    served = scscf(hss, "--profile", str(profile))
+    try:
+        phone = Phone(served.addresses["udp"], "alice1")
+        try:
+            assert phone.register(expires=2).status == 200
+            impi = "alice@ims.example.test"
+            assert hss.uar(ALICE_SET[0], impi)[0] == (d.SUBSEQUENT_REGISTRATION, V)
+            # the binding expires; the S-CSCF sends SAR TIMEOUT_DEREGISTRATION
+            deregistered = (d.ERROR_IDENTITY_NOT_REGISTERED, V)
+            check = lambda: hss.uar(ALICE_SET[0], impi, d.UAT_DE_REGISTRATION)[0]  # noqa: E731
+            assert eventually(check, deregistered, seconds=10) == deregistered
+        finally:
+            phone.close()
+    finally:
+        stopped(served)
