@@ -346,9 +346,26 @@ def _bindings_time(seconds: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-def _bindings_plain(binding: StoredBinding, now: float) -> dict[str, object]:
+def _bindings_gruus(binding: StoredBinding, key: bytes | None) -> tuple[str | None, str | None]:
+    """The public GRUU of a binding with an instance, and the temporary GRUU its last REGISTER
+    got (only with the server's GRUU key, read from the store file; RFC 5627)."""
+    from imscore.registrar.gruu import Gruus, public_gruu
+
+    if binding.instance_id is None:
+        return None, None
+    try:
+        pub: str | None = public_gruu(binding.aor, binding.instance_id)
+    except (ValueError, ParseError):
+        pub = None
+    return pub, None if key is None else Gruus(key).temporary(binding)
+
+
+def _bindings_plain(
+    binding: StoredBinding, now: float, gruu_key: bytes | None = None
+) -> dict[str, object]:
     """One binding as JSON-ready data."""
     behind_nat, nat_reason = _bindings_nat(binding)
+    pub_gruu, temp_gruu = _bindings_gruus(binding, gruu_key)
     flow = binding.flow
     return {
         "aor": binding.aor,
@@ -377,6 +394,8 @@ def _bindings_plain(binding: StoredBinding, now: float) -> dict[str, object]:
         "reachable": binding.reachable,
         "behind_nat": behind_nat,
         "nat_reason": nat_reason,
+        "pub_gruu": pub_gruu,
+        "temp_gruu": temp_gruu,
     }
 
 
@@ -415,6 +434,11 @@ def _bindings_text(plain: dict[str, object]) -> list[str]:
         f"    Flow: {flow_text}",
         f"    State: {'reachable' if plain['reachable'] else 'unreachable'}",
         f"    NAT: {nat}",
+        *(
+            [f"    Public GRUU: {plain['pub_gruu']}", f"    Temporary GRUU: {show(plain['temp_gruu'])}"]
+            if plain.get("pub_gruu")
+            else []
+        ),
     ]
 
 
@@ -481,8 +505,15 @@ def _bindings(args: argparse.Namespace) -> int:
             "imscore: a memory: store lives inside the server process; nothing to list", file=sys.stderr
         )
 
+    gruu_key: list[bytes | None] = [None]
+
     async def read() -> list[StoredBinding]:
         store = open_binding_store(url) if url.startswith(("memory:", "sqlite:")) else _plugin_store(url)
+        connection = getattr(store, "connection", None)
+        if connection is not None and url.startswith("sqlite:"):  # the temp GRUUs' key, if made
+            from imscore.registrar.gruu import stored_key
+
+            gruu_key[0] = stored_key(connection)
         try:
             return await (store.all() if aor is None else store.load(aor))
         finally:
@@ -512,7 +543,7 @@ def _bindings(args: argparse.Namespace) -> int:
     now = time.time()
     by_aor: dict[str, list[dict[str, object]]] = {}
     for binding in stored:
-        by_aor.setdefault(binding.aor, []).append(_bindings_plain(binding, now))
+        by_aor.setdefault(binding.aor, []).append(_bindings_plain(binding, now, gruu_key[0]))
     if args.json:
         aors = [{"aor": key, "bindings": plains} for key, plains in by_aor.items()]
         print(json.dumps({"store": url, "now": _bindings_time(now), "aors": aors}, indent=2))

@@ -103,7 +103,7 @@ def test_text_lists_every_aor_and_binding(store_url: str) -> None:
     assert lines[1] == f'  Contact: <sip:alice@192.168.1.20:5060>;+sip.instance="{INSTANCE}";reg-id=1'
     assert lines[2] == "    IMPI: alice@ims.example.test"
     assert 3590 <= _expires_in(lines[3]) <= 3600
-    assert lines[4:14] == [
+    assert lines[4:16] == [
         "    q: 0.8",
         f"    Instance: {INSTANCE}",
         "    Reg-id: 1",
@@ -115,10 +115,12 @@ def test_text_lists_every_aor_and_binding(store_url: str) -> None:
         "    State: reachable",
         "    NAT: requests go to the flow (registered through a Path: flow from "
         "203.0.113.7:40000)",
+        f"    Public GRUU: {ALICE};gr={INSTANCE.strip('<>')}",
+        "    Temporary GRUU: -",  # the server made no GRUU key in this file
     ]
-    assert lines[14] == "  Contact: <sip:alice@198.51.100.9:5070;transport=tcp>"
-    assert 590 <= _expires_in(lines[16]) <= 600
-    assert lines[17:] == [
+    assert lines[16] == "  Contact: <sip:alice@198.51.100.9:5070;transport=tcp>"
+    assert 590 <= _expires_in(lines[18]) <= 600
+    assert lines[19:] == [
         "    q: -",
         "    Instance: -",
         "    Reg-id: -",
@@ -133,7 +135,7 @@ def test_text_lists_every_aor_and_binding(store_url: str) -> None:
         f"AOR: {BOB} (1 binding)",
         "  Contact: <sip:bob@198.51.100.20:5060>",
         "    IMPI: bob@ims.example.test",
-        lines[30],
+        lines[32],
         "    q: -",
         "    Instance: -",
         "    Reg-id: -",
@@ -146,7 +148,7 @@ def test_text_lists_every_aor_and_binding(store_url: str) -> None:
         "    NAT: requests go to the Contact (Contact 198.51.100.20:5060 is the flow's remote address)",
         f"2 AOR(s), 3 binding(s) in {store_url}",
     ]
-    assert 1790 <= _expires_in(lines[30]) <= 1800
+    assert 1790 <= _expires_in(lines[32]) <= 1800
 
 
 def test_json_structure(store_url: str) -> None:
@@ -181,6 +183,8 @@ def test_json_structure(store_url: str) -> None:
         "reachable": True,
         "behind_nat": True,
         "nat_reason": "registered through a Path: flow from 203.0.113.7:40000",
+        "pub_gruu": f"{ALICE};gr={INSTANCE.strip('<>')}",
+        "temp_gruu": None,
     }
     # registered over TCP: its calls go down the same connection
     assert desk["behind_nat"] is True and desk["reachable"] is False

@@ -6,7 +6,10 @@ reg-event NOTIFYs carrying them. Over real loopback UDP."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,9 +205,19 @@ def test_temporary_gruu_survives_a_restart_on_the_same_store(tmp_path: Path) -> 
     first = start_server("multi-device", transports=("udp",), store_url=url)
     desk = GruuPhone(first.address(), "desk")
     try:
-        _, temp = _gruus(desk.register(), desk)
+        pub, temp = _gruus(desk.register(), desk)
     finally:
         first.stop()
+    # imscore bindings shows both (the temporary one with the key the server kept in the file)
+    listed = subprocess.run(
+        [sys.executable, "-m", "imscore", "bindings", "--store", url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    (shown,) = json.loads(listed.stdout)["aors"][0]["bindings"]
+    assert (shown["pub_gruu"], shown["temp_gruu"]) == (pub, temp)
     second = start_server("multi-device", transports=("udp",), store_url=url)
     caller = Caller(second.address())
     try:
