@@ -275,3 +275,36 @@ def test_an_expiry_is_told_to_the_hss_by_sar(hss: Hss, tmp_path: Path) -> None:
             phone.close()
     finally:
         stopped(served)
+
+
+def test_unknown_user_status_401_hides_who_the_hss_does_not_know(hss: Hss, tmp_path: Path) -> None:
+    """With ``registrar.unknown_user_status: 401`` an unknown user is challenged like a known one,
+    with or without an IMPI in Authorization: never a 404 that tells who does not exist."""
+    default = Path(__file__).parent.parent / "imscore" / "profiles" / "default.yaml"
+    text = default.read_text()
+    assert "unknown_user_status: 404" in text
+    profile = tmp_path / "hidden.yaml"
+    profile.write_text(text.replace("unknown_user_status: 404", "unknown_user_status: 401"))
+    served = scscf(hss, "--profile", str(profile))
+    try:
+        nobody = Phone(
+            served.addresses["udp"],
+            "nobody",
+            "nobody@ims.example.test",
+            "x",
+            "sip:nobody@ims.example.test",
+        )
+        try:
+            assert nobody.register().status == 401  # the answer (IMPI in Authorization) too
+        finally:
+            nobody.close()
+        ue = Ue(
+            _At(served.addresses["udp"]), "nobody@ims.example.test", None, "sip:nobody@ims.example.test"
+        )  # type: ignore[arg-type]
+        try:
+            first = ue.send(ue.request(extra=[("Authorization", _empty_auth(ue.impi))]))
+            assert first.status == 401
+        finally:
+            ue.sock.close()
+    finally:
+        stopped(served)

@@ -64,6 +64,8 @@ log = logging.getLogger("imscore.diameter.provider")
 V: Final = d.VENDOR_3GPP
 #: seconds a profile read with SAR NO_ASSIGNMENT is kept
 LOOKUP_TTL: Final = 30.0
+#: private identities remembered as known to the HSS, at most
+MAX_KNOWN_IMPIS: Final = 100_000
 _KEYS: Final = (
     "origin_host",
     "origin_realm",
@@ -132,6 +134,8 @@ class CxSubscriberStore:
         #: address-of-record key -> (record, until); registered sets are kept until de-registered
         self._by_impu: dict[str, tuple[Subscriber, float]] = {}
         self._by_impi: dict[str, Subscriber] = {}
+        #: IMPI key -> until when the HSS is known to know it (get_by_impi's SAR NO_ASSIGNMENT)
+        self._known_impis: dict[str, float] = {}
         #: the default IMPU keys of the sets assigned to us by SAR (registered here)
         self.registered: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -212,14 +216,37 @@ class CxSubscriberStore:
     # -- the SubscriberStore methods --------------------------------------------------------------
     async def get_by_impi(self, impi: str) -> Subscriber | None:
         """The record of a registered user; otherwise one with no public identity yet (MAR and SAR
-        tell whether the HSS knows it): ``None`` only for text that is not a private identity."""
-        known = self._by_impi.get(impi_key(impi))
+        give the rest), once the HSS said it knows the IMPI: SAR NO_ASSIGNMENT with the User-Name
+        alone (TS 29.229 §6.1.3: Public-Identity is optional), kept :data:`LOOKUP_TTL` s.
+        ``None`` for DIAMETER_ERROR_USER_UNKNOWN (the registrar then gives the profile's
+        unknown-user answer, a challenge under ``unknown_user_status: 401``) or for text that is
+        not a private identity."""
+        key = impi_key(impi)
+        known = self._by_impi.get(key)
         if known is not None:
             return known
         try:
-            return Subscriber(impi=impi, password=secrets.token_hex(24))
+            record = Subscriber(impi=impi, password=secrets.token_hex(24))
         except ValueError:
             return None
+        if self._known_impis.get(key, 0.0) > time.monotonic():
+            return record
+        saa = await self._ask(
+            d.SAR,
+            [
+                Avp.utf8(d.USER_NAME, impi),
+                Avp.utf8(d.SERVER_NAME, self.server_name, V),
+                Avp.u32(d.SERVER_ASSIGNMENT_TYPE, d.NO_ASSIGNMENT, V),
+                Avp.u32(d.USER_DATA_ALREADY_AVAILABLE, 0, V),
+            ],
+        )
+        if result_of(saa) == (d.ERROR_USER_UNKNOWN, V):
+            log.info("SAR NO_ASSIGNMENT %s: user unknown", key)
+            return None
+        while len(self._known_impis) >= MAX_KNOWN_IMPIS:
+            del self._known_impis[next(iter(self._known_impis))]
+        self._known_impis[key] = time.monotonic() + LOOKUP_TTL
+        return record
 
     async def get_by_impu(self, uri: Uri | str) -> Subscriber | None:
         """The record of the set ``uri`` is in: kept, else read with SAR NO_ASSIGNMENT."""
