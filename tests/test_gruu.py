@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from devices import Baresip, require_binary, stop_all
 from sipua import Caller, Phone, new_branch
 
 from imscore.registrar.gruu import Gruus
@@ -309,3 +310,82 @@ def test_gruus_are_stateless_under_one_key() -> None:
     with pytest.raises(LookupError):
         Gruus(b"t" * 32).target(parse_uri(temp))
     assert one.target(parse_uri(ALICE)) is None  # no gr: not a GRUU
+
+
+# --- a real client: baresip with outbound (sipnat=outbound: reg-id, Supported: gruu, outbound) ---
+SDP = (
+    b"v=0\r\no=carol 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+
+
+def _outbound_baresip(name: str, server: RunningServer, workdir: Path) -> Baresip:
+    """A baresip phone for alice whose account says ``sipnat=outbound``: its REGISTER then carries
+    ``+sip.instance``, ``reg-id`` and ``Supported: gruu, outbound, path``."""
+
+    class OutboundBaresip(Baresip):
+        def write_config(self) -> None:
+            super().write_config()
+            accounts = self.dir / "accounts"
+            accounts.write_text(accounts.read_text().rstrip("\n") + ";sipnat=outbound\n")
+
+    return OutboundBaresip(name, "alice", "alice-secret", server.address("udp"), workdir=workdir)
+
+
+def test_calling_a_baresip_phones_pub_gruu_rings_that_phone_only(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    require_binary("baresip", "baresip-core")
+    phones = [_outbound_baresip(f"phone{i}", server, tmp_path) for i in range(2)]
+    desk = GruuPhone(server.address(), "desk")  # and one more device of alice's
+    caller = Caller(server.address(), "carol")
+    try:
+        for phone in phones:
+            phone.start()
+        for phone in phones:
+            phone.wait_registered(5)
+        assert desk.register().status == 200
+        target = phones[0]
+        (sent,) = [m for m in target.sip_messages() if m.is_request and m.method == "REGISTER"][-1:]
+        assert "gruu" in (sent.parse().headers.get("Supported") or "")  # baresip asked for GRUUs
+        ok = next(
+            m.parse()
+            for m in reversed(target.sip_messages())
+            if m.direction == "received" and m.status == 200 and m.method == "REGISTER"
+        )
+        assert isinstance(ok, Response)
+        (contact,) = [c for c in ok.contacts if str(c.uri) == target.contact]
+        pub = contact.params.unquoted("pub-gruu")
+        assert pub is not None and pub.startswith(f"{ALICE};gr=urn:")
+
+        invite = caller.request(
+            "INVITE", pub, headers=[("Content-Type", "application/sdp"), ("Content-Length", len(SDP))]
+        )
+        invite.body = SDP
+        caller.send(invite)
+        answer = caller.expect("2xx", 10)
+        assert isinstance(answer, Response) and answer.call_id == invite.call_id
+        received = [m for m in target.sip_messages() if m.direction == "received"]
+        assert [m.header("Call-ID") for m in received if m.is_request and m.method == "INVITE"] == [
+            invite.call_id
+        ]
+        other = [m for m in phones[1].sip_messages() if m.is_request and m.method == "INVITE"]
+        assert other == [], "the other baresip phone rang for phone0's GRUU"
+        assert desk.quiet("INVITE", 0.5), "alice's desk phone rang for phone0's GRUU"
+        # ACK and BYE to the phone's Contact (its GRUU, if it gave one), through imscore
+        remote = str(answer.contacts[0].uri)
+        ack = caller.request("ACK", remote, call_id=invite.call_id, to_tag=answer.to.tag)
+        caller.send(ack)
+        target.wait_for_call(5)  # the ACK reached it: the call is up
+        bye = caller.request("BYE", remote, call_id=invite.call_id, cseq=2, to_tag=answer.to.tag)
+        caller.send(bye)
+        while True:
+            final = caller.expect("final", 5)
+            assert isinstance(final, Response)
+            if final.cseq.method == "BYE":
+                break
+        assert final.status == 200, final
+    finally:
+        stop_all(phones)
+        desk.close()
+        caller.close()

@@ -425,6 +425,25 @@ class Router:
             return Decision.answer(480, "Temporarily Unavailable")
         return Decision(groups=groups, kind="terminating")
 
+    async def gruu_target(self, uri: Uri, now: float) -> Target | Decision | None:
+        """Where an in-dialog request or an ACK whose Request-URI is a GRUU (a device that put its
+        GRUU in its Contact) goes: its instance's newest binding, over its flows; ``404`` / ``480``
+        as for a new request; ``None`` when the URI is no GRUU."""
+        gruu = self._gruu(uri)
+        if gruu is None or isinstance(gruu, Decision):
+            return gruu
+        looked_up = parse_uri(gruu.aor)
+        found, candidate = await find_identity(self.subscribers, looked_up)
+        resolved = await resolve_identity(self.plugins, self.subscribers, found, candidate)
+        if resolved is None:
+            return Decision.answer(404, f"Not Found: no user has {_shown(looked_up)}")
+        aor = resolved[1].default.aor
+        live = gruu.bindings([b for b in await self.bindings.load(aor) if not b.expired(now)])
+        if not live:
+            return Decision.answer(*((404, "Not Found") if gruu.temporary else (480, None)))
+        newest = max(live, key=lambda b: b.registered_at)
+        return self._instance_target(newest, live, set())
+
     def _gruu(self, uri: Uri) -> GruuTarget | Decision | None:
         """What a GRUU Request-URI names; a ``404`` decision for one that is not ours (forged, or
         made under another key); ``None`` when the URI is no GRUU."""

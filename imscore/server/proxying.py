@@ -281,6 +281,11 @@ class ProxyService:
         if verdict.action == "route":
             return Decision(groups=[((self.router.route_target(request),), None)], kind="route")
         if verdict.action == "in-dialog":
+            device = await self.router.gruu_target(request.uri, self.server.clock())
+            if isinstance(device, Decision):
+                return device
+            if device is not None:  # a device's GRUU as its remote target (RFC 5627 §5.5)
+                return Decision(groups=[((device,), None)], kind="in-dialog")
             known = self.known_flows.get(self._contact_key(str(request.uri)))
             return Decision(groups=[((self.router.uri_target(request, known),), None)], kind="in-dialog")
         return await self.router.decide(request, flow, self.server.clock())
@@ -511,8 +516,13 @@ class ProxyService:
             if forwards is not None and forwards <= 0:
                 return
             ack.headers.set("Max-Forwards", 69 if forwards is None else forwards - 1)
+            device = None if ack.route else await self.router.gruu_target(ack.uri, self.server.clock())
+            if isinstance(device, Decision):
+                return  # a GRUU that reaches nobody: the ACK has nowhere to go
             if ack.route:
                 destination = Destination(str(ack.route[0].uri))
+            elif device is not None and device.destination is not None:
+                destination = device.destination  # a device's GRUU: its flows
             else:
                 target = str(ack.uri)
                 destination = Destination(target, self.known_flows.get(self._contact_key(target)))
