@@ -554,6 +554,8 @@ class Baresip:
         self.user = user
         self.password = password
         self.registrar = registrar
+        #: the SIP port was picked here (and may be picked again when another process took it)
+        self._own_port = port is None
         self.port = port or free_udp_port()
         self.impi = impi or f"{user}@{domain}"
         self.domain = domain
@@ -590,7 +592,24 @@ class Baresip:
         )
 
     def start(self) -> Baresip:
-        """Start baresip (it registers at once) and connect to its ctrl_tcp port; returns self."""
+        """Start baresip (it registers at once) and connect to its ctrl_tcp port; returns self.
+
+        Ports are picked free a moment before baresip binds them (its SIP port on UDP and TCP, its
+        ctrl_tcp port): when another process took one meanwhile, baresip says "Address already in
+        use" and exits, and it is started again on new ports (three times at most)."""
+        for attempt in range(3):
+            try:
+                return self._start()
+            except AssertionError:
+                taken = self.output.exists() and b"Address already in use" in self.output.read_bytes()
+                if not taken or attempt == 2:
+                    raise
+                self.ctrl_port = free_tcp_port()
+                if self._own_port:
+                    self.port = free_udp_port()
+        raise AssertionError("unreachable")
+
+    def _start(self) -> Baresip:
         self.write_config()
         with self.output.open("wb") as out:
             # -s: SIP trace on stdout; stdin is not a terminal and no UI module reads it
