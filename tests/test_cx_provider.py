@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from devices import stop_process
-from sipua import Caller, Phone
+from sipua import Agent, Caller, Phone
 from test_registrar import Ue, _aka_credentials, _empty_auth
 from test_serve import Served, serve
 
@@ -29,7 +29,7 @@ from imscore.auth.milenage import Milenage
 from imscore.diameter import dictionary as d
 from imscore.diameter.client import CxClient
 from imscore.diameter.messages import result_of
-from imscore.sip import Response
+from imscore.sip import Request, Response
 
 V = d.VENDOR_3GPP
 K = bytes.fromhex("465b5ce8b199b49faa5f0a2ee238a6bc")
@@ -308,3 +308,99 @@ def test_unknown_user_status_401_hides_who_the_hss_does_not_know(hss: Hss, tmp_p
             ue.sock.close()
     finally:
         stopped(served)
+
+
+IFC_SUBSCRIBERS = """\
+subscribers:
+  - impi: alice@ims.example.test
+    password: x
+    implicit_sets: [[sip:alice@ims.example.test]]
+    service_profile:
+      ifcs:
+        - priority: 10
+          trigger:
+            condition: dnf
+            spts:
+              - {method: REGISTER, registration_type: [initial, de-registration]}
+              - {header: Subject, content: '^x', negated: true, group: [0, 1]}
+              - {request_uri: '^sip:.*@ims', group: 2}
+              - {session_case: terminating_unregistered, group: 2}
+              - {session_description: m, content: audio, group: 3}
+          application_server:
+            uri: sip:127.0.0.1:5070
+            default_handling: session-terminated
+            service_info: <x/>
+            include_register_request: true
+            include_register_response: true
+        - priority: 2
+          profile_part: unregistered
+          application_server: {uri: 'sip:vm@127.0.0.1:5071'}
+        - priority: 3
+          profile_part: registered
+          trigger:
+            spts: [{method: INVITE}]
+          application_server: {uri: 'sip:mmtel@127.0.0.1:5072'}
+"""
+
+
+def test_the_ifcs_of_user_data_read_back_as_written() -> None:
+    import yaml
+
+    from imscore.diameter.provider import subscriber_from_user_data
+    from imscore.diameter.userdata import parse_ifcs, user_data_xml
+    from imscore.subscribers import subscribers_from_data
+
+    (alice,) = subscribers_from_data(yaml.safe_load(IFC_SUBSCRIBERS), source="t")
+    raw = user_data_xml(alice, alice.implicit_sets[0])
+    profile = parse_ifcs(raw)
+    assert len(profile.ifcs) == 3
+    assert profile == alice.service_profile
+    # the S-CSCF's record from an SAA carries them (third-party registration, AS routing)
+    assert subscriber_from_user_data(raw).service_profile == alice.service_profile
+    # an iFC that cannot be read is left out, the others kept
+    broken = raw.replace(b"<Priority>3</Priority>", b"<Priority>three</Priority>")
+    assert [ifc.priority for ifc in parse_ifcs(broken).ifcs] == [2, 10]
+    # two iFCs with one priority make no profile: the record has the set and no services
+    twice = raw.replace(b"<Priority>3</Priority>", b"<Priority>2</Priority>")
+    record = subscriber_from_user_data(twice)
+    assert record.service_profile.ifcs == ()
+    assert [str(u) for u in record.implicit_sets[0]] == ["sip:alice@ims.example.test"]
+
+
+def test_the_ifcs_of_the_saa_send_a_third_party_register(tmp_path: Path) -> None:
+    """The iFCs come with the profile from the HSS: alice's registration through cx:// makes a
+    third-party REGISTER to the AS her iFC in the HSS's file names (TS 24.229 §5.4.1.7)."""
+    app = Agent(("127.0.0.1", 9), "as")  # the AS: a UDP socket on loopback
+    try:
+        path = tmp_path / "subscribers.yaml"
+        path.write_text(
+            SUBSCRIBERS.replace(
+                "    barred: [sip:alice.old@ims.example.test]\n",
+                "    barred: [sip:alice.old@ims.example.test]\n"
+                "    service_profile:\n"
+                "      ifcs:\n"
+                "        - priority: 0\n"
+                "          trigger: {spts: [{method: REGISTER}]}\n"
+                f"          application_server: {{uri: 'sip:as@127.0.0.1:{app.port}'}}\n",
+            )
+        )
+        hss = Hss(path)
+        try:
+            served = scscf(hss)
+            try:
+                phone = Phone(served.addresses["udp"], "alice1")
+                try:
+                    assert phone.register().status == 200
+                    third = app.expect("REGISTER", timeout=10)
+                    assert isinstance(third, Request)
+                    assert str(third.uri) == f"sip:as@127.0.0.1:{app.port}"
+                    assert "sip:alice@ims.example.test" in (third.headers.get("To") or "")
+                    app.send(third.make_response(200, None, [], to_tag="as"), served.addresses["udp"])
+                finally:
+                    phone.close()
+            finally:
+                stopped(served)
+        finally:
+            hss.stop()
+    finally:
+        app.close()

@@ -51,7 +51,8 @@ from imscore.diameter.messages import (
     result_of,
 )
 from imscore.diameter.peer import DiameterPeerError
-from imscore.diameter.userdata import parse_user_data
+from imscore.diameter.userdata import parse_ifcs, parse_user_data
+from imscore.ifc.model import NO_SERVICES, ServiceProfile
 from imscore.registrar.change import DEREGISTRATION, RegistrationChange
 from imscore.registrar.remote import AKA, DIGEST, RemoteCredentials, StoreRefusal, StoreUnavailable
 from imscore.sip import ParseError, Uri, parse_uri
@@ -79,8 +80,9 @@ _DIGEST_SCHEMES: Final = (d.SCHEME_SIP_DIGEST, "Digest-MD5", "Digest")
 
 def subscriber_from_user_data(data: bytes, impi: str | None = None) -> Subscriber:
     """A subscriber record from User-Data XML: its private identity, one implicit set of its public
-    identities (the first the default), the barred ones, and a random password nobody knows (the
-    HSS keeps the credentials).
+    identities (the first the default), the barred ones, its initial filter criteria
+    (:func:`~imscore.diameter.userdata.parse_ifcs`), and a random password nobody knows (the HSS
+    keeps the credentials).
 
     :raises ValueError: the XML is not an ``IMSSubscription`` or its identities do not make a set.
     """
@@ -106,7 +108,18 @@ def subscriber_from_user_data(data: bytes, impi: str | None = None) -> Subscribe
         password=secrets.token_hex(24),  # a decoy: the authenticator uses what the HSS gives
         implicit_sets=(ImplicitSet(tuple(uris)),),
         barred=frozenset(barred),
+        service_profile=_ifcs(data, owner),
     )
+
+
+def _ifcs(data: bytes, impi: str) -> ServiceProfile:
+    """The iFCs of User-Data; none (logged) when they cannot make a profile (two share a
+    priority): the registration goes on without services rather than fail."""
+    try:
+        return parse_ifcs(data)
+    except ValueError as exc:
+        log.warning("User-Data of %s: initial filter criteria left out: %s", impi, exc)
+        return NO_SERVICES
 
 
 class CxSubscriberStore:
