@@ -11,8 +11,10 @@ from collections.abc import Iterator
 import pytest
 from sipua import Caller, Phone
 
+from imscore.profile import load_profile
 from imscore.registrar.outbound import FLOW_TIMER_STREAM, FLOW_TIMER_UDP
 from imscore.sip import Request, Response
+from imscore.sip.transaction import build_ack
 from imscore.testing import RunningServer, start_server
 
 ALICE = "sip:alice@ims.example.test"
@@ -165,3 +167,42 @@ def test_through_an_edge_proxy_with_and_without_outbound(server: RunningServer) 
     finally:
         for phone in (lacking, doing, wrong_hop):
             phone.close()
+
+
+def test_a_flow_that_does_not_answer_moves_the_branch_to_the_next_flow() -> None:
+    """RFC 5626 §5.3: the newest flow (UDP, its NAT binding silently gone) gets the INVITE and
+    never answers; at Timer B the branch goes down the instance's other flow (TCP). When that one
+    is gone too, the branch ends with 430 Flow Failed. T1 is 20 ms so Timer B is 1.28 s."""
+    profile = load_profile("multi-device")
+    profile = dataclasses.replace(profile, timers=dataclasses.replace(profile.timers, t1=0.02))
+    running = start_server(profile, transports=("udp", "tcp"))
+    tcp = OutboundPhone(running.address("tcp"), "desk", reg_id=2, transport="tcp")
+    udp = OutboundPhone(running.address("udp"), "desk", reg_id=1)
+    udp.instance = tcp.instance
+    caller = Caller(running.address("udp"))
+    contact = f"sip:desk@127.0.0.1:{udp.port}"
+    try:
+        assert tcp.register(contact=contact).status == 200
+        assert udp.register(contact=contact).status == 200  # the newest: tried first
+        first = caller.invite(ALICE, cseq=1)
+        assert isinstance(udp.expect("INVITE"), Request)  # sent there, never answered
+        invite = tcp.expect("INVITE", 5)  # then, at Timer B, on the other flow
+        assert isinstance(invite, Request)
+        tcp.reply(invite, 486)
+        busy = _final(caller)
+        assert busy.status == 486
+        caller.send(build_ack(first, busy))
+        assert running.server.proxying is not None
+        assert running.server.proxying.core.stats["failovers"] >= 1
+
+        tcp.close()  # now the TCP flow is gone and the UDP one still does not answer
+        _wait_closed(running, tcp)
+        second = caller.invite(ALICE, cseq=2)
+        failed = _final(caller)
+        while failed.call_id != second.call_id:  # a retransmission of the 486 before its ACK
+            failed = _final(caller)
+        assert (failed.status, failed.reason) == (430, "Flow Failed")
+    finally:
+        udp.close()
+        caller.close()
+        running.stop()

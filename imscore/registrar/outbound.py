@@ -24,6 +24,7 @@ __all__ = [
     "FLOW_TIMER_STREAM",
     "FLOW_TIMER_UDP",
     "OUTBOUND_MARK",
+    "FlowCursor",
     "FlowSet",
     "first_hop_lacks_outbound",
     "flow_set",
@@ -108,6 +109,20 @@ class FlowSet:
 
     instance_id: str
     flows: tuple[FlowInfo, ...]
+
+
+@dataclass(slots=True)
+class FlowCursor:
+    """The flow of a :class:`FlowSet` a branch was last sent on (its ``index``): an attempt that
+    failed (a transport error, no answer before Timer B/F, a 503) moves the branch to the next
+    flow; when every flow failed the branch gets ``430 Flow Failed`` (RFC 5626 §5.3)."""
+
+    flows: tuple[FlowInfo, ...]
+    index: int = 0
+
+    def can_move(self) -> bool:
+        """Another attempt is due: a flow after this one, or the 430 that ends the branch."""
+        return self.index < len(self.flows)
 
 
 def flow_set(bindings: Sequence[StoredBinding]) -> FlowSet | None:

@@ -33,7 +33,7 @@ from imscore.proxy.router import Decision, Router
 from imscore.registrar import FlowInfo
 from imscore.registrar.gruu import KEY_NAME as GRUU_KEY_NAME
 from imscore.registrar.gruu import Gruus
-from imscore.registrar.outbound import FlowSet
+from imscore.registrar.outbound import FlowCursor, FlowSet
 from imscore.registrar.store import SqliteBindingStore
 from imscore.routing import RoutingError, TargetList
 from imscore.sip import Request, Response, SipError, SipUri
@@ -365,8 +365,11 @@ class ProxyService:
 
     @staticmethod
     def _can_retry(branch: Branch[Flow]) -> bool:
-        """RFC 3263 §4.3: another DNS target is left for this branch."""
+        """RFC 3263 §4.3: another DNS target is left for this branch (RFC 5626 §5.3: or another
+        flow of the outbound instance, or the 430 that says none is left)."""
         targets = branch.targets
+        if isinstance(targets, FlowCursor):
+            return targets.can_move()
         return isinstance(targets, TargetList) and not targets.exhausted
 
     async def _branch_flow(self, branch: Branch[Flow], destination: Destination) -> Flow:
@@ -375,6 +378,12 @@ class ProxyService:
         takes the next target; a target that cannot be connected to is skipped at once."""
         branch.attempts += 1
         targets = branch.targets
+        if isinstance(destination.flow, FlowSet):  # an outbound instance: its flows in turn
+            if isinstance(targets, FlowCursor):
+                targets.index += 1  # the flow it was sent on failed
+            else:
+                targets = branch.targets = FlowCursor(destination.flow.flows)
+            return await self._outbound_flow(destination.flow, targets)
         if targets is None:
             uri = SipUri.parse(destination.uri)
             direct = await self._direct_flow(destination, uri)
@@ -407,10 +416,15 @@ class ProxyService:
         port = uri.port or (5061 if transport == "tls" else 5060)
         return await self._connect(transport, (host, port))
 
-    async def _outbound_flow(self, flows: FlowSet) -> Flow:
+    async def _outbound_flow(self, flows: FlowSet, cursor: FlowCursor | None = None) -> Flow:
         """The first flow of an outbound instance that is not gone (a TCP/TLS connection still
-        open, a UDP flow through our socket), in the router's order."""
-        for recorded in flows.flows:
+        open, a UDP flow through our socket), in the router's order, from the ``cursor``'s flow
+        on (which it then points at)."""
+        start = 0 if cursor is None else cursor.index
+        for index in range(start, len(flows.flows)):
+            recorded = flows.flows[index]
+            if cursor is not None:
+                cursor.index = index
             if recorded.connection is None:
                 try:
                     return await self._connect(recorded.transport, recorded.remote)
@@ -420,6 +434,8 @@ class ProxyService:
             if self._has_connection(recorded.connection):
                 return Flow(recorded.transport, recorded.local, recorded.remote, recorded.connection)
             log.info("outbound flow %s of %s gone: connection closed", recorded, flows.instance_id)
+        if cursor is not None:
+            cursor.index = len(flows.flows)  # nothing left to move to
         raise RoutingError(430, "Flow Failed", f"no flow of {flows.instance_id} is left")
 
     async def _first_reachable(self, targets: TargetList, what: str) -> Flow:
