@@ -53,6 +53,10 @@ subscribers:
       sqn: ff9bb4d0b607
     implicit_sets:
       - [sip:+15551230003@ims.example.test;user=phone, tel:+15551230003]
+  - impi: dave@corp.example.test
+    password: dave-secret
+    implicit_sets:
+      - [sip:dave@ims.example.test]
 """
 
 
@@ -404,3 +408,28 @@ def test_the_ifcs_of_the_saa_send_a_third_party_register(tmp_path: Path) -> None
             hss.stop()
     finally:
         app.close()
+
+
+def test_the_digest_realm_is_the_one_the_hss_made_the_ha1_with(hss: Hss) -> None:
+    """``imscore hss`` makes H(A1) with the IMPI's realm (corp.example.test), not the S-CSCF's
+    domain: the challenge names the realm of the SIP-Digest-Authenticate, so the answer checks."""
+    served = scscf(hss)
+    try:
+        phone = Phone(
+            served.addresses["udp"],
+            "dave",
+            "dave@corp.example.test",
+            "dave-secret",
+            "sip:dave@ims.example.test",
+        )
+        try:
+            phone.send(phone._register_request(None, 600, None, None))
+            first = phone.expect("final")
+            assert isinstance(first, Response) and first.status == 401
+            (offered,) = first.www_authenticate
+            assert offered.get("realm") == "corp.example.test"
+            assert phone.register().status == 200
+        finally:
+            phone.close()
+    finally:
+        stopped(served)

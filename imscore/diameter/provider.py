@@ -312,6 +312,7 @@ class CxSubscriberStore:
         self._check(maa, "MAR", subscriber.impi)
         vectors: list[AuthVector] = []
         ha1: str | None = None
+        realm: str | None = None
         given = ""
         try:
             for data_item in maa.find_all(d.SIP_AUTH_DATA_ITEM, V):
@@ -325,13 +326,15 @@ class CxSubscriberStore:
                     digest = data_item.find(d.SIP_DIGEST_AUTHENTICATE, V)
                     found = None if digest is None else digest.find(d.DIGEST_HA1)
                     ha1 = None if found is None else found.as_str()
+                    named = None if digest is None else digest.find(d.DIGEST_REALM)
+                    realm = None if named is None else named.as_str()
         except DiameterDecodeError as exc:
             raise self._unavailable(f"MAA for {subscriber.impi} does not parse: {exc}") from None
         if vectors and AKA in schemes:
             algorithm = aka_algorithm if given.lower() == aka_scheme.lower() else given[len("Digest-") :]
             return RemoteCredentials(AKA, vectors, algorithm=algorithm)
         if ha1 is not None and DIGEST in schemes:
-            return RemoteCredentials(DIGEST, ha1=ha1)
+            return RemoteCredentials(DIGEST, ha1=ha1, realm=realm)
         raise StoreRefusal(403, "No authentication scheme the HSS and this S-CSCF share")
 
     async def assign(self, subscriber: Subscriber, impu: Uri) -> Subscriber:

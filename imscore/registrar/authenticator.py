@@ -264,10 +264,16 @@ class Authenticator:
         # fail the nonce's MAC, even if the profile changed between the challenge and the answer
         return self.nonce_extra + b"\x00" + self.digest_algorithm.encode("ascii")
 
-    def _digest_challenge(self, now: float, *, stale: bool = False) -> str:
+    def _digest_challenge(self, now: float, *, stale: bool = False, realm: str | None = None) -> str:
         self.counter.start(now)
         nonce = self.nonces.make(now, extra=self._extra())
-        return challenge(self.realm, nonce, algorithm=self.digest_algorithm, stale=stale)
+        return challenge(realm or self.realm, nonce, algorithm=self.digest_algorithm, stale=stale)
+
+    def _digest_realm(self, subscriber: Subscriber) -> str:
+        """The realm of a Digest challenge and check: the one the store's H(A1) was made with
+        (:attr:`RemoteCredentials.realm`), else ours."""
+        offered = self._remote.get(subscriber.impi) if self.remote_credentials else None
+        return offered.realm if offered is not None and offered.realm else self.realm
 
     def _aka_challenge(self, nonce: str, stale: bool) -> str:
         # RFC 3310 §3.2: a Digest challenge whose nonce is base64(RAND || AUTN)
@@ -292,7 +298,7 @@ class Authenticator:
         if scheme is None:
             return AuthResult(AuthOutcome.FORBIDDEN, "no authentication scheme allowed for this user")
         if scheme == "digest":
-            value = self._digest_challenge(now, stale=stale)
+            value = self._digest_challenge(now, stale=stale, realm=self._digest_realm(subscriber))
             return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
         vector = self._vector_for(subscriber, now)
         value = self._aka_challenge(vector.nonce, stale)
@@ -412,7 +418,7 @@ class Authenticator:
                 method=request.method,
                 request_uri=request.uri,
                 password_or_ha1=secret,
-                realm=self.realm,
+                realm=self._digest_realm(subscriber),
                 nonces=self.nonces,
                 now=now,
                 nonce_extra=self._extra(),

@@ -79,12 +79,15 @@ class RemoteCredentials:
     :param vectors: AKA vectors, each to be sent once.
     :param ha1: the hex H(A1) for Digest.
     :param algorithm: the AKA algorithm the vectors were made for (``AKAv1-MD5`` / ``AKAv2-MD5``).
+    :param realm: the realm the H(A1) was made with (the HSS's Digest-Realm), which the Digest
+        challenge then names; ``None``: the registrar's own realm.
     """
 
     scheme: str
     vectors: list[AuthVector] = field(default_factory=list)
     ha1: str | None = None
     algorithm: str = "AKAv1-MD5"
+    realm: str | None = None
 
 
 class RemoteAuthority(Protocol):
