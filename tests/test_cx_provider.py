@@ -433,3 +433,22 @@ def test_the_digest_realm_is_the_one_the_hss_made_the_ha1_with(hss: Hss) -> None
             phone.close()
     finally:
         stopped(served)
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("cx://127.0.0.1", "expected cx://HOST:PORT"),
+        ("cx://127.0.0.1:3868?bogus=1", "unknown key 'bogus'"),
+        ("cx://127.0.0.1:3868?timeout=soon", "timeout must be a number"),
+    ],
+)
+def test_a_bad_cx_url_stops_start_up_with_one_line(url: str, said: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "imscore", "serve", "--store", "memory:",
+         "--listen", "udp:127.0.0.1:0", "--subscribers", url],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], done.stderr
