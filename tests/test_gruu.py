@@ -389,3 +389,20 @@ def test_calling_a_baresip_phones_pub_gruu_rings_that_phone_only(
         stop_all(phones)
         desk.close()
         caller.close()
+
+
+def test_a_temporary_gruu_issued_by_one_pool_node_is_resolved_by_another(tmp_path: Path) -> None:
+    """Two ``imscore serve`` nodes on one Redis: the key is the pool's, so node B resolves the
+    temporary GRUU node A issued (and refuses a forged one)."""
+    from redis_support import nodes, redis_server
+
+    with redis_server(tmp_path / "redis") as redis, nodes(redis.url, tmp_path, ["a", "b"]) as (a, b):
+        desk = GruuPhone(a.udp, "desk")
+        caller = Caller(b.udp)
+        try:
+            _, temp = _gruus(desk.register(), desk)
+            _rings(caller, temp, desk, [])
+            assert _call(caller, temp.replace("tgruu.a", "tgruu.q"))[1].status == 404
+        finally:
+            desk.close()
+            caller.close()
