@@ -452,3 +452,51 @@ def test_a_bad_cx_url_stops_start_up_with_one_line(url: str, said: str) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and said in lines[0], done.stderr
+
+
+def test_akav2_vectors_through_cx(hss: Hss, tmp_path: Path) -> None:
+    """With the profile's ``aka_algorithm: AKAv2-MD5`` the challenge made from the HSS's vector
+    is AKAv2-MD5 and the UE's AKAv2 answer (RFC 4169: the password from RES, IK and CK)
+    registers it."""
+    from imscore.auth.digest import credentials
+
+    ims = Path(__file__).parent.parent / "imscore" / "profiles" / "ims.yaml"
+    text = ims.read_text()
+    assert "  auth:\n    plugin: aka\n" in text
+    profile = tmp_path / "akav2.yaml"
+    profile.write_text(
+        text.replace(
+            "  auth:\n    plugin: aka\n",
+            "  auth:\n    plugin: aka\n    options: {aka_algorithm: AKAv2-MD5}\n",
+        )
+    )
+    served = scscf(hss, "--profile", str(profile))
+    ue = Ue(_At(served.addresses["udp"]), CAROL, None, "tel:+15551230003")  # type: ignore[arg-type]
+    sim = UeSim(Milenage(K, op=OP), sqn_ms=0xFF9BB4D0B607 + 1000)  # the HSS's SQN is behind it
+    try:
+        for _ in range(3):  # a re-synchronisation, when the HSS's SQN is judged stale, then OK
+            challenge = ue.send(ue.request(extra=[("Authorization", _empty_auth(CAROL))]))
+            assert challenge.status == 401
+            (offered,) = challenge.www_authenticate
+            assert offered.get("algorithm") == "AKAv2-MD5"
+            answer = sim.respond(offered.get("nonce") or "")
+            value = credentials(
+                offered,
+                username=CAROL,
+                password=answer.password(2),
+                method="REGISTER",
+                uri="sip:ims.example.test",
+                algorithm_aliases={"AKAv2-MD5": "MD5"},
+            )
+            if answer.auts is not None:
+                value += f', auts="{answer.auts_param}"'
+            final = ue.send(ue.request(authorization=value))
+            if answer.auts is None:
+                assert final.status == 200
+                break
+            assert final.status == 401  # re-synchronised by the HSS: challenged again
+        else:
+            raise AssertionError("no 200 after re-synchronisation")
+    finally:
+        ue.sock.close()
+        stopped(served)
