@@ -131,6 +131,7 @@ class PeerConnection:
     async def run(self) -> None:
         """Read and dispatch messages until the peer closes, a DPR is answered, or the stream
         breaks; then close."""
+        discarded = False
         try:
             while not self.closed:
                 data = await self.reader.read(_READ)
@@ -145,8 +146,13 @@ class PeerConnection:
                     self._dispatch(frame)
         except (ConnectionError, OSError) as exc:
             log.info("diameter %s: connection lost: %s", self.peer_address, exc)
+        except GeneratorExit:
+            # the coroutine is being thrown away (its event loop is gone): nothing may be awaited
+            discarded = True
+            raise
         finally:
-            await self.close()
+            if not discarded:
+                await self.close()
 
     def _dispatch(self, frame: bytes) -> None:
         try:

@@ -75,6 +75,8 @@ class HssServer:
         self.connections: set[PeerConnection] = set()
         self._server: asyncio.Server | None = None
         self._ready: set[PeerConnection] = set()
+        #: the tasks serving connections (close() waits for them, so none outlives the loop)
+        self._serving: set[asyncio.Task[None]] = set()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -93,6 +95,8 @@ class HssServer:
             self._server.close()
         for connection in list(self.connections):
             await connection.close()
+        if self._serving:
+            await asyncio.wait(list(self._serving), timeout=5)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -122,10 +126,15 @@ class HssServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = PeerConnection(reader, writer, self.ids, self.hss.origin_realm, self._request)
         self.connections.add(connection)
+        task = asyncio.current_task()
+        if task is not None:
+            self._serving.add(task)
         log.info("diameter: connection from %s", connection.peer_address)
         try:
             await connection.run()
         finally:
+            if task is not None:
+                self._serving.discard(task)
             self.connections.discard(connection)
             self._ready.discard(connection)
             log.info("diameter: %s (%s) closed", connection.peer_address, connection.peer_host)
