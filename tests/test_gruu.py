@@ -10,6 +10,7 @@ import json
 import secrets
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,13 +304,78 @@ def test_gruus_are_stateless_under_one_key() -> None:
     assert target is not None and target.temporary
     assert (target.aor, target.instance, target.cseq) == (ALICE, binding.instance_id, 7)
     assert target.bindings([binding]) == [binding]
-    assert target.bindings([dataclasses.replace(binding, call_id="other@desk")]) == []
+    other_flow = dataclasses.replace(binding, call_id="other@desk", reg_id=2)
+    assert target.bindings([binding, other_flow]) == [binding, other_flow]  # all the instance's
+    assert target.bindings([other_flow]) == []  # its own binding is gone
     later = dataclasses.replace(binding, cseq=9, extra={"first-cseq": "8"})
     assert target.bindings([later]) == []  # issued before this Call-ID's first REGISTER
     assert one.temporary(dataclasses.replace(binding, cseq=8)) != temp
     with pytest.raises(LookupError):
         Gruus(b"t" * 32).target(parse_uri(temp))
     assert one.target(parse_uri(ALICE)) is None  # no gr: not a GRUU
+
+
+class GruuOutboundPhone(GruuPhone):
+    """A GruuPhone registering one outbound flow (``reg-id``, ``Supported: outbound``)."""
+
+    def __init__(self, *args: object, reg_id: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.reg_id = reg_id
+
+    def _register_request(
+        self, authorization: str | None, expires: int, q: float | None, contact: str | None
+    ) -> Request:
+        request = super()._register_request(authorization, expires, q, contact)
+        value = request.headers.get("Contact")
+        assert value is not None
+        request.headers.set("Contact", f"{value};reg-id={self.reg_id}")
+        request.headers.add("Supported", "outbound")
+        return request
+
+
+def test_a_temporary_gruu_reaches_its_instance_over_another_flow() -> None:
+    """One instance with two outbound flows (reg-id 1 over TCP, 2 over UDP, each its own Call-ID).
+    The temporary GRUU the TCP flow's REGISTER got names the instance: with the TCP connection
+    gone, a call to it goes down the UDP flow (RFC 5626 §5.3) instead of failing with 430."""
+    running = start_server("multi-device", transports=("udp", "tcp"))
+    tcp = GruuOutboundPhone(running.address("tcp"), "desk", reg_id=1, transport="tcp")
+    udp = GruuOutboundPhone(running.address("udp"), "desk", reg_id=2)
+    udp.instance = tcp.instance
+    caller = Caller(running.address("udp"))
+    contact = f"sip:desk@127.0.0.1:{udp.port}"
+    try:
+        first = tcp.register(contact=contact)
+        (temp,) = [c.params.unquoted("temp-gruu") for c in first.contacts]
+        assert temp is not None
+        assert udp.register(contact=contact).status == 200
+        tcp.close()  # the flow the temporary GRUU was issued on is gone; its binding stays
+        transports = running.server.transports
+        assert transports is not None
+        deadline = time.monotonic() + 5
+        while transports.open_connections and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert transports.open_connections == 0
+        invite = caller.invite(temp, call_id=f"{secrets.token_hex(8)}@caller")
+        got = udp.expect("INVITE")
+        assert isinstance(got, Request) and got.call_id == invite.call_id
+        udp.reply(got, 486)
+        answer = caller.expect("final")
+        assert isinstance(answer, Response) and answer.status == 486
+        caller.send(build_ack(invite, answer))
+        # de-registering the TCP flow's binding ends that temporary GRUU, the UDP flow or not
+        tcp_again = GruuOutboundPhone(running.address("udp"), "desk", reg_id=1)
+        tcp_again.instance, tcp_again.call_id, tcp_again.cseq = tcp.instance, tcp.call_id, tcp.cseq
+        assert tcp_again.register(expires=0, contact=contact).status == 200
+        try:
+            assert _call(caller, temp)[1].status == 404
+            pub = f"{ALICE};gr={udp.instance.strip('<>')}"
+            _rings(caller, pub, udp, [])  # the UDP flow is still registered
+        finally:
+            tcp_again.close()
+    finally:
+        udp.close()
+        caller.close()
+        running.stop()
 
 
 # --- a real client: baresip with outbound (sipnat=outbound: reg-id, Supported: gruu, outbound) ---

@@ -14,7 +14,8 @@ instance in the 200 OK (§5.3):
   valid while a binding of that instance is registered under the same Call-ID whose first CSeq is
   at most the token's and whose current CSeq is at least it (the binding's ``first-cseq`` kept in
   :attr:`StoredBinding.extra`, RFC 5628 §3): a de-registration, an expiry or a REGISTER with a new
-  Call-ID (a rebooted device) ends every temporary GRUU issued before, as §5.3 asks.
+  Call-ID (a rebooted device) ends every temporary GRUU issued before, as §5.3 asks. While valid,
+  it reaches every binding (outbound flow) of the instance, as the public GRUU does.
 
 The nonce of a token is derived from its contents (HMAC), not drawn: a retransmitted REGISTER gets
 the same temporary GRUU, and a seeded lab run draws nothing.
@@ -124,17 +125,20 @@ class GruuTarget:
     cseq: int = 0
 
     def bindings(self, live: Sequence[StoredBinding]) -> list[StoredBinding]:
-        """The bindings of ``live`` this GRUU reaches: the instance's, and for a temporary GRUU
-        only those still registered under the Call-ID and CSeq range it was issued in."""
+        """The bindings of ``live`` this GRUU reaches: the instance's; for a temporary GRUU, none
+        unless the binding it was issued for (its Call-ID and CSeq range) is still among them.
+        A valid one reaches all of the instance's bindings, as the public GRUU does, so an
+        instance with several outbound flows (reg-ids, each its own Call-ID) is reached over
+        whichever flow still works (RFC 5626 §5.3)."""
         mine = [b for b in live if b.instance_id == self.instance]
         if not self.temporary:
             return mine
-        return [
-            b
-            for b in mine
-            if hmac.compare_digest(_call_digest(b.call_id), self.call_digest)
+        issued = any(
+            hmac.compare_digest(_call_digest(b.call_id), self.call_digest)
             and first_cseq(b) <= self.cseq <= b.cseq
-        ]
+            for b in mine
+        )
+        return mine if issued else []
 
 
 def first_cseq(binding: StoredBinding) -> int:
