@@ -161,7 +161,7 @@ class Registrar:
         to_uri = request.to.uri
         if not isinstance(to_uri, SipUri | TelUri):
             return RegisterOutcome(self._reply(request, 400, "To must be a SIP, SIPS or tel URI"))
-        # step 2: Require — path and outbound are ours
+        # step 2: Require — path, outbound and gruu are ours
         unsupported = [tag for tag in request.require if tag.lower() not in SUPPORTED]
         if unsupported:
             return RegisterOutcome(
