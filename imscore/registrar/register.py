@@ -41,7 +41,7 @@ from .versioned import (
     MAX_ATTEMPTS,
     AorLocks,
     BindingConflict,
-    VersionedStore,
+    is_versioned,
     load_for_update,
     save_checked,
 )
@@ -238,7 +238,7 @@ class Registrar:
             return RegisterOutcome(self._reply(request, 439))
         # steps 5-7 read, decide and write; a store shared by several nodes refuses a write when
         # another node wrote the set meanwhile, and the decision is made again (.versioned)
-        if not isinstance(self.bindings, VersionedStore):
+        if not is_versioned(self.bindings):
             return await self._bind(request, subscriber, implicit_set, flow, now)
         async with self._deciding.hold(implicit_set.default.aor):  # this node's turn
             for _ in range(MAX_ATTEMPTS - 1):
