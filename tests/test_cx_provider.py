@@ -11,7 +11,6 @@ is stopped makes a REGISTER ``503`` with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 import time
@@ -19,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from devices import stop_process
 from sipua import Agent, Caller, Phone
+from test_hss import CAROL, OP, HssProcess, K
+from test_hss import SUBSCRIBERS as HSS_SUBSCRIBERS
 from test_registrar import Ue, _aka_credentials, _empty_auth
 from test_serve import Served, serve
 
@@ -32,49 +32,22 @@ from imscore.diameter.messages import result_of
 from imscore.sip import Request, Response
 
 V = d.VENDOR_3GPP
-K = bytes.fromhex("465b5ce8b199b49faa5f0a2ee238a6bc")
-OP = bytes.fromhex("cdc202d5123e20f62b6d676ac72cb318")
-CAROL = "001010123456789@ims.mnc001.mcc001.3gppnetwork.org"
 ALICE_SET = ["sip:alice@ims.example.test", "tel:+15551230001"]
 
-SUBSCRIBERS = f"""
-subscribers:
-  - impi: alice@ims.example.test
-    password: alice-secret
-    implicit_sets:
-      - [sip:alice@ims.example.test, tel:+15551230001, sip:alice.old@ims.example.test]
-      - [sip:alice.work@ims.example.test]
-    barred: [sip:alice.old@ims.example.test]
-  - impi: {CAROL}
-    aka:
-      k: {K.hex()}
-      op: {OP.hex()}
-      amf: b9b9
-      sqn: ff9bb4d0b607
-    implicit_sets:
-      - [sip:+15551230003@ims.example.test;user=phone, tel:+15551230003]
+#: the HSS file of test_hss, and dave, whose IMPI's realm is not the served domain
+SUBSCRIBERS = (
+    HSS_SUBSCRIBERS.rstrip("\n")
+    + """
   - impi: dave@corp.example.test
     password: dave-secret
     implicit_sets:
       - [sip:dave@ims.example.test]
 """
+)
 
 
-class Hss:
-    """``imscore hss`` on a free loopback port."""
-
-    def __init__(self, path: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "imscore", "hss", "--listen", "tcp:127.0.0.1:0",
-             "--subscribers", str(path), "--origin-realm", "ims.example.test"],
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        assert self.process.stderr is not None
-        line = self.process.stderr.readline()
-        match = re.search(r"Cx on tcp:127\.0\.0\.1:(\d+) ", line)
-        assert match, line
-        self.port = int(match.group(1))
+class Hss(HssProcess):
+    """``imscore hss`` on a free loopback port, asked by our own Cx client."""
 
     def uar(self, impu: str, impi: str, kind: int = d.UAT_REGISTRATION) -> tuple[object, str | None]:
         """Ask the HSS (our own Cx client, a second peer) what it knows of ``impu``: the result
@@ -96,10 +69,6 @@ class Hss:
             return result_of(answer), None if name is None else name.as_str()
 
         return asyncio.run(asyncio.wait_for(main(), 10))
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
 
 @pytest.fixture
 def hss(tmp_path: Path) -> Iterator[Hss]:

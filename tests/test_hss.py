@@ -54,24 +54,38 @@ subscribers:
 """
 
 
+class HssProcess:
+    """``imscore hss`` on a free loopback port with the subscriber file ``path``; :attr:`port` is
+    the one its start-up line names (its Origin-Host must be the default one)."""
+
+    def __init__(self, path: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "imscore", "hss", "--listen", "tcp:127.0.0.1:0",
+             "--subscribers", str(path), "--origin-realm", "ims.example.test"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert self.process.stderr is not None
+        line = self.process.stderr.readline()
+        match = re.search(r"Cx on tcp:127\.0\.0\.1:(\d+) as hss\.ims\.example\.test", line)
+        if match is None:
+            stop_process(self.process)
+        assert match, line
+        self.port = int(match.group(1))
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
 @pytest.fixture(scope="module")
 def hss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     path: Path = tmp_path_factory.mktemp("hss") / "subscribers.yaml"
     path.write_text(SUBSCRIBERS)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imscore", "hss", "--listen", "tcp:127.0.0.1:0",
-         "--subscribers", str(path), "--origin-realm", "ims.example.test"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    running = HssProcess(path)
     try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        match = re.search(r"Cx on tcp:127\.0\.0\.1:(\d+) as hss\.ims\.example\.test", line)
-        assert match, line
-        yield "127.0.0.1", int(match.group(1))
+        yield "127.0.0.1", running.port
     finally:
-        stop_process(process)
+        running.stop()
 
 
 def run(hss: tuple[str, int], body: Callable[[CxClient], Awaitable[Any]]) -> Any:
