@@ -217,11 +217,10 @@ class ServerCore(Generic[FlowT]):
                 try:
                     response = self.answer(request)
                 except SipError as error:  # a header first read here: its status
-                    self.counters.parse_errors += 1
-                    try:
-                        response = self.reply(request, error.status, error.phrase)
-                    except SipError:
-                        continue  # not even the response can be built: dropped
+                    refusal = self.refusal(request, error)
+                    if refusal is None:
+                        continue
+                    response = refusal
                 sends.extend(self._handle(self.layer.respond(output.transaction, response, now), now))
                 if proxy is not None and request.method == "CANCEL" and response.status == 200:
                     cancelled = self.layer.find_cancelled(request)
@@ -299,6 +298,16 @@ class ServerCore(Generic[FlowT]):
             fields.append(("Server", self.server_name))
         self.counters.count(status)
         return request.make_response(status, reason, fields, to_tag=secrets.token_hex(6))
+
+    def refusal(self, request: Request, error: SipError) -> Response | None:
+        """The answer to a request whose handling met ``error`` (a header that does not parse):
+        its status, counted; ``None`` when not even the response can be built (its Via, From, To,
+        Call-ID or CSeq do not parse either): the request is then dropped."""
+        self.counters.parse_errors += 1
+        try:
+            return self.reply(request, error.status, error.phrase)
+        except SipError:
+            return None
 
     def _decide(self, request: Request) -> tuple[int, str | None, list[tuple[str, object]]]:
         allow: list[tuple[str, object]] = [("Allow", ", ".join(self.allowed))]

@@ -554,14 +554,12 @@ class Server:
         """Answer a request whose handling raised ``error`` (a header that does not parse) with the
         error's status; when not even the response can be built, the request is dropped."""
         log.debug("%s from %s: %s", request.method, transaction.flow, error)
-        self.core.counters.parse_errors += 1
         if transaction.terminated:
+            self.core.counters.parse_errors += 1
             return None
-        try:
-            response = self.core.reply(request, error.status, error.phrase)
-        except SipError:
-            return None  # its Via/From/To/Call-ID/CSeq do not parse either: nothing can be answered
-        self._emit(self.core.respond(transaction, response, self._now()))
+        response = self.core.refusal(request, error)
+        if response is not None:
+            self._emit(self.core.respond(transaction, response, self._now()))
         return response
 
     async def _handle_deferred(
