@@ -9,7 +9,8 @@ import logging
 import os
 import reprlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import CodeType, FrameType
+from types import CodeType, FrameType, ModuleType
+from typing import Any, Final, NamedTuple
 
 import pluggy
 from pluggy import HookCaller, HookImpl, Result
@@ -75,6 +76,44 @@ class ImsPluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__(PROJECT_NAME)
         self._inner_hookexec = self._guarded(self._inner_hookexec)
+        #: the executor a direct call stands for (tracing or monitoring replaces it: no direct calls)
+        self._plain_hookexec = self._inner_hookexec
+        #: per hook name, how a call may skip pluggy's machinery (:class:`_DirectHookCaller`);
+        #: emptied whenever implementations or specs change
+        self._direct: dict[str, _Direct | None] = {}
+
+    def add_hookspecs(self, module_or_class: ModuleType | type) -> None:
+        super().add_hookspecs(module_or_class)
+        self._hook_callers_changed()
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> object | None:
+        try:
+            return super().unregister(plugin, name)
+        finally:
+            self._hook_callers_changed()
+
+    def _hook_callers_changed(self) -> None:
+        """Forget every direct call; every hook caller may take one (:class:`_DirectHookCaller`)."""
+        self._direct.clear()
+        for caller in vars(self.hook).values():
+            if type(caller) is HookCaller:
+                caller.__class__ = _DirectHookCaller
+
+    def _direct_for(self, caller: HookCaller) -> _Direct | None:
+        """How a call of ``caller`` can go straight to its one implementation, or ``None``."""
+        impls = caller._hookimpls
+        spec = caller.spec
+        if (
+            len(impls) != 1
+            or spec is None
+            or spec.kwargdefaults
+            or caller.is_historic()
+            or impls[0].wrapper
+            or impls[0].hookwrapper
+        ):
+            return None
+        impl = impls[0]
+        return _Direct(impl.function, tuple(impl.argnames), bool(spec.opts.get("firstresult")), impl)
 
     # --- registration --------------------------------------------------------------------------
 
@@ -88,6 +127,8 @@ class ImsPluginManager(pluggy.PluginManager):
             plugin_name = super().register(plugin, name)
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin {shown!r} cannot be registered: {exc}", plugin=shown) from exc
+        finally:
+            self._hook_callers_changed()
         if plugin_name is None:  # blocked
             return None
         for hook in self.get_hookcallers(plugin) or ():
@@ -238,6 +279,55 @@ class ImsPluginManager(pluggy.PluginManager):
                 log.debug("%s returned %s", hook_name, _short.repr(outcome.get_result()))
 
         return self.add_hookcall_monitoring(before, after)
+
+
+class _Direct(NamedTuple):
+    """A hook with one plain implementation: the function, the arguments it takes, whether the
+    hook is ``firstresult``, and the :class:`~pluggy.HookImpl` (for error messages)."""
+
+    function: Callable[..., object]
+    argnames: tuple[str, ...]
+    firstresult: bool
+    impl: HookImpl
+
+
+class _DirectHookCaller(HookCaller):
+    """A :class:`~pluggy.HookCaller` that calls a lone implementation without pluggy's machinery.
+
+    Most hooks have only the builtin default (nobody replaced the policy), and they run for every
+    request. When a hook has exactly one implementation that is not a wrapper, its spec has no
+    argument defaults and no tracing or monitoring is on, the call goes straight to the function
+    with the arguments it names, and the result is what pluggy would return: the value for a
+    ``firstresult`` hook, else a list of the non-``None`` values. Anything else (two plugins, a
+    wrapper, a missing argument, tracing) goes through :meth:`HookCaller.__call__` as before; an
+    awaitable result is refused with the same :class:`PluginError`.
+    """
+
+    __slots__ = ()
+
+    def __call__(self, **kwargs: object) -> Any:
+        pm: ImsPluginManager = self._hookexec.__self__  # type: ignore[attr-defined]
+        direct = pm._direct.get(self.name, _UNKNOWN)
+        if direct is _UNKNOWN:
+            direct = pm._direct[self.name] = pm._direct_for(self)
+        if direct is None or pm._inner_hookexec is not pm._plain_hookexec:
+            return super().__call__(**kwargs)
+        assert isinstance(direct, _Direct)
+        try:
+            args = [kwargs[name] for name in direct.argnames]
+        except KeyError:  # pluggy's own call says which argument is missing
+            return super().__call__(**kwargs)
+        value = direct.function(*args)
+        if type(value) not in _PLAIN_RESULTS and _awaitable(value):
+            outcome: Result[object] = Result(value if direct.firstresult else [value], None)
+            pm._reject_coroutine_results(outcome, self.name, [direct.impl], kwargs)
+            return outcome.get_result()
+        if direct.firstresult:
+            return value
+        return [] if value is None else [value]
+
+
+_UNKNOWN: Final = object()
 
 
 def _find_culprit(value: object, impls: Sequence[HookImpl]) -> str:
