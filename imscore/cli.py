@@ -515,6 +515,10 @@ def _bindings(args: argparse.Namespace) -> int:
 
             gruu_key[0] = stored_key(connection)
         try:
+            if connection is not None and hasattr(store, "pool"):  # a pool's Redis: its GRUU key
+                from imscore.registrar.gruu import KEY_NAME
+
+                gruu_key[0] = connection.existing_secret(KEY_NAME)
             return await (store.all() if aor is None else store.load(aor))
         finally:
             await store.close()

@@ -297,3 +297,37 @@ def test_aka_sqns_of_two_nodes_never_repeat(redis: RedisServer) -> None:
     assert len(set(issued)) == 200 and min(issued) > 1000
     for store in stores:
         asyncio.run(store.close())
+
+
+def test_imscore_bindings_shows_the_temporary_gruu_read_from_redis(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """The temporary GRUU a pool node gave in its 200 OK is what ``imscore bindings`` shows for a
+    Redis store (the GRUU key read from Redis, never created by the tool)."""
+    from test_gruu import GruuPhone, _gruus
+
+    listed_before = subprocess.run(
+        [sys.executable, "-m", "imscore", "bindings", "--store", redis.url, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert listed_before.returncode == 0, listed_before.stderr
+    assert redis.cli("exists", "imscore:secret:gruu").strip() == "0"  # the tool made no key
+    with nodes(redis.url, tmp_path, ["a"]) as (a,):
+        desk = GruuPhone(a.udp, "desk")
+        try:
+            pub, temp = _gruus(desk.register(), desk)
+        finally:
+            desk.close()
+    listed = subprocess.run(
+        [sys.executable, "-m", "imscore", "bindings", "--store", redis.url, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    (aor,) = json.loads(listed.stdout)["aors"]
+    (shown,) = aor["bindings"]
+    assert (shown["pub_gruu"], shown["temp_gruu"]) == (pub, temp)
+    text = subprocess.run(
+        [sys.executable, "-m", "imscore", "bindings", "--store", redis.url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert f"Temporary GRUU: {temp}" in text

@@ -214,6 +214,15 @@ class RedisConnection:
             raise StoreUnavailable(f"store {self.url!r}: the {name} secret vanished")
         return bytes.fromhex(value.decode("ascii") if isinstance(value, bytes) else str(value))
 
+    def existing_secret(self, name: str) -> bytes | None:
+        """The secret :meth:`secret` keeps under ``name`` if a node made it, else ``None`` (read
+        only: ``imscore bindings`` must not create one)."""
+        with self.blocking(f"read the {name} secret") as r:
+            value = r.get(f"{KEY_PREFIX}secret:{name}")
+        if value is None:
+            return None
+        return bytes.fromhex(value.decode("ascii") if isinstance(value, bytes) else str(value))
+
     def ping(self) -> None:
         """Check that Redis answers (at start-up: a bad URL fails early, with the cause)."""
         with self.blocking("reach Redis") as r:
