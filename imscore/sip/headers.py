@@ -7,12 +7,12 @@ what was written. The parse functions raise only :class:`~imscore.sip.errors.Par
 from __future__ import annotations
 
 import ipaddress
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from . import grammar as g
 from .errors import ParseError
 from .params import Params
-from .uri import SipUri, Uri, parse_uri
+from .uri import AbsoluteUri, SipUri, Uri, parse_uri
 
 __all__ = [
     "Address",
@@ -154,6 +154,8 @@ def parse_via(value: str) -> Via:
 
 
 A = TypeVar("A", bound="Address")
+#: the URI an address parsed lazily holds until its text is read (never shown: ``_uri`` is reset)
+_UNREAD: Final = AbsoluteUri("unread", "address")
 
 
 class Address:
@@ -182,7 +184,7 @@ class Address:
 
     @classmethod
     def _lazy(cls: type[A], uri_text: str, display: str | None, params: Params, bracketed: bool) -> A:
-        address = cls.__new__(cls)
+        address = cls(_UNREAD, display, params, bracketed=bracketed)
         address._uri = None
         address._uri_text = uri_text
         address.display = display

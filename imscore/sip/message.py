@@ -270,7 +270,7 @@ class Headers:
 
     @classmethod
     def _from_parsed(cls, keys: list[str], items: list[_Item], raw: bytes | None) -> Headers:
-        headers = cls.__new__(cls)
+        headers = cls()
         headers._keys = keys
         headers._items = items
         headers._pending = None
@@ -281,7 +281,7 @@ class Headers:
     @classmethod
     def _from_block(cls, block: bytes) -> Headers:
         """Headers whose CRLF-separated lines are split into fields on first use."""
-        headers = cls.__new__(cls)
+        headers = cls()
         headers._pending = block
         headers.cache = {}
         headers.raw = block + b"\r\n" if block else b""
@@ -513,7 +513,8 @@ class Message:
         """The message on the wire: start line, headers, empty line, body."""
         return b"".join((self._start_bytes(), b"\r\n", self.headers.to_bytes(), b"\r\n", self._body))
 
-    __bytes__ = to_bytes
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
 
     def __str__(self) -> str:
         return self.to_bytes().decode("utf-8", "replace")
@@ -867,12 +868,16 @@ class Request(Message):
         uri: Uri | str,
         headers: HeaderInput | Headers = (),
         body: bytes = b"",
+        *,
+        received_start: bytes | None = None,
     ) -> None:
         super().__init__(headers, body)
         self._method = method
         self._uri: Uri = parse_uri(uri) if isinstance(uri, str) else uri
-        self._start = None
-        if "content-length" not in self.headers:
+        #: a request read off the wire (``received_start``, its start line) is kept as it came:
+        #: no Content-Length is added to it
+        self._start = received_start
+        if received_start is None and "content-length" not in self.headers:
             self.headers.add("Content-Length", len(body))
 
     @property
@@ -1025,13 +1030,16 @@ class Response(Message):
         reason: str | None = None,
         headers: HeaderInput | Headers = (),
         body: bytes = b"",
+        *,
+        received: bool = False,
     ) -> None:
         super().__init__(headers, body)
         if not 100 <= status <= 699:
             raise SipError(f"cannot build a response with status {status} (not 100..699)", 500)
         self.status = status
         self.reason = REASON_PHRASES.get(status, "Unknown") if reason is None else reason
-        if "content-length" not in self.headers:
+        # a response read off the wire (``received``) is kept as it came: no Content-Length added
+        if not received and "content-length" not in self.headers:
             self.headers.add("Content-Length", len(body))
 
     def __repr__(self) -> str:
@@ -1050,7 +1058,9 @@ def _is_status_line(line: str) -> bool:
     return line[:4].upper() == "SIP/"
 
 
-def _parse_start(line: str) -> Request | Response:
+def _parse_start(line: str, block: bytes, lines: list[str] | None, body: bytes) -> Request | Response:
+    """The message of start line ``line``, once it is checked, with its header section (``block``
+    split on first use, or ``lines`` already split) and ``body``."""
     # RFC 3261 §7.1: the version string is case-insensitive (and sent upper-case)
     if _is_status_line(line):
         parts = line.split(" ", 2)
@@ -1064,10 +1074,7 @@ def _parse_start(line: str) -> Request | Response:
             raise VersionNotSupported(f"unsupported version {version[:20]!r}")
         if len(code) != 3 or not code.isascii() or not code.isdigit() or not "100" <= code <= "699":
             raise ParseError(f"bad status code {code[:20]!r}")
-        response = Response.__new__(Response)
-        response.status = int(code)
-        response.reason = reason
-        return response
+        return Response(int(code), reason, _headers(block, lines), body, received=True)
     parts = line.split(" ")
     if len(parts) != 3:
         raise ParseError("bad request line (it must be METHOD SP URI SP SIP/2.0)")
@@ -1083,11 +1090,8 @@ def _parse_start(line: str) -> Request | Response:
     uri = parse_uri(uri_text)
     if isinstance(uri, SipUri) and uri.headers:
         raise ParseError("headers are not allowed in a Request-URI")
-    request = Request.__new__(Request)
-    request._method = method
-    request._uri = uri
-    request._start = line.encode("utf-8", "surrogateescape")
-    return request
+    start = line.encode("utf-8", "surrogateescape")
+    return Request(method, uri, _headers(block, lines), body, received_start=start)
 
 
 def _readable_sent_by(value: str) -> bool:
@@ -1187,14 +1191,12 @@ def parse_message(head: bytes, body: bytes = b"") -> Request | Response:
     if not first:
         raise ParseError("empty start line")
     try:
-        message = _parse_start(first)
-        message.headers = _headers(block, lines)
+        message = _parse_start(first, block, lines, body)
     except SipError as error:
         error.request_hint = not _is_status_line(first)
         if error.request_hint and error.message is None:
             error.message = _partial_request(first, block, lines)
         raise
-    message._body = body
     return message
 
 
@@ -1208,14 +1210,11 @@ def _headers(block: bytes, lines: list[str] | None) -> Headers:
 def _partial_request(first: str, block: bytes, lines: list[str] | None) -> Request:
     """A request whose start line is broken, kept only so that the error can be answered from its
     Via, From, To, Call-ID and CSeq (its Request-URI is a placeholder)."""
-    request = Request.__new__(Request)
-    request._method = first.split(" ", 1)[0][:60] or "UNKNOWN"
-    request._uri = AbsoluteUri("invalid", "request-line")
-    request._start = first.encode("utf-8", "surrogateescape")
-    request._body = b""
     if lines is None:
-        request.headers = Headers._from_block(block)
+        headers = Headers._from_block(block)
     else:
         keys, items = _tolerant_fields(lines)
-        request.headers = Headers._from_parsed(keys, items, None)
-    return request
+        headers = Headers._from_parsed(keys, items, None)
+    method = first.split(" ", 1)[0][:60] or "UNKNOWN"
+    start = first.encode("utf-8", "surrogateescape")
+    return Request(method, AbsoluteUri("invalid", "request-line"), headers, received_start=start)

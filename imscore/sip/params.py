@@ -59,7 +59,8 @@ class Params:
         else:
             self._items[i] = (self._items[i][0], value)
 
-    __setitem__ = set
+    def __setitem__(self, name: str, value: str | None) -> None:
+        self.set(name, value)
 
     def remove(self, name: str) -> None:
         """Remove every parameter of that name (no error if absent)."""

@@ -69,24 +69,27 @@ class SipUri:
                 raise ParseError(f"bad SIP URI: {scheme}:{rest[:60]!r}")
             user = password = None
             host, port, params, headers = m.groups()
-        uri = cls.__new__(cls)
-        uri.scheme = scheme.lower()
-        uri.spelling = scheme
-        uri.user = user
-        uri.password = password
-        uri.host = g.check_host(host)
-        uri.port = None if port is None else g.check_port(port)
-        uri.params = (
+        checked_host = g.check_host(host)
+        checked_port = None if port is None else g.check_port(port)
+        parsed = (
             Params([(k, v or None) for k, v in g.URI_PARAM_RE.findall(params)]) if params else Params()
         )
-        uri.headers = []
+        fields: list[tuple[str, str]] = []
         if headers is not None:
             for part in headers.split("&"):
                 hm = g.URI_HEADER_RE.fullmatch(part)
                 if hm is None:
                     raise ParseError(f"bad URI header: {part[:40]!r}")
-                uri.headers.append((hm.group(1), hm.group(2)))
-        return uri
+                fields.append((hm.group(1), hm.group(2)))
+        return SipUri(
+            checked_host,
+            user,
+            scheme=scheme,
+            port=checked_port,
+            password=password,
+            params=parsed,
+            headers=fields,
+        )
 
     # -- convenience -------------------------------------------------------------------------------
     @property
