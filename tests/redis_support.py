@@ -212,6 +212,10 @@ class Node:
     def udp(self) -> tuple[str, int]:
         return self.addresses["udp"]
 
+    @property
+    def tcp(self) -> tuple[str, int]:
+        return self.addresses["tcp"]
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -233,12 +237,25 @@ class Node:
 
 
 @contextlib.contextmanager
-def nodes(store: str, directory: Path, names: Sequence[str], *extra: str) -> Iterator[list[Node]]:
+def nodes(
+    store: str, directory: Path, names: Sequence[str], *extra: str, transports: Sequence[str] = ("udp",)
+) -> Iterator[list[Node]]:
     started: list[Node] = []
     try:
         for name in names:
-            started.append(Node(store, name, directory, *extra))
+            started.append(Node(store, name, directory, *extra, transports=transports))
         yield started
     finally:
         for node in started:
             node.stop()
+
+
+def short_expiry_profile(directory: Path) -> Path:
+    """The default profile with ``min_expires: 1``, so a test binding can expire in seconds."""
+    profile = directory / "short.yaml"
+    shown = subprocess.run(
+        [sys.executable, "-m", "imscore", "profile", "show", "default"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    profile.write_text(shown.replace("min_expires: 60", "min_expires: 1"))
+    return profile

@@ -13,7 +13,13 @@ from redis_support import RedisServer, free_port, redis_server
 
 from imscore.auth.digest import NonceUse
 from imscore.registrar.model import FlowInfo, StoredBinding
-from imscore.registrar.redis_store import EXPIRY_KEY, LEASE, RedisBindingStore, open_redis_store
+from imscore.registrar.redis_store import (
+    EXPIRY_KEY,
+    LEASE,
+    NodeFlow,
+    RedisBindingStore,
+    open_redis_store,
+)
 from imscore.store import StoreError
 from imscore.store.redis_conn import StoreUnavailable, hash_tagged, parse_redis_url
 
@@ -71,8 +77,12 @@ def test_bindings_round_trip_and_a_stale_version_is_refused(url: str) -> None:
             assert await a.save_versioned(aor, saved, "")
             got, version = await b.load_versioned(aor)
             assert [g.uri for g in got] == [s.uri for s in saved]  # oldest registration first
-            assert got[0] == saved[0].__class__(**{**vars_of(saved[0]), "extra": {"node": "a"}})
+            held = NodeFlow("udp", ("127.0.0.1", 5070), ("127.0.0.1", 5060), None, node="a")
+            assert got[0] == saved[0].__class__(
+                **{**vars_of(saved[0]), "extra": {"node": "a"}, "flow": held}
+            )  # the flow read back names the node that holds it
             assert got[1].extra == {"node": "b"}  # written by another node: its name is kept
+            assert isinstance(got[1].flow, NodeFlow) and got[1].flow.node == "b"
             assert version
             assert not await a.save_versioned(aor, saved[:1], "")  # someone wrote since
             assert await b.save_versioned(aor, saved[:1], version)

@@ -21,6 +21,9 @@ another node takes the AOR ``LEASE`` seconds later.
 applied the write (what Redis itself keeps across its own restart depends on its append-only file:
 docs/deployment.rst).
 
+Every write also publishes the writer's token on the AOR's news channel, in the same script (reg-event
+subscriptions held by other nodes: :mod:`imscore.registrar.regevent_pool`).
+
 The bindings a node writes carry its name (``--node-id``) in ``extra["node"]``: the node that took
 the device's last REGISTER, and so holds its flow.
 """
@@ -34,14 +37,16 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from imscore.store import StoreError
 from imscore.store.redis_conn import KEY_PREFIX, RedisConnection, connect, hash_tagged
 
 from .model import FlowInfo, StoredBinding
+from .regevent_pool import news_channel
 
-__all__ = ["LEASE", "RedisBindingStore", "open_redis_store"]
+__all__ = ["LEASE", "NodeFlow", "RedisBindingStore", "open_redis_store"]
 
 log = logging.getLogger("imscore.registrar")
 
@@ -57,7 +62,9 @@ EXPIRY_KEY: Final = f"{KEY_PREFIX}expiry"
 BINDINGS_KIND: Final = "b"
 
 # KEYS[1] the AOR's hash. ARGV: the version expected ("*": any), the new version, the bindings as
-# JSON ("" deletes the AOR), their expiry times. 1 when written, 0 when the version had changed.
+# JSON ("" deletes the AOR), their expiry times, the AOR's news channel and the writer's origin
+# token (published there: imscore.registrar.regevent_pool). 1 when written, 0 when the version had
+# changed.
 _SAVE: Final = """
 if ARGV[1] ~= '*' then
   local current = redis.call('HGET', KEYS[1], 'v') or ''
@@ -68,6 +75,7 @@ if ARGV[3] == '' then
 else
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'b', ARGV[3], 'e', ARGV[4])
 end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
@@ -91,16 +99,26 @@ def _flow_plain(flow: FlowInfo | None) -> dict[str, Any] | None:
     }
 
 
-def _flow_of(plain: Any) -> FlowInfo | None:
+@dataclass(frozen=True, slots=True)
+class NodeFlow(FlowInfo):
+    """A flow read from the pool's store, with the node that holds it (the one that took the
+    device's last REGISTER, ``extra["node"]``): only that node can send down it
+    (:mod:`imscore.server.pool_nodes`)."""
+
+    node: str = ""
+
+
+def _flow_of(plain: Any, node: str | None = None) -> FlowInfo | None:
     if plain is None:
         return None
     connection = plain.get("connection")
-    return FlowInfo(
-        transport=str(plain["transport"]),
-        remote=(str(plain["remote"][0]), int(plain["remote"][1])),
-        local=(str(plain["local"][0]), int(plain["local"][1])),
-        connection=None if connection is None else int(connection),
+    fields = (
+        str(plain["transport"]),
+        (str(plain["remote"][0]), int(plain["remote"][1])),
+        (str(plain["local"][0]), int(plain["local"][1])),
+        None if connection is None else int(connection),
     )
+    return FlowInfo(*fields) if node is None else NodeFlow(*fields, node=node)
 
 
 def _plain(b: StoredBinding) -> dict[str, Any]:
@@ -138,7 +156,7 @@ def _binding(plain: dict[str, Any]) -> StoredBinding:
         reg_id=None if plain["reg_id"] is None else int(plain["reg_id"]),
         q=None if plain["q"] is None else float(plain["q"]),
         path=tuple(str(p) for p in plain["path"]),
-        flow=_flow_of(plain["flow"]),
+        flow=_flow_of(plain["flow"], plain["extra"].get("node")),
         user_agent=None if plain["user_agent"] is None else str(plain["user_agent"]),
         reachable=bool(plain["reachable"]),
         extra={str(k): str(v) for k, v in plain["extra"].items()},
@@ -167,6 +185,8 @@ class RedisBindingStore:
         self._counts: tuple[int, int] | None = None
         self._counted_at = float("-inf")
         self._counting: asyncio.Task[None] | None = None
+        #: this store's token in the news of its writes (its own node skips them)
+        self.origin = secrets.token_hex(8)
         from .redis_auth import PoolState
 
         #: what else the nodes share through this Redis: secrets, nonce-counts, AKA SQNs
@@ -234,7 +254,8 @@ class RedisBindingStore:
         key = self.key(aor)
         version = secrets.token_hex(8) if stamped else ""
         written = await self.connection.run(
-            f"save {aor!r}", aio.eval(_SAVE, 1, key, expected, version, body, expiries)
+            f"save {aor!r}",
+            aio.eval(_SAVE, 1, key, expected, version, body, expiries, news_channel(aor), self.origin),
         )
         if int(written) != 1:
             return None

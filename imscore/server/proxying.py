@@ -20,7 +20,7 @@ from imscore.ifc.defaults import DefaultHandling
 from imscore.ifc.odi import ODI_PARAM, OdiStamp
 from imscore.ifc.routing import ServiceRouting
 from imscore.plugin.types import NextHop
-from imscore.proxy.core import Branch, Destination, ProxyCore
+from imscore.proxy.core import Branch, Destination, ProxyCore, Target
 from imscore.proxy.relay import (
     DIALOG_PARAM,
     DialogStamp,
@@ -42,6 +42,8 @@ from imscore.sip.transaction import ServerTransaction
 from imscore.store import StoreError, stored_secret
 from imscore.transport import Flow, TransportError
 from imscore.transport.transports import response_address
+
+from .pool_nodes import FLOW_PARAM, FlowToken, held_by, relay_listener
 
 if TYPE_CHECKING:
     from .runtime import Server
@@ -87,6 +89,8 @@ class ProxyService:
         # then stay byte for byte what they were)
         secret = self._stamp_secret(server) or secrets.token_bytes(32)
         self.stamp = DialogStamp(secret)
+        #: names a flow of this node in a request another pool node relays (pool_nodes)
+        self.flow_tokens = FlowToken(secret)
         #: the registrar issues GRUUs and the router resolves them under one key (RFC 5627)
         gruus = Gruus(self._gruu_key(server, secret))
         self.router.gruus = server.registrar.gruus = server.registrar.regevent.gruus = gruus
@@ -268,6 +272,9 @@ class ProxyService:
     ) -> Decision:
         """The relay rules first (who may be relayed where), then the router's decision; a
         request back from an AS with our valid ``odi`` Route goes on with its iFCs."""
+        relayed = self._relayed_flow(own)
+        if relayed is not None:  # another pool node sends this down a flow we hold
+            return self._relayed_decision(request, relayed)
         odi = own.params.get(ODI_PARAM) if own is not None else None
         if odi is not None and request.to.tag is None:
             now = self.server.clock()
@@ -383,10 +390,10 @@ class ProxyService:
                 targets.index += 1  # the flow it was sent on failed
             else:
                 targets = branch.targets = FlowCursor(destination.flow.flows)
-            return await self._outbound_flow(destination.flow, targets)
+            return await self._outbound_flow(destination.flow, targets, branch.request)
         if targets is None:
             uri = SipUri.parse(destination.uri)
-            direct = await self._direct_flow(destination, uri)
+            direct = await self._direct_flow(destination, uri, branch.request)
             if direct is not None:
                 return direct
             targets = branch.targets = await self._targets(uri, branch.request)
@@ -395,16 +402,20 @@ class ProxyService:
             targets.mark_failed()
         return await self._first_reachable(targets, destination.uri)
 
-    async def _direct_flow(self, destination: Destination, uri: SipUri) -> Flow | None:
+    async def _direct_flow(
+        self, destination: Destination, uri: SipUri, request: Request | None = None
+    ) -> Flow | None:
         """The flow that needs no DNS: for a device registered with outbound, the first of its
         flows still open (none left: :class:`RoutingError` 430 Flow Failed, RFC 5626 §5.3, never
         the Contact); else the registration's recorded flow while it is usable (a closed TCP/TLS
         connection falls back to the Contact), else the URI's numeric host; ``None`` when the
-        host is a name."""
+        host is a name. A flow another pool node holds is reached through that node."""
         recorded = destination.flow
         if isinstance(recorded, FlowSet):
-            return await self._outbound_flow(recorded)
+            return await self._outbound_flow(recorded, None, request)
         if isinstance(recorded, FlowInfo):
+            if self._elsewhere(recorded):
+                return await self._through_holder(recorded, request)
             if recorded.connection is None:
                 return await self._connect(recorded.transport, recorded.remote)
             if self._has_connection(recorded.connection):
@@ -416,7 +427,9 @@ class ProxyService:
         port = uri.port or (5061 if transport == "tls" else 5060)
         return await self._connect(transport, (host, port))
 
-    async def _outbound_flow(self, flows: FlowSet, cursor: FlowCursor | None = None) -> Flow:
+    async def _outbound_flow(
+        self, flows: FlowSet, cursor: FlowCursor | None = None, request: Request | None = None
+    ) -> Flow:
         """The first flow of an outbound instance that is not gone (a TCP/TLS connection still
         open, a UDP flow through our socket), in the router's order, from the ``cursor``'s flow
         on (which it then points at)."""
@@ -425,6 +438,12 @@ class ProxyService:
             recorded = flows.flows[index]
             if cursor is not None:
                 cursor.index = index
+            if self._elsewhere(recorded):
+                try:
+                    return await self._through_holder(recorded, request)
+                except (RoutingError, TransportError, LookupError) as exc:
+                    log.info("outbound flow %s of %s gone: %s", recorded, flows.instance_id, exc)
+                    continue
             if recorded.connection is None:
                 try:
                     return await self._connect(recorded.transport, recorded.remote)
@@ -482,10 +501,49 @@ class ProxyService:
         """The flow to send to (an ACK, a qualification OPTIONS): the recorded flow of a
         registration or the URI's numeric host, else the first reachable RFC 3263 target."""
         uri = SipUri.parse(destination.uri)
-        direct = await self._direct_flow(destination, uri)
+        direct = await self._direct_flow(destination, uri, request)
         if direct is not None:
             return direct
         return await self._first_reachable(await self._targets(uri, request), destination.uri)
+
+    # -- flows held by other pool nodes (imscore.server.pool_nodes) --------------------------------
+    def _elsewhere(self, recorded: FlowInfo) -> bool:
+        """The flow is held by another node of the pool."""
+        node = held_by(recorded)
+        return node is not None and node != self.server.node_id
+
+    async def _through_holder(self, recorded: FlowInfo, request: Request | None) -> Flow:
+        """The flow to the node holding ``recorded``, with our Route naming the flow pushed on
+        ``request``; ``430 Flow Failed`` when that node is gone (RFC 5626 §5.3)."""
+        node = held_by(recorded)
+        pool = self.server.pool
+        if request is None or pool is None or node is None:
+            raise LookupError(f"the flow {recorded} is held by node {node}")
+        listeners = await pool.nodes.listeners(node)
+        listener = None if listeners is None else relay_listener(listeners)
+        if listener is None:
+            raise RoutingError(430, "Flow Failed", f"node {node}, which holds the flow, is gone")
+        transport, host, port = listener
+        routes = request.headers.get_all("Route")
+        if routes and f";{FLOW_PARAM}=" in str(routes[0]):  # an earlier attempt's (failover)
+            request.headers.pop_first("Route")
+        token = self.flow_tokens.make(recorded)
+        request.headers.prepend(
+            "Route", f"<sip:{_bracket(host)}:{port};transport={transport};lr;{FLOW_PARAM}={token}>"
+        )
+        return await self._connect(transport, (host, port))
+
+    def _relayed_flow(self, own: SipUri | None) -> FlowInfo | None:
+        """The flow of ours a pool node's Route names (a valid ``pflow`` token), else ``None``."""
+        token = None if own is None else own.params.get(FLOW_PARAM)
+        return None if not token else self.flow_tokens.read(token)
+
+    @staticmethod
+    def _relayed_decision(request: Request, flow: FlowInfo) -> Decision:
+        """Down that one flow: a connection that is gone ends the branch with 430."""
+        uri = str(request.uri)
+        destination = Destination(uri, FlowSet("pool relay", (flow,)))
+        return Decision(groups=[((Target(uri, (), destination, label=uri),), None)], kind="relayed")
 
     # -- stray responses ---------------------------------------------------------------------------
     async def _forward_stray(self, response: Response) -> None:
@@ -523,8 +581,9 @@ class ProxyService:
             if not ack.route and own is None and strict is None and self.router.is_ours(ack.uri):
                 return  # an ACK for a 2xx this server sent itself: nothing to do
             info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
+            relayed = self._relayed_flow(own)
             verdict = relay_verdict(await self.relay_facts(ack, info, strict or stamp_of(own)))
-            if verdict.refused:
+            if verdict.refused and relayed is None:
                 # not in a dialog we record-routed, nor to a device we forked to: no relaying
                 self.acks_dropped += 1
                 return
@@ -532,10 +591,16 @@ class ProxyService:
             if forwards is not None and forwards <= 0:
                 return
             ack.headers.set("Max-Forwards", 69 if forwards is None else forwards - 1)
-            device = None if ack.route else await self.router.gruu_target(ack.uri, self.server.clock())
+            device = (
+                None
+                if ack.route or relayed is not None
+                else await self.router.gruu_target(ack.uri, self.server.clock())
+            )
             if isinstance(device, Decision):
                 return  # a GRUU that reaches nobody: the ACK has nowhere to go
-            if ack.route:
+            if relayed is not None:  # from another pool node, down a flow we hold
+                destination = Destination(str(ack.uri), relayed)
+            elif ack.route:
                 destination = Destination(str(ack.route[0].uri))
             elif device is not None and device.destination is not None:
                 destination = device.destination  # a device's GRUU: its flows

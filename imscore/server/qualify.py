@@ -6,7 +6,8 @@ the device is there (even 404 or 405: something answered); a timeout or a transp
 as one failure, and after ``qualify.max_failures`` failures in a row the binding is marked
 unreachable in the binding store (``imscore bindings`` shows it, the ``evict-unreachable-first``
 binding policy and the hunt and sequential strategies use it). A later answer marks it reachable
-again.
+again. In a pool of nodes on one Redis, each node qualifies only the contacts whose flow it holds
+(the bindings it wrote: ``extra["node"]``).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class Qualifier:
         now = server.clock()
         alive, self._alive = self._alive, set()
         for binding in await server.store.all():
-            if binding.expired(now):
+            if binding.expired(now) or not self._holds(binding):
                 continue
             key = (binding.aor, binding.uri)
             if key in self._outstanding:
@@ -98,6 +99,12 @@ class Qualifier:
                 await self._result(binding, True)
                 continue
             await self._ping(binding)
+
+    def _holds(self, binding: StoredBinding) -> bool:
+        """In a pool, a contact is qualified by the node holding its flow, the one that took its
+        last REGISTER (``extra["node"]``); the others leave it alone."""
+        node = binding.extra.get("node")
+        return node is None or node == self.server.node_id
 
     async def _ping(self, binding: StoredBinding) -> None:
         server = self.server

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from imscore import __version__
+from imscore.build_info import describe
 from imscore.capture.pcap import PcapWriter
 from imscore.plugin import create_plugin_manager
 from imscore.profile import Listener, Profile
@@ -157,6 +158,8 @@ class Server:
         )
         #: this node's name in a pool (``--node-id``): written into the bindings it stores
         self.node_id: str | None = None
+        #: the pool side of a node on a shared store: reg-event news, flows of other nodes
+        self.pool: Any = None
         self.transports: Transports | None = None
         self.store: BindingStore | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -324,6 +327,9 @@ class Server:
         if self.qualifier is not None:
             self.transports.on_keepalive = self.qualifier.keepalive
             self.spawn(self.qualifier.run())
+        from .pool import start_pool  # a pool's store (Redis): docs/deployment.rst
+
+        self.pool = start_pool(self)
         self.plugins.hook.ims_server_started(server=self)
         self._state = "ready"
         log.info("subscribers: %s", self.subscriber_source or self.subscribers)
@@ -425,6 +431,8 @@ class Server:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.transports is not None:
             await self.transports.close()
+        if self.pool is not None:  # its flows are gone: the other nodes answer 430 at once
+            await self.pool.leave()
         if self.store is not None:
             await self.store.close()
         self._close_pcap()
@@ -458,7 +466,7 @@ class Server:
         return (
             f"imscore {__version__} ready: listening on {listening} "
             f"(profile {self.profile.name}, domains {', '.join(self.profile.domains)}, "
-            f"store {self.store_url}{metrics})"
+            f"store {self.store_url}{metrics}; {describe()})"
         )
 
     # -- traffic -----------------------------------------------------------------------------------

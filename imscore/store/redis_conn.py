@@ -214,6 +214,32 @@ class RedisConnection:
             raise StoreUnavailable(f"store {self.url!r}: the {name} secret vanished")
         return bytes.fromhex(value.decode("ascii") if isinstance(value, bytes) else str(value))
 
+    def subscriber(self) -> Any:
+        """A new redis-py asyncio ``PubSub`` for listening to channels (reg-event news); its
+        ``connects`` counts the connections made (redis-py reconnects a PubSub by itself, and
+        whatever was published meanwhile is lost). In a Cluster it is a connection to the first
+        node named: classic ``PUBLISH`` reaches every node of a Redis Cluster, so any one of them
+        hears all channels."""
+        import redis.asyncio
+        import redis.asyncio.client
+
+        class CountingPubSub(redis.asyncio.client.PubSub):
+            connects = 0
+
+            async def on_connect(self, connection: Any) -> None:
+                self.connects += 1
+                await super().on_connect(connection)
+
+        if self.target.cluster:
+            host, port = self.target.nodes[0]
+            client = redis.asyncio.Redis(
+                host=host, port=port, socket_connect_timeout=CONNECT_TIMEOUT,
+                username=self.target.username, password=self.target.password, ssl=self.target.tls,
+            )
+        else:
+            client = self.aio
+        return CountingPubSub(client.connection_pool)
+
     def existing_secret(self, name: str) -> bytes | None:
         """The secret :meth:`secret` keeps under ``name`` if a node made it, else ``None`` (read
         only: ``imscore bindings`` must not create one)."""

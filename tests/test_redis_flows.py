@@ -1,0 +1,136 @@
+"""Flows in a pool of ``imscore serve`` nodes on one real ``redis-server`` (RFC 5626 §5.3;
+imscore/server/pool_nodes.py, docs/deployment.rst).
+
+A device keeps a TCP connection to node A (or is behind a NAT whose UDP binding A learnt); a call
+arriving on node B must reach it through A, which holds the flow. With A gone, B answers
+``430 Flow Failed``. Only A qualifies the contacts whose flows it holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis_support import RedisServer, nodes, redis_server
+from sipua import Caller, Phone
+
+from imscore.sip import Request, Response
+
+ALICE = "sip:alice@ims.example.test"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path / "redis") as server:
+        yield server
+
+
+def _final(caller: Caller, invite: Request) -> Response:
+    while True:
+        answer = caller.expect("final", 10.0)
+        assert isinstance(answer, Response)
+        if answer.call_id == invite.call_id:
+            return answer
+
+
+def test_a_call_through_b_rings_a_tcp_device_on_a_then_430_when_a_is_gone(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    with nodes(redis.url, tmp_path, ["a", "b"], transports=("udp", "tcp")) as (a, b):
+        desk = Phone(a.tcp, "desk", transport="tcp")  # its connection to A is its flow
+        # behind a NAT: its Contact is a private address nobody can reach, A learnt the UDP flow
+        natted = Phone(a.udp, "natted")
+        caller = Caller(b.udp)
+        try:
+            assert desk.register().status == 200
+            assert natted.register(contact="sip:natted@10.7.7.7:5060").status == 200
+            invite = caller.invite(ALICE)
+            got = {}
+            for phone in (desk, natted):
+                ringing = phone.expect("INVITE")
+                assert isinstance(ringing, Request)
+                vias = ringing.headers.values("Via")
+                # A sent it down the flow (its Via on top), B had it from the caller
+                assert ringing.top_via.port == (a.tcp if phone is desk else a.udp)[1], vias
+                assert any(f":{b.udp[1]};" in via or f":{b.tcp[1]};" in via for via in vias), vias
+                assert not any("pflow" in route for route in ringing.headers.values("Route"))
+                phone.reply(ringing, 180)
+                got[phone.name] = ringing
+            assert caller.expect("180").status == 180  # type: ignore[union-attr]
+            for phone in (desk, natted):
+                phone.reply(got[phone.name], 486)
+            assert _final(caller, invite).status == 486
+            # A is killed: its entry in Redis runs out, and B answers 430 for its flows
+            a.kill()
+            deadline = time.monotonic() + 10
+            while redis.cli("exists", "imscore:node:a").strip() != "0":
+                assert time.monotonic() < deadline, "node a's entry did not run out"
+                time.sleep(0.2)
+            invite = caller.invite(ALICE)
+            answer = _final(caller, invite)
+            assert answer.status == 430, answer
+        finally:
+            for agent in (desk, natted, caller):
+                agent.close()
+        assert "Traceback" not in b.log()
+
+
+def test_a_relayed_request_with_a_forged_flow_token_is_not_relayed(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    with nodes(redis.url, tmp_path, ["a"], transports=("udp", "tcp")) as (a,):
+        desk = Phone(a.tcp, "desk", transport="tcp")
+        stranger = Caller(a.udp, "stranger")
+        try:
+            assert desk.register().status == 200
+            forged = stranger.request(
+                "INVITE", desk.contact_uri,
+                headers=[("Route", f"<sip:127.0.0.1:{a.udp[1]};transport=udp;lr;pflow=eyJ4Ijox.AAAA>")],
+            )
+            stranger.send(forged)
+            answer = _final(stranger, forged)
+            assert answer.status == 403, answer
+            assert desk.quiet("INVITE", 0.5)
+        finally:
+            desk.close()
+            stranger.close()
+
+
+def test_only_the_node_holding_the_flow_qualifies_the_contact(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    profile = tmp_path / "qualify.yaml"
+    shown = subprocess.run(
+        [sys.executable, "-m", "imscore", "profile", "show", "default"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    shown = shown.replace("interval: 0.0", "interval: 0.5").replace("max_failures: 3", "max_failures: 1")
+    profile.write_text(shown)
+    with nodes(redis.url, tmp_path, ["a", "b"], "--profile", str(profile),
+               transports=("udp", "tcp")) as (a, b):
+        desk = Phone(a.tcp, "desk", transport="tcp")
+        try:
+            assert desk.register().status == 200
+            pings = 0
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                try:
+                    options = desk.expect("OPTIONS", 0.5)
+                except AssertionError:
+                    continue
+                assert isinstance(options, Request)
+                desk.reply(options, 200)
+                pings += 1
+            assert pings >= 2  # A pings it down its connection
+        finally:
+            desk.close()
+        from test_redis_pool import stored
+
+        (binding,) = stored(redis.url, ALICE)
+        assert binding.reachable  # B did not try (and fail) to reach a flow it does not hold
+        assert "cannot ping" not in b.log() and "unreachable" not in b.log()
