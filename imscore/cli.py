@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imscore import __version__
+from imscore import __version__, build_info
 from imscore.profile import (
     BUILTIN_PLUGINS,
     ListenError,
@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="imscore",
         description="An IMS-flavoured SIP core: S-CSCF shaped registrar and forking proxy.",
     )
-    parser.add_argument("--version", action="version", version=f"imscore {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"imscore {__version__} ({build_info.describe()})"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the SIP server until SIGINT or SIGTERM")

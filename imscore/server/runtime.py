@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from imscore import __version__
+from imscore.build_info import describe
 from imscore.capture.pcap import PcapWriter
 from imscore.plugin import create_plugin_manager
 from imscore.profile import Listener, Profile
@@ -465,7 +466,7 @@ class Server:
         return (
             f"imscore {__version__} ready: listening on {listening} "
             f"(profile {self.profile.name}, domains {', '.join(self.profile.domains)}, "
-            f"store {self.store_url}{metrics})"
+            f"store {self.store_url}{metrics}; {describe()})"
         )
 
     # -- traffic -----------------------------------------------------------------------------------
