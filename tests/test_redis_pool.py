@@ -331,3 +331,67 @@ def test_imscore_bindings_shows_the_temporary_gruu_read_from_redis(
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     assert f"Temporary GRUU: {temp}" in text
+
+
+def _sipp_oks(trace: str) -> tuple[set[str], set[str]]:
+    """From a SIPp ``-trace_msg`` log: the Call-IDs of the 200 OKs it received, and those of the
+    calls it started (one per device)."""
+    oks: set[str] = set()
+    started: set[str] = set()
+    for entry in trace.split("-----------------------------------------------"):
+        head, _, message = entry.partition("\n\n")
+        lines = message.strip().splitlines()
+        call_ids = [
+            line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("call-id:")
+        ]
+        if not lines or not call_ids:
+            continue
+        if "message sent" in head and lines[0].startswith("REGISTER "):
+            started.add(call_ids[0])
+        if "message received" in head and lines[0].startswith("SIP/2.0 200"):
+            oks.add(call_ids[0])
+    return oks, started
+
+
+def test_sigkill_of_a_node_during_a_sipp_run_loses_no_200(redis: RedisServer, tmp_path: Path) -> None:
+    """SIPp registers one new device of dave per call on node A (Digest, 100 calls/s); A is
+    killed with SIGKILL two seconds in. Every device whose REGISTER SIPp saw answered 200 is in
+    Redis; node B goes on serving."""
+    from test_sipp_register import SCENARIOS, free_udp_port, sipp_binary
+
+    binary = sipp_binary()
+    with nodes(redis.url, tmp_path, ["a", "b"]) as (a, b):
+        csv = tmp_path / "dave.csv"
+        csv.write_text(
+            f"SEQUENTIAL\ndave;{DOMAIN};[authentication username=dave@{DOMAIN} password=dave-secret]\n"
+        )
+        trace = tmp_path / "sipp-messages.log"
+        port = free_udp_port()
+        sipp = subprocess.Popen(
+            [binary, f"{a.udp[0]}:{a.udp[1]}", "-sf", str(SCENARIOS / "register-devices.xml"),
+             "-inf", str(csv), "-i", "127.0.0.1", "-p", str(port), "-auth_uri", DOMAIN,
+             "-m", "1500", "-r", "100", "-recv_timeout", "2000", "-timeout", "6", "-nostdin",
+             "-trace_msg", "-message_file", str(trace)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        )
+        try:
+            time.sleep(2.0)
+            a.kill()
+            sipp.wait(timeout=30)
+        finally:
+            if sipp.poll() is None:
+                sipp.kill()
+                sipp.wait(timeout=10)
+        oks, started = _sipp_oks(trace.read_text(errors="replace"))
+        assert len(oks) >= 50, (len(oks), len(started))
+        assert len(started) > len(oks)  # the kill came in the middle of the run
+        contacts = {binding.uri for binding in stored(redis.url, f"sip:dave@{DOMAIN}")}
+        # Call-ID N-PID@IP belongs to call N, whose device is sip:cN@127.0.0.1:PORT
+        expected = {f"sip:c{call_id.split('-', 1)[0]}@127.0.0.1:{port}" for call_id in oks}
+        assert expected <= contacts, sorted(expected - contacts)[:10]
+        phone = Phone(b.udp, "after", impi=f"dave@{DOMAIN}", password="dave-secret",
+                      impu=f"sip:dave@{DOMAIN}")
+        try:
+            assert phone.register().status == 200
+        finally:
+            phone.close()
