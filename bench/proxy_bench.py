@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Calls per second through the forking proxy of ``imscore serve`` against the reference Kamailio,
-each forking every call in parallel to three registered contacts, in one run.
+"""Session Establishment Rate (RFC 7501 §3.4.3) of a call forked in parallel to three registered
+devices, through the proxy of ``imscore serve`` and through the reference Kamailio, found by the step
+search of RFC 7502 §4.10 in one run.
 
 Usage::
 
     apt-get install -y kamailio sip-tester          # Kamailio and SIPp
-    python3 bench/proxy_bench.py [--calls N] [--rate R] [--rounds R] [--record-route] [--json]
+    python3 bench/proxy_bench.py [--seconds S] [--start-rate R] [--max-rate R] [--record-route] [--json]
 
 The reference Kamailio is the peer's (``$IMSCORE_PEER``, else ``shared/peer`` beside the
 repository): ``kamailio.sh start 1`` (Digest on REGISTER, udp:127.0.0.1:5070) with
@@ -14,22 +15,26 @@ and record-routes it. imscore runs ``imscore serve --profile multi-device --stor
 free loopback UDP port (``--record-route``: the same profile with ``proxy.record_route: true``), with
 a subscriber file giving the benchmark user the password Kamailio checks.
 
-For each target, three long-lived SIPp UAS processes (``bench/sipp/uas-answer.xml`` once,
-``bench/sipp/uas-ring.xml`` twice) first REGISTER their contact as the same user with Digest
-(``bench/sipp/register.xml``, a one-call SIPp run from the very port the UAS then listens on). Then
-one SIPp UAC (``bench/sipp/uac-call.xml``) makes ``--calls`` calls at ``--rate`` calls/s, each
-INVITE -> (100, three 180) -> 200 -> ACK -> BYE -> 200 through the proxy; the ringing devices get
-the proxy's CANCEL (200, 487, ACK). The caller's From is in another domain, so neither target asks
-for credentials on the INVITE.
+A trial at a rate R: the target is started afresh; three SIPp UAS processes
+(``bench/sipp/uas-answer.xml`` once, ``bench/sipp/uas-ring.xml`` twice) REGISTER their contact as
+the same user with Digest (``bench/sipp/register.xml``, a one-call SIPp run from the very port the UAS
+then listens on); one SIPp UAC (``bench/sipp/uac-call.xml``) makes R x ``--seconds`` calls at R
+calls/s, each INVITE -> (100, three 180) -> 200 -> ACK -> BYE -> 200 through the proxy; the ringing
+devices get the proxy's CANCEL (200, 487, ACK). The caller's From is in another domain, so neither
+target asks for credentials on the INVITE. The trial passes when every call succeeded (a call
+imscore's overload control refused with 503 counts as failed), no retransmission timed out, the
+caller retransmitted at most ``--max-retrans`` of its messages, kept its schedule (achieved rate >=
+``--schedule`` of R) and the answering device got the ACK of every answered call. The search
+(``stepsearch.py``: doubling from ``--start-rate``, then bisecting, ``--max-steps`` trials at most)
+gives the highest rate that passed.
 
-The rate is successful calls (SIPp's "Successful call" count) over the wall time of the whole UAC
-run. Failed calls (and calls that never completed) are printed loudly with what SIPp saw, as are the
-errors the UAS processes logged. CPU seconds: the server's processes (Kamailio's children too), the
-UAC and the three UAS processes, read from /proc. Rounds alternate the order of the targets. Only
-ratios from one run mean anything: the machine is shared.
+Then one more trial per target at ``--cpu-rate`` (default 80 % of the lowest rate found) gives the
+server's CPU microseconds per call (user + system of all its processes, from /proc) and the SIPp
+processes' CPU. Failed calls and what SIPp and the devices logged are printed. Only ratios from one
+run mean anything: the machine is shared.
 
-Exit status: 0 when every run completed with 0 failures, 1 when calls failed, 2 when the setup is
-missing (no sipp, kamailio or peer folder).
+Exit status: 0 when the searches and CPU trials ran and the CPU trials passed, 1 when a CPU trial
+failed, 2 when the setup is missing (no sipp, kamailio or peer folder).
 """
 
 from __future__ import annotations
@@ -42,7 +47,6 @@ import platform
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,8 +60,11 @@ from register_bench import (
     Imscore,
     Kamailio,
     Load,
+    add_search_options,
     count_missing,
     describe_run,
+    describe_trial,
+    fixed_rate,
     free_udp_port,
     parse_sipp_output,
     peer_dir,
@@ -65,6 +72,7 @@ from register_bench import (
     summarise_error_file,
     tree_cpu_seconds,
 )
+from stepsearch import Criteria, Search, Trial, round_rate, sipp_verdict, step_search
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "sipp"
@@ -257,50 +265,20 @@ class Run(Load):
     refused: int = 0
 
 
-class ImscoreProxy(Imscore):
-    """``imscore serve`` with a profile (multi-device), a memory store, on a free UDP port."""
-
-    def __init__(self, subscribers: Path, profile: str, folder: Path, log_level: str) -> None:
-        super().__init__(subscribers, "memory:", folder, log_level)
-        self.profile = profile
-        self.log = folder / "imscore.log"
-
-    def start(self) -> tuple[str, int]:
-        port = free_udp_port()
-        command = [
-            sys.executable,
-            "-m",
-            "imscore",
-            "serve",
-            "--profile",
-            self.profile,
-            "--listen",
-            f"udp:127.0.0.1:{port}",
-            "--store",
-            "memory:",
-            "--subscribers",
-            str(self.subscribers),
-            "--log-level",
-            self.log_level,
-        ]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
-            )
-        self.wait_ready(("127.0.0.1", port))
-        return ("127.0.0.1", port)
-
-
 def run_calls(
     target: str,
     rnd: int,
     address: tuple[str, int],
+    rate: int,
+    seconds: float,
     args: argparse.Namespace,
     folder: Path,
     server_pid: int | None,
 ) -> Run:
-    """Register the three devices at ``address``, then drive the calls; the run's figures."""
-    run = Run(target, rnd)
+    """Register the three devices at ``address``, then drive calls at ``rate`` a second for
+    ``seconds``; the run's figures."""
+    calls = max(1, int(rate * seconds))
+    run = Run(target, rnd, offered=float(rate), calls=calls)
     devices = [
         Device(name, scenario, folder, f"{target}-{rnd}", args.trace) for name, scenario in DEVICES
     ]
@@ -329,16 +307,16 @@ def run_calls(
             "from",
             CALLER,
             "-r",
-            str(args.rate),
+            str(rate),
             "-m",
-            str(args.calls),
+            str(calls),
             "-l",
             "5000",
             # a late 180 (after the 200) is logged and ignored, not a reason to abort the call
             "-default_behaviors",
             "all,-abortunexp",
             "-timeout",
-            str(args.sipp_timeout),
+            f"{seconds + args.sipp_timeout:g}",
             "-timeout_error",
             "-max_recv_loops",
             "10000",
@@ -349,7 +327,12 @@ def run_calls(
         if args.trace:
             command += ["-trace_msg", "-message_file", str(folder / f"uac-{target}-{rnd}.msg")]
         output = run_sipp(
-            command, run, timeout=args.sipp_timeout + 30, folder=folder, server_pid=server_pid
+            command,
+            run,
+            timeout=seconds + args.sipp_timeout + 30,
+            folder=folder,
+            server_pid=server_pid,
+            settle=0.5,
         )
         parse_sipp_output(output, run)
         refused = re.findall(r"^\s*503 <-+\s+(\d+)", output, re.MULTILINE)
@@ -360,7 +343,7 @@ def run_calls(
             run.note = (run.note + "; " if run.note else "") + (
                 f"{run.refused} calls refused with 503 (overload control)"
             )
-        count_missing(run, args.calls)
+        count_missing(run, calls)
         run.errors = summarise_error_file(error_file)
         ignored = count_ignored(error_file)
         if ignored:
@@ -380,28 +363,64 @@ def run_calls(
     return run
 
 
-def measure(
-    target: str,
-    rnd: int,
-    peer: Path,
-    subscribers: Path,
-    profile: str,
-    folder: Path,
-    args: argparse.Namespace,
-) -> Run:
-    """Start the target, load it, stop it."""
-    server: Kamailio | ImscoreProxy
-    server = (
-        Kamailio(peer)
-        if target == "kamailio"
-        else ImscoreProxy(subscribers, profile, folder, args.log_level)
+def verdict(run: Run, criteria: Criteria) -> str:
+    """Why a call trial does not pass, "" when it does. A late 180 (a cancelled branch's, after
+    the 200) is an unexpected message SIPp logs and ignores; it does not fail the trial. An
+    answered call whose ACK never reached the answering device does."""
+    reason = sipp_verdict(
+        offered=run.offered,
+        achieved=run.achieved,
+        calls=run.calls,
+        ok=run.ok,
+        failed=run.failed,
+        retransmissions=run.retransmissions,
+        timeouts=run.timeouts,
+        unexpected=0,
+        sent=run.sent,
+        criteria=criteria,
     )
+    if run.acks_at_callee is not None and run.acks_at_callee < run.ok:
+        missing = f"{run.ok - run.acks_at_callee} ACKs missing at the answering device"
+        reason = f"{reason}; {missing}" if reason else missing
+    return reason
+
+
+@dataclass
+class Setup:
+    """What every trial of a run shares."""
+
+    peer: Path
+    subscribers: Path
+    profile: str
+    folder: Path
+    args: argparse.Namespace
+
+    @property
+    def criteria(self) -> Criteria:
+        return Criteria(schedule=self.args.schedule, retransmissions=self.args.max_retrans)
+
+
+def measure(target: str, trial: int, rate: int, setup: Setup) -> Run:
+    """Start the target, register the devices, drive one trial of calls, stop it all."""
+    args = setup.args
+    server: Kamailio | Imscore
+    if target == "kamailio":
+        server = Kamailio(setup.peer)
+    else:
+        server = Imscore(
+            setup.subscribers,
+            "memory:",
+            setup.folder,
+            args.log_level,
+            name="proxy",
+            extra=["--profile", setup.profile],
+        )
     try:
         address = server.start()
-        run = run_calls(target, rnd, address, args, folder, server.pid)
+        run = run_calls(target, trial, address, rate, args.seconds, args, setup.folder, server.pid)
     finally:
         server.stop()
-    if isinstance(server, ImscoreProxy):
+    if isinstance(server, Imscore):
         if server.exit_status not in (0, None):
             run.note = (run.note + "; " if run.note else "") + f"imscore exited {server.exit_status}"
         problems = [
@@ -414,92 +433,118 @@ def measure(
     return run
 
 
+def search_target(target: str, setup: Setup) -> Search:
+    """The step search for one target; every trial on a freshly started server and devices."""
+    count = 0
+
+    def trial(rate: int) -> Trial:
+        nonlocal count
+        count += 1
+        run = measure(target, count, rate, setup)
+        reason = verdict(run, setup.criteria)
+        return Trial(rate, not reason, reason, asdict(run))
+
+    print(f"{target}:", file=sys.stderr, flush=True)
+    args = setup.args
+    if args.rate:
+        return fixed_rate(trial, args.rate)
+    return step_search(
+        trial,
+        start=args.start_rate,
+        max_rate=args.max_rate,
+        max_steps=args.max_steps,
+        resolution=args.resolution,
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
-def summarise(runs: list[Run]) -> dict[str, Any]:
-    """Median rates, failures, the ratio imscore / Kamailio, calls per server CPU-second."""
-    medians = {t: statistics.median([r.rate for r in runs if r.target == t] or [0.0]) for t in TARGETS}
-    failures = {t: sum(r.failed for r in runs if r.target == t) for t in TARGETS}
-    per_cpu = {
-        t: statistics.median(
-            [r.ok / r.server_cpu for r in runs if r.target == t and r.server_cpu] or [0.0]
-        )
-        for t in TARGETS
+def summarise(searches: dict[str, Search], cpu: dict[str, Run]) -> dict[str, Any]:
+    """Rates, the ratio imscore / Kamailio, CPU per call at the common rate."""
+    rates = {t: s.rate for t, s in searches.items()}
+    kam = rates.get("kamailio") or 0
+    per_call = {
+        t: (1e6 * r.server_cpu / r.ok if r.server_cpu is not None and r.ok else None)
+        for t, r in cpu.items()
     }
+    kam_us = per_call.get("kamailio")
+    imscore_us = per_call.get("imscore")
+    ratio = rates["imscore"] / kam if kam and "imscore" in rates else None
+    targets = {}
+    if ratio is not None:
+        targets["forked-call rate >= 0.7x Kamailio"] = ratio >= 0.7
+        targets["forked-call rate >= 1.0x Kamailio (goal)"] = ratio >= 1.0
     return {
-        "medians": medians,
-        "failures": failures,
-        "ratio": medians["imscore"] / medians["kamailio"] if medians["kamailio"] else None,
-        "per_cpu": per_cpu,
-        "per_cpu_ratio": per_cpu["imscore"] / per_cpu["kamailio"] if per_cpu["kamailio"] else None,
+        "rates": rates,
+        "ratio": ratio,
+        "server_us_per_call": per_call,
+        "cpu_ratio": imscore_us / kam_us if kam_us and imscore_us else None,
+        "targets": targets,
     }
 
 
 def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
-    runs = [Run(**r) for r in result["runs"]]
-    print("Calls through the proxy, parallel fork to 3 contacts (1 answers, 2 ring and are cancelled)")
-    print(
-        f"  {args.calls} calls per run at SIPp -r {args.rate}; {args.rounds} rounds, order alternating;"
-        f" imscore profile {result['profile']}; host {result['host']}"
-    )
-    print()
-    header = (
-        f"{'round':>5}  {'target':<9} {'calls/s':>8} {'ok':>6} {'failed':>6} {'secs':>6} {'ratio':>6}"
-        f"  {'srv cpu':>7} {'calls/cpu-s':>11} {'uac cpu':>7} {'uas cpu':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-    for rnd in range(args.rounds):
-        kam = next((r.rate for r in runs if r.round == rnd and r.target == "kamailio"), 0.0)
-        for r in [r for r in runs if r.round == rnd]:
-            ratio = "" if r.target == "kamailio" or not kam else f"{r.rate / kam:6.3f}"
-            cpu = "" if r.server_cpu is None else f"{r.server_cpu:7.1f}"
-            per_cpu = "" if not r.server_cpu else f"{r.ok / r.server_cpu:11.0f}"
-            uac = "" if r.sipp_cpu is None else f"{r.sipp_cpu:7.1f}"
-            uas_values = [v for v in r.device_cpu.values() if v is not None]
-            uas = f"{sum(uas_values):7.1f}" if uas_values else ""
-            flag = "  <-- FAILURES" if r.failed else ""
-            print(
-                f"{rnd + 1:>5}  {r.target:<9} {r.rate:8.1f} {r.ok:6d} {r.failed:6d} {r.elapsed:6.1f} "
-                f"{ratio:>6}  {cpu:>7} {per_cpu:>11} {uac:>7} {uas:>7}{flag}"
-            )
-    print()
     summary = result["summary"]
-    for t in TARGETS:
-        print(
-            f"median {t:<9} {summary['medians'][t]:8.1f} calls/s   failures {summary['failures'][t]}"
-            f"   {summary['per_cpu'][t]:6.0f} calls per server CPU-second"
-        )
-    ratio, per_cpu_ratio = summary["ratio"], summary["per_cpu_ratio"]
-    print(f"ratio imscore/Kamailio: {ratio:.3f}x calls/s" if ratio is not None else "ratio: n/a")
-    if per_cpu_ratio is not None:
-        print(f"ratio imscore/Kamailio: {per_cpu_ratio:.3f}x calls per server CPU-second")
     print(
-        "(srv cpu: user + system CPU seconds of the server's processes during the UAC run; uac/uas"
-        " cpu: SIPp's; the box has 2 cores shared by all of them)"
+        "Session Establishment Rate (RFC 7501 §3.4.3), step search of RFC 7502 §4.10: each call"
+        " forked in parallel to 3 registered devices (1 answers, 2 ring and are cancelled)"
     )
-    failed = [r for r in runs if r.failed]
-    noted = [r for r in runs if not r.failed and (r.note or r.device_errors or r.errors)]
-    if failed:  # loudly: every run that lost calls, with what SIPp saw
+    print(
+        f"  trials of {args.seconds:g} s on a fresh server; imscore profile {result['profile']};"
+        f" host {result['host']}"
+    )
+    print(
+        "  a trial passes with 0 failed or refused calls, 0 timeouts, every ACK at the answering"
+        f" device, <= {100 * args.max_retrans:g} % retransmitted and the caller's achieved rate"
+        f" >= {100 * args.schedule:g} % of the offered"
+    )
+    print()
+    print(f"{'target':<10} {'calls/s':>8}  {'trials':>6}  stopped because")
+    print("-" * 100)
+    for target, search in result["searches"].items():
+        print(f"{target:<10} {search['rate']:>8}  {len(search['trials']):>6}  {search['stopped']}")
+        print(f"{'':<10}   trials: " + ", ".join(describe_trial(t) for t in search["trials"]))
+    if summary["ratio"] is not None:
+        print(f"ratio imscore/Kamailio: {summary['ratio']:.3f}x")
+    if result["cpu_runs"]:
         print()
-        print("!" * 100)
         print(
-            f"!!! FAILURES: {sum(r.failed for r in runs)} calls failed in "
-            f"{len(failed)} of {len(runs)} runs"
+            f"At {result['cpu_rate']} calls/s for {args.seconds:g} s (CPU: user + system of all the"
+            " server's processes; uac/uas: the caller's and the three devices' SIPp)"
         )
-        for r in failed:
-            describe_call_run(r, args.calls, "!!! ")
-        print("!" * 100)
-    if noted:  # runs without a failed call that SIPp or the devices still logged something about
+        header = (
+            f"{'target':<10} {'ok':>6} {'failed':>6} {'srv us/call':>11}"
+            f" {'uac cpu s':>9} {'uas cpu s':>9}"
+        )
+        print(header)
+        print("-" * len(header))
+        for target, raw in result["cpu_runs"].items():
+            r = as_run(raw)
+            us = summary["server_us_per_call"].get(target)
+            uas = sum(v for v in r.device_cpu.values() if v is not None)
+            print(
+                f"{target:<10} {r.ok:>6} {r.failed:>6} {'' if us is None else f'{us:11.0f}':>11}"
+                f" {r.sipp_cpu or 0:9.1f} {uas:9.1f}"
+                f"{'  <-- did not pass: ' + raw['verdict'] if raw['verdict'] else ''}"
+            )
+        if summary["cpu_ratio"] is not None:
+            print(f"ratio imscore/Kamailio: {summary['cpu_ratio']:.2f}x server CPU per call")
+    for name, met in summary["targets"].items():
+        print(f"issue 13 target {name}: {'met' if met else 'NOT met'}")
+    noted = [as_run(raw) for raw in result["cpu_runs"].values() if raw["verdict"] or raw["note"]]
+    if noted:
         print()
-        print("notes of runs without failed calls:")
+        print("notes of the CPU trials:")
         for r in noted:
-            describe_call_run(r, args.calls, "    ")
-    retrans = ", ".join(f"r{r.round + 1} {r.target} {sum(s[2] for s in r.steps)}" for r in runs)
-    print(f"\ncaller SIPp retransmissions: {retrans}")
+            describe_call_run(r, r.calls, "    ")
     if result["kept"]:
         print(f"files kept in {result['folder']}")
+
+
+def as_run(raw: dict[str, Any]) -> Run:
+    """A :class:`Run` back from its JSON form (with the verdict the report added)."""
+    return Run(**{k: v for k, v in raw.items() if k != "verdict"})
 
 
 def describe_call_run(r: Run, calls: int, prefix: str) -> None:
@@ -514,18 +559,19 @@ def describe_call_run(r: Run, calls: int, prefix: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=5000, help="calls per run (SIPp -m, 5000)")
-    parser.add_argument("--rate", type=int, default=200, help="calls per second offered (SIPp -r, 200)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    add_search_options(parser, start=100, max_rate=3200)
+    parser.add_argument(
+        "--cpu-rate",
+        type=int,
+        default=0,
+        help="rate of the CPU trial (default: 80 %% of the lowest rate found)",
+    )
     parser.add_argument(
         "--record-route",
         action="store_true",
         help="run imscore with proxy.record_route: true (Kamailio record-routes)",
     )
     parser.add_argument("--log-level", default="WARNING", help="imscore --log-level (WARNING)")
-    parser.add_argument(
-        "--sipp-timeout", type=int, default=120, help="SIPp -timeout for the caller, seconds (120)"
-    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument(
         "--trace",
@@ -562,27 +608,35 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     folder = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
-    runs: list[Run] = []
     result: dict[str, Any] = {}
+    cpu: dict[str, Run] = {}
+    verdicts: dict[str, str] = {}
     try:
-        subscribers = write_subscribers(folder)
-        profile = write_profile(folder, args.record_route)
-        for rnd in range(args.rounds):
-            order = [t for t in (TARGETS if rnd % 2 == 0 else reversed(TARGETS)) if t in chosen]
-            for target in order:
-                if not args.json:
-                    print(f"round {rnd + 1}: {target} ...", file=sys.stderr, flush=True)
-                runs.append(measure(target, rnd, peer, subscribers, profile, folder, args))
-        keep = args.keep or args.trace or any(r.failed or r.device_errors for r in runs)
+        setup = Setup(
+            peer, write_subscribers(folder), write_profile(folder, args.record_route), folder, args
+        )
+        searches = {t: search_target(t, setup) for t in TARGETS if t in chosen}
+        found = [s.rate for s in searches.values() if s.rate]
+        cpu_rate = args.cpu_rate or (round_rate(0.8 * min(found)) if found else 0)
+        if cpu_rate:
+            print(f"CPU trials at {cpu_rate}/s:", file=sys.stderr, flush=True)
+            for target in searches:
+                cpu[target] = measure(target, 0, cpu_rate, setup)
+                verdicts[target] = verdict(cpu[target], setup.criteria)
+                print(f"  {target}: {verdicts[target] or 'pass'}", file=sys.stderr, flush=True)
+        keep = args.keep or args.trace or any(verdicts.values())
         result = {
             "peer": str(peer),
             "folder": str(folder),
             "kept": keep,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "profile": "multi-device" + (" + proxy.record_route" if args.record_route else ""),
             "host": f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "options": {k: v for k, v in vars(args).items() if k != "sipp"},
-            "runs": [asdict(r) for r in runs],
-            "summary": summarise(runs),
+            "searches": {t: s.as_dict() for t, s in searches.items()},
+            "cpu_rate": cpu_rate,
+            "cpu_runs": {t: {**asdict(r), "verdict": verdicts[t]} for t, r in cpu.items()},
+            "summary": summarise(searches, cpu),
         }
     finally:
         if not result.get("kept"):
@@ -592,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
     else:
         print_report(result, args)
-    return 1 if any(r.failed for r in runs) else 0
+    return 1 if any(verdicts.values()) else 0
 
 
 if __name__ == "__main__":

@@ -1,32 +1,43 @@
 #!/usr/bin/env python3
-"""Digest REGISTER rate of ``imscore serve`` against the reference Kamailio registrar, in one run.
+"""Registration Rate (RFC 7501 §3.4.2) of ``imscore serve`` and of the reference Kamailio, found by
+the step search of RFC 7502 §4.10 in one run, with server CPU per registration and SIPp's response
+times at one rate all of them sustain.
 
 Usage::
 
     apt-get install -y kamailio sip-tester          # Kamailio and SIPp
-    python3 bench/register_bench.py [--users N] [--calls N] [--rounds R] [--json]
+    python3 bench/register_bench.py [--seconds S] [--start-rate R] [--max-rate R] [--json]
 
 The reference setup is read from ``$IMSCORE_PEER``, else ``shared/peer`` beside the repository
-(``kamailio.sh``, ``kamailio-registrar.cfg``, ``register-auth.xml``, ``register-rate.sh``). Nothing of
-it is copied: Kamailio is started with the peer's ``kamailio.sh start 1`` (digest on, udp:127.0.0.1:5070)
-and SIPp runs the peer's ``register-auth.xml`` with the command line of ``register-rate.sh``
-(REGISTER, 401, REGISTER with MD5 credentials, 200; ``-r 20000 -rp 1000 -l 5000 -timeout 60``).
+(``kamailio.sh``, ``kamailio-registrar.cfg``, ``register-auth.xml``). Kamailio is started with the
+peer's ``kamailio.sh start 1`` (digest on, udp:127.0.0.1:5070). Every target gets the same SIPp
+scenario: the peer's ``register-auth.xml`` (REGISTER, 401, REGISTER with MD5 credentials, 200)
+with SIPp response-time marks added (``start_rtd``/``rtd``; the messages are the peer's, byte for
+byte), the same ``users.csv`` (as the peer's ``make-users.py`` writes it; imscore gets the matching
+subscriber file) and the options of the peer's ``register-rate.sh`` (``-rp 1000 -l 5000``).
 
-In a temporary folder the script writes ``users.csv`` as the peer's ``make-users.py`` does and the
-matching imscore subscriber file, then runs rounds. Each round loads every target once: Kamailio,
-imscore with ``--store memory:`` and imscore with its default SQLite store (a file in the temporary
-folder) and ``imscore serve --workers N`` (``--workers``, default 2) with that SQLite store; the
-order alternates from round to round. The rate is, as in ``register-rate.sh``,
-succeeded registrations over the wall time of the whole SIPp run. It prints every round, the
-medians, the ratios imscore ÷ Kamailio and, loudly, every failure with what SIPp saw (retransmission
-timeouts, unexpected responses and their status codes, UDP receive-buffer drops of the host).
+For each target (Kamailio; imscore with ``--store memory:`` in one process; imscore with
+``--workers N`` and its default SQLite store; optionally imscore with SQLite in one process) the
+search of ``stepsearch.py`` offers rates for ``--seconds`` each (SIPp ``-r R -m R*S``): doubling from
+``--start-rate`` while a trial passes, then halving the gap between the highest rate that passed and
+the lowest that failed, ``--max-steps`` trials at most. A trial passes when every registration
+succeeded, SIPp kept its schedule (its achieved call rate >= ``--schedule`` of the offered one), no
+retransmission timed out, no message was unexpected and SIPp retransmitted at most
+``--max-retrans`` of its messages. The server runs through the trials and is started afresh after a
+trial that failed. The Registration Rate is the highest rate that passed.
 
-``--profile S`` adds one more imscore (memory store) run under ``py-spy record`` for S seconds and
-prints the heaviest functions (own and inclusive samples). Only ratios from one run mean anything:
-the machine is shared and its load moves the absolute rates.
+Then, at ``--cpu-rate`` (default: 80 % of the lowest Registration Rate found, so every target
+sustains it), each target, started afresh, takes one more trial, from which come: server CPU
+microseconds per registration (user + system time of all the server's processes, from
+/proc/PID/stat of the server and its descendants) and SIPp's response times p50/p99 for each of the
+two requests (SIPp ``-trace_rtt``; SIPp counts whole milliseconds).
 
-Exit status: 0 when every run completed with 0 failures, 1 when a run failed registrations, 2 when
-the setup is missing (no sipp, kamailio or peer folder).
+``--rate R`` skips the search: one trial per target at R. ``--profile S`` adds one imscore (memory
+store) trial at the CPU rate under ``py-spy record`` for S seconds and prints the heaviest functions.
+Only ratios from one run mean anything: the machine is shared and its load moves the absolute rates.
+
+Exit status: 0 when the search (and the CPU trial) ran for every target, 1 when the CPU trial of a
+target failed, 2 when the setup is missing (no sipp, kamailio or peer folder).
 """
 
 from __future__ import annotations
@@ -51,11 +62,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stepsearch import Criteria, Search, Trial, round_rate, sipp_verdict, step_search
+
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "ims.example.test"
 KAMAILIO_ADDRESS = ("127.0.0.1", 5070)
 SCENARIO = "register-auth.xml"
-#: SIPp options of the peer's register-rate.sh, besides target, scenario, users and local port.
+#: SIPp options of the peer's register-rate.sh, besides target, scenario, users, local port, rate,
+#: count and timeout.
 SIPP_LOAD = [
     "-auth_uri",
     DOMAIN,
@@ -64,13 +78,13 @@ SIPP_LOAD = [
     "-l",
     "5000",
     "-nostdin",
-    "-timeout",
-    "60",
     "-timeout_error",
     "-max_recv_loops",
     "10000",
 ]
 TARGETS = ("kamailio", "imscore-memory", "imscore-sqlite", "imscore-workers")
+#: the response-time marks SIPp measures: REGISTER -> 401, REGISTER with credentials -> 200
+RTDS = {"1": "401", "2": "200"}
 
 
 def peer_dir() -> Path:
@@ -165,8 +179,15 @@ def write_users(folder: Path, users: int) -> tuple[Path, Path]:
 @dataclass
 class Load:
     target: str
+    #: the trial's number in its search (a round, in proxy_bench)
     round: int
+    #: succeeded scenarios over the wall time of the SIPp run
     rate: float = 0.0
+    #: the rate offered (SIPp -r) and the scenarios asked for (SIPp -m)
+    offered: float = 0.0
+    calls: int = 0
+    #: SIPp's own cumulative call rate: calls it created over its elapsed time
+    achieved: float | None = None
     ok: int = 0
     failed: int = 0
     elapsed: float = 0.0
@@ -179,10 +200,44 @@ class Load:
     #: CPU seconds (user + system) the server's processes used during the SIPp run, and SIPp's own
     server_cpu: float | None = None
     sipp_cpu: float | None = None
+    #: SIPp's response times per request (RTDS): p50, p99, mean, max in milliseconds, and count
+    rtt: dict[str, dict[str, float]] = field(default_factory=dict)
     note: str = ""
 
+    @property
+    def retransmissions(self) -> int:
+        return sum(step[2] for step in self.steps)
 
-STEP = re.compile(r"^\s+(\S+)\s+(?:-+>|<-+)\s+(\d+)\s+(\d+)\s+(\d+)(?:\s+(\d+))?\s*$")
+    @property
+    def timeouts(self) -> int:
+        return sum(step[3] for step in self.steps)
+
+    @property
+    def unexpected(self) -> int:
+        return sum(step[4] for step in self.steps)
+
+    @property
+    def sent(self) -> int:
+        """Messages SIPp sent (the steps whose arrow points at the server), retransmissions aside."""
+        return sum(step[1] for step in self.steps if step[5] == "send")
+
+    def verdict(self, criteria: Criteria) -> str:
+        """Why this load does not pass (stepsearch.sipp_verdict), "" when it does."""
+        return sipp_verdict(
+            offered=self.offered,
+            achieved=self.achieved,
+            calls=self.calls,
+            ok=self.ok,
+            failed=self.failed,
+            retransmissions=self.retransmissions,
+            timeouts=self.timeouts,
+            unexpected=self.unexpected,
+            sent=self.sent,
+            criteria=criteria,
+        )
+
+
+STEP = re.compile(r"^\s+(\S+)\s+(-+>|<-+)\s+(?:[BE]-RTD\d+\s+)?(\d+)\s+(\d+)\s+(\d+)(?:\s+(\d+))?\s*$")
 
 
 def parse_sipp_output(text: str, load: Load) -> None:
@@ -191,13 +246,19 @@ def parse_sipp_output(text: str, load: Load) -> None:
             load.ok = int(line.split("|")[2].split()[0])
         elif "Failed call" in line:
             load.failed = int(line.split("|")[2].split()[0])
+        elif line.lstrip().startswith("Call Rate") and line.count("|") >= 2:
+            with contextlib.suppress(ValueError, IndexError):
+                load.achieved = float(line.split("|")[2].split()[0])
     screen = text.rsplit("Scenario Screen", 1)[-1]
     load.steps = []
     for line in screen.splitlines():
         match = STEP.match(line)
         if match:
-            name, messages, retrans, timeouts, unexpected = match.groups()
-            load.steps.append([name, int(messages), int(retrans), int(timeouts), int(unexpected or 0)])
+            name, arrow, messages, retrans, timeouts, unexpected = match.groups()
+            direction = "send" if arrow.endswith(">") else "recv"
+            load.steps.append(
+                [name, int(messages), int(retrans), int(timeouts), int(unexpected or 0), direction]
+            )
 
 
 def summarise_error_file(path: Path) -> dict[str, int]:
@@ -222,24 +283,77 @@ def summarise_error_file(path: Path) -> dict[str, int]:
     return {key: value for key, value in counts.items() if value}
 
 
+def rtd_scenario(peer: Path, folder: Path) -> Path:
+    """The peer's register-auth.xml with SIPp response-time marks: RTD 1 from the first REGISTER
+    to its 401, RTD 2 from the REGISTER with credentials to its 200. The messages are untouched."""
+    text = (peer / SCENARIO).read_text()
+    sends = text.split('<send retrans="500">')
+    if len(sends) != 3 or '<recv response="401" auth="true" />' not in text:
+        raise RuntimeError(f"{peer / SCENARIO} is not the two-REGISTER scenario this script knows")
+    text = sends[0] + '<send retrans="500" start_rtd="1">' + sends[1]
+    text += '<send retrans="500" start_rtd="2">' + sends[2]
+    text = text.replace(
+        '<recv response="401" auth="true" />', '<recv response="401" auth="true" rtd="1" />'
+    )
+    text = text.replace('<recv response="200" />', '<recv response="200" rtd="2" />')
+    path = folder / "register-auth-rtd.xml"
+    path.write_text(text)
+    return path
+
+
+def read_rtt(folder: Path, scenario: Path, names: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Percentiles of the response times SIPp -trace_rtt wrote (``<scenario>_<pid>_rtt.csv`` in
+    ``folder``, removed once read), per RTD named by ``names``."""
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    for path in folder.glob(f"{scenario.stem}_*_rtt.csv"):
+        for line in path.read_text(errors="replace").splitlines()[1:]:
+            parts = line.split(";")
+            if len(parts) >= 3:
+                with contextlib.suppress(ValueError):
+                    times[names.get(parts[2].strip(), parts[2].strip())].append(float(parts[1]))
+        path.unlink()
+    return {name: percentiles(values) for name, values in times.items() if values}
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(share: float) -> float:
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+    return {
+        "p50": at(0.50),
+        "p99": at(0.99),
+        "mean": statistics.fmean(ordered),
+        "max": ordered[-1],
+        "count": float(len(ordered)),
+    }
+
+
 def run_load(
     target: str,
-    rnd: int,
+    trial: int,
     address: tuple[str, int],
+    rate: int,
+    seconds: float,
     args: argparse.Namespace,
     csv: Path,
     folder: Path,
-    peer: Path,
+    scenario: Path,
     server_pid: int | None = None,
+    *,
+    settle: float = 0.0,
 ) -> Load:
-    load = Load(target, rnd)
-    error_file = folder / f"errors-{target}-{rnd}.log"
+    """One SIPp trial at ``rate`` registrations a second for ``seconds``."""
+    calls = max(1, int(rate * seconds))
+    load = Load(target, trial, offered=float(rate), calls=calls)
+    error_file = folder / f"errors-{target}-{trial}.log"
     error_file.unlink(missing_ok=True)
     command = [
         args.sipp,
         f"{address[0]}:{address[1]}",
         "-sf",
-        str(peer / SCENARIO),
+        str(scenario),
         "-inf",
         str(csv),
         "-i",
@@ -247,27 +361,45 @@ def run_load(
         "-p",
         str(free_udp_port()),
         "-r",
-        str(args.rate),
+        str(rate),
         "-m",
-        str(args.calls),
+        str(calls),
+        "-timeout",
+        f"{seconds + args.sipp_timeout:g}",
         *SIPP_LOAD,
         "-trace_err",
         "-error_file",
         str(error_file),
+        "-trace_rtt",
     ]
-    output = run_sipp(command, load, timeout=args.sipp_timeout, folder=folder, server_pid=server_pid)
+    output = run_sipp(
+        command,
+        load,
+        timeout=seconds + args.sipp_timeout + 30,
+        folder=folder,
+        server_pid=server_pid,
+        settle=settle,
+    )
     parse_sipp_output(output, load)
-    count_missing(load, args.calls)
+    count_missing(load, calls)
     load.errors = summarise_error_file(error_file)
-    (folder / f"sipp-{target}-{rnd}.out").write_text(output)
+    load.rtt = read_rtt(folder, scenario, RTDS)
+    (folder / f"sipp-{target}-{trial}.out").write_text(output)
     return load
 
 
 def run_sipp(
-    command: list[str], load: Load, *, timeout: float, folder: Path, server_pid: int | None
+    command: list[str],
+    load: Load,
+    *,
+    timeout: float,
+    folder: Path,
+    server_pid: int | None,
+    settle: float = 0.0,
 ) -> str:
     """Run one SIPp load and return its output; fills in ``load``'s wall time, SIPp's exit status,
-    the CPU seconds of the server (its process tree) and of SIPp, and the host's UDP drops."""
+    the CPU seconds of the server (its process tree, read ``settle`` seconds after SIPp ended, so
+    the work the last messages caused is in) and of SIPp, and the host's UDP drops."""
     drops_before = udp_rcvbuf_errors()
     cpu_before = tree_cpu_seconds(server_pid)
     children_before = os.times()
@@ -287,6 +419,8 @@ def run_sipp(
         output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
         load.note = f"SIPp killed after {timeout:g} s"
     load.elapsed = time.time() - start
+    if settle > 0:
+        time.sleep(settle)
     cpu_after = tree_cpu_seconds(server_pid)
     if cpu_before is not None and cpu_after is not None:
         load.server_cpu = cpu_after - cpu_before
@@ -382,12 +516,24 @@ class Imscore:
     """``imscore serve`` on a free loopback UDP port, stopped with SIGTERM."""
 
     def __init__(
-        self, subscribers: Path, store: str, folder: Path, log_level: str, workers: int = 1
+        self,
+        subscribers: Path,
+        store: str,
+        folder: Path,
+        log_level: str,
+        workers: int = 1,
+        *,
+        name: str | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         self.subscribers, self.store, self.folder, self.log_level = subscribers, store, folder, log_level
         self.workers = workers
+        #: more ``imscore serve`` options (``--node-id A``)
+        self.extra = list(extra)
         self.process: subprocess.Popen[bytes] | None = None
-        name = store.split(":")[0] + (f"-{workers}-workers" if workers > 1 else "")
+        self.log_start = 0
+        if name is None:
+            name = store.split(":")[0] + (f"-{workers}-workers" if workers > 1 else "")
         self.log = folder / f"imscore-{name}.log"
         self.exit_status: int | None = None
 
@@ -409,6 +555,8 @@ class Imscore:
             command += ["--store", self.store]
         if self.workers > 1:
             command += ["--workers", str(self.workers)]
+        command += self.extra
+        self.log_start = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
@@ -426,7 +574,7 @@ class Imscore:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"imscore exited ({self.process.returncode}):\n{self.log_tail()}")
-                if "ready: listening on" in self.log_tail():
+                if "ready: listening on" in self.log_since_start():
                     return
                 probe.sendto(options_probe(address, probe.getsockname()[1]), address)
                 with contextlib.suppress(TimeoutError):
@@ -434,6 +582,14 @@ class Imscore:
                         return
         self.stop()
         raise RuntimeError(f"imscore not ready after {timeout} s:\n{self.log_tail()}")
+
+    def log_since_start(self) -> str:
+        """What this start of the server logged (the log file is appended to across restarts)."""
+        if not self.log.exists():
+            return ""
+        with self.log.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
 
     def log_tail(self, size: int = 2000) -> str:
         return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""
@@ -466,45 +622,166 @@ def make_server(
     return Imscore(subscribers, store, folder, args.log_level, workers)
 
 
-def measure(
-    target: str,
-    rnd: int,
-    peer: Path,
-    csv: Path,
-    subscribers: Path,
-    folder: Path,
-    args: argparse.Namespace,
-) -> Load:
+def fresh_server(
+    target: str, peer: Path, subscribers: Path, folder: Path, args: argparse.Namespace
+) -> tuple[Any, tuple[str, int]]:
+    """A started server for ``target`` with an empty store, and its address."""
     if target in ("imscore-sqlite", "imscore-workers"):
-        (folder / "imscore.db").unlink(missing_ok=True)  # each run starts with an empty store
+        for suffix in ("", "-wal", "-shm"):
+            (folder / f"imscore.db{suffix}").unlink(missing_ok=True)
     server = make_server(target, peer, subscribers, folder, args)
+    return server, server.start()
+
+
+def server_note(server: Any) -> str:
+    """imscore's exit status and last ERROR/WARNING line, when there is one."""
+    if not isinstance(server, Imscore):
+        return ""
+    notes = []
+    if server.exit_status not in (0, None):
+        notes.append(f"imscore exited {server.exit_status}")
+    problems = [
+        line for line in server.log_tail(4000).splitlines() if " ERROR " in line or " WARNING " in line
+    ]
+    if problems:
+        notes.append(f"imscore log: {problems[-1][:200]}")
+    return "; ".join(notes)
+
+
+def add_note(load: Load, note: str) -> None:
+    if note:
+        load.note = (load.note + "; " if load.note else "") + note
+
+
+@dataclass
+class Setup:
+    """What every trial of a run shares."""
+
+    peer: Path
+    csv: Path
+    subscribers: Path
+    folder: Path
+    scenario: Path
+    args: argparse.Namespace
+
+    @property
+    def criteria(self) -> Criteria:
+        return Criteria(schedule=self.args.schedule, retransmissions=self.args.max_retrans)
+
+
+def search_target(target: str, setup: Setup) -> Search:
+    """The step search for one target: the server runs through passing trials, and is started
+    afresh after a failed one (a failed trial may leave a backlog behind)."""
+    args = setup.args
+    server: Any = None
+    address: tuple[str, int] = ("127.0.0.1", 0)
+    count = 0
+
+    def trial(rate: int) -> Trial:
+        nonlocal server, address, count
+        if server is None:
+            server, address = fresh_server(target, setup.peer, setup.subscribers, setup.folder, args)
+        count += 1
+        load = run_load(
+            target,
+            count,
+            address,
+            rate,
+            args.seconds,
+            args,
+            setup.csv,
+            setup.folder,
+            setup.scenario,
+            server.pid,
+        )
+        reason = load.verdict(setup.criteria)
+        if reason:
+            server.stop()
+            add_note(load, server_note(server))
+            server = None
+        else:
+            time.sleep(args.pause)
+        return Trial(rate, not reason, reason, asdict(load))
+
+    print(f"{target}:", file=sys.stderr, flush=True)
     try:
-        address = server.start()
-        load = run_load(target, rnd, address, args, csv, folder, peer, server.pid)
+        if args.rate:
+            return fixed_rate(trial, args.rate)
+        return step_search(
+            trial,
+            start=args.start_rate,
+            max_rate=args.max_rate,
+            max_steps=args.max_steps,
+            resolution=args.resolution,
+        )
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def fixed_rate(trial: Any, rate: int) -> Search:
+    """One trial at ``rate`` (``--rate``), in the shape of a search."""
+    outcome = trial(rate)
+    print(
+        f"  {rate:>7} /s  {'pass' if outcome.passed else 'FAIL: ' + outcome.reason}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return Search(rate if outcome.passed else 0, None if outcome.passed else rate, "--rate", [outcome])
+
+
+def cpu_trial(target: str, rate: int, setup: Setup) -> Load:
+    """One trial at ``rate`` on a fresh server, for CPU per registration and response times."""
+    args = setup.args
+    server, address = fresh_server(target, setup.peer, setup.subscribers, setup.folder, args)
+    try:
+        load = run_load(
+            target,
+            0,
+            address,
+            rate,
+            args.seconds,
+            args,
+            setup.csv,
+            setup.folder,
+            setup.scenario,
+            server.pid,
+            settle=0.5,
+        )
     finally:
         server.stop()
-    if isinstance(server, Imscore) and server.exit_status not in (0, None):
-        load.note = (load.note + "; " if load.note else "") + f"imscore exited {server.exit_status}"
-    if isinstance(server, Imscore):
-        tail = server.log_tail(4000)
-        problems = [line for line in tail.splitlines() if " ERROR " in line or " WARNING " in line]
-        if problems:
-            load.note = (load.note + "; " if load.note else "") + f"imscore log: {problems[-1][:200]}"
+    add_note(load, server_note(server))
+    reason = load.verdict(setup.criteria)
+    if reason:
+        add_note(load, f"did not pass: {reason}")
     return load
+
+
+def cpu_figures(load: Load) -> dict[str, Any]:
+    """Microseconds of CPU per successful registration (server, SIPp) and the response times."""
+    per = load.ok or 1
+    return {
+        "rate": load.offered,
+        "ok": load.ok,
+        "failed": load.failed,
+        "server_us": None if load.server_cpu is None else 1e6 * load.server_cpu / per,
+        "sipp_us": None if load.sipp_cpu is None else 1e6 * load.sipp_cpu / per,
+        "rtt": load.rtt,
+        "passed": "did not pass" not in load.note,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # Profile
 # --------------------------------------------------------------------------------------------------
-def profile(
-    peer: Path, csv: Path, subscribers: Path, folder: Path, args: argparse.Namespace
-) -> dict[str, Any]:
-    """One imscore (memory store) load under ``py-spy record``; the heaviest functions."""
+def profile(setup: Setup, rate: int) -> dict[str, Any]:
+    """One imscore (memory store) trial at ``rate`` under ``py-spy record``; the heaviest functions."""
+    args, folder = setup.args, setup.folder
     pyspy = shutil.which("py-spy")
     if pyspy is None:
         return {"error": "py-spy not found (python3 -m pip install py-spy)"}
     raw = folder / "imscore-register.collapsed"
-    server = Imscore(subscribers, "memory:", folder, args.log_level)
+    server = Imscore(setup.subscribers, "memory:", folder, args.log_level, name="profiled")
     recorder: subprocess.Popen[bytes] | None = None
     try:
         address = server.start()
@@ -527,7 +804,18 @@ def profile(
             stderr=subprocess.PIPE,
         )
         time.sleep(1.0)  # let py-spy attach
-        load = run_load("imscore-profiled", 0, address, args, csv, folder, peer, server.pid)
+        load = run_load(
+            "imscore-profiled",
+            0,
+            address,
+            rate,
+            args.seconds,
+            args,
+            setup.csv,
+            folder,
+            setup.scenario,
+            server.pid,
+        )
         try:
             _, err = recorder.communicate(timeout=args.profile + 30)
         except subprocess.TimeoutExpired:
@@ -581,130 +869,6 @@ def short_frame(frame: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
-def order_for(rnd: int, targets: list[str]) -> list[str]:
-    return targets if rnd % 2 == 0 else list(reversed(targets))
-
-
-def summarise(loads: list[Load], targets: list[str]) -> dict[str, Any]:
-    medians = {
-        t: statistics.median([ld.rate for ld in loads if ld.target == t] or [0.0]) for t in targets
-    }
-    failures = {t: sum(ld.failed for ld in loads if ld.target == t) for t in targets}
-    kam = medians.get("kamailio", 0.0)
-    ratios = {t: (medians[t] / kam if kam else None) for t in targets if t != "kamailio"}
-    per_cpu = {
-        t: statistics.median(
-            [ld.ok / ld.server_cpu for ld in loads if ld.target == t and ld.server_cpu] or [0.0]
-        )
-        for t in targets
-    }
-    kam_cpu = per_cpu.get("kamailio", 0.0)
-    per_cpu_ratios = {t: (per_cpu[t] / kam_cpu if kam_cpu else None) for t in targets if t != "kamailio"}
-    return {
-        "medians": medians,
-        "failures": failures,
-        "ratios": ratios,
-        "per_cpu": per_cpu,
-        "per_cpu_ratios": per_cpu_ratios,
-    }
-
-
-def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
-    loads = [Load(**ld) for ld in result["loads"]]
-    targets = result["targets"]
-    print(f"Digest REGISTER rate, SIPp {SCENARIO} from {result['peer']}")
-    print(
-        f"  {args.calls} registrations per run, {args.users} users, SIPp -r {args.rate} -rp 1000 -l 5000"
-        f" -timeout 60; {args.rounds} rounds, order alternating; host {result['host']}"
-    )
-    print()
-    header = (
-        f"{'round':>5}  {'target':<15} {'reg/s':>8} {'ok':>7} {'failed':>7} {'secs':>6}  {'ratio':>6}"
-        f"  {'srv cpu':>7} {'reg/cpu-s':>9} {'sipp cpu':>8}"
-    )
-    print(header)
-    print("-" * len(header))
-    for rnd in range(args.rounds):
-        kam = next((ld.rate for ld in loads if ld.round == rnd and ld.target == "kamailio"), 0.0)
-        for ld in [ld for ld in loads if ld.round == rnd]:
-            ratio = "" if ld.target == "kamailio" or not kam else f"{ld.rate / kam:6.3f}"
-            flag = "  <-- FAILURES" if ld.failed else ""
-            cpu = "" if ld.server_cpu is None else f"{ld.server_cpu:7.1f}"
-            per_cpu = "" if not ld.server_cpu else f"{ld.ok / ld.server_cpu:9.0f}"
-            sipp = "" if ld.sipp_cpu is None else f"{ld.sipp_cpu:8.1f}"
-            print(
-                f"{rnd + 1:>5}  {ld.target:<15} {ld.rate:8.0f} {ld.ok:7d} {ld.failed:7d} "
-                f"{ld.elapsed:6.1f}  {ratio:>6}  {cpu:>7} {per_cpu:>9} {sipp:>8}{flag}"
-            )
-    print()
-    summary = result["summary"]
-    for t in targets:
-        extra = "" if t == "kamailio" else f"   ratio imscore/Kamailio {summary['ratios'][t]:.3f}x"
-        rate, failures = summary["medians"][t], summary["failures"][t]
-        print(f"median {t:<15} {rate:8.0f} reg/s  failures {failures}{extra}")
-    for t in targets:
-        per_cpu = summary["per_cpu"].get(t)
-        if per_cpu:
-            extra = (
-                ""
-                if t == "kamailio" or not summary["per_cpu_ratios"].get(t)
-                else (f"   ratio imscore/Kamailio {summary['per_cpu_ratios'][t]:.3f}x")
-            )
-            print(f"median {t:<15} {per_cpu:8.0f} reg per server CPU-second{extra}")
-    print(
-        "(srv cpu: user + system CPU seconds of the server's processes during the SIPp run; "
-        "the box has 2 cores shared with SIPp)"
-    )
-    goal_met = (
-        all(
-            (summary["ratios"][t] or 0) >= 1.0 and summary["failures"][t] == 0
-            for t in targets
-            if t != "kamailio"
-        )
-        and summary["failures"].get("kamailio", 0) == 0
-    )
-    print(f"goal (imscore >= 1.0x Kamailio, 0 failures): {'met' if goal_met else 'NOT met'}")
-    failed = [ld for ld in loads if ld.failed]
-    noted = [ld for ld in loads if ld.note and not ld.failed]
-    if failed:  # loudly: every run that lost registrations, with what SIPp saw
-        print()
-        print("!" * 100)
-        print(
-            f"!!! FAILURES in {len(failed)} of {len(loads)} runs "
-            f"({sum(ld.failed for ld in loads)} registrations failed)"
-        )
-        for ld in failed:
-            describe_run(ld, args.calls, "!!! ")
-        print("!" * 100)
-    if noted:  # runs without a failure whose server logged a warning (overload, for instance)
-        print()
-        print("warnings logged in runs without failures:")
-        for ld in noted:
-            describe_run(ld, args.calls, "    ")
-    retrans = [(ld.target, ld.round, sum(s[2] for s in ld.steps)) for ld in loads]
-    print()
-    print("SIPp retransmissions (all runs): " + ", ".join(f"r{r + 1} {t} {n}" for t, r, n in retrans))
-    if result.get("profile"):
-        prof = result["profile"]
-        print()
-        if "error" in prof:
-            print(f"profile: {prof['error']}")
-        else:
-            ld = prof["load"]
-            print(
-                f"py-spy profile of imscore (memory store), {args.profile} s, {prof['samples']} samples,"
-                f" "
-                f"during a load of {ld['ok']} ok / {ld['failed']} failed; stacks: {prof['collapsed']}"
-            )
-            print("  own samples:")
-            for name, count, pct in prof["own"]:
-                print(f"    {pct:5.1f}%  {count:6d}  {name}")
-            print("  inclusive samples:")
-            for name, count, pct in prof["inclusive"]:
-                print(f"    {pct:5.1f}%  {count:6d}  {name}")
-    print(f"\nfiles kept in {result['folder']}" if result["kept"] else "")
-
-
 def format_steps(steps: list[list[Any]]) -> str:
     """SIPp's scenario screen in one line: per step its messages, retransmissions, timeouts."""
     return ", ".join(
@@ -730,31 +894,204 @@ def describe_run(ld: Load, calls: int, prefix: str, *, role: str = "", more: Seq
         print(f"{prefix}    host UDP receive-buffer drops during the run: {ld.rcvbuf_drops}")
 
 
+def summarise(searches: dict[str, Search], cpu: dict[str, Load]) -> dict[str, Any]:
+    """Rates and CPU figures with their ratios to Kamailio, and the issue's targets checked."""
+    rates = {t: s.rate for t, s in searches.items()}
+    kam = rates.get("kamailio") or 0
+    ratios = {t: (r / kam if kam else None) for t, r in rates.items() if t != "kamailio"}
+    figures = {t: cpu_figures(ld) for t, ld in cpu.items()}
+    kam_us = figures.get("kamailio", {}).get("server_us")
+    cpu_ratios = {
+        t: (f["server_us"] / kam_us if kam_us and f["server_us"] is not None else None)
+        for t, f in figures.items()
+        if t != "kamailio"
+    }
+    imscore = [t for t in rates if t.startswith("imscore")]
+    best = max(imscore, key=lambda t: rates[t], default=None)
+    best_us = min(
+        (figures[t]["server_us"] for t in imscore if t in figures and figures[t]["server_us"]),
+        default=None,
+    )
+    targets = {}
+    if best is not None and kam:
+        targets["capacity >= 0.5x Kamailio (best imscore)"] = rates[best] >= 0.5 * kam
+        targets["capacity >= 1.0x Kamailio (goal)"] = rates[best] >= kam
+    if best_us is not None:
+        targets["<= 250 us server CPU per registration (best imscore)"] = best_us <= 250
+        if kam_us:
+            targets["server CPU per registration <= Kamailio's (goal)"] = best_us <= kam_us
+    return {
+        "rates": rates,
+        "ratios": ratios,
+        "best_imscore": best,
+        "cpu": figures,
+        "cpu_ratios": cpu_ratios,
+        "targets": targets,
+    }
+
+
+def describe_trial(trial: dict[str, Any]) -> str:
+    return f"{trial['rate']} {'ok' if trial['passed'] else 'FAIL (' + trial['reason'] + ')'}"
+
+
+def rtt_text(rtt: dict[str, dict[str, float]], name: str) -> str:
+    figures = rtt.get(name)
+    return "-" if not figures else f"{figures['p50']:g}/{figures['p99']:g}"
+
+
+def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    summary = result["summary"]
+    print("Registration Rate (RFC 7501 §3.4.2), step search of RFC 7502 §4.10")
+    print(
+        f"  SIPp {SCENARIO} from {result['peer']} (with RTD marks), {args.users} users,"
+        f" trials of {args.seconds:g} s; host {result['host']}"
+    )
+    print(
+        f"  a trial passes with 0 failed registrations, 0 timeouts, 0 unexpected messages,"
+        f" <= {100 * args.max_retrans:g} % retransmitted and SIPp's achieved rate"
+        f" >= {100 * args.schedule:g} % of the offered"
+    )
+    print()
+    header = f"{'target':<16} {'reg/s':>8} {'vs Kam.':>8}  {'trials':>6}  stopped because"
+    print(header)
+    print("-" * 100)
+    for target, search in result["searches"].items():
+        ratio = summary["ratios"].get(target)
+        print(
+            f"{target:<16} {search['rate']:>8} {'' if ratio is None else f'{ratio:7.3f}x':>8}"
+            f"  {len(search['trials']):>6}  {search['stopped']}"
+        )
+        print(f"{'':<16}   trials: " + ", ".join(describe_trial(t) for t in search["trials"]))
+    cpu = summary["cpu"]
+    if cpu:
+        print()
+        print(
+            f"At {result['cpu_rate']} registrations/s for {args.seconds:g} s, each target started afresh"
+            " (CPU: user + system of all the server's processes; response times: SIPp -trace_rtt, ms)"
+        )
+        header = (
+            f"{'target':<16} {'ok':>7} {'failed':>6} {'srv us/reg':>10} {'vs Kam.':>8}"
+            f" {'sipp us/reg':>11} {'401 p50/p99':>12} {'200 p50/p99':>12}"
+        )
+        print(header)
+        print("-" * len(header))
+        for target, fig in cpu.items():
+            ratio = summary["cpu_ratios"].get(target)
+            srv = "" if fig["server_us"] is None else f"{fig['server_us']:10.0f}"
+            sipp = "" if fig["sipp_us"] is None else f"{fig['sipp_us']:11.0f}"
+            print(
+                f"{target:<16} {fig['ok']:>7} {fig['failed']:>6} {srv:>10}"
+                f" {'' if ratio is None else f'{ratio:7.2f}x':>8} {sipp:>11}"
+                f" {rtt_text(fig['rtt'], '401'):>12} {rtt_text(fig['rtt'], '200'):>12}"
+                f"{'' if fig['passed'] else '  <-- did not pass'}"
+            )
+    if summary["targets"]:
+        print()
+        for name, met in summary["targets"].items():
+            print(f"issue 13 target {name}: {'met' if met else 'NOT met'}")
+    failed_cpu = [Load(**ld) for ld in result["cpu_loads"].values() if "did not pass" in ld["note"]]
+    if failed_cpu:
+        print()
+        print("!" * 100)
+        print("!!! CPU trials that did not pass (their figures are not comparable):")
+        for ld in failed_cpu:
+            describe_run(ld, ld.calls, "!!! ")
+        print("!" * 100)
+    if result.get("profile"):
+        print_profile(result["profile"], args)
+    if result["kept"]:
+        print(f"\nfiles kept in {result['folder']}")
+
+
+def print_profile(prof: dict[str, Any], args: argparse.Namespace) -> None:
+    print()
+    if "error" in prof:
+        print(f"profile: {prof['error']}")
+        return
+    ld = prof["load"]
+    print(
+        f"py-spy profile of imscore (memory store), {args.profile} s, {prof['samples']} samples,"
+        f" during a load of {ld['ok']} ok / {ld['failed']} failed; stacks: {prof['collapsed']}"
+    )
+    print("  own samples:")
+    for name, count, pct in prof["own"]:
+        print(f"    {pct:5.1f}%  {count:6d}  {name}")
+    print("  inclusive samples:")
+    for name, count, pct in prof["inclusive"]:
+        print(f"    {pct:5.1f}%  {count:6d}  {name}")
+
+
+def add_search_options(parser: argparse.ArgumentParser, *, start: int, max_rate: int) -> None:
+    """The options of the step search and of a trial's verdict (pool_bench and proxy_bench too)."""
+    parser.add_argument(
+        "--seconds", type=float, default=8.0, help="length of one trial, seconds (default 8)"
+    )
+    parser.add_argument(
+        "--start-rate", type=int, default=start, help=f"first rate tried, per second ({start})"
+    )
+    parser.add_argument(
+        "--max-rate", type=int, default=max_rate, help=f"highest rate tried ({max_rate})"
+    )
+    parser.add_argument("--max-steps", type=int, default=8, help="trials per search at most (8)")
+    parser.add_argument(
+        "--resolution",
+        type=float,
+        default=0.1,
+        help="stop when the gap between passed and failed is this share of the failed rate (0.1)",
+    )
+    parser.add_argument(
+        "--rate", type=int, default=0, help="no search: one trial per target at this rate"
+    )
+    parser.add_argument(
+        "--schedule",
+        type=float,
+        default=0.95,
+        help="SIPp's achieved rate must reach this share of the offered one (0.95)",
+    )
+    parser.add_argument(
+        "--max-retrans",
+        type=float,
+        default=0.001,
+        help="share of SIPp's messages it may retransmit in a passing trial (0.001)",
+    )
+    parser.add_argument(
+        "--pause", type=float, default=2.0, help="seconds between two trials on one server (2)"
+    )
+    parser.add_argument(
+        "--sipp-timeout",
+        type=float,
+        default=30.0,
+        help="SIPp -timeout beyond the trial's length, seconds (30)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=10000, help="users in users.csv (default 10000)")
-    parser.add_argument("--calls", type=int, default=5000, help="registrations per run (default 5000)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument("--rate", type=int, default=20000, help="SIPp -r, as register-rate.sh (20000)")
+    parser.add_argument("--users", type=int, default=30000, help="users in users.csv (30000)")
+    add_search_options(parser, start=1000, max_rate=24000)
+    parser.add_argument(
+        "--cpu-rate",
+        type=int,
+        default=0,
+        help="rate of the CPU and response-time trial (default: 80 %% of the lowest rate found)",
+    )
     parser.add_argument(
         "--stores",
-        default="memory,sqlite,workers",
-        help="imscore runs, comma separated: memory, sqlite (one process each), workers (SQLite "
-        "store, --workers N processes); default all three",
+        default="memory,workers",
+        help="imscore targets, comma separated: memory (one process, memory store), sqlite (one "
+        "process, SQLite), workers (--workers N, SQLite); default memory,workers",
     )
     parser.add_argument(
-        "--workers", type=int, default=2, help="worker processes of the 'workers' run (default 2)"
+        "--workers", type=int, default=2, help="worker processes of the 'workers' target (2)"
     )
-    parser.add_argument("--log-level", default="WARNING", help="imscore --log-level (default WARNING)")
-    parser.add_argument(
-        "--sipp-timeout", type=float, default=120.0, help="kill SIPp after S seconds (120)"
-    )
+    parser.add_argument("--no-kamailio", action="store_true", help="leave Kamailio out")
+    parser.add_argument("--log-level", default="WARNING", help="imscore --log-level (WARNING)")
     parser.add_argument(
         "--profile",
         type=int,
         default=0,
         metavar="S",
-        help="also run imscore under py-spy record for S seconds and print hotspots",
+        help="also run imscore under py-spy record for S seconds at the CPU rate; print hotspots",
     )
     parser.add_argument("--top", type=int, default=15, help="hotspots listed with --profile (15)")
     parser.add_argument(
@@ -771,35 +1108,44 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"peer folder {peer} lacks {', '.join(missing)} (set IMSCORE_PEER)")
     if args.sipp is None:
         problems.append("sipp not found (apt-get install -y sip-tester)")
-    if shutil.which("kamailio") is None:
+    if shutil.which("kamailio") is None and not args.no_kamailio:
         problems.append("kamailio not found (apt-get install -y kamailio)")
     if problems:
         print("register_bench: " + "; ".join(problems), file=sys.stderr)
         return 2
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
-    targets = ["kamailio"] + [f"imscore-{s}" for s in stores if s in ("memory", "sqlite", "workers")]
+    targets = ([] if args.no_kamailio else ["kamailio"]) + [
+        f"imscore-{s}" for s in stores if s in ("memory", "sqlite", "workers")
+    ]
 
     folder = Path(tempfile.mkdtemp(prefix="register-bench-"))
-    loads: list[Load] = []
     result: dict[str, Any] = {}
     try:
         csv, subscribers = write_users(folder, args.users)
-        for rnd in range(args.rounds):
-            for target in order_for(rnd, targets):
-                if not args.json:
-                    print(f"round {rnd + 1}: {target} ...", file=sys.stderr, flush=True)
-                loads.append(measure(target, rnd, peer, csv, subscribers, folder, args))
-        prof = profile(peer, csv, subscribers, folder, args) if args.profile else None
-        keep = args.keep or bool(args.profile) or any(ld.failed for ld in loads)
+        setup = Setup(peer, csv, subscribers, folder, rtd_scenario(peer, folder), args)
+        searches = {target: search_target(target, setup) for target in targets}
+        found = [s.rate for s in searches.values() if s.rate]
+        cpu_rate = args.cpu_rate or (round_rate(0.8 * min(found)) if found else 0)
+        cpu: dict[str, Load] = {}
+        if cpu_rate:
+            print(f"CPU trials at {cpu_rate}/s:", file=sys.stderr, flush=True)
+            for target in targets:
+                cpu[target] = cpu_trial(target, cpu_rate, setup)
+                print(f"  {target}: {cpu_figures(cpu[target])}", file=sys.stderr, flush=True)
+        prof = profile(setup, cpu_rate or args.start_rate) if args.profile else None
+        keep = args.keep or bool(args.profile) or any("did not pass" in ld.note for ld in cpu.values())
         result = {
             "peer": str(peer),
             "folder": str(folder),
             "kept": keep,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "host": f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "options": {k: v for k, v in vars(args).items() if k != "sipp"},
             "targets": targets,
-            "loads": [asdict(ld) for ld in loads],
-            "summary": summarise(loads, targets),
+            "searches": {t: s.as_dict() for t, s in searches.items()},
+            "cpu_rate": cpu_rate,
+            "cpu_loads": {t: asdict(ld) for t, ld in cpu.items()},
+            "summary": summarise(searches, cpu),
             "profile": prof,
         }
     finally:
@@ -809,7 +1155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
     else:
         print_report(result, args)
-    return 1 if any(ld.failed for ld in loads) else 0
+    return 1 if any("did not pass" in ld.note for ld in cpu.values()) else 0
 
 
 if __name__ == "__main__":
