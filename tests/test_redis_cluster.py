@@ -8,6 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from redis_support import DOMAIN, cluster_url, nodes, redis_cluster
@@ -66,3 +67,35 @@ def test_register_on_a_call_through_b_on_a_redis_cluster(tmp_path: Path) -> None
                 await store.close()
 
         asyncio.run(versioned())
+
+
+def test_reg_event_news_and_a_relayed_flow_on_a_redis_cluster(tmp_path: Path) -> None:
+    """On the Cluster too: a watcher on C hears of a registration made on A (news published in a
+    slot's script, heard on the first master), and a call through B reaches the TCP device on A
+    through A."""
+    from test_redis_regevent import contacts
+    from test_regevent_limits import _notifies, _subscribe
+
+    with redis_cluster(tmp_path / "cluster") as servers:
+        url = cluster_url(servers)
+        with nodes(url, tmp_path, ["a", "b", "c"], transports=("udp", "tcp")) as (a, b, c):
+            watcher = Phone(c.udp, "watcher")
+            desk = Phone(a.tcp, "desk", transport="tcp")
+            caller = Caller(b.udp)
+            try:
+                assert watcher.register().status == 200
+                assert _subscribe(watcher) == 200
+                time.sleep(0.5)
+                assert desk.register().status == 200
+                (notify,) = _notifies(watcher, 2.0)
+                assert contacts(notify)[desk.contact_uri] == ("active", "registered")
+                caller.invite(ALICE)
+                rang = [desk.expect("INVITE"), watcher.expect("INVITE")]
+                for phone, invite in zip((desk, watcher), rang, strict=True):
+                    assert isinstance(invite, Request)
+                    phone.reply(invite, 486)
+                assert rang[0].top_via.port == a.tcp[1]  # sent down A's connection
+                assert caller.expect("final").status == 486  # type: ignore[union-attr]
+            finally:
+                for agent in (watcher, desk, caller):
+                    agent.close()

@@ -31,7 +31,7 @@ def _final(caller: Caller, invite: Request) -> Response:
     while True:
         answer = caller.expect("final", 10.0)
         assert isinstance(answer, Response)
-        if answer.call_id == invite.call_id:
+        if answer.call_id == invite.call_id and answer.cseq.method == invite.method:
             return answer
 
 
@@ -62,6 +62,22 @@ def test_a_call_through_b_rings_a_tcp_device_on_a_then_430_when_a_is_gone(
             for phone in (desk, natted):
                 phone.reply(got[phone.name], 486)
             assert _final(caller, invite).status == 486
+            # a CANCEL through B reaches the device through A as well
+            invite = caller.invite(ALICE)
+            ringing = desk.expect("INVITE")
+            assert isinstance(ringing, Request)
+            desk.reply(ringing, 180)
+            other = natted.expect("INVITE")
+            assert isinstance(other, Request)
+            natted.reply(other, 180)  # (a branch is cancelled once it answered: RFC 3261 §9.1)
+            assert caller.expect("180").status == 180  # type: ignore[union-attr]
+            caller.cancel(invite)
+            for phone, request in ((desk, ringing), (natted, other)):
+                cancel = phone.expect("CANCEL")
+                assert isinstance(cancel, Request)
+                phone.reply(cancel, 200)
+                phone.reply(request, 487)
+            assert _final(caller, invite).status == 487
             # A is killed: its entry in Redis runs out, and B answers 430 for its flows
             a.kill()
             deadline = time.monotonic() + 10

@@ -519,7 +519,10 @@ class ProxyService:
         pool = self.server.pool
         if request is None or pool is None or node is None:
             raise LookupError(f"the flow {recorded} is held by node {node}")
-        listeners = await pool.nodes.listeners(node)
+        try:
+            listeners = await pool.nodes.listeners(node)
+        except StoreError as exc:  # Redis down: the branch is 503, as a call whose bindings fail
+            raise RoutingError(503, "Store unavailable", str(exc)) from None
         listener = None if listeners is None else relay_listener(listeners)
         if listener is None:
             raise RoutingError(430, "Flow Failed", f"node {node}, which holds the flow, is gone")
