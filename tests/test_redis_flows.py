@@ -150,3 +150,34 @@ def test_only_the_node_holding_the_flow_qualifies_the_contact(
         (binding,) = stored(redis.url, ALICE)
         assert binding.reachable  # B did not try (and fail) to reach a flow it does not hold
         assert "cannot ping" not in b.log() and "unreachable" not in b.log()
+
+
+def test_flow_tokens_round_trip_and_refuse_what_the_pool_did_not_make() -> None:
+    from imscore.registrar.model import FlowInfo
+    from imscore.server.pool_nodes import FlowToken, relay_listener
+
+    flow = FlowInfo("tcp", ("2001:db8::7", 40001), ("2001:db8::1", 5060), 17)
+    ours = FlowToken(b"k" * 32)
+    token = ours.make(flow)
+    assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+    assert ours.read(token) == flow
+    assert FlowToken(b"x" * 32).read(token) is None  # another pool's key
+    body, _, mac = token.partition(".")
+    assert ours.read(body[:-2] + "AA." + mac) is None  # a changed flow
+    assert ours.read("garbage") is None and ours.read("") is None and ours.read("a.b.c") is None
+    udp = FlowInfo("udp", ("192.0.2.9", 5060), ("192.0.2.1", 5060))
+    assert ours.read(ours.make(udp)) == udp
+    assert relay_listener([("udp", "10.0.0.1", 5060), ("tcp", "10.0.0.1", 5060)]) == (
+        "tcp", "10.0.0.1", 5060,
+    )
+    assert relay_listener([("sctp", "10.0.0.1", 5060)]) is None
+
+
+def test_news_channels_name_their_set() -> None:
+    from imscore.registrar.regevent_pool import aor_of_channel, news_channel
+
+    for aor in ("sip:alice@ims.example.test", "sip:a{b}%7B@h", "tel:+15551230001"):
+        channel = news_channel(aor)
+        assert channel.startswith("imscore:news:{") and aor_of_channel(channel) == aor
+    with pytest.raises(ValueError):
+        aor_of_channel("imscore:b:{x}")
