@@ -7,6 +7,7 @@ import importlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,9 +38,13 @@ def test_every_listed_module_exists_and_is_imported_from_its_package() -> None:
         assert module.__file__ is not None and "imscore" in module.__file__
 
 
-def test_version_names_the_build() -> None:
+def test_version_names_the_build(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "imscore", "--version"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "imscore", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,  # not the checkout, whose sources would be imported instead
     ).stdout.strip()
     assert out == f"imscore 0.1.0 ({build_info.describe()})"
 
