@@ -181,3 +181,53 @@ def test_news_channels_name_their_set() -> None:
         assert channel.startswith("imscore:news:{") and aor_of_channel(channel) == aor
     with pytest.raises(ValueError):
         aor_of_channel("imscore:b:{x}")
+
+
+def test_a_record_routed_call_through_b_to_a_tcp_device_on_a_ends_with_a_bye(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """With ``proxy.record_route`` on, both nodes record-route the relayed INVITE: the caller's
+    ACK and BYE, sent along the 200's route set, go through B, then A, down the device's
+    connection."""
+    import subprocess
+    import sys
+
+    profile = tmp_path / "rr.yaml"
+    shown = subprocess.run(
+        [sys.executable, "-m", "imscore", "profile", "show", "default"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert "record_route: false" in shown
+    profile.write_text(shown.replace("record_route: false", "record_route: true"))
+    with nodes(redis.url, tmp_path, ["a", "b"], "--profile", str(profile),
+               transports=("udp", "tcp")) as (a, b):
+        desk = Phone(a.tcp, "desk", transport="tcp")
+        caller = Caller(b.udp)
+        try:
+            assert desk.register().status == 200
+            invite = caller.invite(ALICE)
+            received = desk.expect("INVITE")
+            assert isinstance(received, Request)
+            assert len(received.record_route) == 2  # A's on top of B's
+            desk.reply(received, 200)
+            ok = caller.expect("2xx")
+            assert isinstance(ok, Response)
+            routes = [f"<{r.uri}>" for r in reversed(ok.record_route)]  # §12.1.2: B first
+            ack = caller.request(
+                "ACK", desk.contact_uri, call_id=invite.call_id, cseq=1, to_tag=ok.to.tag,
+                headers=[("Route", r) for r in routes],
+            )
+            caller.send(ack)
+            assert desk.expect("ACK").call_id == invite.call_id
+            bye = caller.request(
+                "BYE", desk.contact_uri, call_id=invite.call_id, cseq=2, to_tag=ok.to.tag,
+                headers=[("Route", r) for r in routes],
+            )
+            caller.send(bye)
+            got = desk.expect("BYE")
+            assert isinstance(got, Request) and got.call_id == invite.call_id
+            desk.reply(got, 200)
+            assert _final(caller, bye).status == 200
+        finally:
+            desk.close()
+            caller.close()
