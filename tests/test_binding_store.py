@@ -264,6 +264,22 @@ def test_the_store_keeps_its_own_copies(store: BindingStore) -> None:
     assert run(store.load(aor))[0].extra == {"k": "v"}
 
 
+def test_bindings_without_extra_never_share_what_leaves_the_store(store: BindingStore) -> None:
+    """The memory store keeps one shared empty ``extra`` for bindings that have none: whatever is
+    loaded, listed or expired out of it has a dict of its own."""
+    alice, bob = "sip:alice@ims.example", "sip:bob@ims.example"
+    run(store.save(alice, [binding(alice, 1)]))
+    run(store.save(bob, [binding(bob, 1, expires_at=NOW - 1)]))
+    run(store.load(alice))[0].extra["k"] = "loaded"
+    run(store.all())[0].extra["k"] = "listed"
+    expired = run(store.expire(NOW))
+    assert [b.aor for b in expired] == [bob]
+    expired[0].extra["k"] = "expired"
+    run(store.save(bob, [binding(bob, 2)]))
+    assert run(store.load(alice))[0].extra == {}
+    assert run(store.load(bob))[0].extra == {}
+
+
 def test_close_twice_and_use_after_close(make_store: Callable[[], BindingStore]) -> None:
     s = make_store()
     run(s.close())

@@ -89,6 +89,17 @@ def _copy(binding: StoredBinding) -> StoredBinding:
     return replace(binding, extra=dict(binding.extra))
 
 
+#: the ``extra`` of every binding the memory store keeps without one: shared, and never handed out
+#: (whatever leaves the store is a :func:`_copy` with a dict of its own), so never changed
+_NO_EXTRA: dict[str, str] = {}
+
+
+def _kept(binding: StoredBinding) -> StoredBinding:
+    """The copy the memory store keeps: its own ``extra``, or the shared empty one (64 octets less
+    for each of a million bindings, most of which have none)."""
+    return replace(binding, extra=dict(binding.extra) if binding.extra else _NO_EXTRA)
+
+
 class MemoryBindingStore:
     """A :class:`BindingStore` in a dict; what it holds is lost when the process ends.
 
@@ -97,12 +108,13 @@ class MemoryBindingStore:
     """
 
     def __init__(self) -> None:
-        self._aors: dict[str, list[StoredBinding]] | None = {}
+        # each AOR's bindings as a tuple (a list of one costs more, and they are replaced whole)
+        self._aors: dict[str, tuple[StoredBinding, ...]] | None = {}
         # (expires_at, aor) of every binding saved: expire() looks only at AORs due, not at all
         # of them (entries of bindings since refreshed or removed are skipped when they come up)
         self._due: list[tuple[float, str]] = []
 
-    def _data(self) -> dict[str, list[StoredBinding]]:
+    def _data(self) -> dict[str, tuple[StoredBinding, ...]]:
         if self._aors is None:
             raise StoreError("store 'memory:': closed")
         return self._aors
@@ -116,7 +128,7 @@ class MemoryBindingStore:
         data = self._data()
         _check_aor(aor, bindings)
         if bindings:
-            data[aor] = sorted((_copy(b) for b in bindings), key=lambda b: b.registered_at)
+            data[aor] = tuple(sorted((_kept(b) for b in bindings), key=lambda b: b.registered_at))
             for binding in bindings:
                 heapq.heappush(self._due, (binding.expires_at, aor))
         else:
@@ -136,8 +148,8 @@ class MemoryBindingStore:
             expired = [b for b in bindings if b.expires_at <= now]
             if not expired:
                 continue
-            gone.extend(expired)
-            live = [b for b in bindings if b.expires_at > now]
+            gone.extend(_copy(b) for b in expired)
+            live = tuple(b for b in bindings if b.expires_at > now)
             if live:
                 data[aor] = live
             else:
