@@ -343,7 +343,7 @@ def search_pool(nodes: int, setup: Setup) -> Search:
             return fixed_rate(trial, args.rate)
         return step_search(
             trial,
-            start=args.start_rate * nodes,
+            start=args.start_rate,
             max_rate=args.max_rate,
             max_steps=args.max_steps,
             resolution=args.resolution,
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=30000, help="users, dealt out over the nodes")
     parser.add_argument("--nodes", default="1,2,3", help="pool sizes to search, comma separated")
-    add_search_options(parser, start=500, max_rate=16000)
+    add_search_options(parser, start=250, max_rate=16000)
     parser.add_argument(
         "--cpu-rate",
         type=int,
