@@ -222,8 +222,9 @@ class Load:
         return sum(step[1] for step in self.steps if step[5] == "send")
 
     def verdict(self, criteria: Criteria) -> str:
-        """Why this load does not pass (stepsearch.sipp_verdict), "" when it does."""
-        return sipp_verdict(
+        """Why this load does not pass (stepsearch.sipp_verdict, then what SIPp's error file says
+        most often), "" when it does."""
+        reason = sipp_verdict(
             offered=self.offered,
             achieved=self.achieved,
             calls=self.calls,
@@ -235,6 +236,10 @@ class Load:
             sent=self.sent,
             criteria=criteria,
         )
+        if reason and self.errors:
+            top = sorted(self.errors.items(), key=lambda item: -item[1])[:2]
+            reason += " [SIPp: " + ", ".join(f"{count} x {name}" for name, count in top) + "]"
+        return reason
 
 
 STEP = re.compile(r"^\s+(\S+)\s+(-+>|<-+)\s+(?:[BE]-RTD\d+\s+)?(\d+)\s+(\d+)\s+(\d+)(?:\s+(\d+))?\s*$")

@@ -102,6 +102,10 @@ def test_register_bench_reads_sipp_screens_with_rtd_marks(tmp_path: Path) -> Non
     assert [s[1] for s in load_.steps] == [6000, 5990, 5990, 5980]
     assert (load_.retransmissions, load_.timeouts, load_.unexpected, load_.sent) == (19, 1, 3, 11990)
     assert "20 of 6000 failed" in load_.verdict(stepsearch.Criteria())
+    load_.errors = {"unexpected 503 (call aborted)": 20, "retransmission timeout (call aborted)": 1}
+    assert "[SIPp: 20 x unexpected 503 (call aborted), 1 x retransmission" in load_.verdict(
+        stepsearch.Criteria()
+    )
     (tmp_path / "reg_1_rtt.csv").write_text(
         "Date_ms;response_time_ms;rtd_no\n" + "".join(f"1;{i % 10};1\n" for i in range(100)) + "1;40;2\n"
     )
