@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = Setup(peer, folder, rtd_scenario(peer, folder), subscribers, csv, args)
         searches = {str(n): search_pool(n, setup) for n in sizes}
         found = [s.rate for s in searches.values() if s.rate]
-        cpu_rate = args.cpu_rate or (round_rate(0.8 * min(found)) if found else 0)
+        cpu_rate = args.cpu_rate or args.rate or (round_rate(0.8 * min(found)) if found else 0)
         cpu: dict[str, PoolLoad] = {}
         if cpu_rate:
             print(f"CPU trials at {cpu_rate}/s:", file=sys.stderr, flush=True)

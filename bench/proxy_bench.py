@@ -460,8 +460,11 @@ def search_target(target: str, setup: Setup) -> Search:
 # --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
-def summarise(searches: dict[str, Search], cpu: dict[str, Run]) -> dict[str, Any]:
-    """Rates, the ratio imscore / Kamailio, CPU per call at the common rate."""
+def summarise(
+    searches: dict[str, Search], cpu: dict[str, Run], *, searched: bool = True
+) -> dict[str, Any]:
+    """Rates, the ratio imscore / Kamailio, CPU per call at the common rate; the issue's rate
+    targets only when the rates come from a search, not from ``--rate``."""
     rates = {t: s.rate for t, s in searches.items()}
     kam = rates.get("kamailio") or 0
     per_call = {
@@ -472,7 +475,7 @@ def summarise(searches: dict[str, Search], cpu: dict[str, Run]) -> dict[str, Any
     imscore_us = per_call.get("imscore")
     ratio = rates["imscore"] / kam if kam and "imscore" in rates else None
     targets = {}
-    if ratio is not None:
+    if ratio is not None and searched:
         targets["forked-call rate >= 0.7x Kamailio"] = ratio >= 0.7
         targets["forked-call rate >= 1.0x Kamailio (goal)"] = ratio >= 1.0
     return {
@@ -617,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         searches = {t: search_target(t, setup) for t in TARGETS if t in chosen}
         found = [s.rate for s in searches.values() if s.rate]
-        cpu_rate = args.cpu_rate or (round_rate(0.8 * min(found)) if found else 0)
+        cpu_rate = args.cpu_rate or args.rate or (round_rate(0.8 * min(found)) if found else 0)
         if cpu_rate:
             print(f"CPU trials at {cpu_rate}/s:", file=sys.stderr, flush=True)
             for target in searches:
@@ -636,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
             "searches": {t: s.as_dict() for t, s in searches.items()},
             "cpu_rate": cpu_rate,
             "cpu_runs": {t: {**asdict(r), "verdict": verdicts[t]} for t, r in cpu.items()},
-            "summary": summarise(searches, cpu),
+            "summary": summarise(searches, cpu, searched=not args.rate),
         }
     finally:
         if not result.get("kept"):

@@ -899,8 +899,11 @@ def describe_run(ld: Load, calls: int, prefix: str, *, role: str = "", more: Seq
         print(f"{prefix}    host UDP receive-buffer drops during the run: {ld.rcvbuf_drops}")
 
 
-def summarise(searches: dict[str, Search], cpu: dict[str, Load]) -> dict[str, Any]:
-    """Rates and CPU figures with their ratios to Kamailio, and the issue's targets checked."""
+def summarise(
+    searches: dict[str, Search], cpu: dict[str, Load], *, searched: bool = True
+) -> dict[str, Any]:
+    """Rates and CPU figures with their ratios to Kamailio, and the issue's targets checked (the
+    capacity targets only when the rates come from a search, not from ``--rate``)."""
     rates = {t: s.rate for t, s in searches.items()}
     kam = rates.get("kamailio") or 0
     ratios = {t: (r / kam if kam else None) for t, r in rates.items() if t != "kamailio"}
@@ -918,7 +921,7 @@ def summarise(searches: dict[str, Search], cpu: dict[str, Load]) -> dict[str, An
         default=None,
     )
     targets = {}
-    if best is not None and kam:
+    if best is not None and kam and searched:
         targets["capacity >= 0.5x Kamailio (best imscore)"] = rates[best] >= 0.5 * kam
         targets["capacity >= 1.0x Kamailio (goal)"] = rates[best] >= kam
     if best_us is not None:
@@ -1130,7 +1133,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = Setup(peer, csv, subscribers, folder, rtd_scenario(peer, folder), args)
         searches = {target: search_target(target, setup) for target in targets}
         found = [s.rate for s in searches.values() if s.rate]
-        cpu_rate = args.cpu_rate or (round_rate(0.8 * min(found)) if found else 0)
+        cpu_rate = args.cpu_rate or args.rate or (round_rate(0.8 * min(found)) if found else 0)
         cpu: dict[str, Load] = {}
         if cpu_rate:
             print(f"CPU trials at {cpu_rate}/s:", file=sys.stderr, flush=True)
@@ -1150,7 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
             "searches": {t: s.as_dict() for t, s in searches.items()},
             "cpu_rate": cpu_rate,
             "cpu_loads": {t: asdict(ld) for t, ld in cpu.items()},
-            "summary": summarise(searches, cpu),
+            "summary": summarise(searches, cpu, searched=not args.rate),
             "profile": prof,
         }
     finally:
