@@ -224,6 +224,9 @@ def _checked_key(name: str) -> str:
 
 # one stored field: (name as written, unfolded value, original line or None once changed)
 _Item = tuple[str, str, str | None]
+#: the fields of every Headers whose section is not split yet (shared, never changed: see _load)
+_UNSPLIT_KEYS: Final[list[str]] = []
+_UNSPLIT_ITEMS: Final[list[_Item]] = []
 
 
 class HeaderField:
@@ -281,17 +284,26 @@ class Headers:
     @classmethod
     def _from_block(cls, block: bytes) -> Headers:
         """Headers whose CRLF-separated lines are split into fields on first use."""
+        return cls._from_section(block + b"\r\n" if block else b"")
+
+    @classmethod
+    def _from_section(cls, section: bytes) -> Headers:
+        """Headers of a header section as on the wire (every line ending in CRLF, no empty line),
+        split into fields on first use. The octets are kept once: they are both the lines still to
+        split and what :meth:`to_bytes` gives while nothing changes."""
         headers = cls()
-        headers._pending = block
-        headers.cache = {}
-        headers.raw = block + b"\r\n" if block else b""
+        headers._pending = section
+        headers.raw = section
+        # no lists of their own until the lines are split (every reader splits them first): a sent
+        # response kept for retransmissions holds its octets and little more
+        headers._keys = _UNSPLIT_KEYS
+        headers._items = _UNSPLIT_ITEMS
         return headers
 
     def _load(self) -> None:
-        block = self._pending
-        if block is not None:
-            lines = block.decode("utf-8", "surrogateescape").split("\r\n") if block else []
-            self._keys, self._items = _split_fields(lines)
+        section = self._pending
+        if section is not None:
+            self._keys, self._items = _split_fields(_section_lines(section))
             self._pending = None
 
     def check(self) -> None:
@@ -305,11 +317,10 @@ class Headers:
         fields, the lines that do (``Name: value``, a token name, with their continuation lines)
         are kept as received and the others dropped.
         """
-        block = self._pending
-        if block is None:
+        section = self._pending
+        if section is None:
             return list(self)
-        lines = block.decode("utf-8", "surrogateescape").split("\r\n") if block else []
-        keys, items = _tolerant_fields(lines)
+        keys, items = _tolerant_fields(_section_lines(section))
         return [HeaderField(n, v, r, k) for k, (n, v, r) in zip(keys, items, strict=True)]
 
     def _changed(self) -> None:
@@ -413,6 +424,8 @@ class Headers:
 
     def remove(self, name: str) -> int:
         """Remove every field of that name; return how many were removed."""
+        if self._pending is not None:
+            self._load()
         key = canonical_name(name)
         removed = self._keys.count(key)
         if removed:
@@ -1139,6 +1152,15 @@ def _tolerant_fields(lines: list[str]) -> tuple[list[str], list[_Item]]:
         items.extend(i)
         keep = True
     return keys, items
+
+
+def _section_lines(section: bytes) -> list[str]:
+    """The lines of a header section whose every line ends in CRLF."""
+    if not section:
+        return []
+    lines = section.decode("utf-8", "surrogateescape").split("\r\n")
+    lines.pop()  # the empty text after the last line's CRLF
+    return lines
 
 
 def _split_fields(lines: list[str]) -> tuple[list[str], list[_Item]]:

@@ -378,14 +378,11 @@ def _slim(response: Response) -> None:
     raw = headers.raw
     if not raw or headers._pending is not None:
         return
-    block = raw[:-2]  # without the CRLF of the last line
     try:
-        Headers._from_block(block).check()
+        Headers._from_section(raw).check()
     except SipError:
         return
-    slim = Headers._from_block(block)
-    slim.raw = None  # one copy of the octets: serialising it again joins the lines as received
-    response.headers = slim
+    response.headers = Headers._from_section(raw)  # the sent octets, kept once and sent as they are
 
 
 def _lower(text: str | None) -> str | None:
