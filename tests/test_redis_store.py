@@ -248,3 +248,24 @@ def test_two_nodes_removing_one_aor_at_once_report_each_expiry_once(url: str) ->
             await b.close()
 
     asyncio.run(run())
+
+
+def test_hundreds_of_requests_waiting_on_redis_at_once_all_get_their_answer(url: str) -> None:
+    """A burst (an overloaded node has hundreds of REGISTERs in flight) waits for a connection of the
+    pool instead of failing with redis-py's "Too many connections" (which became 503s)."""
+
+    async def run() -> None:
+        store = open_redis_store(url)
+        now = time.time()
+        try:
+            aors = [f"sip:burst{i}@ims.example.test" for i in range(400)]
+            saved = await asyncio.gather(
+                *(store.save_versioned(a, [binding(a, 1, now + 60)], "") for a in aors)
+            )
+            assert all(saved)
+            loaded = await asyncio.gather(*(store.load_versioned(a) for a in aors))
+            assert [len(bindings) for bindings, _ in loaded] == [1] * len(aors)
+        finally:
+            await store.close()
+
+    asyncio.run(run())

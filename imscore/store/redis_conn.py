@@ -43,6 +43,9 @@ KEY_PREFIX: Final = "imscore:"
 #: seconds to connect, and to wait for a reply
 CONNECT_TIMEOUT: Final = 0.5
 REPLY_TIMEOUT: Final = 1.0
+#: connections to Redis each node's event loop keeps at most (a single-Redis store; requests beyond
+#: them wait for one to be free)
+MAX_CONNECTIONS: Final = 64
 
 T = TypeVar("T")
 
@@ -171,7 +174,22 @@ class RedisConnection:
             self.sync = redis.cluster.RedisCluster(startup_nodes=sync_nodes, retry=sync_retry, **common)
         else:
             host, port = target.nodes[0]
-            self.aio = redis.asyncio.Redis(host=host, port=port, db=target.db, retry=aio_retry, **common)
+            # requests beyond the pool's connections wait for one (up to REPLY_TIMEOUT) rather than
+            # fail at once with "Too many connections": a node under load has hundreds in flight
+            tls = common.pop("ssl")
+            connections = redis.asyncio.connection
+            pool = redis.asyncio.BlockingConnectionPool(
+                host=host,
+                port=port,
+                db=target.db,
+                retry=aio_retry,
+                max_connections=MAX_CONNECTIONS,
+                timeout=REPLY_TIMEOUT,
+                connection_class=connections.SSLConnection if tls else connections.Connection,
+                **common,
+            )
+            common["ssl"] = tls
+            self.aio = redis.asyncio.Redis(connection_pool=pool)
             self.sync = redis.Redis(host=host, port=port, db=target.db, retry=sync_retry, **common)
 
     def error(self, action: str, exc: BaseException) -> StoreError:
