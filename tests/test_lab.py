@@ -563,3 +563,64 @@ def test_the_table_in_the_docs_is_what_the_lab_prints_today(three_devices) -> No
     assert len(blocks) == 6  # steps 5, 6, 9, 13, 14 and 15
     for block in blocks:
         assert block + "\n" in table, f"docs/lab.rst is out of date:\n{block}"
+
+
+# --- application servers (initial filter criteria, TS 24.229 §5.4.1.7 / §5.4.3) -----------------
+
+
+def _first_lines(run: object) -> list[tuple[str, str, str]]:
+    """(from, to, first line) of every message of a run, by the ladder's names."""
+    names = run.names  # type: ignore[attr-defined]
+    out = []
+    for record in run.records:  # type: ignore[attr-defined]
+        first = record.data.split(b"\r\n", 1)[0].decode()
+        out.append((names.get(record.src, "?"), names.get(record.dst, "?"), first))
+    return out
+
+
+def test_app_servers_scenario_third_party_register_default_handling_and_a_retarget() -> None:
+    run = run_virtual(load_scenario("app-servers"), load_profile("default"))
+    lines = _first_lines(run)
+    # every registration of alice's phone, and its de-registration, is told to the registration AS
+    third_party = [line for line in lines if line[:2] == ("imscore", "reg-as")]
+    assert [line[2] for line in third_party] == ["REGISTER sip:192.0.2.80:5060 SIP/2.0"] * 2
+    assert ("reg-as", "imscore", "SIP/2.0 200 OK") in lines
+    # the call: the AS that never answers first, then (default handling) the forwarding AS, whose
+    # INVITE back names bob; bob's desk rings and answers, alice's phone never sees the call
+    to_silent = lines.index(("imscore", "silent-as", "INVITE sip:alice@ims.example.test SIP/2.0"))
+    to_forward = lines.index(("imscore", "forward-as", "INVITE sip:alice@ims.example.test SIP/2.0"))
+    back = lines.index(("forward-as", "imscore", "INVITE sip:bob@ims.example.test SIP/2.0"))
+    assert to_silent < to_forward < back
+    assert not [line for line in lines if line[0] == "silent-as"]  # it never answered
+    assert not [line for line in lines if line[1] == "phone" and line[2].startswith("INVITE")]
+    call = run.steps[2]
+    assert call.answered == "desk" and call.rang == ["desk"]
+    assert call.caller_got.startswith("200 OK")
+
+
+def test_app_servers_need_a_virtual_run() -> None:
+    with pytest.raises(ScenarioError, match="virtual time only"):
+        run_real(load_scenario("app-servers"), load_profile("default"))
+
+
+def test_an_app_server_with_a_bad_behaviour_names_the_key(tmp_path: Path) -> None:
+    data = {
+        "devices": [
+            {
+                "name": "p",
+                "impi": "alice@ims.example.test",
+                "password": "x",
+                "impu": "sip:alice@ims.example.test",
+                "address": "192.0.2.1:5060",
+            }
+        ],
+        "application_servers": [{"name": "as1", "address": "192.0.2.9:5060", "behaviour": "proxy"}],
+        "steps": [{"register": "p"}],
+    }
+    with pytest.raises(
+        ScenarioError, match=r"servers\[0\]\.behaviour.*expected one of accept, redirect, silent"
+    ):
+        scenario_from_data(data, "x.yaml", "x", tmp_path)
+    data["application_servers"] = [{"name": "as1", "address": "192.0.2.9:5060", "behaviour": "redirect"}]
+    with pytest.raises(ScenarioError, match=r"application_servers\[0\]\.redirect_to"):
+        scenario_from_data(data, "x.yaml", "x", tmp_path)

@@ -52,7 +52,7 @@ def _host(address: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _via_target(request: Request) -> Address:
+def _via_target(request: Request | Response) -> Address:
     via = request.top_via
     return (via.received or via.host).strip("[]"), via.rport or via.port or 5060
 

@@ -36,8 +36,9 @@ from imscore.subscribers import MemorySubscriberStore, demo_subscribers_path
 from imscore.subscribers.model import AkaCredentials
 
 from .agents import CallOutcome, SimCaller, SimDevice, Tokens
+from .appserver import SimAppServer
 from .network import VirtualNetwork, VirtualTransports
-from .scenario import Behaviour, CallerSpec, Scenario, Step
+from .scenario import Behaviour, CallerSpec, Scenario, ScenarioError, Step
 from .vtime import VirtualClock, VirtualTimeLoop
 
 __all__ = ["LabRun", "StepResult", "deterministic", "run_real", "run_virtual"]
@@ -193,6 +194,7 @@ class _Lab:
         self.server = server
         self.devices: dict[str, SimDevice] = {}
         self.callers: dict[str, SimCaller] = {}
+        self.app_servers: dict[str, SimAppServer] = {}
         #: step notes and device marks, in the order they happened (the ladders' annotations)
         self.notes: list[tuple[float, str] | Mark] = []
         self.set_offline: Callable[[SimDevice, bool], None] = lambda device, down: None
@@ -215,6 +217,10 @@ class _Lab:
     def add_caller(self, caller: SimCaller) -> None:
         caller.journal = self.journal
         self.callers[caller.name] = caller
+
+    def add_app_server(self, server: SimAppServer) -> None:
+        server.journal = self.journal
+        self.app_servers[server.name] = server
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -420,7 +426,12 @@ def _policies(profile: Profile) -> dict[str, str]:
 
 
 def _order(scenario: Scenario) -> list[str]:
-    return [*(c.name for c in scenario.callers), "imscore", *(d.name for d in scenario.devices)]
+    return [
+        *(c.name for c in scenario.callers),
+        "imscore",
+        *(a.name for a in scenario.application_servers),
+        *(d.name for d in scenario.devices),
+    ]
 
 
 def _names(lab: _Lab, server: tuple[str, int]) -> dict[tuple[str, int], str]:
@@ -429,6 +440,8 @@ def _names(lab: _Lab, server: tuple[str, int]) -> dict[tuple[str, int], str]:
         names[device.port.local] = name
     for name, caller in lab.callers.items():
         names[caller.port.local] = name
+    for name, app_server in lab.app_servers.items():
+        names[app_server.port.local] = name
     return names
 
 
@@ -499,6 +512,11 @@ async def _virtual(
         caller = SimCaller(caller_spec, port, SERVER_ADDRESS, Tokens(f"{caller_spec.name}-"))
         network.attach(caller_spec.address, caller.receive)
         lab.add_caller(caller)
+    for as_spec in scenario.application_servers:
+        port = _NetworkPort(network, as_spec.address)
+        app_server = SimAppServer(as_spec, port, SERVER_ADDRESS, Tokens(f"{as_spec.name}-"))
+        network.attach(as_spec.address, app_server.receive)
+        lab.add_app_server(app_server)
     lab.set_offline = lambda device, down: network.set_down(device.port.local, down)
     lab.records = network.records
     try:
@@ -537,6 +555,14 @@ async def _real(
     progress: Callable[[int, int], None] | None,
     extra_plugins: Sequence[object],
 ) -> LabRun:
+    if scenario.application_servers:
+        # the subscribers' iFCs name the servers' addresses, and a real run's agents get ports the
+        # kernel picks: only a virtual run can put each server where its iFCs say it is
+        raise ScenarioError(
+            scenario.source,
+            "application servers run in virtual time only (drop --real-time)",
+            key="application_servers",
+        )
     loop = asyncio.get_running_loop()
     records: list[MessageRecord] = []
     lab_profile = replace(profile, store="memory:", listeners=(Listener("udp", "127.0.0.1", 0),))

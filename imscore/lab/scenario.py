@@ -43,7 +43,9 @@ from imscore.sip import SipError, SipUri, TelUri, parse_uri
 from imscore.yamlload import UniqueKeyLoader, YamlReadError, read_yaml
 
 __all__ = [
+    "AS_BEHAVIOURS",
     "BEHAVIOURS",
+    "AppServerSpec",
     "Behaviour",
     "CallerSpec",
     "DeviceSpec",
@@ -108,6 +110,23 @@ class CallerSpec:
     address: tuple[str, int]
 
 
+#: What a lab application server does with what the S-CSCF sends it (TS 24.229 §5.7): ``accept``
+#: answers a third-party REGISTER with 200 and sends an initial request back to the S-CSCF as it
+#: came (a proxy in the path); ``redirect`` does the same but sends an INVITE back to ``redirect_to``
+#: (a changed Request-URI, §5.7.3); ``silent`` never answers (the iFC's default handling applies).
+AS_BEHAVIOURS: Final = ("accept", "redirect", "silent")
+
+
+@dataclass(frozen=True)
+class AppServerSpec:
+    """An application server the subscribers' initial filter criteria name by its address."""
+
+    name: str
+    address: tuple[str, int]
+    behaviour: str = "accept"
+    redirect_to: str | None = None
+
+
 @dataclass(frozen=True)
 class Step:
     """One timeline entry: ``action`` and its arguments."""
@@ -140,6 +159,7 @@ class Scenario:
     devices: tuple[DeviceSpec, ...]
     callers: tuple[CallerSpec, ...]
     steps: tuple[Step, ...]
+    application_servers: tuple[AppServerSpec, ...] = ()
 
     def device(self, name: str) -> DeviceSpec:
         for device in self.devices:
@@ -222,6 +242,22 @@ _CALLER = Record(
     }
 )
 
+
+def _as_behaviour(text: str) -> str:
+    if text not in AS_BEHAVIOURS:
+        raise ValueError(f"expected one of {', '.join(AS_BEHAVIOURS)}, got {text!r}")
+    return text
+
+
+_APP_SERVER = Record(
+    {
+        "name": Field(Parsed("a name", _name)),
+        "address": Field(Parsed("an IP:PORT address", _address)),
+        "behaviour": Field(Parsed("accept, redirect or silent", _as_behaviour), "accept"),
+        "redirect_to": Field(Optional(Parsed("a sip: or tel: URI", _uri)), None),
+    }
+)
+
 #: each step action and the record of its arguments (a bare name stands for ``{device: NAME}``)
 _DEVICE_ARG = {"device": Field(Str())}
 _ACTIONS: Final[Mapping[str, Record]] = {
@@ -269,6 +305,7 @@ SCENARIO_SCHEMA: Final = Record(
         "subscribers": Field(Str(), "demo"),
         "devices": Field(ListOf(_DEVICE, min_items=1)),
         "callers": Field(ListOf(_CALLER), []),
+        "application_servers": Field(ListOf(_APP_SERVER), []),
         "steps": Field(ListOf(_StepNode(), min_items=1)),
     }
 )
@@ -287,11 +324,22 @@ def scenario_from_data(data: object, source: str, default_name: str, base: Path)
     assert isinstance(plain, dict)
     devices = tuple(DeviceSpec(**d) for d in plain["devices"])
     callers = tuple(CallerSpec(**c) for c in plain["callers"])
+    servers = tuple(AppServerSpec(**a) for a in plain["application_servers"])
+    for index, server in enumerate(servers):
+        if (server.behaviour == "redirect") != (server.redirect_to is not None):
+            _fail(
+                source,
+                ("application_servers", index, "redirect_to"),
+                "expected a URI with behaviour redirect, and only then",
+            )
     names: dict[str, str] = {}
     addresses: dict[tuple[str, int], str] = {}
-    for kind, index, item in [("devices", i, d) for i, d in enumerate(devices)] + [
-        ("callers", i, c) for i, c in enumerate(callers)
-    ]:
+    people: list[tuple[str, int, DeviceSpec | CallerSpec | AppServerSpec]] = [
+        *(("devices", i, d) for i, d in enumerate(devices)),
+        *(("callers", i, c) for i, c in enumerate(callers)),
+        *(("application_servers", i, a) for i, a in enumerate(servers)),
+    ]
+    for kind, index, item in people:
         if item.name in names:
             _fail(source, (kind, index, "name"), f"repeats the name {item.name!r}; names must be unique")
         if item.address in addresses:
@@ -330,6 +378,7 @@ def scenario_from_data(data: object, source: str, default_name: str, base: Path)
         devices=devices,
         callers=callers,
         steps=tuple(steps),
+        application_servers=servers,
     )
 
 
