@@ -467,20 +467,23 @@ def test_a_device_calls_another_user_over_its_registered_flow() -> None:
 
 
 @pytest.mark.parametrize(
-    ("profile", "picture"),
+    ("scenario", "profile", "picture"),
     [
-        ("multi-device", "three-devices-multi-device.svg"),
-        ("legacy-single-registration", "three-devices-legacy.svg"),
+        ("three-devices", "multi-device", "three-devices-multi-device.svg"),
+        ("three-devices", "legacy-single-registration", "three-devices-legacy.svg"),
+        ("app-servers", "default", "app-servers.svg"),
+        ("app-servers", "default", "app-servers.ladder.txt"),
     ],
 )
 def test_the_pictures_in_the_docs_are_what_the_lab_draws_today(
-    tmp_path: Path, profile: str, picture: str
+    tmp_path: Path, scenario: str, profile: str, picture: str
 ) -> None:
-    run = run_virtual(load_scenario("three-devices"), load_profile(profile))
+    run = run_virtual(load_scenario(scenario), load_profile(profile))
     written = write_run(run, tmp_path)
-    svg = next(p for p in written if p.name.endswith(".svg"))
+    suffix = ".ladder.txt" if picture.endswith(".txt") else ".svg"
+    drawn = next(p for p in written if p.name.endswith(suffix))
     docs = Path(__file__).resolve().parent.parent / "docs" / "images" / picture
-    assert svg.read_bytes() == docs.read_bytes(), f"regenerate docs/images/{picture} (docs/lab.rst)"
+    assert drawn.read_bytes() == docs.read_bytes(), f"regenerate docs/images/{picture} (docs/lab.rst)"
 
 
 # --- the plugin guide's example, packaged and installed ----------------------------------------------
