@@ -473,6 +473,7 @@ def test_a_device_calls_another_user_over_its_registered_flow() -> None:
         ("three-devices", "legacy-single-registration", "three-devices-legacy.svg"),
         ("app-servers", "default", "app-servers.svg"),
         ("app-servers", "default", "app-servers.ladder.txt"),
+        ("gruu-outbound", "default", "gruu-outbound.ladder.txt"),
     ],
 )
 def test_the_pictures_in_the_docs_are_what_the_lab_draws_today(
@@ -626,4 +627,36 @@ def test_an_app_server_with_a_bad_behaviour_names_the_key(tmp_path: Path) -> Non
         scenario_from_data(data, "x.yaml", "x", tmp_path)
     data["application_servers"] = [{"name": "as1", "address": "192.0.2.9:5060", "behaviour": "redirect"}]
     with pytest.raises(ScenarioError, match=r"application_servers\[0\]\.redirect_to"):
+        scenario_from_data(data, "x.yaml", "x", tmp_path)
+
+
+def test_gruu_outbound_scenario_a_call_to_a_public_gruu_rings_that_device_only() -> None:
+    run = run_virtual(load_scenario("gruu-outbound"), load_profile("default"))
+    by_name = {v: k for k, v in run.names.items()}
+    oks = [
+        r.data.decode()
+        for r in run.records
+        if r.dst == by_name["phone"] and r.data.startswith(b"SIP/2.0 200 OK") and b"REGISTER" in r.data
+    ]
+    first = oks[0]
+    phone_gruu = "sip:alice@ims.example.test;gr=urn:uuid:00000000-0000-4000-8000-0000000000b1"
+    assert f'pub-gruu="{phone_gruu}"' in first
+    assert "temp-gruu=" in first and "Require: outbound" in first and "Flow-Timer: " in first
+    gruu_call, aor_call, _, after = run.steps[2], run.steps[3], run.steps[4], run.steps[5]
+    assert (gruu_call.rang, gruu_call.answered) == (["softphone"], "softphone")
+    assert sorted(aor_call.rang) == ["phone", "softphone"]
+    assert after.rang == [] and after.caller_got.startswith("480")
+
+
+def test_gruu_and_reg_id_need_an_instance(tmp_path: Path) -> None:
+    device = {
+        "name": "p",
+        "impi": "alice@ims.example.test",
+        "password": "x",
+        "impu": "sip:alice@ims.example.test",
+        "address": "192.0.2.1:5060",
+        "reg_id": 1,
+    }
+    data = {"devices": [device], "steps": [{"register": "p"}]}
+    with pytest.raises(ScenarioError, match=r"devices\[0\]\.reg_id.*instance"):
         scenario_from_data(data, "x.yaml", "x", tmp_path)

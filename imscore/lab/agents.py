@@ -177,6 +177,9 @@ class SimDevice(Agent):
 
     def _register_request(self, expires: int, authorization: str | None) -> Request:
         params = f';+sip.instance="{self.spec.instance}"' if self.spec.instance else ""
+        if self.spec.reg_id is not None:
+            params += f";reg-id={self.spec.reg_id}"
+        supported = [tag for tag, on in (("gruu", self.spec.gruu), ("outbound", self.spec.reg_id)) if on]
         headers: list[tuple[str, object]] = [
             ("Via", self.via()),
             ("Max-Forwards", 70),
@@ -188,6 +191,8 @@ class SimDevice(Agent):
             ("Expires", expires),
             ("User-Agent", self.spec.user_agent or f"imscore-lab {self.name}"),
         ]
+        if supported:
+            headers.append(("Supported", ", ".join(supported)))
         if authorization:
             headers.append(("Authorization", authorization))
         return Request("REGISTER", f"sip:{self.domain}", headers)

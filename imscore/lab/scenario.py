@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 
 from imscore.profile.schema import (
+    Bool,
     Field,
     Int,
     KeyPath,
@@ -99,6 +100,10 @@ class DeviceSpec:
     instance: str | None = None
     expires: int = 3600
     user_agent: str | None = None
+    #: ask for GRUUs (``Supported: gruu``, RFC 5627; needs an instance)
+    gruu: bool = False
+    #: register an outbound flow with this ``reg-id`` (``Supported: outbound``, RFC 5626)
+    reg_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,8 @@ _DEVICE = Record(
         "instance": Field(Optional(Str()), None),
         "expires": Field(Int(minimum=1), 3600),
         "user_agent": Field(Optional(Str()), None),
+        "gruu": Field(Bool(), False),
+        "reg_id": Field(Optional(Int(minimum=1)), None),
     }
 )
 _CALLER = Record(
@@ -323,6 +330,10 @@ def scenario_from_data(data: object, source: str, default_name: str, base: Path)
         _fail(source, exc.path, exc.message)
     assert isinstance(plain, dict)
     devices = tuple(DeviceSpec(**d) for d in plain["devices"])
+    for index, device in enumerate(devices):
+        for key, wanted in (("gruu", device.gruu), ("reg_id", device.reg_id is not None)):
+            if wanted and device.instance is None:
+                _fail(source, ("devices", index, key), "needs the device's instance (+sip.instance)")
     callers = tuple(CallerSpec(**c) for c in plain["callers"])
     servers = tuple(AppServerSpec(**a) for a in plain["application_servers"])
     for index, server in enumerate(servers):
