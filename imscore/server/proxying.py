@@ -9,6 +9,7 @@ the answers of :meth:`imscore.server.core.ServerCore.answer`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -628,7 +629,9 @@ class ProxyService:
             log.info("cannot forward ACK from %s: %s", flow.remote, exc)
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP literal (cached: the same hosts come back with every request)."""
     import ipaddress
 
     try:

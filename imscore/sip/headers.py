@@ -6,6 +6,7 @@ what was written. The parse functions raise only :class:`~imscore.sip.errors.Par
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Final, TypeVar
 
@@ -113,13 +114,21 @@ class Via:
 
 def _check_ip(value: str, what: str) -> None:
     text = value[1:-1] if value.startswith("[") and value.endswith("]") else value
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
+    if not _is_ip_literal(text):
         if ":" in text:
             g.parse_ipv6(text)
             return
         raise ParseError(f"bad {what} address {value[:45]!r} in Via") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip_literal(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address (cached: peers' addresses repeat in every Via)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_via(value: str) -> Via:

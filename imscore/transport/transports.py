@@ -95,8 +95,15 @@ def _plain_ip(ip: str) -> str:
 def _key(address: tuple[str, int]) -> tuple[str, int]:
     """A socket address in one spelling (no brackets, compressed IPv6) for look-ups."""
     host, port = address
+    return (_spelling(host), int(port))
+
+
+@functools.lru_cache(maxsize=4096)
+def _spelling(host: str) -> str:
+    """The one spelling of an IP literal (no brackets, compressed IPv6); a name as it is (cached:
+    every message's flow is keyed by it)."""
     addr = _parse_ip(host)
-    return (str(addr) if addr is not None else host, int(port))
+    return str(addr) if addr is not None else host
 
 
 def _address(sockname: Any) -> tuple[str, int]:
