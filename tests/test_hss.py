@@ -197,6 +197,9 @@ def test_mar_gives_aka_vectors_a_usim_accepts_and_resynchronises(hss: tuple[str,
     async def body(client: CxClient) -> None:
         maa = await client.mar(impu, CAROL, SCSCF, scheme=d.SCHEME_AKAV1, count=2)
         assert result_of(maa) == (d.SUCCESS, 0)
+        # the MAA names the public identity it answers for (TS 29.229 §6.1.8; Kamailio's ims_auth
+        # refuses an answer without it: "No public identity specified")
+        assert maa.find(d.PUBLIC_IDENTITY, V).as_str() == impu  # type: ignore[union-attr]
         assert maa.find(d.SIP_NUMBER_AUTH_ITEMS, V).as_u32() == 2  # type: ignore[union-attr]
         items = list(maa.find_all(d.SIP_AUTH_DATA_ITEM, V))
         assert len(items) == 2
@@ -237,6 +240,7 @@ def test_mar_sip_digest_gives_ha1(hss: tuple[str, int]) -> None:
     async def body(client: CxClient) -> None:
         maa = await client.mar("sip:alice@ims.example.test", "alice@ims.example.test", SCSCF)
         assert result_of(maa) == (d.SUCCESS, 0)
+        assert maa.find(d.PUBLIC_IDENTITY, V).as_str() == "sip:alice@ims.example.test"  # type: ignore[union-attr]
         item = maa.find(d.SIP_AUTH_DATA_ITEM, V)
         assert item is not None
         assert item.find(d.SIP_AUTHENTICATION_SCHEME, V).as_str() == "SIP Digest"  # type: ignore[union-attr]
@@ -246,6 +250,22 @@ def test_mar_sip_digest_gives_ha1(hss: tuple[str, int]) -> None:
         assert digest.find(d.DIGEST_QOP).as_str() == "auth"  # type: ignore[union-attr]
         ha1 = hashlib.md5(b"alice@ims.example.test:ims.example.test:alice-secret").hexdigest()
         assert digest.find(d.DIGEST_HA1).as_str() == ha1  # type: ignore[union-attr]
+
+    run(hss, body)
+
+
+def test_mar_for_the_older_digest_md5_scheme_is_answered_as_sip_digest(hss: tuple[str, int]) -> None:
+    """Kamailio's S-CSCF asks for "Digest-MD5"; an H(A1) is a "SIP Digest" item, named so."""
+
+    async def body(client: CxClient) -> None:
+        maa = await client.mar(
+            "sip:alice@ims.example.test", "alice@ims.example.test", SCSCF, scheme="Digest-MD5"
+        )
+        assert result_of(maa) == (d.SUCCESS, 0)
+        item = maa.find(d.SIP_AUTH_DATA_ITEM, V)
+        assert item is not None
+        assert item.find(d.SIP_AUTHENTICATION_SCHEME, V).as_str() == d.SCHEME_SIP_DIGEST  # type: ignore[union-attr]
+        assert item.find(d.SIP_DIGEST_AUTHENTICATE, V) is not None
 
     run(hss, body)
 

@@ -267,7 +267,10 @@ class CxHss:
             authorization = None if item is None else item.find(d.SIP_AUTHORIZATION, V)
             return self._aka(request, subscriber, scheme, count, authorization)
         if scheme in (d.SCHEME_SIP_DIGEST, "Digest-MD5") and AUTH_DIGEST in subscriber.auth_schemes:
-            return self._digest(request, subscriber, scheme)
+            # answered as what it is, "SIP Digest" (TS 29.229 §6.3.13: an H(A1) in
+            # SIP-Digest-Authenticate, the S-CSCF makes the nonce), also to a request for the older
+            # "Digest-MD5" (Kamailio's ims_auth asks for it and reads an item by its scheme)
+            return self._digest(request, subscriber, d.SCHEME_SIP_DIGEST)
         return self._failure(request, d.ERROR_AUTH_SCHEME_NOT_SUPPORTED)
 
     def _aka(
@@ -313,6 +316,7 @@ class CxHss:
             request,
             result_code(d.SUCCESS),
             Avp.utf8(d.USER_NAME, subscriber.impi),
+            *_echoed_public_identity(request),
             Avp.u32(d.SIP_NUMBER_AUTH_ITEMS, len(items), V),
             *items,
         )
@@ -344,6 +348,7 @@ class CxHss:
             request,
             result_code(d.SUCCESS),
             Avp.utf8(d.USER_NAME, subscriber.impi),
+            *_echoed_public_identity(request),
             Avp.u32(d.SIP_NUMBER_AUTH_ITEMS, 1, V),
             item,
         )
@@ -393,3 +398,10 @@ class CxHss:
                 return self._answer(request, result_code(d.UNABLE_TO_COMPLY))
             return self._answer(request, result_code(d.SUCCESS), user_name, user_data)
         return self._failure(request, d.ERROR_IN_ASSIGNMENT_TYPE)
+
+
+def _echoed_public_identity(request: Message) -> list[Avp]:
+    """The MAR's Public-Identity, for its MAA (TS 29.229 §6.1.8 lists it; Kamailio's ims_auth
+    takes the identity from the answer and refuses one without it)."""
+    found = request.find(d.PUBLIC_IDENTITY, V)
+    return [] if found is None else [Avp.utf8(d.PUBLIC_IDENTITY, found.as_str(), V)]
