@@ -21,6 +21,7 @@ from imscore.registrar.gruu import Gruus, GruuTarget
 from imscore.registrar.identity import find_identity, phone_number, resolve_identity
 from imscore.registrar.model import FlowInfo, StoredBinding
 from imscore.registrar.outbound import flow_set, is_outbound
+from imscore.registrar.regevent import same_sender
 from imscore.registrar.store import BindingStore
 from imscore.sip import Request, SipError, SipUri, TelUri, Uri, parse_uri
 from imscore.sip.headers import parse_auth, parse_via
@@ -275,15 +276,17 @@ class Router:
     async def decide(self, request: Request, flow: FlowInfo, now: float) -> Decision:
         """Route an out-of-dialog request that passed :meth:`check` and the relay rules
         (:mod:`imscore.proxy.relay`), its own Route entry already popped and no other left."""
-        caller = await self._served_caller(request)
+        served = await self.originating_identity(request, flow, now)
+        caller = await self._served_caller(request, served)
         if caller is not None:
-            if _barred(caller, request.from_.uri):  # TS 24.229 §5.4.3.2
+            if _barred(caller, served):  # TS 24.229 §5.4.3.2
                 return Decision.answer(403, "Barred public identity may not originate")
             refused = await self._authorise(request, flow, caller, now)
             if refused is not None:
                 return refused
             if self.services is not None:  # the caller's originating iFCs (TS 24.229 §5.4.3.2)
-                routed = await self.services.originate(self, request, caller, flow, now)
+                shown = None if served is request.from_.uri else str(served)
+                routed = await self.services.originate(self, request, caller, flow, now, served=shown)
                 if routed is not None:
                     return routed
         if self.serves(request.uri):
@@ -317,9 +320,42 @@ class Router:
     def _trusted(self, flow: FlowInfo) -> bool:
         return flow.remote[0].strip("[]") in self.settings.trusted_peers
 
-    async def _served_caller(self, request: Request) -> Subscriber | None:
-        """The subscriber the request comes from, when its From is an identity we serve."""
-        uri = request.from_.uri
+    async def originating_identity(self, request: Request, flow: FlowInfo, now: float) -> Uri:
+        """Who an out-of-dialog request is from (TS 24.229 §5.4.3.2): its P-Asserted-Identity
+        (RFC 3325; the first SIP or tel one) when the element that sent it may assert identities
+        — a trusted peer, or the P-CSCF a served user of that identity registered through (the
+        sender of a REGISTER with a Path that made one of the user's live bindings) — and else its
+        From. A P-Asserted-Identity from anyone else is removed, not believed (RFC 3325 §5)."""
+        asserted = [a.uri for a in request.p_asserted_identity if isinstance(a.uri, SipUri | TelUri)]
+        if not asserted:
+            return request.from_.uri
+        if self._trusted(flow):
+            return asserted[0]
+        uri = asserted[0]
+        if self.serves(uri):
+            found, candidate = await find_identity(self.subscribers, uri)
+            resolved = await resolve_identity(self.plugins, self.subscribers, found, candidate)
+            subscriber = candidate if resolved is None else resolved[0]
+            if subscriber is not None and await self._behind_edge(subscriber, flow, now):
+                return uri
+        request.headers.remove("P-Asserted-Identity")
+        return request.from_.uri
+
+    async def _behind_edge(self, subscriber: Subscriber, flow: FlowInfo, now: float) -> bool:
+        """One of ``subscriber``'s live bindings came with a Path from the sender of ``flow``."""
+        for aor in subscriber.aors:
+            for binding in await self.bindings.load(aor):
+                seen = binding.flow
+                live = binding.path and seen is not None and not binding.expired(now)
+                if live and seen is not None and same_sender(seen, flow):
+                    return True
+        return False
+
+    async def _served_caller(self, request: Request, uri: Uri | None = None) -> Subscriber | None:
+        """The subscriber the request comes from, when ``uri`` (default: its From) is an identity
+        we serve."""
+        if uri is None:
+            uri = request.from_.uri
         if not self.serves(uri):
             return None
         uri, candidate = await find_identity(self.subscribers, uri)

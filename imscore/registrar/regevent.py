@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
@@ -128,6 +128,15 @@ def _device_key(binding: StoredBinding) -> str:
     return binding.uri
 
 
+def same_sender(registered: FlowInfo, flow: FlowInfo) -> bool:
+    """Whether ``flow`` comes from the element that sent a REGISTER on ``registered``: over UDP
+    the same address and port (an edge proxy sends from its listening socket), over TCP, TLS or
+    SCTP the same host (a proxy opens connections from ports of its own choosing)."""
+    if flow.transport == "udp":
+        return registered.transport == "udp" and registered.remote == flow.remote
+    return registered.remote[0] == flow.remote[0]
+
+
 class RegEventService:
     """The reg-event subscriptions of one registrar."""
 
@@ -172,12 +181,41 @@ class RegEventService:
         return True
 
     # -- SUBSCRIBE ---------------------------------------------------------------------------------
-    def authorised(self, flow: FlowInfo, bindings: Sequence[StoredBinding]) -> bool:
-        """Without a P-CSCF to assert the subscriber's identity, a SUBSCRIBE is accepted when it comes
-        from the flow of one of the set's registered devices (the UE watching itself, TS 24.229
-        §5.4.2.1.2). That its From is an IMPU of the same subscriber the registrar checks first
-        (through ``ims_identity_resolve``, so an identity a plugin resolves counts too)."""
-        return any(b.flow is not None and b.flow.remote == flow.remote for b in bindings)
+    def authorised(
+        self,
+        flow: FlowInfo,
+        bindings: Sequence[StoredBinding],
+        *,
+        own: bool = True,
+        trusted: bool = False,
+        servers: Collection[str] = (),
+    ) -> bool:
+        """Whether a reg-event SUBSCRIBE arriving on ``flow`` may watch the set whose live
+        bindings are ``bindings``. The watchers of TS 24.229 §5.4.2.1.2:
+
+        - **the UE** (``own``: its From is an IMPU of the subscriber, which the registrar checks
+          first through ``ims_identity_resolve``) from the flow of one of the set's registered
+          devices — its own flow, or the flow of the edge proxy (P-CSCF) it registered through;
+        - **the P-CSCF** the set registered through, whatever its From (its own SIP URI, §5.2.3):
+          the request comes from the sender of a REGISTER with a Path (RFC 3327) that made one of
+          the set's bindings (:func:`same_sender`);
+        - **an application server** of the subscriber's initial filter criteria (after its
+          third-party registration): the request comes from an AS's host, when the AS's URI names
+          an IP address (``servers``: those hosts), since a name cannot be resolved here;
+        - any watcher from a ``trusted`` peer (the profile's ``proxy.trusted_peers``).
+        """
+        if trusted:
+            return True
+        remote = flow.remote
+        for binding in bindings:
+            seen = binding.flow
+            if seen is None:
+                continue
+            if own and seen.remote == remote:
+                return True
+            if binding.path and same_sender(seen, flow):
+                return True
+        return remote[0].strip("[]") in servers
 
     def subscribe(
         self,

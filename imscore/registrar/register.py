@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +19,7 @@ from typing import Any, Final
 
 from imscore.plugin.types import Binding, BindingDecision
 from imscore.profile import Profile
-from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri, Uri
+from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri, Uri, parse_uri
 from imscore.subscribers import ImplicitSet, Subscriber, SubscriberStore
 
 from .authenticator import Authenticator, AuthOutcome, AuthResult
@@ -61,6 +62,25 @@ class RegisterOutcome:
     response: Response
     removed: tuple[StoredBinding, ...] = ()
     notifications: tuple[tuple[Request, FlowInfo], ...] = ()
+
+
+def _server_hosts(subscriber: Subscriber) -> frozenset[str]:
+    """The IP addresses named by the application servers of ``subscriber``'s initial filter
+    criteria (an AS named by a DNS name is left out: nothing is resolved here)."""
+    hosts: set[str] = set()
+    for ifc in subscriber.service_profile.ifcs:
+        try:
+            host = parse_uri(ifc.server.uri)
+        except SipError:
+            continue
+        if isinstance(host, SipUri):
+            name = host.host.strip("[]")
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                continue
+            hosts.add(name)
+    return frozenset(hosts)
 
 
 class Registrar:
@@ -336,8 +356,11 @@ class Registrar:
         if not own and isinstance(watcher, SipUri | TelUri):
             found = await resolve_identity(self.plugins, self.subscribers, watcher, subscriber)
             own = found is not None and found[0].impi == subscriber.impi
-        if not own or not self.regevent.authorised(flow, bindings):
-            return self._reply(request, 403, "Only a registered device of this user may subscribe"), ()
+        trusted = flow.remote[0].strip("[]") in self.profile.proxy.trusted_peers
+        servers = _server_hosts(subscriber)
+        if not self.regevent.authorised(flow, bindings, own=own, trusted=trusted, servers=servers):
+            why = "Only a registered device of this user, its P-CSCF or its AS may subscribe"
+            return self._reply(request, 403, why), ()
         impus = [u for u in implicit_set if not subscriber.is_barred(u)]
         status, headers, tag, notify = self.regevent.subscribe(
             request, flow, impus, aor, bindings, local_contact, now

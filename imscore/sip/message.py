@@ -695,6 +695,12 @@ class Message:
         return self._addresses("Service-Route")
 
     @property
+    def p_asserted_identity(self) -> list[Address]:
+        """P-Asserted-Identity (RFC 3325): the identities a trusted element asserts (one SIP or
+        SIPS URI and one tel URI at most)."""
+        return self._addresses("P-Asserted-Identity")
+
+    @property
     def p_associated_uri(self) -> list[Address]:
         return self._addresses("P-Associated-URI")
 
