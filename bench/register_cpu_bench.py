@@ -134,6 +134,7 @@ def main() -> int:
         help="binding store: memory: (default) or sqlite (a new file in a temporary folder each round)",
     )
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the server side")
+    parser.add_argument("--profile-out", metavar="FILE", help="with --profile: also write the pstats to FILE")
     args = parser.parse_args()
     if args.registrations < BLOCK:
         parser.error(f"--registrations must be at least {BLOCK}")
@@ -161,6 +162,8 @@ def main() -> int:
                 calls = getattr(stats, "total_calls", 0)
                 print(f"  {calls / args.registrations:.0f} function calls per registration")
                 stats.sort_stats("tottime").print_stats(25)
+                if args.profile_out:
+                    stats.dump_stats(args.profile_out)
     print(
         f"median {statistics.median(per_round):.0f} us per registration, best block "
         f"{min(best):.0f} us ({args.registrations} registrations x {args.rounds} rounds, "

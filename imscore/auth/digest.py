@@ -317,7 +317,7 @@ class NonceFactory:
         head = _TS.pack(_millis(now)) + rand
         return base64.urlsafe_b64encode(head + self._mac(head, extra)).decode("ascii").rstrip("=")
 
-    def issued_at(self, nonce: str, *, extra: bytes = b"") -> float | None:
+    def issued_at(self, nonce: object, *, extra: bytes = b"") -> float | None:
         """The ``now`` (to the millisecond) a nonce of ours was made at; ``None`` if it is not ours."""
         raw = _decode_nonce(nonce)
         if raw is None:
@@ -327,7 +327,7 @@ class NonceFactory:
             return None
         return float(_TS.unpack(head[: _TS.size])[0]) / 1000.0
 
-    def check(self, nonce: str, now: float, *, extra: bytes = b"") -> NonceCheck:
+    def check(self, nonce: object, now: float, *, extra: bytes = b"") -> NonceCheck:
         """Whether ``nonce`` is ours and fresh at ``now``. Never raises on garbage.
 
         Age exactly equal to the lifetime is still valid; a nonce stamped more than ``max_skew`` in the
@@ -335,7 +335,7 @@ class NonceFactory:
         """
         return self.inspect(nonce, now, extra=extra)[0]
 
-    def inspect(self, nonce: str, now: float, *, extra: bytes = b"") -> tuple[NonceCheck, float]:
+    def inspect(self, nonce: object, now: float, *, extra: bytes = b"") -> tuple[NonceCheck, float]:
         """:meth:`check` and :meth:`issued_at` at once: the verdict, and the issue time (``0.0``
         for an invalid nonce)."""
         issued = self.issued_at(nonce, extra=extra)
