@@ -23,6 +23,8 @@ class SubscriberError(Exception):
     :param impi: the entry's private identity, when it has a valid one.
     :param key: the key path inside the entry (``aka.k``, ``implicit_sets[0][1]``) or, without an
         ``index``, from the top of the document (``subscribers``); ``None`` when none applies.
+    :param entry: how the message names the entry instead of ``subscribers[index]``: a bulk file
+        (:mod:`imscore.subscribers.bulk`) says ``line 12``.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class SubscriberError(Exception):
         index: int | None = None,
         impi: str | None = None,
         key: str | None = None,
+        entry: str | None = None,
     ) -> None:
         self.source = source
         self.detail = detail
@@ -40,8 +43,9 @@ class SubscriberError(Exception):
         self.impi = impi
         self.key = key
         parts = [source]
-        if index is not None:
-            parts.append(f"subscribers[{index}]" + (f" ({impi})" if impi else ""))
+        if index is not None or entry is not None:
+            name = entry if entry is not None else f"subscribers[{index}]"
+            parts.append(name + (f" ({impi})" if impi else ""))
         if key is not None:
             parts.append(f"key {key!r}")
         parts.append(detail)

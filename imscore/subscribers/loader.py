@@ -15,9 +15,9 @@ string of so many characters), not the value.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Final, NoReturn, Protocol
 
 import yaml
 
@@ -52,6 +52,8 @@ ENTRY_KEYS: Final = (
     "max_devices",
     "service_profile",
 )
+#: The file name ending of a bulk subscriber file (JSON Lines, :mod:`imscore.subscribers.bulk`).
+BULK_SUFFIX: Final = ".jsonl"
 _AKA_KEYS: Final = ("k", "op", "opc", "amf", "sqn")
 _TOP_KEYS: Final = ("subscribers",)
 _HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
@@ -111,10 +113,17 @@ def demo_subscribers_path() -> Path:
 def load_subscribers(path: str | os.PathLike[str]) -> SubscriberDirectory:
     """Read a subscriber file, validate every entry, and return the subscribers.
 
-    :param path: the YAML file; messages name it as given.
+    A file whose name ends in ``.jsonl`` is a bulk file, one subscriber per line
+    (:func:`imscore.subscribers.bulk.load_bulk`); any other is YAML.
+
+    :param path: the YAML or bulk file; messages name it as given.
     :raises SubscriberError: one message: the file, the entry, the key and what was expected.
     """
     source = os.fspath(path)
+    if source.endswith(BULK_SUFFIX):
+        from .bulk import load_bulk
+
+        return load_bulk(path)
     return subscribers_from_data(_read_yaml(Path(path), source), source=source)
 
 
@@ -150,26 +159,59 @@ def subscribers_from_data(data: object, *, source: str) -> SubscriberDirectory:
     return SubscriberDirectory(subscribers, source=source)
 
 
+def _list_label(index: int) -> str:
+    """How a YAML file's messages name entry ``index``."""
+    return f"subscribers[{index}]"
+
+
+class Owners(Protocol):
+    """Who already holds a public identity: address-of-record key -> (entry index, IMPI, key path).
+
+    A plain dict is one; the bulk loader passes a compact index that answers the same.
+    """
+
+    def get(self, aor: str, /) -> tuple[int, str, str] | None: ...
+
+    def __setitem__(self, aor: str, owner: tuple[int, str, str], /) -> None: ...
+
+    def setdefault(self, aor: str, owner: tuple[int, str, str], /) -> tuple[int, str, str]: ...
+
+
+class Impis(Protocol):
+    """Which entry holds a private identity: IMPI key -> (entry index, IMPI as written)."""
+
+    def setdefault(self, key: str, first: tuple[int, str], /) -> tuple[int, str]: ...
+
+
 class _Entry:
-    """Validates one entry of the ``subscribers`` list."""
+    """Validates one entry of the ``subscribers`` list (or one line of a bulk file)."""
 
     def __init__(
         self,
         source: str,
         index: int,
         data: object,
-        owners: dict[str, tuple[int, str, str]],
-        impis: dict[str, tuple[int, str]],
+        owners: Owners,
+        impis: Impis,
+        label: Callable[[int], str] = _list_label,
     ) -> None:
         self.source = source
         self.index = index
         self.data = data
         self.owners = owners
         self.impis = impis
+        self.label = label
         self.impi: str | None = None
 
     def fail(self, detail: str, key: str | None = None) -> NoReturn:
-        raise SubscriberError(self.source, detail, index=self.index, impi=self.impi, key=key)
+        raise SubscriberError(
+            self.source,
+            detail,
+            index=self.index,
+            impi=self.impi,
+            key=key,
+            entry=None if self.label is _list_label else self.label(self.index),
+        )
 
     def build(self) -> Subscriber:
         data = self.data
@@ -193,7 +235,7 @@ class _Entry:
             self.fail(f"expected a private identity user@realm, got {_describe(impi)}", "impi")
         first, spelling = self.impis.setdefault(impi_key(self.impi), (self.index, self.impi))
         if first != self.index:
-            self.fail(f"expected each IMPI once, already subscribers[{first}] ({spelling})", "impi")
+            self.fail(f"expected each IMPI once, already {self.label(first)} ({spelling})", "impi")
 
         password = self.password(data.get("password"))
         aka = self.aka(data.get("aka"))
@@ -295,7 +337,7 @@ class _Entry:
             index, impi, where = owner
             if index != self.index:
                 self.fail(
-                    f"{value} is already an IMPU of subscribers[{index}] ({impi}), at {where!r}", key
+                    f"{value} is already an IMPU of {self.label(index)} ({impi}), at {where!r}", key
                 )
             if in_set:
                 self.fail(f"{value} is already in {where}; expected each IMPU in one implicit set", key)
