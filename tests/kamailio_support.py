@@ -1,0 +1,169 @@
+"""Real Kamailio processes for the IMS interop tests (tests/test_kamailio_*.py).
+
+:class:`Kamailio` runs Debian's ``kamailio`` in the foreground (``-DD -E``, its log on standard
+error, written to a file nobody has to read while it runs) with one of our configs from
+``tests/kamailio/`` and ``-A NAME=VALUE`` defines, in a temporary working directory (where a core
+file would land), and stops it by its PID. :func:`need_kamailio` skips a test (with the reason)
+when the binary or a module it loads is missing; CI's ``IMSCORE_REQUIRE_ALL=1`` turns that skip
+into a failure (tests/conftest.py). :func:`dbtext_directory` makes the db_text database that
+Kamailio's presence module (needed by ims_usrloc_scscf) opens. :class:`HssProcess` is ``imscore
+hss`` as a subprocess with the Origin-Host a cdp peer entry can name and resolve.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+from devices import stop_process
+
+CONFIGS = Path(__file__).parent / "kamailio"
+MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+#: the db_text table definitions Debian's kamailio package ships
+DBTEXT_TABLES = Path("/usr/share/kamailio/dbtext/kamailio")
+
+
+def need_kamailio(modules: Sequence[str]) -> str:
+    """The path of ``kamailio``; skips the test when it, or one of ``modules`` (names without
+    ``.so``), is not installed."""
+    binary = shutil.which("kamailio") or (
+        "/usr/sbin/kamailio" if Path("/usr/sbin/kamailio").exists() else None
+    )
+    if binary is None:
+        pytest.skip("binary missing: kamailio (Debian package kamailio)")
+    missing = [name for name in modules if not (MODULES / f"{name}.so").exists()]
+    if missing:
+        pytest.skip(
+            f"Kamailio modules missing: {', '.join(missing)} (Debian packages kamailio-ims-modules, "
+            "kamailio-presence-modules)"
+        )
+    return binary
+
+
+def free_udp_port() -> int:
+    """A loopback UDP port free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def free_tcp_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def dbtext_directory(directory: Path, tables: Sequence[str]) -> Path:
+    """A db_text database in ``directory`` with the ``version`` table and ``tables`` (empty, their
+    definitions copied from the kamailio package); skips when the definitions are missing."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("version", *tables):
+        source = DBTEXT_TABLES / name
+        if not source.exists():
+            pytest.skip(f"db_text table definition missing: {source} (Debian package kamailio)")
+        shutil.copyfile(source, directory / name)
+    return directory
+
+
+def define(value: str | int) -> str:
+    """A ``-A`` define's value: integers bare, anything else a quoted string for the config."""
+    return str(value) if isinstance(value, int) else '"' + value.replace('"', '\\"') + '"'
+
+
+class Kamailio:
+    """One ``kamailio -DD -E -f CONFIG`` in ``workdir``; its log in ``workdir/kamailio.log``."""
+
+    def __init__(
+        self, config: Path, workdir: Path, defines: Mapping[str, str | int], memory_mb: int = 64
+    ) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.defines = dict(defines)
+        self.memory_mb = memory_mb
+        self.log_path = workdir / "kamailio.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready: str, timeout: float = 15.0) -> None:
+        """Start it and wait until its log matches the regular expression ``ready``; fails with
+        the log's end when it exits or ``timeout`` passes first."""
+        binary = need_kamailio([])
+        args = [
+            binary,
+            "-DD",
+            "-E",
+            "-f",
+            str(self.config),
+            "-w",
+            str(self.workdir),
+            "-m",
+            str(self.memory_mb),
+        ]
+        for name, value in self.defines.items():
+            args += ["-A", f"{name}={define(value)}"]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        self.wait_for(ready, timeout)
+
+    def log(self) -> str:
+        """Everything it logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Wait until the log matches ``pattern``; fails with the log's end when Kamailio exits
+        or ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self.log())
+            if match is not None:
+                return match
+            exited = self.process is None or self.process.poll() is not None
+            if exited or time.monotonic() > deadline:
+                what = "exited" if exited else f"did not log {pattern!r} within {timeout} s"
+                raise AssertionError(f"kamailio {what}:\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+
+    def crashed(self) -> bool:
+        """Whether a child process of it died by a signal (Kamailio then logs it and ends)."""
+        return "exited by a signal" in self.log()
+
+    def stop(self) -> None:
+        """SIGTERM to its PID (the main process ends its children), then SIGKILL after 5 s."""
+        process, self.process = self.process, None
+        stop_process(process, grace=5.0)
+
+
+class HssProcess:
+    """``imscore hss`` on a free loopback port serving ``subscribers``; :attr:`port` is the one its
+    start-up line names. ``origin_host`` defaults to ``localhost``, a name cdp can resolve."""
+
+    def __init__(
+        self, subscribers: Path, realm: str, origin_host: str = "localhost", *extra: str
+    ) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "imscore", "hss", "--listen", "tcp:127.0.0.1:0",
+             "--subscribers", str(subscribers), "--origin-realm", realm, "--origin-host", origin_host,
+             *extra],
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert self.process.stderr is not None
+        line = self.process.stderr.readline()
+        match = re.search(r"Cx on tcp:127\.0\.0\.1:(\d+) as ", line)
+        if match is None:
+            stop_process(self.process)
+        assert match, line
+        self.port = int(match.group(1))
+
+    def stop(self) -> str:
+        """Stop it by its PID; what it wrote on standard error after the start-up line."""
+        stop_process(self.process)
+        assert self.process.stderr is not None
+        return self.process.stderr.read()

@@ -1,0 +1,188 @@
+"""Kamailio's own S-CSCF (ims_auth, ims_registrar_scscf, ims_usrloc_scscf over cdp; Debian's
+kamailio-ims-modules) with ``imscore hss`` as its HSS: a Cx client nobody here wrote.
+
+SIPp registers through it with Digest MD5 and with Digest-AKAv1-MD5: Kamailio asks our HSS by MAR
+(an H(A1), or a Milenage vector), challenges (401), checks the answer, tells our HSS by SAR and
+builds the 200's P-Associated-URI from our SAA's User-Data (TS 29.228 Annex E XML read by their
+parser). The config is tests/kamailio/scscf.cfg; its cdp peer file tests/kamailio/scscf.xml.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kamailio_support import (
+    CONFIGS,
+    HssProcess,
+    Kamailio,
+    dbtext_directory,
+    free_udp_port,
+    need_kamailio,
+)
+
+DOMAIN = "ims.example.test"
+FQDN = f"scscf.{DOMAIN}"
+MODULES = (
+    "tm", "sl", "rr", "pv", "xlog", "maxfwd", "textops", "siputils", "kex", "tmx", "db_text", "presence",
+    "ims_dialog", "cdp", "cdp_avp", "ims_usrloc_scscf", "ims_registrar_scscf", "ims_auth",
+)  # fmt: skip
+#: TS 35.208 test set 4's K and OP (SIPp 3.6.1 cannot answer a vector made with test set 1's)
+K = "fec86ba6eb707ed08905757b1bb44b8f"
+OP = "dbc59adcb6f9a0ef735477b7fadf8374"
+AMF = "725c"
+SUBSCRIBERS = f"""subscribers:
+  - impi: alice@{DOMAIN}
+    password: alice-secret
+    implicit_sets:
+      - [sip:alice@{DOMAIN}, tel:+15551230001, sip:alice.old@{DOMAIN}]
+    barred: [sip:alice.old@{DOMAIN}]
+  - impi: carol@{DOMAIN}
+    aka: {{k: {K}, op: {OP}, amf: {AMF}, sqn: "000000000020"}}
+    implicit_sets:
+      - [sip:carol@{DOMAIN}, tel:+15551230003]
+"""
+
+
+@dataclass
+class Core:
+    """Kamailio's S-CSCF on :attr:`sip_port`, asking :attr:`hss`."""
+
+    kamailio: Kamailio
+    hss: HssProcess
+    sip_port: int
+    workdir: Path
+
+
+def sipp_binary() -> str:
+    path = shutil.which("sipp")
+    if path is None:
+        pytest.skip("binary missing: sipp (Debian package sip-tester)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Core]:
+    need_kamailio(MODULES)
+    sipp_binary()
+    workdir = tmp_path_factory.mktemp("kamailio-scscf")
+    subscribers = workdir / "subscribers.yaml"
+    subscribers.write_text(SUBSCRIBERS)
+    hss = HssProcess(subscribers, DOMAIN)
+    try:
+        cdp = workdir / "scscf.xml"
+        template = (CONFIGS / "scscf.xml").read_text()
+        cdp.write_text(template.format(fqdn=FQDN, realm=DOMAIN, hss_port=hss.port))
+        database = dbtext_directory(
+            workdir / "db", ["presentity", "active_watchers", "watchers", "xcap", "pua"]
+        )
+        sip_port = free_udp_port()
+        kamailio = Kamailio(
+            CONFIGS / "scscf.cfg",
+            workdir,
+            {
+                "SIP_PORT": sip_port,
+                "DOMAIN": DOMAIN,
+                "SCSCF_URI": f"sip:{FQDN}:{sip_port}",
+                "CDP_CONFIG": str(cdp),
+                "DB_URL": f"text://{database}",
+            },
+        )
+        # cdp connects to the HSS peer on its own (and logs no open state at this level); its CER
+        # and our CEA follow the connect at once, before the first REGISTER's MAR
+        kamailio.start(rf"Peer localhost:{hss.port} connected", timeout=20)
+        time.sleep(0.3)
+        try:
+            yield Core(kamailio, hss, sip_port, workdir)
+        finally:
+            kamailio.stop()
+            assert not kamailio.crashed(), kamailio.log()[-4000:]
+    finally:
+        hss.stop()
+
+
+def register(core: Core, name: str, user: str, impi: str, algorithm: str, keyword: str) -> list[str]:
+    """Run tests/kamailio/scscf-register.xml once for ``user``; the messages of SIPp's trace."""
+    workdir = core.workdir / name
+    workdir.mkdir()
+    csv = workdir / "users.csv"
+    csv.write_text(f"SEQUENTIAL\n{user};{DOMAIN};{impi};{algorithm};{keyword}\n")
+    trace = workdir / "messages.log"
+    result = subprocess.run(
+        [
+            sipp_binary(), f"127.0.0.1:{core.sip_port}", "-sf", str(CONFIGS / "scscf-register.xml"),
+            "-inf", str(csv), "-i", "127.0.0.1", "-p", str(free_udp_port()), "-auth_uri", DOMAIN,
+            "-m", "1", "-timeout", "20", "-timeout_error", "-nostdin",
+            "-trace_msg", "-message_file", str(trace),
+            "-trace_err", "-error_file", str(workdir / "errors.log"),
+        ],
+        capture_output=True, text=True, timeout=60, cwd=workdir, check=False,
+    )  # fmt: skip
+    errors = (
+        (workdir / "errors.log").read_text(errors="replace") if (workdir / "errors.log").exists() else ""
+    )
+    messages = trace.read_text(errors="replace") if trace.exists() else ""
+    assert result.returncode == 0, (errors[-3000:], messages[-3000:], core.kamailio.log()[-3000:])
+    # SIPp's trace separates messages with "----" lines and timestamps; keep the SIP ones
+    return [block.strip() for block in re.split(r"\n-{5,}[^\n]*\n", messages) if "SIP/2.0" in block]
+
+
+def responses(messages: list[str], status: int) -> list[str]:
+    """The traced responses with ``status``, as text with CRLF line ends turned into LF."""
+    found = []
+    for block in messages:
+        at = block.find("SIP/2.0 ")
+        if at >= 0 and block[at:].startswith(f"SIP/2.0 {status} "):
+            found.append(block[at:].replace("\r\n", "\n"))
+    return found
+
+
+def header(message: str, name: str) -> str | None:
+    for line in message.split("\n"):
+        field, _, value = line.partition(":")
+        if field.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+def test_digest_md5_registration_through_kamailio_scscf(core: Core) -> None:
+    messages = register(
+        core, "digest", "alice", f"alice@{DOMAIN}", "MD5",
+        f"[authentication username=alice@{DOMAIN} password=alice-secret]",
+    )  # fmt: skip
+    (challenge,) = responses(messages, 401)
+    www = header(challenge, "WWW-Authenticate")
+    assert www is not None and www.startswith("Digest ")
+    assert f'realm="{DOMAIN}"' in www and "algorithm=MD5" in www
+    (ok,) = responses(messages, 200)
+    # Kamailio built these from our SAA: the implicit set in order, the default IMPU first, the
+    # barred sip:alice.old left out (TS 24.229 5.4.1.2.2)
+    assert header(ok, "P-Associated-URI") == f"<sip:alice@{DOMAIN}>, <tel:+15551230001>"
+    assert header(ok, "Service-Route") == f"<sip:orig@{FQDN}:{core.sip_port};lr>"
+    contact = header(ok, "Contact")
+    assert contact is not None and re.search(r"<sip:alice@127\.0\.0\.1:\d+>;expires=\d+", contact), (
+        contact
+    )
+    log = core.kamailio.log()
+    assert f"imscore-test: sip:alice@{DOMAIN} authenticated (MD5)" in log and "SAA return code 1" in log
+
+
+def test_aka_v1_registration_through_kamailio_scscf(core: Core) -> None:
+    messages = register(
+        core, "aka", "carol", f"carol@{DOMAIN}", "AKAv1-MD5",
+        f"[authentication username=carol@{DOMAIN} aka_K=0x{K} aka_OP=0x{OP} aka_AMF=0x{AMF}]",
+    )  # fmt: skip
+    (challenge,) = responses(messages, 401)
+    www = header(challenge, "WWW-Authenticate")
+    assert www is not None and "algorithm=AKAv1-MD5" in www
+    # our vector's CK and IK, which ims_auth puts in the challenge for a P-CSCF to take
+    assert re.search(r'ck="[0-9a-f]{32}"', www) and re.search(r'ik="[0-9a-f]{32}"', www), www
+    (ok,) = responses(messages, 200)
+    assert header(ok, "P-Associated-URI") == f"<sip:carol@{DOMAIN}>, <tel:+15551230003>"
+    assert f"imscore-test: sip:carol@{DOMAIN} authenticated (AKAv1-MD5)" in core.kamailio.log()
