@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--subscribers",
         metavar="FILE",
-        help="subscriber file (YAML; default: the shipped demo subscribers), or SCHEME:... of a "
+        help="subscriber file (YAML, or a bulk file *.jsonl: one JSON object per line; default: the "
+        "shipped demo subscribers), or SCHEME:... of a "
         "plugin's subscriber store (ims_register_subscriber_stores)",
     )
     serve.add_argument("--store", metavar="URL", help="memory: or sqlite:PATH (default: the profile's)")
@@ -146,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     from imscore.diameter.cli import add_hss_parser
 
     add_hss_parser(commands)
+    from imscore.subscribers.cli import add_subscribers_parser
+
+    add_subscribers_parser(commands)
     bindings = commands.add_parser(
         "bindings", help="list the registrations in the binding store (like kamctl ul show)"
     )
@@ -604,6 +608,15 @@ def _main(argv: Sequence[str] | None) -> int:
                 return run_hss(args)
             except HssCliError as exc:
                 raise CliError(str(exc)) from None
+        if args.command == "subscribers":
+            from imscore.subscribers import SubscriberError
+            from imscore.subscribers.cli import run_subscribers
+
+            try:
+                print(run_subscribers(args))
+            except (SubscriberError, ValueError) as exc:
+                raise CliError(str(exc)) from None
+            return 0
         if args.command == "lab":
             from imscore.lab.cli import run_lab
 

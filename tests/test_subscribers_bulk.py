@@ -270,3 +270,79 @@ def test_twenty_thousand_subscribers(tmp_path: Path) -> None:
         f"{path}: line {COUNT + 1} (late@{DOMAIN}): key 'implicit_sets[0][0]': tel:+15550000042 is "
         f"already an IMPU of line 43 (user00042@{DOMAIN}), at 'implicit_sets[0][1]'"
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line: convert, and serve with a bulk file
+
+
+def test_cli_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from imscore.cli import main
+
+    target = tmp_path / "demo.jsonl"
+    assert main(["subscribers", "convert", str(DEMO), str(target)]) == 0
+    count = len(load_subscribers(DEMO))
+    assert capsys.readouterr().out == f"{target}: {count} subscribers written from {DEMO}\n"
+    assert list(load_subscribers(target)) == list(load_subscribers(DEMO))
+    assert main(["subscribers", "convert", str(DEMO), str(tmp_path / "demo.txt")]) == 2
+    assert capsys.readouterr().err == (
+        f"imscore: {tmp_path / 'demo.txt'}: expected a bulk file name ending in .jsonl\n"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("subscribers:\n  - {impi: bob@ims.example.test, password: x}\n")
+    assert main(["subscribers", "convert", str(bad), str(tmp_path / "bad.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"imscore: {bad}: subscribers[0] (bob@ims.example.test): key 'implicit_sets'")
+    assert "Traceback" not in err
+
+
+def test_serve_registers_sipp_users_from_a_bulk_file(tmp_path: Path) -> None:
+    from test_serve import serve
+    from test_sipp_register import CALLS, USERS, run_sipp, sipp_binary
+
+    sipp_binary()
+    subscribers = tmp_path / "subscribers.jsonl"
+    subscribers.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "impi": f"user{i:05d}@{DOMAIN}",
+                    "password": "secret",
+                    "implicit_sets": [[f"sip:user{i:05d}@{DOMAIN}"]],
+                }
+            )
+            + "\n"
+            for i in range(USERS)
+        )
+    )
+    csv = tmp_path / "users.csv"
+    csv.write_text(
+        "SEQUENTIAL\n"
+        + "".join(
+            f"user{i:05d};{DOMAIN};[authentication username=user{i:05d}@{DOMAIN} password=secret]\n"
+            for i in range(USERS)
+        )
+    )
+    running = serve("--listen", "udp:127.0.0.1:0", "--subscribers", str(subscribers))
+    try:
+        run_sipp("register-digest.xml", running.addresses["udp"], csv, CALLS, tmp_path)
+    finally:
+        assert running.stop() == 0, "\n".join(running.log)
+    assert any(f"{USERS} from {subscribers}" in line for line in running.log), running.log
+
+
+def test_serve_rejects_a_bad_bulk_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    subscribers = tmp_path / "subs.jsonl"
+    subscribers.write_text('{"impi": "bob@ims.example.test", "password": "x"}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "imscore", "serve", "--subscribers", str(subscribers)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"imscore: {subscribers}: line 1 (bob@ims.example.test): key 'implicit_sets': required key "
+        "missing; expected a list of implicit registration sets, each a list of IMPUs\n"
+    )
