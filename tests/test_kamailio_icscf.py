@@ -373,3 +373,14 @@ def test_unknown_callee_is_refused_by_the_icscf(core: Core) -> None:
     (lir,) = _requests(core, d.LIR, since)
     assert result_of(_answer_to(core, lir)) == (d.ERROR_USER_UNKNOWN, V)
     assert final == 604, (status, final, caller.diagnostics())
+
+
+def test_every_message_on_the_wire_decodes_and_re_encodes(core: Core) -> None:
+    """Whatever crossed the relay in this module's run, cdp's requests and the HSS's answers,
+    decodes and re-encodes to the octets that were sent."""
+    recorded = core.relay.recorded
+    assert {r.direction for r in recorded} == {"up", "down"}
+    commands = {r.decode().command for r in recorded}
+    assert {d.CER, d.UAR, d.LIR} <= commands, commands
+    for r in recorded:
+        assert r.decode().encode() == r.octets, r
