@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import os
 import sqlite3
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Final, Protocol, runtime_checkable
@@ -94,10 +96,79 @@ def _copy(binding: StoredBinding) -> StoredBinding:
 _NO_EXTRA: dict[str, str] = {}
 
 
-def _kept(binding: StoredBinding) -> StoredBinding:
+def _shared_flow(flow: FlowInfo | None) -> FlowInfo | None:
+    """``flow`` with its remote host string shared with every other binding from that host."""
+    if flow is None:
+        return None
+    host, port = flow.remote
+    shared = sys.intern(host)
+    if shared is host:
+        return flow
+    return FlowInfo(flow.transport, (shared, port), flow.local, flow.connection)
+
+
+def _kept(binding: StoredBinding, aor: str) -> StoredBinding:
     """The copy the memory store keeps: its own ``extra``, or the shared empty one (64 octets less
-    for each of a million bindings, most of which have none)."""
-    return replace(binding, extra=dict(binding.extra) if binding.extra else _NO_EXTRA)
+    for each of a million bindings, most of which have none); the AOR string is the dict key's (one
+    string per AOR, not one per binding), and the User-Agent and the remote host are interned
+    strings (many devices share them). Equal to ``binding`` field by field."""
+    agent = binding.user_agent
+    return replace(
+        binding,
+        aor=aor,
+        extra=dict(binding.extra) if binding.extra else _NO_EXTRA,
+        user_agent=None if agent is None else sys.intern(agent),
+        flow=_shared_flow(binding.flow),
+    )
+
+
+#: what the memory store keeps per AOR: the one binding (most AORs), or a tuple of them
+_Kept = StoredBinding | tuple[StoredBinding, ...]
+
+
+def _as_tuple(kept: _Kept) -> tuple[StoredBinding, ...]:
+    return (kept,) if isinstance(kept, StoredBinding) else kept
+
+
+class _DueIndex:
+    """Which AORs have a binding due by a given time, for :meth:`MemoryBindingStore.expire`.
+
+    AORs are filed in buckets by the whole second their binding expires at or before
+    (``ceil(expires_at)``): a list slot per binding (the AOR string is the store's key), instead of
+    a heap entry of a tuple and its float. A heap of the bucket seconds orders the buckets. An
+    entry whose binding was since refreshed or removed stays until its bucket comes up (the store
+    checks the bindings themselves).
+    """
+
+    __slots__ = ("_buckets", "_seconds")
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, list[str]] = {}
+        self._seconds: list[int] = []
+
+    def add(self, expires_at: float, aor: str) -> None:
+        if not math.isfinite(expires_at):
+            if expires_at > 0 or expires_at != expires_at:
+                return  # +inf or NaN: never ``<= now``, never due
+            expires_at = float(-(2**62))  # -inf: due at once
+        second = math.ceil(expires_at)
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            self._buckets[second] = bucket = []
+            heapq.heappush(self._seconds, second)
+        bucket.append(aor)
+
+    def due(self, now: float) -> set[str]:
+        """The AORs that may have a binding with ``expires_at <= now``; buckets wholly due are
+        dropped, the bucket of the second under way (which may hold some) is kept."""
+        found: set[str] = set()
+        seconds, buckets = self._seconds, self._buckets
+        while seconds and seconds[0] <= now:
+            found.update(buckets.pop(heapq.heappop(seconds)))
+        partial = buckets.get(math.ceil(now))
+        if partial is not None:
+            found.update(partial)
+        return found
 
 
 class MemoryBindingStore:
@@ -108,50 +179,57 @@ class MemoryBindingStore:
     """
 
     def __init__(self) -> None:
-        # each AOR's bindings as a tuple (a list of one costs more, and they are replaced whole)
-        self._aors: dict[str, tuple[StoredBinding, ...]] | None = {}
-        # (expires_at, aor) of every binding saved: expire() looks only at AORs due, not at all
-        # of them (entries of bindings since refreshed or removed are skipped when they come up)
-        self._due: list[tuple[float, str]] = []
+        # each AOR's binding, or its bindings as a tuple when it has several (they are replaced
+        # whole; a tuple of one costs 48 octets more per AOR)
+        self._aors: dict[str, _Kept] | None = {}
+        self._due = _DueIndex()
 
-    def _data(self) -> dict[str, tuple[StoredBinding, ...]]:
+    def _data(self) -> dict[str, _Kept]:
         if self._aors is None:
             raise StoreError("store 'memory:': closed")
         return self._aors
 
     async def load(self, aor: str) -> list[StoredBinding]:
         """See :meth:`BindingStore.load`."""
-        return [_copy(b) for b in self._data().get(aor, ())]
+        kept = self._data().get(aor)
+        return [] if kept is None else [_copy(b) for b in _as_tuple(kept)]
 
     async def save(self, aor: str, bindings: Sequence[StoredBinding]) -> None:
         """See :meth:`BindingStore.save`."""
         data = self._data()
         _check_aor(aor, bindings)
-        if bindings:
-            data[aor] = tuple(sorted((_kept(b) for b in bindings), key=lambda b: b.registered_at))
-            for binding in bindings:
-                heapq.heappush(self._due, (binding.expires_at, aor))
-        else:
+        if not bindings:
             data.pop(aor, None)
+            return
+        # the key already stored (the AOR of its bindings), or this one: the string every binding
+        # of the AOR and its entries in the due index share
+        stored = data.get(aor)
+        key = aor if stored is None else _as_tuple(stored)[0].aor
+        if len(bindings) == 1:
+            data[key] = _kept(bindings[0], key)
+        else:
+            data[key] = tuple(sorted((_kept(b, key) for b in bindings), key=lambda b: b.registered_at))
+        for binding in bindings:
+            self._due.add(binding.expires_at, key)
 
     async def expire(self, now: float) -> list[StoredBinding]:
         """See :meth:`BindingStore.expire`."""
         data = self._data()
         gone: list[StoredBinding] = []
-        due: set[str] = set()
-        while self._due and self._due[0][0] <= now:
-            due.add(heapq.heappop(self._due)[1])
-        for aor in sorted(due):
-            bindings = data.get(aor)
-            if not bindings:
+        for aor in sorted(self._due.due(now)):
+            kept = data.get(aor)
+            if kept is None:
                 continue
+            bindings = _as_tuple(kept)
             expired = [b for b in bindings if b.expires_at <= now]
             if not expired:
                 continue
             gone.extend(_copy(b) for b in expired)
             live = tuple(b for b in bindings if b.expires_at > now)
-            if live:
+            if len(live) > 1:
                 data[aor] = live
+            elif live:
+                data[aor] = live[0]
             else:
                 del data[aor]
         return gone
@@ -159,15 +237,15 @@ class MemoryBindingStore:
     async def all(self) -> list[StoredBinding]:
         """See :meth:`BindingStore.all`."""
         data = self._data()
-        return [_copy(b) for aor in sorted(data) for b in data[aor]]
+        return [_copy(b) for aor in sorted(data) for b in _as_tuple(data[aor])]
 
     def counts(self, now: float) -> tuple[int, int]:
         """Live bindings and the AORs that have one (for metrics; no copies made)."""
         if self._aors is None:
             return 0, 0
         bindings = aors = 0
-        for stored in self._aors.values():
-            live = sum(1 for b in stored if b.expires_at > now)
+        for kept in self._aors.values():
+            live = sum(1 for b in _as_tuple(kept) if b.expires_at > now)
             bindings += live
             aors += 1 if live else 0
         return bindings, aors
