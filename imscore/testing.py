@@ -44,12 +44,14 @@ class RunningServer:
     ) -> None:
         from imscore.server.runtime import Server
 
-        listeners = [Listener(t, "127.0.0.1", 0) for t in transports]
+        extra = dict(options or {})
+        port = int(extra.pop("port", 0))  # 0: a free port per transport
+        listeners = [Listener(t, "127.0.0.1", port) for t in transports]
         self.server = Server(
             replace(profile, store="memory:"),
             listeners=listeners,
             extra_plugins=plugins,
-            **(options or {}),
+            **extra,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -91,7 +93,8 @@ def start_server(
 ) -> RunningServer:
     """Start a server on free loopback ports (call :meth:`RunningServer.stop` when done).
 
-    ``options`` go to :class:`~imscore.server.runtime.Server` (e.g. ``subscribers=`` a provider).
+    ``options`` go to :class:`~imscore.server.runtime.Server` (e.g. ``subscribers=`` a provider),
+    except ``port=``: the one port every transport listens on (default: a free one each).
     """
     loaded = load_profile(profile) if isinstance(profile, str) else profile
     return RunningServer(loaded, plugins, transports, options)

@@ -183,7 +183,7 @@ ERROR_CASES = [
     pytest.param(
         MIN + "registrar:\n  min_expire: 30\n",
         "key 'registrar.min_expire': unknown key; expected one of: "
-        "default_expires, max_expires, min_expires, unknown_user_status",
+        "default_expires, max_expires, min_expires, service_route, unknown_user_status",
         id="unknown-nested-key",
     ),
     pytest.param(
@@ -559,6 +559,7 @@ def test_effective_settings_fill_defaults(write: Writer) -> None:
             "max_expires": 7200,
             "default_expires": 3600,
             "unknown_user_status": 404,
+            "service_route": None,
         },
         "policies": {
             "binding_policy": {"plugin": "max-contacts", "options": {}},

@@ -296,6 +296,7 @@ def _build(plain: dict[str, object], default_name: str) -> Profile:
             max_expires=_int(registrar["max_expires"]),
             default_expires=_int(registrar["default_expires"]),
             unknown_user_status=_int(registrar["unknown_user_status"]),
+            service_route=_opt_str(registrar["service_route"]),
         ),
         policies={
             decision: PolicyChoice(
@@ -368,6 +369,7 @@ def effective_settings(profile: Profile) -> dict[str, Any]:
             "max_expires": profile.registrar.max_expires,
             "default_expires": profile.registrar.default_expires,
             "unknown_user_status": profile.registrar.unknown_user_status,
+            "service_route": profile.registrar.service_route,
         },
         "policies": {
             decision: {"plugin": choice.plugin, "options": copy.deepcopy(choice.options)}

@@ -445,6 +445,9 @@ class RegistrarSettings:
     max_expires: int = 7200
     default_expires: int = 3600
     unknown_user_status: int = 404
+    #: the Service-Route returned in a 200 (RFC 3608): a SIP URI naming this S-CSCF; ``None``:
+    #: ``sip:orig@<first domain>;lr``
+    service_route: str | None = None
 
 
 @dataclass(frozen=True)

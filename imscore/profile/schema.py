@@ -406,6 +406,7 @@ def _check_sip_uri(text: str) -> str:
         raise ValueError(f"expected a sip: or sips: URI, got {text!r} ({exc.reason})") from None
     return text
 
+
 _POLICY_FIELDS = {"plugin": Field(Str()), "options": Field(FreeMapping(), {})}
 
 PROFILE_SCHEMA: Final = Record(
@@ -444,6 +445,9 @@ PROFILE_SCHEMA: Final = Record(
                     "max_expires": Field(Int(minimum=1), _R.max_expires),
                     "default_expires": Field(Int(minimum=1), _R.default_expires),
                     "unknown_user_status": Field(OneOf(UNKNOWN_USER_STATUSES), _R.unknown_user_status),
+                    "service_route": Field(
+                        Optional(Parsed("a sip: URI", _check_sip_uri)), _R.service_route
+                    ),
                 },
                 checks=[_check_registrar],
             ),
@@ -484,9 +488,7 @@ PROFILE_SCHEMA: Final = Record(
                     "connect_timeout": Field(Number(), _C.connect_timeout),
                     "first_message_timeout": Field(Number(), _C.first_message_timeout),
                     "header_timeout": Field(Number(), _C.header_timeout),
-                    "max_connections_per_source": Field(
-                        Int(minimum=0), _C.max_connections_per_source
-                    ),
+                    "max_connections_per_source": Field(Int(minimum=0), _C.max_connections_per_source),
                 }
             ),
             {},

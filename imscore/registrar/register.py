@@ -119,7 +119,8 @@ class Registrar:
         self.authenticator.remote_credentials = self.remote is not None
         if self.authenticator.select_scheme is None:
             self.authenticator.select_scheme = self._select_scheme
-        self.service_route = f"<sip:orig@{profile.domains[0]};lr>"
+        route = profile.registrar.service_route or f"sip:orig@{profile.domains[0]};lr"
+        self.service_route = f"<{route}>"
         self.regevent = RegEventService(profile.reg_event.max_per_set, profile.reg_event.max_per_watcher)
         #: called with the AOR whose bindings a REGISTER or an expiry changed (worker processes tell
         #: each other, so a reg-event subscription held by another one hears of it too)
