@@ -7,7 +7,9 @@ file would land), and stops it by its PID. :func:`need_kamailio` skips a test (w
 when the binary or a module it loads is missing; CI's ``IMSCORE_REQUIRE_ALL=1`` turns that skip
 into a failure (tests/conftest.py). :func:`dbtext_directory` makes the db_text database that
 Kamailio's presence module (needed by ims_usrloc_scscf) opens. :class:`HssProcess` is ``imscore
-hss`` as a subprocess with the Origin-Host a cdp peer entry can name and resolve.
+hss`` as a subprocess with the Origin-Host a cdp peer entry can name and resolve. :func:`run_sipp`
+runs one SIPp scenario and gives back the messages of its trace, which :func:`responses` and
+:func:`header` read.
 """
 
 from __future__ import annotations
@@ -45,6 +47,58 @@ def need_kamailio(modules: Sequence[str]) -> str:
             "kamailio-presence-modules)"
         )
     return binary
+
+
+def sipp_binary() -> str:
+    """The path of ``sipp``; skips the test when it is not installed."""
+    path = shutil.which("sipp")
+    if path is None:
+        pytest.skip("binary missing: sipp (Debian package sip-tester)")
+    return path
+
+
+def run_sipp(
+    target: tuple[str, int], scenario: Path, rows: Sequence[str], workdir: Path, domain: str
+) -> list[str]:
+    """Run ``scenario`` once per CSV row (``rows``, fields joined by ``;``) against ``target``;
+    fails with SIPp's errors unless every call passes. The SIP messages of its trace, in order."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    csv = workdir / "users.csv"
+    csv.write_text("SEQUENTIAL\n" + "".join(f"{row}\n" for row in rows))
+    trace, errors = workdir / "messages.log", workdir / "errors.log"
+    result = subprocess.run(
+        [
+            sipp_binary(), f"{target[0]}:{target[1]}", "-sf", str(scenario), "-inf", str(csv),
+            "-i", "127.0.0.1", "-p", str(free_udp_port()), "-auth_uri", domain, "-m", str(len(rows)),
+            "-timeout", "20", "-timeout_error", "-nostdin",
+            "-trace_msg", "-message_file", str(trace), "-trace_err", "-error_file", str(errors),
+        ],
+        capture_output=True, text=True, timeout=60, cwd=workdir, check=False,
+    )  # fmt: skip
+    messages = trace.read_text(errors="replace") if trace.exists() else ""
+    failed = errors.read_text(errors="replace") if errors.exists() else ""
+    assert result.returncode == 0, (failed[-3000:], messages[-3000:], result.stdout[-1500:])
+    # SIPp's trace separates messages with "----" lines and timestamps; keep the SIP ones
+    return [block.strip() for block in re.split(r"\n-{5,}[^\n]*\n", messages) if "SIP/2.0" in block]
+
+
+def responses(messages: Sequence[str], status: int) -> list[str]:
+    """The traced responses with ``status``, their CRLF line ends made LF."""
+    found = []
+    for block in messages:
+        at = block.find("SIP/2.0 ")
+        if at >= 0 and block[at:].startswith(f"SIP/2.0 {status} "):
+            found.append(block[at:].replace("\r\n", "\n"))
+    return found
+
+
+def header(message: str, name: str) -> str | None:
+    """The first ``name`` header field's value in ``message`` (no compact forms), or ``None``."""
+    for line in message.split("\n"):
+        field, _, value = line.partition(":")
+        if field.strip().lower() == name.lower():
+            return value.strip()
+    return None
 
 
 def free_udp_port() -> int:

@@ -10,8 +10,6 @@ parser). The config is tests/kamailio/scscf.cfg; its cdp peer file tests/kamaili
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +22,11 @@ from kamailio_support import (
     Kamailio,
     dbtext_directory,
     free_udp_port,
+    header,
     need_kamailio,
+    responses,
+    run_sipp,
+    sipp_binary,
 )
 
 DOMAIN = "ims.example.test"
@@ -58,13 +60,6 @@ class Core:
     hss: HssProcess
     sip_port: int
     workdir: Path
-
-
-def sipp_binary() -> str:
-    path = shutil.which("sipp")
-    if path is None:
-        pytest.skip("binary missing: sipp (Debian package sip-tester)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -109,46 +104,9 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Core]:
 
 def register(core: Core, name: str, user: str, impi: str, algorithm: str, keyword: str) -> list[str]:
     """Run tests/kamailio/scscf-register.xml once for ``user``; the messages of SIPp's trace."""
-    workdir = core.workdir / name
-    workdir.mkdir()
-    csv = workdir / "users.csv"
-    csv.write_text(f"SEQUENTIAL\n{user};{DOMAIN};{impi};{algorithm};{keyword}\n")
-    trace = workdir / "messages.log"
-    result = subprocess.run(
-        [
-            sipp_binary(), f"127.0.0.1:{core.sip_port}", "-sf", str(CONFIGS / "scscf-register.xml"),
-            "-inf", str(csv), "-i", "127.0.0.1", "-p", str(free_udp_port()), "-auth_uri", DOMAIN,
-            "-m", "1", "-timeout", "20", "-timeout_error", "-nostdin",
-            "-trace_msg", "-message_file", str(trace),
-            "-trace_err", "-error_file", str(workdir / "errors.log"),
-        ],
-        capture_output=True, text=True, timeout=60, cwd=workdir, check=False,
-    )  # fmt: skip
-    errors = (
-        (workdir / "errors.log").read_text(errors="replace") if (workdir / "errors.log").exists() else ""
-    )
-    messages = trace.read_text(errors="replace") if trace.exists() else ""
-    assert result.returncode == 0, (errors[-3000:], messages[-3000:], core.kamailio.log()[-3000:])
-    # SIPp's trace separates messages with "----" lines and timestamps; keep the SIP ones
-    return [block.strip() for block in re.split(r"\n-{5,}[^\n]*\n", messages) if "SIP/2.0" in block]
-
-
-def responses(messages: list[str], status: int) -> list[str]:
-    """The traced responses with ``status``, as text with CRLF line ends turned into LF."""
-    found = []
-    for block in messages:
-        at = block.find("SIP/2.0 ")
-        if at >= 0 and block[at:].startswith(f"SIP/2.0 {status} "):
-            found.append(block[at:].replace("\r\n", "\n"))
-    return found
-
-
-def header(message: str, name: str) -> str | None:
-    for line in message.split("\n"):
-        field, _, value = line.partition(":")
-        if field.strip().lower() == name.lower():
-            return value.strip()
-    return None
+    row = f"{user};{DOMAIN};{impi};{algorithm};{keyword}"
+    target = ("127.0.0.1", core.sip_port)
+    return run_sipp(target, CONFIGS / "scscf-register.xml", [row], core.workdir / name, DOMAIN)
 
 
 def test_digest_md5_registration_through_kamailio_scscf(core: Core) -> None:
