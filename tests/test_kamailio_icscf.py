@@ -17,6 +17,7 @@ the HSS answered. SIPp plays the UE, the registered device and the caller.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
 import subprocess
@@ -53,6 +54,10 @@ SUBSCRIBERS = f"""subscribers:
     password: bob-secret
     implicit_sets:
       - [sip:bob@{DOMAIN}]
+  - impi: dave@{DOMAIN}
+    password: dave-secret
+    implicit_sets:
+      - [sip:dave@{DOMAIN}]
 """
 
 
@@ -120,11 +125,13 @@ def _icscf_database(path: Path, scscf_uri: str) -> None:
     db.close()
 
 
-def _start_hss(subscribers: Path, port: int, scscf_uri: str) -> subprocess.Popen[str]:
+def _start_hss(
+    subscribers: Path, port: int, scscf_uri: str, extra: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "imscore", "hss", "--listen", f"tcp:127.0.0.1:{port}",
          "--subscribers", str(subscribers), "--origin-realm", DOMAIN, "--origin-host", "localhost",
-         "--scscf", scscf_uri],
+         "--scscf", scscf_uri, *extra],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert process.stderr is not None
@@ -135,17 +142,22 @@ def _start_hss(subscribers: Path, port: int, scscf_uri: str) -> subprocess.Popen
     return process
 
 
-def _record_routing(directory: Path) -> Path:
+def _record_routing(directory: Path, trusted: bool = False) -> Path:
     """The default profile with ``proxy.record_route`` on: the S-CSCF stays on the dialog's path,
     so that the caller's ACK and BYE (which SIPp sends to the I-CSCF) reach the device from the
-    address its INVITE came from (SIPp answers a call's requests there)."""
+    address its INVITE came from (SIPp answers a call's requests there). ``trusted``: the I-CSCF's
+    address (127.0.0.1) in ``proxy.trusted_peers`` too."""
     shown = subprocess.run(
         [sys.executable, "-m", "imscore", "profile", "show", "default"],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     assert "record_route: false" in shown
+    shown = shown.replace("record_route: false", "record_route: true")
+    if trusted:
+        assert "trusted_peers: []" in shown
+        shown = shown.replace("trusted_peers: []", "trusted_peers: ['127.0.0.1']")
     profile = directory / "record-route.yaml"
-    profile.write_text(shown.replace("record_route: false", "record_route: true"))
+    profile.write_text(shown)
     return profile
 
 
@@ -158,21 +170,31 @@ def _peer_open(messages: list[Message]) -> bool:
 
 @pytest.fixture(scope="module")
 def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Core]:
+    with _running_core(tmp_path_factory.mktemp("icscf")) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _running_core(
+    workdir: Path, *, trusted: bool = False, hss_options: tuple[str, ...] = ()
+) -> Iterator[Core]:
+    """HSS (with ``hss_options`` added to its command line), S-CSCF (``trusted``: with the I-CSCF
+    among its trusted peers), relay and I-CSCF."""
     need_kamailio(MODULES)
     require_binary("sipp", "sip-tester")
-    workdir = tmp_path_factory.mktemp("icscf")
     subscribers = workdir / "subscribers.yaml"
     subscribers.write_text(SUBSCRIBERS)
     scscf_port = free_udp_port()
     scscf_uri = f"sip:127.0.0.1:{scscf_port}"
     hss_port = free_tcp_port()
-    hss = _start_hss(subscribers, hss_port, scscf_uri)
+    hss = _start_hss(subscribers, hss_port, scscf_uri, hss_options)
     relay = DiameterRelay(("127.0.0.1", hss_port)).start()
     scscf: Served | None = None
     kamailio: Kamailio | None = None
     try:
         scscf = serve(
-            "--listen", f"udp:127.0.0.1:{scscf_port}", "--profile", str(_record_routing(workdir)),
+            "--listen", f"udp:127.0.0.1:{scscf_port}",
+            "--profile", str(_record_routing(workdir, trusted)),
             "--subscribers", f"cx://127.0.0.1:{hss_port}?server_name={scscf_uri}",
         )  # fmt: skip
         database = workdir / "icscf.sqlite"
@@ -353,6 +375,51 @@ def test_terminating_invite_through_the_icscf(core: Core) -> None:
     lia = _answer_to(core, lir)
     assert result_of(lia) == (d.SUCCESS, 0)
     assert _text(lia, d.SERVER_NAME, V) == core.scscf_uri
+
+
+def _home_caller(core: Core, name: str) -> tuple[SippDevice, SippCaller]:
+    """bob's device registered through the I-CSCF, and dave (a user of the served domain, not
+    registered) calling him through the I-CSCF."""
+    workdir = core.workdir / name
+    device = SippDevice(f"{name}-bob", "answer", core.icscf, workdir, user="bob", password="bob-secret")
+    caller = SippCaller(
+        f"{name}-dave", core.icscf, f"sip:bob@{DOMAIN}", workdir, caller=f"sip:dave@{DOMAIN}"
+    )
+    return device, caller
+
+
+def test_a_caller_of_the_served_domain_needs_the_icscf_trusted(core: Core) -> None:
+    """dave of the served domain calls bob through the I-CSCF: imscore takes the INVITE for
+    dave's originating request, which with cx:// it cannot challenge: 403 (see the next test)."""
+    device, caller = _home_caller(core, "untrusted")
+    try:
+        device.start()
+        device.wait_registered(timeout=10)
+        caller.start()
+        caller.wait(timeout=20)
+        assert caller.final_status() == 403, caller.diagnostics()
+        assert device.received_methods() == []
+    finally:
+        caller.stop()
+        device.stop()
+
+
+def test_a_caller_of_the_served_domain_through_a_trusted_icscf(tmp_path: Path) -> None:
+    """With the I-CSCF's address in ``proxy.trusted_peers``, dave's call to bob through the I-CSCF
+    rings bob's device and is answered."""
+    with _running_core(tmp_path, trusted=True) as trusted:
+        device, caller = _home_caller(trusted, "trusted")
+        try:
+            device.start()
+            device.wait_registered(timeout=10)
+            caller.start()
+            caller.finish(timeout=20)
+            assert caller.final_status() == 200
+            device.finish(timeout=10)
+            assert device.received_methods() == ["INVITE", "ACK", "BYE"]
+        finally:
+            caller.stop()
+            device.stop()
 
 
 def test_unknown_callee_is_refused_by_the_icscf(core: Core) -> None:
