@@ -27,7 +27,8 @@ import pytest
 from devices import stop_process
 
 CONFIGS = Path(__file__).parent / "kamailio"
-MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+#: where Debian installs Kamailio's modules (the multiarch directory of this machine)
+MODULES = next(iter(sorted(Path("/usr/lib").glob("*/kamailio/modules"))), Path("/usr/lib/kamailio"))
 #: the db_text table definitions Debian's kamailio package ships
 DBTEXT_TABLES = Path("/usr/share/kamailio/dbtext/kamailio")
 
