@@ -58,6 +58,10 @@ SUBSCRIBERS = f"""subscribers:
     password: dave-secret
     implicit_sets:
       - [sip:dave@{DOMAIN}]
+  - impi: erin@{DOMAIN}
+    password: erin-secret
+    implicit_sets:
+      - [sip:erin@{DOMAIN}]
 """
 
 
@@ -402,6 +406,31 @@ def test_a_caller_of_the_served_domain_needs_the_icscf_trusted(core: Core) -> No
     finally:
         caller.stop()
         device.stop()
+
+
+def test_a_user_registered_through_the_icscf_has_the_icscfs_address_as_flow(core: Core) -> None:
+    """erin registered through the I-CSCF (no Path), so her flow is the I-CSCF's address: the same
+    call that is refused for dave (previous test) is accepted "from" erin through the untrusted
+    I-CSCF, by ``registered-flow`` (docs/ims-core.rst says so)."""
+    workdir = core.workdir / "flow"
+    erin = SippDevice("erin", "answer", core.icscf, workdir, user="erin", password="erin-secret")
+    bob, _ = _home_caller(core, "flow")
+    caller = SippCaller(
+        "flow-erin", core.icscf, f"sip:bob@{DOMAIN}", workdir, caller=f"sip:erin@{DOMAIN}"
+    )
+    try:
+        erin.start()
+        erin.wait_registered(timeout=10)
+        bob.start()
+        bob.wait_registered(timeout=10)
+        caller.start()
+        caller.finish(timeout=20)
+        assert caller.final_status() == 200
+        assert bob.received_methods()[:1] == ["INVITE"]
+    finally:
+        caller.stop()
+        bob.stop()
+        erin.stop()
 
 
 def test_a_caller_of_the_served_domain_through_a_trusted_icscf(tmp_path: Path) -> None:
