@@ -59,10 +59,16 @@ def sipp_binary() -> str:
 
 
 def run_sipp(
-    target: tuple[str, int], scenario: Path, rows: Sequence[str], workdir: Path, domain: str
+    target: tuple[str, int],
+    scenario: Path,
+    rows: Sequence[str],
+    workdir: Path,
+    domain: str,
+    port: int | None = None,
 ) -> list[str]:
-    """Run ``scenario`` once per CSV row (``rows``, fields joined by ``;``) against ``target``;
-    fails with SIPp's errors unless every call passes. The SIP messages of its trace, in order."""
+    """Run ``scenario`` once per CSV row (``rows``, fields joined by ``;``) against ``target``
+    from local UDP ``port`` (default: a free one); fails with SIPp's errors unless every call
+    passes. The SIP messages of its trace, in order."""
     workdir.mkdir(parents=True, exist_ok=True)
     csv = workdir / "users.csv"
     csv.write_text("SEQUENTIAL\n" + "".join(f"{row}\n" for row in rows))
@@ -70,8 +76,8 @@ def run_sipp(
     result = subprocess.run(
         [
             sipp_binary(), f"{target[0]}:{target[1]}", "-sf", str(scenario), "-inf", str(csv),
-            "-i", "127.0.0.1", "-p", str(free_udp_port()), "-auth_uri", domain, "-m", str(len(rows)),
-            "-timeout", "20", "-timeout_error", "-nostdin",
+            "-i", "127.0.0.1", "-p", str(port or free_udp_port()), "-auth_uri", domain,
+            "-m", str(len(rows)), "-timeout", "20", "-timeout_error", "-nostdin",
             "-trace_msg", "-message_file", str(trace), "-trace_err", "-error_file", str(errors),
         ],
         capture_output=True, text=True, timeout=60, cwd=workdir, check=False,

@@ -9,6 +9,7 @@ parser). The config is tests/kamailio/scscf.cfg; its cdp peer file tests/kamaili
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -29,6 +30,10 @@ from kamailio_support import (
     sipp_binary,
 )
 
+from imscore.diameter import dictionary as d
+from imscore.diameter.client import CxClient
+from imscore.diameter.messages import result_of
+
 DOMAIN = "ims.example.test"
 FQDN = f"scscf.{DOMAIN}"
 MODULES = (
@@ -45,6 +50,10 @@ SUBSCRIBERS = f"""subscribers:
     implicit_sets:
       - [sip:alice@{DOMAIN}, tel:+15551230001, sip:alice.old@{DOMAIN}]
     barred: [sip:alice.old@{DOMAIN}]
+  - impi: dave@{DOMAIN}
+    password: dave-secret
+    implicit_sets:
+      - [sip:dave@{DOMAIN}, tel:+15551230004]
   - impi: carol@{DOMAIN}
     aka: {{k: {K}, op: {OP}, amf: {AMF}, sqn: "000000000020"}}
     implicit_sets:
@@ -102,11 +111,21 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Core]:
         hss.stop()
 
 
-def register(core: Core, name: str, user: str, impi: str, algorithm: str, keyword: str) -> list[str]:
-    """Run tests/kamailio/scscf-register.xml once for ``user``; the messages of SIPp's trace."""
-    row = f"{user};{DOMAIN};{impi};{algorithm};{keyword}"
+def register(
+    core: Core,
+    name: str,
+    user: str,
+    impi: str,
+    algorithm: str,
+    keyword: str,
+    expires: int = 600,
+    port: int | None = None,
+) -> list[str]:
+    """Run tests/kamailio/scscf-register.xml once for ``user`` (its contact on UDP ``port``,
+    default a free one); the messages of SIPp's trace."""
+    row = f"{user};{DOMAIN};{impi};{algorithm};{keyword};{expires}"
     target = ("127.0.0.1", core.sip_port)
-    return run_sipp(target, CONFIGS / "scscf-register.xml", [row], core.workdir / name, DOMAIN)
+    return run_sipp(target, CONFIGS / "scscf-register.xml", [row], core.workdir / name, DOMAIN, port)
 
 
 def test_digest_md5_registration_through_kamailio_scscf(core: Core) -> None:
@@ -145,3 +164,42 @@ def test_aka_v1_registration_through_kamailio_scscf(core: Core) -> None:
     (ok,) = responses(messages, 200)
     assert header(ok, "P-Associated-URI") == f"<sip:carol@{DOMAIN}>, <tel:+15551230003>"
     core.kamailio.wait_for(rf"imscore-test: sip:carol@{DOMAIN} authenticated \(AKAv1-MD5\)", timeout=5)
+
+
+def uar(core: Core, impu: str, impi: str) -> tuple[tuple[int, int] | None, str | None]:
+    """Ask our HSS, as a second peer with our own Cx client, what it recorded of ``impu``: the
+    UAA's result and Server-Name."""
+
+    async def ask() -> tuple[tuple[int, int] | None, str | None]:
+        client = await CxClient.connect(
+            "127.0.0.1",
+            core.hss.port,
+            origin_host=f"icscf.{DOMAIN}",
+            origin_realm=DOMAIN,
+            destination_realm=DOMAIN,
+        )
+        try:
+            answer = await client.uar(impu, impi)
+        finally:
+            await client.close()
+        name = answer.find(d.SERVER_NAME, d.VENDOR_3GPP)
+        return result_of(answer), None if name is None else name.as_str()
+
+    return asyncio.run(asyncio.wait_for(ask(), 10))
+
+
+def test_kamailio_scscfs_sar_registers_and_deregisters_at_our_hss(core: Core) -> None:
+    impi = f"dave@{DOMAIN}"
+    keyword = f"[authentication username={impi} password=dave-secret]"
+    port = free_udp_port()  # one contact, registered then removed (Kamailio refuses, with 500
+    # "SAR failed" and no SAR, to remove a contact it does not hold)
+    register(core, "register", "dave", impi, "MD5", keyword, port=port)
+    # the SAR REGISTRATION stored Kamailio's Server-Name for the set, tel URI included
+    scscf = f"sip:{FQDN}:{core.sip_port}"
+    assert uar(core, "tel:+15551230004", impi) == ((d.SUBSEQUENT_REGISTRATION, d.VENDOR_3GPP), scscf)
+    messages = register(core, "deregister", "dave", impi, "MD5", keyword, expires=0, port=port)
+    (ok,) = responses(messages, 200)
+    contact = header(ok, "Contact")  # the removed binding, listed with expires=0
+    assert contact is not None and contact.endswith(f":{port}>;expires=0"), contact
+    # Kamailio's SAR USER_DEREGISTRATION: the set is not registered any more
+    assert uar(core, f"sip:dave@{DOMAIN}", impi)[0] == (d.FIRST_REGISTRATION, d.VENDOR_3GPP)
