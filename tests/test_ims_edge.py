@@ -238,3 +238,28 @@ def test_p_asserted_identity_is_believed_only_from_the_users_pcscf(server: Runni
         edge.close()
         bob.close()
         stranger.close()
+
+
+# -- where a request to a device behind a Path goes ---------------------------------------------
+
+
+def test_a_request_follows_the_path_when_its_first_hop_is_not_where_the_register_came_from() -> None:
+    from imscore.proxy.router import nat_decision
+    from imscore.registrar.model import FlowInfo, StoredBinding
+
+    def binding(path: tuple[str, ...], remote: tuple[str, int]) -> StoredBinding:
+        flow = FlowInfo("udp", remote, ("127.0.0.1", 5060))
+        return StoredBinding(
+            aor=ALICE, impi=f"alice@{DOMAIN}", contact="<sip:a@10.0.0.7>", uri="sip:a@10.0.0.7",
+            expires_at=600.0, registered_at=0.0, path=path, flow=flow,
+        )  # fmt: skip
+
+    # the P-CSCF sent the REGISTER itself: its flow (the same address)
+    flow, why = nat_decision(binding(("<sip:term@192.0.2.5:5062;lr>",), ("192.0.2.5", 5062)))
+    assert flow is not None and "Path" in why
+    # an I-CSCF (192.0.2.9) sent it: the Path's first hop, not the I-CSCF
+    flow, why = nat_decision(binding(("<sip:term@192.0.2.5:5062;lr>",), ("192.0.2.9", 5060)))
+    assert flow is None and "192.0.2.5:5062" in why
+    # a first hop named by a host name cannot be compared: the flow, as before
+    flow, _ = nat_decision(binding(("<sip:term@pcscf.example.test;lr>",), ("192.0.2.9", 5060)))
+    assert flow is not None

@@ -80,8 +80,10 @@ def nat_decision(binding: StoredBinding) -> tuple[FlowInfo | None, str]:
 
     The flow is used when the device registered over TCP or TLS (the same connection carries the
     request, RFC 5626), when its REGISTER came through a Path (the first hop is where it came
-    from), and when the Contact names a private or unresolvable address that differs from the
-    address the REGISTER came from (a NAT, RFC 3581). Loopback counts as reachable.
+    from — unless that hop names an IP address other than the flow's, as when an I-CSCF stood
+    between the P-CSCF and us: then the Path's first hop), and when the Contact names a private
+    or unresolvable address that differs from the address the REGISTER came from (a NAT,
+    RFC 3581). Loopback counts as reachable.
     """
     flow = binding.flow
     if flow is None:
@@ -92,6 +94,11 @@ def nat_decision(binding: StoredBinding) -> tuple[FlowInfo | None, str]:
     if flow.connection is not None:
         return flow, f"registered over {flow.transport.upper()}: the same connection ({seen})"
     if binding.path:
+        hop = _path_hop(binding.path[0])
+        if hop is not None and hop != (flow.remote[0].strip("[]"), flow.remote[1]):
+            # an I-CSCF between the P-CSCF and us sent the REGISTER: the Path's first hop is not
+            # where it came from (RFC 3327 §5: requests follow the Path)
+            return None, f"registered through a Path whose first hop {_hostport(*hop)} is not the {seen}"
         return flow, f"registered through a Path: {seen}"
     try:
         uri = SipUri.parse(binding.uri)
@@ -105,6 +112,22 @@ def nat_decision(binding: StoredBinding) -> tuple[FlowInfo | None, str]:
     if is_private_host(host):
         return flow, f"{contact} is a private or unresolvable address and differs from the {seen}"
     return None, f"{contact} is reachable (the {seen} differs)"
+
+
+def _path_hop(entry: str) -> tuple[str, int] | None:
+    """The address of a Path entry whose URI names an IP address (its port, or the scheme's
+    default); ``None`` for a host name or an entry that does not parse."""
+    text = entry[1 : entry.index(">")] if entry.startswith("<") and ">" in entry else entry
+    try:
+        uri = SipUri.parse(text)
+    except SipError:
+        return None
+    host = uri.host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host, uri.port or (5061 if uri.scheme == "sips" else 5060)
 
 
 def flow_for(binding: StoredBinding) -> FlowInfo | None:
