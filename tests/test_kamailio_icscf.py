@@ -17,6 +17,7 @@ the HSS answered. SIPp plays the UE, the registered device and the caller.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import sqlite3
@@ -32,9 +33,11 @@ import pytest
 from devices import SippCaller, SippDevice, free_tcp_port, free_udp_port, require_binary, stop_process
 from diameter_relay import DiameterRelay
 from kamailio_support import Kamailio, need_kamailio
+from sipua import Phone
 from test_serve import Served, serve
 
 from imscore.diameter import dictionary as d
+from imscore.diameter.client import CxClient
 from imscore.diameter.codec import Message
 from imscore.diameter.messages import result_of
 from imscore.sip import Response, parse_datagram
@@ -62,6 +65,10 @@ SUBSCRIBERS = f"""subscribers:
     password: erin-secret
     implicit_sets:
       - [sip:erin@{DOMAIN}]
+  - impi: frank@{DOMAIN}
+    password: frank-secret
+    implicit_sets:
+      - [sip:frank@{DOMAIN}, tel:+15551230006]
 """
 
 
@@ -75,6 +82,7 @@ class Core:
     kamailio: Kamailio
     scscf: Served
     hss: subprocess.Popen[str]
+    hss_port: int
     workdir: Path
 
     def diagnostics(self) -> str:
@@ -222,7 +230,7 @@ def _running_core(
         deadline = time.monotonic() + 10
         while sip_ping(icscf) != 200:
             assert time.monotonic() < deadline, f"no answer to OPTIONS\n{kamailio.log()[-4000:]}"
-        yield Core(icscf, scscf_uri, relay, kamailio, scscf, hss, workdir)
+        yield Core(icscf, scscf_uri, relay, kamailio, scscf, hss, hss_port, workdir)
     finally:
         if kamailio is not None:
             kamailio.stop()
@@ -293,6 +301,57 @@ def test_register_through_the_icscf(core: Core) -> None:
     assert _text(first, d.SERVER_NAME, V) == core.scscf_uri
     assert result_of(second) == (d.SUBSEQUENT_REGISTRATION, V)
     assert _text(second, d.SERVER_NAME, V) == core.scscf_uri
+
+
+def test_re_and_de_registration_through_the_icscf(core: Core) -> None:
+    """frank's phone registers, re-registers and de-registers through the I-CSCF: each REGISTER
+    is a UAR (the de-registration's with User-Authorization-Type DE_REGISTRATION), answered with
+    the S-CSCF's name, and the HSS forgets the S-CSCF once imscore's SAR told it."""
+    frank = f"sip:frank@{DOMAIN}"
+    phone = Phone(core.icscf, "frank-phone", f"frank@{DOMAIN}", "frank-secret", frank)
+    try:
+        assert _ask_hss(core, frank) == (d.ERROR_IDENTITY_NOT_REGISTERED, V)
+        since = len(core.relay.messages("up"))
+        assert phone.register().status == 200
+        assert _ask_hss(core, frank) == (d.SUCCESS, 0)  # imscore's SAR REGISTRATION reached it
+        again = phone.register()
+        assert again.status == 200
+        assert [str(a.uri) for a in again.p_associated_uri] == [frank, "tel:+15551230006"]
+        gone = phone.register(expires=0)
+        assert gone.status == 200, (gone.status, gone.reason)
+    finally:
+        phone.close()
+    uars = _requests(core, d.UAR, since)
+    kinds = [uar.find(d.USER_AUTHORIZATION_TYPE, V) for uar in uars]
+    assert [k.as_u32() if k is not None else d.UAT_REGISTRATION for k in kinds] == [
+        d.UAT_REGISTRATION, d.UAT_REGISTRATION, d.UAT_REGISTRATION, d.UAT_REGISTRATION,
+        d.UAT_DE_REGISTRATION, d.UAT_DE_REGISTRATION,
+    ], kinds  # fmt: skip
+    answers = [_answer_to(core, uar) for uar in uars]
+    assert result_of(answers[-1]) == (d.SUCCESS, 0)  # DE_REGISTRATION: 2001 with the name
+    assert all(_text(a, d.SERVER_NAME, V) == core.scscf_uri for a in answers)
+    # imscore's SAR USER_DEREGISTRATION (sent after the 200) leaves the set without an S-CSCF
+    deadline = time.monotonic() + 5
+    while (result := _ask_hss(core, frank)) != (d.ERROR_IDENTITY_NOT_REGISTERED, V):
+        assert time.monotonic() < deadline, result
+        time.sleep(0.1)
+
+
+def _ask_hss(core: Core, impu: str, impi: str = f"frank@{DOMAIN}") -> object:
+    """A UAR DE_REGISTRATION from our own Cx client (a second peer of the HSS): its result."""
+
+    async def main() -> object:
+        client = await CxClient.connect(
+            "127.0.0.1", core.hss_port, origin_host="probe.ims.example.test",
+            origin_realm=DOMAIN, destination_realm=DOMAIN,
+        )  # fmt: skip
+        try:
+            answer = await client.uar(impu, impi, kind=d.UAT_DE_REGISTRATION)
+        finally:
+            await client.close()
+        return result_of(answer)
+
+    return asyncio.run(asyncio.wait_for(main(), 10))
 
 
 def _response(block: str) -> Response:
