@@ -10,11 +10,10 @@ subscribes to the user's reg event as itself and imscore accepts it as the watch
 UE from another network reaches it through the Path imscore stored (the P-CSCF takes it on its
 own Route entry); a de-registration is NOTIFYed to the P-CSCF, which takes that NOTIFY too.
 
-Not proven here: a call *originated* by a UE through this P-CSCF. Kamailio 5.6's ims_usrloc_pcscf
-saves the UE's contact on the 200 (``pcscf_save`` succeeds) but then finds it neither for
-``pcscf_is_registered`` nor when reading imscore's NOTIFY ("not in usrloc - must be another
-contact on a different P"), with or without ``;transport=udp`` in the Contact; so this config
-refuses the UE's INVITE (403) and the reginfo it reads changes nothing in its usrloc.
+A second UE calls the first through the P-CSCF: Kamailio finds the caller registered, asserts
+its identity (P-Asserted-Identity) and sends the INVITE along its Service-Route; imscore takes
+that identity as the caller (the P-CSCF is where the caller's REGISTER came from) and sends the
+call to the callee through its Path.
 """
 
 from __future__ import annotations
@@ -146,6 +145,23 @@ def test_ues_register_call_and_deregister_through_kamailios_pcscf(
         # imscore's Via and the P-CSCF's above the caller's
         assert len(received.via) == 3
         kamailio.wait_for(r"pcscf: terminating INVITE")
+
+        # bob calls alice through the P-CSCF: it finds bob registered, asserts his identity and
+        # sends the INVITE along his Service-Route; imscore believes that assertion (the P-CSCF
+        # is where bob's REGISTER came from) and sends the call to alice through her Path
+        rang.clear()
+        ringer = threading.Thread(target=ring)
+        ringer.start()
+        invite = bob.request("INVITE", ALICE)
+        bob.send(invite)
+        final = bob.expect("final", 15)
+        assert isinstance(final, Response)
+        bob.send(build_ack(invite, final))
+        ringer.join(15)
+        assert final.status == 486, final.reason
+        (received,) = rang
+        assert [str(a.uri) for a in received.p_asserted_identity] == [BOB]
+        kamailio.wait_for(r"pcscf: originating INVITE from registered sip:bob@")
 
         # alice de-registers: the P-CSCF hears it
         before = kamailio.log().count("reginfo NOTIFY handled")
