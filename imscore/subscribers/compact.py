@@ -15,10 +15,14 @@ from collections.abc import Callable, Iterator
 
 from imscore.sip import Uri
 
+from . import model
 from .directory import SubscriberDirectory
 from .model import Subscriber, impi_key, impu_key
 
-__all__ = ["DEFAULT_CACHE", "CompactDirectory"]
+#: builds the subscriber at a position of a compact directory from its line
+Builder = Callable[[int, bytes], model.Subscriber]
+
+__all__ = ["DEFAULT_CACHE", "Builder", "CompactDirectory"]
 
 #: How many built subscribers a :class:`CompactDirectory` keeps by default.
 DEFAULT_CACHE = 65536
@@ -45,7 +49,7 @@ class CompactDirectory(SubscriberDirectory):
         numbers: array[int],
         impis: dict[str, int],
         impus: dict[str, int],
-        build: Callable[[int, bytes], Subscriber],
+        build: Builder,
         *,
         source: str | None = None,
         cache: int = DEFAULT_CACHE,
