@@ -530,6 +530,25 @@ def test_unknown_callee_is_refused_by_the_icscf(core: Core) -> None:
     assert final == 604, (status, final, caller.diagnostics())
 
 
+def test_an_unreachable_hss_is_480_from_the_icscf(tmp_path: Path) -> None:
+    """The HSS stops and cdp's connection closes. ims_icscf would not notice that cdp cannot send
+    the UAR (it leaves the REGISTER unanswered; retransmissions then pile branches on the
+    suspended transaction until tm refuses); the configuration checks the peer first
+    (``cdp_check_peer``) and answers ``480 HSS unavailable`` at once."""
+    with _running_core(tmp_path) as core:
+        since = len(core.relay.messages("up"))
+        stop_process(core.hss)
+        deadline = time.monotonic() + 10
+        while "Disconnecting from peer" not in core.kamailio.log():
+            assert time.monotonic() < deadline, core.diagnostics()
+            time.sleep(0.05)
+        started = time.monotonic()
+        refused = _register(core, "alice")
+        assert (refused.status, refused.reason) == (480, "HSS unavailable"), core.diagnostics()
+        assert time.monotonic() - started < 2  # answered, not left to the UE's timers
+        assert _requests(core, d.UAR, since) == []
+
+
 def test_every_message_on_the_wire_decodes_and_re_encodes(core: Core) -> None:
     """Whatever crossed the relay in this module's run, cdp's requests and the HSS's answers,
     decodes and re-encodes to the octets that were sent."""
