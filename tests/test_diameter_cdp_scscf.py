@@ -10,11 +10,14 @@ answered by :class:`~imscore.diameter.hss.CxHss` as ``imscore hss`` would.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 from pathlib import Path
 
 import pytest
 
+from imscore.auth.aka import UeSim
+from imscore.auth.milenage import Milenage
 from imscore.diameter import dictionary as d
 from imscore.diameter.codec import Avp, Message, decode_message
 from imscore.diameter.hss import CxHss
@@ -40,6 +43,14 @@ SUBSCRIBERS = f"""subscribers:
       sqn: "000000000020"
     implicit_sets:
       - [sip:carol@{DOMAIN}, tel:+15551230003]
+  - impi: erin@{DOMAIN}
+    aka:
+      k: fec86ba6eb707ed08905757b1bb44b8f
+      op: dbc59adcb6f9a0ef735477b7fadf8374
+      amf: 725c
+      sqn: "000000000020"
+    implicit_sets:
+      - [sip:erin@{DOMAIN}]
 """
 
 
@@ -186,3 +197,33 @@ def test_the_hss_answers_cdps_sar_with_annex_e_user_data(tmp_path: Path) -> None
     impi, identities = parse_user_data(user_data.data)
     assert impi == f"carol@{DOMAIN}"
     assert identities == [(f"sip:carol@{DOMAIN}", False), ("tel:+15551230003", False)]
+
+
+def test_cdps_resync_mar_says_unknown_in_lower_case() -> None:
+    mar = decoded("scscf-mar-aka-resync")
+    assert text(mar, d.USER_NAME) == f"erin@{DOMAIN}"
+    item = mar.find(d.SIP_AUTH_DATA_ITEM, V)
+    assert item is not None
+    assert text(item, d.SIP_AUTHENTICATION_SCHEME, V) == "unknown"
+    authorization = item.find(d.SIP_AUTHORIZATION, V)
+    assert authorization is not None and len(authorization.data) == 30  # RAND || AUTS
+
+
+def test_the_hss_resynchronises_on_cdps_lower_case_unknown_scheme(tmp_path: Path) -> None:
+    """Found against Kamailio's S-CSCF: the HSS took only "Unknown" for "let the HSS pick" and
+    answered this MAR 5006 DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED, and ims_auth then refused
+    the UE (403). Now the AUTS re-synchronises and the new vector is fresh for the USIM."""
+    maa = asyncio.run(hss(tmp_path).handle(decoded("scscf-mar-aka-resync")))
+    assert result_of(maa) == (d.SUCCESS, 0)
+    item = maa.find(d.SIP_AUTH_DATA_ITEM, V)
+    assert item is not None
+    assert text(item, d.SIP_AUTHENTICATION_SCHEME, V) == "Digest-AKAv1-MD5"
+    authenticate = item.find(d.SIP_AUTHENTICATE, V)
+    assert authenticate is not None
+    milenage = Milenage(
+        bytes.fromhex("fec86ba6eb707ed08905757b1bb44b8f"),
+        op=bytes.fromhex("dbc59adcb6f9a0ef735477b7fadf8374"),
+    )
+    # the USIM that sent the AUTS (SQN_MS 0x100000) accepts the new vector: no second AUTS
+    answer = UeSim(milenage, sqn_ms=0x100000).respond(base64.b64encode(authenticate.data))
+    assert answer.auts is None

@@ -29,7 +29,11 @@ from kamailio_support import (
     run_sipp,
     sipp_binary,
 )
+from test_registrar import Ue
 
+from imscore.auth.aka import UeSim
+from imscore.auth.digest import credentials
+from imscore.auth.milenage import Milenage
 from imscore.diameter import dictionary as d
 from imscore.diameter.client import CxClient
 from imscore.diameter.messages import result_of
@@ -54,6 +58,10 @@ SUBSCRIBERS = f"""subscribers:
     password: dave-secret
     implicit_sets:
       - [sip:dave@{DOMAIN}, tel:+15551230004]
+  - impi: erin@{DOMAIN}
+    aka: {{k: {K}, op: {OP}, amf: {AMF}, sqn: "000000000020"}}
+    implicit_sets:
+      - [sip:erin@{DOMAIN}]
   - impi: carol@{DOMAIN}
     aka: {{k: {K}, op: {OP}, amf: {AMF}, sqn: "000000000020"}}
     implicit_sets:
@@ -203,3 +211,60 @@ def test_kamailio_scscfs_sar_registers_and_deregisters_at_our_hss(core: Core) ->
     assert contact is not None and contact.endswith(f":{port}>;expires=0"), contact
     # Kamailio's SAR USER_DEREGISTRATION: the set is not registered any more
     assert uar(core, f"sip:dave@{DOMAIN}", impi)[0] == (d.FIRST_REGISTRATION, d.VENDOR_3GPP)
+
+
+class _At:
+    """What :class:`test_registrar.Ue` needs of a server: its UDP address."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._address = address
+
+    def address(self, transport: str) -> tuple[str, int]:
+        return self._address
+
+
+def test_aka_resynchronisation_through_kamailio_scscf(core: Core) -> None:
+    """A USIM whose SQN is ahead of our HSS's answers Kamailio's challenge with AUTS; ims_auth
+    sends it to our HSS (MAR with RAND || AUTS), which re-synchronises, and the new vector's
+    challenge is answered."""
+    impi, impu = f"erin@{DOMAIN}", f"sip:erin@{DOMAIN}"
+    ue = Ue(_At(("127.0.0.1", core.sip_port)), impi, None, impu)  # type: ignore[arg-type]
+    sim = UeSim(
+        Milenage(bytes.fromhex(K), op=bytes.fromhex(OP)), sqn_ms=0x100000
+    )  # ahead of the HSS's 0x20
+
+    def authorization(offered: object, password: bytes, auts: str | None = None) -> str:
+        value = credentials(
+            offered,  # type: ignore[arg-type]
+            username=impi, password=password, method="REGISTER", uri=f"sip:{DOMAIN}",
+            algorithm_aliases={"AKAv1-MD5": "MD5"},
+        )  # fmt: skip
+        return value if auts is None else f'{value}, auts="{auts}"'
+
+    empty = (
+        f'Digest username="{impi}", realm="{DOMAIN}", nonce="", uri="sip:{DOMAIN}", response="", '
+        "algorithm=AKAv1-MD5"
+    )
+    try:
+        challenge = ue.send(ue.request(authorization=empty))
+        assert challenge.status == 401
+        (offered,) = challenge.www_authenticate
+        assert offered.get("algorithm") == "AKAv1-MD5"
+        answer = sim.respond(offered.get("nonce") or "")
+        assert answer.auts is not None, (
+            "the HSS's SQN is behind the SIM's: it must ask for re-synchronisation"
+        )
+        time.sleep(0.2)  # see tests/kamailio/scscf-register.xml: let Kamailio mark the vector sent
+        second = ue.send(
+            ue.request(authorization=authorization(offered, answer.password(1), answer.auts_param))
+        )
+        assert second.status == 401, second
+        (offered,) = second.www_authenticate
+        answer = sim.respond(offered.get("nonce") or "")
+        assert answer.auts is None, "the re-synchronised HSS's new vector must be fresh for the SIM"
+        time.sleep(0.2)
+        ok = ue.send(ue.request(authorization=authorization(offered, answer.password(1))))
+        assert ok.status == 200, ok
+        assert [str(a.uri) for a in ok.p_associated_uri] == [impu]
+    finally:
+        ue.sock.close()

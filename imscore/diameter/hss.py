@@ -255,7 +255,8 @@ class CxHss:
         item = request.find(d.SIP_AUTH_DATA_ITEM, V)
         scheme_avp = None if item is None else item.find(d.SIP_AUTHENTICATION_SCHEME, V)
         scheme = d.SCHEME_UNKNOWN if scheme_avp is None else scheme_avp.as_str()
-        if scheme == d.SCHEME_UNKNOWN:
+        # "Unknown" in any case: Kamailio's ims_auth asks "unknown" in a re-synchronisation's MAR
+        if scheme.lower() == d.SCHEME_UNKNOWN.lower():
             scheme = d.SCHEME_AKAV1 if subscriber.aka is not None else d.SCHEME_SIP_DIGEST
         server = request.find(d.SERVER_NAME, V)
         state = self.assignment(subscriber, implicit_set)
