@@ -1,6 +1,6 @@
 """Memory of the binding store and of the subscriber directory at scale (issue 13's memory targets).
 
-    python3 bench/memory_bench.py [--bindings N] [--subscribers N]
+    python3 bench/memory_bench.py [--bindings N] [--subscribers N] [--transactions N]
 
 Bindings: one Digest REGISTER goes through a real in-process server (the path of
 ``register_cpu_bench.py``) so that the stored binding is exactly what the registrar keeps; then
@@ -11,7 +11,13 @@ the memory store. Printed: RSS before and after, and bytes per binding.
 Subscribers: a subscriber file of ``N`` entries as ``register_bench.py`` writes them is loaded with
 :func:`imscore.subscribers.load_subscribers`; printed: CPU seconds, peak and final RSS, bytes per
 subscriber. ``--subscribers 0`` skips it (a million take minutes today: see docs/benchmarks.rst).
-Each part runs in a fresh child process, so one does not inflate the other's figures.
+Transactions: ``N`` wrong-password REGISTERs, each from its own flow, go through a bare
+transaction layer and get a 401 (``flood_rss_bench.py``'s in-process ``layer`` figure); printed:
+the bytes :mod:`tracemalloc` sees still allocated per Completed non-INVITE server transaction while
+they wait for Timer J (issue 13's target: 1 KB). ``--transactions 0`` skips it.
+
+Each part runs in a fresh child process, so one does not inflate the other's figures. Bulk
+subscriber files are measured by ``subscribers_bench.py``.
 """
 
 from __future__ import annotations
@@ -148,11 +154,20 @@ def measure_subscribers(count: int) -> dict[str, float]:
     }
 
 
+def measure_transactions(count: int) -> dict[str, float]:
+    from flood_rss_bench import layer_per_transaction
+
+    return {"transactions": count, "bytes_per_completed": round(layer_per_transaction(count, 100))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bindings", type=int, default=1_000_000, help="default 1,000,000")
     parser.add_argument("--subscribers", type=int, default=100_000, help="default 100,000; 0 skips")
-    parser.add_argument("--part", choices=["bindings", "subscribers"], help=argparse.SUPPRESS)
+    parser.add_argument("--transactions", type=int, default=5_000, help="default 5,000; 0 skips")
+    parser.add_argument(
+        "--part", choices=["bindings", "subscribers", "transactions"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.part == "bindings":
@@ -161,8 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.part == "subscribers":
         print(json.dumps(measure_subscribers(args.subscribers)))
         return 0
+    if args.part == "transactions":
+        print(json.dumps(measure_transactions(args.transactions)))
+        return 0
     results = {}
-    for part, count in (("bindings", args.bindings), ("subscribers", args.subscribers)):
+    parts = (
+        ("bindings", args.bindings),
+        ("subscribers", args.subscribers),
+        ("transactions", args.transactions),
+    )
+    for part, count in parts:
         if count <= 0:
             continue
         command = [sys.executable, __file__, "--part", part, f"--{part}", str(count)]
