@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sipua import Phone
+from sipua import Agent, Phone
 from test_sipp_register import run_sipp, sipp_binary
 
+from imscore.auth.digest import credentials
 from imscore.auth.milenage import Milenage
 from imscore.diameter.control import ControlServer
 from imscore.diameter.hss import NOT_REGISTERED, REGISTERED, CxHss
@@ -289,3 +290,52 @@ def test_sipp_registers_with_aka_v1_through_cx(hss: HssThread, tmp_path: Path) -
         assert hss.state(AKA_IMPI, f"sip:+15551230009@{DOMAIN}") == REGISTERED
     finally:
         running.stop()
+
+
+def test_the_proxy_challenges_an_originating_request_with_the_hsss_digest_credentials(
+    hss: HssThread,
+) -> None:
+    """A request from alice that comes neither from a trusted peer nor on a flow her devices
+    registered on is challenged (407) with the realm the HSS gives by MAR, and checked against the
+    HSS's H(A1): the proxy's Digest needs no password at the S-CSCF either."""
+    served = scscf(hss.address)
+    phone = Phone(served.address("udp"), "alice-app")
+    elsewhere = Agent(served.address("udp"), "elsewhere")
+    try:
+        assert phone.register().status == 200
+        elsewhere.from_uri = ALICE  # type: ignore[attr-defined]
+        elsewhere.tag = "out"  # type: ignore[attr-defined]
+        first = elsewhere.request("MESSAGE", ALICE, cseq=1, headers=[("Content-Type", "text/plain")])
+        elsewhere.send(first)
+        challenge = elsewhere.expect("final")
+        assert isinstance(challenge, Response) and challenge.status == 407, challenge
+        (offered,) = challenge.proxy_authenticate
+        assert offered.get("realm") == DOMAIN
+        # a wrong password is challenged again, never routed
+        wrong = credentials(
+            offered, username=f"alice@{DOMAIN}", password="nope", method="MESSAGE", uri=ALICE
+        )
+        elsewhere.send(
+            elsewhere.request(
+                "MESSAGE", ALICE, cseq=2, call_id=first.call_id, headers=[("Proxy-Authorization", wrong)]
+            )
+        )
+        again = elsewhere.expect("final")
+        assert isinstance(again, Response) and again.status in (403, 407), again
+        right = credentials(
+            offered, username=f"alice@{DOMAIN}", password="alice-secret", method="MESSAGE", uri=ALICE
+        )
+        elsewhere.send(
+            elsewhere.request(
+                "MESSAGE", ALICE, cseq=3, call_id=first.call_id, headers=[("Proxy-Authorization", right)]
+            )
+        )
+        delivered = phone.expect("MESSAGE")
+        assert isinstance(delivered, Request)
+        phone.reply(delivered, 200)
+        final = elsewhere.expect("final")
+        assert isinstance(final, Response) and final.status == 200, final
+    finally:
+        phone.close()
+        elsewhere.close()
+        served.stop()

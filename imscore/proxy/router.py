@@ -22,6 +22,7 @@ from imscore.registrar.identity import find_identity, phone_number, resolve_iden
 from imscore.registrar.model import FlowInfo, StoredBinding
 from imscore.registrar.outbound import flow_set, is_outbound
 from imscore.registrar.regevent import same_sender
+from imscore.registrar.remote import RemoteAuthority, is_remote
 from imscore.registrar.store import BindingStore
 from imscore.sip import Request, SipError, SipUri, TelUri, Uri, parse_uri
 from imscore.sip.headers import parse_auth, parse_via
@@ -197,6 +198,10 @@ class Router:
         self._local = local
         #: routes requests through the ASs of matching iFCs (imscore.ifc.routing), or ``None``
         self.services: ServiceRouting | None = None
+        #: the subscriber store when it is an HSS (Cx): the H(A1) of a 407 comes by MAR
+        self.remote: RemoteAuthority | None = (
+            subscribers if is_remote(subscribers) else None  # type: ignore[assignment]
+        )
         #: reads the GRUUs the registrar issued (RFC 5627); ``None``: a GRUU is a plain URI
         self.gruus: Gruus | None = None
 
@@ -400,12 +405,16 @@ class Router:
             return Decision.answer(403, "Originating request not authorised")
         credentials = next((c for c in request.proxy_authorization if c.is_digest), None)
         if credentials is None or not credentials.get("response"):
+            await self._fetch_ha1(caller, request)
             result = self.authenticator.proxy_challenge(caller, now)
         else:
             username = credentials.get("username")
             if username is None or username.lower() != caller.impi.lower():
                 return Decision.answer(403, "Credentials are not the caller's")
             result = self.authenticator.check(request, credentials, caller, now)
+            if result.outcome is AuthOutcome.NEED_CREDENTIALS and self.remote is not None:
+                await self._fetch_ha1(caller, request, again=True)
+                result = self.authenticator.check(request, credentials, caller, now)
             if result.outcome is AuthOutcome.CHALLENGE:  # wrong or stale: a new Digest challenge
                 stale = _is_stale(result.challenge)
                 result = self.authenticator.proxy_challenge(caller, now, stale=stale)
@@ -417,6 +426,21 @@ class Router:
         if result.outcome is AuthOutcome.BAD_REQUEST:
             return Decision.answer(400, result.reason)
         return Decision.answer(403, result.reason)
+
+    async def _fetch_ha1(self, caller: Subscriber, request: Request, *, again: bool = False) -> None:
+        """With an HSS for a store, the caller's SIP Digest H(A1) and realm by MAR (TS 29.229
+        §6.3.13), unless one is at hand (``again``: the one at hand did not do). The HSS's
+        failures are raised as the registrar's are (503 when it is unreachable, 403/404 when it
+        refuses)."""
+        if self.remote is None or (not again and self.authenticator.has_ha1(caller.impi)):
+            return
+        fetched = await self.remote.fetch_credentials(
+            caller,
+            request.from_.uri,
+            ("digest",),
+            aka_algorithm=self.authenticator.aka_algorithm,
+        )
+        self.authenticator.offer(caller.impi, fetched)
 
     async def _on_registered_flow(self, caller: Subscriber, flow: FlowInfo, now: float) -> bool:
         for aor in caller.aors:

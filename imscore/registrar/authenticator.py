@@ -309,7 +309,13 @@ class Authenticator:
         authenticates registrations only, so a subscriber without a password cannot be
         challenged here (FORBIDDEN). ``stale``: the credentials were right but their nonce is
         not usable any more (RFC 7616 §3.3)."""
-        if subscriber.password is None or "digest" not in self.schemes or self.remote_credentials:
+        if self.remote_credentials:  # the HSS's H(A1) and realm, fetched first (the router's MAR)
+            offered = self._remote.get(subscriber.impi)
+            if "digest" not in self.schemes or offered is None or offered.ha1 is None:
+                return AuthResult(AuthOutcome.FORBIDDEN, "no Digest credentials for this user")
+            value = self._digest_challenge(now, stale=stale, realm=self._digest_realm(subscriber))
+            return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
+        if subscriber.password is None or "digest" not in self.schemes:
             return AuthResult(AuthOutcome.FORBIDDEN, "no Digest credentials for this user")
         value = self._digest_challenge(now, stale=stale)
         return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
@@ -320,6 +326,11 @@ class Authenticator:
         return Milenage(aka.k, op=aka.op, opc=aka.opc)
 
     # -- credentials a remote store fetched (.remote) ---------------------------------------------
+    def has_ha1(self, impi: str) -> bool:
+        """Whether a SIP Digest H(A1) the remote store gave for ``impi`` is at hand."""
+        offered = self._remote.get(impi)
+        return offered is not None and offered.ha1 is not None
+
     def offer(self, impi: str, credentials: RemoteCredentials) -> None:
         """Credentials the store (the HSS) gave for ``impi``; they replace earlier ones."""
         self._remote.pop(impi, None)
