@@ -6,7 +6,8 @@ SIPp registers alice with Digest through imscore: our CER, MAR and SAR are decod
 config logs each request as ims_diameter_server's JSON, which the test reads back), and cdp's CEA,
 MAA (a SIP-Auth-Data-Item with a nested SIP-Digest-Authenticate) and SAA (Annex E User-Data) are
 decoded by us: the 401 is made with their H(A1) and realm, the 200's P-Associated-URI comes from
-their User-Data.
+their User-Data. Their DIAMETER_ERROR_USER_UNKNOWN is our 404; their AKA item without a vector
+(ims_diameter_server cannot send OctetStrings from a script, see the config) a clear 403.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kamailio_support import (
     run_sipp,
     sipp_binary,
 )
+from test_registrar import Ue
 from test_serve import Served, serve
 
 from imscore.diameter import dictionary as d
@@ -40,6 +42,8 @@ SCSCF_HOST = f"scscf.{DOMAIN}"
 IMPI = f"alice@{DOMAIN}"
 IMPU = f"sip:alice@{DOMAIN}"
 PASSWORD = "alice-secret"
+AKA_IMPI = f"carol@{DOMAIN}"
+AKA_IMPU = f"sip:carol@{DOMAIN}"
 MODULES = ("pv", "sl", "xlog", "cdp", "cdp_avp", "ims_diameter_server")
 V = d.VENDOR_3GPP
 REQUEST = re.compile(r"imscore-test: request (\d+) ")
@@ -77,6 +81,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "IMPU": IMPU,
             "REALM": DOMAIN,
             "HA1": ha1,
+            "AKA_IMPI": AKA_IMPI,
+            "AKA_IMPU": AKA_IMPU,
         },
     )
     kamailio.start(r"Acceptor opened sockets", timeout=20)
@@ -149,3 +155,46 @@ def test_digest_registration_with_kamailio_cdp_as_the_hss(setup: Setup) -> None:
     registration = sars[types.index(d.REGISTRATION)]
     assert avp(registration, d.USER_NAME)["string"] == IMPI
     assert avp(registration, d.PUBLIC_IDENTITY, V)["string"] == IMPU
+
+
+class _At:
+    """What :class:`test_registrar.Ue` needs of a server: its UDP address."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._address = address
+
+    def address(self, transport: str) -> tuple[str, int]:
+        return self._address
+
+
+def test_an_aka_item_without_a_vector_is_a_clear_refusal(setup: Setup) -> None:
+    """Their MAA for the AKA user names Digest-AKAv1-MD5 but carries no vector (the config cannot
+    script one, see tests/kamailio/cdp_hss.cfg): our client decodes it and the registrar refuses
+    with a status and a reason, not a challenge it could not check."""
+    ue = Ue(_At(setup.imscore.addresses["udp"]), AKA_IMPI, None, AKA_IMPU)  # type: ignore[arg-type]
+    empty = f'Digest username="{AKA_IMPI}", realm="{DOMAIN}", nonce="", uri="sip:{DOMAIN}", response=""'
+    try:
+        answer = ue.send(ue.request(authorization=empty))
+    finally:
+        ue.sock.close()
+    assert (answer.status, answer.reason) == (
+        403,
+        "No authentication scheme the HSS and this S-CSCF share",
+    )
+    mars = [avps for command, avps in logged_requests(setup.kamailio) if command == d.MAR]
+    assert any(avp(mar, d.USER_NAME)["string"] == AKA_IMPI for mar in mars)
+
+
+def test_a_user_unknown_to_cdp_is_refused(setup: Setup) -> None:
+    """DIAMETER_ERROR_USER_UNKNOWN (an Experimental-Result) from their HSS: the registrar's
+    unknown-user answer, 404 by default (docs/ims-core.rst, the S-CSCF side)."""
+    impi = f"mallory@{DOMAIN}"
+    ue = Ue(_At(setup.imscore.addresses["udp"]), impi, "guess", f"sip:mallory@{DOMAIN}")  # type: ignore[arg-type]
+    empty = f'Digest username="{impi}", realm="{DOMAIN}", nonce="", uri="sip:{DOMAIN}", response=""'
+    try:
+        answer = ue.send(ue.request(authorization=empty))
+    finally:
+        ue.sock.close()
+    assert answer.status == 404, answer
+    assert "Unknown user" in answer.reason, answer.reason
+    assert any(impi in json.dumps(avps) for _, avps in logged_requests(setup.kamailio))
