@@ -95,7 +95,12 @@ class ThirdPartyRegistration:
 
     def changed(self, change: RegistrationChange) -> None:
         """The registrar's ``on_registration``: send in the background (the UE's 200 OK went out
-        first: the registrar answers before any task runs)."""
+        first: the registrar answers before any task runs). A subscriber known to have no iFCs
+        gets none, as :meth:`notify` would find, without a task for it (the common case: a task
+        per registration cost about 4 % of a registration's CPU)."""
+        subscriber = change.subscriber
+        if subscriber is not None and not subscriber.service_profile.ifcs:
+            return
         self.server.spawn(self._changed(change))
 
     async def _changed(self, change: RegistrationChange) -> None:
