@@ -858,11 +858,11 @@ class NonInviteServerTransaction(ServerTransaction[FlowT]):
     and the final response is slimmed to its octets once sent (see the module's notes); a terminated
     one drops its response too. Timer J, its only timer, waits in the layer's first-in first-out
     queue of J deadlines (every one is ``now + timer_j``), not in the timer heap, and its deadline
-    is kept in ``_interval``: no timer dict of its own (184 octets less for each of tens of
-    thousands).
+    is kept in ``_interval`` and its place among timers started at the same time in ``_j_seq``: no
+    timer dict and no heap entry of its own (about 350 octets less for each of tens of thousands).
     """
 
-    __slots__ = ()
+    __slots__ = ("_j_seq",)
 
     def __init__(
         self,
@@ -875,6 +875,7 @@ class NonInviteServerTransaction(ServerTransaction[FlowT]):
     ) -> None:
         super().__init__(layer, request, flow, reliable, now, key)
         self._timers = _NO_TIMERS  # never given a heap timer (see _respond)
+        self._j_seq = -1  # set when Timer J starts
 
     @property
     def deadlines(self) -> dict[str, float]:
@@ -914,7 +915,7 @@ class NonInviteServerTransaction(ServerTransaction[FlowT]):
             out += self._fire("J", now)
         else:
             self._interval = now + duration
-            self._layer._schedule_j(self, self._interval)
+            self._layer._schedule_j(self)
         return out
 
     def _fire(self, name: str, at: float) -> list[Output[FlowT]]:
@@ -925,6 +926,11 @@ class NonInviteServerTransaction(ServerTransaction[FlowT]):
     def _terminate(self) -> list[Output[FlowT]]:
         self.response = self.request = None  # a terminated transaction answers nothing
         return super()._terminate()
+
+
+def _j_order(server: NonInviteServerTransaction[FlowT]) -> tuple[float, int]:
+    """Where a Timer J falls among all timers: its deadline, then the order timers were started."""
+    return (server._interval, server._j_seq)
 
 
 # --- the layer ------------------------------------------------------------------------------------
@@ -952,9 +958,9 @@ class TransactionLayer(Generic[FlowT]):
         self._heap: list[tuple[float, int, Transaction[FlowT], str]] = []
         self._stale = 0  # heap entries whose timer was stopped or restarted
         self._seq = itertools.count()
-        #: Timer J of Completed non-INVITE server transactions: (deadline, seq, transaction) in
-        #: deadline order (each is now + timer_j, so appended in order as time goes on)
-        self._timer_j: deque[tuple[float, int, NonInviteServerTransaction[FlowT]]] = deque()
+        #: Completed non-INVITE server transactions waiting for Timer J, in the order of their
+        #: (deadline, start) (each deadline is now + timer_j: appended in order as time goes on)
+        self._timer_j: deque[NonInviteServerTransaction[FlowT]] = deque()
         #: final responses of non-INVITE server transactions sent since the last call, to be
         #: slimmed at the next one (by then the transport has serialised them)
         self._to_slim: list[Response] = []
@@ -1119,11 +1125,11 @@ class TransactionLayer(Generic[FlowT]):
         heap, queue = self._heap, self._timer_j
         while True:
             heap_due = bool(heap) and heap[0][0] <= now
-            queue_due = bool(queue) and queue[0][0] <= now
-            if queue_due and (not heap_due or queue[0][:2] < heap[0][:2]):
-                deadline, _, server = queue.popleft()
+            queue_due = bool(queue) and queue[0]._interval <= now
+            if queue_due and (not heap_due or _j_order(queue[0]) < heap[0][:2]):
+                server = queue.popleft()
                 if server.state is _COMPLETED:  # else it terminated otherwise: a stale entry
-                    out += server._fire("J", deadline)
+                    out += server._fire("J", server._interval)
                 continue
             if not heap_due:
                 return out
@@ -1138,9 +1144,9 @@ class TransactionLayer(Generic[FlowT]):
     def next_deadline(self) -> float | None:
         """When the next timer falls due, or ``None`` when no timer runs."""
         queue = self._timer_j
-        while queue and queue[0][2].state is not _COMPLETED:
+        while queue and queue[0].state is not _COMPLETED:
             queue.popleft()  # terminated otherwise: a stale entry
-        first_j = queue[0][0] if queue else None
+        first_j = queue[0]._interval if queue else None
         heap = self._heap
         while heap:
             deadline, seq, transaction, name = heap[0]
@@ -1209,15 +1215,16 @@ class TransactionLayer(Generic[FlowT]):
         transaction._timers[name] = (deadline, seq)
         heapq.heappush(self._heap, (deadline, seq, transaction, name))
 
-    def _schedule_j(self, server: NonInviteServerTransaction[FlowT], deadline: float) -> None:
-        """Start Timer J of ``server``: appended to the queue, or put in its place in the rare case
-        of a clock that went back (a caller's ``now`` smaller than before)."""
-        entry = (deadline, next(self._seq), server)
+    def _schedule_j(self, server: NonInviteServerTransaction[FlowT]) -> None:
+        """Start Timer J of ``server`` (its deadline in ``_interval``): appended to the queue, or
+        put in its place in the rare case of a clock that went back (a caller's ``now`` smaller
+        than before)."""
+        server._j_seq = next(self._seq)
         queue = self._timer_j
-        if queue and deadline < queue[-1][0]:
-            bisect.insort(queue, entry, key=lambda item: item[:2])
+        if queue and server._interval < queue[-1]._interval:
+            bisect.insort(queue, server, key=_j_order)
         else:
-            queue.append(entry)
+            queue.append(server)
 
     def _dropped(self, count: int) -> None:
         """Count heap entries made stale; rebuild the heap (in place) when they are most of it,
