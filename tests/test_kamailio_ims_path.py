@@ -131,6 +131,8 @@ def test_ue_pcscf_icscf_imscore_and_the_hss(tmp_path: Path) -> None:
             sent = json.loads(answer.stdout)["sent"]
             assert sent and all(entry.get("result") == [2001, 0] for entry in sent), sent
             assert _wait(lambda: pcscf.log().count("reginfo NOTIFY handled") > before, 15)
+            last = pcscf.log().rsplit("reginfo NOTIFY handled", 1)[1].splitlines()[0]
+            assert "terminated" in last, last  # the subscription ends with the registration
             # and a call now finds nobody registered
             assert _call(core.icscf, None).status >= 400
             assert not pcscf.crashed() and not core.kamailio.crashed()

@@ -167,6 +167,8 @@ def test_ues_register_call_and_deregister_through_kamailios_pcscf(
         before = kamailio.log().count("reginfo NOTIFY handled")
         assert alice.register(expires=0).status == 200
         assert _wait(lambda: kamailio.log().count("reginfo NOTIFY handled") > before)
+        last = kamailio.log().rsplit("reginfo NOTIFY handled", 1)[1].splitlines()[0]
+        assert "terminated" in last, last
         # the set has no binding left: imscore ended the P-CSCF's subscription with that NOTIFY
         assert not any(
             s.remote_uri == pcscf_uri and ALICE in s.impus
