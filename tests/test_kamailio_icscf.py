@@ -4,15 +4,20 @@ real loopback sockets: issue 17, test 1 (the I-CSCF half).
 One core per module, every part a real process on free loopback ports: ``imscore hss`` (origin
 host ``localhost``, the name cdp connects to), ``imscore serve --subscribers cx://...`` as the
 S-CSCF, and Kamailio with tests/kamailio/icscf.cfg as the I-CSCF, whose Diameter goes through a
-recording relay (tests/kamailio_support.py) so that the tests can decode what cdp sent and what
-the HSS answered. SIPp plays the UE, the registered device and the caller.
+recording relay (tests/diameter_relay.py) so that the tests can decode what cdp sent and what
+the HSS answered. SIPp (and a sipua phone) play the UEs, the registered device and the callers.
 
-* a SIPp UE REGISTERs to the I-CSCF: UAR to the HSS, UAA with the S-CSCF's name, the REGISTER
+* a UE REGISTERs to the I-CSCF: UAR to the HSS, UAA with the S-CSCF's name, the REGISTER
   forwarded to imscore, which challenges (401) and then registers it (200 with the implicit
-  set's P-Associated-URI and a Service-Route);
+  set's P-Associated-URI and a Service-Route); re- and de-registration the same way;
 * an unknown user: the HSS's UAA says 5001 DIAMETER_ERROR_USER_UNKNOWN, ims_icscf answers 403;
 * a terminating INVITE to the I-CSCF: LIR to the HSS, LIA with the S-CSCF's name, the INVITE
-  forwarded to imscore, which forks it to the registered SIPp device (200, ACK, BYE).
+  forwarded to imscore, which forks it to the registered SIPp device (200, ACK, BYE); an
+  unknown callee is 604;
+* a caller of the served domain through the I-CSCF: refused unless the I-CSCF is a trusted
+  peer, or the caller registered through it (registered-flow);
+* the HSS stopped: 480 from the I-CSCF at once;
+* every Diameter message on the wire re-encodes to its octets.
 """
 
 from __future__ import annotations
@@ -541,23 +546,25 @@ def test_an_unreachable_hss_is_480_from_the_icscf(tmp_path: Path) -> None:
     with _running_core(tmp_path) as core:
         since = len(core.relay.messages("up"))
         stop_process(core.hss)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 15
         while "Disconnecting from peer" not in core.kamailio.log():
             assert time.monotonic() < deadline, core.diagnostics()
             time.sleep(0.05)
         started = time.monotonic()
         refused = _register(core, "alice")
         assert (refused.status, refused.reason) == (480, "HSS unavailable"), core.diagnostics()
-        assert time.monotonic() - started < 2  # answered, not left to the UE's timers
+        # answered at once (ims_icscf's own 480, after piled-up retransmissions, has another reason)
+        assert time.monotonic() - started < 5
         assert _requests(core, d.UAR, since) == []
 
 
 def test_every_message_on_the_wire_decodes_and_re_encodes(core: Core) -> None:
     """Whatever crossed the relay in this module's run, cdp's requests and the HSS's answers,
     decodes and re-encodes to the octets that were sent."""
+    _register(core, "nobody")  # at least one UAR/UAA of its own, whichever tests ran before
     recorded = core.relay.recorded
     assert {r.direction for r in recorded} == {"up", "down"}
     commands = {r.decode().command for r in recorded}
-    assert {d.CER, d.UAR, d.LIR} <= commands, commands
+    assert {d.CER, d.UAR} <= commands, commands
     for r in recorded:
         assert r.decode().encode() == r.octets, r
