@@ -134,7 +134,9 @@ def main() -> int:
         help="binding store: memory: (default) or sqlite (a new file in a temporary folder each round)",
     )
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the server side")
-    parser.add_argument("--profile-out", metavar="FILE", help="with --profile: also write the pstats to FILE")
+    parser.add_argument(
+        "--profile-out", metavar="FILE", help="with --profile: also write the pstats to FILE"
+    )
     args = parser.parse_args()
     if args.registrations < BLOCK:
         parser.error(f"--registrations must be at least {BLOCK}")
