@@ -44,8 +44,13 @@ class DiameterRelay:
     """A recording TCP relay on ``127.0.0.1:port`` in front of ``upstream``; a daemon thread per
     direction and connection. Use as a context manager, or :meth:`start` and :meth:`close`."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(
+        self, upstream: tuple[str, int], drop: Callable[[Recorded], bool] | None = None
+    ) -> None:
+        """``drop``: messages for which it is true are recorded but not passed on (an HSS that
+        never answers); with it, only whole messages are passed on."""
         self.upstream = upstream
+        self.drop = drop
         self._listener = socket.create_server((LOOPBACK, 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -134,8 +139,11 @@ class DiameterRelay:
                     framing = False  # not Diameter any more: keep copying, stop recording
                     whole = []
                 now = time.monotonic()
+                records = [Recorded(direction, octets, now) for octets in whole]
                 with self._lock:
-                    self._recorded += [Recorded(direction, octets, now) for octets in whole]
+                    self._recorded += records
+                if self.drop is not None and framing:
+                    data = b"".join(r.octets for r in records if not self.drop(r))
             try:
                 sink.sendall(data)
             except OSError:

@@ -30,13 +30,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from devices import SippCaller, SippDevice, free_tcp_port, free_udp_port, require_binary, stop_process
-from diameter_relay import DiameterRelay
+from diameter_relay import DiameterRelay, Recorded
 from kamailio_support import Kamailio, need_kamailio
 from sipua import Phone
 from test_serve import Served, serve
@@ -193,10 +193,14 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Core]:
 
 @contextlib.contextmanager
 def _running_core(
-    workdir: Path, *, trusted: bool = False, hss_options: tuple[str, ...] = ()
+    workdir: Path,
+    *,
+    trusted: bool = False,
+    hss_options: tuple[str, ...] = (),
+    drop: Callable[[Recorded], bool] | None = None,
 ) -> Iterator[Core]:
     """HSS (with ``hss_options`` added to its command line), S-CSCF (``trusted``: with the I-CSCF
-    among its trusted peers), relay and I-CSCF."""
+    among its trusted peers), relay (``drop``: the messages it keeps from their peer) and I-CSCF."""
     need_kamailio(MODULES)
     require_binary("sipp", "sip-tester")
     subscribers = workdir / "subscribers.yaml"
@@ -205,7 +209,7 @@ def _running_core(
     scscf_uri = f"sip:127.0.0.1:{scscf_port}"
     hss_port = free_tcp_port()
     hss = _start_hss(subscribers, hss_port, scscf_uri, hss_options)
-    relay = DiameterRelay(("127.0.0.1", hss_port)).start()
+    relay = DiameterRelay(("127.0.0.1", hss_port), drop).start()
     scscf: Served | None = None
     kamailio: Kamailio | None = None
     try:
@@ -560,6 +564,24 @@ def test_an_unreachable_hss_is_480_from_the_icscf(tmp_path: Path) -> None:
         # the reason phrase of the cdp_check_peer branch (a UAR that timed out would be "HSS did
         # not answer")
         assert (refused.status, refused.reason) == (480, "HSS unavailable"), core.diagnostics()
+
+
+def _is_uar(record: Recorded) -> bool:
+    return record.decode().command == d.UAR
+
+
+def test_an_hss_that_does_not_answer_is_480_from_the_icscf(tmp_path: Path) -> None:
+    """The HSS is connected but the UAR never reaches it (the relay keeps it): cdp's transaction
+    times out (TransactionTimeout 5 s in tests/kamailio/icscf.xml), ims_icscf resumes the REGISTER
+    with uaa_return_code -2, and the configuration answers ``480 HSS did not answer``."""
+    with _running_core(tmp_path, drop=_is_uar) as core:
+        started = time.monotonic()
+        refused = _register(core, "alice", timeout=15.0)
+        assert (refused.status, refused.reason) == (480, "HSS did not answer"), core.diagnostics()
+        assert 4 < time.monotonic() - started < 12  # cdp's timeout, not an immediate refusal
+        (uar,) = _requests(core, d.UAR, 0)  # retransmissions were absorbed: one UAR
+        assert _text(uar, d.PUBLIC_IDENTITY, V) == f"sip:alice@{DOMAIN}"
+        assert not [m for m in core.relay.messages("down") if m.command == d.UAR]
 
 
 def test_every_message_on_the_wire_decodes_and_re_encodes(core: Core) -> None:
