@@ -514,7 +514,10 @@ class Transaction(Generic[FlowT]):
         self.created_at = now
         self.key = key
         self.method = sys.intern(request.method)  # the key's string (see _server_key)
-        self.branch = request.top_via.branch
+        # a server transaction matched by its RFC 3261 branch keeps the key's (case-folded) copy:
+        # branches compare case-insensitively, and one string per transaction is enough
+        folded = key[1] if key[0] == "3261" else None
+        self.branch: str | None = folded if isinstance(folded, str) else request.top_via.branch
         self.cseq = request.cseq.seq
         self.state = _TRYING
         self.response: Response | None = None
