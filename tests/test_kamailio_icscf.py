@@ -567,7 +567,8 @@ def test_an_unreachable_hss_is_480_from_the_icscf(tmp_path: Path) -> None:
 
 
 def _is_uar(record: Recorded) -> bool:
-    return record.decode().command == d.UAR
+    """True for a UAR (the relay's ``drop`` of the next test)."""
+    return bool(record.decode().command == d.UAR)
 
 
 def test_an_hss_that_does_not_answer_is_480_from_the_icscf(tmp_path: Path) -> None:
