@@ -159,6 +159,15 @@ def _is_stale(challenge: str | None) -> bool:
         return False
 
 
+def _single_via(request: Request) -> bool:
+    """The request has one Via: it comes from the element that made it, not through a proxy (a
+    Via that cannot be read counts as a proxy's)."""
+    try:
+        return len(request.via) == 1
+    except SipError:
+        return False
+
+
 def _hostport(host: str, port: int) -> str:
     host = host.strip("[]")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -298,7 +307,7 @@ class Router:
             return False
         if caller is None or _barred(caller, request.from_.uri):
             return False
-        return await self._on_registered_flow(caller, flow, now)
+        return await self._on_registered_flow(caller, flow, now, request)
 
     # -- the decision ------------------------------------------------------------------------------
     async def decide(self, request: Request, flow: FlowInfo, now: float) -> Decision:
@@ -399,7 +408,7 @@ class Router:
         modes = self.settings.originating_auth
         if "trusted-peer" in modes and self._trusted(flow):
             return None
-        if "registered-flow" in modes and await self._on_registered_flow(caller, flow, now):
+        if "registered-flow" in modes and await self._on_registered_flow(caller, flow, now, request):
             return None
         if "digest" not in modes:
             return Decision.answer(403, "Originating request not authorised")
@@ -442,13 +451,27 @@ class Router:
         )
         self.authenticator.offer(caller.impi, fetched)
 
-    async def _on_registered_flow(self, caller: Subscriber, flow: FlowInfo, now: float) -> bool:
+    async def _on_registered_flow(
+        self, caller: Subscriber, flow: FlowInfo, now: float, request: Request
+    ) -> bool:
+        """Whether ``request`` came on the flow a live binding of ``caller`` registered on, from
+        an element that speaks for the caller: the device itself (the request has a single Via),
+        or the edge proxy that registered it with a Path (RFC 3327; the P-CSCF asserts its users).
+        A flow that only carried a proxied REGISTER without a Path — an I-CSCF's, which relays
+        anyone's requests — proves nothing about who sent a later request on it."""
+        direct: bool | None = None
         for aor in caller.aors:
             for binding in await self.bindings.load(aor):
                 if binding.expired(now) or binding.flow is None:
                     continue
                 seen = binding.flow
-                if seen.transport == flow.transport and seen.remote == flow.remote:
+                if seen.transport != flow.transport or seen.remote != flow.remote:
+                    continue
+                if binding.path:
+                    return True
+                if direct is None:
+                    direct = _single_via(request)
+                if direct:
                     return True
         return False
 
