@@ -28,6 +28,7 @@ from kamailio_support import CONFIGS, Kamailio, dbtext_directory, free_udp_port,
 from sipua import Caller, Phone
 from test_kamailio_icscf import MODULES as ICSCF_MODULES
 from test_kamailio_icscf import _running_core
+from test_kamailio_pcscf import UdpPhone
 
 from imscore.sip import Request, Response
 from imscore.sip.transaction import build_ack
@@ -35,14 +36,6 @@ from imscore.sip.transaction import build_ack
 DOMAIN = "ims.example.test"
 ALICE = f"sip:alice@{DOMAIN}"
 PCSCF_MODULES = ("path", "pua", "db_text", "ims_usrloc_pcscf", "ims_ipsec_pcscf", "ims_registrar_pcscf")
-
-
-class UdpPhone(Phone):
-    """A phone whose Contact names its transport (as tests/test_kamailio_pcscf.py explains)."""
-
-    @property
-    def contact_uri(self) -> str:
-        return f"sip:{self.name}@{self.host}:{self.port};transport=udp"
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
