@@ -13,7 +13,8 @@ own Route entry); a de-registration is NOTIFYed to the P-CSCF, which takes that 
 A second UE calls the first through the P-CSCF: Kamailio finds the caller registered, asserts
 its identity (P-Asserted-Identity) and sends the INVITE along its Service-Route; imscore takes
 that identity as the caller (the P-CSCF is where the caller's REGISTER came from) and sends the
-call to the callee through its Path.
+call to the callee through its Path. Two real baresip phones of one user behind the P-CSCF
+both ring for a call to that user.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from devices import Baresip
 from kamailio_support import CONFIGS, Kamailio, dbtext_directory, free_udp_port, need_kamailio
 from sipua import Caller, Phone
 
@@ -185,3 +187,39 @@ def registrar_bindings(server: RunningServer, aor: str) -> list:  # type: ignore
     registrar = server.server.registrar
     assert registrar is not None
     return server.call(registrar.bindings.load(aor))
+
+
+def test_every_baresip_phone_behind_the_pcscf_rings(
+    core: tuple[RunningServer, Kamailio, str], tmp_path: Path
+) -> None:
+    """Two real baresip phones of alice register through Kamailio's P-CSCF; a call to alice rings
+    both (imscore forks to each binding, each through the P-CSCF's Path), then the caller gives up
+    (CANCEL, 487)."""
+    server, kamailio, pcscf_uri = core
+    pcscf = ("127.0.0.1", int(pcscf_uri.rsplit(":", 1)[1]))
+    phones = [
+        Baresip(name, "alice", "alice-secret", pcscf, workdir=tmp_path, answermode="manual")
+        for name in ("alice-desk", "alice-soft")
+    ]
+    caller = Caller(server.address("udp"), "carol")
+    try:
+        for phone in phones:
+            phone.start()
+        for phone in phones:
+            phone.wait_registered(timeout=15)
+        invite = caller.request("INVITE", ALICE)
+        caller.send(invite)
+        assert _wait(lambda: all("INVITE" in p.received_methods() for p in phones), 15), [
+            p.diagnostics() for p in phones
+        ]
+        assert kamailio.log().count("pcscf: terminating INVITE") >= 2
+        caller.cancel(invite)
+        final = caller.expect("final", 15)
+        while isinstance(final, Response) and final.cseq.method == "CANCEL":  # the CANCEL's 200
+            final = caller.expect("final", 15)
+        assert isinstance(final, Response) and final.status == 487, final
+        caller.send(build_ack(invite, final))
+    finally:
+        caller.close()
+        for phone in phones:
+            phone.stop()
