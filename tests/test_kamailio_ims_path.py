@@ -19,61 +19,29 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from kamailio_support import CONFIGS, Kamailio, dbtext_directory, free_udp_port, need_kamailio
 from sipua import Caller, Phone
 from test_kamailio_icscf import MODULES as ICSCF_MODULES
 from test_kamailio_icscf import _running_core
-from test_kamailio_pcscf import UdpPhone
+from test_kamailio_pcscf import UdpPhone, _wait, busy_call
 
-from imscore.sip import Request, Response
-from imscore.sip.transaction import build_ack
+from imscore.sip import Response
 
 DOMAIN = "ims.example.test"
 ALICE = f"sip:alice@{DOMAIN}"
 PCSCF_MODULES = ("path", "pua", "db_text", "ims_usrloc_pcscf", "ims_ipsec_pcscf", "ims_registrar_pcscf")
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _call(icscf: tuple[str, int], phone: Phone | None) -> Response:
     """A call to alice from another network, sent to the I-CSCF; ``phone`` (when given) is busy."""
-    rang: list[Request] = []
-
-    def ring() -> None:
-        assert phone is not None
-        invite = phone.expect("INVITE", 10)
-        assert isinstance(invite, Request)
-        rang.append(invite)
-        phone.reply(invite, 486)
-
-    ringer = threading.Thread(target=ring) if phone is not None else None
-    if ringer is not None:
-        ringer.start()
     caller = Caller(icscf, "carol")
     try:
-        invite = caller.request("INVITE", ALICE)
-        caller.send(invite)
-        final = caller.expect("final", 15)
-        assert isinstance(final, Response)
-        caller.send(build_ack(invite, final))
+        return busy_call(caller, phone)[0]
     finally:
         caller.close()
-    if ringer is not None:
-        ringer.join(15)
-        assert len(rang) == 1, "the phone did not ring"
-    return final
 
 
 def test_ue_pcscf_icscf_imscore_and_the_hss(tmp_path: Path) -> None:

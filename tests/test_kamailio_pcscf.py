@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from devices import Baresip
 from kamailio_support import CONFIGS, Kamailio, dbtext_directory, free_udp_port, need_kamailio
-from sipua import Caller, Phone
+from sipua import Agent, Caller, Phone
 
 from imscore.profile import load_profile
 from imscore.sip import Request, Response
@@ -82,13 +82,40 @@ class UdpPhone(Phone):
         return f"sip:{self.name}@{self.host}:{self.port};transport=udp"
 
 
-def _wait(condition: object, timeout: float = 10.0) -> bool:
+def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return True
         time.sleep(0.05)
     return False
+
+
+def busy_call(caller: Agent, phone: Phone | None, to: str = ALICE) -> tuple[Response, Request | None]:
+    """``caller`` sends an INVITE to ``to``; ``phone``, when given, must receive it and answers
+    486 (busy). Returns the INVITE's final response (ACKed) and the INVITE the phone received."""
+    rang: list[Request] = []
+
+    def ring() -> None:
+        assert phone is not None
+        invite = phone.expect("INVITE", 10)
+        assert isinstance(invite, Request)
+        rang.append(invite)
+        phone.reply(invite, 486)
+
+    ringer = threading.Thread(target=ring) if phone is not None else None
+    if ringer is not None:
+        ringer.start()
+    invite = caller.request("INVITE", to)
+    caller.send(invite)
+    final = caller.expect("final", 15)
+    assert isinstance(final, Response)
+    caller.send(build_ack(invite, final))
+    if ringer is None:
+        return final, None
+    ringer.join(15)
+    assert len(rang) == 1, "the phone did not ring"
+    return final, rang[0]
 
 
 def test_ues_register_call_and_deregister_through_kamailios_pcscf(
@@ -122,28 +149,12 @@ def test_ues_register_call_and_deregister_through_kamailios_pcscf(
 
         # a call to alice from another network, arriving at imscore: it goes to her through the
         # P-CSCF's Path entry, and the P-CSCF hands it to her phone (she is busy)
-        rang: list[Request] = []
-
-        def ring() -> None:
-            invite = alice.expect("INVITE", 10)
-            assert isinstance(invite, Request)
-            rang.append(invite)
-            alice.reply(invite, 486)
-
-        ringer = threading.Thread(target=ring)
-        ringer.start()
         caller = Caller(server.address("udp"), "carol")
         try:
-            invite = caller.request("INVITE", ALICE)
-            caller.send(invite)
-            final = caller.expect("final", 15)
-            assert isinstance(final, Response)
-            caller.send(build_ack(invite, final))
+            final, received = busy_call(caller, alice)
         finally:
             caller.close()
-        ringer.join(15)
         assert final.status == 486, final.reason
-        (received,) = rang
         # imscore's Via and the P-CSCF's above the caller's
         assert len(received.via) == 3
         kamailio.wait_for(r"pcscf: terminating INVITE")
@@ -151,17 +162,8 @@ def test_ues_register_call_and_deregister_through_kamailios_pcscf(
         # bob calls alice through the P-CSCF: it finds bob registered, asserts his identity and
         # sends the INVITE along his Service-Route; imscore believes that assertion (the P-CSCF
         # is where bob's REGISTER came from) and sends the call to alice through her Path
-        rang.clear()
-        ringer = threading.Thread(target=ring)
-        ringer.start()
-        invite = bob.request("INVITE", ALICE)
-        bob.send(invite)
-        final = bob.expect("final", 15)
-        assert isinstance(final, Response)
-        bob.send(build_ack(invite, final))
-        ringer.join(15)
+        final, received = busy_call(bob, alice)
         assert final.status == 486, final.reason
-        (received,) = rang
         assert [str(a.uri) for a in received.p_asserted_identity] == [BOB]
         kamailio.wait_for(r"pcscf: originating INVITE from registered sip:bob@")
 
