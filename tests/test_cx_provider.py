@@ -11,8 +11,11 @@ is stopped makes a REGISTER ``503`` with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
+import selectors
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,6 +230,142 @@ def test_an_unreachable_hss_is_503_with_retry_after(hss: Hss) -> None:
         stopped(served)
 
 
+def _connections_to(port: int) -> int:
+    """Established TCP connections whose remote end is loopback ``port`` (from /proc/net/tcp)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote, state = fields[2], fields[3]
+        if state == "01" and int(remote.split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
+def test_the_scscf_connects_to_its_hss_as_it_starts(hss: Hss) -> None:
+    """CER/CEA at start-up, like any Diameter node: the first REGISTER does not wait for it."""
+    assert _connections_to(hss.port) == 0
+    served = scscf(hss)
+    try:
+        # no SIP request yet: the Cx connection is up
+        assert eventually(lambda: _connections_to(hss.port), 1) == 1
+        phone = Phone(served.addresses["udp"], "alice1")
+        try:
+            assert phone.register().status == 200
+        finally:
+            phone.close()
+        assert _connections_to(hss.port) == 1  # the same connection served MAR and SAR
+    finally:
+        stopped(served)
+    assert any("Cx: connected to 127.0.0.1" in line for line in served.log), served.log
+
+
+def test_an_hss_down_at_start_up_does_not_stop_the_scscf(hss: Hss) -> None:
+    port = hss.port
+    hss.stop()
+    served = serve("--listen", "udp:127.0.0.1:0", "--subscribers", f"cx://127.0.0.1:{port}")
+    try:
+        phone = Phone(served.addresses["udp"], "alice1")
+        try:
+            refused = phone.register()  # it serves, and says the HSS is not there
+            assert refused.status == 503, refused.status
+            assert refused.headers.get("Retry-After") == "30"
+        finally:
+            phone.close()
+    finally:
+        stopped(served)
+    assert any(f"HSS 127.0.0.1:{port}:" in line for line in served.log), served.log
+
+
+class Relay:
+    """A TCP relay on a free loopback port in front of the HSS, in a thread: it records the command
+    code of each Diameter request the S-CSCF sends, counts the connections it accepted, and while
+    :attr:`silent` drops everything the HSS sends (an HSS that stopped answering)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.requests: list[int] = []
+        self.accepted = 0
+        self.silent = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self.listener, selectors.EVENT_READ)
+        pairs: dict[socket.socket, tuple[socket.socket, bool]] = {}  # sock -> (other, from_scscf)
+        pending: dict[socket.socket, bytes] = {}
+        while not self._stop.is_set():
+            for key, _ in selector.select(0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self.listener:
+                    scscf, _ = self.listener.accept()
+                    hss = socket.create_connection(("127.0.0.1", self.target))
+                    self.accepted += 1
+                    pairs[scscf], pairs[hss] = (hss, True), (scscf, False)
+                    pending[scscf] = b""
+                    for each in (scscf, hss):
+                        selector.register(each, selectors.EVENT_READ)
+                    continue
+                other, from_scscf = pairs[sock]
+                data = sock.recv(65536)
+                if not data:
+                    for each in (sock, other):
+                        selector.unregister(each)
+                        pairs.pop(each)
+                        pending.pop(each, None)
+                        each.close()
+                    continue
+                if from_scscf:
+                    buffer = pending[sock] + data
+                    while len(buffer) >= 20 and len(buffer) >= int.from_bytes(buffer[1:4], "big"):
+                        if buffer[4] & 0x80:  # the R flag: a request
+                            self.requests.append(int.from_bytes(buffer[5:8], "big"))
+                        buffer = buffer[int.from_bytes(buffer[1:4], "big") :]
+                    pending[sock] = buffer
+                elif self.silent:
+                    continue
+                other.sendall(data)
+        for sock in pairs:
+            sock.close()
+        self.listener.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_the_watchdog_keeps_the_connection_and_replaces_a_silent_one(hss: Hss) -> None:
+    relay = Relay(hss.port)
+    served = serve(
+        "--listen", "udp:127.0.0.1:0",
+        "--subscribers", f"cx://127.0.0.1:{relay.port}?watchdog=0.5&timeout=1",
+    )  # fmt: skip
+    try:
+        # CER at start, then DWRs while nothing else is said (RFC 3539's Tw, here 0.5 s)
+        assert eventually(lambda: relay.requests.count(d.DWR) >= 2, True) is True, relay.requests
+        assert relay.requests[0] == d.CER and relay.accepted == 1
+        # the HSS stops answering: no DWA within the timeout closes the connection, and the
+        # S-CSCF opens a new one (whose CER gets no CEA either, while the HSS stays silent)
+        relay.silent = True
+        assert eventually(lambda: relay.accepted >= 2, True) is True
+        relay.silent = False
+        # it answers again: a connection is up before any REGISTER, and serves it
+        assert eventually(lambda: _connections_to(relay.port), 1) == 1
+        phone = Phone(served.addresses["udp"], "alice1")
+        try:
+            assert phone.register().status == 200
+        finally:
+            phone.close()
+    finally:
+        stopped(served)
+        relay.close()
+    assert any("no DWA" in line and "closing the connection" in line for line in served.log), served.log
+
+
 def test_an_expiry_is_told_to_the_hss_by_sar(hss: Hss, tmp_path: Path) -> None:
     default = Path(__file__).parent.parent / "imscore" / "profiles" / "default.yaml"
     text = default.read_text()
@@ -410,6 +549,7 @@ def test_the_digest_realm_is_the_one_the_hss_made_the_ha1_with(hss: Hss) -> None
         ("cx://127.0.0.1", "expected cx://HOST:PORT"),
         ("cx://127.0.0.1:3868?bogus=1", "unknown key 'bogus'"),
         ("cx://127.0.0.1:3868?timeout=soon", "timeout must be a number"),
+        ("cx://127.0.0.1:3868?watchdog=often", "watchdog must be a number"),
     ],
 )
 def test_a_bad_cx_url_stops_start_up_with_one_line(url: str, said: str) -> None:

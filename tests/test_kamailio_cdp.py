@@ -66,9 +66,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     cdp.write_text(
         (CONFIGS / "cdp_hss.xml")
         .read_text()
-        .format(
-            fqdn=f"hss.{DOMAIN}", realm=DOMAIN, port=port, scscf=SCSCF_HOST, scscf_port=free_tcp_port()
-        )
+        .format(fqdn=f"hss.{DOMAIN}", realm=DOMAIN, port=port, scscf_port=free_tcp_port())
     )
     ha1 = hashlib.md5(f"{IMPI}:{DOMAIN}:{PASSWORD}".encode()).hexdigest()
     kamailio = Kamailio(

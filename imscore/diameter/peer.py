@@ -62,6 +62,8 @@ class PeerConnection:
         self._framer = StreamFramer()
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: the loop's time when octets last came from the peer (RFC 3539's watchdog resets on them)
+        self.last_received = asyncio.get_running_loop().time()
         peer = writer.get_extra_info("peername")
         self.peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
@@ -137,6 +139,7 @@ class PeerConnection:
                 data = await self.reader.read(_READ)
                 if not data:
                     break
+                self.last_received = asyncio.get_running_loop().time()
                 try:
                     frames = self._framer.feed(data)
                 except FramingError as exc:

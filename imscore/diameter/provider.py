@@ -18,13 +18,18 @@ whose subscriber data lives in an HSS (``imscore hss``, or any Cx HSS):
   (contacts ``terminated`` with event ``rejected``, or ``deactivated`` for Reason-Code
   NEW_SERVER_ASSIGNED / SERVER_CHANGE, when the UE is expected to register again); PPR replaces the
   profile kept for a registered set.
+- **The connection** (CER/CEA) is opened as the server starts and kept by the watchdog: a DWR
+  after Tw without traffic, the connection closed when no DWA comes, and opened again every Tw
+  (and by the next request) while it is down. An HSS that is not up at start-up is a warning, not
+  a failed start.
 - **Failures** become SIP statuses: an unreachable or silent HSS ``503`` with ``Retry-After``,
   DIAMETER_ERROR_USER_UNKNOWN ``404``, the other refusals ``403``.
 
 The URL: ``cx://HOST:PORT`` with optional query keys ``origin_host`` (default ``scscf.<domain>``),
 ``origin_realm`` (default the profile's first domain), ``destination_realm`` (default the origin
 realm), ``server_name`` (the S-CSCF's SIP URI in MAR and SAR, default ``sip:<origin_host>``),
-``timeout`` (seconds an answer may take, default 3) and ``retry_after`` (the 503's, default 30).
+``timeout`` (seconds an answer may take, default 3), ``retry_after`` (the 503's, default 30) and
+``watchdog`` (Tw of RFC 3539 in seconds, default 30; 0 sends no DWR).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ _KEYS: Final = (
     "server_name",
     "timeout",
     "retry_after",
+    "watchdog",
 )
 _DIGEST_SCHEMES: Final = (d.SCHEME_SIP_DIGEST, "Digest-MD5", "Digest")
 
@@ -137,6 +143,8 @@ class CxSubscriberStore:
         self.options = dict(options or {})
         self.timeout = float(self.options.get("timeout", "3"))
         self.retry_after = int(self.options.get("retry_after", "30"))
+        #: Tw of RFC 3539, seconds; 0 sends no DWR and only connects at start and on demand
+        self.watchdog = float(self.options.get("watchdog", "30"))
         self.origin_host = self.options.get("origin_host", "")
         self.origin_realm = self.options.get("origin_realm", "")
         self.destination_realm = self.options.get("destination_realm", "")
@@ -164,7 +172,7 @@ class CxSubscriberStore:
         unknown = sorted(set(query) - known)
         if unknown:
             raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        for key in ("timeout", "retry_after"):
+        for key in ("timeout", "retry_after", "watchdog"):
             if key in query:
                 try:
                     float(query[key])
@@ -180,16 +188,50 @@ class CxSubscriberStore:
         self.origin_host = self.origin_host or f"scscf.{domain}"
         self.destination_realm = self.destination_realm or self.origin_realm
         self.server_name = self.server_name or f"sip:{self.origin_host}"
+        # a Diameter node opens its peer connection (CER/CEA) when it starts, so the first REGISTER
+        # does not wait for it, and keeps it with the watchdog
+        with contextlib.suppress(RuntimeError):  # no running loop: connect on the first request
+            task = asyncio.get_running_loop().create_task(self._keep_connected())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _keep_connected(self) -> None:
+        """Connect now; then every Tw (``watchdog`` seconds, with jitter), connect again if the
+        connection is gone, or send DWR if nothing came from the HSS for Tw, closing the connection
+        when no DWA comes (RFC 3539 §3.4.1, RFC 6733 §5.5). An HSS that is down is logged once per
+        outage; requests meanwhile are 503 and try to connect themselves."""
+        loop = asyncio.get_running_loop()
+        down = False
+        while True:
+            client = self._client
+            if client is None or client.closed:
+                try:
+                    await self._connection(quiet=down)
+                    down = False
+                except StoreUnavailable:
+                    down = True
+            elif loop.time() - client.connection.last_received >= self.watchdog:
+                try:
+                    await client.watchdog()
+                except DiameterPeerError as exc:
+                    log.warning("HSS %s:%d: %s; closing the connection", self.host, self.port, exc)
+                    await client.close(disconnect=False)
+                    continue  # connect again at once
+            if self.watchdog <= 0:
+                return
+            jitter = min(2.0, self.watchdog / 4)
+            await asyncio.sleep(self.watchdog + secrets.SystemRandom().uniform(-jitter, jitter))
 
     def __str__(self) -> str:
         return f"Cx HSS at {self.host}:{self.port}"
 
     # -- the connection ---------------------------------------------------------------------------
-    def _unavailable(self, why: object) -> StoreUnavailable:
-        log.warning("HSS %s:%d: %s", self.host, self.port, why)
+    def _unavailable(self, why: object, *, quiet: bool = False) -> StoreUnavailable:
+        if not quiet:
+            log.warning("HSS %s:%d: %s", self.host, self.port, why)
         return StoreUnavailable(f"HSS {self.host}:{self.port}: {why}", self.retry_after)
 
-    async def _connection(self) -> CxClient:
+    async def _connection(self, *, quiet: bool = False) -> CxClient:
         async with self._connecting:
             if self._client is not None and not self._client.closed:
                 return self._client
@@ -206,7 +248,7 @@ class CxSubscriberStore:
                     on_request=self._incoming,
                 )
             except DiameterPeerError as exc:
-                raise self._unavailable(exc) from None
+                raise self._unavailable(exc, quiet=quiet) from None
             log.info("Cx: connected to %s:%d", self.host, self.port)
             return self._client
 
