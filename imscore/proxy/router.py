@@ -131,6 +131,21 @@ def _path_hop(entry: str) -> tuple[str, int] | None:
     return host, uri.port or (5061 if uri.scheme == "sips" else 5060)
 
 
+def from_path_hop(binding: StoredBinding, flow: FlowInfo) -> bool:
+    """Whether ``flow`` comes from the first hop of the Path ``binding`` registered with (the
+    element next to us on the way to the device, when its URI names an IP address): over UDP its
+    address and port (an edge proxy sends from its listening socket), over TCP, TLS or SCTP its
+    address. When an I-CSCF relayed the REGISTER, the P-CSCF is that hop, not the REGISTER's
+    sender, and it sends the user's later requests along the Service-Route itself."""
+    if not binding.path:
+        return False
+    hop = _path_hop(binding.path[0])
+    if hop is None:
+        return False
+    remote = (flow.remote[0].strip("[]"), flow.remote[1])
+    return hop == remote if flow.transport == "udp" else hop[0] == remote[0]
+
+
 def flow_for(binding: StoredBinding) -> FlowInfo | None:
     """The recorded flow a request to this device must use, or ``None`` to use its Contact
     (see :func:`nat_decision`)."""
@@ -379,12 +394,17 @@ class Router:
         return request.from_.uri
 
     async def _behind_edge(self, subscriber: Subscriber, flow: FlowInfo, now: float) -> bool:
-        """One of ``subscriber``'s live bindings came with a Path from the sender of ``flow``."""
+        """One of ``subscriber``'s live bindings came with a Path from the sender of ``flow``, or
+        names it as the Path's first hop (:func:`from_path_hop`)."""
         for aor in subscriber.aors:
             for binding in await self.bindings.load(aor):
                 seen = binding.flow
                 live = binding.path and seen is not None and not binding.expired(now)
-                if live and seen is not None and same_sender(seen, flow):
+                if (
+                    live
+                    and seen is not None
+                    and (same_sender(seen, flow) or from_path_hop(binding, flow))
+                ):
                     return True
         return False
 
@@ -456,14 +476,18 @@ class Router:
     ) -> bool:
         """Whether ``request`` came on the flow a live binding of ``caller`` registered on, from
         an element that speaks for the caller: the device itself (the request has a single Via),
-        or the edge proxy that registered it with a Path (RFC 3327; the P-CSCF asserts its users).
-        A flow that only carried a proxied REGISTER without a Path — an I-CSCF's, which relays
-        anyone's requests — proves nothing about who sent a later request on it."""
+        or the edge proxy that registered it with a Path (RFC 3327; the P-CSCF asserts its users),
+        also when the request comes from the Path's first hop and an I-CSCF relayed the REGISTER
+        (:func:`from_path_hop`). A flow that only carried a proxied REGISTER without a Path — an
+        I-CSCF's, which relays anyone's requests — proves nothing about who sent a later request
+        on it."""
         direct: bool | None = None
         for aor in caller.aors:
             for binding in await self.bindings.load(aor):
                 if binding.expired(now) or binding.flow is None:
                     continue
+                if from_path_hop(binding, flow):
+                    return True
                 seen = binding.flow
                 if seen.transport != flow.transport or seen.remote != flow.remote:
                     continue
