@@ -159,17 +159,21 @@ def _start_hss(
     return process
 
 
-def _record_routing(directory: Path, trusted: bool = False) -> Path:
+def _record_routing(directory: Path, trusted: bool = False, service_route: str | None = None) -> Path:
     """The default profile with ``proxy.record_route`` on: the S-CSCF stays on the dialog's path,
     so that the caller's ACK and BYE (which SIPp sends to the I-CSCF) reach the device from the
     address its INVITE came from (SIPp answers a call's requests there). ``trusted``: the I-CSCF's
-    address (127.0.0.1) in ``proxy.trusted_peers`` too."""
+    address (127.0.0.1) in ``proxy.trusted_peers`` too; ``service_route``: the
+    ``registrar.service_route`` (default: the profile's, which names the home domain)."""
     shown = subprocess.run(
         [sys.executable, "-m", "imscore", "profile", "show", "default"],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     assert "record_route: false" in shown
     shown = shown.replace("record_route: false", "record_route: true")
+    if service_route is not None:
+        assert "service_route: null" in shown
+        shown = shown.replace("service_route: null", f"service_route: '{service_route}'")
     if trusted:
         assert "trusted_peers: []" in shown
         shown = shown.replace("trusted_peers: []", "trusted_peers: ['127.0.0.1']")
@@ -198,15 +202,18 @@ def _running_core(
     trusted: bool = False,
     hss_options: tuple[str, ...] = (),
     drop: Callable[[Recorded], bool] | None = None,
+    reachable_service_route: bool = False,
 ) -> Iterator[Core]:
     """HSS (with ``hss_options`` added to its command line), S-CSCF (``trusted``: with the I-CSCF
-    among its trusted peers), relay (``drop``: the messages it keeps from their peer) and I-CSCF."""
+    among its trusted peers; ``reachable_service_route``: its Service-Route names its own address,
+    not the home domain), relay (``drop``: the messages it keeps from their peer) and I-CSCF."""
     need_kamailio(MODULES)
     require_binary("sipp", "sip-tester")
     subscribers = workdir / "subscribers.yaml"
     subscribers.write_text(SUBSCRIBERS)
     scscf_port = free_udp_port()
     scscf_uri = f"sip:127.0.0.1:{scscf_port}"
+    service_route = f"sip:orig@127.0.0.1:{scscf_port};lr" if reachable_service_route else None
     hss_port = free_tcp_port()
     hss = _start_hss(subscribers, hss_port, scscf_uri, hss_options)
     relay = DiameterRelay(("127.0.0.1", hss_port), drop).start()
@@ -215,7 +222,7 @@ def _running_core(
     try:
         scscf = serve(
             "--listen", f"udp:127.0.0.1:{scscf_port}",
-            "--profile", str(_record_routing(workdir, trusted)),
+            "--profile", str(_record_routing(workdir, trusted, service_route)),
             "--subscribers", f"cx://127.0.0.1:{hss_port}?server_name={scscf_uri}",
         )  # fmt: skip
         database = workdir / "icscf.sqlite"
