@@ -56,11 +56,13 @@ from imscore.diameter.messages import (
     result_of,
 )
 from imscore.diameter.peer import DiameterPeerError
+from imscore.diameter.sharing import SetIndex, process_origin_host, serves_shared, shared_server_name
 from imscore.diameter.userdata import parse_ifcs, parse_user_data
 from imscore.ifc.model import NO_SERVICES, ServiceProfile
 from imscore.registrar.change import DEREGISTRATION, RegistrationChange
 from imscore.registrar.remote import AKA, DIGEST, RemoteCredentials, StoreRefusal, StoreUnavailable
 from imscore.sip import ParseError, Uri, parse_uri
+from imscore.store import StoreError
 from imscore.subscribers import ImplicitSet, Subscriber, impi_key, impu_key
 
 __all__ = ["CxSubscriberStore", "subscriber_from_user_data"]
@@ -146,6 +148,7 @@ class CxSubscriberStore:
         #: Tw of RFC 3539, seconds; 0 sends no DWR and only connects at start and on demand
         self.watchdog = float(self.options.get("watchdog", "30"))
         self.origin_host = self.options.get("origin_host", "")
+        self._given_origin_host = self.origin_host
         self.origin_realm = self.options.get("origin_realm", "")
         self.destination_realm = self.options.get("destination_realm", "")
         self.server_name = self.options.get("server_name", "")
@@ -153,11 +156,18 @@ class CxSubscriberStore:
         self._client: CxClient | None = None
         self._connecting = asyncio.Lock()
         #: address-of-record key -> (record, until); registered sets are kept until de-registered
+        #: (for :data:`LOOKUP_TTL` s when several processes serve: a PPR reaches only one of them)
         self._by_impu: dict[str, tuple[Subscriber, float]] = {}
-        self._by_impi: dict[str, Subscriber] = {}
+        self._by_impi: dict[str, tuple[Subscriber, float]] = {}
+        #: which set an IMPU is in, which sets an IMPI owns (from the profiles the HSS sent)
+        self.sets = SetIndex()
+        #: one of several processes (workers, pool nodes): the registration state is the shared
+        #: binding store's (:mod:`imscore.diameter.sharing`)
+        self.shared = False
         #: IMPI key -> until when the HSS is known to know it (get_by_impi's SAR NO_ASSIGNMENT)
         self._known_impis: dict[str, float] = {}
-        #: the default IMPU keys of the sets assigned to us by SAR (registered here)
+        #: the default IMPU keys of the sets this process's SARs assigned to us (one process alone
+        #: trusts it; several ask the binding store, see :meth:`_registered`)
         self.registered: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -181,13 +191,23 @@ class CxSubscriberStore:
         return cls(parts.hostname, parts.port, query)
 
     def attach(self, server: Any) -> None:
-        """The server started: defaults from its profile, and where RTR's NOTIFYs go."""
+        """The server started: defaults from its profile, this process's Diameter identity (one
+        per worker or pool node, :mod:`imscore.diameter.sharing`), and where RTR's NOTIFYs go."""
         self.server = server
         domain = server.profile.domains[0]
+        self.shared = serves_shared(server)
         self.origin_realm = self.origin_realm or domain
-        self.origin_host = self.origin_host or f"scscf.{domain}"
+        given = self._given_origin_host
+        self.server_name = self.server_name or shared_server_name(server, given, domain)
+        self.origin_host = process_origin_host(server, given, domain)
         self.destination_realm = self.destination_realm or self.origin_realm
-        self.server_name = self.server_name or f"sip:{self.origin_host}"
+        if getattr(server, "pool", None) is not None and not given and not server.node_id:
+            log.warning(
+                "Cx in a pool: this node has no --node-id and no origin_host, so its Origin-Host "
+                "%s may be another node's too (the HSS sends RTR and PPR to one of them): give "
+                "each node its own",
+                self.origin_host,
+            )
         # a Diameter node opens its peer connection (CER/CEA) when it starts, so the first REGISTER
         # does not wait for it, and keeps it with the watchdog
         with contextlib.suppress(RuntimeError):  # no running loop: connect on the first request
@@ -278,8 +298,8 @@ class CxSubscriberStore:
         not a private identity."""
         key = impi_key(impi)
         known = self._by_impi.get(key)
-        if known is not None:
-            return known
+        if known is not None and known[1] > time.monotonic():
+            return known[0]
         try:
             record = Subscriber(impi=impi, password=secrets.token_hex(24))
         except ValueError:
@@ -312,6 +332,14 @@ class CxSubscriberStore:
         if kept is not None and kept[1] > time.monotonic():
             return kept[0]
         saa = await self._ask(d.SAR, self._sar_avps(str(uri), d.NO_ASSIGNMENT, None))
+        if result_of(saa) == (d.UNABLE_TO_COMPLY, 0):
+            log.warning(
+                "SAR NO_ASSIGNMENT %s: 5012, the HSS has another Server-Name than %s for this "
+                "user (the nodes of a pool must share one server_name)",
+                key,
+                self.server_name,
+            )
+            return None
         if result_of(saa) != (d.SUCCESS, 0):
             log.info("SAR NO_ASSIGNMENT %s: %s", key, result_of(saa))
             return None
@@ -380,9 +408,14 @@ class CxSubscriberStore:
         raise StoreRefusal(403, "No authentication scheme the HSS and this S-CSCF share")
 
     async def assign(self, subscriber: Subscriber, impu: Uri) -> Subscriber:
-        """SAR REGISTRATION, or RE_REGISTRATION for a set registered here; the profile."""
-        record = self._by_impu.get(impu_key(impu) or "")
-        again = record is not None and record[0].implicit_sets[0].keys[0] in self.registered
+        """SAR REGISTRATION, or RE_REGISTRATION for a set registered at this S-CSCF (by this
+        process, or by any worker or pool node: :meth:`_registered`); the profile."""
+        key = impu_key(impu) or ""
+        aor = self.sets.default_of(key)
+        if aor is None and self.shared:  # the set of the IMPU, to find its bindings
+            await self.get_by_impu(impu)
+            aor = self.sets.default_of(key)
+        again = await self._registered(aor or key)
         kind = d.RE_REGISTRATION if again else d.REGISTRATION
         saa = await self._ask(d.SAR, self._sar_avps(str(impu), kind, subscriber.impi))
         self._check(saa, "SAR", subscriber.impi)
@@ -390,8 +423,33 @@ class CxSubscriberStore:
         if found is None:
             raise StoreRefusal(403, "The HSS sent no usable user profile")
         self.registered.add(found.implicit_sets[0].keys[0])
-        self._keep(found, math.inf)
+        self._keep(found, self._registered_until())
         return found
+
+    def _registered_until(self) -> float:
+        """Until when the profile of a registered set is kept: while it is registered, for one
+        process (the PPRs come to it); :data:`LOOKUP_TTL` s for one of several (a PPR reaches only
+        the one the HSS assigned last, the others read the profile again)."""
+        return time.monotonic() + LOOKUP_TTL if self.shared else math.inf
+
+    async def _registered(self, aor: str) -> bool:
+        """Whether the set filed under ``aor`` is registered at this S-CSCF: assigned by this
+        process's SAR (one process alone), or holding a live binding in the binding store (which
+        workers and pool nodes share, and which survives a restart).
+
+        :raises StoreUnavailable: the binding store failed (the request becomes ``503``).
+        """
+        if not self.shared and aor in self.registered:
+            return True
+        store = None if self.server is None else getattr(self.server, "store", None)
+        if store is None:
+            return aor in self.registered
+        try:
+            bindings = await store.load(aor)
+        except StoreError as exc:
+            raise StoreUnavailable(f"binding store: {exc}", self.retry_after) from None
+        now = self.server.clock()
+        return any(not b.expired(now) for b in bindings)
 
     def registration_changed(self, change: RegistrationChange) -> None:
         """A de-registration (SAR USER_DEREGISTRATION) or an expiry (TIMEOUT_DEREGISTRATION) of a
@@ -416,7 +474,7 @@ class CxSubscriberStore:
         if request.command == d.RTR:
             return await self._rtr(request)
         if request.command == d.PPR:
-            return self._ppr(request)
+            return await self._ppr(request)
         return self._answer(request, result_code(d.COMMAND_UNSUPPORTED), error=True)
 
     def _answer(self, request: Message, result: Avp, *, error: bool = False) -> Message:
@@ -432,21 +490,23 @@ class CxSubscriberStore:
             error=error,
         )
 
-    def _sets_named(self, request: Message) -> list[str]:
-        """The default IMPU keys of the registered sets an RTR or PPR names: those of its
-        Public-Identity AVPs, else every set of its User-Name."""
-        named = [a.as_str() for a in request.find_all(d.PUBLIC_IDENTITY, V)]
+    async def _sets_named(self, request: Message) -> list[str]:
+        """The default IMPU keys of the registered sets an RTR names: the sets of its
+        Public-Identity AVPs (an identity whose set is not known here is taken for a default
+        IMPU: the RTR lists every identity of the set), else every set of its User-Name known
+        here; registered as :meth:`_registered` says."""
+        candidates: list[str] = []
+        for avp in request.find_all(d.PUBLIC_IDENTITY, V):
+            key = impu_key(avp.as_str())
+            if key is not None:
+                candidates.append(self.sets.default_of(key) or key)
         user = request.find(d.USER_NAME)
-        if not named and user is not None:
-            owner = self._by_impi.get(impi_key(user.as_str()))
-            named = [] if owner is None else [str(s.default) for s in owner.implicit_sets]
+        if not candidates and user is not None:
+            candidates = list(self.sets.sets_of(user.as_str()))
         out: list[str] = []
-        for text in named:
-            kept = self._by_impu.get(impu_key(text) or "")
-            if kept is not None:
-                aor = kept[0].implicit_sets[0].keys[0]
-                if aor in self.registered and aor not in out:
-                    out.append(aor)
+        for aor in dict.fromkeys(candidates):
+            if await self._registered(aor):
+                out.append(aor)
         return out
 
     async def _rtr(self, request: Message) -> Message:
@@ -455,7 +515,11 @@ class CxSubscriberStore:
         code_avp = None if reason is None else reason.find(d.REASON_CODE, V)
         code = d.PERMANENT_TERMINATION if code_avp is None else code_avp.as_u32()
         event = "deactivated" if code in (d.NEW_SERVER_ASSIGNED, d.SERVER_CHANGE) else "rejected"
-        sets = self._sets_named(request)
+        try:
+            sets = await self._sets_named(request)
+        except StoreUnavailable as exc:
+            log.warning("RTR: %s", exc.reason)
+            return self._answer(request, result_code(d.UNABLE_TO_COMPLY))
         for aor in sets:
             self._forget(aor)
             if self.server is not None and self.server.registrar is not None:
@@ -464,7 +528,7 @@ class CxSubscriberStore:
         log.info("RTR (reason %d): de-registered %s", code, ", ".join(sets) or "nothing")
         return self._answer(request, result_code(d.SUCCESS))
 
-    def _ppr(self, request: Message) -> Message:
+    async def _ppr(self, request: Message) -> Message:
         """Push-Profile (TS 29.228 §6.5.2): the new User-Data replaces the kept profile."""
         data = request.find(d.USER_DATA, V)
         user = request.find(d.USER_NAME)
@@ -476,10 +540,15 @@ class CxSubscriberStore:
             log.warning("PPR: %s", exc)
             return self._answer(request, experimental_result(d.ERROR_NOT_SUPPORTED_USER_DATA))
         aor = record.implicit_sets[0].keys[0]
-        if aor not in self.registered:
+        try:
+            registered = await self._registered(aor)
+        except StoreUnavailable as exc:
+            log.warning("PPR: %s", exc.reason)
+            return self._answer(request, result_code(d.UNABLE_TO_COMPLY))
+        if not registered:
             return self._answer(request, experimental_result(d.ERROR_USER_UNKNOWN))
         self._forget(aor, keep_registered=True)
-        self._keep(record, math.inf)
+        self._keep(record, self._registered_until())
         log.info("PPR: new profile for %s (%d IMPUs)", aor, len(record.implicit_sets[0]))
         return self._answer(request, result_code(d.SUCCESS))
 
@@ -522,10 +591,13 @@ class CxSubscriberStore:
             return None
 
     def _keep(self, record: Subscriber, until: float) -> None:
+        """Keep a profile until ``until``; one from a registration (not a NO_ASSIGNMENT lookup)
+        also answers for its IMPI."""
+        self.sets.learn(record)
         for key in record.implicit_sets[0].keys:
             self._by_impu[key] = (record, until)
-        if until == math.inf:
-            self._by_impi[impi_key(record.impi)] = record
+        if until == math.inf or record.implicit_sets[0].keys[0] in self.registered:
+            self._by_impi[impi_key(record.impi)] = (record, until)
 
     def _forget(self, aor: str, *, keep_registered: bool = False) -> None:
         kept = self._by_impu.get(aor)
@@ -536,7 +608,8 @@ class CxSubscriberStore:
         record = kept[0]
         for key in record.implicit_sets[0].keys:
             self._by_impu.pop(key, None)
-        if self._by_impi.get(impi_key(record.impi)) is record:
+        owned = self._by_impi.get(impi_key(record.impi))
+        if owned is not None and owned[0] is record:
             del self._by_impi[impi_key(record.impi)]
 
 
