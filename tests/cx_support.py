@@ -114,10 +114,10 @@ def uar(
     return asyncio.run(asyncio.wait_for(main(), 10))
 
 
-def rtr(hss: HssThread, impi: str = ALICE_IMPI) -> dict[str, Any]:
-    """``imscore hss rtr --impi IMPI`` through the HSS's control socket; its JSON answer."""
+def hss_command(hss: HssThread, command: str, impi: str = ALICE_IMPI) -> dict[str, Any]:
+    """``imscore hss rtr|ppr --impi IMPI`` through the HSS's control socket; its JSON answer."""
     done = subprocess.run(
-        [sys.executable, "-m", "imscore", "hss", "rtr", "--control", hss.control, "--impi", impi],
+        [sys.executable, "-m", "imscore", "hss", command, "--control", hss.control, "--impi", impi],
         capture_output=True,
         text=True,
         timeout=60,
@@ -125,6 +125,11 @@ def rtr(hss: HssThread, impi: str = ALICE_IMPI) -> dict[str, Any]:
     assert done.returncode == 0, done.stdout + done.stderr
     reply: dict[str, Any] = json.loads(done.stdout)
     return reply
+
+
+def rtr(hss: HssThread, impi: str = ALICE_IMPI) -> dict[str, Any]:
+    """``imscore hss rtr --impi IMPI``; its JSON answer."""
+    return hss_command(hss, "rtr", impi)
 
 
 def eventually(check: Callable[[], object], expected: object, seconds: float = 10.0) -> object:

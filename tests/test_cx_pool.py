@@ -1,0 +1,180 @@
+"""Cx with a pool of ``imscore serve`` nodes on one ``redis-server``: each node an S-CSCF process
+with its own Diameter identity (``--node-id a`` is ``a.scscf.<domain>``), the pool one Server-Name,
+and the registration state Cx acts on the shared store's.
+
+Real processes on loopback: ``redis-server`` and two nodes (:mod:`redis_support`) with ``--subscribers
+cx://…``, our HSS (:class:`test_hss_scscf.HssThread`) behind a recording Diameter relay, ``imscore
+hss rtr``. A device registers through node A, refreshes through node B (SAR RE_REGISTRATION from B,
+which the HSS then knows as the set's peer), is called through A, watches its reg event through A;
+the HSS's RTR reaches B, the bindings leave Redis and A's subscription hears ``terminated``; then a
+registration through A is SAR REGISTRATION again, as after a de-registration through B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cx_support import (
+    ALICE,
+    ALICE_IMPI,
+    DOMAIN,
+    RE_REGISTRATION,
+    REGISTRATION,
+    USER_DEREGISTRATION,
+    V,
+    assignment,
+    cer_hosts,
+    eventually,
+    final_notify,
+    hss_command,
+    rtas,
+    rtr,
+    sars,
+    uar,
+    wait_sars,
+)
+from diameter_relay import DiameterRelay
+from redis_support import RedisServer, nodes, redis_server
+from sipua import Caller, Phone
+from test_hss_scscf import SUBSCRIBERS, HssThread, subscribe
+from test_redis_pool import ring, stored
+
+from imscore.diameter import dictionary as d
+from imscore.diameter.hss import NOT_REGISTERED, REGISTERED
+from imscore.sip import Request, Response
+
+A, B = f"a.scscf.{DOMAIN}", f"b.scscf.{DOMAIN}"
+SERVER_NAME = f"sip:scscf.{DOMAIN}"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def hss(tmp_path: Path) -> Iterator[tuple[HssThread, DiameterRelay]]:
+    path = tmp_path / "subscribers.yaml"
+    path.write_text(SUBSCRIBERS)
+    running = HssThread(path, tmp_path / "hss.sock")
+    relay = DiameterRelay(running.address).start()
+    try:
+        yield running, relay
+    finally:
+        relay.close()
+        running.stop()
+
+
+def test_register_on_a_refresh_on_b_rtr_and_deregistration_across_the_pool(
+    redis: RedisServer, hss: tuple[HssThread, DiameterRelay], tmp_path: Path
+) -> None:
+    server, relay = hss
+    cx = f"cx://127.0.0.1:{relay.port}"
+    with nodes(redis.url, tmp_path / "nodes", ["a", "b"], "--subscribers", cx) as (a, b):
+        # one Diameter peer per node, named after its --node-id
+        assert eventually(lambda: sorted(cer_hosts(relay)), [A, B]) == [A, B], cer_hosts(relay)
+        phone = Phone(a.udp, "alice-desk")
+        caller = Caller(a.udp)
+        try:
+            assert phone.register().status == 200
+            assert wait_sars(relay, 1) == [(REGISTRATION, A)]
+            assert assignment(server) == (REGISTERED, SERVER_NAME, A)
+            # the refresh goes through B: RE_REGISTRATION, and B is the set's peer now
+            phone.server = b.udp
+            assert phone.register().status == 200
+            assert wait_sars(relay, 2)[1] == (RE_REGISTRATION, B)
+            assert assignment(server) == (REGISTERED, SERVER_NAME, B)
+            subsequent = ((d.SUBSEQUENT_REGISTRATION, V), SERVER_NAME)
+            assert uar(server.address, "tel:+15551230001", ALICE_IMPI) == subsequent
+            # a call through A rings the device (the one Server-Name: A may read the profile)
+            caller.invite("tel:+15551230001")
+            invite = ring(phone)
+            assert str(invite.uri) == phone.contact_uri
+            phone.reply(invite, 486)
+            final = caller.expect("final")
+            assert isinstance(final, Response) and final.status == 486
+            # a changed profile pushed by the HSS (PPR) reaches B, which finds the set registered
+            pushed = hss_command(server, "ppr")
+            assert pushed["sent"] == [{"set": ALICE, "peer": B, "result": [2001, 0]}], pushed
+            # the device watches its reg event through A
+            phone.server = a.udp
+            subscribe(phone)
+            # the HSS de-registers alice: the RTR goes to B, the bindings leave Redis, and A's
+            # subscription gets its terminating NOTIFY through the pool's news
+            reply = rtr(server)
+            assert reply == {"ok": True, "sent": [{"set": ALICE, "peer": B, "result": [2001, 0]}]}
+            assert rtas(relay) == [(B, (d.SUCCESS, 0))]
+            assert stored(redis.url, ALICE) == []
+            notify = final_notify(lambda: phone.expect("NOTIFY", timeout=10), _ok(phone))
+            body = notify.body.decode()
+            assert 'state="terminated"' in body and f'aor="{ALICE}"' in body, body
+            assert assignment(server)[0] == NOT_REGISTERED
+            deregistered = (d.ERROR_IDENTITY_NOT_REGISTERED, V)
+            assert uar(server.address, ALICE, ALICE_IMPI, d.UAT_DE_REGISTRATION)[0] == deregistered
+            # A made the first registration and did not take the RTR: still REGISTRATION now
+            assert phone.register().status == 200
+            assert wait_sars(relay, 3)[2] == (REGISTRATION, A)
+            # de-registered through B, registered again through A
+            phone.server = b.udp
+            assert phone.register(expires=0).status == 200
+            assert wait_sars(relay, 4)[3] == (USER_DEREGISTRATION, B)
+            assert eventually(lambda: assignment(server)[0], NOT_REGISTERED) == NOT_REGISTERED
+            assert stored(redis.url, ALICE) == []
+            phone.server = a.udp
+            assert phone.register().status == 200
+            assert wait_sars(relay, 5)[4] == (REGISTRATION, A)
+            assert assignment(server) == (REGISTERED, SERVER_NAME, A)
+            (binding,) = stored(redis.url, ALICE)
+            assert binding.uri == phone.contact_uri
+        finally:
+            phone.close()
+            caller.close()
+    assert len(sars(relay)) == 5, sars(relay)
+
+
+def _ok(phone: Phone) -> Callable[[Request], None]:
+    def answer(notify: Request) -> None:
+        phone.reply(notify, 200)
+
+    return answer
+
+
+class _Server:
+    """What :mod:`imscore.diameter.sharing` reads of a server."""
+
+    def __init__(
+        self, *, pool: object = None, node_id: str | None = None, worker: object = None
+    ) -> None:
+        self.pool, self.node_id, self.worker = pool, node_id, worker
+
+
+class _Worker:
+    def __init__(self, index: int, count: int) -> None:
+        self.index, self.count = index, count
+
+
+def test_the_diameter_identity_and_server_name_of_each_process() -> None:
+    from imscore.diameter.sharing import process_origin_host, serves_shared, shared_server_name
+
+    alone = _Server()
+    assert not serves_shared(alone)
+    assert process_origin_host(alone, "", DOMAIN) == f"scscf.{DOMAIN}"
+    assert process_origin_host(alone, "localhost", DOMAIN) == "localhost"
+    assert shared_server_name(alone, "", DOMAIN) == f"sip:scscf.{DOMAIN}"
+    assert shared_server_name(alone, "localhost", DOMAIN) == "sip:localhost"
+    # a worker of two: its own Origin-Host, the one Server-Name; one worker is one process
+    second = _Server(worker=_Worker(1, 2))
+    assert serves_shared(second) and not serves_shared(_Server(worker=_Worker(0, 1)))
+    assert process_origin_host(second, "localhost", DOMAIN) == "w1.localhost"
+    assert shared_server_name(second, "localhost", DOMAIN) == "sip:localhost"
+    # a pool node: named after its --node-id unless given a name; the pool's Server-Name either way
+    node = _Server(pool=object(), node_id="Scscf-A")
+    assert serves_shared(node)
+    assert process_origin_host(node, "", DOMAIN) == f"scscf-a.scscf.{DOMAIN}"
+    assert process_origin_host(node, "a.example.test", DOMAIN) == "a.example.test"
+    assert shared_server_name(node, "a.example.test", DOMAIN) == f"sip:scscf.{DOMAIN}"
+    both = _Server(pool=object(), node_id="b", worker=_Worker(0, 2))
+    assert process_origin_host(both, "", DOMAIN) == f"w0.b.scscf.{DOMAIN}"
