@@ -24,6 +24,9 @@ whose subscriber data lives in an HSS (``imscore hss``, or any Cx HSS):
   a failed start.
 - **Failures** become SIP statuses: an unreachable or silent HSS ``503`` with ``Retry-After``,
   DIAMETER_ERROR_USER_UNKNOWN ``404``, the other refusals ``403``.
+- **Several processes** (``--workers``, a pool of nodes): each is a Diameter peer with its own
+  Origin-Host and one shared Server-Name, and whether a set is registered here is read from the
+  binding store they share (:mod:`imscore.diameter.sharing`).
 
 The URL: ``cx://HOST:PORT`` with optional query keys ``origin_host`` (default ``scscf.<domain>``),
 ``origin_realm`` (default the profile's first domain), ``destination_realm`` (default the origin

@@ -16,7 +16,10 @@ What the workers share, and how:
   UE that reuses a nonce under another Call-ID is simply challenged again;
 - **reg-event**: a worker that changes an AOR's bindings tells the parent, which tells the others; a
   worker holding a subscription for that AOR reads the store and sends the NOTIFY;
-- **qualification**: only worker 0 pings contacts, with Call-IDs that come back to it.
+- **qualification**: only worker 0 pings contacts, with Call-IDs that come back to it;
+- **an HSS** (``--subscribers cx://``): each worker is a Diameter peer of its own (Origin-Host
+  ``w<index>.<origin_host>``, one Server-Name), and reads whether a set is registered from the
+  binding store (:mod:`imscore.diameter.sharing`), so Cx is not refused here.
 
 A worker never outlives its parent: it asks the kernel for SIGTERM when the parent dies
 (:func:`die_with_parent`, Linux's ``PR_SET_PDEATHSIG``), and, on every platform, takes the end of its
