@@ -19,6 +19,8 @@ network-initiated de-registration, UDP devices that pick their worker by Call-ID
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import signal
@@ -48,7 +50,10 @@ from cx_support import (
     wait_sars,
 )
 from diameter_relay import DiameterRelay
+from redis_support import short_expiry_profile
+from sipua import Phone
 from test_hss_scscf import SUBSCRIBERS, HssThread
+from test_serve import serve
 from test_workers import READY, Device, call_id_for, credentials, nonce_of
 
 from imscore.diameter import dictionary as d
@@ -63,14 +68,14 @@ class WorkerServer:
     """``imscore serve --workers 2`` with the SQLite store and a ``cx://`` subscriber store; its log
     in a file (a pipe nobody reads would fill and stall the workers)."""
 
-    def __init__(self, directory: Path, cx_port: int) -> None:
+    def __init__(self, directory: Path, cx_port: int, *extra: str) -> None:
         self.store = f"sqlite:{directory / 'bindings.db'}"
         self.log_path = directory / "serve.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "imscore", "serve", "--workers", "2",
                  "--listen", "udp:127.0.0.1:0", "--store", self.store,
-                 "--subscribers", f"cx://127.0.0.1:{cx_port}"],
+                 "--subscribers", f"cx://127.0.0.1:{cx_port}", *extra],
                 stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -100,37 +105,51 @@ class WorkerServer:
         return self.process.returncode
 
     def bindings(self) -> list[str]:
-        """The contacts the shared store holds for alice (read by ``imscore bindings``)."""
-        import json
-
-        done = subprocess.run(
-            [sys.executable, "-m", "imscore", "bindings", "--store", self.store, "--json"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return [
-            b["uri"]
-            for aor in json.loads(done.stdout)["aors"]
-            if aor["aor"] == ALICE
-            for b in aor["bindings"]
-        ]
+        """The contacts the shared store holds for alice."""
+        return stored_contacts(self.store)
 
 
-@pytest.fixture
-def core(tmp_path: Path) -> Iterator[tuple[HssThread, DiameterRelay, WorkerServer]]:
-    path = tmp_path / "subscribers.yaml"
+def stored_contacts(store: str) -> list[str]:
+    """The contacts ``store`` holds for alice (read by ``imscore bindings``)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "imscore", "bindings", "--store", store, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    aors = json.loads(done.stdout)["aors"]
+    return [b["uri"] for aor in aors if aor["aor"] == ALICE for b in aor["bindings"]]
+
+
+@contextlib.contextmanager
+def hss_and_relay(directory: Path) -> Iterator[tuple[HssThread, DiameterRelay]]:
+    """Our HSS with a control socket, and the recording relay in front of it."""
+    path = directory / "subscribers.yaml"
     path.write_text(SUBSCRIBERS)
-    hss = HssThread(path, tmp_path / "hss.sock")
+    hss = HssThread(path, directory / "hss.sock")
     relay = DiameterRelay(hss.address).start()
     try:
-        server = WorkerServer(tmp_path, relay.port)
+        yield hss, relay
+    finally:
+        relay.close()
+        hss.stop()
+
+
+@contextlib.contextmanager
+def running_core(
+    directory: Path, *extra: str
+) -> Iterator[tuple[HssThread, DiameterRelay, WorkerServer]]:
+    with hss_and_relay(directory) as (hss, relay):
+        server = WorkerServer(directory, relay.port, *extra)
         try:
             yield hss, relay, server
         finally:
             assert server.stop() == 0, server.log()
-    finally:
-        relay.close()
-        hss.stop()
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[tuple[HssThread, DiameterRelay, WorkerServer]]:
+    with running_core(tmp_path) as running:
+        yield running
 
 
 def register(device: Device, call_id: str, expires: int = 600) -> Response:
@@ -263,3 +282,67 @@ def test_a_call_through_the_other_worker_finds_the_registered_user(
     ]
     assert lookups, "worker 1 did not look the callee up"
     assert all(m.find(d.SERVER_NAME, V).as_str() == SERVER_NAME for m in lookups)  # type: ignore[union-attr]
+
+
+def test_an_expiry_is_one_sar_from_one_worker(tmp_path: Path) -> None:
+    """Both workers sweep the shared store each second; one of them takes the expired binding (one
+    SQLite transaction) and sends the one SAR TIMEOUT_DEREGISTRATION."""
+    profile = short_expiry_profile(tmp_path)
+    with running_core(tmp_path, "--profile", str(profile)) as (hss, relay, server):
+        device = Device(server.address)
+        try:
+            assert register(device, call_id_for(1, tag="short"), expires=2).status == 200
+            assert wait_sars(relay, 1) == [(REGISTRATION, W1)]
+            assert wait_sars(relay, 2, timeout=15)[1][0] == d.TIMEOUT_DEREGISTRATION
+            time.sleep(2)  # both workers swept again meanwhile
+            assert [kind for kind, _ in sars(relay)] == [REGISTRATION, d.TIMEOUT_DEREGISTRATION]
+            assert assignment(hss)[0] == NOT_REGISTERED
+            assert server.bindings() == []
+        finally:
+            device.close()
+
+
+def test_a_restarted_scscf_acts_on_the_registrations_its_store_kept(tmp_path: Path) -> None:
+    """One process on the SQLite store, stopped and started again: the new process did not make
+    the registration, yet the HSS's RTR (to the same Origin-Host) removes its bindings, and a
+    refresh of a binding the file kept is SAR RE_REGISTRATION."""
+    store = f"sqlite:{tmp_path / 'bindings.db'}"
+    with hss_and_relay(tmp_path) as (hss, relay):
+        args = (
+            "--listen",
+            "udp:127.0.0.1:0",
+            "--store",
+            store,
+            "--subscribers",
+            f"cx://127.0.0.1:{relay.port}",
+        )
+        first = serve(*args)
+        phone = Phone(first.addresses["udp"], "desk")
+        try:
+            assert phone.register().status == 200
+            assert first.stop() == 0, first.log
+            second = serve(*args)
+            try:
+                assert eventually(lambda: len(cer_hosts(relay)), 2) == 2
+                reply = rtr(hss)
+                scscf = f"scscf.{DOMAIN}"
+                assert reply == {
+                    "ok": True,
+                    "sent": [{"set": ALICE, "peer": scscf, "result": [2001, 0]}],
+                }
+                assert stored_contacts(store) == []
+                phone.server = second.addresses["udp"]
+                assert phone.register().status == 200
+                assert stored_contacts(store) == [phone.contact_uri]
+            finally:
+                assert second.stop() == 0, second.log
+            third = serve(*args)
+            try:
+                phone.server = third.addresses["udp"]
+                assert phone.register().status == 200
+            finally:
+                assert third.stop() == 0, third.log
+        finally:
+            phone.close()
+        kinds = [kind for kind, _ in sars(relay)]
+        assert kinds == [REGISTRATION, REGISTRATION, RE_REGISTRATION], sars(relay)
