@@ -178,3 +178,32 @@ def test_the_diameter_identity_and_server_name_of_each_process() -> None:
     assert shared_server_name(node, "a.example.test", DOMAIN) == f"sip:scscf.{DOMAIN}"
     both = _Server(pool=object(), node_id="b", worker=_Worker(0, 2))
     assert process_origin_host(both, "", DOMAIN) == f"w0.b.scscf.{DOMAIN}"
+
+
+def test_an_rtr_while_redis_is_down_is_refused_and_the_hss_keeps_the_registration(
+    redis: RedisServer, hss: tuple[HssThread, DiameterRelay], tmp_path: Path
+) -> None:
+    """The node cannot read or remove the set's bindings: RTA 5012 DIAMETER_UNABLE_TO_COMPLY (no
+    traceback, no 2001 for bindings that stay), the HSS keeps the set registered; with Redis back,
+    the same RTR de-registers it."""
+    server, relay = hss
+    cx = f"cx://127.0.0.1:{relay.port}"
+    with nodes(redis.url, tmp_path / "nodes", ["a"], "--subscribers", cx) as (a,):
+        phone = Phone(a.udp, "alice-desk")
+        try:
+            assert phone.register().status == 200
+            redis.stop()
+            refused = rtr(server)
+            assert refused["sent"] == [
+                {"set": ALICE, "peer": f"a.scscf.{DOMAIN}", "result": [d.UNABLE_TO_COMPLY, 0]}
+            ], refused
+            assert assignment(server)[0] == REGISTERED
+            redis.start()
+            assert stored(redis.url, ALICE) != []  # (appendfsync always: the binding survived)
+            done = rtr(server)
+            assert done["sent"] == [{"set": ALICE, "peer": f"a.scscf.{DOMAIN}", "result": [2001, 0]}]
+            assert stored(redis.url, ALICE) == []
+            assert assignment(server)[0] == NOT_REGISTERED
+        finally:
+            phone.close()
+        assert "RTR: binding store" in a.log(), a.log()[-2000:]

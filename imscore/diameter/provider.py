@@ -526,7 +526,13 @@ class CxSubscriberStore:
         for aor in sets:
             self._forget(aor)
             if self.server is not None and self.server.registrar is not None:
-                notes = await self.server.registrar.network_deregister(aor, event, self.server.clock())
+                try:
+                    notes = await self.server.registrar.network_deregister(
+                        aor, event, self.server.clock()
+                    )
+                except StoreError as exc:  # the bindings could not be removed: the HSS may retry
+                    log.warning("RTR for %s: binding store: %s", aor, exc)
+                    return self._answer(request, result_code(d.UNABLE_TO_COMPLY))
                 self.server._notify(notes)
         log.info("RTR (reason %d): de-registered %s", code, ", ".join(sets) or "nothing")
         return self._answer(request, result_code(d.SUCCESS))
