@@ -207,3 +207,30 @@ def test_an_rtr_while_redis_is_down_is_refused_and_the_hss_keeps_the_registratio
         finally:
             phone.close()
         assert "RTR: binding store" in a.log(), a.log()[-2000:]
+
+
+def test_nodes_sharing_one_origin_host_still_act_on_an_rtr_for_the_pool(
+    redis: RedisServer, hss: tuple[HssThread, DiameterRelay], tmp_path: Path
+) -> None:
+    """Two nodes given one ``origin_host`` (against the advice): the HSS sends the RTR on either
+    connection, and the node it reaches removes the bindings whichever node made them — the state
+    is Redis's. (Before, a node that had not registered the set answered 2001 and did nothing.)"""
+    server, relay = hss
+    cx = f"cx://127.0.0.1:{relay.port}?origin_host=scscf.{DOMAIN}"
+    with nodes(redis.url, tmp_path / "nodes", ["a", "b"], "--subscribers", cx) as (a, b):
+        assert eventually(lambda: cer_hosts(relay), [f"scscf.{DOMAIN}"] * 2) == [f"scscf.{DOMAIN}"] * 2
+        for registrar in (a, b):
+            phone = Phone(registrar.udp, "alice-desk")
+            try:
+                assert phone.register().status == 200
+                assert assignment(server)[0] == REGISTERED
+                reply = rtr(server)
+                assert reply["sent"] == [{"set": ALICE, "peer": f"scscf.{DOMAIN}", "result": [2001, 0]}]
+                assert stored(redis.url, ALICE) == []
+                assert assignment(server)[0] == NOT_REGISTERED
+            finally:
+                phone.close()
+        # each RTR was acted on once; the HSS picks one connection of the name for both, so one of
+        # the two registrations was another node's
+        taken = [n.log().count(f"de-registered {ALICE}") for n in (a, b)]
+        assert sum(taken) == 2, taken
