@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ ALICE_IMPI = f"alice@{DOMAIN}"
 #: the Server-Assignment-Types the tests read
 REGISTRATION, RE_REGISTRATION = d.REGISTRATION, d.RE_REGISTRATION
 USER_DEREGISTRATION = d.USER_DEREGISTRATION
+REGINFO = "{urn:ietf:params:xml:ns:reginfo}"
 
 
 def cer_hosts(relay: DiameterRelay) -> list[str]:
@@ -155,3 +157,24 @@ def final_notify(
             if (message.headers.get("Subscription-State") or "").startswith("terminated"):
                 return message
     raise AssertionError("no terminating NOTIFY")
+
+
+def contact_states(notify: Request) -> list[tuple[str, str]]:
+    """(state, event) of every ``<contact>`` of every registration of a reginfo NOTIFY."""
+    root = ET.fromstring(notify.body)
+    return [
+        (contact.get("state") or "", contact.get("event") or "")
+        for registration in root.findall(f"{REGINFO}registration")
+        for contact in registration.findall(f"{REGINFO}contact")
+    ]
+
+
+def assert_ended(notify: Request, reason: str, contacts: str | None = None) -> None:
+    """``notify`` ends its subscription with ``reason`` (RFC 6665 §4.2.2), and every contact it
+    names (in each registration of the set) is terminated with the event ``contacts`` — the same
+    as ``reason`` unless given, as after an RTR (RFC 3680 §5.1)."""
+    state = notify.headers.get("Subscription-State")
+    assert state == f"terminated;reason={reason}", (state, notify.body.decode())
+    states = contact_states(notify)
+    event = reason if contacts is None else contacts
+    assert states and set(states) == {("terminated", event)}, notify.body.decode()

@@ -11,7 +11,10 @@ network-initiated de-registration, UDP devices that pick their worker by Call-ID
 - a registration through worker 0 is SAR REGISTRATION, its refresh through worker 1 SAR
   RE_REGISTRATION, and the HSS then knows worker 1 as the set's Diameter peer;
 - ``imscore hss rtr`` reaches that worker, which removes the bindings from the shared store; the
-  reg-event subscription held by worker 0 gets its terminating NOTIFY;
+  reg-event subscriptions held by both workers get the same terminating NOTIFY, the RTR's reason
+  (``rejected``) in its contacts and its Subscription-State whichever worker took the RTR;
+- a de-registration and an expiry likewise give the subscriptions of both workers one NOTIFY each,
+  the same in both (``unregistered``, ``expired``; ``terminated;reason=deactivated``);
 - after the RTR, and after a de-registration through worker 1, a registration through worker 0 is
   SAR REGISTRATION again (it does not trust its own memory of the set), and the HSS's UAR answers
   say what happened.
@@ -39,10 +42,11 @@ from cx_support import (
     REGISTRATION,
     USER_DEREGISTRATION,
     V,
+    assert_ended,
     assignment,
     cer_hosts,
+    contact_states,
     eventually,
-    final_notify,
     rtas,
     rtr,
     sars,
@@ -152,6 +156,42 @@ def core(tmp_path: Path) -> Iterator[tuple[HssThread, DiameterRelay, WorkerServe
         yield running
 
 
+class Watcher(Device):
+    """A :class:`test_workers.Device` that answers every NOTIFY it receives with 200 and keeps it,
+    so none is lost while a REGISTER's answer is awaited."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        super().__init__(server)
+        self.notifies: list[Request] = []
+
+    def receive(self) -> Request | Response:
+        message = super().receive()
+        if isinstance(message, Request) and message.method == "NOTIFY":
+            self.send(message.make_response(200).to_bytes())
+            self.notifies.append(message)
+        return message
+
+    def finals(self, count: int, seconds: float = 15.0) -> dict[str, Request]:
+        """The NOTIFYs ending a subscription, by Call-ID, once there are ``count`` (bounded in time;
+        fewer when they did not come)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            found = {
+                n.call_id: n
+                for n in self.notifies
+                if (n.headers.get("Subscription-State") or "").startswith("terminated")
+            }
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            with contextlib.suppress(TimeoutError):
+                self.receive()
+
+
+def told(notify: Request) -> tuple[str, list[tuple[str, str]]]:
+    """What a NOTIFY tells its watcher: its Subscription-State and each contact's (state, event)."""
+    return notify.headers.get("Subscription-State") or "", contact_states(notify)
+
+
 def register(device: Device, call_id: str, expires: int = 600) -> Response:
     """alice's REGISTER (401, then Digest) on ``call_id``; the final response."""
     first = device.register("alice", call_id).replace(b"Expires: 600", f"Expires: {expires}".encode())
@@ -186,7 +226,8 @@ def subscribe(device: Device, call_id: str) -> None:
             answered = message
         else:
             notified = message
-            device.send(message.make_response(200).to_bytes())
+            if not isinstance(device, Watcher):  # (a Watcher answered it already)
+                device.send(message.make_response(200).to_bytes())
     assert answered is not None and answered.status == 200, answered
     assert notified is not None and notified.method == "NOTIFY"
 
@@ -197,7 +238,7 @@ def test_each_worker_is_a_diameter_peer_and_the_registration_state_is_shared(
     hss, relay, server = core
     # CER/CEA from each worker at start-up, each with its own Origin-Host
     assert eventually(lambda: sorted(cer_hosts(relay)), [W0, W1]) == [W0, W1], cer_hosts(relay)
-    device = Device(server.address)
+    device = Watcher(server.address)
     try:
         on_0, on_1 = call_id_for(0, tag="r"), call_id_for(1, tag="r")
         assert register(device, on_0).status == 200
@@ -209,17 +250,24 @@ def test_each_worker_is_a_diameter_peer_and_the_registration_state_is_shared(
         assert assignment(hss) == (REGISTERED, SERVER_NAME, W1)
         subsequent = ((d.SUBSEQUENT_REGISTRATION, V), SERVER_NAME)
         assert uar(hss.address, "tel:+15551230001", ALICE_IMPI) == subsequent
-        # a reg-event subscription held by worker 0
-        subscribe(device, call_id_for(0, tag="s"))
+        # a reg-event subscription held by each worker
+        on_w0, on_w1 = call_id_for(0, tag="s"), call_id_for(1, tag="s")
+        subscribe(device, on_w0)
+        subscribe(device, on_w1)
         # the HSS de-registers alice: its RTR goes to worker 1 (Destination-Host), which acts on
         # the shared store although worker 0 made the subscription and the first registration
         reply = rtr(hss)
         assert reply == {"ok": True, "sent": [{"set": ALICE, "peer": W1, "result": [2001, 0]}]}
         assert rtas(relay) == [(W1, (d.SUCCESS, 0))]
         assert server.bindings() == []
-        notify = final_notify(device.receive, lambda n: device.send(n.make_response(200).to_bytes()))
-        body = notify.body.decode()
-        assert 'state="terminated"' in body and f'aor="{ALICE}"' in body, body
+        # worker 1's own subscription and worker 0's (through the news) hear the RTR's reason,
+        # the permanent termination's "rejected" (RFC 3680 §5.1), not "deactivated"
+        finals = device.finals(2)
+        assert sorted(finals) == sorted([on_w0, on_w1]), finals
+        for notify in finals.values():
+            assert_ended(notify, "rejected")
+            assert f'aor="{ALICE}"' in notify.body.decode()
+        assert told(finals[on_w0]) == told(finals[on_w1])
         assert assignment(hss)[0] == NOT_REGISTERED
         deregistered = (d.ERROR_IDENTITY_NOT_REGISTERED, V)
         assert uar(hss.address, ALICE, ALICE_IMPI, d.UAT_DE_REGISTRATION)[0] == deregistered
@@ -300,6 +348,42 @@ def test_an_expiry_is_one_sar_from_one_worker(tmp_path: Path) -> None:
             assert server.bindings() == []
         finally:
             device.close()
+
+
+def test_a_deregistration_and_an_expiry_notify_alike_in_both_workers(tmp_path: Path) -> None:
+    """A subscription in each worker; a de-registration through worker 1, then an expiry (taken by
+    whichever worker sweeps first): the subscription of the worker that made the change (its own
+    NOTIFY) and the other's (through the parent's news) hear the same, ``unregistered`` and then
+    ``expired``, each ending with ``terminated;reason=deactivated``."""
+    profile = short_expiry_profile(tmp_path)
+    with running_core(tmp_path, "--profile", str(profile)) as (_, relay, server):
+        device = Watcher(server.address)
+        try:
+            assert register(device, call_id_for(0, tag="long")).status == 200
+            watching = sorted(call_id_for(i, tag="d") for i in (0, 1))
+            for call_id in watching:
+                subscribe(device, call_id)
+            assert register(device, call_id_for(1, tag="off"), expires=0).status == 200
+            finals = device.finals(2)
+            assert sorted(finals) == watching, finals
+            assert told(finals[watching[0]]) == told(finals[watching[1]])
+            for notify in finals.values():
+                assert_ended(notify, "deactivated", contacts="unregistered")
+            # a short registration through worker 1 that expires, watched from both workers
+            device.notifies.clear()
+            assert register(device, call_id_for(1, tag="short"), expires=3).status == 200
+            watching = sorted(call_id_for(i, tag="e") for i in (0, 1))
+            for call_id in watching:
+                subscribe(device, call_id)
+            finals = device.finals(2)
+            assert sorted(finals) == watching, finals
+            assert told(finals[watching[0]]) == told(finals[watching[1]])
+            for notify in finals.values():
+                assert_ended(notify, "deactivated", contacts="expired")
+        finally:
+            device.close()
+        kinds = [kind for kind, _ in wait_sars(relay, 4)]
+        assert kinds == [REGISTRATION, USER_DEREGISTRATION, REGISTRATION, d.TIMEOUT_DEREGISTRATION]
 
 
 def test_a_restarted_scscf_acts_on_the_registrations_its_store_kept(tmp_path: Path) -> None:

@@ -303,18 +303,23 @@ class RegEventService:
         return out
 
     def network_terminated(
-        self, aor: str, bindings: Sequence[StoredBinding], now: float, event: str
+        self, aor: str, bindings: Sequence[StoredBinding] | None, now: float, event: str
     ) -> list[tuple[Request, FlowInfo]]:
         """The network ended the registration of the set filed under ``aor`` (an HSS's RTR,
         TS 24.229 §5.4.1.5): each subscription watching it gets a final NOTIFY in which every
         contact, the set's ``bindings`` as they were, is ``terminated`` with ``event``
         (``rejected``, or ``deactivated`` when the UE should register again, RFC 3680 §5.1), and
-        ends with that reason."""
+        ends with that reason. ``bindings`` ``None`` (the news of another process, whose store
+        holds nothing any more): each subscription's contacts as it was last told them, those
+        past their time ``expired`` as they would be where the RTR arrived."""
         out: list[tuple[Request, FlowInfo]] = []
         for key, subscription in list(self.subscriptions.items()):
             if subscription.aor == aor:
                 del self.subscriptions[key]
-                final = self._notify(subscription, bindings, now, terminated=event)
+                told = bindings
+                if told is None:
+                    told = [b for b in subscription.known.values() if not b.expired(now)]
+                final = self._notify(subscription, told, now, terminated=event)
                 out.append((final, subscription.flow))
         return out
 

@@ -27,6 +27,7 @@ from .change import DEREGISTRATION, INITIAL, REREGISTRATION, RegistrationChange
 from .gruu import Gruus, gruu_params
 from .identity import find_identity, phone_number, resolve_identity
 from .model import FIRST_CSEQ, FlowInfo, StoredBinding
+from .news import ORDINARY, ChangeListener, SetNews, save_with_news
 from .outbound import (
     OUTBOUND_MARK,
     first_hop_lacks_outbound,
@@ -122,9 +123,10 @@ class Registrar:
         route = profile.registrar.service_route or f"sip:orig@{profile.domains[0]};lr"
         self.service_route = f"<{route}>"
         self.regevent = RegEventService(profile.reg_event.max_per_set, profile.reg_event.max_per_watcher)
-        #: called with the AOR whose bindings a REGISTER or an expiry changed (worker processes tell
-        #: each other, so a reg-event subscription held by another one hears of it too)
-        self.on_change: Callable[[str], None] | None = None
+        #: called with the AOR whose bindings a REGISTER, an expiry or the network changed, and the
+        #: news of why (worker processes tell each other, so a reg-event subscription held by
+        #: another one hears of it too: imscore.registrar.news)
+        self.on_change: ChangeListener | None = None
         #: called after a stored REGISTER or an expiry changed whether or how long a set is
         #: registered (third-party registration, TS 24.229 §5.4.1.7: imscore.server.thirdparty)
         self.on_registration: Callable[[RegistrationChange], None] | None = None
@@ -383,11 +385,18 @@ class Registrar:
         notes.extend(self.regevent.expire(now))
         return tuple(notes)
 
-    async def changed_elsewhere(self, aor: str, now: float) -> tuple[tuple[Request, FlowInfo], ...]:
+    async def changed_elsewhere(
+        self, aor: str, now: float, news: SetNews = ORDINARY
+    ) -> tuple[tuple[Request, FlowInfo], ...]:
         """Another process changed the bindings of ``aor`` in the shared store: the NOTIFYs for the
-        reg-event subscriptions held here (none, without a store read, when nobody here watches)."""
+        reg-event subscriptions held here (none, without a store read, when nobody here watches).
+        An ordinary change is read back from the store; when the network ended the registration
+        (``news.ended``, an RTR that reached the other process) the subscriptions end as
+        :meth:`network_deregister` ends them here, with each contact they knew."""
         if not self.regevent.watches(aor):
             return ()
+        if news.ended is not None:
+            return tuple(self.regevent.network_terminated(aor, None, now, news.ended))
         bindings = [b for b in await self.bindings.load(aor) if not b.expired(now)]
         return tuple(self.regevent.changed(aor, bindings, now, deregistered=not bindings))
 
@@ -407,17 +416,18 @@ class Registrar:
         register again) and whose subscription ends with that reason (RFC 3680 §5.1, RFC 6665
         §4.2.2)."""
         stored = await self.bindings.load(aor)
-        await self.bindings.save(aor, [])
-        self._changed(aor)
+        news = SetNews(event)
+        await save_with_news(self.bindings, aor, [], news)
+        self._changed(aor, news)
         if stored and self.on_registration is not None:
             impi = stored[0].impi
             self.on_registration(RegistrationChange(DEREGISTRATION, aor, impi, 0, "network"))
         live = [b for b in stored if not b.expired(now)]
         return tuple(self.regevent.network_terminated(aor, live, now, event))
 
-    def _changed(self, aor: str) -> None:
+    def _changed(self, aor: str, news: SetNews = ORDINARY) -> None:
         if self.on_change is not None:
-            self.on_change(aor)
+            self.on_change(aor, news)
 
     def _registration(
         self,

@@ -15,7 +15,9 @@ What the workers share, and how:
   nonce-count of a nonce (RFC 2617 replay protection) is always checked by the worker that made it. A
   UE that reuses a nonce under another Call-ID is simply challenged again;
 - **reg-event**: a worker that changes an AOR's bindings tells the parent, which tells the others; a
-  worker holding a subscription for that AOR reads the store and sends the NOTIFY;
+  worker holding a subscription for that AOR reads the store and sends the NOTIFY. The line says
+  why when the store cannot (an HSS's RTR: ``ended rejected AOR``, :mod:`imscore.registrar.news`),
+  so the NOTIFY is the one the worker that made the change would have sent;
 - **qualification**: only worker 0 pings contacts, with Call-IDs that come back to it;
 - **an HSS** (``--subscribers cx://``): each worker is a Diameter peer of its own (Origin-Host
   ``w<index>.<origin_host>``, one Server-Name), and reads whether a set is registered from the
@@ -52,6 +54,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from imscore.profile import Listener
+from imscore.registrar.news import ORDINARY, SetNews, parse_worker_line, worker_line
 from imscore.transport.relay import RelayedEndpoint, pack
 
 if TYPE_CHECKING:
@@ -134,7 +137,8 @@ class WorkerSetup:
     :param count: how many workers there are.
     :param udp: the shared UDP sockets, one per listener, in the listeners' order.
     :param relays: its ends of the streams the parent writes datagrams to, in the same order.
-    :param control: its end of the line-based channel to the parent (``ready``, ``changed AOR``).
+    :param control: its end of the line-based channel to the parent (``ready``, ``changed AOR``,
+        ``ended EVENT AOR``).
     :param nonce_secret: the Digest nonce secret all workers share.
     :param parent_death_signal: whether the kernel sends this worker SIGTERM when its parent ends
         (set in the worker by :func:`die_with_parent`).
@@ -191,8 +195,8 @@ class WorkerSetup:
         if not self._stopping:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    def _tell_changed(self, aor: str) -> None:
-        self._send(b"changed " + aor.encode("utf-8", "surrogateescape") + b"\n")
+    def _tell_changed(self, aor: str, news: SetNews = ORDINARY) -> None:
+        self._send(worker_line(aor, news) + b"\n")
 
     def _send(self, line: bytes) -> None:
         try:
@@ -213,17 +217,18 @@ class WorkerSetup:
             return
         registrar = self._server.registrar
         for line in lines:
-            if line.startswith(b"changed ") and registrar is not None:
-                aor = line[8:].decode("utf-8", "surrogateescape")
+            found = parse_worker_line(line)
+            if found is not None and registrar is not None:
+                aor, news = found
                 if registrar.regevent.watches(aor):  # (most changes concern nobody watching here)
-                    self._server.spawn(self._changed_elsewhere(aor))
+                    self._server.spawn(self._changed_elsewhere(aor, news))
 
-    async def _changed_elsewhere(self, aor: str) -> None:
+    async def _changed_elsewhere(self, aor: str, news: SetNews) -> None:
         registrar = self._server.registrar
         if registrar is None:
             return
         try:
-            notes = await registrar.changed_elsewhere(aor, self._server.clock())
+            notes = await registrar.changed_elsewhere(aor, self._server.clock(), news)
         except Exception:  # the store failed this once: the next change will tell again
             log.exception("worker %d: reading %s after another worker's change failed", self.index, aor)
             return
@@ -573,7 +578,7 @@ class _Parent:
         for line in lines:
             if line == b"ready":
                 worker.ready = True
-            elif line.startswith(b"changed "):
+            elif parse_worker_line(line) is not None:  # news: passed on as it came
                 for other in self.family:
                     if other is not worker:
                         with contextlib.suppress(OSError):  # full or gone: that news is lost
