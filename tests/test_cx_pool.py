@@ -5,9 +5,11 @@ and the registration state Cx acts on the shared store's.
 Real processes on loopback: ``redis-server`` and two nodes (:mod:`redis_support`) with ``--subscribers
 cx://…``, our HSS (:class:`test_hss_scscf.HssThread`) behind a recording Diameter relay, ``imscore
 hss rtr``. A device registers through node A, refreshes through node B (SAR RE_REGISTRATION from B,
-which the HSS then knows as the set's peer), is called through A, watches its reg event through A;
-the HSS's RTR reaches B, the bindings leave Redis and A's subscription hears ``terminated``; then a
-registration through A is SAR REGISTRATION again, as after a de-registration through B.
+which the HSS then knows as the set's peer), is called through A, watches its reg event through A
+and through B; the HSS's RTR reaches B, the bindings leave Redis, and both subscriptions — B's own
+and A's through the pool's news — hear the same ``terminated`` with the RTR's reason
+(``rejected``, contacts and Subscription-State); then a registration through A is SAR
+REGISTRATION again, as after a de-registration through B.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from cx_support import (
     REGISTRATION,
     USER_DEREGISTRATION,
     V,
+    assert_ended,
     assignment,
     cer_hosts,
+    contact_states,
     eventually,
     final_notify,
     hss_command,
@@ -99,18 +103,28 @@ def test_register_on_a_refresh_on_b_rtr_and_deregistration_across_the_pool(
             # a changed profile pushed by the HSS (PPR) reaches B, which finds the set registered
             pushed = hss_command(server, "ppr")
             assert pushed["sent"] == [{"set": ALICE, "peer": B, "result": [2001, 0]}], pushed
-            # the device watches its reg event through A
+            # the device watches its reg event through B and through A
+            subscribe(phone)
             phone.server = a.udp
             subscribe(phone)
-            # the HSS de-registers alice: the RTR goes to B, the bindings leave Redis, and A's
-            # subscription gets its terminating NOTIFY through the pool's news
+            # the HSS de-registers alice: the RTR goes to B, the bindings leave Redis, B's own
+            # subscription and A's (through the pool's news) get their terminating NOTIFYs, both
+            # with the RTR's reason, "rejected" (RFC 3680 §5.1), not "deactivated"
             reply = rtr(server)
             assert reply == {"ok": True, "sent": [{"set": ALICE, "peer": B, "result": [2001, 0]}]}
             assert rtas(relay) == [(B, (d.SUCCESS, 0))]
             assert stored(redis.url, ALICE) == []
-            notify = final_notify(lambda: phone.expect("NOTIFY", timeout=10), _ok(phone))
-            body = notify.body.decode()
-            assert 'state="terminated"' in body and f'aor="{ALICE}"' in body, body
+            finals = [
+                final_notify(lambda: phone.expect("NOTIFY", timeout=10), _ok(phone)) for _ in "ab"
+            ]
+            assert finals[0].call_id != finals[1].call_id
+            senders = sorted(n.top_via.port for n in finals)
+            assert senders == sorted([a.udp[1], b.udp[1]]), senders
+            for notify in finals:
+                assert_ended(notify, "rejected")
+                assert f'aor="{ALICE}"' in notify.body.decode()
+            told = [(n.headers.get("Subscription-State"), contact_states(n)) for n in finals]
+            assert told[0] == told[1], told
             assert assignment(server)[0] == NOT_REGISTERED
             deregistered = (d.ERROR_IDENTITY_NOT_REGISTERED, V)
             assert uar(server.address, ALICE, ALICE_IMPI, d.UAT_DE_REGISTRATION)[0] == deregistered

@@ -22,7 +22,9 @@ applied the write (what Redis itself keeps across its own restart depends on its
 docs/deployment.rst).
 
 Every write also publishes the writer's token on the AOR's news channel, in the same script (reg-event
-subscriptions held by other nodes: :mod:`imscore.registrar.regevent_pool`).
+subscriptions held by other nodes: :mod:`imscore.registrar.regevent_pool`), with the reason when
+the network ended the registration (:meth:`RedisBindingStore.save_with_news`,
+:mod:`imscore.registrar.news`).
 
 The bindings a node writes carry its name (``--node-id``) in ``extra["node"]``: the node that took
 the device's last REGISTER, and so holds its flow.
@@ -44,6 +46,7 @@ from imscore.store import StoreError
 from imscore.store.redis_conn import KEY_PREFIX, RedisConnection, connect, hash_tagged
 
 from .model import FlowInfo, StoredBinding
+from .news import SetNews, pool_message
 from .regevent_pool import news_channel
 
 __all__ = ["LEASE", "NodeFlow", "RedisBindingStore", "open_redis_store"]
@@ -240,9 +243,12 @@ class RedisBindingStore:
         """See :meth:`BindingStore.load`."""
         return (await self.load_versioned(aor))[0]
 
-    async def _write(self, aor: str, bindings: Sequence[StoredBinding], expected: str) -> str | None:
+    async def _write(
+        self, aor: str, bindings: Sequence[StoredBinding], expected: str, news: SetNews | None = None
+    ) -> str | None:
         """Write if the version is ``expected`` (``*``: any): the new version (``""`` when the AOR
-        was deleted), ``None`` when another writer came first."""
+        was deleted), ``None`` when another writer came first. The news published says ``news``
+        (an ordinary change when not given)."""
         self._check()
         for binding in bindings:
             if binding.aor != aor:
@@ -253,9 +259,10 @@ class RedisBindingStore:
         aio = self.connection.aio
         key = self.key(aor)
         version = secrets.token_hex(8) if stamped else ""
+        message = self.origin if news is None else pool_message(self.origin, news)
         written = await self.connection.run(
             f"save {aor!r}",
-            aio.eval(_SAVE, 1, key, expected, version, body, expiries, news_channel(aor), self.origin),
+            aio.eval(_SAVE, 1, key, expected, version, body, expiries, news_channel(aor), message),
         )
         if int(written) != 1:
             return None
@@ -273,6 +280,13 @@ class RedisBindingStore:
     async def save(self, aor: str, bindings: Sequence[StoredBinding]) -> None:
         """See :meth:`BindingStore.save` (unconditional: whatever another node wrote is replaced)."""
         await self._write(aor, bindings, "*")
+
+    async def save_with_news(
+        self, aor: str, bindings: Sequence[StoredBinding], news: SetNews
+    ) -> None:
+        """:meth:`save`, its news on the set's channel saying ``news`` (the network ended the
+        registration: :mod:`imscore.registrar.news`)."""
+        await self._write(aor, bindings, "*", news)
 
     async def _claim(self, now: float) -> list[str]:
         aio = self.connection.aio

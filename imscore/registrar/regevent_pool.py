@@ -17,12 +17,20 @@ The writer's own node notifies its subscriptions itself, as a single node does. 
 one expiry, which one node claims (:mod:`imscore.registrar.redis_store`) — gives one NOTIFY per
 subscription in the pool.
 
+**News with a reason.** When the network ended the set's registration (an HSS's RTR reached the
+writer), the message says so after the token (``TOKEN ended=rejected``,
+:mod:`imscore.registrar.news`): the set cannot be read back for it, so each subscription here ends
+at once with the NOTIFY the writer's own subscriptions got — every contact it knew ``terminated``
+with that event, ``Subscription-State: terminated`` with that reason — without a store read. A
+bare token (an older node, or any ordinary change) is read back as above.
+
 **News missed.** Redis pub/sub keeps nothing for a subscriber that is away. When the node's
 subscriber connection breaks (Redis restarted, the network cut), it connects again every
 :data:`RECONNECT_PAUSE` seconds; once back, it reads every set it watches and sends a full-state
 NOTIFY wherever the stored state differs from the last one sent. A set a node starts to watch is
 read once right after its channel is subscribed, so a change between the first NOTIFY and the
-subscription to the channel is not missed either.
+subscription to the channel is not missed either. (A reason is lost with its message: an RTR
+missed that way is told as any removal, ``unregistered`` and ``deactivated``.)
 
 No SIP here: the node's registrar (:meth:`~imscore.registrar.register.Registrar.changed_elsewhere`
 makes the NOTIFYs) and the runtime (sends them) are handed in as callbacks.
@@ -40,6 +48,7 @@ from imscore.store import StoreError
 from imscore.store.redis_conn import KEY_PREFIX, RedisConnection, hash_tagged
 
 from .model import StoredBinding
+from .news import SetNews, parse_pool_message
 from .regevent import RegEventService
 
 __all__ = [
@@ -98,7 +107,8 @@ class RegEventNews:
     :param connection: the pool's Redis.
     :param origin: this node's writer token (the binding store's): its own news is skipped.
     :param service: this node's reg-event subscriptions.
-    :param changed: ``await changed(aor)``: read the set and send the NOTIFYs due (the runtime's).
+    :param changed: ``await changed(aor)``: read the set and send the NOTIFYs due (the runtime's);
+        ``await changed(aor, news)`` for news with a reason (:class:`~.news.SetNews`).
     :param load: ``await load(aor)``: the live bindings of ``aor`` as stored now.
     """
 
@@ -107,7 +117,7 @@ class RegEventNews:
         connection: RedisConnection,
         origin: str,
         service: RegEventService,
-        changed: Callable[[str], Awaitable[None]],
+        changed: Callable[..., Awaitable[None]],
         load: Callable[[str], Awaitable[list[StoredBinding]]],
     ) -> None:
         self.connection = connection
@@ -177,14 +187,27 @@ class RegEventNews:
         log.warning("reg-event news: connected again; re-reading %d sets", sets)
 
     async def _message(self, message: dict[str, Any]) -> None:
-        if message.get("type") != "message" or _text(message.get("data")) == self.origin:
+        if message.get("type") != "message":
+            return
+        origin, news = parse_pool_message(_text(message.get("data")))
+        if origin == self.origin:
             return
         try:
             aor = aor_of_channel(_text(message.get("channel")))
         except ValueError:
             return
         self.stats["news"] += 1
-        await self._check(aor)
+        if news.ordinary:
+            await self._check(aor)
+        else:
+            await self._ended(aor, news)
+
+    async def _ended(self, aor: str, news: SetNews) -> None:
+        """The network ended ``aor``'s registration at another node: the subscriptions here end
+        (no store read: what they were told is what the final NOTIFY reports)."""
+        if self.service.watches(aor):
+            self.stats["notified"] += 1
+            await self.changed(aor, news)
 
     async def _resync(self, aors: Iterable[str]) -> None:
         for aor in sorted(aors):

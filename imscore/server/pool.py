@@ -1,7 +1,8 @@
 """A server that is one node of a pool sharing a Redis store: what runs beside its SIP work.
 
 - reg-event news from the other nodes (:mod:`imscore.registrar.regevent_pool`): NOTIFYs for the
-  subscriptions this node holds when another node changed the set they watch;
+  subscriptions this node holds when another node changed the set they watch (the same NOTIFYs
+  that node sent its own, the reason of an RTR included: :mod:`imscore.registrar.news`);
 - the node's entry in Redis (:mod:`imscore.server.pool_nodes`): its SIP addresses, refreshed while
   it lives, so another node can send a request through it to a flow it holds (RFC 5626), or answer
   ``430 Flow Failed`` once it is gone.
@@ -16,6 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from imscore.registrar.model import StoredBinding
+from imscore.registrar.news import ORDINARY, SetNews
 from imscore.registrar.regevent_pool import RegEventNews
 from imscore.store import StoreError
 
@@ -50,12 +52,12 @@ class PoolNode:
         now = self.server.clock()
         return [b for b in await self.store.load(aor) if not b.expired(now)]
 
-    async def _changed(self, aor: str) -> None:
+    async def _changed(self, aor: str, news: SetNews = ORDINARY) -> None:
         registrar = self.server.registrar
         if registrar is None:
             return
         try:
-            notes = await registrar.changed_elsewhere(aor, self.server.clock())
+            notes = await registrar.changed_elsewhere(aor, self.server.clock(), news)
         except StoreError as exc:
             log.warning("reg-event news for %s: %s", aor, exc)
             return
