@@ -40,7 +40,7 @@ from cx_support import (
     wait_sars,
 )
 from diameter_relay import DiameterRelay
-from redis_support import RedisServer, nodes, redis_server
+from redis_support import Node, RedisServer, nodes, redis_server, short_expiry_profile
 from sipua import Caller, Phone
 from test_hss_scscf import SUBSCRIBERS, HssThread, subscribe
 from test_redis_pool import ring, stored
@@ -107,6 +107,7 @@ def test_register_on_a_refresh_on_b_rtr_and_deregistration_across_the_pool(
             subscribe(phone)
             phone.server = a.udp
             subscribe(phone)
+            _listening(redis, 2)
             # the HSS de-registers alice: the RTR goes to B, the bindings leave Redis, B's own
             # subscription and A's (through the pool's news) get their terminating NOTIFYs, both
             # with the RTR's reason, "rejected" (RFC 3680 §5.1), not "deactivated"
@@ -114,17 +115,9 @@ def test_register_on_a_refresh_on_b_rtr_and_deregistration_across_the_pool(
             assert reply == {"ok": True, "sent": [{"set": ALICE, "peer": B, "result": [2001, 0]}]}
             assert rtas(relay) == [(B, (d.SUCCESS, 0))]
             assert stored(redis.url, ALICE) == []
-            finals = [
-                final_notify(lambda: phone.expect("NOTIFY", timeout=10), _ok(phone)) for _ in "ab"
-            ]
-            assert finals[0].call_id != finals[1].call_id
-            senders = sorted(n.top_via.port for n in finals)
-            assert senders == sorted([a.udp[1], b.udp[1]]), senders
-            for notify in finals:
+            for notify in _finals(phone, a, b):
                 assert_ended(notify, "rejected")
                 assert f'aor="{ALICE}"' in notify.body.decode()
-            told = [(n.headers.get("Subscription-State"), contact_states(n)) for n in finals]
-            assert told[0] == told[1], told
             assert assignment(server)[0] == NOT_REGISTERED
             deregistered = (d.ERROR_IDENTITY_NOT_REGISTERED, V)
             assert uar(server.address, ALICE, ALICE_IMPI, d.UAT_DE_REGISTRATION)[0] == deregistered
@@ -147,6 +140,72 @@ def test_register_on_a_refresh_on_b_rtr_and_deregistration_across_the_pool(
             phone.close()
             caller.close()
     assert len(sars(relay)) == 5, sars(relay)
+
+
+def _finals(phone: Phone, *pool: Node) -> list[Request]:
+    """The NOTIFYs ending the phone's two subscriptions, one from each node of ``pool``, which tell
+    the same (Subscription-State, each contact's state and event)."""
+    finals = [final_notify(lambda: phone.expect("NOTIFY", timeout=10), _ok(phone)) for _ in pool]
+    assert finals[0].call_id != finals[1].call_id
+    senders = sorted(n.top_via.port for n in finals)
+    assert senders == sorted(node.udp[1] for node in pool), senders
+    told = [(n.headers.get("Subscription-State"), contact_states(n)) for n in finals]
+    assert told[0] == told[1], told
+    return finals
+
+
+def _listening(redis: RedisServer, count: int) -> None:
+    """Wait (bounded) until ``count`` nodes listen on alice's news channel (``PUBSUB NUMSUB``)."""
+    from imscore.registrar.regevent_pool import news_channel
+
+    channel = news_channel(ALICE)
+
+    def listeners() -> int:
+        return int(redis.cli("pubsub", "numsub", channel).split()[-1])
+
+    assert eventually(listeners, count) == count
+
+
+def _watch_from(redis: RedisServer, phone: Phone, *pool: Node) -> None:
+    """The phone subscribes to its reg event through each node of ``pool`` (the first last), and
+    each node listens on the set's news channel."""
+    for node in reversed(pool):
+        phone.server = node.udp
+        subscribe(phone)
+    _listening(redis, len(pool))
+
+
+def test_a_deregistration_and_an_expiry_notify_alike_on_both_nodes(
+    redis: RedisServer, hss: tuple[HssThread, DiameterRelay], tmp_path: Path
+) -> None:
+    """A subscription on each node; a de-registration through B, then an expiry (claimed by
+    whichever node sweeps first): the node that made the change (its own NOTIFY) and the other
+    (through Redis) tell the same, ``unregistered`` and then ``expired``, each ending with
+    ``terminated;reason=deactivated``; the SARs are the de-registration's and the expiry's."""
+    server, relay = hss
+    cx = f"cx://127.0.0.1:{relay.port}"
+    profile = short_expiry_profile(tmp_path)
+    with nodes(
+        redis.url, tmp_path / "nodes", ["a", "b"], "--profile", str(profile), "--subscribers", cx
+    ) as (a, b):
+        phone = Phone(a.udp, "alice-desk")
+        try:
+            assert phone.register().status == 200
+            _watch_from(redis, phone, a, b)
+            phone.server = b.udp
+            assert phone.register(expires=0).status == 200
+            for notify in _finals(phone, a, b):
+                assert_ended(notify, "deactivated", contacts="unregistered")
+            assert phone.register(expires=3).status == 200
+            _watch_from(redis, phone, a, b)
+            for notify in _finals(phone, a, b):
+                assert_ended(notify, "deactivated", contacts="expired")
+            assert stored(redis.url, ALICE) == []
+        finally:
+            phone.close()
+        kinds = [kind for kind, _ in wait_sars(relay, 4)]
+        assert kinds == [REGISTRATION, USER_DEREGISTRATION, REGISTRATION, d.TIMEOUT_DEREGISTRATION]
+        assert eventually(lambda: assignment(server)[0], NOT_REGISTERED) == NOT_REGISTERED
 
 
 def _ok(phone: Phone) -> Callable[[Request], None]:
