@@ -414,7 +414,8 @@ class Registrar:
         TS 24.229 §5.4.1.5): its bindings go, and its reg-event watchers get a NOTIFY whose contacts
         are ``terminated`` with ``event`` (``rejected``: do not register again; ``deactivated``:
         register again) and whose subscription ends with that reason (RFC 3680 §5.1, RFC 6665
-        §4.2.2)."""
+        §4.2.2). The news other processes get (:attr:`on_change`, and a store that announces its
+        writes) says so, and their watchers hear the same (:mod:`imscore.registrar.news`)."""
         stored = await self.bindings.load(aor)
         news = SetNews(event)
         await save_with_news(self.bindings, aor, [], news)
