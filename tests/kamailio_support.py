@@ -14,6 +14,7 @@ runs one SIPp scenario and gives back the messages of its trace, which :func:`re
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import socket
@@ -199,6 +200,21 @@ class Kamailio:
         """SIGTERM to its PID (the main process ends its children), then SIGKILL after 5 s."""
         process, self.process = self.process, None
         stop_process(process, grace=5.0)
+        remove_cdp_fifos()
+
+
+def remove_cdp_fifos(folder: Path = Path("/tmp")) -> int:
+    """Remove the named pipes cdp leaves behind: each of its processes makes
+    ``/tmp/cdp_send_<pid>_<n>_<time>`` FIFOs and never removes them. Only those whose process is
+    gone (another Kamailio may be running); how many were removed."""
+    removed = 0
+    for fifo in folder.glob("cdp_send_*"):
+        pid = fifo.name.split("_")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and fifo.is_fifo():
+            with contextlib.suppress(OSError):
+                fifo.unlink()
+                removed += 1
+    return removed
 
 
 class HssProcess:
