@@ -3,7 +3,7 @@
 
 Usage::
 
-    python3 bench/flood_rss_bench.py [--attempts N] [--rate R] [--settle S] [--json]
+    python3 bench/flood_rss_bench.py [--attempts N] [--rate R] [--settle S] [--warm-up W] [--json]
     python3 bench/flood_rss_bench.py --in-process [--attempts N]
 
 **Over UDP** (the default) it starts ``imscore serve`` (memory store, a free loopback UDP port, the
@@ -16,7 +16,13 @@ The server's resident set size (``VmRSS`` in ``/proc/<pid>/status``) is read whe
 quarter second during the flood (the peak; ``VmHWM`` too) and for ``--settle`` seconds after the last
 answer (40 s by default: past Timer J, every transaction of the flood has ended). It reports the RSS
 the flood added per REGISTER answered (every one of them is alive at the peak when the flood lasts
-less than 32 s) and how much of it is still held after Timer J.
+less than 32 s) and how much of it is still held after Timer J. Before the idle figure it sends one
+guess per subscriber and waits ``--warm-up`` seconds (35 by default, past Timer J; 0: no warm-up), so
+that idle and after are taken with the same state a flood of guesses at these users legitimately
+keeps (their failure counts, the subscriber cache, modules imported on first use). It also splits the
+RSS by mapping (``/proc/<pid>/smaps``): glibc's heap, other anonymous memory (CPython's 1 MiB arenas
+and glibc's ``mmap``-ed blocks) and files; ``PYTHONMALLOC=malloc`` in the environment reaches the
+server too (every object then comes from glibc's heap).
 
 **In process** (``--in-process``) it measures with :mod:`tracemalloc` what stays allocated, per
 finished REGISTER transaction, with no sockets and no second process:
@@ -30,7 +36,7 @@ finished REGISTER transaction, with no sockets and no second process:
   once Timer J has fired for all of them (what is left then is what the flood leaked).
 
 The machine is shared: RSS figures move with the allocator and the load, so compare two versions of
-the server in one sitting, on one machine (``git stash``, run, ``git stash pop``, run).
+the server in one sitting, on one machine (two checkouts, run one after the other).
 """
 
 from __future__ import annotations
@@ -98,14 +104,40 @@ def wrong_register(i: int, users: int, nonce: str, peer: bytes = PEER_TEXT) -> b
 # --------------------------------------------------------------------------------------------------
 # Over UDP
 # --------------------------------------------------------------------------------------------------
+class ServerGone(RuntimeError):
+    """The server's process ended while it was being measured."""
+
+
 def rss_of(pid: int) -> tuple[int, int]:
-    """``(VmRSS, VmHWM)`` of a process, in bytes."""
+    """``(VmRSS, VmHWM)`` of a process, in bytes (:class:`ServerGone` once it has exited)."""
     fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0]) * 1024
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0]) * 1024
+    if "VmRSS" not in fields:  # a zombie has no memory left to report
+        raise ServerGone(f"the server (process {pid}) exited during the measurement")
     return fields["VmRSS"], fields["VmHWM"]
+
+
+def rss_parts(pid: int) -> dict[str, int]:
+    """The resident set of a process by kind of mapping, in bytes (``/proc/<pid>/smaps``): ``heap``
+    (glibc's main heap, grown by ``brk``), ``anon`` (other anonymous mappings: CPython's 1 MiB
+    small-object arenas, glibc's ``mmap``-ed blocks and thread arenas) and ``file`` (the interpreter,
+    libraries, mapped files)."""
+    parts = {"heap": 0, "anon": 0, "file": 0}
+    kind = "file"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if not head:
+            continue
+        if "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line: range perms ...
+            name = head[5] if len(head) > 5 else ""
+            kind = "heap" if name == "[heap]" else "anon" if name in ("", "[stack]") else "file"
+        elif head[0] == "Rss:":
+            parts[kind] += int(head[1]) * 1024
+    return parts
 
 
 @dataclass
@@ -118,12 +150,18 @@ class FloodRun:
     challenged: int = 0
     unanswered: int = 0
     flood_seconds: float = 0.0
+    #: the RSS before the warm-up (:func:`warm_up`; 0 without one), and the idle figure after it
+    rss_cold: int = 0
     rss_idle: int = 0
     rss_peak: int = 0
     hwm: int = 0
     #: (seconds after the last answer, RSS) while it settles
     settle: list[tuple[float, int]] = field(default_factory=list)
     rss_after: int = 0
+    #: :func:`rss_parts` when idle, as the flood's last answer came, and at the end
+    parts_idle: dict[str, int] = field(default_factory=dict)
+    parts_flood: dict[str, int] = field(default_factory=dict)
+    parts_after: dict[str, int] = field(default_factory=dict)
 
     @property
     def registers(self) -> int:
@@ -144,6 +182,7 @@ def flood(address: tuple[str, int], pid: int, args: argparse.Namespace) -> Flood
         me = f"127.0.0.1:{sock.getsockname()[1]}".encode()
         time.sleep(1.0)
         run.rss_idle = rss_of(pid)[0]
+        run.parts_idle = rss_parts(pid)
         finals: Counter[str] = Counter()
         waiting = set()  # attempts whose second REGISTER was sent
         start = time.monotonic()
@@ -197,6 +236,7 @@ def flood(address: tuple[str, int], pid: int, args: argparse.Namespace) -> Flood
         run.unanswered = (args.attempts - run.challenged) + len(waiting)
         rss, run.hwm = rss_of(pid)
         run.rss_peak = max(run.rss_peak, rss)
+        run.parts_flood = rss_parts(pid)
     settle_start = time.monotonic()
     marks = iter(range(0, int(args.settle) + 1, 5))
     mark = next(marks)
@@ -209,16 +249,30 @@ def flood(address: tuple[str, int], pid: int, args: argparse.Namespace) -> Flood
                 break
         time.sleep(0.2)
     run.rss_after = run.settle[-1][1]
+    run.parts_after = rss_parts(pid)
     return run
+
+
+def warm_up(address: tuple[str, int], pid: int, args: argparse.Namespace) -> tuple[int, int]:
+    """One password guess per subscriber, then ``--warm-up`` seconds to let their transactions end:
+    the state a flood of guesses at these users legitimately leaves (each user's failure count, the
+    subscriber cache, modules imported on first use) is then there before the idle figure is taken.
+    The RSS before (cold) and after (warm idle)."""
+    once = vars(args) | {"attempts": args.users, "settle": args.warm_up}
+    warm = flood(address, pid, argparse.Namespace(**once))
+    return warm.rss_idle, warm.rss_after
 
 
 def over_udp(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     _, subscribers = write_users(folder, args.users)
-    server = Imscore(subscribers, args.store, folder, args.log_level)
+    extra = ["--profile", str(args.profile)] if args.profile else []
+    server = Imscore(subscribers, args.store, folder, args.log_level, extra=extra)
     address = server.start()
     assert server.pid is not None
     try:
+        cold = warm_up(address, server.pid, args)[0] if args.warm_up > 0 else 0
         run = flood(address, server.pid, args)
+        run.rss_cold = cold
     finally:
         server.stop()
     errors = [line for line in server.log_tail(1_000_000).splitlines() if "ERROR" in line]
@@ -237,11 +291,16 @@ def print_udp(result: dict[str, Any]) -> None:
         f"second ones: {result['answers']}; unanswered {result['unanswered']}; "
         f"server ERROR lines {result['errors']})"
     )
+    if result["rss_cold"]:
+        print(f"RSS before the warm-up {mib(result['rss_cold'])} (idle below: after it)")
     print(
         f"RSS idle {mib(result['rss_idle'])}, peak {mib(result['rss_peak'])} (VmHWM "
         f"{mib(result['hwm'])}), {result['settle'][-1][0]:.0f} s after the flood "
         f"{mib(result['rss_after'])}"
     )
+    for label in ("idle", "flood", "after"):
+        parts = result[f"parts_{label}"]
+        print(f"  {label:>5}: " + ", ".join(f"{kind} {mib(n)}" for kind, n in parts.items()))
     print("  settling: " + ", ".join(f"{t:.0f} s {mib(rss)}" for t, rss in result["settle"]))
     held = result["rss_after"] - result["rss_idle"]
     grown = max(1, result["rss_peak"] - result["rss_idle"])
@@ -389,6 +448,9 @@ def main() -> int:
     add("--rate", type=float, default=2_000.0, help="first REGISTERs a second (default 2000)")
     add("--users", type=int, default=100, help="subscribers the guesses go to (default 100)")
     add("--settle", type=float, default=40.0, help="seconds to watch the RSS after the flood")
+    add("--warm-up", type=float, default=35.0, help="seconds after one guess per user before the idle "
+        "figure is taken (0: no warm-up; default 35: Timer J and 3 s)")
+    add("--profile", default="", help="the server's --profile (e.g. one with shorter timers)")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait for late answers")
     parser.add_argument("--store", default="memory:", help="binding store (default memory:)")
     parser.add_argument("--log-level", default="WARNING", help="the server's --log-level")
@@ -402,7 +464,11 @@ def main() -> int:
         if args.in_process:
             result = in_process(args, folder)
         else:
-            result = over_udp(args, folder)
+            try:
+                result = over_udp(args, folder)
+            except ServerGone as exc:
+                print(f"flood_rss_bench: {exc}", file=sys.stderr)
+                return 1
             print_udp(result)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -1173,19 +1173,19 @@ def test_stopped_timers_do_not_pile_up_in_the_heap() -> None:
 
 
 def test_memory_is_given_back_each_time_live_transactions_halve_after_a_peak() -> None:
-    from imscore.server.gctune import MemoryReturn
+    from imscore.server.memtrim import Action, MemoryReturn
 
     trims: list[int] = []
-    memory = MemoryReturn(peak=1000, trim=lambda: trims.append(1))
-    assert not any(memory.observe(live) for live in (10, 500, 999, 600))  # no peak worth it yet
+    memory = MemoryReturn(peak=1000, trim=lambda: trims.append(1), collect=None)
+    assert {memory.observe(live) for live in (10, 500, 999, 600)} == {Action.NONE}  # no peak worth it
     assert [memory.observe(live) for live in (4000, 3000, 2000, 1500, 1000, 900, 0)] == [
-        False,
-        False,
-        True,  # halved from 4000
-        False,
-        True,  # halved from 2000
-        False,
-        True,  # halved from 1000, still a peak worth it; 1000 is the last one that is
+        Action.NONE,
+        Action.NONE,
+        Action.TRIM,  # halved from 4000
+        Action.NONE,
+        Action.TRIM,  # halved from 2000
+        Action.NONE,
+        Action.SETTLE,  # the burst is over (tests/test_memtrim.py has the rest): released, trimmed
     ]
     assert len(trims) == memory.trims == 3
-    assert not memory.observe(0)  # nothing more to give back
+    assert memory.observe(0) is Action.NONE  # nothing more to give back

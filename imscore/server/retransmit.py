@@ -98,6 +98,11 @@ class RetransmissionCache:
         if len(self._entries) > 2 * len(self._layer) + TIDY_SLACK:
             self._sweep()
 
+    def drop_ended(self) -> None:
+        """Drop every entry of a terminated transaction now (:meth:`tidy` leaves a few hundred): the
+        server calls it once a burst is over, so that no ended transaction outlives the burst."""
+        self._sweep()
+
     def _sweep(self) -> None:
         self._entries = {k: t for k, t in self._entries.items() if not t.terminated}
         self._sweep_at = max(SWEEP_MIN, 2 * len(self._entries), 2 * len(self._layer))

@@ -630,7 +630,8 @@ class Server:
         self._timer = None
         self._emit(self.core.advance(self._now()))
         self._retransmissions.tidy()  # Timer J ended transactions: let their entries go
-        return_freed_memory(len(self.core.layer))  # after a flood, give the memory back
+        # after a flood, give the memory back (once it is over: no cache entry of it left)
+        return_freed_memory(len(self.core.layer), (self._retransmissions.drop_ended,))
 
     def _emit(self, sends: list[Send[Flow]]) -> None:
         transports = self.transports
