@@ -28,13 +28,15 @@ def add_hss_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     hss.add_argument(
         "--listen",
         default=f"tcp:127.0.0.1:{DEFAULT_PORT}",
-        metavar="tcp:HOST:PORT",
-        help=f"where to listen (default: tcp:127.0.0.1:{DEFAULT_PORT}; port 0 picks a free one)",
+        metavar="tcp|sctp:HOST:PORT",
+        help=f"where to listen, over TCP or SCTP (default: tcp:127.0.0.1:{DEFAULT_PORT}; port 0 "
+        "picks a free one)",
     )
     hss.add_argument(
         "--subscribers",
         metavar="FILE",
-        help="subscriber file (YAML; default: the shipped demo subscribers)",
+        help="subscriber file (YAML or .jsonl; default: the shipped demo subscribers), or SCHEME:... "
+        "for a plugin's subscriber store",
     )
     hss.add_argument(
         "--profile",
@@ -76,26 +78,32 @@ def add_hss_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
 
 
-def parse_diameter_listen(text: str) -> tuple[str, int]:
-    """``tcp:HOST:PORT`` (``tcp:[::1]:3868`` for IPv6) as ``(host, port)``.
+def parse_diameter_listen(text: str) -> tuple[str, int, str]:
+    """``tcp:HOST:PORT`` or ``sctp:HOST:PORT`` (``tcp:[::1]:3868`` for IPv6) as
+    ``(host, port, transport)``.
 
     :raises ValueError: with what was expected.
     """
     transport, sep, rest = text.partition(":")
-    if not sep or transport.lower() != "tcp":
-        raise ValueError(f"expected tcp:HOST:PORT (Diameter over TCP), got {text!r}")
+    transport = transport.lower()
+    if not sep or transport not in ("tcp", "sctp"):
+        raise ValueError(
+            f"expected tcp:HOST:PORT or sctp:HOST:PORT (Diameter over TCP or SCTP), got {text!r}"
+        )
     if rest.startswith("["):
         host, bracket, tail = rest[1:].partition("]")
         if not bracket or not tail.startswith(":"):
-            raise ValueError(f"expected tcp:[IPv6]:PORT, got {text!r}")
+            raise ValueError(f"expected {transport}:[IPv6]:PORT, got {text!r}")
         port_text = tail[1:]
     else:
         host, sep, port_text = rest.rpartition(":")
         if not sep:
-            raise ValueError(f"expected tcp:HOST:PORT, got {text!r}")
+            raise ValueError(f"expected {transport}:HOST:PORT, got {text!r}")
     if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"expected tcp:HOST:PORT with a port from 0 to 65535, got {text!r}")
-    return host, int(port_text)
+        raise ValueError(
+            f"expected {transport}:HOST:PORT with a port from 0 to 65535, got {text!r}"
+        )
+    return host, int(port_text), transport
 
 
 def run_hss(args: argparse.Namespace) -> int:
@@ -105,23 +113,18 @@ def run_hss(args: argparse.Namespace) -> int:
         return _control(args)
     from imscore.diameter.control import ControlServer
     from imscore.diameter.hss import CxHss
+    from imscore.diameter.sctp import SctpUnavailableError
     from imscore.diameter.server import HssServer
+    from imscore.diameter.sources import SourceError, open_source
     from imscore.profile import ProfileError, load_profile
-    from imscore.subscribers import (
-        MemorySubscriberStore,
-        SubscriberError,
-        demo_subscribers_path,
-        load_subscribers,
-    )
 
     try:
-        host, port = parse_diameter_listen(args.listen)
+        host, port, transport = parse_diameter_listen(args.listen)
     except ValueError as exc:
         raise HssCliError(f"--listen: {exc}") from None
-    source = args.subscribers or str(demo_subscribers_path())
     try:
-        directory = load_subscribers(source)
-    except SubscriberError as exc:
+        source = open_source(args.subscribers)
+    except SourceError as exc:
         raise HssCliError(str(exc)) from None
     realm = args.origin_realm
     if realm is None:
@@ -131,17 +134,19 @@ def run_hss(args: argparse.Namespace) -> int:
             raise HssCliError(str(exc)) from None
     origin_host = args.origin_host or f"hss.{realm}"
     hss = CxHss(
-        MemorySubscriberStore(directory, f"{len(directory)} from {source}"),
+        source.store,
         origin_host,
         realm,
         server_name=args.scscf,
     )
     server = HssServer(hss)
-    control = ControlServer(server, lambda: load_subscribers(source))
+    control = ControlServer(server, source.reload)
 
     async def serve() -> None:
         try:
-            await server.start(host, port)
+            await server.start(host, port, transport)
+        except SctpUnavailableError as exc:
+            raise HssCliError(f"--listen {args.listen}: {exc}") from None
         except OSError as exc:
             raise HssCliError(f"--listen {args.listen}: {exc.strerror or exc}") from None
         if args.control:
@@ -154,10 +159,12 @@ def run_hss(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        bound = ", ".join(f"tcp:[{h}]:{p}" if ":" in h else f"tcp:{h}:{p}" for h, p in server.addresses)
+        bound = ", ".join(
+            f"{transport}:[{h}]:{p}" if ":" in h else f"{transport}:{h}:{p}"
+            for h, p in server.addresses
+        )
         print(
-            f"imscore hss: Cx on {bound} as {origin_host} (realm {realm}), "
-            f"{len(directory)} subscribers from {source}",
+            f"imscore hss: Cx on {bound} as {origin_host} (realm {realm}), {source.description}",
             file=sys.stderr,
             flush=True,
         )
