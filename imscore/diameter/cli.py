@@ -100,9 +100,7 @@ def parse_diameter_listen(text: str) -> tuple[str, int, str]:
         if not sep:
             raise ValueError(f"expected {transport}:HOST:PORT, got {text!r}")
     if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(
-            f"expected {transport}:HOST:PORT with a port from 0 to 65535, got {text!r}"
-        )
+        raise ValueError(f"expected {transport}:HOST:PORT with a port from 0 to 65535, got {text!r}")
     return host, int(port_text), transport
 
 
@@ -160,8 +158,7 @@ def run_hss(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         bound = ", ".join(
-            f"{transport}:[{h}]:{p}" if ":" in h else f"{transport}:{h}:{p}"
-            for h, p in server.addresses
+            f"{transport}:[{h}]:{p}" if ":" in h else f"{transport}:{h}:{p}" for h, p in server.addresses
         )
         print(
             f"imscore hss: Cx on {bound} as {origin_host} (realm {realm}), {source.description}",

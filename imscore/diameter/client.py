@@ -1,9 +1,11 @@
-"""A Cx client: one TCP connection to an HSS, capabilities exchanged, requests and answers.
+"""A Cx client: one TCP or SCTP connection to an HSS, capabilities exchanged, requests and answers.
 
 :class:`CxClient` is what the S-CSCF side (and the tests) use: :meth:`CxClient.connect` opens the
 connection and exchanges CER/CEA (with Vendor-Specific-Application-Id for Cx), then :meth:`uar`,
 :meth:`mar`, :meth:`sar` and :meth:`lir` send the request and return the answer. Requests the HSS
-sends (RTR, PPR) go to ``on_request``.
+sends (RTR, PPR) go to ``on_request``. ``transport="sctp"`` connects a one-to-one SCTP socket
+(:mod:`imscore.diameter.sctp`) and serves it with the same streams and framer as TCP; where the
+kernel has no SCTP, each attempt fails with ``SCTP not available: ...``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from imscore.diameter import dictionary as d
 from imscore.diameter.codec import Avp, Message
 from imscore.diameter.messages import IdSource, cx_application_avp, result_of
 from imscore.diameter.peer import DiameterPeerError, PeerConnection
+from imscore.diameter.sctp import TRANSPORTS, SctpSockets, SctpUnavailableError, Sockets
 from imscore.diameter.server import capabilities_avps
 
 __all__ = ["CxClient", "DiameterPeerError"]
@@ -48,16 +51,32 @@ class CxClient:
         destination_realm: str,
         timeout: float = 5.0,
         on_request: IncomingRequest | None = None,
+        transport: str = "tcp",
+        sockets: Sockets | None = None,
     ) -> CxClient:
         """Connect and exchange capabilities.
 
+        :param transport: ``tcp``, or ``sctp`` (a one-to-one SCTP socket from ``sockets``).
+        :param sockets: where the SCTP socket comes from (default :class:`SctpSockets`).
         :raises DiameterPeerError: the HSS cannot be reached, does not answer in time, or its CEA
-            is not 2001.
+            is not 2001; ``SCTP not available: ...`` where the kernel has no SCTP.
+        :raises ValueError: an unknown transport.
         """
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            if transport == "tcp":
+                opening = asyncio.open_connection(host, port)
+            else:
+                opening = _open_sctp(host, port, sockets or SctpSockets())
+            reader, writer = await asyncio.wait_for(opening, timeout)
+        except SctpUnavailableError as exc:
+            raise DiameterPeerError(str(exc)) from None
         except (OSError, TimeoutError) as exc:
-            raise DiameterPeerError(f"HSS {host}:{port} unreachable: {exc or 'timed out'}") from None
+            raise DiameterPeerError(
+                f"HSS {host}:{port} unreachable{' over SCTP' if transport == 'sctp' else ''}: "
+                f"{exc or 'timed out'}"
+            ) from None
 
         async def handle(_: PeerConnection, request: Message) -> Message | None:
             return None if on_request is None else await on_request(request)
@@ -177,3 +196,16 @@ class CxClient:
     async def lir(self, impu: str) -> Message:
         """Location-Info-Request."""
         return await self.cx(d.LIR, [Avp.utf8(d.PUBLIC_IDENTITY, impu, V)])
+
+
+async def _open_sctp(
+    host: str, port: int, sockets: Sockets
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect a socket of ``sockets`` to ``host``:``port`` and wrap it in asyncio streams."""
+    sock, address = sockets.connector(host, port)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, address)
+        return await asyncio.open_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise

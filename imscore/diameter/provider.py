@@ -31,8 +31,10 @@ whose subscriber data lives in an HSS (``imscore hss``, or any Cx HSS):
 The URL: ``cx://HOST:PORT`` with optional query keys ``origin_host`` (default ``scscf.<domain>``),
 ``origin_realm`` (default the profile's first domain), ``destination_realm`` (default the origin
 realm), ``server_name`` (the S-CSCF's SIP URI in MAR and SAR, default ``sip:<origin_host>``),
-``timeout`` (seconds an answer may take, default 3), ``retry_after`` (the 503's, default 30) and
-``watchdog`` (Tw of RFC 3539 in seconds, default 30; 0 sends no DWR).
+``timeout`` (seconds an answer may take, default 3), ``retry_after`` (the 503's, default 30),
+``watchdog`` (Tw of RFC 3539 in seconds, default 30; 0 sends no DWR) and ``transport`` (``tcp``,
+the default, or ``sctp``: a one-to-one SCTP association; where the kernel has no SCTP each
+connection attempt is logged ``SCTP not available: ...`` and requests get ``503``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from imscore.diameter.messages import (
     result_of,
 )
 from imscore.diameter.peer import DiameterPeerError
+from imscore.diameter.sctp import TRANSPORTS
 from imscore.diameter.sharing import SetIndex, process_origin_host, serves_shared, shared_server_name
 from imscore.diameter.userdata import parse_ifcs, parse_user_data
 from imscore.ifc.model import NO_SERVICES, ServiceProfile
@@ -85,6 +88,7 @@ _KEYS: Final = (
     "timeout",
     "retry_after",
     "watchdog",
+    "transport",
 )
 _DIGEST_SCHEMES: Final = (d.SCHEME_SIP_DIGEST, "Digest-MD5", "Digest")
 
@@ -150,6 +154,8 @@ class CxSubscriberStore:
         self.retry_after = int(self.options.get("retry_after", "30"))
         #: Tw of RFC 3539, seconds; 0 sends no DWR and only connects at start and on demand
         self.watchdog = float(self.options.get("watchdog", "30"))
+        #: ``tcp`` or ``sctp`` (:mod:`imscore.diameter.sctp`)
+        self.transport = self.options.get("transport", "tcp").lower()
         self.origin_host = self.options.get("origin_host", "")
         self._given_origin_host = self.origin_host
         self.origin_realm = self.options.get("origin_realm", "")
@@ -191,6 +197,8 @@ class CxSubscriberStore:
                     float(query[key])
                 except ValueError:
                     raise ValueError(f"{key} must be a number, got {query[key]!r}") from None
+        if query.get("transport", "tcp").lower() not in TRANSPORTS:
+            raise ValueError(f"transport must be tcp or sctp, got {query['transport']!r}")
         return cls(parts.hostname, parts.port, query)
 
     def attach(self, server: Any) -> None:
@@ -269,6 +277,7 @@ class CxSubscriberStore:
                     destination_realm=self.destination_realm,
                     timeout=self.timeout,
                     on_request=self._incoming,
+                    transport=self.transport,
                 )
             except DiameterPeerError as exc:
                 raise self._unavailable(exc, quiet=quiet) from None

@@ -1,4 +1,4 @@
-"""``imscore hss``: the Cx application of :mod:`imscore.diameter.hss` served over TCP.
+"""``imscore hss``: the Cx application of :mod:`imscore.diameter.hss` served over TCP or SCTP.
 
 Each accepted connection is a :class:`~imscore.diameter.peer.PeerConnection`. The first request
 must be a CER (RFC 6733 §5.3); the CEA says Result-Code 2001 and advertises Cx as
@@ -7,6 +7,9 @@ offers Cx (in an Auth-Application-Id, a Vendor-Specific-Application-Id, or the r
 else 5010 DIAMETER_NO_COMMON_APPLICATION and the connection is closed. Another request before the
 CER is answered 3010 DIAMETER_UNKNOWN_PEER and the connection is closed. A Cx request for a
 command the HSS does not serve is answered 3001, one for another application 3007.
+
+Over SCTP (:mod:`imscore.diameter.sctp`) the listening socket comes from a socket factory and is
+served by the same asyncio streams, framer and connection logic as TCP.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from imscore.diameter.codec import Avp, Message
 from imscore.diameter.hss import CxHss
 from imscore.diameter.messages import IdSource, answer, cx_application_avp, error_answer, result_code
 from imscore.diameter.peer import PeerConnection
+from imscore.diameter.sctp import TRANSPORTS, SctpSockets, Sockets
 
 __all__ = ["HssServer", "offers_cx"]
 
@@ -67,7 +71,7 @@ def _firmware() -> int:
 
 
 class HssServer:
-    """A TCP Diameter server for a :class:`~imscore.diameter.hss.CxHss`."""
+    """A Diameter server (TCP or SCTP) for a :class:`~imscore.diameter.hss.CxHss`."""
 
     def __init__(self, hss: CxHss) -> None:
         self.hss = hss
@@ -77,17 +81,45 @@ class HssServer:
         self._ready: set[PeerConnection] = set()
         #: the tasks serving connections (close() waits for them, so none outlives the loop)
         self._serving: set[asyncio.Task[None]] = set()
+        #: ``tcp`` or ``sctp``, once started
+        self.transport = "tcp"
+        self._asked: tuple[str, int] = ("", 0)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """The bound (host, port) pairs."""
+        """The bound (host, port) pairs (the asked ones for a socket with no IP address)."""
         if self._server is None:
             return []
-        return [sock.getsockname()[:2] for sock in self._server.sockets]
+        bound: list[tuple[str, int]] = []
+        for sock in self._server.sockets:
+            name = sock.getsockname()
+            bound.append((name[0], name[1]) if isinstance(name, tuple) else self._asked)
+        return bound
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on ``host``:``port`` (port 0: any free one; see :attr:`addresses`)."""
-        self._server = await asyncio.start_server(self._accept, host, port)
+    async def start(
+        self, host: str, port: int, transport: str = "tcp", sockets: Sockets | None = None
+    ) -> None:
+        """Listen on ``host``:``port`` (port 0: any free one; see :attr:`addresses`).
+
+        :param transport: ``tcp``, or ``sctp`` (a one-to-one SCTP socket from ``sockets``).
+        :param sockets: where the SCTP listener comes from (default :class:`SctpSockets`).
+        :raises OSError: the address cannot be bound; ``SctpUnavailableError`` where the kernel
+            has no SCTP.
+        :raises ValueError: an unknown transport.
+        """
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        self.transport = transport
+        self._asked = (host, port)
+        if transport == "tcp":
+            self._server = await asyncio.start_server(self._accept, host, port)
+            return
+        sock = (sockets or SctpSockets()).listener(host, port)
+        try:
+            self._server = await asyncio.start_server(self._accept, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
