@@ -291,6 +291,11 @@ def print_udp(result: dict[str, Any]) -> None:
         f"second ones: {result['answers']}; unanswered {result['unanswered']}; "
         f"server ERROR lines {result['errors']})"
     )
+    if result["unanswered"]:
+        print(
+            "  NOT COMPARABLE: the server fell behind (REGISTERs unanswered within --grace): it "
+            "was still working through the flood while 'after' was measured"
+        )
     if result["rss_cold"]:
         print(f"RSS before the warm-up {mib(result['rss_cold'])} (idle below: after it)")
     print(
