@@ -162,6 +162,10 @@ class ForkContext(Generic[FlowT]):
     rerouting: bool = False
     #: the flow the request came on
     inbound: object | None = None
+    #: the request passed ``check_framing_headers`` when the fork started, with a Max-Forwards
+    #: (if any) of at least 1: so do its branch copies and their CANCELs, which keep its framing
+    #: lines (the transaction layer need not check them again)
+    framed: bool = False
 
     def pending(self) -> list[Branch[FlowT]]:
         return [b for b in self.branches if not b.final]
@@ -177,6 +181,17 @@ class NeedFlow(Generic[FlowT]):
 
 #: What the proxy asks of its caller: send a message, or find a flow for a branch.
 Action = Send[FlowT] | NeedFlow[FlowT]
+
+
+def _framed(request: Request) -> bool:
+    """Whether ``request``'s framing headers pass (warm parse caches make this cheap for a request
+    the transport checked) and its Max-Forwards, if any, leaves a branch copy one in range."""
+    try:
+        request.check_framing_headers()
+        forwards = request.max_forwards
+    except SipError:
+        return False
+    return forwards is None or forwards >= 1
 
 
 def loop_key(request: Request, upstream_via: str) -> str:
@@ -271,6 +286,7 @@ class ProxyCore(Generic[FlowT]):
             loop=loop_key(request, upstream_via),
             inbound=inbound,
         )
+        context.framed = _framed(request)
         if self.record_route is not None and inbound is not None:
             value = self.record_route(inbound, request)
             if value is not None:
@@ -339,7 +355,9 @@ class ProxyCore(Generic[FlowT]):
         if branch.target.answer_timeout is not None and not branch.provisional:
             branch.answer_deadline = now + branch.target.answer_timeout
         try:
-            client, outputs = self.layer.send_request(branch.request, flow, reliable, now)
+            client, outputs = self.layer.send_request(
+                branch.request, flow, reliable, now, framed=context.framed
+            )
         except SipError as error:  # a header we must copy cannot be parsed: that branch fails
             return self.branch_failed(branch, 500, f"Cannot forward: {error.reason}", now)
         branch.transaction = client
@@ -688,7 +706,9 @@ class ProxyCore(Generic[FlowT]):
         elif branch.context.reason is not None:
             cancel.headers.add("Reason", branch.context.reason)
         try:
-            _, outputs = self.layer.send_request(cancel, branch.flow, branch.reliable, now)
+            _, outputs = self.layer.send_request(
+                cancel, branch.flow, branch.reliable, now, framed=branch.context.framed
+            )
         except SipError:
             return []
         self.stats["cancels_sent"] += 1

@@ -1049,7 +1049,7 @@ class TransactionLayer(Generic[FlowT]):
 
     # -- input from the TU -------------------------------------------------------------------------
     def send_request(
-        self, request: Request, flow: FlowT, reliable: bool, now: float
+        self, request: Request, flow: FlowT, reliable: bool, now: float, *, framed: bool = False
     ) -> tuple[ClientTransaction[FlowT], list[Output[FlowT]]]:
         """Create a client transaction for ``request`` and send it on ``flow``.
 
@@ -1057,13 +1057,20 @@ class TransactionLayer(Generic[FlowT]):
         client transaction of the same method; the layer never adds one. A CANCEL is sent this way
         too (:func:`build_cancel`). An ACK is not: the transaction sends the ACK for a non-2xx, the
         TU sends the ACK for a 2xx straight to the transport. Raises :class:`TransactionError`.
+
+        The request's framing headers are checked (``check_framing_headers``) unless ``framed``
+        says the caller knows they pass: the request was made from one that passed, with its
+        From, To, Call-ID, CSeq and Content-Length lines and body unchanged, its method the same,
+        and any Max-Forwards it set in range (a proxy's branch copy, or :func:`build_cancel` of
+        one). The top Via is parsed either way.
         """
         if request.method == "ACK":
             raise TransactionError(
                 "an ACK has no client transaction: hand the ACK for a 2xx to the transport"
             )
         try:
-            request.check_framing_headers()
+            if not framed:
+                request.check_framing_headers()
             branch = request.top_via.branch
         except SipError as error:
             raise TransactionError(f"cannot send the request: {error.reason}") from error
