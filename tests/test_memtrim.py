@@ -187,7 +187,7 @@ def test_a_served_flood_gives_its_memory_back_once_it_is_over(monkeypatch: pytes
         address = server.start()
         assert server.pid is not None
         args = argparse.Namespace(
-            attempts=12_000, rate=4_000.0, users=100, settle=12.0, grace=20.0, warm_up=5.0
+            attempts=12_000, rate=2_500.0, users=100, settle=12.0, grace=20.0, warm_up=5.0
         )
         try:
             flood_bench.warm_up(address, server.pid, args)
