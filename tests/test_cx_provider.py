@@ -11,8 +11,6 @@ is stopped makes a REGISTER ``503`` with ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
-import selectors
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from diameter_relay import DiameterRelay
 from sipua import Agent, Caller, Phone
 from test_hss import CAROL, OP, HssProcess, K
 from test_hss import SUBSCRIBERS as HSS_SUBSCRIBERS
@@ -72,6 +71,7 @@ class Hss(HssProcess):
             return result_of(answer), None if name is None else name.as_str()
 
         return asyncio.run(asyncio.wait_for(main(), 10))
+
 
 @pytest.fixture
 def hss(tmp_path: Path) -> Iterator[Hss]:
@@ -276,83 +276,29 @@ def test_an_hss_down_at_start_up_does_not_stop_the_scscf(hss: Hss) -> None:
     assert any(f"HSS 127.0.0.1:{port}:" in line for line in served.log), served.log
 
 
-class Relay:
-    """A TCP relay on a free loopback port in front of the HSS, in a thread: it records the command
-    code of each Diameter request the S-CSCF sends, counts the connections it accepted, and while
-    :attr:`silent` drops everything the HSS sends (an HSS that stopped answering)."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.requests: list[int] = []
-        self.accepted = 0
-        self.silent = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(self.listener, selectors.EVENT_READ)
-        pairs: dict[socket.socket, tuple[socket.socket, bool]] = {}  # sock -> (other, from_scscf)
-        pending: dict[socket.socket, bytes] = {}
-        while not self._stop.is_set():
-            for key, _ in selector.select(0.05):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                if sock is self.listener:
-                    scscf, _ = self.listener.accept()
-                    hss = socket.create_connection(("127.0.0.1", self.target))
-                    self.accepted += 1
-                    pairs[scscf], pairs[hss] = (hss, True), (scscf, False)
-                    pending[scscf] = b""
-                    for each in (scscf, hss):
-                        selector.register(each, selectors.EVENT_READ)
-                    continue
-                other, from_scscf = pairs[sock]
-                data = sock.recv(65536)
-                if not data:
-                    for each in (sock, other):
-                        selector.unregister(each)
-                        pairs.pop(each)
-                        pending.pop(each, None)
-                        each.close()
-                    continue
-                if from_scscf:
-                    buffer = pending[sock] + data
-                    while len(buffer) >= 20 and len(buffer) >= int.from_bytes(buffer[1:4], "big"):
-                        if buffer[4] & 0x80:  # the R flag: a request
-                            self.requests.append(int.from_bytes(buffer[5:8], "big"))
-                        buffer = buffer[int.from_bytes(buffer[1:4], "big") :]
-                    pending[sock] = buffer
-                elif self.silent:
-                    continue
-                other.sendall(data)
-        for sock in pairs:
-            sock.close()
-        self.listener.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 def test_the_watchdog_keeps_the_connection_and_replaces_a_silent_one(hss: Hss) -> None:
-    relay = Relay(hss.port)
+    silent = threading.Event()  # while set, the HSS's messages are dropped (it stopped answering)
+    relay = DiameterRelay(
+        ("127.0.0.1", hss.port), drop=lambda r: silent.is_set() and r.direction == "down"
+    ).start()
+
+    def sent(command: int) -> int:
+        return sum(m.command == command for m in relay.messages("up"))
+
     served = serve(
         "--listen", "udp:127.0.0.1:0",
         "--subscribers", f"cx://127.0.0.1:{relay.port}?watchdog=0.5&timeout=1",
     )  # fmt: skip
     try:
-        # CER at start, then DWRs while nothing else is said (RFC 3539's Tw, here 0.5 s)
-        assert eventually(lambda: relay.requests.count(d.DWR) >= 2, True) is True, relay.requests
-        assert relay.requests[0] == d.CER and relay.accepted == 1
+        # CER at start, then DWRs while nothing else is said (RFC 3539's Tw, here 0.5 s), answered
+        assert eventually(lambda: sent(d.DWR) >= 2, True) is True, relay.messages()
+        assert relay.messages("up")[0].command == d.CER and sent(d.CER) == 1
+        assert any(m.command == d.DWR and not m.request for m in relay.messages("down"))  # DWAs
         # the HSS stops answering: no DWA within the timeout closes the connection, and the
         # S-CSCF opens a new one (whose CER gets no CEA either, while the HSS stays silent)
-        relay.silent = True
-        assert eventually(lambda: relay.accepted >= 2, True) is True
-        relay.silent = False
+        silent.set()
+        assert eventually(lambda: sent(d.CER) >= 2, True) is True
+        silent.clear()
         # it answers again: a connection is up before any REGISTER, and serves it
         assert eventually(lambda: _connections_to(relay.port), 1) == 1
         phone = Phone(served.addresses["udp"], "alice1")
@@ -364,6 +310,9 @@ def test_the_watchdog_keeps_the_connection_and_replaces_a_silent_one(hss: Hss) -
         stopped(served)
         relay.close()
     assert any("no DWA" in line and "closing the connection" in line for line in served.log), served.log
+    # stopping, it said DPR and waited for the HSS's DPA (RFC 6733 §5.4) before closing
+    last = relay.messages()[-2:]
+    assert [(m.command, m.request) for m in last] == [(d.DPR, True), (d.DPR, False)], last
 
 
 def test_an_expiry_is_told_to_the_hss_by_sar(hss: Hss, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from diameter_relay import DiameterRelay
 from kamailio_support import (
     CONFIGS,
     Kamailio,
@@ -36,6 +37,7 @@ from test_registrar import Ue
 from test_serve import Served, serve
 
 from imscore.diameter import dictionary as d
+from imscore.diameter.messages import result_of
 
 DOMAIN = "ims.example.test"
 SCSCF_HOST = f"scscf.{DOMAIN}"
@@ -54,6 +56,8 @@ class Setup:
     kamailio: Kamailio
     imscore: Served
     workdir: Path
+    #: cdp's Diameter port
+    hss_port: int
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +92,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         url = f"cx://127.0.0.1:{port}?origin_host={SCSCF_HOST}&server_name=sip:{SCSCF_HOST}"
         imscore = serve("--listen", "udp:127.0.0.1:0", "--subscribers", url)
         try:
-            yield Setup(kamailio, imscore, workdir)
+            yield Setup(kamailio, imscore, workdir, port)
         finally:
             assert imscore.stop() == 0, "\n".join(imscore.log)
     finally:
@@ -196,3 +200,27 @@ def test_a_user_unknown_to_cdp_is_refused(setup: Setup) -> None:
     assert answer.status == 404, answer
     assert "Unknown user" in answer.reason, answer.reason
     assert any(impi in json.dumps(avps) for _, avps in logged_requests(setup.kamailio))
+
+
+def test_cdp_answers_our_watchdog_and_takes_our_disconnect(setup: Setup) -> None:
+    """Our DWRs (RFC 3539's watchdog, Tw 0.5 s here) answered by cdp with 2001, and the DPR we
+    send as we stop: cdp drops the peer and closes the connection without a DPA (against imscore
+    hss the same DPR gets its DPA, tests/test_cx_provider.py), and we stop cleanly either way. A
+    second S-CSCF (its own Origin-Host) behind a recording relay."""
+    with DiameterRelay(("127.0.0.1", setup.hss_port)) as relay:
+        url = f"cx://127.0.0.1:{relay.port}?origin_host=wd.{DOMAIN}&watchdog=0.5"
+        served = serve("--listen", "udp:127.0.0.1:0", "--subscribers", url)
+        try:
+            assert relay.wait_for(
+                lambda ms: sum(m.command == d.DWR and not m.request for m in ms) >= 2
+            ), relay.messages()
+        finally:
+            assert served.stop() == 0, "\n".join(served.log)
+        messages = relay.messages()
+    up = [m.command for m in messages if m.request]
+    assert up[0] == d.CER and up.count(d.DWR) >= 2 and up[-1] == d.DPR, up
+    dwas = [m for m in messages if m.command == d.DWR and not m.request]
+    assert {result_of(m) for m in dwas} == {(d.SUCCESS, 0)}
+    dropped = f"[wd.{DOMAIN}] Disconnecting from peer"
+    assert dropped in setup.kamailio.log(), setup.kamailio.log()[-2000:]
+    assert not any("Traceback" in line for line in served.log), served.log

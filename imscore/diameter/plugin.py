@@ -40,13 +40,3 @@ def ims_server_started(server: Any) -> None:
     store = getattr(server, "subscribers", None)
     if isinstance(store, CxSubscriberStore):
         store.attach(server)
-
-
-@hookimpl
-def ims_server_stopping(server: Any) -> None:
-    """Close a Cx store's connection (DPR) as the server stops."""
-    from imscore.diameter.provider import CxSubscriberStore
-
-    store = getattr(server, "subscribers", None)
-    if isinstance(store, CxSubscriberStore):
-        server.spawn(store.close())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import signal
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 __all__ = ["Server", "ServerError", "client_tls_context_for", "run_until_signalled", "tls_context_for"]
 
 log = logging.getLogger("imscore.server")
+
+#: seconds a subscriber store's ``close()`` may take as the server stops (an HSS's DPA)
+SUBSCRIBERS_CLOSE_WAIT = 5.0
 
 
 class ServerError(Exception):
@@ -407,6 +411,19 @@ class Server:
         else:
             log.warning("load back to normal: %d requests were refused so far", self.core.counters.shed)
 
+    async def _close_subscribers(self) -> None:
+        """Close a subscriber store that has a ``close()`` (an HSS connection says DPR and waits
+        for the DPA), before the tasks are cancelled; bounded, and a failure is only logged."""
+        close = getattr(self.subscribers, "close", None)
+        if not callable(close):
+            return
+        try:
+            result = close()
+            if inspect.isawaitable(result):
+                await asyncio.wait_for(result, SUBSCRIBERS_CLOSE_WAIT)
+        except Exception:  # the store's own problem: the server still stops
+            log.exception("closing the subscriber store %s failed", self.subscribers)
+
     async def stop(self) -> None:
         """Tell the plugins, stop timers, close listeners, connections and the store."""
         self.plugins.hook.ims_server_stopping(server=self)
@@ -425,6 +442,7 @@ class Server:
             self._expiry.cancel()
             await asyncio.gather(self._expiry, return_exceptions=True)
             self._expiry = None
+        await self._close_subscribers()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
