@@ -999,15 +999,20 @@ class Request(Message):
         To already has a tag; ``headers`` follow; Content-Length is always set.
         """
         self.headers._load()
-        src_keys, src_items = self.headers._keys, self.headers._items
+        # one pass over the request's fields: each copied line goes to the list of its name, and
+        # the lists are joined in the order above (Via lines first, each name in received order)
+        copied: dict[str, list[_Item]] = {"via": [], "from": [], "to": [], "call-id": [], "cseq": []}
+        for k, item in zip(self.headers._keys, self.headers._items, strict=True):
+            found = copied.get(k)
+            if found is not None:
+                found.append(item)
         keys: list[str] = []
         items: list[_Item] = []
-        for wanted in ("via", "from", "to", "call-id", "cseq"):
-            for k, item in zip(src_keys, src_items, strict=True):
-                if k == wanted:
-                    keys.append(k)
-                    items.append(item)
-        if to_tag is not None and "to" in keys and self.to.tag is None:
+        for k, found in copied.items():
+            if found:
+                keys += [k] * len(found)
+                items += found
+        if to_tag is not None and copied["to"] and self.to.tag is None:
             # header parameters come last in both name-addr and addr-spec forms: append the tag
             i = keys.index("to")
             to_name, to_value, _ = items[i]
@@ -1175,6 +1180,13 @@ def _split_fields(lines: list[str]) -> tuple[list[str], list[_Item]]:
     items: list[_Item] = []
     valid = _VALID_NAMES.get
     for line in lines:
+        name, sep, value = line.partition(":")
+        key = valid(name) if sep else None
+        if key is not None:
+            # a name already checked before a ':' (a token: no SP or HT, so not a continuation line)
+            keys.append(key)
+            items.append((name, value.strip(" \t"), line))
+            continue
         c = line[:1]
         if c == " " or c == "\t":
             if not items:

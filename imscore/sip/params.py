@@ -25,11 +25,16 @@ class Params:
     def _index(self, name: str) -> int:
         # (hot: Via branch, To tag and Contact expires are read for every request; only a name of
         # the same length can match, and most peers spell names as we ask for them)
-        lname = name.lower()
         size = len(name)
+        lname = ""  # lower-cased only when a name of that length is not spelled the same
         for i, (key, _value) in enumerate(self._items):
-            if len(key) == size and (key == name or key.lower() == lname):
-                return i
+            if len(key) == size:
+                if key == name:
+                    return i
+                if not lname:
+                    lname = name.lower()
+                if key.lower() == lname:
+                    return i
         return -1
 
     def __contains__(self, name: object) -> bool:
@@ -37,8 +42,11 @@ class Params:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The value as written (``None`` for a flag parameter), or ``default`` when absent."""
+        items = self._items
+        if not items:
+            return default
         i = self._index(name)
-        return default if i < 0 else self._items[i][1]
+        return default if i < 0 else items[i][1]
 
     def unquoted(self, name: str) -> str | None:
         """The value with quotes and escapes removed (``None`` when absent or a flag)."""
@@ -93,6 +101,8 @@ class Params:
         return Params(self._items)
 
     def __str__(self) -> str:
+        if not self._items:
+            return ""
         return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in self._items)
 
     def __repr__(self) -> str:

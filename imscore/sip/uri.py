@@ -140,19 +140,23 @@ class SipUri:
         )
 
     def __str__(self) -> str:
-        out = [self.spelling if self.spelling.lower() == self.scheme else self.scheme, ":"]
-        if self.user is not None:
-            out.append(self.user)
-            if self.password is not None:
-                out += [":", self.password]
-            out.append("@")
-        out.append(self.host)
+        scheme = self.spelling
+        if scheme != self.scheme and scheme.lower() != self.scheme:
+            scheme = self.scheme
+        user = self.user
+        if user is None:
+            text = f"{scheme}:{self.host}"
+        elif self.password is None:
+            text = f"{scheme}:{user}@{self.host}"
+        else:
+            text = f"{scheme}:{user}:{self.password}@{self.host}"
         if self.port is not None:
-            out += [":", str(self.port)]
-        out.append(str(self.params))
+            text = f"{text}:{self.port}"
+        if self.params:
+            text += str(self.params)
         if self.headers:
-            out += ["?", "&".join(f"{k}={v}" for k, v in self.headers)]
-        return "".join(out)
+            text += "?" + "&".join(f"{k}={v}" for k, v in self.headers)
+        return text
 
     def __repr__(self) -> str:
         return f"SipUri({str(self)!r})"
@@ -297,8 +301,30 @@ class AbsoluteUri:
 Uri = SipUri | TelUri | AbsoluteUri
 
 
+#: URIs already parsed, by their text: private copies, never handed out (a parse returns a copy)
+_SEEN: Final[dict[str, Uri]] = {}
+_SEEN_MAX: Final = 2048
+
+
 def parse_uri(text: str) -> Uri:
-    """Parse any absolute URI; ``sip``, ``sips`` and ``tel`` are interpreted, others kept opaque."""
+    """Parse any absolute URI; ``sip``, ``sips`` and ``tel`` are interpreted, others kept opaque.
+
+    Every call returns a new object the caller may change. The same texts come back all the time
+    (the Request-URI, the To and From of a user's REGISTER and its retry after a challenge), so the
+    URIs parsed lately are kept and a text seen before is answered with a copy of its URI.
+    """
+    seen = _SEEN.get(text)
+    if seen is not None:
+        return seen.copy()
+    uri = _parse_uri(text)
+    if len(_SEEN) >= _SEEN_MAX:
+        _SEEN.clear()
+    _SEEN[text] = uri.copy()
+    return uri
+
+
+def _parse_uri(text: str) -> Uri:
+    """:func:`parse_uri` without its memory of texts seen before."""
     colon = text.find(":")
     if colon <= 0:
         raise ParseError(f"not a URI: {text[:60]!r}")
