@@ -473,14 +473,16 @@ class ProxyCore(Generic[FlowT]):
     # -- time --------------------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         """The earliest group ring timer, ``None`` when none runs."""
-        deadlines = [c.group_deadline for c in self._by_server.values() if c.group_deadline is not None]
-        deadlines += [
-            b.answer_deadline
-            for c in self._by_server.values()
-            for b in c.branches
-            if b.answer_deadline is not None
-        ]
-        return min(deadlines) if deadlines else None
+        earliest: float | None = None
+        for context in self._by_server.values():  # one pass, no lists: it runs after every message
+            deadline = context.group_deadline
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+            for branch in context.branches:
+                deadline = branch.answer_deadline
+                if deadline is not None and (earliest is None or deadline < earliest):
+                    earliest = deadline
+        return earliest
 
     def advance(self, now: float) -> list[Action[FlowT]]:
         """Fire the group timers due at ``now``: the group's pending branches are CANCELled (or,
@@ -655,8 +657,14 @@ class ProxyCore(Generic[FlowT]):
         """The response with our Via removed (responses the proxy made itself from the received
         request have none of ours on top)."""
         headers = response.headers.copy()
-        vias = response.headers.values("Via")
-        if vias and f"branch=z9hG4bK{context.loop}." in vias[0]:
+        ours = f"branch=z9hG4bK{context.loop}."
+        first = headers.get("Via")
+        if first is not None and "," not in first and first.strip(" \t"):
+            top = first  # one element on the first line (the common case): no split needed
+        else:
+            vias = headers.values("Via")
+            top = vias[0] if vias else ""
+        if ours in top:
             headers.pop_first("Via")
         return Response(response.status, response.reason, headers, response.body)
 

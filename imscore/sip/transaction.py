@@ -313,6 +313,12 @@ def _what(message: Message) -> str:
 
 
 def _top_via_text(request: Request) -> str:
+    first = request.headers.get("Via")
+    if first is not None and "," not in first:
+        # one element on the first line: what values() gives first, without splitting the rest
+        element = first.strip(" \t")
+        if element:
+            return element
     vias = request.headers.values("Via")
     if not vias:
         raise TransactionError(f"no Via header in the {_what(request)}")
