@@ -136,6 +136,9 @@ class Registrar:
         #: is kept in the store (imscore.server.proxying), so every node resolves the same ones
         self.gruus = Gruus(lambda: secrets.token_bytes(32))
         self.regevent.gruus = self.gruus
+        #: whether a URI names this element (a listener address; the server sets the proxy's
+        #: check): a REGISTER whose Request-URI an I-CSCF rewrote to the S-CSCF is ours
+        self.names_us: Callable[[Uri], bool] | None = None
 
     def _authenticate(
         self, request: Request, credentials: Any, subscriber: Subscriber, now: float
@@ -175,8 +178,57 @@ class Registrar:
     ) -> Response:
         return request.make_response(status, reason, headers, to_tag=_tag(request))
 
+    def _served_request_uri(self, request: Request) -> SipUri | None:
+        """The Request-URI of a REGISTER that names this S-CSCF rather than a home domain, as the
+        home domain the UE registered with (``None`` when it does not name us).
+
+        An I-CSCF (TS 24.229 §5.3.1.2; Kamailio's ``I_scscf_select``) writes the S-CSCF's name —
+        the Server-Name the HSS gave, e.g. ``sip:scscf.ims.example.test:6060`` or one of our
+        addresses — into the Request-URI. The UE's Request-URI was its home domain, and its Digest
+        ``uri`` says which one: that is used when it names a domain served here without a user
+        part, else the To's domain when served, else the first served domain."""
+        uri = request.uri
+        if not isinstance(uri, SipUri) or not self._names_us(uri):
+            return None
+        credentials = next((c for c in request.authorization if c.is_digest), None)
+        given = credentials.get("uri") if credentials is not None else None
+        if given:
+            try:
+                digest_uri = parse_uri(given)
+            except (SipError, ValueError):
+                digest_uri = None
+            if self._served(digest_uri) and isinstance(digest_uri, SipUri) and digest_uri.user is None:
+                return digest_uri
+        to_uri = request.to.uri
+        if self._served(to_uri) and isinstance(to_uri, SipUri):
+            return SipUri(to_uri.host, scheme=to_uri.scheme)
+        return SipUri(self.profile.domains[0])
+
+    def _served(self, uri: Uri | None) -> bool:
+        return isinstance(uri, SipUri) and uri.host.lower().rstrip(".") in self.domains
+
+    def _names_us(self, uri: SipUri) -> bool:
+        if self.names_us is not None and self.names_us(uri):
+            return True
+        server_name = getattr(self.remote, "server_name", "")  # the Cx S-CSCF's own SIP URI
+        if not server_name:
+            return False
+        try:
+            ours = parse_uri(server_name)
+        except (SipError, ValueError):
+            return False
+        return (
+            isinstance(ours, SipUri)
+            and ours.host.lower().rstrip(".") == uri.host.lower().rstrip(".")
+            and (ours.port or 5060) == (uri.port or 5060)
+        )
+
     async def _register(self, request: Request, flow: FlowInfo, now: float) -> RegisterOutcome:
         uri = request.uri
+        if isinstance(uri, SipUri) and uri.host.lower().rstrip(".") not in self.domains:
+            home = self._served_request_uri(request)
+            if home is not None:  # an I-CSCF named us: read it as the home domain (docs/ims-core)
+                request.uri = uri = home
         # §10.3 step 1: a domain we are the registrar for
         if not isinstance(uri, SipUri) or uri.host.lower().rstrip(".") not in self.domains:
             request.contacts  # noqa: B018  # a malformed REGISTER is 400 first (RFC 4475 regbadct)

@@ -256,6 +256,7 @@ class Server:
             auth = self.registrar.authenticator
             auth.counter = pool.nonce_counter(auth.nonces.lifetime)
         self.proxying = ProxyService(self)  # the forking proxy (RFC 3261 §16), see docs/proxy.rst
+        self.registrar.names_us = self.proxying.router.is_ours  # a REGISTER an I-CSCF sent us
         self.proxying.core.on_final = self._forked
         #: third-party REGISTERs to the application servers of the users' iFCs (docs/ifc.rst)
         self.thirdparty = ThirdPartyRegistration(self)
