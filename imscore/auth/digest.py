@@ -19,7 +19,6 @@ appears in a ``repr`` or in the text of an exception this module raises.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import enum
 import hashlib
@@ -47,6 +46,7 @@ __all__ = [
     "VerdictKind",
     "canonical_algorithm",
     "challenge",
+    "challenge_frame",
     "credentials",
     "digest_response",
     "ha1",
@@ -57,6 +57,14 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------------------------
 # algorithms
+
+
+#: the hashlib constructors by hashlib name: called directly, they skip ``hashlib.new``'s lookup by
+#: name (same digests)
+_HASHES: Final[dict[str, Callable[..., hashlib._Hash]]] = {
+    "md5": hashlib.md5,
+    "sha256": hashlib.sha256,
+}
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,7 @@ def _algo(name: str) -> _Algo:
 
 
 def _h(hash_name: str, data: bytes) -> str:
-    return hashlib.new(hash_name, data, usedforsecurity=False).hexdigest()
+    return _HASHES[hash_name](data, usedforsecurity=False).hexdigest()
 
 
 def _resolve(name: str, aliases: Mapping[str, str] | None) -> _Algo | None:
@@ -118,6 +126,9 @@ def _b(value: bytes | str) -> bytes:
 # H(A1)
 
 
+_HEX_RE: Final = re.compile(r"[0-9a-fA-F]*")
+
+
 class StoredHA1:
     """An H(A1) a subscriber store keeps instead of the password: ``H(username:realm:password)``.
 
@@ -132,8 +143,8 @@ class StoredHA1:
         algo = _algo(hash_name)
         if algo.sess:
             raise ValueError("StoredHA1 takes a hash family (MD5 or SHA-256), not a -sess algorithm")
-        size = hashlib.new(algo.hash_name, usedforsecurity=False).digest_size * 2
-        if len(hexdigest) != size or not all(c in "0123456789abcdefABCDEF" for c in hexdigest):
+        size = _HASHES[algo.hash_name](usedforsecurity=False).digest_size * 2
+        if len(hexdigest) != size or _HEX_RE.fullmatch(hexdigest) is None:
             raise ValueError(f"StoredHA1 for {algo.name} must be {size} hexadecimal digits")
         self._hex = hexdigest.lower()
         self.hash_name = algo.name
@@ -210,31 +221,77 @@ def digest_response(
     never contains the password.
     """
     algo = _algo(algorithm)
-    hn = algo.hash_name
+    return _response(
+        algo,
+        _base_ha1(algo, username, realm, password),
+        method,
+        uri,
+        nonce,
+        nc,
+        cnonce,
+        qop,
+        entity_body,
+    )
+
+
+def _base_ha1(algo: _Algo, username: str, realm: str, password: bytes | str | StoredHA1) -> str:
+    """The H(A1) (before any ``-sess`` step) ``password`` stands for, for ``algo``."""
     if isinstance(password, StoredHA1):
-        if _algo(password.hash_name).hash_name != hn:
+        if _algo(password.hash_name).hash_name != algo.hash_name:
             raise ValueError(f"a {password.hash_name} H(A1) cannot answer with {algo.name}")
-        base = password.hexdigest
-    else:
-        base = ha1(algorithm=algo.name, username=username, realm=realm, password=password)
+        return password.hexdigest
+    return _h(algo.hash_name, b":".join((_b(username), _b(realm), _b(password))))
+
+
+#: H(A2) of qop ``auth`` (and of no qop) by (hash name, method, uri): the same few Request-URIs
+#: come back with every REGISTER, and nothing secret goes into it
+_HA2: dict[tuple[str, str, str], str] = {}
+_HA2_MAX: Final = 1024
+
+
+def _ha2(hash_name: str, method: str, uri: str) -> str:
+    key = (hash_name, method, uri)
+    found = _HA2.get(key)
+    if found is None:
+        found = _h(hash_name, f"{method}:{uri}".encode())
+        if len(_HA2) >= _HA2_MAX:
+            _HA2.clear()
+        _HA2[key] = found
+    return found
+
+
+def _response(
+    algo: _Algo,
+    base: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    nc: int | str | None,
+    cnonce: str | None,
+    qop: str | None,
+    entity_body: bytes,
+) -> str:
+    """:func:`digest_response` once the algorithm is resolved and the base H(A1) known."""
+    hn = algo.hash_name
     if algo.sess:
         if cnonce is None:
             raise ValueError(f"{algo.name} needs a cnonce")
         ha1_hex = _h(hn, f"{base}:{nonce}:{cnonce}".encode())
     else:
         ha1_hex = base
-    if qop is None or qop.lower() == "auth":
-        a2 = f"{method}:{uri}".encode()
-    elif qop.lower() == "auth-int":
-        a2 = f"{method}:{uri}:{_h(hn, entity_body)}".encode()
+    qop_lower = None if qop is None else qop.lower()
+    if qop_lower is None or qop_lower == "auth":
+        ha2 = _ha2(hn, method, uri)
+    elif qop_lower == "auth-int":
+        ha2 = _h(hn, f"{method}:{uri}:{_h(hn, entity_body)}".encode())
     else:
+        assert qop is not None
         raise ValueError(f"unsupported qop {qop[:40]!r}")
-    ha2 = _h(hn, a2)
-    if qop is None:
+    if qop_lower is None:
         return _h(hn, f"{ha1_hex}:{nonce}:{ha2}".encode())
     if nc is None or cnonce is None:
         raise ValueError(f"qop={qop} needs nc and cnonce")
-    return _h(hn, f"{ha1_hex}:{nonce}:{_format_nc(nc)}:{cnonce}:{qop.lower()}:{ha2}".encode())
+    return _h(hn, f"{ha1_hex}:{nonce}:{_format_nc(nc)}:{cnonce}:{qop_lower}:{ha2}".encode())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -257,7 +314,17 @@ _RAND_LEN: Final = 8
 _MAC_LEN: Final = 16
 _NONCE_LEN: Final = _TS.size + _RAND_LEN + _MAC_LEN  # 32 octets
 _NONCE_CHARS: Final = (_NONCE_LEN * 8 + 5) // 6  # 43 base64url characters, no padding
-_NONCE_RE: Final = re.compile(rf"[A-Za-z0-9_-]{{{_NONCE_CHARS}}}")
+_HEAD_LEN: Final = _TS.size + _RAND_LEN  # what the MAC covers, with the caller's extra
+_B64URL: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# the last character carries _NONCE_CHARS * 6 - _NONCE_LEN * 8 (= 2) unused bits: only the canonical
+# spelling (those bits zero) is ours, so the last character is one of the 16 whose low bits are zero
+_NONCE_LAST: Final = "".join(
+    c for i, c in enumerate(_B64URL) if i % (1 << (_NONCE_CHARS * 6 - _NONCE_LEN * 8)) == 0
+)
+_NONCE_RE: Final = re.compile(rf"[A-Za-z0-9_-]{{{_NONCE_CHARS - 1}}}[{re.escape(_NONCE_LAST)}]")
+_FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+_HMAC_BLOCK: Final = 64  # SHA-256's block size (RFC 2104's B)
 
 
 class NonceFactory:
@@ -283,7 +350,7 @@ class NonceFactory:
         :func:`secrets.token_bytes`.
     """
 
-    __slots__ = ("_random", "_secret", "lifetime", "max_skew")
+    __slots__ = ("_inner", "_outer", "_random", "_secret", "lifetime", "max_skew")
 
     def __init__(
         self,
@@ -300,32 +367,43 @@ class NonceFactory:
         if not max_skew >= 0:
             raise ValueError("max_skew must be >= 0")
         self._secret = secret
-        # looked up at call time (not bound at import), so a seeded run can replace the source
-        self._random: Callable[[int], bytes] = random or (lambda n: secrets.token_bytes(n))
+        # HMAC (RFC 2104) with the key's two padded blocks hashed once, here: each MAC then copies
+        # the two SHA-256 states instead of hashing the key again (the same HMAC-SHA256)
+        key = secret if len(secret) <= _HMAC_BLOCK else hashlib.sha256(secret).digest()
+        key = key.ljust(_HMAC_BLOCK, b"\x00")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        # None: secrets.token_bytes, looked up at call time (not bound at import), so a seeded run
+        # can replace the source
+        self._random: Callable[[int], bytes] | None = random
         self.lifetime = float(lifetime)
         self.max_skew = float(max_skew)
 
-    def _mac(self, head: bytes, extra: bytes) -> bytes:
-        # hmac.digest: the one-shot form, computed in C without building an HMAC object
-        return hmac.digest(self._secret, head + extra, "sha256")[:_MAC_LEN]
+    def _mac(self, data: bytes) -> bytes:
+        """HMAC-SHA256(secret, data), cut to the nonce's MAC length."""
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:_MAC_LEN]
 
     def make(self, now: float, *, extra: bytes = b"") -> str:
         """A fresh nonce stamped with ``now``, bound to ``extra``."""
-        rand = self._random(_RAND_LEN)
+        source = self._random
+        rand = secrets.token_bytes(_RAND_LEN) if source is None else source(_RAND_LEN)
         if len(rand) != _RAND_LEN:
             raise ValueError("the random source returned the wrong number of octets")
         head = _TS.pack(_millis(now)) + rand
-        return base64.urlsafe_b64encode(head + self._mac(head, extra)).decode("ascii").rstrip("=")
+        # base64url (RFC 4648 §5) of 32 octets: 43 characters and one "=", which is cut
+        text = binascii.b2a_base64(head + self._mac(head + extra), newline=False)
+        return text.translate(_TO_URLSAFE)[:_NONCE_CHARS].decode("ascii")
 
     def issued_at(self, nonce: object, *, extra: bytes = b"") -> float | None:
         """The ``now`` (to the millisecond) a nonce of ours was made at; ``None`` if it is not ours."""
         raw = _decode_nonce(nonce)
-        if raw is None:
+        if raw is None or not hmac.compare_digest(raw[_HEAD_LEN:], self._mac(raw[:_HEAD_LEN] + extra)):
             return None
-        head, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
-        if not hmac.compare_digest(mac, self._mac(head, extra)):
-            return None
-        return float(_TS.unpack(head[: _TS.size])[0]) / 1000.0
+        return float(_TS.unpack_from(raw)[0]) / 1000.0
 
     def check(self, nonce: object, now: float, *, extra: bytes = b"") -> NonceCheck:
         """Whether ``nonce`` is ours and fresh at ``now``. Never raises on garbage.
@@ -360,16 +438,12 @@ def _millis(now: float) -> int:
 
 
 def _decode_nonce(nonce: object) -> bytes | None:
-    if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
+    """The 32 octets of a nonce in its canonical spelling (43 base64url characters, the unused
+    bits of the last one zero: :data:`_NONCE_RE`), else ``None``."""
+    if not isinstance(nonce, str) or _NONCE_RE.fullmatch(nonce) is None:
         return None
-    try:
-        raw = base64.urlsafe_b64decode(nonce + "=")
-    except (binascii.Error, ValueError):
-        return None
-    # the last character carries 2 unused bits: only the canonical spelling is ours
-    if len(raw) != _NONCE_LEN or base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != nonce:
-        return None
-    return raw
+    # the pattern admits only ASCII base64url of exactly 32 octets: this decoding cannot fail
+    return binascii.a2b_base64(nonce.encode("ascii").translate(_FROM_URLSAFE) + b"=")
 
 
 class NonceUse(enum.Enum):
@@ -535,7 +609,32 @@ def challenge(
     algo = _algo(algorithm)
     _check_text("realm", realm)
     _check_text("nonce", nonce)
-    parts = [f"realm={g.quote(realm)}", f"nonce={g.quote(nonce)}", f"algorithm={algo.name}"]
+    head, tail = _frame(algo, realm, qop, stale, opaque)
+    return head + g.quote(nonce) + tail
+
+
+def challenge_frame(
+    realm: str,
+    *,
+    algorithm: str = "MD5",
+    qop: str | Sequence[str] | None = "auth",
+    stale: bool = False,
+    opaque: str | None = None,
+) -> tuple[str, str]:
+    """What :func:`challenge` writes before and after the quoted nonce, for a caller that challenges
+    many times with the same parameters: ``challenge(realm, nonce, ...)`` is
+    ``head + g.quote(nonce) + tail`` for every nonce without CR, LF or NUL (same arguments, same
+    errors)."""
+    algo = _algo(algorithm)
+    _check_text("realm", realm)
+    return _frame(algo, realm, qop, stale, opaque)
+
+
+def _frame(
+    algo: _Algo, realm: str, qop: str | Sequence[str] | None, stale: bool, opaque: str | None
+) -> tuple[str, str]:
+    head = f"Digest realm={g.quote(realm)}, nonce="
+    parts = [f"algorithm={algo.name}"]
     if qop is not None:
         options = [qop] if isinstance(qop, str) else list(qop)
         for option in options:
@@ -548,7 +647,7 @@ def challenge(
         parts.append(f"opaque={g.quote(opaque)}")
     if stale:
         parts.append("stale=true")
-    return "Digest " + ", ".join(parts)
+    return head, ", " + ", ".join(parts)
 
 
 def credentials(
@@ -685,7 +784,6 @@ class Verdict:
 
 
 _NC_RE: Final = re.compile(r"[0-9a-fA-F]{8}")
-_REQUIRED: Final = ("username", "realm", "nonce", "uri", "response")
 
 
 def _bad(reason: str, username: str | None = None) -> Verdict:
@@ -754,29 +852,35 @@ def verify(
     response (constant-time comparison); stale; replay. A stale nonce is reported only when the response
     is right for it (RFC 2617 §3.2.1), so ``stale=true`` never tells a guesser anything.
     """
-    username = credentials.get("username")
+    get = credentials.get
+    username = get("username")
     if not credentials.is_digest:
         return Verdict(
             VerdictKind.UNSUPPORTED_SCHEME,
             f"authorization scheme {credentials.scheme[:20]!r} is not Digest",
         )
-    for name in _REQUIRED:
-        if credentials.get(name) is None:
-            return _bad(f"Digest parameter {name!r} missing", username)
-    assert username is not None
-    c_realm = credentials.get("realm") or ""
-    nonce = credentials.get("nonce") or ""
-    digest_uri = credentials.get("uri") or ""
-    given = credentials.get("response") or ""
+    if username is None:
+        return _bad("Digest parameter 'username' missing", username)
+    c_realm = get("realm")
+    if c_realm is None:
+        return _bad("Digest parameter 'realm' missing", username)
+    nonce = get("nonce")
+    if nonce is None:
+        return _bad("Digest parameter 'nonce' missing", username)
+    digest_uri = get("uri")
+    if digest_uri is None:
+        return _bad("Digest parameter 'uri' missing", username)
+    given = get("response")
+    if given is None:
+        return _bad("Digest parameter 'response' missing", username)
     if c_realm != realm:
         return Verdict(VerdictKind.WRONG_REALM, "credentials are for another realm", username)
     if not uri_matches(digest_uri, request_uri):
         return _bad("Digest uri does not match the Request-URI", username)
 
-    algorithm_text = credentials.get("algorithm") or "MD5"
+    algorithm_text = get("algorithm") or "MD5"
     algo = _resolve(algorithm_text, algorithm_aliases)
-    accepted = {a.lower() for a in algorithms}
-    if algo is None or algorithm_text.lower() not in accepted:
+    if algo is None or not _listed(algorithm_text.lower(), algorithms):
         return Verdict(
             VerdictKind.UNSUPPORTED_ALGORITHM,
             f"unsupported Digest algorithm {algorithm_text[:40]!r}",
@@ -792,9 +896,9 @@ def verify(
             username,
         )
 
-    qop = credentials.get("qop")
-    nc_text = credentials.get("nc")
-    cnonce = credentials.get("cnonce")
+    qop = get("qop")
+    nc_text = get("nc")
+    cnonce = get("cnonce")
     nc: int | None = None
     if qop is None:
         if require_qop:
@@ -803,14 +907,14 @@ def verify(
             return _bad(f"Digest cnonce missing ({algo.name})", username)
     else:
         qop = qop.lower()
-        if qop not in {q.lower() for q in qops}:
+        if not _listed(qop, qops):
             return _bad(f"Digest qop {qop[:20]!r} not offered", username)
         if nc_text is None or not cnonce:
             return _bad(f"Digest qop={qop} needs nc and cnonce", username)
         if not _NC_RE.fullmatch(nc_text):
             return _bad("Digest nc is not 8 hexadecimal digits", username)
         nc = int(nc_text, 16)
-    if opaque is not None and credentials.get("opaque") != opaque:
+    if opaque is not None and get("opaque") != opaque:
         return _bad("Digest opaque does not match", username)
 
     state, issued = NonceCheck.VALID, 0.0
@@ -823,18 +927,16 @@ def verify(
         if state is NonceCheck.INVALID:
             return Verdict(VerdictKind.INVALID_NONCE, "nonce not issued here", username)
 
-    expected = digest_response(
-        algorithm=algo.name,
-        username=username,
-        realm=c_realm,
-        password=password_or_ha1,
-        method=method,
-        uri=digest_uri,
-        nonce=nonce,
-        nc=nc_text,
-        cnonce=cnonce,
-        qop=qop,
-        entity_body=entity_body,
+    expected = _response(
+        algo,
+        _base_ha1(algo, username, c_realm, password_or_ha1),
+        method,
+        digest_uri,
+        nonce,
+        nc_text,
+        cnonce,
+        qop,
+        entity_body,
     )
     if not hmac.compare_digest(expected.encode("ascii"), given.lower().encode("utf-8", "replace")):
         return Verdict(VerdictKind.WRONG_RESPONSE, "Digest response does not match", username)
@@ -850,3 +952,11 @@ def verify(
         if use is NonceUse.FULL:
             return Verdict(VerdictKind.STALE, "no room to count another nonce", username)
     return Verdict(VerdictKind.OK, "", username)
+
+
+def _listed(lowered: str, names: Collection[str]) -> bool:
+    """Whether ``lowered`` (lower-case) is one of ``names``, compared case-insensitively."""
+    for name in names:  # noqa: SIM110  # a loop, not any(): no generator for one or two names
+        if name.lower() == lowered:
+            return True
+    return False

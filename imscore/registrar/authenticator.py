@@ -44,7 +44,7 @@ from imscore.auth.digest import (
     StoredHA1,
     Verdict,
     VerdictKind,
-    challenge,
+    challenge_frame,
     verify,
 )
 from imscore.auth.milenage import Milenage
@@ -203,6 +203,10 @@ class Authenticator:
         #: :meth:`offer` handed over is used, never the record's own password or K
         self.remote_credentials = False
         self._remote: OrderedDict[str, RemoteCredentials] = OrderedDict()
+        #: (nonce_extra, digest_algorithm) -> what _extra() gives for them, the last one asked
+        self._extra_memo: tuple[bytes, str, bytes] = (b"", "", b"")
+        #: (realm, algorithm, stale) -> the text of a Digest challenge around its nonce
+        self._frames: dict[tuple[str, str, bool], tuple[str, str]] = {}
 
     @classmethod
     def from_profile(
@@ -262,12 +266,28 @@ class Authenticator:
     def _extra(self) -> bytes:
         # the nonce names the algorithm it was issued for: credentials computed with another one
         # fail the nonce's MAC, even if the profile changed between the challenge and the answer
-        return self.nonce_extra + b"\x00" + self.digest_algorithm.encode("ascii")
+        extra, algorithm, made = self._extra_memo
+        if extra is not self.nonce_extra or algorithm is not self.digest_algorithm:
+            extra, algorithm = self.nonce_extra, self.digest_algorithm
+            made = extra + b"\x00" + algorithm.encode("ascii")
+            self._extra_memo = (extra, algorithm, made)
+        return made
 
     def _digest_challenge(self, now: float, *, stale: bool = False, realm: str | None = None) -> str:
-        self.counter.start(now)
+        counter = self.counter
+        if counter.since is None:
+            counter.start(now)
         nonce = self.nonces.make(now, extra=self._extra())
-        return challenge(realm or self.realm, nonce, algorithm=self.digest_algorithm, stale=stale)
+        key = (realm or self.realm, self.digest_algorithm, stale)
+        frame = self._frames.get(key)
+        if frame is None:
+            frame = challenge_frame(key[0], algorithm=key[1], stale=stale)
+            if len(self._frames) >= 64:  # a few realms in practice (ours, the HSS's)
+                self._frames.clear()
+            self._frames[key] = frame
+        # = challenge(realm, nonce, ...): a nonce of NonceFactory is base64url, which quotes as
+        # itself between two DQUOTEs
+        return f'{frame[0]}"{nonce}"{frame[1]}'
 
     def _digest_realm(self, subscriber: Subscriber) -> str:
         """The realm of a Digest challenge and check: the one the store's H(A1) was made with
@@ -408,7 +428,9 @@ class Authenticator:
         self, request: Request, credentials: AuthHeader, subscriber: Subscriber, now: float
     ) -> AuthResult:
         """Judge the credentials of ``request`` for ``subscriber`` (the IMPI of ``username``)."""
-        self.counter.start(now)
+        counter = self.counter
+        if counter.since is None:
+            counter.start(now)
         source = source_of(request)
         refused = self._locked_out(subscriber.impi, source, now)
         if refused is not None:

@@ -1,0 +1,329 @@
+"""The cheaper Digest path gives what the plain one gave (issue 13, decision 3: proven equal).
+
+Each cheaper piece of :mod:`imscore.auth.digest` and of the registrar's authenticator is compared
+with a reference written the plain way (the previous code: the ``hmac``/``base64`` modules, the
+challenge assembled from its parts): nonces made and read, the challenge's text, H(A2) from its
+cache, and the order of the checks in :func:`verify`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import itertools
+import random
+import string
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from imscore.auth import digest
+from imscore.auth.digest import (
+    NonceCheck,
+    NonceCounter,
+    NonceFactory,
+    StoredHA1,
+    VerdictKind,
+    challenge,
+    challenge_frame,
+    digest_response,
+    verify,
+)
+from imscore.registrar.authenticator import Authenticator
+from imscore.sip import grammar as g
+from imscore.sip.headers import parse_auth
+from imscore.subscribers import Subscriber
+
+REALM = "ims.example.test"
+B64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+
+
+def _counting(start: int = 0) -> Callable[[int], bytes]:
+    counter = itertools.count(start)
+    return lambda n: next(counter).to_bytes(n, "big")
+
+
+# -- the plain references --------------------------------------------------------------------------
+
+
+def _ref_make(secret: bytes, now: float, rand: bytes, extra: bytes) -> str:
+    head = struct.pack(">q", int(now * 1000.0 // 1)) + rand
+    mac = hmac.digest(secret, head + extra, "sha256")[:16]
+    return base64.urlsafe_b64encode(head + mac).decode("ascii").rstrip("=")
+
+
+def _ref_decode(nonce: object) -> bytes | None:
+    if not isinstance(nonce, str) or not digest.re.fullmatch(r"[A-Za-z0-9_-]{43}", nonce):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(nonce + "=")
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 32 or base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != nonce:
+        return None
+    return raw
+
+
+def _ref_issued_at(secret: bytes, nonce: object, extra: bytes) -> float | None:
+    raw = _ref_decode(nonce)
+    if raw is None:
+        return None
+    head, mac = raw[:-16], raw[-16:]
+    if not hmac.compare_digest(mac, hmac.digest(secret, head + extra, "sha256")[:16]):
+        return None
+    return float(struct.unpack(">q", head[:8])[0]) / 1000.0
+
+
+def _ref_challenge(
+    realm: str, nonce: str, algorithm: str, qop: object, stale: bool, opaque: str | None
+) -> str:
+    parts = [f"realm={g.quote(realm)}", f"nonce={g.quote(nonce)}", f"algorithm={algorithm}"]
+    if qop is not None:
+        options = [qop] if isinstance(qop, str) else list(qop)  # type: ignore[call-overload]
+        if options:
+            parts.append(f"qop={g.quote(','.join(o.lower() for o in options))}")
+    if opaque is not None:
+        parts.append(f"opaque={g.quote(opaque)}")
+    if stale:
+        parts.append("stale=true")
+    return "Digest " + ", ".join(parts)
+
+
+# -- nonces ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", [b"k" * 16, b"0123456789abcdef" * 4, bytes(range(65)), b"\xff" * 200])
+def test_nonces_are_the_plain_hmac_sha256_ones(secret: bytes) -> None:
+    """Keys shorter than, equal to and longer than SHA-256's block (hashed first, RFC 2104)."""
+    factory = NonceFactory(secret, random=_counting(7))
+    source = _counting(7)
+    for now, extra in [(0.0, b""), (12.3456, b"x"), (-5.5, b"\x00MD5"), (1.7e9, b"w" * 100)]:
+        made = factory.make(now, extra=extra)
+        assert made == _ref_make(secret, now, source(8), extra)
+        assert factory.issued_at(made, extra=extra) == _ref_issued_at(secret, made, extra)
+        assert factory.issued_at(made, extra=extra + b"!") is None
+
+
+def test_reading_a_nonce_matches_the_plain_decoding() -> None:
+    """Every last character of made nonces (only the canonical spellings are ours), random
+    strings of the alphabet, and garbage of other lengths, characters and types."""
+    secret = b"s" * 32
+    factory = NonceFactory(secret)
+    rng = random.Random(13)
+    candidates: list[object] = []
+    for _ in range(20):
+        made = factory.make(rng.uniform(0, 1e6))
+        candidates += [made[:-1] + c for c in B64URL]
+        candidates.append(made[:-1])
+        candidates.append(made + "A")
+        candidates.append(made + "=")
+    candidates += ["".join(rng.choice(B64URL) for _ in range(43)) for _ in range(300)]
+    candidates += ["", "garbage", "٣" * 43, "A" * 42 + "é", "+" * 43, "/" * 43, None, 5, b"A" * 43]
+    for candidate in candidates:
+        assert digest._decode_nonce(candidate) == _ref_decode(candidate), candidate
+        assert factory.issued_at(candidate) == _ref_issued_at(secret, candidate, b"")
+    accepted = sum(digest._decode_nonce(c) is not None for c in candidates)
+    assert accepted >= 20 * 16  # the 16 canonical last characters of each made nonce at least
+
+
+def test_inspect_keeps_its_verdicts() -> None:
+    factory = NonceFactory(b"s" * 32, lifetime=10.0, max_skew=2.0)
+    made = factory.make(100.0)
+    assert factory.inspect(made, 110.0) == (NonceCheck.VALID, 100.0)
+    assert factory.inspect(made, 110.001) == (NonceCheck.STALE, 100.0)
+    assert factory.inspect(made, 98.0) == (NonceCheck.VALID, 100.0)
+    assert factory.inspect(made, 97.9) == (NonceCheck.INVALID, 0.0)
+    assert factory.inspect(made[:-1] + "B", 100.0) == (NonceCheck.INVALID, 0.0)
+
+
+def test_the_default_random_source_is_looked_up_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    factory = NonceFactory(b"s" * 32)
+    monkeypatch.setattr(digest.secrets, "token_bytes", lambda n: b"\x01" * n)
+    assert factory.make(1.0) == _ref_make(b"s" * 32, 1.0, b"\x01" * 8, b"")
+
+
+def test_a_random_source_of_the_wrong_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="wrong number of octets"):
+        NonceFactory(b"s" * 32, random=lambda n: b"short").make(1.0)
+
+
+# -- challenges -----------------------------------------------------------------------------------
+
+CHALLENGE_CASES = [
+    dict(algorithm="MD5", qop="auth", stale=False, opaque=None),
+    dict(algorithm="sha-256", qop="auth", stale=True, opaque=None),
+    dict(algorithm="MD5-sess", qop=["auth", "AUTH-INT"], stale=False, opaque='o"p\\q'),
+    dict(algorithm="SHA-256-sess", qop=None, stale=True, opaque="x"),
+    dict(algorithm="MD5", qop=[], stale=False, opaque=None),
+]
+
+
+@pytest.mark.parametrize("case", CHALLENGE_CASES, ids=range(len(CHALLENGE_CASES)))
+@pytest.mark.parametrize("realm", [REALM, 'a "quoted\\" realm'])
+def test_challenge_text_is_the_plain_one(case: dict[str, object], realm: str) -> None:
+    canonical = digest.canonical_algorithm(str(case["algorithm"]))
+    assert canonical is not None
+    for nonce in ["abc", 'q"uo\\te', NonceFactory(b"s" * 32).make(3.0)]:
+        text = challenge(realm, nonce, **case)  # type: ignore[arg-type]
+        expected = _ref_challenge(
+            realm,
+            nonce,
+            canonical,
+            case["qop"],
+            bool(case["stale"]),
+            case["opaque"],  # type: ignore[arg-type]
+        )
+        assert text == expected
+        head, tail = challenge_frame(realm, **case)  # type: ignore[arg-type]
+        assert head + g.quote(nonce) + tail == expected
+
+
+def test_challenge_errors_are_unchanged() -> None:
+    with pytest.raises(ValueError, match="unsupported Digest algorithm"):
+        challenge("r\n", "n\n", algorithm="XX", qop="bogus")
+    with pytest.raises(ValueError, match="realm must not contain"):
+        challenge("r\n", "n\n", qop="bogus")
+    with pytest.raises(ValueError, match="nonce must not contain"):
+        challenge("r", "n\n", qop="bogus")
+    with pytest.raises(ValueError, match="unsupported qop"):
+        challenge("r", "n", qop="bogus", opaque="\n")
+    with pytest.raises(ValueError, match="opaque must not contain"):
+        challenge("r", "n", opaque="\n")
+    with pytest.raises(ValueError, match="realm must not contain"):
+        challenge_frame("r\x00")
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256-sess"])
+def test_the_authenticators_challenge_is_challenge_of_its_nonce(algorithm: str) -> None:
+    auth = Authenticator(REALM, ("digest",), secret=b"s" * 32, digest_algorithm=algorithm)
+    auth.nonces = NonceFactory(b"s" * 32, random=_counting())
+    twin = NonceFactory(b"s" * 32, random=_counting())
+    user = Subscriber(impi=f"alice@{REALM}", password="pw")
+    for stale, realm in [(False, None), (True, None), (False, "other.test"), (False, None)]:
+        got = auth._digest_challenge(50.0, stale=stale, realm=realm)
+        nonce = twin.make(50.0, extra=b"\x00" + algorithm.encode())
+        assert got == challenge(realm or REALM, nonce, algorithm=algorithm, stale=stale)
+    auth.nonce_extra = b"worker 1"  # the workers bind nonces to their number after start-up
+    got = auth.challenge_for(user, 51.0).challenge
+    assert got == challenge(
+        REALM, twin.make(51.0, extra=b"worker 1\x00" + algorithm.encode()), algorithm=algorithm
+    )
+
+
+# -- responses ------------------------------------------------------------------------------------
+
+
+def _plain_response(algorithm: str, password: str, qop: str | None, uri: str) -> str:
+    """RFC 2617 §3.2.2.1 written out with hashlib.new, for user bob, nonce n, cnonce c, nc 1."""
+    name = "md5" if algorithm.upper().startswith("MD5") else "sha256"
+
+    def h(text: str) -> str:
+        return hashlib.new(name, text.encode()).hexdigest()
+
+    a1 = h(f"bob:{REALM}:{password}")
+    if algorithm.lower().endswith("-sess"):
+        a1 = h(f"{a1}:n:c")
+    a2 = h(f"REGISTER:{uri}") if qop != "auth-int" else h(f"REGISTER:{uri}:{h('')}")
+    return h(f"{a1}:n:{a2}") if qop is None else h(f"{a1}:n:00000001:c:{qop}:{a2}")
+
+
+@pytest.mark.parametrize("algorithm", digest.ALGORITHMS)
+@pytest.mark.parametrize("qop", [None, "auth", "auth-int"])
+def test_responses_are_the_plain_ones_also_past_the_ha2_cache(
+    algorithm: str, qop: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(digest, "_HA2", {})
+    monkeypatch.setattr(digest, "_HA2_MAX", 3)
+    for i in range(10):  # more Request-URIs than the cache holds: it starts again
+        uri = f"sip:{i}.{REALM}"
+        for _ in range(2):  # the second time from the cache
+            got = digest_response(
+                algorithm=algorithm, username="bob", realm=REALM, password="pw", method="REGISTER",
+                uri=uri, nonce="n", nc=1, cnonce="c", qop=qop,
+            )  # fmt: skip
+            assert got == _plain_response(algorithm, "pw", qop, uri)
+        assert len(digest._HA2) <= 3
+
+
+def test_digest_response_errors_are_unchanged() -> None:
+    base = dict(username="u", realm="r", password="p", method="REGISTER", uri="sip:r", nonce="n")
+    with pytest.raises(ValueError, match="needs a cnonce"):
+        digest_response(algorithm="MD5-sess", qop="bogus", nc=2**40, **base)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unsupported qop"):
+        digest_response(algorithm="MD5", qop="bogus", nc=2**40, cnonce="c", **base)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="8 hexadecimal digits"):
+        digest_response(algorithm="MD5", qop="auth", nc=2**40, cnonce="c", **base)  # type: ignore[arg-type]
+    # no qop: nc is not used, so an nc out of range is no error (as before)
+    assert digest_response(algorithm="MD5", nc=2**40, **base)  # type: ignore[arg-type]
+    sha = StoredHA1("0" * 64, "SHA-256")
+    with pytest.raises(ValueError, match="cannot answer with MD5"):
+        digest_response(algorithm="MD5", **{**base, "password": sha})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="64 hexadecimal digits"):
+        StoredHA1("0" * 63 + "g", "SHA-256")
+
+
+# -- verify: the order of the checks --------------------------------------------------------------
+
+FULL = {
+    "username": '"bob"',
+    "realm": f'"{REALM}"',
+    "nonce": '"n"',
+    "uri": f'"sip:{REALM}"',
+    "response": '"00"',
+    "qop": "auth",
+    "nc": "00000001",
+    "cnonce": '"c"',
+}
+
+
+@pytest.mark.parametrize(
+    ("missing", "reason"),
+    [
+        (("username", "realm"), "Digest parameter 'username' missing"),
+        (("realm", "nonce"), "Digest parameter 'realm' missing"),
+        (("nonce", "uri"), "Digest parameter 'nonce' missing"),
+        (("uri", "response"), "Digest parameter 'uri' missing"),
+        (("response",), "Digest parameter 'response' missing"),
+        (("qop",), "Digest qop missing"),
+        (("nc",), "Digest qop=auth needs nc and cnonce"),
+    ],
+)
+def test_verify_reports_the_first_missing_parameter(missing: tuple[str, ...], reason: str) -> None:
+    params = ", ".join(f"{k}={v}" for k, v in FULL.items() if k not in missing)
+    verdict = verify(
+        parse_auth(f"Digest {params}", "Authorization"), method="REGISTER",
+        request_uri=f"sip:{REALM}", password_or_ha1="pw", realm=REALM,
+    )  # fmt: skip
+    assert (verdict.kind, verdict.reason) == (VerdictKind.BAD_REQUEST, reason)
+    assert verdict.username == (None if "username" in missing else "bob")
+
+
+def test_verify_accepts_algorithms_and_qops_in_any_case() -> None:
+    nonces = NonceFactory(b"s" * 32)
+    nonce = nonces.make(10.0)
+    response = digest_response(
+        algorithm="SHA-256", username="bob", realm=REALM, password="pw", method="REGISTER",
+        uri=f"sip:{REALM}", nonce=nonce, nc=1, cnonce="c", qop="auth",
+    )  # fmt: skip
+    text = (
+        f'Digest username="bob", realm="{REALM}", nonce="{nonce}", uri="sip:{REALM}", '
+        f'response="{response.upper()}", algorithm=sha-256, qop=AUTH, nc=00000001, cnonce="c"'
+    )
+    counter = NonceCounter()
+    kwargs = dict(
+        method="REGISTER", request_uri=f"sip:{REALM}", password_or_ha1="pw", realm=REALM,
+        nonces=nonces, now=11.0, counter=counter,
+    )  # fmt: skip
+    ok = verify(parse_auth(text, "Authorization"), algorithms=("SHA-256",), qops=("Auth",), **kwargs)  # type: ignore[arg-type]
+    assert ok.ok
+    again = verify(parse_auth(text, "Authorization"), algorithms=["sha-256"], qops={"auth"}, **kwargs)  # type: ignore[arg-type]
+    assert again.kind is VerdictKind.REPLAY
+    other = verify(parse_auth(text, "Authorization"), algorithms=("MD5",), **kwargs)  # type: ignore[arg-type]
+    assert other.kind is VerdictKind.UNSUPPORTED_ALGORITHM
+    no_qop = verify(
+        parse_auth(text, "Authorization"), algorithms=("SHA-256",), qops=("auth-int",), **kwargs
+    )  # type: ignore[arg-type]
+    assert (no_qop.kind, no_qop.reason) == (VerdictKind.BAD_REQUEST, "Digest qop 'auth' not offered")
