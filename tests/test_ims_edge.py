@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from dnsmasq import running_dnsmasq
 from sipua import Agent, Phone
 
 from imscore.profile import load_profile
@@ -172,6 +173,47 @@ def test_an_application_server_of_the_users_ifcs_may_watch(tmp_path: Path) -> No
         for agent in (phone, server_as, elsewhere):
             agent.close()
         running.stop()
+
+
+def test_an_application_server_named_by_dns_may_watch(tmp_path: Path) -> None:
+    """An AS whose iFC URI names a host (as.apps.test): DNS (a real dnsmasq) gives its address,
+    and a SUBSCRIBE from there is the AS's; from another address, or for a name DNS does not
+    know, it is not."""
+    path = tmp_path / "subscribers.yaml"
+    path.write_text(
+        "subscribers:\n"
+        f"  - impi: alice@{DOMAIN}\n    password: alice-secret\n"
+        f"    implicit_sets: [[{ALICE}, tel:+15551230001]]\n"
+        "    service_profile:\n      ifcs:\n"
+        "        - priority: 0\n"
+        "          trigger: {spts: [{method: MESSAGE}]}\n"
+        "          application_server: {uri: 'sip:as.apps.test:5099'}\n"
+        "        - priority: 1\n"
+        "          trigger: {spts: [{method: OPTIONS}]}\n"
+        "          application_server: {uri: 'sip:gone.apps.test:5099'}\n"
+    )
+    records = ["--host-record=as.apps.test,127.0.0.2", "--host-record=probe.apps.test,127.0.0.1"]
+    with running_dnsmasq(tmp_path, records, domain="apps.test", probe="probe.apps.test") as dns:
+        profile = load_profile("multi-device")
+        profile = replace(
+            profile, dns=replace(profile.dns, nameservers=(("127.0.0.1", dns.port),), timeout=2.0)
+        )
+        subscribers = MemorySubscriberStore(load_subscribers(path))
+        running = start_server(profile, transports=("udp",), subscribers=subscribers)
+        phone = Phone(running.address("udp"), "app")
+        server_as = Agent(running.address("udp"), "as")
+        elsewhere = Agent(running.address("udp"), "elsewhere")
+        try:
+            _rebind(server_as, "127.0.0.2")
+            _rebind(elsewhere, "127.0.0.3")
+            assert phone.register().status == 200
+            assert _subscribe(elsewhere, "sip:as@apps.test").status == 403
+            assert _subscribe(server_as, "sip:as@apps.test").status == 200
+            assert "app@" in _notify(server_as)
+        finally:
+            for agent in (phone, server_as, elsewhere):
+                agent.close()
+            running.stop()
 
 
 # -- P-Asserted-Identity -----------------------------------------------------------------------

@@ -200,8 +200,9 @@ class RegEventService:
           the request comes from the sender of a REGISTER with a Path (RFC 3327) that made one of
           the set's bindings (:func:`same_sender`);
         - **an application server** of the subscriber's initial filter criteria (after its
-          third-party registration): the request comes from an AS's host, when the AS's URI names
-          an IP address (``servers``: those hosts), since a name cannot be resolved here;
+          third-party registration): the request comes from an AS's address (``servers``: the IP
+          addresses its URIs name, or that DNS gives for their host names, which the registrar
+          resolves);
         - any watcher from a ``trusted`` peer (the profile's ``proxy.trusted_peers``).
         """
         if trusted:

@@ -8,12 +8,13 @@ with the contacts.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import ipaddress
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -65,23 +66,25 @@ class RegisterOutcome:
     notifications: tuple[tuple[Request, FlowInfo], ...] = ()
 
 
-def _server_hosts(subscriber: Subscriber) -> frozenset[str]:
-    """The IP addresses named by the application servers of ``subscriber``'s initial filter
-    criteria (an AS named by a DNS name is left out: nothing is resolved here)."""
-    hosts: set[str] = set()
+def _server_uris(subscriber: Subscriber) -> tuple[list[str], list[SipUri]]:
+    """The application servers of ``subscriber``'s initial filter criteria: the IP addresses their
+    URIs name, and the URIs that name a host by its DNS name (to resolve)."""
+    addresses: list[str] = []
+    named: list[SipUri] = []
     for ifc in subscriber.service_profile.ifcs:
         try:
-            host = parse_uri(ifc.server.uri)
+            uri = parse_uri(ifc.server.uri)
         except SipError:
             continue
-        if isinstance(host, SipUri):
-            name = host.host.strip("[]")
+        if isinstance(uri, SipUri):
+            name = uri.host.strip("[]")
             try:
                 ipaddress.ip_address(name)
             except ValueError:
+                named.append(uri)
                 continue
-            hosts.add(name)
-    return frozenset(hosts)
+            addresses.append(name)
+    return addresses, named
 
 
 class Registrar:
@@ -139,6 +142,9 @@ class Registrar:
         #: whether a URI names this element (a listener address; the server sets the proxy's
         #: check): a REGISTER whose Request-URI an I-CSCF rewrote to the S-CSCF is ours
         self.names_us: Callable[[Uri], bool] | None = None
+        #: RFC 3263 resolution (the server sets its resolver): finds the addresses of an AS its
+        #: iFCs name by a DNS name, which may then watch the user's reg event
+        self.resolve: Callable[[SipUri], Awaitable[Sequence[Any]]] | None = None
 
     def _authenticate(
         self, request: Request, credentials: Any, subscriber: Subscriber, now: float
@@ -412,7 +418,7 @@ class Registrar:
             found = await resolve_identity(self.plugins, self.subscribers, watcher, subscriber)
             own = found is not None and found[0].impi == subscriber.impi
         trusted = flow.remote[0].strip("[]") in self.profile.proxy.trusted_peers
-        servers = _server_hosts(subscriber)
+        servers = await self._server_addresses(subscriber)
         if not self.regevent.authorised(flow, bindings, own=own, trusted=trusted, servers=servers):
             why = "Only a registered device of this user, its P-CSCF or its AS may subscribe"
             return self._reply(request, 403, why), ()
@@ -422,6 +428,23 @@ class Registrar:
         )
         response = request.make_response(status, None, headers, to_tag=tag)
         return response, (() if notify is None else ((notify, flow),))
+
+    async def _server_addresses(self, subscriber: Subscriber) -> frozenset[str]:
+        """The IP addresses of ``subscriber``'s application servers: those their URIs name, and
+        those DNS gives for the ones named by a host name (RFC 3263, every target's address; a
+        name that does not resolve adds nothing)."""
+        addresses, named = _server_uris(subscriber)
+        found = set(addresses)
+        if self.resolve is not None:
+            for uri in named:
+                try:  # in a task of its own: the resolver's timeout needs one (imscore.server.eager)
+                    targets = await asyncio.ensure_future(self.resolve(uri))
+                except Exception as exc:  # a RoutingError, a resolver failure: not a watcher
+                    log.info("reg event: application server %s does not resolve: %s", uri, exc)
+                    continue
+                found.update(str(getattr(t, "address", "")) for t in targets)
+        found.discard("")
+        return frozenset(found)
 
     async def expire(self, now: float) -> tuple[tuple[Request, FlowInfo], ...]:
         """Remove expired bindings and end expired subscriptions; the NOTIFYs that follow."""

@@ -257,6 +257,7 @@ class Server:
             auth.counter = pool.nonce_counter(auth.nonces.lifetime)
         self.proxying = ProxyService(self)  # the forking proxy (RFC 3261 §16), see docs/proxy.rst
         self.registrar.names_us = self.proxying.router.is_ours  # a REGISTER an I-CSCF sent us
+        self.registrar.resolve = self.resolver.resolve  # an AS named by a DNS name may watch
         self.proxying.core.on_final = self._forked
         #: third-party REGISTERs to the application servers of the users' iFCs (docs/ifc.rst)
         self.thirdparty = ThirdPartyRegistration(self)
