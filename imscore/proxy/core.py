@@ -277,7 +277,8 @@ class ProxyCore(Generic[FlowT]):
             timeout (seconds, ``None`` for Timer C on INVITE) bounds how long a group rings.
         :param inbound: the flow the request came on (for the Record-Route value).
         """
-        upstream_via = request.headers.values("Via")[0] if request.headers.values("Via") else ""
+        vias = request.headers.values("Via")
+        upstream_via = vias[0] if vias else ""
         context: ForkContext[FlowT] = ForkContext(
             server=server,
             request=request,
