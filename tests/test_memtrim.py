@@ -194,7 +194,10 @@ def test_a_served_flood_gives_its_memory_back_once_it_is_over(monkeypatch: pytes
             run = flood_bench.flood(address, server.pid, args)
         finally:
             server.stop()
-    assert run.unanswered == 0 and run.challenged == args.attempts, run
+    # every first REGISTER was challenged; of the second ones a loaded machine may leave some
+    # unanswered (the server sheds what it cannot take: 1,841 of 12,000 once, in a full suite run
+    # beside other jobs), which the figure does not need: the growth below says the flood loaded it
+    assert run.challenged == args.attempts and run.unanswered <= args.attempts // 4, run
     growth = run.rss_peak - run.rss_idle
     assert growth >= 10 * MIB, f"the flood did not load the server: +{growth / MIB:.1f} MiB"
     assert run.rss_after <= 1.25 * run.rss_idle, (
