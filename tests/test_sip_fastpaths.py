@@ -7,9 +7,11 @@ only when they must. Each test here pins a case where such a short cut could go 
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from imscore.sip import ParseError, SipUri, TelUri, parse_message, parse_uri
+from imscore.sip import ParseError, SipUri, TelUri, grammar, parse_message, parse_uri
 from imscore.sip import uri as uri_module
 from imscore.sip.params import Params
 
@@ -162,3 +164,42 @@ def test_a_changed_scheme_is_written_as_changed() -> None:
     uri.scheme = "sips"
     uri.port = None
     assert str(uri) == "sips:alice@ims.example.test"
+
+
+def _params_by_patterns(text: str, pos: int) -> list[tuple[str, str | None]] | str:
+    """What the header-parameter patterns alone make of ``text[pos:]`` (the items, or 'bad')."""
+    if pos >= len(text):
+        return []
+    if grammar.HEADER_PARAMS_RE.fullmatch(text, pos) is None:
+        return "bad"
+    return [(k, v or None) for k, v in grammar.HEADER_PARAM_FIND.findall(text, pos)]
+
+
+def test_header_parameters_split_without_patterns_read_as_the_patterns_do() -> None:
+    pieces = [";", "=", " ", "\t", "a", "B", "z9", "-", ".", "!", "%", "*", "_", "+", "`", "'"]
+    pieces += ["~", ":", "[", "]", '"', "\\", ",", "<", "é", "\x00", "\r", "0", "rport", "tag"]
+    chance = random.Random(3261)
+    split_plainly = 0
+    for _ in range(20000):
+        text = "".join(chance.choice(pieces) for _ in range(chance.randint(0, 12)))
+        pos = chance.randint(0, 2)
+        text = "xy"[:pos] + text
+        expected = _params_by_patterns(text, pos)
+        try:
+            got: list[tuple[str, str | None]] | str = grammar.parse_header_params(text, pos, "t")[0]
+        except ParseError:
+            got = "bad"
+        assert got == expected, text
+        if '"' not in text and grammar._plain_params(text, pos) is not None:
+            split_plainly += 1
+    assert split_plainly > 1000  # the split path was taken often, not only the patterns
+
+
+def test_a_host_checked_once_is_refused_or_passed_alike_again() -> None:
+    for _ in range(3):
+        assert grammar.check_host("192.0.2.10") == "192.0.2.10"
+        with pytest.raises(ParseError, match="bad IPv4"):
+            grammar.check_host("192.0.2.256")
+        with pytest.raises(ParseError):
+            grammar.check_host("[2001:db8::g]")
+    assert "192.0.2.256" not in grammar._HOSTS_OK

@@ -148,8 +148,14 @@ def _parse_ipv6(text: str) -> ipaddress.IPv6Address:
     raise ParseError(f"bad IPv6 address {text!r}")
 
 
+#: hosts :func:`check_host` passed (peers' addresses and domains repeat in every message)
+_HOSTS_OK: Final[set[str]] = set()
+
+
 def check_host(host: str) -> str:
     """Validate a host matched by :data:`HOST_RE` beyond what the pattern can say."""
+    if host in _HOSTS_OK:
+        return host
     if host[0] == "[":
         parse_ipv6(host[1:-1])
     elif (
@@ -158,6 +164,8 @@ def check_host(host: str) -> str:
         and any(int(part) > 255 for part in host.split("."))
     ):
         raise ParseError(f"bad IPv4 address {host!r}")
+    if len(_HOSTS_OK) < 4096:
+        _HOSTS_OK.add(host)
     return host
 
 
@@ -237,11 +245,43 @@ def parse_header_params(text: str, pos: int, what: str) -> tuple[list[tuple[str,
     n = len(text)
     if pos >= n:
         return [], pos
+    if '"' not in text:
+        plain = _plain_params(text, pos)
+        if plain is not None:
+            return plain, n
     if HEADER_PARAMS_RE.fullmatch(text, pos) is None:
         m = HEADER_PARAMS_RE.match(text, pos)
         at = m.end() if m is not None else pos
         raise ParseError(f"bad parameter in {what}: {text[at : at + 40]!r}")
     return [(k, v or None) for k, v in HEADER_PARAM_FIND.findall(text, pos)], n
+
+
+#: the characters of a token, and of a gen-value that is not a quoted string (see GEN_VALUE)
+_TOKEN_SET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.!%*_+`'~"
+_PLAIN_VALUE_SET: Final = _TOKEN_SET + ":[]"
+
+
+def _plain_params(text: str, pos: int) -> list[tuple[str, str | None]] | None:
+    """The parameters from ``pos`` as :func:`parse_header_params` reads them, found by splitting
+    on ``;`` and ``=``, or ``None`` when that is not certain to give the same (a quoted string, an
+    empty or odd element: the patterns decide, and name the fault)."""
+    parts = text[pos:].split(";")
+    if parts[0].strip(" \t"):
+        return None
+    items: list[tuple[str, str | None]] = []
+    for i in range(1, len(parts)):
+        name, eq, value = parts[i].partition("=")
+        name = name.strip(" \t")
+        if not name or name.lstrip(_TOKEN_SET):
+            return None
+        if eq:
+            value = value.strip(" \t")
+            if not value or value.lstrip(_PLAIN_VALUE_SET):
+                return None
+            items.append((name, value))
+        else:
+            items.append((name, None))
+    return items
 
 
 def unquote(value: str) -> str:

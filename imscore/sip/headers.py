@@ -136,8 +136,9 @@ def parse_via(value: str) -> Via:
     m = g.VIA_RE.match(value)
     if m is None:
         raise ParseError(f"bad Via: {value[:60]!r}")
-    host = g.check_host(m.group(4))
-    port = g.check_port(m.group(5)) if m.group(5) is not None else None
+    protocol, version, transport, sent_host, sent_port = m.groups()
+    host = g.check_host(sent_host)
+    port = g.check_port(sent_port) if sent_port is not None else None
     items, _ = g.parse_header_params(value, m.end(), "Via")
     params = Params(items)
     for name, pvalue in items:
@@ -159,7 +160,7 @@ def parse_via(value: str) -> Via:
                 raise ParseError("bad Via ttl")
         elif lname == "maddr" and (pvalue is None or not g.HOST_RE.fullmatch(pvalue)):
             raise ParseError("bad Via maddr")
-    return Via(m.group(3), host, port, params, protocol=m.group(1), version=m.group(2))
+    return Via(transport, host, port, params, protocol=protocol, version=version)
 
 
 A = TypeVar("A", bound="Address")
@@ -196,9 +197,6 @@ class Address:
         address = cls(_UNREAD, display, params, bracketed=bracketed)
         address._uri = None
         address._uri_text = uri_text
-        address.display = display
-        address.params = params
-        address.bracketed = bracketed
         return address
 
     @classmethod

@@ -461,8 +461,10 @@ class Headers:
             return self.raw
         self._load()
         text = "".join(
-            f"{raw}\r\n" if raw is not None else f"{name}: {value}\r\n"
-            for name, value, raw in self._items
+            [
+                f"{raw}\r\n" if raw is not None else f"{name}: {value}\r\n"
+                for name, value, raw in self._items
+            ]
         )
         # kept until the next change (every change clears it): a server transaction re-sends the
         # same response to each retransmitted request, and under load most requests are retransmitted
@@ -620,37 +622,37 @@ class Message:
 
     @property
     def from_(self) -> Address:
-        found = self._cached("from")
+        found = self.headers.cache.get("from")
         if found is None:
             found = parse_address(self._single("From"), "From", Address)
             self.headers.cache["from"] = found
-        return found  # type: ignore[no-any-return]
+        return found
 
     @property
     def to(self) -> Address:
-        found = self._cached("to")
+        found = self.headers.cache.get("to")
         if found is None:
             found = parse_address(self._single("To"), "To", Address)
             self.headers.cache["to"] = found
-        return found  # type: ignore[no-any-return]
+        return found
 
     @property
     def call_id(self) -> str:
-        found = self._cached("call-id")
+        found = self.headers.cache.get("call-id")
         if found is None:
             found = self._single("Call-ID")
             if not g.CALL_ID_RE.fullmatch(found):
                 raise ParseError(f"bad Call-ID {found[:40]!r}")
             self.headers.cache["call-id"] = found
-        return found  # type: ignore[no-any-return]
+        return found
 
     @property
     def cseq(self) -> CSeq:
-        found = self._cached("cseq")
+        found = self.headers.cache.get("cseq")
         if found is None:
             found = parse_cseq(self._single("CSeq"))
             self.headers.cache["cseq"] = found
-        return found  # type: ignore[no-any-return]
+        return found
 
     @property
     def contact_star(self) -> bool:
