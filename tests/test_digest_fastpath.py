@@ -327,3 +327,63 @@ def test_verify_accepts_algorithms_and_qops_in_any_case() -> None:
         parse_auth(text, "Authorization"), algorithms=("SHA-256",), qops=("auth-int",), **kwargs
     )  # type: ignore[arg-type]
     assert (no_qop.kind, no_qop.reason) == (VerdictKind.BAD_REQUEST, "Digest qop 'auth' not offered")
+
+
+# -- the nonce counter ----------------------------------------------------------------------------
+
+
+class _RefCounter:
+    """NonceCounter's rules written plainly: every bucket looked at on every use."""
+
+    def __init__(self, lifetime: float, max_nonces: int, per_owner: int | None) -> None:
+        self.lifetime, self.max_nonces, self.per_owner = lifetime, max_nonces, per_owner
+        self.width = lifetime / 10
+        self.buckets: dict[int, tuple[dict[str, int], dict[str, int]]] = {}
+
+    def use(self, nonce: str, nc: int, issued: float, now: float, owner: str) -> str:
+        horizon = (now - self.lifetime) // self.width
+        for number in [b for b in self.buckets if b + 1 < horizon]:
+            del self.buckets[number]
+        if nc < 1:
+            return "replay"
+        for entries, _ in self.buckets.values():
+            if nonce in entries:
+                if nc <= entries[nonce]:
+                    return "replay"
+                entries[nonce] = nc
+                return "fresh"
+        if sum(len(e) for e, _ in self.buckets.values()) >= self.max_nonces:
+            return "full"
+        held = sum(o.get(owner, 0) for _, o in self.buckets.values())
+        if self.per_owner is not None and held >= self.per_owner:
+            return "full"
+        entries, owners = self.buckets.setdefault(int(issued // self.width), ({}, {}))
+        entries[nonce] = nc
+        owners[owner] = owners.get(owner, 0) + 1
+        return "fresh"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_nonce_counter_follows_the_plain_rules(seed: int) -> None:
+    """Random uses over several lifetimes (time going on, nonces of every age, replays, a full
+    table, a full owner): the same answers, entries and expiries as the plain rules."""
+    rng = random.Random(seed)
+    counter = NonceCounter(10.0, max_nonces=40, per_owner=6)
+    ref = _RefCounter(10.0, 40, 6)
+    now = 0.0
+    made: list[tuple[str, float]] = []
+    answers = set()
+    for step in range(3000):
+        now += rng.choice([0.0, 0.01, 0.05, 0.1, 0.5, 15.0 if step % 500 == 0 else 0.02])
+        if made and rng.random() < 0.5:
+            nonce, issued = rng.choice(made)
+        else:
+            nonce, issued = f"n{step}", now - rng.uniform(0, 10.0)
+            made = [*made[-200:], (nonce, issued)]
+        nc = rng.choice([0, 1, 1, 2, 3, 5])
+        owner = f"o{rng.randrange(8)}"
+        got = counter.use(nonce, nc, issued=issued, now=now, owner=owner).value
+        assert got == ref.use(nonce, nc, issued, now, owner), step
+        assert len(counter) == sum(len(e) for e, _ in ref.buckets.values())
+        answers.add(got)
+    assert answers == {"fresh", "replay", "full"}

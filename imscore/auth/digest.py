@@ -462,6 +462,7 @@ class NonceUse(enum.Enum):
 
 
 _COUNTER_BUCKETS: Final = 10
+_INFINITY: Final = float("inf")
 
 
 class NonceCounter:
@@ -487,7 +488,7 @@ class NonceCounter:
         are lost are not taken as new); ``None``: no such rule.
     """
 
-    __slots__ = ("_buckets", "_live", "_width", "lifetime", "max_nonces", "per_owner", "since")
+    __slots__ = ("_buckets", "_live", "_low", "_width", "lifetime", "max_nonces", "per_owner", "since")
 
     def __init__(
         self,
@@ -510,6 +511,9 @@ class NonceCounter:
         self._width = self.lifetime / _COUNTER_BUCKETS
         #: bucket number -> (nonce key -> highest nc, owner -> entries)
         self._buckets: dict[int, tuple[dict[int, int], dict[str, int]]] = {}
+        #: the lowest bucket number in _buckets (infinity when there is none): nothing can expire
+        #: while it is not below the horizon, and the buckets need not be looked at
+        self._low: float = _INFINITY
         self._live = 0
 
     def start(self, now: float) -> None:
@@ -524,8 +528,11 @@ class NonceCounter:
 
     def _expire(self, now: float) -> None:
         horizon = (now - self.lifetime) // self._width  # buckets ending before now - lifetime
+        if not self._low + 1 < horizon:  # not even the lowest bucket has ended
+            return
         for number in [b for b in self._buckets if b + 1 < horizon]:
             self._live -= len(self._buckets.pop(number)[0])
+        self._low = min(self._buckets, default=_INFINITY)
 
     def _find(self, key: int) -> tuple[dict[int, int], int] | None:
         for entries, _owners in self._buckets.values():
@@ -546,18 +553,25 @@ class NonceCounter:
         if nc < 1:
             return NonceUse.REPLAY
         key = self._key(nonce)
-        found = self._find(key)
-        if found is not None:
-            entries, last = found
-            if nc <= last:
-                return NonceUse.REPLAY
-            entries[key] = nc
-            return NonceUse.FRESH
+        buckets = self._buckets
+        for entries, _owners in buckets.values():  # (what _find does, without its call)
+            last = entries.get(key)
+            if last is not None:
+                if nc <= last:
+                    return NonceUse.REPLAY
+                entries[key] = nc
+                return NonceUse.FRESH
         if self._live >= self.max_nonces:
             return NonceUse.FULL
         if self.per_owner is not None and self.held(owner) >= self.per_owner:
             return NonceUse.FULL
-        entries, owners = self._buckets.setdefault(int(issued // self._width), ({}, {}))
+        number = int(issued // self._width)
+        bucket = buckets.get(number)
+        if bucket is None:
+            bucket = buckets[number] = ({}, {})
+            if number < self._low:
+                self._low = number
+        entries, owners = bucket
         entries[key] = nc
         owners[owner] = owners.get(owner, 0) + 1
         self._live += 1
@@ -565,7 +579,10 @@ class NonceCounter:
 
     def held(self, owner: str) -> int:
         """How many live entries ``owner`` holds."""
-        return sum(owners.get(owner, 0) for _entries, owners in self._buckets.values())
+        count = 0
+        for _entries, owners in self._buckets.values():  # a loop: no generator for a few buckets
+            count += owners.get(owner, 0)
+        return count
 
     def last(self, nonce: str) -> int | None:
         """The highest ``nc`` accepted for ``nonce``, or ``None`` if none is remembered."""
