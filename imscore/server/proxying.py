@@ -302,10 +302,7 @@ class ProxyService:
     def _contact_key(uri: str) -> str:
         """A contact as an address: scheme, user, host and port (``sip:desk@127.0.0.1:5062``); the
         URI parameters a device adds to the Contact of its 2xx (``;transport=UDP``) do not count."""
-        try:
-            return SipUri.parse(uri.strip("<>")).aor
-        except SipError:
-            return uri
+        return _contact_key(uri)
 
     def _remember(self, contact: str, flow: FlowInfo | None) -> None:
         """Keep the flow of a contact we forked to, or of a 2xx's Contact (the dialog's remote
@@ -627,6 +624,16 @@ class ProxyService:
             self.server.transports.send(ack, out)
         except (SipError, TransportError, LookupError, RoutingError) as exc:
             log.info("cannot forward ACK from %s: %s", flow.remote, exc)
+
+
+@functools.lru_cache(maxsize=4096)
+def _contact_key(uri: str) -> str:
+    """:meth:`ProxyService._contact_key`, cached: a function of the text alone, and the same
+    contacts and Request-URIs come back with every call to a device."""
+    try:
+        return SipUri.parse(uri.strip("<>")).aor
+    except SipError:
+        return uri
 
 
 @functools.lru_cache(maxsize=4096)
