@@ -31,7 +31,7 @@ from kamailio_support import (
 )
 from test_registrar import Ue
 
-from imscore.auth.aka import UeSim
+from imscore.auth.aka import UeSim, parse_nonce
 from imscore.auth.digest import credentials
 from imscore.auth.milenage import Milenage
 from imscore.diameter import dictionary as d
@@ -159,11 +159,28 @@ def test_digest_md5_registration_through_kamailio_scscf(core: Core) -> None:
     core.kamailio.wait_for(r"imscore-test: SAA return code 1", timeout=5)
 
 
+def sipp_cut_res(trace: Path) -> bool:
+    """Whether the RES of the last AKA challenge in SIPp's ``trace`` holds a 0x00 octet: SIPp keeps
+    RES as a C string and cuts it there, so its answer is wrong (about 3 % of RANDs; our own
+    servers' tests draw RANDs without, tests/test_sipp_register.py), and Kamailio rightly says 403."""
+    nonces = re.findall(r'WWW-Authenticate: Digest [^\n]*nonce="([^"]+)"', trace.read_text())
+    milenage = Milenage(bytes.fromhex(K), op=bytes.fromhex(OP))
+    return bool(nonces) and 0 in milenage.f2345(parse_nonce(nonces[-1])[0])[0]
+
+
 def test_aka_v1_registration_through_kamailio_scscf(core: Core) -> None:
-    messages = register(
-        core, "aka", "carol", f"carol@{DOMAIN}", "AKAv1-MD5",
-        f"[authentication username=carol@{DOMAIN} aka_K=0x{K} aka_OP=0x{OP} aka_AMF=0x{AMF}]",
-    )  # fmt: skip
+    # the RAND is drawn by the `imscore hss` process: when it falls on a RES SIPp cannot answer
+    # (checked, not assumed), register again with the next vector
+    for attempt in range(4):
+        try:
+            messages = register(
+                core, f"aka{attempt}", "carol", f"carol@{DOMAIN}", "AKAv1-MD5",
+                f"[authentication username=carol@{DOMAIN} aka_K=0x{K} aka_OP=0x{OP} aka_AMF=0x{AMF}]",
+            )  # fmt: skip
+            break
+        except AssertionError:
+            if attempt == 3 or not sipp_cut_res(core.workdir / f"aka{attempt}" / "messages.log"):
+                raise
     (challenge,) = responses(messages, 401)
     www = header(challenge, "WWW-Authenticate")
     assert www is not None and "algorithm=AKAv1-MD5" in www
