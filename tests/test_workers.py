@@ -1,8 +1,9 @@
 """``imscore serve --workers N``: one UDP server spread over worker processes.
 
-The parent reads the socket and hands each datagram to the worker its Call-ID hashes to; workers share
-the SQLite store, the nonce secret (each binding its nonces to itself) and reg-event news. Tested over
-a real loopback socket with a real ``imscore serve --workers 2``.
+Every worker reads the shared socket and hands a datagram of another worker's Call-ID to that worker
+(the parent reads none); workers share the SQLite store, the nonce secret (each binding its nonces to
+itself) and reg-event news. Tested over a real loopback socket with a real ``imscore serve --workers
+2``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from test_serve import Served, options, udp_exchange
 from imscore.profile import Listener
 from imscore.server.workers import check_workers, worker_for, worker_of_datagram
 from imscore.sip import Request, Response, parse_datagram
+from imscore.transport.relay import pack, unpack
 
 DOMAIN = "ims.example.test"
 READY = re.compile(
@@ -68,6 +70,15 @@ def test_a_datagram_goes_to_the_worker_of_its_call_id_in_any_spelling() -> None:
     assert worker_of_datagram(without, 7) == 0
     assert worker_of_datagram(b"\r\n\r\n", 7) == 0
     assert worker_of_datagram(b"\x00\xffgarbage", 7) == 0
+
+
+def test_a_handed_over_datagram_keeps_its_listener_source_and_octets() -> None:
+    data = _datagram("Call-ID: abc@host")
+    for position, source in ((0, ("127.0.0.1", 5060)), (3, ("2001:db8::7", 65535)), (255, ("::1", 1))):
+        assert unpack(pack(position, data, source)) == (position, data, source)
+    assert unpack(pack(1, b"", ("10.0.0.1", 9))) == (1, b"", ("10.0.0.1", 9))
+    assert unpack(b"\x00\x13") is None  # shorter than a header
+    assert unpack(b"\x00\x13\xc4\x09127.0") is None  # the host cut short
 
 
 def test_call_ids_spread_over_the_workers() -> None:
@@ -375,6 +386,169 @@ def test_bad_input_gets_its_answer_and_the_workers_keep_serving(workers: Workers
             assert device.response().status == 200
     finally:
         device.close()
+
+
+# --- every worker reads the socket: a datagram meets the worker of its Call-ID ------------------------
+def _by_call_id(device: Device, count: int, timeout: float = 20.0) -> dict[str, bytes]:
+    """The next ``count`` responses the device receives, as received, by Call-ID."""
+    found: dict[str, bytes] = {}
+    deadline = time.monotonic() + timeout
+    while len(found) < count and time.monotonic() < deadline:
+        try:
+            data, _ = device.sock.recvfrom(65535)
+        except TimeoutError:
+            continue
+        message = parse_datagram(data)
+        assert isinstance(message, Response), data[:200]
+        assert message.call_id not in found, f"two answers on {message.call_id}"
+        found[message.call_id] = data
+    return found
+
+
+def _handover_counts(log: list[str]) -> tuple[int, int]:
+    """Datagrams the workers handed to one another and took from one another, from their last words."""
+    handed = taken = 0
+    for line in log:
+        found = re.search(r"worker \d: (\d+) datagrams handed to the workers .*, (\d+) taken", line)
+        if found:
+            handed += int(found.group(1))
+            taken += int(found.group(2))
+    return handed, taken
+
+
+def test_bursts_of_many_call_ids_each_meet_their_worker_whichever_reads_them(tmp_path: Path) -> None:
+    # Both workers read the one socket; a burst is read by whichever wakes first, so about half of
+    # what it reads belongs to the other. A challenge answered at a worker other than the one that
+    # made its nonce would be challenged again (test_a_nonce_counts_only_at_the_worker_that_made_it),
+    # and a retransmission answered by another worker would not be answered with the same octets.
+    served = start_workers(tmp_path)
+    device = Device(served.address)
+    users = [("alice", "alice-secret"), ("bob", "bob-secret")]
+    count = 60
+    try:
+        call_ids = [call_id_for(n % 2, tag=f"burst{n}-") for n in range(count)]
+        first = {cid: device.register(users[n % 2][0], cid) for n, cid in enumerate(call_ids)}
+        for data in first.values():
+            device.send(data)
+        challenges = _by_call_id(device, count)
+        assert sorted(challenges) == sorted(call_ids)
+        for data in first.values():  # the same octets again: each transaction answers once more
+            device.send(data)
+        again = _by_call_id(device, count)
+        assert again == challenges
+        second = {}
+        for n, cid in enumerate(call_ids):
+            user, password = users[n % 2]
+            nonce = nonce_of(_response(challenges[cid]))
+            second[cid] = device.register(user, cid, credentials(user, password, nonce))
+        for data in second.values():
+            device.send(data)
+        answers = _by_call_id(device, count)
+        statuses = {cid: _response(data).status for cid, data in answers.items()}
+        assert statuses == dict.fromkeys(call_ids, 200)
+        for data in second.values():
+            device.send(data)
+        assert _by_call_id(device, count) == answers
+    finally:
+        device.close()
+        assert served.stop() == 0, "\n".join(served.log)
+    handed, taken = _handover_counts(served.log)
+    assert handed > 0, "no datagram was read by a worker it did not belong to:\n" + "\n".join(served.log)
+    assert taken == handed
+
+
+def _response(data: bytes) -> Response:
+    message = parse_datagram(data)
+    assert isinstance(message, Response)
+    return message
+
+
+def _udp_inodes(port: int) -> set[str]:
+    """Socket inodes bound to UDP ``port`` on IPv4, from /proc/net/udp."""
+    inodes = set()
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port:
+            inodes.add(fields[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets a process holds open."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
+@pytest.mark.skipif(not Path("/proc/net/udp").exists(), reason="reads /proc")
+def test_the_parent_holds_no_udp_socket_and_uses_no_cpu_per_datagram(workers: Workers) -> None:
+    shared = _udp_inodes(workers.address[1])
+    assert shared, "nothing bound to the port"
+    parent = workers.process.pid
+    assert not _socket_inodes(parent) & shared, "the parent still holds the shared UDP socket"
+    for pid in workers.pids:
+        assert _socket_inodes(pid) & shared, f"worker {pid} does not hold the shared UDP socket"
+    # OPTIONS change no binding, so no news goes through the parent either: its CPU stays flat
+    # while the workers answer a few hundred requests
+    def cpu(pid: int) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    device = Device(workers.address)
+    try:
+        before = cpu(parent), sum(cpu(pid) for pid in workers.pids)
+        for round_ in range(10):
+            for n in range(30):
+                device.send(
+                    (
+                        f"OPTIONS sip:{DOMAIN} SIP/2.0\r\n"
+                        f"Via: SIP/2.0/UDP 127.0.0.1:{device.port};branch=z9hG4bK-c{round_}-{n}"
+                        ";rport\r\n"
+                        f"Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=c\r\nTo: <sip:{DOMAIN}>\r\n"
+                        f"Call-ID: cpu-{round_}-{n}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\n"
+                        "Content-Length: 0\r\n\r\n"
+                    ).encode()
+                )
+            answered = _by_call_id(device, 30)
+            assert len(answered) == 30
+        after = cpu(parent), sum(cpu(pid) for pid in workers.pids)
+    finally:
+        device.close()
+    assert after[1] - before[1] > 0, "the workers used no CPU answering 300 requests?"
+    assert after[0] - before[0] <= 1, f"the parent used {after[0] - before[0]} clock ticks"
+
+
+def test_a_killed_worker_stops_the_server_and_a_restart_serves_on_the_same_port(
+    tmp_path: Path,
+) -> None:
+    first = start_workers(tmp_path)
+    port = first.address[1]
+    try:
+        os.kill(first.pids[1], signal.SIGKILL)
+        assert first.process.wait(timeout=20) == 1
+        deadline = time.monotonic() + 5
+        while _alive(first.pids[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(first.pids[0]), "the other worker outlived the stop"
+    finally:
+        for pid in first.pids:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        first.stop()
+    assert any("worker 1 ended (exit status -9): stopping the server" in line for line in first.log), (
+        "\n".join(first.log)
+    )
+    second = start_workers(tmp_path, port)
+    try:
+        answer = udp_exchange(second.address, options("127.0.0.1", 5999, "UDP", "after-kill"))
+        assert answer is not None and answer.status == 200
+    finally:
+        assert second.stop() == 0, "\n".join(second.log)
 
 
 def _alive(pid: int) -> bool:

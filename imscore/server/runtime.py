@@ -307,7 +307,7 @@ class Server:
         self.transports.datagram_shortcut = self._retransmitted
         for position, listener in enumerate(self.listeners):
             try:
-                if self.worker is not None:  # the parent reads this socket and relays (udp only)
+                if self.worker is not None:  # every worker reads the shared socket (udp only)
                     self.worker.adopt(self.transports, position)
                     continue
                 await self.transports.listen(listener.transport, listener.host, listener.port)

@@ -1,11 +1,17 @@
 """One UDP server spread over worker processes (``imscore serve --workers N``).
 
-A Python process uses one core. With ``--workers N`` the parent process binds the UDP sockets, starts
-``N`` workers (each a whole :class:`~imscore.server.runtime.Server`) and reads every datagram itself,
-handing it to one worker chosen by its Call-ID (:func:`worker_for`). Everything that belongs to one
+A Python process uses one core. With ``--workers N`` the parent process binds the UDP sockets and
+starts ``N`` workers (each a whole :class:`~imscore.server.runtime.Server`), which inherit them. Every
+worker reads the shared sockets itself, as Kamailio's UDP children do, and answers on them; each
+datagram belongs to the one worker its Call-ID names (:func:`worker_for`, :func:`worker_of_datagram`),
+and a worker that reads another's datagram hands it to that worker over a local datagram socket,
+with its source address (see :mod:`imscore.transport.relay`). Everything that belongs to one
 Call-ID therefore meets in one process: a request, its retransmissions, its CANCEL and ACK, the
-responses to what a worker sent on that call, the challenge and the REGISTER that answers it. Workers
-answer straight on the shared socket (see :mod:`imscore.transport.relay`).
+responses to what a worker sent on that call, the challenge and the REGISTER that answers it. The
+parent reads no datagram: once every worker is ready it tells them to serve and closes its copies of
+the sockets; from then on it passes reg-event news on, and watches signals and its workers.
+(``SO_REUSEPORT`` alone would not do: the kernel spreads datagrams by their addresses, and a load
+generator that sends every user's REGISTERs from one port would land all of them on one worker.)
 
 What the workers share, and how:
 
@@ -55,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from imscore.profile import Listener
 from imscore.registrar.news import ORDINARY, SetNews, parse_worker_line, worker_line
-from imscore.transport.relay import RelayedEndpoint, pack
+from imscore.transport.relay import INBOX_BUFFER, SharedUdp
 
 if TYPE_CHECKING:
     from imscore.transport import Transports
@@ -70,10 +76,8 @@ log = logging.getLogger("imscore.server")
 _CALL_ID_RE: Final = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 #: receive buffer of each shared UDP socket (the kernel caps it at net.core.rmem_max)
 UDP_RECEIVE_BUFFER: Final = 8 * 1024 * 1024
-#: buffers of the stream from the parent to a worker
-RELAY_BUFFER: Final = 4 * 1024 * 1024
-#: octets held for a worker that does not keep up, beyond which datagrams for it are dropped
-MAX_PENDING: Final = 32 * 1024 * 1024
+#: the line the parent sends every worker once all are ready: read the shared sockets from now on
+SERVE: Final = b"serve"
 #: seconds the workers have to start, and to stop before they are killed
 START_TIMEOUT: Final = 60.0
 STOP_TIMEOUT: Final = 5.0
@@ -136,9 +140,10 @@ class WorkerSetup:
     :param index: its number, 0 … ``count`` - 1.
     :param count: how many workers there are.
     :param udp: the shared UDP sockets, one per listener, in the listeners' order.
-    :param relays: its ends of the streams the parent writes datagrams to, in the same order.
-    :param control: its end of the line-based channel to the parent (``ready``, ``changed AOR``,
-        ``ended EVENT AOR``).
+    :param inbox: its end of its inbox (datagrams of its Call-IDs the other workers read).
+    :param outboxes: per worker, the sending end of that worker's inbox (``None`` for its own).
+    :param control: its end of the line-based channel to the parent (``ready``, ``serve``,
+        ``changed AOR``, ``ended EVENT AOR``).
     :param nonce_secret: the Digest nonce secret all workers share.
     :param parent_death_signal: whether the kernel sends this worker SIGTERM when its parent ends
         (set in the worker by :func:`die_with_parent`).
@@ -147,11 +152,13 @@ class WorkerSetup:
     index: int
     count: int
     udp: Sequence[socket.socket]
-    relays: Sequence[socket.socket]
+    inbox: socket.socket
+    outboxes: Sequence[socket.socket | None]
     control: socket.socket
     nonce_secret: bytes
     parent_death_signal: bool = False
     _stopping: bool = False
+    _shared: SharedUdp | None = None
 
     def accepts(self, call_id: str) -> bool:
         """Whether answers on this Call-ID come back to this worker."""
@@ -159,11 +166,14 @@ class WorkerSetup:
 
     # -- in the worker's event loop ---------------------------------------------------------------
     def adopt(self, transports: Transports, position: int) -> None:
-        """Serve the ``position``-th listener (a UDP one) through the relay from the parent."""
-        udp = self.udp[position]
-        endpoint = RelayedEndpoint(transports, udp, self.relays[position])
-        host, port = udp.getsockname()[:2]
-        transports.adopt_udp(endpoint, (str(host), int(port)))
+        """Serve the ``position``-th listener (a UDP one) on its shared socket; it is read once the
+        parent says every worker is ready (``serve``)."""
+        if self._shared is None:
+            count = self.count
+            self._shared = SharedUdp(
+                self.index, lambda data: worker_of_datagram(data, count), self.inbox, self.outboxes
+            )
+        self._shared.adopt(transports, position, self.udp[position])
 
     def attach(self, server: Server) -> None:
         """Wire a started server to the others: nonce binding, reg-event news, qualification's
@@ -190,6 +200,14 @@ class WorkerSetup:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self.control.fileno())
+        if self._shared is not None:
+            self._shared.stop()
+            log.info(
+                "worker %d: %d datagrams handed to the workers they belong to, %d taken from them",
+                self.index,
+                self._shared.handed_over,
+                self._shared.taken_in,
+            )
 
     def _orphaned(self) -> None:
         if not self._stopping:
@@ -217,6 +235,10 @@ class WorkerSetup:
             return
         registrar = self._server.registrar
         for line in lines:
+            if line == SERVE:
+                if self._shared is not None:
+                    self._shared.start()
+                continue
             found = parse_worker_line(line)
             if found is not None and registrar is not None:
                 aor, news = found
@@ -267,12 +289,9 @@ def check_workers(
 class _Worker:
     index: int
     pid: int
-    relays: list[socket.socket]
     control: socket.socket
-    pending: list[bytearray]
     lines: bytearray
     ready: bool = False
-    dropped: int = 0
 
 
 def _bind(listener: Listener) -> socket.socket:
@@ -295,9 +314,10 @@ def serve_workers(
     listeners: Sequence[Listener],
     build: Callable[[WorkerSetup], Server],
 ) -> int:
-    """Bind the UDP listeners, fork ``workers`` processes that each run ``build(setup)``, and hand
-    them the datagrams until SIGTERM or SIGINT. Returns the exit status: 0 after a clean stop, that
-    of a worker which failed to start (its error is on stderr), 1 when a worker died while serving.
+    """Bind the UDP listeners, fork ``workers`` processes that each run ``build(setup)`` and read
+    them, tell them to serve once all are ready, and pass reg-event news between them until SIGTERM
+    or SIGINT. Returns the exit status: 0 after a clean stop, that of a worker which failed to start
+    (its error is on stderr), 1 when a worker died while serving.
 
     :raises OSError: a listener cannot be bound.
     """
@@ -310,16 +330,15 @@ def serve_workers(
             sock.close()
         raise OSError(f"cannot listen on {listener}: {exc.strerror or exc}") from None
     secret = secrets.token_bytes(32)
+    # per worker, its inbox: (the end every other worker sends on, the end it reads)
+    inboxes = [_inbox_pair() for _ in range(workers)]
+    addresses = [_spelled(sock) for sock in udp]
     family: list[_Worker] = []
     for index in range(workers):
-        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in udp]
         control_parent, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        for parent_end, child_end in pairs:
-            with contextlib.suppress(OSError):
-                parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RELAY_BUFFER)
-                child_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RELAY_BUFFER)
+        outboxes = [None if i == index else sending for i, (sending, _) in enumerate(inboxes)]
         setup = WorkerSetup(
-            index, workers, udp, [child for _, child in pairs], control_child, secret
+            index, workers, udp, inboxes[index][1], outboxes, control_child, secret
         )
         sys.stdout.flush()
         sys.stderr.flush()
@@ -328,22 +347,34 @@ def serve_workers(
         if pid == 0:  # the worker
             setup.parent_death_signal = die_with_parent(parent)
             for other in family:
-                for sock in (*other.relays, other.control):
-                    sock.close()
-            for parent_end, _ in pairs:
-                parent_end.close()
+                other.control.close()
             control_parent.close()
+            for i, (sending, reading) in enumerate(inboxes):
+                if i != index:
+                    reading.close()
+                else:
+                    sending.close()
             os._exit(_worker_main(setup, build))
-        for _, child_end in pairs:
-            child_end.close()
         control_child.close()
-        for parent_end, _ in pairs:
-            parent_end.setblocking(False)
         control_parent.setblocking(False)
-        relays = [parent_end for parent_end, _ in pairs]
-        pending = [bytearray() for _ in udp]
-        family.append(_Worker(index, pid, relays, control_parent, pending, bytearray()))
-    return _Parent(udp, family).run()
+        family.append(_Worker(index, pid, control_parent, bytearray()))
+    # the workers read the sockets and the inboxes; the parent keeps none of them
+    for sock in udp:
+        sock.close()
+    for sending, reading in inboxes:
+        sending.close()
+        reading.close()
+    return _Parent(addresses, family).run()
+
+
+def _inbox_pair() -> tuple[socket.socket, socket.socket]:
+    """A worker's inbox: a datagram socket pair, ``(sending end, reading end)``, with room for a
+    burst (see :mod:`imscore.transport.relay`)."""
+    sending, reading = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with contextlib.suppress(OSError):
+        sending.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, INBOX_BUFFER)
+        reading.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, INBOX_BUFFER)
+    return sending, reading
 
 
 def _worker_main(setup: WorkerSetup, build: Callable[[WorkerSetup], Server]) -> int:
@@ -375,10 +406,10 @@ def _worker_main(setup: WorkerSetup, build: Callable[[WorkerSetup], Server]) -> 
 
 
 class _Parent:
-    """The parent's loop: datagrams to workers, reg-event news between them, signals, deaths."""
+    """The parent's loop: reg-event news between the workers, signals, deaths (no datagram)."""
 
-    def __init__(self, udp: list[socket.socket], family: list[_Worker]) -> None:
-        self.udp = udp
+    def __init__(self, addresses: list[str], family: list[_Worker]) -> None:
+        self.addresses = addresses
         self.family = family
         self.count = len(family)
         self.selector = selectors.DefaultSelector()
@@ -396,13 +427,14 @@ class _Parent:
             signal.signal(signum, self._on_stop_signal)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the loop to reap
         try:
-            self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None, 0))
+            self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
             for worker in self.family:
-                self.selector.register(worker.control, selectors.EVENT_READ, ("control", worker, 0))
+                self.selector.register(worker.control, selectors.EVENT_READ, ("control", worker))
             if self._wait_ready():
-                for position, sock in enumerate(self.udp):
-                    self.selector.register(sock, selectors.EVENT_READ, ("udp", None, position))
-                addresses = " ".join(_spelled(sock) for sock in self.udp)
+                for worker in self.family:
+                    with contextlib.suppress(OSError):  # (one gone: _reap tells)
+                        worker.control.send(SERVE + b"\n")
+                addresses = " ".join(self.addresses)
                 pids = ", ".join(str(w.pid) for w in self.family)
                 log.info(
                     "ready: listening on %s with %d worker processes (pids %s)",
@@ -417,11 +449,10 @@ class _Parent:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self.selector.close()
-            for sock in (*self.udp, self._wake_r, self._wake_w):
+            for sock in (self._wake_r, self._wake_w):
                 sock.close()
             for worker in self.family:
-                for sock in (*worker.relays, worker.control):
-                    sock.close()
+                worker.control.close()
         return self.status
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
@@ -487,9 +518,6 @@ class _Parent:
                     worker.pid = 0
                 else:
                     time.sleep(0.02)
-        dropped = sum(w.dropped for w in self.family)
-        if dropped:
-            log.warning("%d datagrams were dropped for workers that did not keep up", dropped)
 
     # -- one turn --------------------------------------------------------------------------------
     def _turn(self, timeout: float) -> None:
@@ -498,76 +526,13 @@ class _Parent:
         except InterruptedError:
             return
         for key, _mask in events:
-            kind, worker, position = key.data
-            if kind == "udp":
-                self._datagrams(position)
-            elif kind == "control":
+            kind, worker = key.data
+            if kind == "control":
                 self._control(worker)
-            elif kind == "relay":
-                self._flush(worker)
             else:
                 with contextlib.suppress(OSError):
                     while self._wake_r.recv(4096):
                         pass
-
-    def _datagrams(self, position: int) -> None:
-        sock = self.udp[position]
-        count = self.count
-        # what is read in one turn goes to each worker in one write (fewer system calls on both
-        # sides than a write per datagram), then the other sockets and the workers' news have a turn
-        batches = [bytearray() for _ in range(count)]
-        for _ in range(256):
-            try:
-                data, source = sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:  # an ICMP error for an earlier answer: nothing to read
-                break
-            batches[worker_of_datagram(data, count)] += pack(data, (source[0], source[1]))
-        for worker, batch in zip(self.family, batches, strict=True):
-            if batch:
-                self._relay(worker, position, bytes(batch))
-
-    def _relay(self, worker: _Worker, position: int, record: bytes) -> None:
-        pending = worker.pending[position]
-        if pending:
-            if len(pending) > MAX_PENDING:
-                worker.dropped += 1
-                return
-            pending += record
-            return
-        try:
-            sent = worker.relays[position].send(record)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:  # the worker is gone; _reap will tell
-            return
-        if sent < len(record):
-            pending += record[sent:]
-            self._watch_relays(worker)
-
-    def _watch_relays(self, worker: _Worker) -> None:
-        for position, relay in enumerate(worker.relays):
-            if worker.pending[position]:
-                with contextlib.suppress(KeyError, ValueError):
-                    self.selector.register(relay, selectors.EVENT_WRITE, ("relay", worker, position))
-
-    def _flush(self, worker: _Worker) -> None:
-        for position, relay in enumerate(worker.relays):
-            pending = worker.pending[position]
-            if not pending:
-                continue
-            try:
-                sent = relay.send(pending)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                pending.clear()
-                sent = 0
-            del pending[:sent]
-            if not pending:
-                with contextlib.suppress(KeyError, ValueError):
-                    self.selector.unregister(relay)
 
     def _control(self, worker: _Worker) -> None:
         lines = read_lines(worker.control, worker.lines)

@@ -1,12 +1,21 @@
-"""UDP shared between worker processes: the parent reads the socket, a worker answers on it.
+"""UDP shared between worker processes: every worker reads the sockets, and hands a datagram that
+belongs to another worker to that one.
 
-With ``imscore serve --workers N`` (see :mod:`imscore.server.workers`) the parent process owns every
-UDP socket and reads it; each datagram goes to one worker over a stream socket pair, framed by
-:func:`pack` as ``size, port, host length, host, octets``. The worker's :class:`RelayedEndpoint` reads
-those records, as many as are waiting, and queues each datagram in the transports' backlog
-(:mod:`imscore.transport.backlog`) as if it had read it from the socket itself; it sends
-straight on the shared UDP socket (inherited across ``fork``), so answers leave from the address the
-request came to, and the parent never touches outgoing traffic.
+With ``imscore serve --workers N`` (see :mod:`imscore.server.workers`) the parent process binds the
+UDP sockets and forks the workers, which inherit them. Every worker reads every shared socket itself,
+as Kamailio's UDP children do (the kernel gives each datagram to one reader), and answers on it, so
+answers leave from the address the request came to. Each datagram has one owner, the worker its
+Call-ID names (the ``route`` given to :class:`SharedUdp`): a datagram a worker reads for itself goes
+into its transports' backlog (:mod:`imscore.transport.backlog`) as any datagram would; one it reads
+for another worker goes to that worker's inbox, an ``AF_UNIX`` datagram socket, as one record
+(:func:`pack`: the listener's position, the source's port and host, the octets), and the owner
+queues it in its backlog as if it had read it from the socket itself. So everything of one Call-ID
+meets in one process, whichever worker the kernel woke.
+
+The inbox of worker ``i`` is one end of a datagram socket pair; every other worker holds the other
+end, connected to it, and sends on it. A socket pair's receive queue is bounded by the sender's
+send buffer only (not by ``net.unix.max_dgram_qlen``): when it is full, which takes a worker that
+stopped reading, the record is dropped and counted, as a full UDP receive buffer would drop it.
 """
 
 from __future__ import annotations
@@ -15,104 +24,179 @@ import asyncio
 import logging
 import socket
 import struct
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
-from .flow import TransportError
-from .transports import _DatagramEndpoint
+from .transports import UDP_MAX_DATAGRAM, UDP_READ_BATCH, _SocketEndpoint
 
 if TYPE_CHECKING:
     from .transports import Transports
 
-__all__ = ["HEADER", "RelayedEndpoint", "pack"]
+__all__ = ["HEADER", "INBOX_BUFFER", "SharedEndpoint", "SharedUdp", "pack", "unpack"]
 
 logger = logging.getLogger("imscore.transport")
 
-#: a record's header: datagram size, source port, length of the source host (ASCII) that follows
-HEADER: Final = struct.Struct("!IHB")
-#: octets read from the relay at a time
-READ_SIZE: Final = 65536
-#: reads per readiness at most (the datagrams are only queued here: reading is cheap)
-READ_CHUNKS: Final = 16
+#: a record's header: the listener's position, the source port, the length of the source host
+#: (ASCII) that follows; then the datagram's octets, to the end of the record
+HEADER: Final = struct.Struct("!BHB")
+#: the send buffer of an inbox's sending end, and the receive buffer of the inbox (the kernel caps
+#: them at net.core.wmem_max and rmem_max)
+INBOX_BUFFER: Final = 4 * 1024 * 1024
+#: records read from the inbox per readiness at most (they are only queued here: reading is cheap)
+INBOX_BATCH: Final = 256
 
 
-def pack(data: bytes, source: tuple[str, int]) -> bytes:
-    """One relayed datagram: its header, the source host, the octets."""
+def pack(position: int, data: bytes, source: tuple[str, int]) -> bytes:
+    """One handed-over datagram: the listener it came to, its source, its octets."""
     host = source[0].encode("ascii")
-    return HEADER.pack(len(data), source[1], len(host)) + host + data
+    return HEADER.pack(position, source[1], len(host)) + host + data
 
 
-class RelayedEndpoint(_DatagramEndpoint):
-    """A worker's UDP listener: datagrams arrive on ``relay`` (records from the parent), answers
-    leave on ``udp`` (the shared socket, never read here).
+def unpack(record: bytes) -> tuple[int, bytes, tuple[str, int]] | None:
+    """``(position, octets, source)`` of a record; ``None`` for one too short to be one."""
+    if len(record) < HEADER.size:
+        return None
+    position, port, host_size = HEADER.unpack_from(record)
+    start = HEADER.size + host_size
+    if len(record) < start:
+        return None
+    return position, record[start:], (record[HEADER.size : start].decode("ascii"), port)
 
-    :param owner: the worker's transports.
-    :param udp: the shared, bound UDP socket (non-blocking).
-    :param relay: this worker's end of the stream socket pair from the parent.
+
+class SharedEndpoint(_SocketEndpoint):
+    """A worker's UDP listener on a socket all workers read: a datagram its :class:`SharedUdp`
+    routes elsewhere is handed over instead of queued here. Reads only once started
+    (:meth:`SharedUdp.start`); sends like any UDP listener of :class:`Transports`.
     """
 
-    def __init__(self, owner: Transports, udp: socket.socket, relay: socket.socket) -> None:
-        super().__init__(owner)
-        self._udp = udp
-        self._relay = relay
-        self.family = udp.family
-        self._buffer = bytearray()
-        udp.setblocking(False)
-        relay.setblocking(False)
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(relay.fileno(), self._readable)
+    def __init__(self, owner: Transports, sock: socket.socket, position: int, shared: SharedUdp) -> None:
+        super().__init__(owner, sock)
+        self._loop.remove_reader(sock.fileno())  # (nothing is read before the worker serves)
+        self._reading = False
+        self.position = position
+        self._shared = shared
 
-    def _usable(self) -> bool:
-        return not self.closed
-
-    def _write(self, data: bytes, target: tuple[str, int]) -> None:
-        try:
-            self._udp.sendto(data, target)
-        except BlockingIOError:  # the send buffer is full: a datagram lost, as on any UDP socket
-            self._owner.drops.record(
-                "udp send buffer full", f"udp {self.local}: datagram to {target} dropped"
-            )
-        except OSError as exc:
-            raise TransportError(f"cannot send over udp to {target[0]}: {exc.strerror or exc}") from exc
+    def start_reading(self) -> None:
+        if not self._reading and not self.closed:
+            self._reading = True
+            self._loop.add_reader(self._sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        for _ in range(READ_CHUNKS):
+        receive = self._sock.recvfrom
+        push = self._owner.backlog.push
+        shared = self._shared
+        route, mine = shared.route, shared.index
+        for _ in range(UDP_READ_BATCH):
             try:
-                chunk = self._relay.recv(READ_SIZE)
+                data, source = receive(UDP_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):  # (another worker read it first)
+                return
+            except OSError as exc:  # an ICMP error reported on the socket, for instance
+                self.error_received(exc)
+                return
+            worker = route(data)
+            if worker == mine:
+                push(self, data, source)
+            else:
+                shared.hand_over(worker, self.position, data, source)
+
+
+class SharedUdp:
+    """One worker's part of the shared UDP sockets: its listeners on them, its inbox, and the
+    sending ends of the other workers' inboxes.
+
+    :param index: this worker's number.
+    :param route: the worker (0 … ``len(outboxes)`` - 1) a datagram's octets belong to.
+    :param inbox: this worker's end of its inbox pair (records from the other workers).
+    :param outboxes: per worker, the sending end of its inbox (``None`` at ``index``).
+    """
+
+    def __init__(
+        self,
+        index: int,
+        route: Callable[[bytes], int],
+        inbox: socket.socket,
+        outboxes: Sequence[socket.socket | None],
+    ) -> None:
+        self.index = index
+        self.route = route
+        self._inbox = inbox
+        self._outboxes = list(outboxes)
+        self._endpoints: dict[int, SharedEndpoint] = {}
+        self._transports: Transports | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        #: datagrams handed to another worker, and records taken from this worker's inbox
+        self.handed_over = 0
+        self.taken_in = 0
+        for sock in (inbox, *[s for s in outboxes if s is not None]):
+            sock.setblocking(False)
+
+    def adopt(self, transports: Transports, position: int, udp: socket.socket) -> None:
+        """Serve the ``position``-th listener on the shared socket ``udp`` (reading once started)."""
+        self._transports = transports
+        self._loop = asyncio.get_running_loop()
+        endpoint = SharedEndpoint(transports, udp, position, self)
+        self._endpoints[position] = endpoint
+        host, port = udp.getsockname()[:2]
+        transports.adopt_udp(endpoint, (str(host), int(port)))
+
+    def start(self) -> None:
+        """Read the shared sockets and the inbox from now on."""
+        if self._reading or self._loop is None:
+            return
+        self._reading = True
+        self._loop.add_reader(self._inbox.fileno(), self._inbox_readable)
+        for endpoint in self._endpoints.values():
+            endpoint.start_reading()
+
+    def stop(self) -> None:
+        """Read the inbox no more, and close it (the listeners close with the transports)."""
+        if self._reading and self._loop is not None:
+            self._loop.remove_reader(self._inbox.fileno())
+        self._reading = False
+        self._inbox.close()
+        for sock in self._outboxes:
+            if sock is not None:
+                sock.close()
+
+    def hand_over(self, worker: int, position: int, data: bytes, source: Any) -> None:
+        """Pass a datagram read here to the worker it belongs to."""
+        outbox = self._outboxes[worker] if 0 <= worker < len(self._outboxes) else None
+        if outbox is None:
+            return
+        try:
+            outbox.send(pack(position, data, (source[0], source[1])))
+        except (BlockingIOError, InterruptedError):
+            self._dropped(f"inbox of worker {worker} full")
+            return
+        except OSError as exc:  # that worker is gone (its parent stops the server)
+            self._dropped(f"inbox of worker {worker} failed: {exc.strerror or exc}")
+            return
+        self.handed_over += 1
+
+    def _dropped(self, why: str) -> None:
+        if self._transports is not None:
+            self._transports.drops.record("datagram for another worker dropped", why)
+
+    def _inbox_readable(self) -> None:
+        receive = self._inbox.recv
+        endpoints = self._endpoints
+        assert self._transports is not None
+        push = self._transports.backlog.push
+        for _ in range(INBOX_BATCH):
+            try:
+                record = receive(UDP_MAX_DATAGRAM + 512)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                logger.warning("relay from the parent process failed: %s", exc)
-                self.close()
+                logger.warning("the inbox of worker %d failed: %s", self.index, exc)
                 return
-            if not chunk:  # the parent is gone: nothing more will come
-                logger.warning("the parent process closed the relay of udp %s", self.local)
-                self.close()
-                return
-            self._records(chunk)
-
-    def _records(self, chunk: bytes) -> None:
-        """Queue every whole record of what has been read; keep the rest for the next read."""
-        buffer = self._buffer
-        buffer += chunk
-        header = HEADER.size
-        pos, end = 0, len(buffer)
-        push = self._owner.backlog.push
-        while end - pos >= header:
-            size, port, host_size = HEADER.unpack_from(buffer, pos)
-            start = pos + header + host_size
-            stop = start + size
-            if stop > end:
-                break
-            host = buffer[pos + header : start].decode("ascii")
-            data = bytes(buffer[start:stop])
-            pos = stop
-            push(self, data, (host, port))
-        del buffer[:pos]
-
-    def close(self) -> None:
-        if not self.closed:
-            self._loop.remove_reader(self._relay.fileno())
-            self._relay.close()
-        self.closed = True
-        if not self.lost.done():
-            self.lost.set_result(None)
+            found = unpack(record)
+            if found is None:
+                continue
+            position, data, source = found
+            endpoint = endpoints.get(position)
+            if endpoint is not None and not endpoint.closed:
+                self.taken_in += 1
+                push(endpoint, data, source)

@@ -378,9 +378,9 @@ class Transports:
         return bound
 
     def adopt_udp(self, endpoint: _DatagramEndpoint, local: tuple[str, int]) -> None:
-        """Serve UDP at ``local`` through an endpoint made elsewhere: a worker process's share of a
-        socket its parent reads (:mod:`imscore.transport.relay`). It sends and receives like one of
-        :meth:`listen`'s and is closed with the others."""
+        """Serve UDP at ``local`` through an endpoint made elsewhere: a worker process's listener on
+        a socket all the workers read (:mod:`imscore.transport.relay`). It sends and receives like
+        one of :meth:`listen`'s and is closed with the others."""
         endpoint.local = local
         self._endpoints[_key(local)] = endpoint
         self._listening.append(("udp", local[0], local[1]))
