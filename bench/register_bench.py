@@ -83,6 +83,8 @@ SIPP_LOAD = [
     "10000",
 ]
 TARGETS = ("kamailio", "imscore-memory", "imscore-sqlite", "imscore-workers")
+#: ``--baseline DIR``: imscore --workers N run from another source tree, beside the installed one
+BASELINE_TARGET = "imscore-workers-base"
 #: the response-time marks SIPp measures: REGISTER -> 401, REGISTER with credentials -> 200
 RTDS = {"1": "401", "2": "200"}
 
@@ -115,6 +117,15 @@ def _stat_fields(pid: int) -> list[str] | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of one process alone (``None`` where /proc cannot tell): the top
+    process of a server, imscore's parent with ``--workers``, Kamailio's main process."""
+    fields = None if pid is None else _stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def tree_cpu_seconds(root: int | None) -> float | None:
@@ -199,6 +210,8 @@ class Load:
     rcvbuf_drops: int | None = None
     #: CPU seconds (user + system) the server's processes used during the SIPp run, and SIPp's own
     server_cpu: float | None = None
+    #: the same for the server's top process alone (imscore's parent with --workers)
+    server_top_cpu: float | None = None
     sipp_cpu: float | None = None
     #: SIPp's response times per request (RTDS): p50, p99, mean, max in milliseconds, and count
     rtt: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -407,6 +420,7 @@ def run_sipp(
     the work the last messages caused is in) and of SIPp, and the host's UDP drops."""
     drops_before = udp_rcvbuf_errors()
     cpu_before = tree_cpu_seconds(server_pid)
+    top_before = process_cpu_seconds(server_pid)
     children_before = os.times()
     start = time.time()
     try:
@@ -427,8 +441,11 @@ def run_sipp(
     if settle > 0:
         time.sleep(settle)
     cpu_after = tree_cpu_seconds(server_pid)
+    top_after = process_cpu_seconds(server_pid)
     if cpu_before is not None and cpu_after is not None:
         load.server_cpu = cpu_after - cpu_before
+    if top_before is not None and top_after is not None:
+        load.server_top_cpu = top_after - top_before
     children_after = os.times()  # SIPp is the only child reaped meanwhile
     load.sipp_cpu = (children_after.children_user - children_before.children_user) + (
         children_after.children_system - children_before.children_system
@@ -530,11 +547,14 @@ class Imscore:
         *,
         name: str | None = None,
         extra: Sequence[str] = (),
+        source: Path | None = None,
     ) -> None:
         self.subscribers, self.store, self.folder, self.log_level = subscribers, store, folder, log_level
         self.workers = workers
         #: more ``imscore serve`` options (``--node-id A``)
         self.extra = list(extra)
+        #: another imscore source tree to run instead of the installed one (``--baseline``)
+        self.source = source
         self.process: subprocess.Popen[bytes] | None = None
         self.log_start = 0
         if name is None:
@@ -562,9 +582,15 @@ class Imscore:
             command += ["--workers", str(self.workers)]
         command += self.extra
         self.log_start = self.log.stat().st_size if self.log.exists() else 0
+        env = None
+        if self.source is not None:  # its imscore package first on the path, before the install
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(self.source), env.get("PYTHONPATH", "")) if p
+            )
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, env=env
             )
         self.wait_ready(("127.0.0.1", port))
         return ("127.0.0.1", port)
@@ -623,7 +649,11 @@ def make_server(
     if target == "kamailio":
         return Kamailio(peer)
     store = "memory:" if target == "imscore-memory" else "default"
-    workers = args.workers if target == "imscore-workers" else 1
+    workers = args.workers if target.startswith("imscore-workers") else 1
+    if target == BASELINE_TARGET:
+        return Imscore(
+            subscribers, store, folder, args.log_level, workers, name="baseline", source=args.baseline
+        )
     return Imscore(subscribers, store, folder, args.log_level, workers)
 
 
@@ -631,7 +661,7 @@ def fresh_server(
     target: str, peer: Path, subscribers: Path, folder: Path, args: argparse.Namespace
 ) -> tuple[Any, tuple[str, int]]:
     """A started server for ``target`` with an empty store, and its address."""
-    if target in ("imscore-sqlite", "imscore-workers"):
+    if target in ("imscore-sqlite", "imscore-workers", BASELINE_TARGET):
         for suffix in ("", "-wal", "-shm"):
             (folder / f"imscore.db{suffix}").unlink(missing_ok=True)
     server = make_server(target, peer, subscribers, folder, args)
@@ -770,6 +800,7 @@ def cpu_figures(load: Load) -> dict[str, Any]:
         "ok": load.ok,
         "failed": load.failed,
         "server_us": None if load.server_cpu is None else 1e6 * load.server_cpu / per,
+        "top_us": None if load.server_top_cpu is None else 1e6 * load.server_top_cpu / per,
         "sipp_us": None if load.sipp_cpu is None else 1e6 * load.sipp_cpu / per,
         "rtt": load.rtt,
         "passed": "did not pass" not in load.note,
@@ -960,26 +991,27 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
         f" >= {100 * args.schedule:g} % of the offered"
     )
     print()
-    header = f"{'target':<16} {'reg/s':>8} {'vs Kam.':>8}  {'trials':>6}  stopped because"
+    header = f"{'target':<20} {'reg/s':>8} {'vs Kam.':>8}  {'trials':>6}  stopped because"
     print(header)
     print("-" * 100)
     for target, search in result["searches"].items():
         ratio = summary["ratios"].get(target)
         print(
-            f"{target:<16} {search['rate']:>8} {'' if ratio is None else f'{ratio:7.3f}x':>8}"
+            f"{target:<20} {search['rate']:>8} {'' if ratio is None else f'{ratio:7.3f}x':>8}"
             f"  {len(search['trials']):>6}  {search['stopped']}"
         )
-        print(f"{'':<16}   trials: " + ", ".join(describe_trial(t) for t in search["trials"]))
+        print(f"{'':<20}   trials: " + ", ".join(describe_trial(t) for t in search["trials"]))
     cpu = summary["cpu"]
     if cpu:
         print()
         print(
             f"At {result['cpu_rate']} registrations/s for {args.seconds:g} s, each target started afresh"
-            " (CPU: user + system of all the server's processes; response times: SIPp -trace_rtt, ms)"
+            " (CPU: user + system of all the server's processes, and of its top process alone: imscore's"
+            " parent with --workers; response times: SIPp -trace_rtt, ms)"
         )
         header = (
-            f"{'target':<16} {'ok':>7} {'failed':>6} {'srv us/reg':>10} {'vs Kam.':>8}"
-            f" {'sipp us/reg':>11} {'401 p50/p99':>12} {'200 p50/p99':>12}"
+            f"{'target':<20} {'ok':>7} {'failed':>6} {'srv us/reg':>10} {'vs Kam.':>8}"
+            f" {'top us/reg':>10} {'sipp us/reg':>11} {'401 p50/p99':>12} {'200 p50/p99':>12}"
         )
         print(header)
         print("-" * len(header))
@@ -987,9 +1019,10 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
             ratio = summary["cpu_ratios"].get(target)
             srv = "" if fig["server_us"] is None else f"{fig['server_us']:10.0f}"
             sipp = "" if fig["sipp_us"] is None else f"{fig['sipp_us']:11.0f}"
+            top = "" if fig.get("top_us") is None else f"{fig['top_us']:10.0f}"
             print(
-                f"{target:<16} {fig['ok']:>7} {fig['failed']:>6} {srv:>10}"
-                f" {'' if ratio is None else f'{ratio:7.2f}x':>8} {sipp:>11}"
+                f"{target:<20} {fig['ok']:>7} {fig['failed']:>6} {srv:>10}"
+                f" {'' if ratio is None else f'{ratio:7.2f}x':>8} {top:>10} {sipp:>11}"
                 f" {rtt_text(fig['rtt'], '401'):>12} {rtt_text(fig['rtt'], '200'):>12}"
                 f"{'' if fig['passed'] else '  <-- did not pass'}"
             )
@@ -1092,6 +1125,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=2, help="worker processes of the 'workers' target (2)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run the workers target from this imscore source tree (a git worktree of another "
+        "commit; its package goes first on PYTHONPATH), reported as imscore-workers-base",
+    )
     parser.add_argument("--no-kamailio", action="store_true", help="leave Kamailio out")
     parser.add_argument("--log-level", default="WARNING", help="imscore --log-level (WARNING)")
     parser.add_argument(
@@ -1125,6 +1166,11 @@ def main(argv: list[str] | None = None) -> int:
     targets = ([] if args.no_kamailio else ["kamailio"]) + [
         f"imscore-{s}" for s in stores if s in ("memory", "sqlite", "workers")
     ]
+    if args.baseline is not None:
+        if not (args.baseline / "imscore" / "__init__.py").exists():
+            print(f"register_bench: --baseline {args.baseline}: no imscore package", file=sys.stderr)
+            return 2
+        targets.append(BASELINE_TARGET)
 
     folder = Path(tempfile.mkdtemp(prefix="register-bench-"))
     result: dict[str, Any] = {}
