@@ -99,6 +99,22 @@ class ImsPluginManager(pluggy.PluginManager):
             if type(caller) is HookCaller:
                 caller.__class__ = _DirectHookCaller
 
+    def only_builtin(self, name: str) -> bool:
+        """Whether hook ``name``'s only implementation is the builtin default (not a wrapper) and
+        its calls are plain (no tracing or monitoring): what the builtin answers is then the
+        answer, and a caller that knows it may take it without the call (as
+        :mod:`imscore.server.fastreg` does)."""
+        if self._inner_hookexec is not self._plain_hookexec:
+            return False
+        caller = getattr(self.hook, name, None)
+        if caller is None:
+            return False
+        impls = caller._hookimpls
+        if len(impls) != 1:
+            return False
+        impl = impls[0]
+        return impl.plugin_name == BUILTIN_PLUGIN_NAME and not (impl.wrapper or impl.hookwrapper)
+
     def _direct_for(self, caller: HookCaller) -> _Direct | None:
         """How a call of ``caller`` can go straight to its one implementation, or ``None``."""
         impls = caller._hookimpls

@@ -33,6 +33,7 @@ from imscore.transport.registry import collect_transports, known_transports
 
 from .core import ServerCore
 from .eager import start_eagerly
+from .fastreg import FastRegister, fast_register_for
 from .gctune import return_freed_memory
 from .metrics import Metrics, MetricsError, MetricsServer, timed_resolver, timed_store
 from .outcomes import OutcomeLog, proxy_outcome, registrar_outcome, source_of
@@ -188,6 +189,10 @@ class Server:
         self.outcomes = OutcomeLog()
         #: retransmitted requests absorbed by their transaction before parsing
         self.retransmissions = 0
+        #: whether the common REGISTER datagram may take the specialised path
+        #: (:mod:`imscore.server.fastreg`; set before :meth:`start`)
+        self.fast_register = True
+        self._fastreg: FastRegister | None = None
         self._state = "starting"
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -337,6 +342,7 @@ class Server:
 
         self.pool = start_pool(self)
         self.plugins.hook.ims_server_started(server=self)
+        self._fastreg = fast_register_for(self)
         self._state = "ready"
         log.info("subscribers: %s", self.subscriber_source or self.subscribers)
         log.info("%s", self.ready_line())
@@ -516,19 +522,32 @@ class Server:
             self._retransmissions.remember(message, flow, self.core.layer.find_server)
         while self.core.waiting:
             transaction, request = self.core.waiting.pop(0)
-            # started on this stack, a task only if it waits: the built-in stores never do, so a
-            # REGISTER is answered without a task per request (see imscore.server.eager)
-            task = start_eagerly(self._register(transaction, request, flow), asyncio.get_running_loop())
-            if task is not None:
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self.defer(transaction, request, flow)
+
+    def defer(self, transaction: Any, request: Request, flow: Flow) -> None:
+        """Answer a deferred request (the registrar's, or one the proxy takes)."""
+        # started on this stack, a task only if it waits: the built-in stores never do, so a
+        # REGISTER is answered without a task per request (see imscore.server.eager)
+        task = start_eagerly(self._register(transaction, request, flow), asyncio.get_running_loop())
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def remember_datagram(
+        self, request: Request, flow: Flow, find: Callable[[Request], object]
+    ) -> None:
+        """File the datagram last looked up in the retransmission cache under the server
+        transaction ``find`` gives for its ``request`` (see imscore.server.retransmit)."""
+        self._retransmissions.remember(request, flow, find)
 
     def _retransmitted(self, data: bytes, flow: Flow) -> bool:
         """The transport's shortcut: a datagram that repeats the request of a live server
-        transaction is absorbed by it without being parsed again."""
+        transaction is absorbed by it without being parsed again; the common REGISTER datagram
+        takes the specialised path (imscore.server.fastreg) when it is on."""
         transaction = self._retransmissions.lookup(data, flow)
         if transaction is None:
-            return False
+            fast = self._fastreg
+            return fast is not None and fast.take(data, flow)
         if self.qualifier is not None:
             self.qualifier.seen(flow)
         self.retransmissions += 1

@@ -1,0 +1,450 @@
+"""The REGISTER specialisation (imscore.server.fastreg) answers as the general path does (issue 13,
+decision 3).
+
+Two real servers (the default profile, memory stores, the same subscribers and the same fixed
+registrar clock) are fed the same datagrams through the transport's UDP receive path: one with the
+specialisation, one without (``Server.fast_register = False``). The corpus: the registration
+benchmark's REGISTERs (the credentialed one computed from each server's own 401), the RFC 4475 and
+RFC 5118 torture messages that are REGISTERs (as they are, and readdressed to this server's domain
+and source), and seeded mutations of them (header lines dropped, doubled, swapped, renamed in
+another case or compact form, folded; odd parameters; bad values; extra headers; stray octets).
+The answers must be the same octets (nonces and To tags masked; the registrar's deterministic To
+tags are compared too), and afterwards the binding stores, the counters and the server transactions
+the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import random
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CORPUS, REPO_ROOT
+
+from imscore.cli import _load_profile, _load_subscribers
+from imscore.plugin import hookimpl
+from imscore.profile import parse_listen
+from imscore.registrar import FlowInfo
+from imscore.server.fastreg import check, fast_register_for
+from imscore.server.runtime import Server
+from imscore.subscribers import MemorySubscriberStore
+
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+from register_bench import DOMAIN, write_users
+
+PEER = ("127.0.0.1", 5999)
+USERS = 400
+NOW = 1_800_000_000.0
+NONCE = re.compile(rb'nonce="[A-Za-z0-9_=+/-]*"?')
+#: the digest computed from a nonce, as an error's reason phrase may quote it
+DIGEST = re.compile(rb'esponse="[0-9a-f]*')
+TO_TAG = re.compile(rb"(\r\n(?i:to|t)[ \t]*:[^\r\n]*;tag=)[0-9A-Za-z]+")
+SEED = 13
+
+
+def register(i: int, cseq: int, authorization: str = "", branch: str = "") -> bytes:
+    """The REGISTER of register-auth.xml for user ``i``, as the benchmark sends it."""
+    user = f"user{i:05d}"
+    return (
+        f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {PEER[0]}:{PEER[1]};branch=z9hG4bK-{i}-{cseq}{branch}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag={i}\r\nTo: <sip:{user}@{DOMAIN}>\r\n"
+        f"Call-ID: {i}-bench@{PEER[0]}\r\nCSeq: {cseq} REGISTER\r\n"
+        f"Contact: <sip:{user}@{PEER[0]}:{PEER[1]}>\r\n{authorization}"
+        "Expires: 3600\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def credentials(i: int, nonce: str, password: str = "secret") -> str:
+    """SIPp's Authorization header for user ``i`` (qop=auth, MD5)."""
+    username, uri = f"user{i:05d}@{DOMAIN}", f"sip:{DOMAIN}"
+    ha1 = hashlib.md5(f"{username}:{DOMAIN}:{password}".encode()).hexdigest()
+    ha2 = hashlib.md5(f"REGISTER:{uri}".encode()).hexdigest()
+    response = hashlib.md5(f"{ha1}:{nonce}:00000001:6b8b4567:auth:{ha2}".encode()).hexdigest()
+    return (
+        f'Authorization: Digest username="{username}",realm="{DOMAIN}",cnonce="6b8b4567",'
+        f'nc=00000001,qop=auth,uri="{uri}",nonce="{nonce}",response="{response}",algorithm=MD5\r\n'
+    )
+
+
+# -- mutations ---------------------------------------------------------------------------------------
+COMPACT = {"Via": "v", "From": "f", "To": "t", "Call-ID": "i", "Contact": "m", "Content-Length": "l"}
+EXTRA = [
+    "Require: path", "Require: foo", "Route: <sip:ims.example.test;lr>",
+    "Route: <sip:elsewhere.test;lr>",
+    "Supported: path, gruu, outbound", "Supported: gruu", "Path: <sip:pcscf.test;lr>",
+    "User-Agent: softphone 1.0", "Allow: INVITE, ACK, BYE", "Proxy-Require: foo", "Expires: 60",
+    "Authorization: Digest username=\"x\"", "Authorization: Basic Zm9vOmJhcg==",
+    "Content-Type: text/plain",
+    "P-Access-Network-Info: 3GPP-UTRAN-TDD; utran-cell-id-3gpp=23456789ABCDE",
+    "X-Odd: \x01", "Max-Forwards: 10", "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-second",
+]  # fmt: skip
+VALUES: dict[str, list[str]] = {
+    "Via": [
+        "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-x;rport",
+        "SIP/2.0/UDP 127.0.0.1:5999;rport;branch=z9hG4bK-x",
+        "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-x;received=10.1.1.1",
+        "SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK-x", "SIP/2.0/UDP 127.0.0.1:0;branch=z9hG4bK-x",
+        "SIP/2.0/UDP 127.0.0.1:70000;branch=z9hG4bK-x", "SIP/2.0/UDP 10.9.9.9:5999;branch=z9hG4bK-x",
+        "SIP/2.0/UDP host.test:5999;branch=z9hG4bK-x", "SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK-x",
+        "SIP/2.0/udp 127.0.0.1:5999;branch=z9hG4bK-x", "SIP/2.0/UDP 127.0.0.1:5999;branch=x-2543",
+        "SIP/2.0/UDP 127.0.0.1:5999;branch=Z9HG4BK-x", "SIP/2.0/UDP 127.0.0.1:5999",
+        "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-x, SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-y",
+        "SIP/2.0/UDP 127.000.0.1:5999;branch=z9hG4bK-x", "SIP/3.0/UDP 127.0.0.1:5999;branch=z9hG4bK-x",
+        "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-x;maddr=10.0.0.1",
+    ],
+    "From": [
+        "<sip:user00001@ims.example.test>", "sip:user00001@ims.example.test;tag=1",
+        "\"Alice\" <sip:user00001@ims.example.test>;tag=1", "<sip:user00001@ims.example.test>;tag=",
+        "<sip:user00001@-bad->;tag=1", "<sip:user00001@ims.example.test>;tag=a;tag=b",
+        "<tel:+15551234>;tag=1", "<sip:@ims.example.test>;tag=1",
+        "<sip:user00001@ims.example.123>;tag=1",
+    ],
+    "To": [
+        "<sip:user00001@ims.example.test>;tag=abc", "sip:user00001@ims.example.test",
+        "<sip:user00001@IMS.EXAMPLE.TEST>", "<sip:USER00001@ims.example.test>",
+        "<sip:user00001@ims.example.test;user=phone>", "<sip:+15551230001@ims.example.test;user=phone>",
+        "<sip:user99999@ims.example.test>", "<sips:user00001@ims.example.test>", "<tel:+15551230001>",
+        "<mailto:user@ims.example.test>", "<sip:user00001@other.test>",
+        "\"U\" <sip:user00001@ims.example.test>",
+        "<sip:user00001@ims.example.test>;x=1", "<sip:user00001@ims.example.test.>",
+        "<sip:user%30%30001@ims.example.test>", "<sip:user00001@ims.example.test:5060>",
+    ],
+    "Call-ID": ["a b", "x@y@z", "@", "abc@", "k" * 300, "{}[]@host", "1-bench@127.0.0.1"],
+    "CSeq": [
+        "1 INVITE", "0 REGISTER", "4294967296 REGISTER", "01 REGISTER", "1  REGISTER", "1 register",
+        "x REGISTER", "2147483648 REGISTER", "999999999 REGISTER",
+    ],
+    "Max-Forwards": ["0", "255", "256", "-1", "abc", "070", "1"],
+    "Contact": [
+        "*", "<sip:u@127.0.0.1:5999>;expires=0", "<sip:u@127.0.0.1:5999>;expires=10",
+        "<sip:u@127.0.0.1:5999>, <sip:v@127.0.0.1:6000>", "<sip:u@127.0.0.1:5999>;q=0.5",
+        "<sip:u@127.0.0.1:5999>;+sip.instance=\"<urn:uuid:0000-1>\";reg-id=1", "garbage<<",
+        "sip:u@127.0.0.1:5999;expires=20", "<sip:u@127.0.0.1:5999>;expires=abc",
+    ],
+    "Expires": ["0", "10", "-1", "abc", "4294967296", "7200", "59"],
+    "Content-Length": ["5", "00", "abc", "0, 0", "1"],
+}  # fmt: skip
+START = [
+    "REGISTER sip:IMS.EXAMPLE.TEST SIP/2.0", "REGISTER sip:other.test SIP/2.0",
+    "REGISTER sip:ims.example.test:5060 SIP/2.0", "REGISTER sips:ims.example.test SIP/2.0",
+    "REGISTER sip:ims.example.test SIP/2.1", "REGISTER  sip:ims.example.test SIP/2.0",
+    "REGISTER sip:ims.example.test;transport=udp SIP/2.0", "REGISTER sip:u@ims.example.test SIP/2.0",
+    "register sip:ims.example.test SIP/2.0", "REGISTER sip:ims.example.test. SIP/2.0",
+    "REGISTER <sip:ims.example.test> SIP/2.0", "REGISTER sip:127.0.0.1 SIP/2.0",
+]  # fmt: skip
+
+
+def mutate(message: bytes, rng: random.Random) -> bytes:
+    """One or two seeded changes to a REGISTER (the same ``rng`` state gives the same changes to
+    two messages of the same shape)."""
+    head, _, body = message.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    for _ in range(rng.choice((1, 1, 2))):
+        kind = rng.randrange(12)
+        i = rng.randrange(1, len(lines)) if len(lines) > 1 else 0
+        name, sep, value = lines[i].partition(": ")
+        if kind == 0 and len(lines) > 1:
+            del lines[i]
+        elif kind == 1:
+            lines.insert(i, lines[i])
+        elif kind == 2 and len(lines) > 2:
+            j = rng.randrange(1, len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+        elif kind == 3:
+            lines[i] = f"{rng.choice((name.lower(), name.upper(), name.swapcase()))}{sep}{value}"
+        elif kind == 4:
+            lines[i] = f"{COMPACT.get(name, name)}{rng.choice((': ', ':', ' : '))}{value}"
+        elif kind == 5 and len(value) > 4:
+            cut = rng.randrange(1, len(value) - 1)
+            lines[i] = f"{name}{sep}{value[:cut]}\r\n {value[cut:]}"
+        elif kind == 6 and name in VALUES:
+            lines[i] = f"{name}: {rng.choice(VALUES[name])}"
+        elif kind == 7:
+            lines.insert(i, rng.choice(EXTRA))
+        elif kind == 8:
+            lines[0] = rng.choice(START)
+        elif kind == 9:
+            lines[i] = rng.choice((f"{name}:  {value}", f"{name}: {value} ", f"{name}:\t{value}",
+                                   f"{name} : {value}"))  # fmt: skip
+        elif kind == 10:
+            body = rng.choice((b"x", b"\r\n", b"v=0\r\n"))
+        else:
+            text = bytearray("\r\n".join(lines).encode("latin-1"))
+            at = rng.randrange(len(text))
+            text[at] = rng.randrange(256)
+            lines = text.decode("latin-1").split("\r\n")
+    return ("\r\n".join(lines)).encode("latin-1") + b"\r\n\r\n" + body
+
+
+def torture() -> list[bytes]:
+    """The RFC 4475 and RFC 5118 messages that are REGISTERs, each as it is and readdressed to
+    this server (its domain in the Request-URI, To and From, the peer's address in the top Via)."""
+    found: list[bytes] = []
+    for folder in ("rfc4475", "rfc5118"):
+        for path in sorted((CORPUS / folder).glob("*.dat")):
+            data = path.read_bytes()
+            if not data.startswith(b"REGISTER "):
+                continue
+            found.append(data)
+            text = data.decode("latin-1")
+            head, sep, rest = text.partition("\r\n")
+            head = re.sub(r"sip:[^ ]*", f"sip:{DOMAIN}", head, count=1)
+            rest = re.sub(r"@[A-Za-z0-9.-]+\.(com|net|org|example)", f"@{DOMAIN}", rest)
+            via = r"(Via: SIP/2\.0/UDP )[^;:\r\n]+(:\d+)?"
+            rest = re.sub(via, rf"\g<1>{PEER[0]}:{PEER[1]}", rest, count=1)
+            found.append(f"{head}{sep}{rest}".encode("latin-1"))
+    return found
+
+
+# -- two servers -------------------------------------------------------------------------------------
+class Side:
+    """One server and its UDP endpoint, answers taken off ``sendto``."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        transports = server.transports
+        assert transports is not None
+        self.transports = transports
+        self.endpoint = next(iter(transports._endpoints.values()))
+        self.sent: list[bytes] = []
+        self.endpoint.sendto = lambda data, remote: self.sent.append(data)  # type: ignore[method-assign]
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """What the server sends for one datagram from the peer."""
+        self.transports._datagram_received(self.endpoint, data, PEER)
+        out, self.sent[:] = list(self.sent), []
+        return out
+
+
+async def start(subscribers: Path, *, fast: bool, extra_plugins: tuple[object, ...] = ()) -> Side:
+    source, directory = _load_subscribers(str(subscribers))
+    server = Server(
+        _load_profile("default"),
+        listeners=[parse_listen("udp:127.0.0.1:0", any_transport=True)],
+        store_url="memory:",
+        subscribers=MemorySubscriberStore(directory, source),
+        clock=lambda: NOW,
+        extra_plugins=extra_plugins,
+    )
+    server.fast_register = fast
+    await server.start()
+    return Side(server)
+
+
+@pytest.fixture
+def users(tmp_path: Path) -> Path:
+    return write_users(tmp_path, USERS)[1]
+
+
+def masked(answers: list[bytes]) -> list[bytes]:
+    """Nonces (and digests computed from them) and To tags masked."""
+    return [
+        TO_TAG.sub(rb"\1TAG", DIGEST.sub(b'esponse="D', NONCE.sub(b'nonce="N"', a))) for a in answers
+    ]
+
+
+def nonce_of(answers: list[bytes]) -> str | None:
+    for answer in answers:
+        found = NONCE.search(answer)
+        if found is not None:
+            return found.group(0)[7:-1].decode()
+    return None
+
+
+def same(fast: Side, plain: Side, data: bytes, what: str) -> tuple[list[bytes], list[bytes]]:
+    """Feed ``data`` to both; their answers must be the same octets (masked)."""
+    a, b = fast.feed(data), plain.feed(data)
+    assert masked(a) == masked(b), f"{what}: {data!r}\nfast:  {a!r}\nplain: {b!r}"
+    return a, b
+
+
+async def bindings_of(side: Side) -> list[Any]:
+    store = side.server.store
+    assert store is not None
+    every = await store.all()
+    anywhere = [
+        dataclasses.replace(b, flow=FlowInfo(b.flow.transport, b.flow.remote, ("local", 0), None))
+        if b.flow is not None
+        else b
+        for b in every
+    ]
+    return sorted(anywhere, key=lambda b: (b.aor, b.contact))
+
+
+def transactions(side: Side) -> list[tuple[object, ...]]:
+    layer = side.server.core.layer
+    return sorted(
+        (
+            t.method,
+            t.branch or "",
+            t.cseq,
+            t.state.value,
+            tuple(sorted((k, round(v - t.created_at, 1)) for k, v in t.deadlines.items())),
+        )
+        for t in layer.transactions()
+    )
+
+
+def counters(side: Side) -> tuple[object, ...]:
+    counted = side.server.core.counters
+    stats = side.transports.stats.as_dict()
+    return (dict(counted.answered), counted.parse_errors, counted.shed, stats)
+
+
+# -- the tests -----------------------------------------------------------------------------------------
+async def _test_the_specialisation_answers_the_corpus_as_the_general_path(users: Path) -> None:
+    fast, plain = await start(users, fast=True), await start(users, fast=False)
+    assert fast.server._fastreg is not None and plain.server._fastreg is None
+    rng = random.Random(SEED)
+    user = iter(range(USERS))
+    try:
+        # the benchmark's registrations: 401, then 200 with the binding (tags compared unmasked)
+        for _ in range(40):
+            i = next(user)
+            a, b = same(fast, plain, register(i, 1), "first REGISTER")
+            assert a[0].startswith(b"SIP/2.0 401 ") and NONCE.sub(b"", a[0]) == NONCE.sub(b"", b[0])
+            second_a = register(i, 2, credentials(i, nonce_of(a) or ""))
+            second_b = register(i, 2, credentials(i, nonce_of(b) or ""))
+            a, b = fast.feed(second_a), plain.feed(second_b)
+            assert a[0].startswith(b"SIP/2.0 200 ") and a == b
+            # a refresh and a retransmission of it
+            third = register(i, 3, "")
+            same(fast, plain, third, "refresh without credentials")
+            same(fast, plain, third, "its retransmission")
+        # the torture REGISTERs, as they are and readdressed, and mutations of them
+        corpus = torture()
+        assert len(corpus) >= 20
+        for data in corpus:
+            same(fast, plain, data, "torture")
+            for _ in range(3):
+                same(fast, plain, mutate(data, rng), "mutated torture")
+        # mutated first REGISTERs, and mutated credentialed ones from each server's own 401
+        for n in range(600):
+            i = next(user) if n < 300 else rng.randrange(USERS)
+            data = mutate(register(i, 1, branch=f".{n}"), rng)
+            same(fast, plain, data, "mutated first REGISTER")
+        for n in range(300):
+            i = rng.randrange(300, USERS)
+            a, b = same(fast, plain, register(i, 10 + n, branch=f".c{n}"), "first REGISTER")
+            password = "secret" if rng.random() < 0.8 else "wrong"
+            wanted_a = credentials(i, nonce_of(a) or "x", password)
+            wanted_b = credentials(i, nonce_of(b) or "x", password)
+            seed = rng.random()  # the same changes to both servers' messages
+            data_a = mutate(register(i, 11 + n, wanted_a, branch=f".d{n}"), random.Random(seed))
+            data_b = mutate(register(i, 11 + n, wanted_b, branch=f".d{n}"), random.Random(seed))
+            answer_a, answer_b = fast.feed(data_a), plain.feed(data_b)
+            assert masked(answer_a) == masked(answer_b), f"mutated credentials: {data_a!r}"
+        fastreg = fast.server._fastreg
+        assert fastreg is not None and fastreg.challenged >= 300 and fastreg.handed >= 60
+        assert await bindings_of(fast) == await bindings_of(plain)
+        assert len(await bindings_of(fast)) >= 40
+        assert transactions(fast) == transactions(plain)
+        assert counters(fast) == counters(plain)
+        assert len(fast.server._retransmissions) == len(plain.server._retransmissions)
+        # Timer J: every transaction ends when it should, on both
+        later = fast.server.now() + 40
+        fast.server.core.advance(later)
+        plain.server.core.advance(later)
+        assert len(fast.server.core.layer) == len(plain.server.core.layer) == 0
+    finally:
+        await fast.server.stop()
+        await plain.server.stop()
+
+
+async def _test_a_retransmitted_challenge_gets_the_same_octets(users: Path) -> None:
+    fast, plain = await start(users, fast=True), await start(users, fast=False)
+    try:
+        first = fast.feed(register(7, 1))
+        again = fast.feed(register(7, 1))
+        assert len(first) == 1 and first == again
+        assert fast.server.retransmissions == 1
+        assert fast.server._fastreg is not None and fast.server._fastreg.challenged == 1
+        # what the general path sends for it, masked nonce aside, and its To tag
+        general = plain.feed(register(7, 1))
+        assert NONCE.sub(b"", general[0]) == NONCE.sub(b"", first[0])
+        (transaction,) = list(fast.server.core.layer.transactions())
+        assert transaction.state.value == "Completed" and set(transaction.deadlines) == {"J"}
+    finally:
+        await fast.server.stop()
+        await plain.server.stop()
+
+
+class Resolver:
+    """A plugin with an opinion on identities (none, here): the specialisation must step aside."""
+
+    @hookimpl
+    def ims_identity_resolve(self, impu: str, subscribers: list[object]) -> None:
+        return None
+
+
+async def _test_a_plugin_on_the_register_path_turns_the_challenge_path_off(users: Path) -> None:
+    fast = await start(users, fast=True, extra_plugins=(Resolver(),))
+    plain = await start(users, fast=False, extra_plugins=(Resolver(),))
+    try:
+        assert not fast.server.plugins.only_builtin("ims_identity_resolve")
+        assert fast.server.plugins.only_builtin("ims_auth_select_scheme")
+        for i in range(5):
+            a, b = same(fast, plain, register(i, 1), "first REGISTER")
+            second = [register(i, 2, credentials(i, nonce_of(x) or "")) for x in (a, b)]
+            assert masked(fast.feed(second[0])) == masked(plain.feed(second[1]))
+        fastreg = fast.server._fastreg
+        assert fastreg is not None and fastreg.challenged == 0 and fastreg.handed == 10
+        assert await bindings_of(fast) == await bindings_of(plain)
+    finally:
+        await fast.server.stop()
+        await plain.server.stop()
+
+
+async def _test_the_path_is_off_when_switched_off(users: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    side = await start(users, fast=True)
+    try:
+        assert fast_register_for(side.server) is not None
+        monkeypatch.setenv("IMSCORE_FASTREG", "0")
+        assert fast_register_for(side.server) is None
+        side.server.fast_register = False
+        monkeypatch.delenv("IMSCORE_FASTREG")
+        assert fast_register_for(side.server) is None
+    finally:
+        await side.server.stop()
+
+
+def _shapes() -> Iterator[tuple[bytes, bool]]:
+    yield register(1, 1), True
+    yield register(1, 2, credentials(1, "abc")), True
+    yield register(1, 1).replace(b"127.0.0.1:5999;", b"127.0.0.1:5999;rport;"), False
+    yield register(1, 1).replace(b"To: ", b"t: "), False
+    yield register(1, 1).replace(b"Content-Length: 0", b"Content-Length: 1") + b"x", False
+    yield register(1, 1).replace(b"Max-Forwards: 70", b"Max-Forwards: 256"), False
+    yield register(1, 1).replace(b"CSeq: 1 REGISTER", b"CSeq: 1 INVITE"), False
+    yield register(1, 1).replace(b"Expires: 3600\r\n", b"Expires: 3600\r\nRequire: path\r\n"), False
+    yield register(1, 1).replace(b"sip:ims.example.test SIP", b"sip:other.test SIP"), False
+
+
+@pytest.mark.parametrize(("data", "taken"), list(_shapes()))
+def test_the_octet_checks_take_only_what_they_know(data: bytes, taken: bool) -> None:
+    assert (check(data, PEER[0], {DOMAIN}) is not None) is taken
+
+
+
+def test_the_specialisation_answers_the_corpus_as_the_general_path(users: Path) -> None:
+    asyncio.run(_test_the_specialisation_answers_the_corpus_as_the_general_path(users))
+
+
+def test_a_retransmitted_challenge_gets_the_same_octets(users: Path) -> None:
+    asyncio.run(_test_a_retransmitted_challenge_gets_the_same_octets(users))
+
+
+def test_a_plugin_on_the_register_path_turns_the_challenge_path_off(users: Path) -> None:
+    asyncio.run(_test_a_plugin_on_the_register_path_turns_the_challenge_path_off(users))
+
+
+def test_the_path_is_off_when_switched_off(users: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asyncio.run(_test_the_path_is_off_when_switched_off(users, monkeypatch))
