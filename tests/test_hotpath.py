@@ -114,7 +114,9 @@ def test_the_cache_files_a_datagram_under_its_transaction_until_it_terminates() 
     response = request.make_response(200, to_tag="x")
     sends = layer.respond(transaction, response, 1.0)
     assert [s.message for s in sends] == [response]
-    assert [s.message for s in layer.retransmission(transaction, 2.0)] == [response]
+    # re-sent as the octets it went out as (the layer keeps only them)
+    resent = layer.retransmission(transaction, 2.0)
+    assert [s.message.to_bytes() for s in resent] == [response.to_bytes()]
     layer.advance(1.0 + layer.timers.timer_j)
     assert transaction.terminated
     assert layer.retransmission(transaction, 40.0) == []

@@ -8,15 +8,17 @@ once it has answered), but only after the datagram has been parsed, its framing 
 Via stamped and its transaction key computed — as much work as the useful part of a new request.
 
 :class:`RetransmissionCache` remembers, for each live non-INVITE server transaction created from a
-datagram, a digest of the datagram's octets (BLAKE2b, 128 bits) and its flow. A datagram with the same
-octets from the same source on the same socket carries the same top Via (branch and sent-by) and the
-same method, so §17.2.3 matches it to that transaction; the cache finds it with one dictionary look-up
-instead. The digest rather than the octets, because an entry lives as long as its transaction (32 s
-after the answer over UDP): a flood of REGISTERs would otherwise keep every datagram. Two datagrams
-from one source would have to collide in 128 bits to be taken for each other. Entries whose
-transaction has terminated are dropped when they are next looked up, or in a sweep once they
-outnumber the live ones: :meth:`RetransmissionCache.tidy`, which the server calls after its timers
-fire, sweeps when the transactions end even if no datagram arrives any more.
+datagram, a digest of the datagram's octets (BLAKE2b, 128 bits). A datagram with the same octets from
+the same source on the same socket (the transaction's flow) carries the same top Via (branch and
+sent-by) and the same method, so §17.2.3 matches it to that transaction; the cache finds it with one
+dictionary look-up and a comparison of flows instead. The digest rather than the octets, because an
+entry lives as long as its transaction (32 s after the answer over UDP): a flood of REGISTERs would
+otherwise keep every datagram; and the digest alone as the key, the flow being the transaction's
+(the same octets from another flow are left to the parser, which finds the transaction just as
+well). Two datagrams from one source would have to collide in 128 bits to be taken for each other.
+Entries whose transaction has terminated are dropped when they are next looked up, or in a sweep
+once they outnumber the live ones: :meth:`RetransmissionCache.tidy`, which the server calls after
+its timers fire, sweeps when the transactions end even if no datagram arrives any more.
 
 INVITE and ACK are left to the normal path (an ACK is not a retransmission of anything, and an INVITE
 server transaction's answers to retransmissions belong to the proxy's state machine).
@@ -39,11 +41,8 @@ SWEEP_MIN: Final = 4096
 #: terminated entries :meth:`RetransmissionCache.tidy` leaves for the next sweep
 TIDY_SLACK: Final = 256
 
-_Key = tuple[bytes, Flow]
-
-
-def _key(data: bytes, flow: Flow) -> _Key:
-    return blake2b(data, digest_size=16).digest(), flow
+def _digest(data: bytes) -> bytes:
+    return blake2b(data, digest_size=16).digest()
 
 
 class RetransmissionCache:
@@ -55,8 +54,10 @@ class RetransmissionCache:
 
     def __init__(self, layer: TransactionLayer[Flow]) -> None:
         self._layer = layer
-        self._entries: dict[_Key, ServerTransaction[Flow]] = {}
-        self._pending: _Key | None = None
+        #: digest of a datagram -> the transaction it created (on the datagram's flow)
+        self._entries: dict[bytes, ServerTransaction[Flow]] = {}
+        #: the digest and flow of the datagram last looked up in vain, for :meth:`remember`
+        self._pending: tuple[bytes, Flow] | None = None
         self._sweep_at = SWEEP_MIN
 
     def __len__(self) -> int:
@@ -65,25 +66,31 @@ class RetransmissionCache:
     def lookup(self, data: bytes, flow: Flow) -> ServerTransaction[Flow] | None:
         """The live transaction a datagram retransmits, or ``None``; on ``None`` the datagram is kept
         as the candidate for the next :meth:`remember` (the transport parses it and hands it on)."""
-        key = _key(data, flow)
+        key = _digest(data)
         transaction = self._entries.get(key)
         if transaction is not None:
-            if not transaction.terminated:
+            if transaction.terminated:
+                del self._entries[key]
+            elif transaction.flow == flow:
                 return transaction
-            del self._entries[key]
-        self._pending = key
+        self._pending = key, flow
         return None
 
     def remember(self, request: Request, flow: Flow, find: Callable[[Request], object]) -> None:
         """After ``request`` went through the transaction layer: if it was parsed from the datagram
-        last looked up (same flow), file that datagram under the server transaction ``find`` gives."""
-        key, self._pending = self._pending, None
-        if key is None or key[1] != flow or request.method in ("ACK", "INVITE"):
+        last looked up (same flow), file that datagram under the server transaction ``find`` gives,
+        when that transaction is of this flow."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending[1] != flow or request.method in ("ACK", "INVITE"):
             return
         transaction = find(request)
-        if not isinstance(transaction, ServerTransaction) or transaction.terminated:
+        if (
+            not isinstance(transaction, ServerTransaction)
+            or transaction.terminated
+            or transaction.flow != flow  # matched one made on another flow: the parser's case
+        ):
             return
-        self._entries[key] = transaction
+        self._entries[pending[0]] = transaction
         if len(self._entries) >= self._sweep_at:
             self._sweep()
 

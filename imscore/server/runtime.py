@@ -677,10 +677,10 @@ class Server:
         assert transports is not None
         for send in sends:
             try:
-                if isinstance(send.message, Response):
-                    transports.send_response(send.message, send.flow)
-                else:
+                if isinstance(send.message, Request):
                     transports.send(send.message, send.flow)
+                else:  # a Response, or the SentResponse a server transaction re-sends
+                    transports.send_response(send.message, send.flow)
             except TransportError as exc:
                 log.info("cannot send on %s: %s", send.flow, exc)
                 if send.transaction is not None:

@@ -24,9 +24,11 @@ what it matches on when it is created, so a proxy may reuse the received request
 A non-INVITE server transaction over UDP lives Timer J (32 s) after its final response, only to
 answer retransmissions with that response, so it keeps no more than that (a flood of REGISTERs each
 leaves one behind): it lets go of its request when the final response is sent, and once that
-response has gone out (at the layer's next call) the response keeps only the octets of its header
-section, which it parses again should it be sent again. The object stays the TU's :class:`Response`,
-and its bytes on the wire do not change.
+response has gone out (at the layer's next call) it keeps the response only as the octets that went
+out, a :class:`SentResponse`. The first :class:`Send` of a final response carries the TU's
+:class:`Response`; a retransmitted request is answered with a :class:`Send` of that
+:class:`SentResponse`, which the transport sends as a response (its ``top_via`` says where), and
+whose bytes on the wire are the first answer's.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ __all__ = [
     "RequestReceived",
     "ResponseReceived",
     "Send",
+    "SentResponse",
     "ServerTransaction",
     "StrayResponse",
     "TimerConfig",
@@ -83,6 +86,11 @@ FlowT = TypeVar("FlowT")
 Key = tuple[object, ...]
 
 _COMPACT_MIN: Final = 64  # stale timer entries tolerated before the heap is rebuilt
+#: one int object per sent-by port seen in server transaction keys (the few ports of the next hops
+#: come back in every key, and each parse makes a new int); no more are added once it holds
+#: _PORTS_MAX, and keys then keep their own
+_PORTS: Final[dict[int, int]] = {}
+_PORTS_MAX: Final = 1024
 #: the timer dict of every non-INVITE server transaction: always empty (Timer J, their only timer,
 #: is queued by the layer), shared, never written to
 _NO_TIMERS: Final[dict[str, tuple[float, int]]] = {}
@@ -181,15 +189,60 @@ class TimerConfig:
 
 
 # --- outputs --------------------------------------------------------------------------------------
+class SentResponse(bytes):
+    """A response as it went out: its octets (status line, header section, empty line, body).
+
+    What a Completed non-INVITE server transaction keeps of its final response once the transport
+    has sent it, to answer retransmitted requests with the very same octets (RFC 3261 §17.2.2):
+    the octets alone, with no :class:`Response` and header objects around them (tens of thousands
+    of transactions wait for Timer J under load). It is a :class:`bytes` (equal to the octets); the
+    transport sends it as it sends a :class:`Response`: :meth:`to_bytes` is what goes on the wire
+    and :attr:`top_via` (read from the octets on each use) says where a response over UDP goes
+    (§18.2.2). :meth:`parse` gives the response back as a receiver would read it.
+    """
+
+    __slots__ = ()
+
+    is_request: ClassVar[bool] = False
+
+    @property
+    def status(self) -> int:
+        """The status code (the octets after ``SIP/2.0``)."""
+        return int(self[8:11])
+
+    def to_bytes(self) -> bytes:
+        """The octets, as they went out the first time."""
+        return self
+
+    def parse(self) -> Response:
+        """The response these octets are (read again on each call; its header fields are split on
+        first use, as those of a response read off the wire)."""
+        end = self.index(b"\r\n")  # the status line's (it holds no line break: see _as_sent)
+        head = self.index(b"\r\n\r\n", end)  # the header section's (it holds no empty line)
+        _, code, reason = self[:end].decode("utf-8", "surrogateescape").split(" ", 2)
+        section = Headers._from_section(self[end + 2 : head + 2])
+        return Response(int(code), reason, section, self[head + 4 :], received=True)
+
+    @property
+    def top_via(self) -> Via:
+        """The top Via (parsed from the octets on each use)."""
+        return self.parse().top_via
+
+    def __repr__(self) -> str:
+        return f"<SentResponse {self.status}, {len(self)} octets>"
+
+
 @dataclass(frozen=True, slots=True)
 class Send(Generic[FlowT]):
     """Hand ``message`` to the transport, to be sent on ``flow``.
 
     ``transaction`` is the transaction that sends it; a transport that fails to send reports
-    that with :meth:`TransactionLayer.transport_error`.
+    that with :meth:`TransactionLayer.transport_error`. A response is a :class:`Response`, or the
+    :class:`SentResponse` a Completed non-INVITE server transaction re-sends to a retransmitted
+    request (send either to the response's top Via, RFC 3261 §18.2.2).
     """
 
-    message: Request | Response
+    message: Request | Response | SentResponse
     flow: FlowT
     transaction: Transaction[FlowT] | None = None
 
@@ -379,22 +432,21 @@ def _same_hop_request(method: str, request: Request, to_source: Message) -> Requ
     return Request(method, request.uri.copy(), headers)
 
 
-def _slim(response: Response) -> None:
-    """Let a response that was sent keep only its header section's octets (parsed again on use).
+def _as_sent(response: Response) -> Response | SentResponse:
+    """A final response that was sent, as its octets (see :class:`SentResponse`).
 
-    Left as it is when it was not serialised since it last changed (nothing to keep then), is slim
-    already, or its header section would not parse back (a TU may have written a header value with
-    a line break in it): its bytes on the wire never change.
+    Left as it is when its octets would not read back as the same status line and header fields
+    (a TU may have written a reason phrase or a header value with a line break in it): then the
+    Response is what is sent again. The bytes on the wire are the same either way.
     """
-    headers = response.headers
-    raw = headers.raw
-    if not raw or headers._pending is not None:
-        return
+    reason = response.reason
+    if "\r" in reason or "\n" in reason:
+        return response
     try:
-        Headers._from_section(raw).check()
+        Headers._from_section(response.headers.to_bytes()).check()  # serialised: kept, not redone
     except SipError:
-        return
-    response.headers = Headers._from_section(raw)  # the sent octets, kept once and sent as they are
+        return response
+    return SentResponse(response.to_bytes())
 
 
 def _lower(text: str | None) -> str | None:
@@ -420,13 +472,15 @@ def _server_key(request: Request, method: str) -> Key:
     if branch is not None and is_rfc3261_branch(branch):
         host, port = via.sent_by_key()
         lowered = branch.lower()
-        # the transaction keeps the branch as written too: one string when they are the same
-        # host and method interned: tens of thousands of transactions from a few hosts share them
+        # host, port and method shared: tens of thousands of transactions from a few hosts
+        shared = _PORTS.get(port)
+        if shared is None and len(_PORTS) < _PORTS_MAX:
+            shared = _PORTS[port] = port
         return (
             "3261",
             branch if lowered == branch else lowered,
             sys.intern(host),
-            port,
+            port if shared is None else shared,
             sys.intern(method),
         )
     return (
@@ -482,8 +536,9 @@ class Transaction(Generic[FlowT]):
     go of it, ``None``, once its final response is sent), ``flow`` where it sends, ``reliable``
     whether that transport is reliable, ``state`` a :class:`TransactionState`, ``branch`` the top
     Via branch of the request (``None`` for an RFC 2543 request), ``cseq`` its CSeq number,
-    ``response`` the last response received (client) or sent (server), ``key`` what it is matched
-    by. Transactions are made by the :class:`TransactionLayer`.
+    ``response`` the last response received (client) or sent (server; a Completed non-INVITE
+    server transaction keeps its final response as a :class:`SentResponse` once it went out),
+    ``key`` what it is matched by. Transactions are made by the :class:`TransactionLayer`.
     """
 
     # tens of thousands are alive under load (every one over UDP for 32 s after its answer)
@@ -526,7 +581,7 @@ class Transaction(Generic[FlowT]):
         self.branch: str | None = folded if isinstance(folded, str) else request.top_via.branch
         self.cseq = request.cseq.seq
         self.state = _TRYING
-        self.response: Response | None = None
+        self.response: Response | SentResponse | None = None
         self._layer = layer
         self._timers: dict[str, tuple[float, int]] = {}
         self._interval = 0.0
@@ -602,6 +657,7 @@ class ClientTransaction(Transaction[FlowT]):
     ) -> None:
         super().__init__(layer, request, flow, reliable, now, key)
         self.request: Request = request
+        self.response: Response | None = None
         self.ack: Request | None = None
 
     def _start(self, now: float) -> list[Output[FlowT]]:
@@ -789,6 +845,7 @@ class InviteServerTransaction(ServerTransaction[FlowT]):
         key: Key,
     ) -> None:
         super().__init__(layer, request, flow, reliable, now, key)
+        self.response: Response | None = None
         self._ack_key: Key | None = None
 
     def _start(self, now: float, auto_trying: bool) -> list[Output[FlowT]]:
@@ -864,11 +921,12 @@ class NonInviteServerTransaction(ServerTransaction[FlowT]):
     further final responses from the TU are discarded; Timer J) -> Terminated.
 
     In Completed it needs only its key, flow, final response and Timer J: it drops its request then,
-    and the final response is slimmed to its octets once sent (see the module's notes); a terminated
-    one drops its response too. Timer J, its only timer, waits in the layer's first-in first-out
-    queue of J deadlines (every one is ``now + timer_j``), not in the timer heap, and its deadline
-    is kept in ``_interval`` and its place among timers started at the same time in ``_j_seq``: no
-    timer dict and no heap entry of its own (about 350 octets less for each of tens of thousands).
+    and keeps the final response as a :class:`SentResponse` once it went out (see the module's
+    notes); a terminated one drops its response too. Timer J, its only timer, waits in the layer's
+    first-in first-out queue of J deadlines (every one is ``now + timer_j``), not in the timer
+    heap, and its deadline is kept in ``_interval`` and its place among timers started at the same
+    time in ``_j_seq``: no timer dict and no heap entry of its own (about 350 octets less for each
+    of tens of thousands).
     """
 
     __slots__ = ("_j_seq",)
@@ -901,8 +959,6 @@ class NonInviteServerTransaction(ServerTransaction[FlowT]):
         response = self.response
         if response is None or (self.state is not _PROCEEDING and self.state is not _COMPLETED):
             return []
-        if self.state is _COMPLETED:
-            self._layer._to_slim.append(response)  # sending parses it again: slim it again after
         return [Send(response, self.flow, self)]
 
     def _respond(self, response: Response, now: float) -> list[Output[FlowT]]:
@@ -918,7 +974,7 @@ class NonInviteServerTransaction(ServerTransaction[FlowT]):
         if self.reliable:  # Timer J is 0: terminated at once
             out += self._fire("J", now)
             return out
-        self._layer._to_slim.append(response)  # once the transport has sent it
+        self._layer._to_slim.append(self)  # its response, once the transport has sent it
         duration = self._layer.timers.timer_j
         if duration <= 0:
             out += self._fire("J", now)
@@ -970,9 +1026,9 @@ class TransactionLayer(Generic[FlowT]):
         #: Completed non-INVITE server transactions waiting for Timer J, in the order of their
         #: (deadline, start) (each deadline is now + timer_j: appended in order as time goes on)
         self._timer_j: deque[NonInviteServerTransaction[FlowT]] = deque()
-        #: final responses of non-INVITE server transactions sent since the last call, to be
-        #: slimmed at the next one (by then the transport has serialised them)
-        self._to_slim: list[Response] = []
+        #: non-INVITE server transactions whose final response was sent since the last call: they
+        #: keep it as a SentResponse from the next one on (by then the transport has sent it)
+        self._to_slim: list[NonInviteServerTransaction[FlowT]] = []
 
     def __len__(self) -> int:
         """How many transactions are alive."""
@@ -1219,9 +1275,12 @@ class TransactionLayer(Generic[FlowT]):
 
     # -- internals ---------------------------------------------------------------------------------
     def _slim_sent(self) -> None:
-        """Slim the final responses sent since the last call (see :func:`_slim`)."""
-        for response in self._to_slim:
-            _slim(response)
+        """Let the transactions that sent a final response since the last call keep it as its
+        octets (see :func:`_as_sent`)."""
+        for server in self._to_slim:
+            response = server.response
+            if server.state is _COMPLETED and isinstance(response, Response):
+                server.response = _as_sent(response)
         self._to_slim.clear()
 
     def _schedule(self, transaction: Transaction[FlowT], name: str, deadline: float) -> None:

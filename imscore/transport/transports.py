@@ -33,6 +33,7 @@ from imscore.sip import (
     KeepAlive,
     Request,
     Response,
+    SentResponse,
     SipError,
     StreamEvent,
     StreamFramer,
@@ -555,7 +556,7 @@ class Transports:
         return connection.flow
 
     # -- sending -----------------------------------------------------------------------------------
-    def send(self, message: Request | Response, flow: Flow) -> None:
+    def send(self, message: Request | Response | SentResponse, flow: Flow) -> None:
         """Write ``message.to_bytes()`` on a flow.
 
         UDP: sent to ``flow.remote`` (an IP literal) from the socket bound at ``flow.local``.
@@ -567,8 +568,11 @@ class Transports:
         self._send_bytes(message.to_bytes(), flow)
         self.stats.sent += 1
 
-    def send_response(self, response: Response, flow: Flow) -> None:
+    def send_response(self, response: Response | SentResponse, flow: Flow) -> None:
         """Send the response to a request that arrived on ``flow`` (RFC 3261 §18.2.2, RFC 3581).
+
+        ``response`` is a :class:`Response`, or the :class:`~imscore.sip.SentResponse` a server
+        transaction re-sends (its octets as they went out the first time), sent the same way.
 
         Reliable flows: on the same connection. When that connection has closed, a new one is opened
         to the top Via's ``received`` (else sent-by host) at its ``rport`` (else sent-by port, else
@@ -611,7 +615,7 @@ class Transports:
             )
         self.send(response, Flow("udp", flow.local, (host, port)))
 
-    def _respond_later(self, response: Response, flow: Flow) -> None:
+    def _respond_later(self, response: Response | SentResponse, flow: Flow) -> None:
         """§18.2.2 fallback: the connection of the request is gone; open one to the Via and answer."""
         try:
             via = response.top_via
