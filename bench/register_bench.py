@@ -1194,7 +1194,9 @@ def main(argv: list[str] | None = None) -> int:
             "kept": keep,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "host": f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "options": {k: v for k, v in vars(args).items() if k != "sipp"},
+            "options": {
+                k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "sipp"
+            },
             "targets": targets,
             "searches": {t: s.as_dict() for t, s in searches.items()},
             "cpu_rate": cpu_rate,
