@@ -14,7 +14,7 @@ import hashlib
 import ipaddress
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -164,8 +164,14 @@ class Registrar:
 
     async def register(self, request: Request, flow: FlowInfo, now: float) -> RegisterOutcome:
         """Process one REGISTER; never raises for bad input (it becomes a status)."""
+        return await self._guarded(request, self._register(request, flow, now))
+
+    async def _guarded(
+        self, request: Request, work: Coroutine[Any, Any, RegisterOutcome]
+    ) -> RegisterOutcome:
+        """The outcome of ``work`` for ``request``, bad input and an HSS's trouble as a status."""
         try:
-            return await self._register(request, flow, now)
+            return await work
         except SipError as error:
             return RegisterOutcome(self._reply(request, error.status, error.phrase))
         except StoreUnavailable as exc:  # the HSS (.remote) is down or silent: come back later
@@ -280,13 +286,10 @@ class Registrar:
                 )
                 self.authenticator.offer(subscriber.impi, fetched)
                 result = self._authenticate(request, credentials, subscriber, now)
-        if result.outcome is AuthOutcome.CHALLENGE:
-            assert result.challenge is not None
-            response = self._reply(request, 401, None, [("WWW-Authenticate", result.challenge)])
-            return RegisterOutcome(response)
-        if result.outcome is AuthOutcome.BAD_REQUEST:
-            return RegisterOutcome(self._reply(request, 400, result.reason))
-        if result.outcome in (AuthOutcome.FORBIDDEN, AuthOutcome.NEED_CREDENTIALS) or subscriber is None:
+        refused = self._refused(request, result)
+        if refused is not None:
+            return refused
+        if subscriber is None:
             return RegisterOutcome(self._reply(request, 403, result.reason))
         if self.remote is not None:  # the HSS's profile (SAR/SAA) for the rest of the REGISTER
             if not _deregistering(request):
@@ -304,7 +307,61 @@ class Registrar:
             return RegisterOutcome(self._reply(request, 403, "The IMPU is in no implicit set"))
         if resolved is None or resolved[0].impi != subscriber.impi:
             return RegisterOutcome(self._reply(request, 403, "The IMPI does not own this IMPU"))
-        implicit_set = resolved[1]
+        return await self._store(request, subscriber, resolved[1], flow, now)
+
+    def _refused(self, request: Request, result: AuthResult) -> RegisterOutcome | None:
+        """The answer to a REGISTER whose credentials were not accepted (challenge, 400, 403), or
+        ``None`` when they were."""
+        if result.outcome is AuthOutcome.CHALLENGE:
+            assert result.challenge is not None
+            response = self._reply(request, 401, None, [("WWW-Authenticate", result.challenge)])
+            return RegisterOutcome(response)
+        if result.outcome is AuthOutcome.BAD_REQUEST:
+            return RegisterOutcome(self._reply(request, 400, result.reason))
+        if result.outcome in (AuthOutcome.FORBIDDEN, AuthOutcome.NEED_CREDENTIALS):
+            return RegisterOutcome(self._reply(request, 403, result.reason))
+        return None
+
+    async def register_known(
+        self,
+        request: Request,
+        credentials: Any,
+        subscriber: Subscriber,
+        implicit_set: ImplicitSet,
+        flow: FlowInfo,
+        now: float,
+    ) -> RegisterOutcome:
+        """What :meth:`register` does for a REGISTER whose Digest ``credentials`` (with a
+        response) name ``subscriber``, whose To that subscriber owns unbarred in ``implicit_set``
+        (what ``ims_identity_resolve`` answers), when the subscriber store holds no credentials of
+        its own: check the credentials, then steps 5-7. Never raises for bad input. For a caller
+        that made sure of all that itself (:mod:`imscore.server.fastreg`)."""
+        return await self._guarded(
+            request, self._known(request, credentials, subscriber, implicit_set, flow, now)
+        )
+
+    async def _known(
+        self,
+        request: Request,
+        credentials: Any,
+        subscriber: Subscriber,
+        implicit_set: ImplicitSet,
+        flow: FlowInfo,
+        now: float,
+    ) -> RegisterOutcome:
+        refused = self._refused(request, self._authenticate(request, credentials, subscriber, now))
+        if refused is not None:
+            return refused
+        return await self._store(request, subscriber, implicit_set, flow, now)
+
+    async def _store(
+        self,
+        request: Request,
+        subscriber: Subscriber,
+        implicit_set: ImplicitSet,
+        flow: FlowInfo,
+        now: float,
+    ) -> RegisterOutcome:
         # what a binding keeps or the answer echoes must parse before anything is stored (the
         # headers a registrar has no use for are not read: RFC 3261 §8.2 asks no more)
         for hop in request.path:

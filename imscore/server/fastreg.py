@@ -33,9 +33,14 @@ the same functions), filed in the retransmission cache, challenged by the regist
 (:meth:`~imscore.server.core.ServerCore.respond`: counters, Timer J) and the server's sending path,
 the 401's octets written straight from the request's lines as
 :meth:`~imscore.sip.message.Request.make_response` would write them (the same deterministic To tag
-as the registrar's). A REGISTER with credentials skips only the transport's checks and the core's
-sorting: the request built the same way goes to the server's deferred-request path, which decides
-as it does for every other REGISTER.
+as the registrar's). A REGISTER with credentials skips the transport's checks and the core's
+sorting, and, when the subscriber store is the memory one without an HSS and only the builtin
+implements ``ims_identity_resolve``, the registrar's preamble too: the subscriber of the Digest
+username and the implicit set its unbarred To resolves to (the builtin's answer) are found here,
+and the server's deferred-request path runs
+:meth:`~imscore.registrar.register.Registrar.register_known` (check the credentials, then store and
+answer, as :meth:`~imscore.registrar.register.Registrar.register` goes on) instead of
+``register``. Every other checked REGISTER goes to the deferred-request path as it is.
 
 Equality with the general path is what ``tests/test_fastreg_differential.py`` shows: the same corpus
 (the torture messages that are REGISTERs, the benchmark's, seeded mutations of both) through a
@@ -48,22 +53,27 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final
 
+from imscore.plugin import builtin
+from imscore.registrar import FlowInfo
 from imscore.registrar.authenticator import AuthOutcome, AuthResult
-from imscore.sip import CSeq, Request, Response
+from imscore.registrar.identity import phone_number
+from imscore.sip import CSeq, Request, Response, SipError
 from imscore.sip.grammar import CALL_ID_RE
 from imscore.sip.headers import parse_cseq, parse_via
 from imscore.sip.message import Headers
 from imscore.sip.transaction import RequestReceived, ServerTransaction
-from imscore.subscribers import MemorySubscriberStore, Subscriber
+from imscore.subscribers import MemorySubscriberStore, Subscriber, SubscriberDirectory
 from imscore.transport import Flow
 
 from .outcomes import registrar_outcome, source_of
 
 if TYPE_CHECKING:
-    from .runtime import Server
+    from imscore.registrar.register import RegisterOutcome
+
+    from .runtime import Decide, Server
 
 __all__ = ["DISABLE_ENV", "TAKEN", "FastRegister", "fast_register_for"]
 
@@ -89,6 +99,8 @@ TAKEN: Final[dict[bytes, str]] = {
 _REQUIRED: Final = frozenset({"via", "from", "to", "call-id", "cseq", "content-length"})
 #: hooks whose builtin answer the challenge path takes for granted
 _HOOKS: Final = ("ims_identity_resolve", "ims_auth_select_scheme")
+#: the hook whose builtin answer a REGISTER with credentials takes for granted
+_RESOLVE: Final = ("ims_identity_resolve",)
 
 _START: Final = re.compile(rb"REGISTER sip:([A-Za-z0-9.-]{1,253}) SIP/2\.0")
 #: a header value: visible ASCII and spaces, none at either end
@@ -282,7 +294,7 @@ class FastRegister:
         self,
         server: Server,
         remember: Callable[[Request, Flow, Callable[[Request], object]], None],
-        deferred: Callable[[ServerTransaction[Flow], Request, Flow], None],
+        deferred: Callable[[ServerTransaction[Flow], Request, Flow, Decide | None], None],
     ) -> None:
         assert server.registrar is not None and server.transports is not None
         self.server = server
@@ -293,9 +305,11 @@ class FastRegister:
         self.max_size = server.transports.max_message_size
         self._remember = remember
         self._deferred = deferred
-        #: REGISTERs challenged here, and REGISTERs handed to the deferred path after the checks
+        #: REGISTERs challenged here, REGISTERs handed to the deferred path after the checks, and
+        #: of those the ones whose subscriber and implicit set were found here
         self.challenged = 0
         self.handed = 0
+        self.known = 0
 
     def take(self, data: bytes, flow: Flow) -> bool:
         """Handle one datagram if it is one this path knows; ``False``, with nothing done, if not."""
@@ -305,7 +319,12 @@ class FastRegister:
         if checked is None:
             return False
         request = build_request(checked)
-        subscriber = None if checked.authorized else self._challengeable(checked, request)
+        decide: Decide | None = None
+        subscriber: Subscriber | None = None
+        if checked.authorized:
+            decide = self._decider(request)
+        else:
+            subscriber = self._challengeable(checked, request)
         layer = self.layer
         if layer.find_server(request) is not None:
             return False  # it matches a live transaction: the general path says what that does
@@ -321,7 +340,9 @@ class FastRegister:
         self._remember(request, flow, lambda _: transaction)
         if subscriber is None:
             self.handed += 1
-            self._deferred(transaction, request, flow)
+            if decide is not None:
+                self.known += 1
+            self._deferred(transaction, request, flow, decide)
             return True
         started = server.now()
         result = self.authenticator.challenge_for(subscriber, server.clock(), request=request)
@@ -336,20 +357,65 @@ class FastRegister:
             outcomes.finished(registrar_outcome(request, response, source, now - started), now)
         return True
 
-    def _challengeable(self, checked: _Checked, request: Request) -> Subscriber | None:
-        """The subscriber a REGISTER without credentials is challenged for here (with Digest), or
-        ``None`` when this path cannot be sure the general path would answer just that."""
+    def _directory(self, hooks: tuple[str, ...]) -> SubscriberDirectory | None:
+        """The subscribers, when they are a memory store's without credentials of an HSS and no
+        plugin but the builtin implements ``hooks`` (so their answers are the builtin's)."""
         registrar = self.registrar
         store = registrar.subscribers
         if type(store) is not MemorySubscriberStore or registrar.remote is not None:
             return None
-        authenticator = self.authenticator
-        if authenticator.remote_credentials:
+        if self.authenticator.remote_credentials:
             return None
         only = getattr(registrar.plugins, "only_builtin", None)
-        if only is None or not all(only(name) for name in _HOOKS):
+        if only is None or not all(only(name) for name in hooks):
             return None
-        subscriber = store.directory.by_impu(checked.to)
+        return store.directory
+
+    def _decider(self, request: Request) -> Decide | None:
+        """For a REGISTER with credentials: ``Registrar.register`` with what it would find before
+        checking them (the subscriber of the Digest username, the implicit set the To resolves
+        to) found here, or ``None`` when this path is not sure of it (the registrar decides it all
+        then). Only parses the request (its own), touching no state."""
+        directory = self._directory(_RESOLVE)
+        if directory is None:
+            return None
+        try:
+            credentials = next((c for c in request.authorization if c.is_digest), None)
+            to_uri = request.to.uri
+        except SipError:
+            return None
+        if credentials is None or not credentials.get("response"):
+            return None
+        username = credentials.get("username")
+        if not username or phone_number(to_uri) is not None:
+            return None
+        subscriber = directory.by_impi(username)
+        if subscriber is None or subscriber.is_barred(to_uri):
+            return None
+        # the builtin ims_identity_resolve, as resolve_identity asks it: the subscriber's set
+        resolved = builtin.ims_identity_resolve(
+            impu=str(to_uri), subscribers=[subscriber.hook_record()]
+        )
+        if resolved is None or resolved.subscriber.impi != subscriber.impi or not resolved.implicit_set:
+            return None
+        implicit_set = subscriber.implicit_set_of(resolved.implicit_set[0])
+        if implicit_set is None:
+            return None
+        known = self.registrar.register_known
+
+        def decide(request: Request, flow: FlowInfo, now: float) -> Coroutine[Any, Any, RegisterOutcome]:
+            return known(request, credentials, subscriber, implicit_set, flow, now)
+
+        return decide
+
+    def _challengeable(self, checked: _Checked, request: Request) -> Subscriber | None:
+        """The subscriber a REGISTER without credentials is challenged for here (with Digest), or
+        ``None`` when this path cannot be sure the general path would answer just that."""
+        directory = self._directory(_HOOKS)
+        if directory is None:
+            return None
+        authenticator = self.authenticator
+        subscriber = directory.by_impu(checked.to)
         if subscriber is None or authenticator.scheme_for(subscriber, request) != "digest":
             return None
         return subscriber

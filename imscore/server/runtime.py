@@ -45,7 +45,12 @@ from .retransmit import RetransmissionCache
 from .thirdparty import ThirdPartyRegistration
 
 if TYPE_CHECKING:
+    from imscore.registrar.register import RegisterOutcome
+
     from .workers import WorkerSetup
+
+#: decides a REGISTER as ``Registrar.register`` does (request, flow, now -> its outcome)
+Decide = Callable[[Request, FlowInfo, float], Coroutine[Any, Any, "RegisterOutcome"]]
 
 __all__ = ["Server", "ServerError", "client_tls_context_for", "run_until_signalled", "tls_context_for"]
 
@@ -524,11 +529,15 @@ class Server:
             transaction, request = self.core.waiting.pop(0)
             self.defer(transaction, request, flow)
 
-    def defer(self, transaction: Any, request: Request, flow: Flow) -> None:
-        """Answer a deferred request (the registrar's, or one the proxy takes)."""
+    def defer(
+        self, transaction: Any, request: Request, flow: Flow, decide: Decide | None = None
+    ) -> None:
+        """Answer a deferred request (the registrar's, or one the proxy takes); ``decide`` stands
+        for ``Registrar.register`` (imscore.server.fastreg passes what it made sure of)."""
         # started on this stack, a task only if it waits: the built-in stores never do, so a
         # REGISTER is answered without a task per request (see imscore.server.eager)
-        task = start_eagerly(self._register(transaction, request, flow), asyncio.get_running_loop())
+        answer = self._register(transaction, request, flow, decide)
+        task = start_eagerly(answer, asyncio.get_running_loop())
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -554,12 +563,14 @@ class Server:
         self._emit(self.core.receive_retransmission(transaction, self._now()))
         return True
 
-    async def _register(self, transaction: Any, request: Request, flow: Flow) -> None:
+    async def _register(
+        self, transaction: Any, request: Request, flow: Flow, decide: Decide | None = None
+    ) -> None:
         """A deferred request: REGISTER and reg-event SUBSCRIBE go to the registrar (answer, send
         NOTIFYs); the proxy takes every other one."""
         started = self._now()
         try:
-            response = await self._handle_deferred(transaction, request, flow)
+            response = await self._handle_deferred(transaction, request, flow, decide)
         except SipError as error:  # one guard: a header first read deep inside is still a status
             response = self._refuse(transaction, request, error)
         if response is not None and self.outcomes.active:
@@ -610,10 +621,11 @@ class Server:
         return response
 
     async def _handle_deferred(
-        self, transaction: Any, request: Request, flow: Flow
+        self, transaction: Any, request: Request, flow: Flow, decide: Decide | None = None
     ) -> Response | None:
         """Answer (or hand to the proxy) one deferred request; the registrar's final response,
-        ``None`` when the proxy took the request (it reports its own outcomes)."""
+        ``None`` when the proxy took the request (it reports its own outcomes). A REGISTER is
+        decided by ``decide`` when given, else by ``Registrar.register``."""
         assert self.registrar is not None
         if self.proxying is not None and not self.proxying.is_registrar_request(request):
             await self.proxying.handle(transaction, request, flow)
@@ -627,7 +639,8 @@ class Server:
                 contact = f"<sip:{host}:{port};transport={flow.transport}>"
                 response, notes = await self.registrar.subscribe(request, info, contact, self.clock())
             else:
-                outcome = await self.registrar.register(request, info, self.clock())
+                register = self.registrar.register if decide is None else decide
+                outcome = await register(request, info, self.clock())
                 response, notes = outcome.response, outcome.notifications
         except SipError:
             raise  # the request's fault: its status (the guard in _register answers it)
