@@ -25,7 +25,13 @@ import pytest
 from test_serve import Served, options, udp_exchange
 
 from imscore.profile import Listener
-from imscore.server.workers import check_workers, worker_for, worker_of_datagram
+from imscore.server.workers import (
+    MAX_UNSENT,
+    check_workers,
+    send_lines,
+    worker_for,
+    worker_of_datagram,
+)
 from imscore.sip import Request, Response, parse_datagram
 from imscore.transport.relay import pack, unpack
 
@@ -79,6 +85,36 @@ def test_a_handed_over_datagram_keeps_its_listener_source_and_octets() -> None:
     assert unpack(pack(1, b"", ("10.0.0.1", 9))) == (1, b"", ("10.0.0.1", 9))
     assert unpack(b"\x00\x13") is None  # shorter than a header
     assert unpack(b"\x00\x13\xc4\x09127.0") is None  # the host cut short
+
+
+def test_control_lines_wait_for_room_whole_and_in_order() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        ours.setblocking(False)
+        unsent = bytearray()
+        lines = [f"changed sip:user{n}@{DOMAIN}\n".encode() for n in range(20_000)]
+        for line in lines:  # far more than the socket buffers hold while nobody reads
+            assert send_lines(ours, unsent, line)
+        assert unsent, "the socket buffers took 20,000 lines?"
+        received = bytearray()
+        theirs.settimeout(5.0)
+        deadline = time.monotonic() + 20
+        while unsent and time.monotonic() < deadline:  # the reader reads; the rest goes out
+            received += theirs.recv(1 << 20)
+            assert send_lines(ours, unsent, b"")
+        assert not unsent
+        theirs.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while chunk := theirs.recv(1 << 20):
+                received += chunk
+        assert bytes(received) == b"".join(lines)
+        # beyond MAX_UNSENT octets waiting, new lines are dropped whole
+        held = bytearray(b"x" * (MAX_UNSENT - 10) + b"\n")
+        assert send_lines(theirs, held, b"0123456789abcdef\n") and not held.endswith(b"abcdef\n")
+    finally:
+        ours.close()
+        theirs.close()
+    assert send_lines(ours, bytearray(), b"ready\n") is False  # the channel is gone
 
 
 def test_call_ids_spread_over_the_workers() -> None:

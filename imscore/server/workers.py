@@ -56,7 +56,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from imscore.profile import Listener
@@ -78,6 +78,8 @@ _CALL_ID_RE: Final = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.I
 UDP_RECEIVE_BUFFER: Final = 8 * 1024 * 1024
 #: the line the parent sends every worker once all are ready: read the shared sockets from now on
 SERVE: Final = b"serve"
+#: octets of control lines held for a channel that is full, beyond which further lines are dropped
+MAX_UNSENT: Final = 1024 * 1024
 #: seconds the workers have to start, and to stop before they are killed
 START_TIMEOUT: Final = 60.0
 STOP_TIMEOUT: Final = 5.0
@@ -114,6 +116,26 @@ def worker_of_datagram(data: bytes, workers: int) -> int:
     end = data.find(b"\r\n\r\n")
     found = _CALL_ID_RE.search(data, 0, len(data) if end < 0 else end)
     return 0 if found is None else worker_for(found.group(1), workers)
+
+
+def send_lines(sock: socket.socket, unsent: bytearray, lines: bytes) -> bool:
+    """Write whole lines on a non-blocking control channel, after what an earlier call could not
+    write (``unsent``, which keeps what this one cannot, up to :data:`MAX_UNSENT` octets: beyond that
+    ``lines`` are dropped whole, never cut). Returns ``False`` when the channel is gone."""
+    if len(unsent) + len(lines) > MAX_UNSENT:
+        lines = b""  # (the channel has been full for a long while: these news are lost)
+    unsent += lines
+    if not unsent:
+        return True
+    try:
+        sent = sock.send(unsent)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        unsent.clear()
+        return False
+    del unsent[:sent]
+    return True
 
 
 def read_lines(sock: socket.socket, partial: bytearray) -> list[bytes] | None:
@@ -187,6 +209,8 @@ class WorkerSetup:
         self.control.setblocking(False)
         self._server = server
         self._lines = bytearray()
+        self._unsent = bytearray()
+        self._news: list[bytes] = []
         asyncio.get_running_loop().add_reader(self.control.fileno(), self._control_readable)
         self._send(b"ready\n")
 
@@ -200,6 +224,7 @@ class WorkerSetup:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self.control.fileno())
+            asyncio.get_running_loop().remove_writer(self.control.fileno())
         if self._shared is not None:
             self._shared.stop()
             log.info(
@@ -214,13 +239,26 @@ class WorkerSetup:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _tell_changed(self, aor: str, news: SetNews = ORDINARY) -> None:
-        self._send(worker_line(aor, news) + b"\n")
+        # the news of one turn of the loop goes in one write (one wake-up of the parent for a
+        # batch of registrations, not one each)
+        self._news.append(worker_line(aor, news) + b"\n")
+        if len(self._news) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_news)
 
-    def _send(self, line: bytes) -> None:
-        try:
-            self.control.send(line)
-        except OSError as exc:  # the parent is gone or the channel is full: news lost, serving goes on
-            log.info("worker %d: cannot tell the parent %r: %s", self.index, line[:60], exc)
+    def _flush_news(self) -> None:
+        news, self._news = self._news, []
+        self._send(b"".join(news))
+
+    def _send(self, lines: bytes) -> None:
+        waiting = bool(self._unsent)
+        if not send_lines(self.control, self._unsent, lines):  # news lost, serving goes on
+            log.info("worker %d: cannot tell the parent %r: it is gone", self.index, lines[:60])
+        elif self._unsent and not waiting:  # the channel is full: the rest once it has room
+            asyncio.get_running_loop().add_writer(self.control.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        if not send_lines(self.control, self._unsent, b"") or not self._unsent:
+            asyncio.get_running_loop().remove_writer(self.control.fileno())
 
     def _control_readable(self) -> None:
         lines = read_lines(self.control, self._lines)
@@ -292,6 +330,8 @@ class _Worker:
     control: socket.socket
     lines: bytearray
     ready: bool = False
+    #: control lines not yet written to it (its channel was full)
+    unsent: bytearray = field(default_factory=bytearray)
 
 
 def _bind(listener: Listener) -> socket.socket:
@@ -432,8 +472,7 @@ class _Parent:
                 self.selector.register(worker.control, selectors.EVENT_READ, ("control", worker))
             if self._wait_ready():
                 for worker in self.family:
-                    with contextlib.suppress(OSError):  # (one gone: _reap tells)
-                        worker.control.send(SERVE + b"\n")
+                    self._tell(worker, SERVE + b"\n")
                 addresses = " ".join(self.addresses)
                 pids = ", ".join(str(w.pid) for w in self.family)
                 log.info(
@@ -525,10 +564,13 @@ class _Parent:
             events = self.selector.select(timeout)
         except InterruptedError:
             return
-        for key, _mask in events:
+        for key, mask in events:
             kind, worker = key.data
             if kind == "control":
-                self._control(worker)
+                if mask & selectors.EVENT_READ:
+                    self._control(worker)
+                if mask & selectors.EVENT_WRITE:
+                    self._tell(worker, b"")
             else:
                 with contextlib.suppress(OSError):
                     while self._wake_r.recv(4096):
@@ -540,14 +582,26 @@ class _Parent:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(worker.control)
             return
+        news = []
         for line in lines:
             if line == b"ready":
                 worker.ready = True
-            elif parse_worker_line(line) is not None:  # news: passed on as it came
-                for other in self.family:
-                    if other is not worker:
-                        with contextlib.suppress(OSError):  # full or gone: that news is lost
-                            other.control.send(line + b"\n")
+            elif parse_worker_line(line) is not None:  # news: passed on as it came, in one write
+                news.append(line + b"\n")
+        if news:
+            told = b"".join(news)
+            for other in self.family:
+                if other is not worker:
+                    self._tell(other, told)
+
+    def _tell(self, worker: _Worker, lines: bytes) -> None:
+        """Write lines to a worker, watching its channel for room while some wait."""
+        waiting = bool(worker.unsent)
+        send_lines(worker.control, worker.unsent, lines)  # (gone: _reap will tell)
+        if bool(worker.unsent) != waiting:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if worker.unsent else 0)
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.modify(worker.control, events, ("control", worker))
 
 
 def _spelled(sock: socket.socket) -> str:
