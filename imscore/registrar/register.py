@@ -691,6 +691,20 @@ class Registrar:
         bindings: Sequence[StoredBinding],
         now: float,
     ) -> Response:
+        headers = self.ok_headers(request, subscriber, implicit_set, bindings, now)
+        return self._reply(request, 200, None, headers)
+
+    def ok_headers(
+        self,
+        request: Request,
+        subscriber: Subscriber,
+        implicit_set: ImplicitSet,
+        bindings: Sequence[StoredBinding],
+        now: float,
+    ) -> list[tuple[str, object]]:
+        """The header fields of the 200 OK to a stored REGISTER, after the ones copied from the
+        request: the set's bindings, P-Associated-URI, Service-Route, Path, Supported, what RFC
+        5626 asks, Date."""
         gruu = "gruu" in [t.lower() for t in request.supported]
         headers: list[tuple[str, object]] = [
             (
@@ -714,7 +728,7 @@ class Registrar:
             elif any(through_outbound_edge(request, c) for c in request.contacts):
                 headers.append(("Require", "outbound"))  # the edge proxy keeps the flow alive
         headers.append(("Date", _http_date(now)))
-        return self._reply(request, 200, None, headers)
+        return headers
 
 
 _date_cache: tuple[int, str] = (-1, "")

@@ -20,12 +20,15 @@ the retransmission cache did not recognise (the transport's ``datagram_shortcut`
   general path would refuse, stamp or read differently does not pass these checks.
 - the transaction: the request must create a new server transaction (a request matching a live one
   goes the general way).
-- the decision, for a REGISTER without credentials (half of every registration's datagrams): the
-  To names a subscriber of the memory subscriber store that would be challenged with Digest, no
-  plugin but the builtin implements ``ims_identity_resolve`` or ``ims_auth_select_scheme``, hook
-  calls are not traced, and the subscriber store holds no credentials of its own (no Cx HSS).
 
-A REGISTER without credentials is then answered here: its server transaction is made by the
+A REGISTER that passed these is this path's; what it decides here rather than hand to the server's
+deferred-request path (the registrar's general handling) is checked next, again before any state
+is touched. A REGISTER without credentials (half of every registration's datagrams) is challenged
+here when its To names a subscriber of the memory subscriber store that would be challenged with
+Digest, no plugin but the builtin implements ``ims_identity_resolve`` or
+``ims_auth_select_scheme`` (:meth:`~imscore.plugin.manager.ImsPluginManager.only_builtin`, asked
+per datagram: hook calls are not traced either), and the subscriber store holds no credentials of
+its own (no Cx HSS). Its server transaction is made by the
 transaction layer (:meth:`~imscore.sip.transaction.TransactionLayer.receive`) from a request built
 from the checked lines (the same header fields the parser would give, the Via and CSeq parsed by
 the same functions), filed in the retransmission cache, challenged by the registrar's own
@@ -36,11 +39,19 @@ the 401's octets written straight from the request's lines as
 as the registrar's). A REGISTER with credentials skips the transport's checks and the core's
 sorting, and, when the subscriber store is the memory one without an HSS and only the builtin
 implements ``ims_identity_resolve``, the registrar's preamble too: the subscriber of the Digest
-username and the implicit set its unbarred To resolves to (the builtin's answer) are found here,
-and the server's deferred-request path runs
-:meth:`~imscore.registrar.register.Registrar.register_known` (check the credentials, then store and
-answer, as :meth:`~imscore.registrar.register.Registrar.register` goes on) instead of
-``register``. Every other checked REGISTER goes to the deferred-request path as it is.
+username and the implicit set its unbarred To resolves to (the builtin's answer) are found here.
+When it registers one plain contact (``<sip:user@IPv4:port>``) on a binding store of this process
+(memory or SQLite: their calls never wait), it is registered here, without the deferred path's
+coroutines: the credentials checked by the authenticator, the expiry, the binding, the CSeq order,
+the ``ims_binding_policy_apply`` hook (asked as the registrar asks it, whoever implements it), the
+merge, the store's save, the reg-event and third-party news all by the registrar's own pieces in
+the order ``Registrar._bind`` takes them, and the answer (the 200 OK's header fields from
+:meth:`~imscore.registrar.register.Registrar.ok_headers`, a refusal's status and reason) written
+from the request's lines; the deferred path's guards (a header that does not parse, a store
+error, a failure) answer as there. Otherwise the deferred-request path runs
+:meth:`~imscore.registrar.register.Registrar.register_known` (the same steps, with the store's
+calls awaited) instead of ``register``; every other checked REGISTER goes to the deferred-request
+path as it is.
 
 Equality with the general path is what ``tests/test_fastreg_differential.py`` shows: the same corpus
 (the torture messages that are REGISTERs, the benchmark's, seeded mutations of both) through a
@@ -51,21 +62,27 @@ then the binding stores, counters and transaction state.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from imscore.plugin import builtin
 from imscore.registrar import FlowInfo
 from imscore.registrar.authenticator import AuthOutcome, AuthResult
 from imscore.registrar.identity import phone_number
-from imscore.sip import CSeq, Request, Response, SipError
+from imscore.registrar.model import StoredBinding
+from imscore.registrar.outbound import first_hop_lacks_outbound
+from imscore.registrar.store import MemoryBindingStore, SqliteBindingStore
+from imscore.sip import Contact, CSeq, Request, Response, SipError
 from imscore.sip.grammar import CALL_ID_RE
 from imscore.sip.headers import parse_cseq, parse_via
 from imscore.sip.message import Headers
 from imscore.sip.transaction import RequestReceived, ServerTransaction
-from imscore.subscribers import MemorySubscriberStore, Subscriber, SubscriberDirectory
+from imscore.store import StoreError
+from imscore.subscribers import ImplicitSet, MemorySubscriberStore, Subscriber, SubscriberDirectory
 from imscore.transport import Flow
 
 from .outcomes import registrar_outcome, source_of
@@ -81,19 +98,19 @@ __all__ = ["DISABLE_ENV", "TAKEN", "FastRegister", "fast_register_for"]
 DISABLE_ENV: Final = "IMSCORE_FASTREG"
 
 #: the header names a datagram may carry (each once, spelled so) and their keys
-TAKEN: Final[dict[bytes, str]] = {
-    b"Via": "via",
-    b"Max-Forwards": "max-forwards",
-    b"From": "from",
-    b"To": "to",
-    b"Call-ID": "call-id",
-    b"CSeq": "cseq",
-    b"Contact": "contact",
-    b"Expires": "expires",
-    b"Authorization": "authorization",
-    b"User-Agent": "user-agent",
-    b"Allow": "allow",
-    b"Content-Length": "content-length",
+TAKEN: Final[dict[str, str]] = {
+    "Via": "via",
+    "Max-Forwards": "max-forwards",
+    "From": "from",
+    "To": "to",
+    "Call-ID": "call-id",
+    "CSeq": "cseq",
+    "Contact": "contact",
+    "Expires": "expires",
+    "Authorization": "authorization",
+    "User-Agent": "user-agent",
+    "Allow": "allow",
+    "Content-Length": "content-length",
 }
 #: the ones a datagram must carry
 _REQUIRED: Final = frozenset({"via", "from", "to", "call-id", "cseq", "content-length"})
@@ -101,26 +118,38 @@ _REQUIRED: Final = frozenset({"via", "from", "to", "call-id", "cseq", "content-l
 _HOOKS: Final = ("ims_identity_resolve", "ims_auth_select_scheme")
 #: the hook whose builtin answer a REGISTER with credentials takes for granted
 _RESOLVE: Final = ("ims_identity_resolve",)
+#: binding stores whose calls never wait (they run on this thread)
+_STORES: Final = (MemoryBindingStore, SqliteBindingStore)
 
-_START: Final = re.compile(rb"REGISTER sip:([A-Za-z0-9.-]{1,253}) SIP/2\.0")
-#: a header value: visible ASCII and spaces, none at either end
-_VALUE: Final = re.compile(rb"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
-_OCTET: Final = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4: Final = _OCTET + rb"(?:\." + _OCTET + rb"){3}"
-_LABEL: Final = rb"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_TOP: Final = rb"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST: Final = rb"(?:(?:" + _LABEL + rb"\.)*" + _TOP + rb"|" + _IPV4 + rb")"
-_TOKEN: Final = rb"[A-Za-z0-9.!%*_+`'~-]{1,128}"
-_VIA: Final = re.compile(
-    rb"SIP/2\.0/UDP (" + _IPV4 + rb"):([1-9][0-9]{0,4});branch=(z9hG4bK[A-Za-z0-9.!%*_+`'~-]{1,120})"
+#: the server's logger: the guards' lines are the deferred path's
+log = logging.getLogger("imscore.server")
+
+_T = TypeVar("_T")
+
+#: the start line and header lines of a datagram this path may take: visible ASCII, one space
+#: after each name's colon, no white space at either end of a value, no empty value
+_HEAD: Final = re.compile(
+    rb"REGISTER sip:[A-Za-z0-9.-]{1,253} SIP/2\.0"
+    rb"(?:\r\n[A-Za-z-]{1,20}: [\x21-\x7e](?:[\x20-\x7e]{0,2000}[\x21-\x7e])?){1,40}"
 )
-_USER: Final = rb"[A-Za-z0-9._-]{1,64}"
-_FROM: Final = re.compile(rb"<sip:" + _USER + rb"@" + _HOST + rb">;tag=" + _TOKEN)
-_TO: Final = re.compile(rb"<sip:(" + _USER + rb"@" + _HOST + rb")>")
-_CSEQ: Final = re.compile(rb"([1-9][0-9]{0,8}) REGISTER")
-_MAX_FORWARDS: Final = re.compile(rb"25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]")
-
-_CRLF: Final = b"\r\n"
+_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4: Final = _OCTET + r"(?:\." + _OCTET + r"){3}"
+_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_TOP: Final = r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST: Final = r"(?:(?:" + _LABEL + r"\.)*" + _TOP + r"|" + _IPV4 + r")"
+_TOKEN: Final = r"[A-Za-z0-9.!%*_+`'~-]{1,128}"
+_VIA: Final = re.compile(
+    r"SIP/2\.0/UDP (" + _IPV4 + r"):([1-9][0-9]{0,4});branch=(z9hG4bK[A-Za-z0-9.!%*_+`'~-]{1,120})"
+)
+_USER: Final = r"[A-Za-z0-9._-]{1,64}"
+_FROM: Final = re.compile(r"<sip:" + _USER + r"@" + _HOST + r">;tag=" + _TOKEN)
+_TO: Final = re.compile(r"<sip:(" + _USER + r"@" + _HOST + r")>")
+_CSEQ: Final = re.compile(r"([1-9][0-9]{0,8}) REGISTER")
+_MAX_FORWARDS: Final = re.compile(r"25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]")
+#: a Contact this path registers itself: one plain SIP URI of an IPv4 address and port
+_CONTACT: Final = re.compile(r"<sip:" + _USER + r"@" + _IPV4 + r":[1-9][0-9]{0,4}>")
+#: where the Request-URI's host starts in the start line
+_HOST_AT: Final = len("REGISTER sip:")
 
 
 def to_tag(branch: str, call_id: str, cseq: int) -> str:
@@ -131,27 +160,35 @@ def to_tag(branch: str, call_id: str, cseq: int) -> str:
 
 
 class _Checked:
-    """What the octet checks found in one datagram."""
+    """What the octet checks found in one datagram: its start line and header section as received,
+    its header fields as the parser splits them (keys, and name, value and line of each), the
+    values by key, and the Request-URI host, branch, Call-ID, CSeq number and To URI."""
 
-    __slots__ = ("authorized", "branch", "call_id", "cseq", "fields", "host", "lines", "start", "to")
+    __slots__ = (
+        "authorized", "branch", "call_id", "cseq", "fields", "host", "items", "keys", "section",
+        "start", "to",
+    )  # fmt: skip
 
     def __init__(
         self,
         start: bytes,
+        section: bytes,
+        keys: list[str],
+        items: list[tuple[str, str, str | None]],
+        fields: dict[str, str],
         host: str,
-        lines: list[bytes],
-        fields: dict[str, bytes],
         branch: str,
-        call_id: str,
         cseq: int,
         to: str,
     ) -> None:
         self.start = start
-        self.host = host
-        self.lines = lines
+        self.section = section
+        self.keys = keys
+        self.items = items
         self.fields = fields
+        self.host = host
         self.branch = branch
-        self.call_id = call_id
+        self.call_id = fields["call-id"]
         self.cseq = cseq
         self.to = to
         self.authorized = "authorization" in fields
@@ -161,50 +198,50 @@ def check(data: bytes, source: str, domains: frozenset[str] | set[str]) -> _Chec
     """The checks of the octets (see the module's notes), for a datagram from ``source`` (an IPv4
     address as the socket gives it); ``None`` when one fails."""
     head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep or body:
+    if not sep or body or _HEAD.fullmatch(head) is None:
         return None
-    lines = head.split(_CRLF)
-    start = _START.fullmatch(lines[0])
-    if start is None:
-        return None
-    host = start.group(1).decode("ascii")
+    lines = head.decode("ascii").split("\r\n")
+    start = lines[0]
+    host = start[_HOST_AT:-8]  # before " SIP/2.0"
     if host.lower().rstrip(".") not in domains:
         return None
-    fields: dict[str, bytes] = {}
+    keys: list[str] = []
+    items: list[tuple[str, str, str | None]] = []
+    fields: dict[str, str] = {}
     taken = TAKEN.get
-    value_ok = _VALUE.fullmatch
     for line in lines[1:]:
-        name, sep, value = line.partition(b": ")
+        name, _, value = line.partition(": ")
         key = taken(name)
-        if key is None or key in fields or not sep or value_ok(value) is None:
+        if key is None or key in fields:
             return None
         fields[key] = value
-    if not _REQUIRED.issubset(fields) or fields["content-length"] != b"0":
+        keys.append(key)
+        items.append((name, value, line))
+    if not _REQUIRED.issubset(fields) or fields["content-length"] != "0":
         return None
     via = _VIA.fullmatch(fields["via"])
-    if via is None or via.group(1).decode("ascii") != source or int(via.group(2)) > 65535:
+    if via is None or via.group(1) != source or int(via.group(2)) > 65535:
         return None
     if _FROM.fullmatch(fields["from"]) is None:
         return None
     to = _TO.fullmatch(fields["to"])
     cseq = _CSEQ.fullmatch(fields["cseq"])
-    if to is None or cseq is None:
+    if to is None or cseq is None or CALL_ID_RE.fullmatch(fields["call-id"]) is None:
         return None
     forwards = fields.get("max-forwards")
     if forwards is not None and _MAX_FORWARDS.fullmatch(forwards) is None:
         return None
-    call_id = fields["call-id"].decode("ascii")
-    if CALL_ID_RE.fullmatch(call_id) is None:
-        return None
+    cut = len(start) + 2
     return _Checked(
-        lines[0],
-        host,
-        lines[1:],
+        head[: cut - 2],
+        head[cut:] + b"\r\n",
+        keys,
+        items,
         fields,
-        via.group(3).decode("ascii"),
-        call_id,
+        host,
+        via.group(3),
         int(cseq.group(1)),
-        "sip:" + to.group(1).decode("ascii"),
+        "sip:" + to.group(1),
     )
 
 
@@ -213,22 +250,11 @@ def build_request(checked: _Checked) -> Request:
     value and line as received, split as the parser splits them) and start line, with what the
     transport's framing checks would have parsed (top Via, CSeq, Call-ID, Max-Forwards,
     Content-Length) already in its cache, parsed by the same functions."""
-    keys: list[str] = []
-    items: list[tuple[str, str, str | None]] = []
-    section: list[bytes] = []
-    taken = TAKEN
-    for line in checked.lines:
-        name, _, value = line.partition(b": ")
-        text = line.decode("ascii")
-        keys.append(taken[name])
-        items.append((name.decode("ascii"), value.decode("ascii"), text))
-        section.append(line)
-        section.append(_CRLF)
-    headers = Headers._from_parsed(keys, items, b"".join(section))
+    headers = Headers._from_parsed(checked.keys, checked.items, checked.section)
     fields = checked.fields
     cache = headers.cache
-    cache["top_via"] = parse_via(fields["via"].decode("ascii"))
-    cache["cseq"] = parse_cseq(fields["cseq"].decode("ascii"))
+    cache["top_via"] = parse_via(fields["via"])
+    cache["cseq"] = parse_cseq(fields["cseq"])
     cache["call-id"] = checked.call_id
     forwards = fields.get("max-forwards")
     cache["max-forwards"] = None if forwards is None else int(forwards)
@@ -236,25 +262,19 @@ def build_request(checked: _Checked) -> Request:
     return Request("REGISTER", f"sip:{checked.host}", headers, received_start=checked.start)
 
 
-def response_section(checked: _Checked, header: tuple[str, str] | None) -> bytes:
+def response_section(checked: _Checked, headers: Sequence[tuple[str, object]]) -> bytes:
     """The header section of the registrar's answer to the checked REGISTER, as
     :meth:`~imscore.sip.message.Request.make_response` writes it with the registrar's To tag and at
-    most one header of its own: Via, From, To (with the tag), Call-ID and CSeq as received, in that
-    order, then the header and ``Content-Length: 0``."""
+    its own header fields: Via, From, To (with the tag), Call-ID and CSeq as received, in that
+    order, then ``headers`` and ``Content-Length: 0``."""
     fields = checked.fields
     tag = to_tag(checked.branch, checked.call_id, checked.cseq)
-    parts = [
-        b"Via: ", fields["via"], _CRLF,
-        b"From: ", fields["from"], _CRLF,
-        b"To: ", fields["to"], b";tag=", tag.encode("ascii"), _CRLF,
-        b"Call-ID: ", fields["call-id"], _CRLF,
-        b"CSeq: ", fields["cseq"], _CRLF,
-    ]  # fmt: skip
-    if header is not None:
-        name, value = header
-        parts += [name.encode("ascii"), b": ", value.encode("utf-8", "surrogateescape"), _CRLF]
-    parts.append(b"Content-Length: 0\r\n")
-    return b"".join(parts)
+    extra = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    text = (
+        f"Via: {fields['via']}\r\nFrom: {fields['from']}\r\nTo: {fields['to']};tag={tag}\r\n"
+        f"Call-ID: {fields['call-id']}\r\nCSeq: {fields['cseq']}\r\n{extra}Content-Length: 0\r\n"
+    )
+    return text.encode("utf-8", "surrogateescape")
 
 
 def answer(
@@ -262,12 +282,12 @@ def answer(
     request: Request,
     status: int,
     reason: str | None,
-    header: tuple[str, str] | None = None,
+    headers: Sequence[tuple[str, object]] = (),
 ) -> Response:
     """The registrar's answer (``Registrar._reply``) as a :class:`Response` holding its octets, as a
     sent response is kept, with the top Via, CSeq and Call-ID that the transaction layer and the
     transport read already parsed (copies of the request's, as ``make_response`` hands them over)."""
-    section = response_section(checked, header)
+    section = response_section(checked, headers)
     # received=True: the section ends with its Content-Length already (none is to be added)
     response = Response(status, reason, Headers._from_section(section), received=True)
     cache, asked = response.headers.cache, request.headers.cache
@@ -279,6 +299,41 @@ def answer(
     return response
 
 
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What the registrar would find for a REGISTER with credentials before checking them."""
+
+    credentials: Any
+    subscriber: Subscriber
+    implicit_set: ImplicitSet
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    """What steps 5 and 6 would read for a REGISTER of one plain contact: its Contact, the set's
+    AOR and live bindings, and the registrar's ``now``."""
+
+    contact: Contact
+    aor: str
+    stored: list[StoredBinding]
+    now: float
+
+
+class _Waits(Exception):
+    """A store call that was to finish at once waited."""
+
+
+def _at_once(call: Coroutine[Any, Any, _T]) -> _T:
+    """The result of a coroutine that does not wait (a memory or SQLite store's call), run here;
+    :class:`_Waits` (the coroutine closed) when it would have."""
+    try:
+        call.send(None)
+    except StopIteration as done:
+        return cast(_T, done.value)
+    call.close()
+    raise _Waits
+
+
 class FastRegister:
     """The specialisation for one started server (see the module's notes); made by
     :func:`fast_register_for`.
@@ -287,7 +342,8 @@ class FastRegister:
     :param remember: files a datagram's request under its server transaction (the retransmission
         cache's ``remember``).
     :param deferred: starts the general handling of a deferred request (the server's REGISTER path,
-        as for a request the core put in its ``waiting`` list).
+        as for a request the core put in its ``waiting`` list), with what stands for
+        ``Registrar.register`` if not that.
     """
 
     def __init__(
@@ -305,9 +361,10 @@ class FastRegister:
         self.max_size = server.transports.max_message_size
         self._remember = remember
         self._deferred = deferred
-        #: REGISTERs challenged here, REGISTERs handed to the deferred path after the checks, and
-        #: of those the ones whose subscriber and implicit set were found here
+        #: REGISTERs challenged here; registered (or refused) here; handed to the deferred path
+        #: after the checks, and of those the ones whose subscriber and set were found here
         self.challenged = 0
+        self.bound = 0
         self.handed = 0
         self.known = 0
 
@@ -319,10 +376,13 @@ class FastRegister:
         if checked is None:
             return False
         request = build_request(checked)
-        decide: Decide | None = None
+        known: _Known | None = None
+        binding: _Binding | None = None
         subscriber: Subscriber | None = None
         if checked.authorized:
-            decide = self._decider(request)
+            known = self._known(request)
+            if known is not None:
+                binding = self._binding(checked, request, known)
         else:
             subscriber = self._challengeable(checked, request)
         layer = self.layer
@@ -338,24 +398,48 @@ class FastRegister:
         assert len(outputs) == 1 and isinstance(created, RequestReceived)
         transaction = created.transaction
         self._remember(request, flow, lambda _: transaction)
+        if binding is not None:
+            assert known is not None
+            self.bound += 1
+            self._register(transaction, checked, request, flow, known, binding)
+            return True
         if subscriber is None:
             self.handed += 1
+            decide = None if known is None else self._decide(known)
             if decide is not None:
                 self.known += 1
             self._deferred(transaction, request, flow, decide)
             return True
         started = server.now()
         result = self.authenticator.challenge_for(subscriber, server.clock(), request=request)
-        response = self._response(checked, request, result)
-        server.emit(server.core.respond(transaction, response, server.now()))
-        response.headers.cache.clear()  # kept for Timer J as its octets only, as a slimmed one is
+        response = self._refusal(checked, request, result)
+        assert response is not None  # a Digest subscriber is challenged
+        self._answer(transaction, request, response, flow, (), started)
         self.challenged += 1
+        return True
+
+    def _answer(
+        self,
+        transaction: ServerTransaction[Flow],
+        request: Request,
+        response: Response,
+        flow: Flow,
+        notes: tuple[tuple[Request, FlowInfo], ...],
+        started: float,
+    ) -> None:
+        """Send the registrar's answer as the deferred path does: through the core, then the
+        reg-event NOTIFYs, then the outcome."""
+        server = self.server
+        if not transaction.terminated:
+            server.emit(server.core.respond(transaction, response, server.now()))
+        response.headers.cache.clear()  # kept for Timer J as its octets only, as a slimmed one is
+        if notes:
+            server.notify(notes)
         outcomes = server.outcomes
         if outcomes.active:
             source = source_of(flow.transport, flow.remote)
             now = server.now()
             outcomes.finished(registrar_outcome(request, response, source, now - started), now)
-        return True
 
     def _directory(self, hooks: tuple[str, ...]) -> SubscriberDirectory | None:
         """The subscribers, when they are a memory store's without credentials of an HSS and no
@@ -371,11 +455,10 @@ class FastRegister:
             return None
         return store.directory
 
-    def _decider(self, request: Request) -> Decide | None:
-        """For a REGISTER with credentials: ``Registrar.register`` with what it would find before
-        checking them (the subscriber of the Digest username, the implicit set the To resolves
-        to) found here, or ``None`` when this path is not sure of it (the registrar decides it all
-        then). Only parses the request (its own), touching no state."""
+    def _known(self, request: Request) -> _Known | None:
+        """For a REGISTER with credentials: what ``Registrar.register`` would find before checking
+        them (the subscriber of the Digest username, the implicit set the To resolves to), or
+        ``None`` when this path is not sure of it. Only parses the request (its own)."""
         directory = self._directory(_RESOLVE)
         if directory is None:
             return None
@@ -401,12 +484,116 @@ class FastRegister:
         implicit_set = subscriber.implicit_set_of(resolved.implicit_set[0])
         if implicit_set is None:
             return None
-        known = self.registrar.register_known
+        return _Known(credentials, subscriber, implicit_set)
+
+    def _decide(self, known: _Known) -> Decide:
+        """``Registrar.register`` with what was found here (``Registrar.register_known``)."""
+        register_known = self.registrar.register_known
 
         def decide(request: Request, flow: FlowInfo, now: float) -> Coroutine[Any, Any, RegisterOutcome]:
-            return known(request, credentials, subscriber, implicit_set, flow, now)
+            return register_known(
+                request, known.credentials, known.subscriber, known.implicit_set, flow, now
+            )
 
         return decide
+
+    def _binding(self, checked: _Checked, request: Request, known: _Known) -> _Binding | None:
+        """For a REGISTER with credentials of a known subscriber: what steps 5 and 6 would read,
+        when it registers one plain contact (``<sip:user@IPv4:port>``, no parameters) on a store
+        of this process (memory, SQLite) that answered at once; else ``None``. Reads the store."""
+        registrar = self.registrar
+        store = registrar.bindings
+        if type(store) not in _STORES or self.server.store is not store:
+            return None
+        value = checked.fields.get("contact")
+        if value is None or _CONTACT.fullmatch(value) is None:
+            return None
+        try:
+            contacts = request.contacts
+            request.expires  # noqa: B018  # (the registrar reads it before storing)
+        except SipError:
+            return None
+        (contact,) = contacts
+        if first_hop_lacks_outbound(request, contact):
+            return None
+        aor = known.implicit_set.default.aor
+        now = self.server.clock()
+        try:
+            loaded = _at_once(store.load(aor))
+        except (_Waits, StoreError):
+            return None
+        return _Binding(contact, aor, [b for b in loaded if not b.expired(now)], now)
+
+    def _register(
+        self,
+        transaction: ServerTransaction[Flow],
+        checked: _Checked,
+        request: Request,
+        flow: Flow,
+        known: _Known,
+        binding: _Binding,
+    ) -> None:
+        """The deferred path's handling of the REGISTER, and the registrar's, for one plain
+        contact: check the credentials, steps 6 and 7, store, answer; with the same guards
+        (a header that does not parse: its status; the store failing: 503; anything else: 500)."""
+        server = self.server
+        started = server.now()
+        info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
+        notes: tuple[tuple[Request, FlowInfo], ...] = ()
+        try:
+            try:
+                response, notes = self._store(checked, request, info, known, binding)
+            except SipError as error:  # Registrar.register's guard
+                response = answer(checked, request, error.status, error.phrase)
+        except StoreError as exc:  # the server's guard (Server._handle_deferred)
+            log.warning("%s from %s: %s", request.method, flow.remote, exc)
+            retry = ("Retry-After", server.core.retry_after)
+            response = request.make_response(503, "Store unavailable", [retry], to_tag="e503")
+        except Exception:
+            log.exception("%s from %s failed", request.method, flow.remote)
+            response = request.make_response(500, "Registrar error", to_tag="e500")
+        self._answer(transaction, request, response, flow, notes, started)
+
+    def _store(
+        self,
+        checked: _Checked,
+        request: Request,
+        flow: FlowInfo,
+        known: _Known,
+        binding: _Binding,
+    ) -> tuple[Response, tuple[tuple[Request, FlowInfo], ...]]:
+        """``Registrar._known`` for one plain contact on a store that does not wait: its answer
+        and the NOTIFYs, made with the registrar's own pieces in the order ``_bind`` takes."""
+        registrar = self.registrar
+        subscriber, implicit_set = known.subscriber, known.implicit_set
+        now, aor, stored, contact = binding.now, binding.aor, binding.stored, binding.contact
+        result = self.authenticator.check(request, known.credentials, subscriber, now)
+        refused = self._refusal(checked, request, result)
+        if refused is not None:
+            return refused, ()
+        expires = registrar._expires(request, contact)
+        least = registrar.profile.registrar.min_expires
+        if 0 < expires < least:
+            return answer(checked, request, 423, None, [("Min-Expires", least)]), ()
+        new = registrar._binding(request, contact, aor, subscriber, flow, expires, now)
+        for old in stored:  # step 7
+            if old.same_device(new) and old.call_id == new.call_id and new.cseq <= old.cseq:
+                return answer(checked, request, 500, "Out-of-order REGISTER (CSeq)"), ()
+        incoming = [new]
+        decision = registrar._policy(stored, incoming, subscriber, now)
+        if decision is None:
+            return answer(checked, request, 500, "No binding policy answered"), ()
+        if decision.reject_status is not None:
+            reason = decision.reject_reason or None
+            return answer(checked, request, decision.reject_status, reason), ()
+        kept = registrar._merge(stored, incoming, decision)
+        _at_once(registrar.bindings.save(aor, kept))
+        registrar._changed(aor)
+        notes = registrar.regevent.changed(aor, kept, now, deregistered=not kept)
+        headers = registrar.ok_headers(request, subscriber, implicit_set, kept, now)
+        ok = answer(checked, request, 200, None, headers)
+        registrar._registration(request, ok, subscriber, implicit_set, flow, stored, kept, now)
+        return ok, tuple(notes)
 
     def _challengeable(self, checked: _Checked, request: Request) -> Subscriber | None:
         """The subscriber a REGISTER without credentials is challenged for here (with Digest), or
@@ -414,21 +601,23 @@ class FastRegister:
         directory = self._directory(_HOOKS)
         if directory is None:
             return None
-        authenticator = self.authenticator
         subscriber = directory.by_impu(checked.to)
-        if subscriber is None or authenticator.scheme_for(subscriber, request) != "digest":
+        if subscriber is None or self.authenticator.scheme_for(subscriber, request) != "digest":
             return None
         return subscriber
 
     @staticmethod
-    def _response(checked: _Checked, request: Request, result: AuthResult) -> Response:
-        """The registrar's answer for the authenticator's result (as ``Registrar._register``)."""
+    def _refusal(checked: _Checked, request: Request, result: AuthResult) -> Response | None:
+        """The registrar's answer to credentials it did not accept (``Registrar._refused``), or
+        ``None`` when it accepted them."""
         if result.outcome is AuthOutcome.CHALLENGE:
             assert result.challenge is not None
-            return answer(checked, request, 401, None, ("WWW-Authenticate", result.challenge))
+            return answer(checked, request, 401, None, [("WWW-Authenticate", result.challenge)])
         if result.outcome is AuthOutcome.BAD_REQUEST:
             return answer(checked, request, 400, result.reason)
-        return answer(checked, request, 403, result.reason)
+        if result.outcome in (AuthOutcome.FORBIDDEN, AuthOutcome.NEED_CREDENTIALS):
+            return answer(checked, request, 403, result.reason)
+        return None
 
 
 def fast_register_for(server: Server) -> FastRegister | None:
