@@ -78,13 +78,19 @@ def test_a_datagram_goes_to_the_worker_of_its_call_id_in_any_spelling() -> None:
     assert worker_of_datagram(b"\x00\xffgarbage", 7) == 0
 
 
-def test_a_handed_over_datagram_keeps_its_listener_source_and_octets() -> None:
+def test_handed_over_datagrams_keep_their_listener_source_octets_and_order() -> None:
     data = _datagram("Call-ID: abc@host")
-    for position, source in ((0, ("127.0.0.1", 5060)), (3, ("2001:db8::7", 65535)), (255, ("::1", 1))):
-        assert unpack(pack(position, data, source)) == (position, data, source)
-    assert unpack(pack(1, b"", ("10.0.0.1", 9))) == (1, b"", ("10.0.0.1", 9))
-    assert unpack(b"\x00\x13") is None  # shorter than a header
-    assert unpack(b"\x00\x13\xc4\x09127.0") is None  # the host cut short
+    records = [
+        (0, data, ("127.0.0.1", 5060)),
+        (3, data + b"x", ("2001:db8::7", 65535)),
+        (1, b"", ("10.0.0.1", 9)),
+        (255, b"\r\n\r\n", ("::1", 1)),
+    ]
+    message = b"".join(pack(*record) for record in records)
+    assert unpack(message) == records
+    assert unpack(message[:-1]) == records[:3]  # a record cut short ends the message
+    assert unpack(pack(*records[0])[:5]) == []  # shorter than a header
+    assert unpack(b"") == []
 
 
 def test_control_lines_wait_for_room_whole_and_in_order() -> None:
