@@ -342,6 +342,7 @@ async def _test_the_specialisation_answers_the_corpus_as_the_general_path(
             second_b = register(i, 2, credentials(i, nonce_of(b) or ""))
             a, b = fast.feed(second_a), plain.feed(second_b)
             assert a[0].startswith(b"SIP/2.0 200 ") and a == b
+            assert fast.feed(second_a) == a and plain.feed(second_b) == b  # retransmitted
             # a refresh and a retransmission of it
             third = register(i, 3, "")
             same(fast, plain, third, "refresh without credentials")

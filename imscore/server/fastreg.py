@@ -54,9 +54,11 @@ calls awaited) instead of ``register``; every other checked REGISTER goes to the
 path as it is.
 
 Equality with the general path is what ``tests/test_fastreg_differential.py`` shows: the same corpus
-(the torture messages that are REGISTERs, the benchmark's, seeded mutations of both) through a
-server with this path and one without, the responses compared byte for byte with only nonces masked,
-then the binding stores, counters and transaction state.
+(the torture messages that are REGISTERs, the benchmark's, devices registering again, seeded
+mutations of them) through a server with this path and one without, over the memory and the SQLite
+store, the responses compared byte for byte with only nonces and To tags masked, then the binding
+stores, counters, transport statistics, transactions and Timer J. See ``docs/benchmarks.rst``
+("The REGISTER specialisation") for what it saves.
 """
 
 from __future__ import annotations
@@ -264,9 +266,9 @@ def build_request(checked: _Checked) -> Request:
 
 def response_section(checked: _Checked, headers: Sequence[tuple[str, object]]) -> bytes:
     """The header section of the registrar's answer to the checked REGISTER, as
-    :meth:`~imscore.sip.message.Request.make_response` writes it with the registrar's To tag and at
-    its own header fields: Via, From, To (with the tag), Call-ID and CSeq as received, in that
-    order, then ``headers`` and ``Content-Length: 0``."""
+    :meth:`~imscore.sip.message.Request.make_response` writes it with the registrar's To tag and
+    the registrar's own header fields: Via, From, To (with the tag), Call-ID and CSeq as received,
+    in that order, then ``headers`` and ``Content-Length: 0``."""
     fields = checked.fields
     tag = to_tag(checked.branch, checked.call_id, checked.cseq)
     extra = "".join([f"{name}: {value}\r\n" for name, value in headers])
