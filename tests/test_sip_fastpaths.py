@@ -1,8 +1,9 @@
 """The cheaper paths of the SIP message layer give what the general ones gave (issue 13).
 
-The URI parser keeps the URIs it parsed lately, the header splitter skips the checks of a name it
-has checked before, responses copy the request's lines in one pass and parameter look-ups lower-case
-only when they must. Each test here pins a case where such a short cut could go wrong.
+The URI, Via and address parsers keep what they parsed lately, the header splitter skips the
+checks of a name it has checked before, responses copy the request's lines in one pass and
+parameter look-ups lower-case only when they must. Each test here pins a case where such a short
+cut could go wrong.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import random
 import pytest
 
 from imscore.sip import ParseError, SipUri, TelUri, grammar, parse_message, parse_uri
+from imscore.sip import headers as headers_module
 from imscore.sip import uri as uri_module
 from imscore.sip.params import Params
 
@@ -203,3 +205,80 @@ def test_a_host_checked_once_is_refused_or_passed_alike_again() -> None:
         with pytest.raises(ParseError):
             grammar.check_host("[2001:db8::g]")
     assert "192.0.2.256" not in grammar._HOSTS_OK
+
+
+# -- Via and address texts parsed lately ------------------------------------------------------------
+
+
+def test_a_via_parsed_again_is_a_new_object_unchanged_by_edits_of_the_last() -> None:
+    text = "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKmemo1;rport"
+    first = headers_module.parse_via(text)
+    first.params.set("received", "198.51.100.7")
+    first.params.set("rport", "4000")
+    first.host, first.port = "elsewhere.example.test", 1
+    again = headers_module.parse_via(text)
+    assert again is not first and again.params is not first.params
+    assert str(again) == text
+    assert (again.host, again.port, again.branch, again.received) == (
+        "192.0.2.1", 5060, "z9hG4bKmemo1", None,
+    )  # fmt: skip
+
+
+def test_an_address_parsed_again_is_a_new_object_unchanged_by_edits_of_the_last() -> None:
+    text = '"Alice" <sip:alice@ims.example.test>;tag=a1'
+    first = headers_module.parse_address(text, "To", headers_module.Address)
+    first.params.set("tag", "changed")
+    first.display = None
+    assert str(first.uri) == "sip:alice@ims.example.test"
+    first.uri = parse_uri("sip:mallory@example.test")
+    again = headers_module.parse_address(text, "To", headers_module.Address)
+    assert again is not first and again.params is not first.params
+    assert (again.display, again.tag, str(again.uri)) == (
+        '"Alice"', "a1", "sip:alice@ims.example.test",
+    )  # fmt: skip
+    assert str(again) == text
+    # a Contact of the same text is a Contact, not the Address kept for it
+    contact = headers_module.parse_address(text, "Contact", headers_module.Contact)
+    assert type(contact) is headers_module.Contact and str(contact) == text
+
+
+def test_a_bad_via_or_address_is_refused_every_time() -> None:
+    for _ in range(3):
+        with pytest.raises(ParseError):
+            headers_module.parse_via("SIP/2.0/UDP host;branch")
+        with pytest.raises(ParseError, match="in From"):
+            headers_module.parse_address("<sip:a@b", "From", headers_module.Address)
+
+
+def test_via_and_address_memos_give_what_a_fresh_parse_gives() -> None:
+    """Seeded texts, each parsed twice (the second from the memo) and once without it."""
+    rng = random.Random(13)
+    hosts = ["192.0.2.1", "[2001:db8::1]", "pbx.example.test", "Host.Example.Test"]
+    params = [";branch=z9hG4bK{n}", ";rport", ";rport=5062", ";received=192.0.2.9", ";ttl=3",
+              ";maddr=192.0.2.200", ";x", ";X=Y", ";branch=", ";ttl=999", ";received"]  # fmt: skip
+    for n in range(3000):
+        via = f"SIP/2.0/{rng.choice(['UDP', 'tcp', 'TLS'])} {rng.choice(hosts)}"
+        via += rng.choice(["", ":5060", ":65536", ":7"])
+        via += "".join(rng.choice(params) for _ in range(rng.randrange(4))).format(n=n % 50)
+        address = rng.choice(['"Bob" ', "Bob ", "", '"a\\"b" ']) + rng.choice(
+            ["<sip:bob@b.example>", "sip:bob@b.example", "<tel:+1555>", "<sip:b@x", "sip:b@x?h=1"]
+        ) + "".join(rng.choice([";tag=t1", ";expires=30", ";q=0.5", ";lr", ";=x"]) for _ in range(2))
+        for text, memo, fresh in (
+            (via, headers_module.parse_via, headers_module._parse_via),
+            (address, lambda t: headers_module.parse_address(t, "To", headers_module.Address),
+             lambda t: headers_module._parse_address(t, "To", headers_module.Address)),
+        ):  # fmt: skip
+            outcomes = []
+            for parse in (memo, memo, fresh):
+                try:
+                    value = parse(text)
+                except ParseError as error:
+                    outcomes.append(("error", str(error)))
+                else:
+                    shape = [str(value), repr(value.params.items())]
+                    if isinstance(value, headers_module.Via):
+                        shape += [value.host, str(value.port), value.transport]
+                    else:
+                        shape += [str(value.display), str(value.bracketed)]
+                    outcomes.append(("ok", "|".join(shape)))
+            assert outcomes[0] == outcomes[1] == outcomes[2], text

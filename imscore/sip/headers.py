@@ -131,8 +131,41 @@ def _is_ip_literal(text: str) -> bool:
     return True
 
 
+_ViaParts = tuple[str, str, int | None, tuple[tuple[str, str | None], ...], str, str]
+#: Via values parsed lately, by their text: the parts their parse gave (a Via handed out is always
+#: new). A proxy reads the same Via text in many messages: its own Via of a branch comes back in
+#: every response to that branch and goes out again in the branch's CANCEL and ACK.
+_VIAS_SEEN: Final[dict[str, _ViaParts]] = {}
+#: addresses (From, To, Contact, Route, ...) parsed lately, by class and text: the parts their
+#: parse yields, as tuples (an address handed out is always new, its parameters a new list)
+_AddressParts = tuple[str, str | None, tuple[tuple[str, str | None], ...], bool]
+_ADDRESSES_SEEN: Final[dict[tuple[type, str], _AddressParts]] = {}
+#: entries each of those keeps at most (emptied when full: the texts of live calls come back)
+SEEN_MAX: Final = 2048
+
+
 def parse_via(value: str) -> Via:
-    """Parse one Via value."""
+    """Parse one Via value.
+
+    Every call returns a new :class:`Via` the caller may change; a text parsed lately is rebuilt
+    from the parts its first parse gave (errors are not kept: a bad text is parsed, and refused,
+    anew).
+    """
+    seen = _VIAS_SEEN.get(value)
+    if seen is not None:
+        transport, host, port, items, protocol, version = seen
+        return Via(transport, host, port, Params(items), protocol=protocol, version=version)
+    via = _parse_via(value)
+    if len(_VIAS_SEEN) >= SEEN_MAX:
+        _VIAS_SEEN.clear()
+    _VIAS_SEEN[value] = (
+        via.transport, via.host, via.port, tuple(via.params.items()), via.protocol, via.version
+    )
+    return via
+
+
+def _parse_via(value: str) -> Via:
+    """:func:`parse_via` without its memory of texts seen before."""
     m = g.VIA_RE.match(value)
     if m is None:
         raise ParseError(f"bad Via: {value[:60]!r}")
@@ -284,7 +317,28 @@ class Contact(Address):
 
 
 def parse_address(value: str, what: str, cls: type[A]) -> A:
-    """Parse ``( name-addr / addr-spec ) *( SEMI generic-param )`` into ``cls``."""
+    """Parse ``( name-addr / addr-spec ) *( SEMI generic-param )`` into ``cls``.
+
+    Every call returns a new address; a text parsed lately (the From and To of a call come back in
+    each of its messages) is rebuilt from the parts its first parse gave, without parsing again.
+    Errors are not kept.
+    """
+    key = (cls, value)
+    seen = _ADDRESSES_SEEN.get(key)
+    if seen is not None:
+        uri_text, display, items, bracketed = seen
+        return cls._lazy(uri_text, display, Params(items), bracketed)
+    address = _parse_address(value, what, cls)
+    if len(_ADDRESSES_SEEN) >= SEEN_MAX:
+        _ADDRESSES_SEEN.clear()
+    _ADDRESSES_SEEN[key] = (
+        address._uri_text, address.display, tuple(address.params.items()), address.bracketed
+    )
+    return address
+
+
+def _parse_address(value: str, what: str, cls: type[A]) -> A:
+    """:func:`parse_address` without its memory of texts seen before."""
     value = value.strip(" \t")
     if not value:
         raise ParseError(f"empty {what}")
