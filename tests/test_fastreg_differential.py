@@ -394,8 +394,6 @@ async def _test_the_specialisation_answers_the_corpus_as_the_general_path(
             assert masked(answer_a) == masked(answer_b), f"mutated credentials: {data_a!r}"
         fastreg = fast.server._fastreg
         assert fastreg is not None, "the specialisation is on"
-        print("challenged", fastreg.challenged, "bound", fastreg.bound, "handed", fastreg.handed,
-              "known", fastreg.known)  # fmt: skip
         assert fastreg.challenged >= 300 and fastreg.bound >= 250 and fastreg.handed >= 5
         assert await bindings_of(fast) == await bindings_of(plain)
         assert len(await bindings_of(fast)) >= 40
@@ -503,3 +501,83 @@ def test_a_plugin_on_the_register_path_turns_the_challenge_path_off(users: Path)
 
 def test_the_path_is_off_when_switched_off(users: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asyncio.run(_test_the_path_is_off_when_switched_off(users, monkeypatch))
+
+
+def demo_register(user: str, cseq: int, port: int, impi: str = "", password: str = "",
+                  nonce: str = "", call_id: str = "") -> bytes:  # fmt: skip
+    """A REGISTER of the demo subscriber ``user`` (the To's user part) from a device on ``port``,
+    with Digest credentials of ``impi`` when a nonce is given."""
+    authorization = ""
+    if nonce:
+        uri = f"sip:{DOMAIN}"
+        ha1 = hashlib.md5(f"{impi}:{DOMAIN}:{password}".encode()).hexdigest()
+        ha2 = hashlib.md5(f"REGISTER:{uri}".encode()).hexdigest()
+        digest = hashlib.md5(f"{ha1}:{nonce}:00000001:0a1b2c3d:auth:{ha2}".encode()).hexdigest()
+        authorization = (
+            f'Authorization: Digest username="{impi}",realm="{DOMAIN}",cnonce="0a1b2c3d",'
+            f'nc=00000001,qop=auth,uri="{uri}",nonce="{nonce}",response="{digest}",algorithm=MD5\r\n'
+        )
+    return (
+        f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {PEER[0]}:{port};branch=z9hG4bK-demo-{user}-{port}-{cseq}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag={port}\r\nTo: <sip:{user}@{DOMAIN}>\r\n"
+        f"Call-ID: {call_id or user}-{port}@{PEER[0]}\r\nCSeq: {cseq} REGISTER\r\n"
+        f"Contact: <sip:{user}@{PEER[0]}:{port}>\r\n{authorization}"
+        "Expires: 600\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+#: (To user, IMPI, password) of the demo subscribers: sets, a barred IMPU, a device limit, AKA,
+#: an unknown user and a wrong password
+DEMO = [
+    ("alice", "alice@ims.example.test", "alice-secret"),
+    ("alice.work", "alice@ims.example.test", "alice-secret"),
+    ("alice.old", "alice@ims.example.test", "alice-secret"),
+    ("bob", "bob@ims.example.test", "bob-secret"),
+    ("bob", "alice@ims.example.test", "alice-secret"),
+    ("bob", "bob@ims.example.test", "wrong"),
+    ("nobody", "nobody@ims.example.test", "x"),
+    ("+15551230003", "001010123456789@ims.mnc001.mcc001.3gppnetwork.org", "x"),
+]
+
+
+async def _test_the_demo_subscribers_get_the_same_answers(tmp_path: Path) -> None:
+    sides = []
+    for fast in (True, False):
+        server = Server(
+            _load_profile("default"),
+            listeners=[parse_listen("udp:127.0.0.1:0", any_transport=True)],
+            store_url="memory:",
+            clock=lambda: NOW,
+        )
+        server.fast_register = fast
+        await server.start()
+        sides.append(Side(server))
+    fast, plain = sides
+    seen: set[bytes] = set()
+    try:
+        for port in (5999, 6000, 6001, 6002, 6003):  # alice's limit is 3 devices
+            for user, impi, password in DEMO:
+                first = demo_register(user, 1, port)
+                a, b = same(fast, plain, first, f"demo {user}")
+                if not a or not a[0].startswith(b"SIP/2.0 401 "):
+                    continue
+                data = [
+                    demo_register(user, 2, port, impi, password, nonce_of(x) or "") for x in (a, b)
+                ]
+                a, b = fast.feed(data[0]), plain.feed(data[1])
+                assert masked(a) == masked(b), f"demo {user} as {impi}: {a!r} {b!r}"
+                seen.add(a[0][8:11])
+        assert {b"200", b"401", b"403"} <= seen
+        fastreg = fast.server._fastreg
+        assert fastreg is not None and fastreg.challenged >= 20 and fastreg.bound >= 15
+        assert await bindings_of(fast) == await bindings_of(plain)
+        assert transactions(fast) == transactions(plain)
+        assert counters(fast) == counters(plain)
+    finally:
+        await fast.server.stop()
+        await plain.server.stop()
+
+
+def test_the_demo_subscribers_get_the_same_answers(tmp_path: Path) -> None:
+    asyncio.run(_test_the_demo_subscribers_get_the_same_answers(tmp_path))

@@ -120,6 +120,8 @@ _REQUIRED: Final = frozenset({"via", "from", "to", "call-id", "cseq", "content-l
 _HOOKS: Final = ("ims_identity_resolve", "ims_auth_select_scheme")
 #: the hook whose builtin answer a REGISTER with credentials takes for granted
 _RESOLVE: Final = ("ims_identity_resolve",)
+#: the authentication schemes there are
+_SCHEMES: Final = frozenset({"aka", "digest"})
 #: binding stores whose calls never wait (they run on this thread)
 _STORES: Final = (MemoryBindingStore, SqliteBindingStore)
 
@@ -604,9 +606,12 @@ class FastRegister:
         if directory is None:
             return None
         subscriber = directory.by_impu(checked.to)
-        if subscriber is None or self.authenticator.scheme_for(subscriber, request) != "digest":
+        if subscriber is None or subscriber.password is None or subscriber.aka is not None:
             return None
-        return subscriber
+        # Digest is then the one scheme the authenticator can choose (what the builtin
+        # ims_auth_select_scheme names counts only when the subscriber has its credentials)
+        schemes = self.authenticator.schemes
+        return subscriber if "digest" in schemes and set(schemes) <= _SCHEMES else None
 
     @staticmethod
     def _refusal(checked: _Checked, request: Request, result: AuthResult) -> Response | None:
