@@ -282,3 +282,17 @@ def test_via_and_address_memos_give_what_a_fresh_parse_gives() -> None:
                         shape += [str(value.display), str(value.bracketed)]
                     outcomes.append(("ok", "|".join(shape)))
             assert outcomes[0] == outcomes[1] == outcomes[2], text
+
+
+def test_forget_recent_texts_empties_the_uri_via_and_address_memories() -> None:
+    """What a server calls once a flood is over (imscore.server.memtrim): nothing of the flood's
+    texts stays, and what is parsed next is parsed and remembered anew."""
+    headers_module.parse_via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKforget")
+    headers_module.parse_address("<sip:forget@example.test>;tag=f", "From", headers_module.Address)
+    parse_uri("sip:forget@example.test")
+    headers_module.forget_recent_texts()
+    assert not headers_module._VIAS_SEEN and not headers_module._ADDRESSES_SEEN
+    assert not uri_module._SEEN
+    via = headers_module.parse_via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKforget")
+    assert via.branch == "z9hG4bKforget"
+    assert list(headers_module._VIAS_SEEN) == ["SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKforget"]

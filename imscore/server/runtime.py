@@ -25,6 +25,7 @@ from imscore.registrar.register import Registrar
 from imscore.registrar.sqn import SqliteSqnStore
 from imscore.registrar.store import BindingStore, SqliteBindingStore, open_binding_store
 from imscore.sip import Request, Response, SipError
+from imscore.sip.headers import forget_recent_texts
 from imscore.sip.transaction import Send, TimerConfig
 from imscore.store import StoreError
 from imscore.subscribers import MemorySubscriberStore, SubscriberStore, demo_subscribers_path
@@ -682,8 +683,11 @@ class Server:
         self._timer = None
         self._emit(self.core.advance(self._now()))
         self._retransmissions.tidy()  # Timer J ended transactions: let their entries go
-        # after a flood, give the memory back (once it is over: no cache entry of it left)
-        return_freed_memory(len(self.core.layer), (self._retransmissions.drop_ended,))
+        # after a flood, give the memory back (once it is over: no cache entry of it left, no
+        # text it parsed remembered)
+        return_freed_memory(
+            len(self.core.layer), (self._retransmissions.drop_ended, forget_recent_texts)
+        )
 
     def _emit(self, sends: list[Send[Flow]]) -> None:
         transports = self.transports

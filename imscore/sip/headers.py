@@ -13,7 +13,7 @@ from typing import Final, TypeVar
 from . import grammar as g
 from .errors import ParseError
 from .params import Params
-from .uri import AbsoluteUri, SipUri, Uri, parse_uri
+from .uri import AbsoluteUri, SipUri, Uri, forget_recent_uris, parse_uri
 
 __all__ = [
     "Address",
@@ -23,6 +23,7 @@ __all__ = [
     "MediaType",
     "Parameterised",
     "Via",
+    "forget_recent_texts",
     "parse_address",
     "parse_auth",
     "parse_charging_vector",
@@ -142,6 +143,18 @@ _AddressParts = tuple[str, str | None, tuple[tuple[str, str | None], ...], bool]
 _ADDRESSES_SEEN: Final[dict[tuple[type, str], _AddressParts]] = {}
 #: entries each of those keeps at most (emptied when full: the texts of live calls come back)
 SEEN_MAX: Final = 2048
+
+
+def forget_recent_texts() -> None:
+    """Empty the memories of texts parsed lately (URIs, Vias, addresses).
+
+    For a server once a burst of traffic is over (:mod:`imscore.server.memtrim`): the entries a
+    flood left are scattered over the memory the flood took, and would keep the allocator from
+    giving it back; the texts of the calls that go on are parsed again and remembered anew.
+    """
+    _VIAS_SEEN.clear()
+    _ADDRESSES_SEEN.clear()
+    forget_recent_uris()
 
 
 def parse_via(value: str) -> Via:

@@ -12,7 +12,7 @@ from . import grammar as g
 from .errors import ParseError
 from .params import Params
 
-__all__ = ["AbsoluteUri", "SipUri", "TelUri", "Uri", "parse_uri"]
+__all__ = ["AbsoluteUri", "SipUri", "TelUri", "Uri", "forget_recent_uris", "parse_uri"]
 
 # URI parameters that, present in one SIP URI, must be present and equal in the other (§19.1.4).
 _MUST_MATCH: Final = ("user", "ttl", "method", "maddr", "transport")
@@ -304,6 +304,12 @@ Uri = SipUri | TelUri | AbsoluteUri
 #: URIs already parsed, by their text: private copies, never handed out (a parse returns a copy)
 _SEEN: Final[dict[str, Uri]] = {}
 _SEEN_MAX: Final = 2048
+
+
+def forget_recent_uris() -> None:
+    """Empty :func:`parse_uri`'s memory of texts parsed lately (see
+    :func:`imscore.sip.headers.forget_recent_texts`)."""
+    _SEEN.clear()
 
 
 def parse_uri(text: str) -> Uri:
