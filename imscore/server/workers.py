@@ -228,10 +228,12 @@ class WorkerSetup:
         if self._shared is not None:
             self._shared.stop()
             log.info(
-                "worker %d: %d datagrams handed to the workers they belong to, %d taken from them",
+                "worker %d: %d datagrams handed to the workers they belong to, %d taken from them; "
+                "woken %d times for a datagram another worker read",
                 self.index,
                 self._shared.handed_over,
                 self._shared.taken_in,
+                self._shared.empty_wakeups,
             )
 
     def _orphaned(self) -> None:

@@ -100,10 +100,12 @@ class SharedEndpoint(_SocketEndpoint):
         shared = self._shared
         route, mine = shared.route, shared.index
         try:
-            for _ in range(UDP_READ_BATCH):
+            for count in range(UDP_READ_BATCH):
                 try:
                     data, source = receive(UDP_MAX_DATAGRAM)
                 except (BlockingIOError, InterruptedError):  # (or another worker read it first)
+                    if count == 0:
+                        shared.empty_wakeups += 1
                     return
                 except OSError as exc:  # an ICMP error reported on the socket, for instance
                     self.error_received(exc)
@@ -148,6 +150,8 @@ class SharedUdp:
         #: datagrams handed to another worker, and records taken from this worker's inbox
         self.handed_over = 0
         self.taken_in = 0
+        #: times a shared socket was readable but another worker had read what there was
+        self.empty_wakeups = 0
         for sock in (inbox, *[s for s in outboxes if s is not None]):
             sock.setblocking(False)
 
