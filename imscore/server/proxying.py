@@ -39,7 +39,7 @@ from imscore.registrar.store import SqliteBindingStore
 from imscore.routing import RoutingError, TargetList
 from imscore.sip import Request, Response, SipError, SipUri
 from imscore.sip.headers import parse_via
-from imscore.sip.transaction import ServerTransaction
+from imscore.sip.transaction import Send, ServerTransaction
 from imscore.store import StoreError, stored_secret
 from imscore.transport import Flow, TransportError
 from imscore.transport.transports import response_address
@@ -333,11 +333,28 @@ class ProxyService:
 
     # -- branches ----------------------------------------------------------------------------------
     def drain(self) -> None:
-        """Start resolving every branch that waits for a flow, and forward queued ACKs."""
-        core = self.server.core
+        """Start resolving every branch that waits for a flow, and forward queued ACKs.
+
+        A branch whose flow is known without waiting (:meth:`_known_flow`: a device's UDP address
+        or recorded flow, or its TCP/TLS connection still open) is sent here and now, as
+        :meth:`_resolve_branch` would send it; the others are resolved in a task each, which may
+        wait for DNS or a new connection. Branches leave in the order they were queued: after the
+        first that needs a task, the ones behind it take tasks too (tasks run in the order they
+        were made)."""
+        server = self.server
+        core = server.core
+        sends: list[Send[Flow]] = []
+        queued = False
         while core.flows_needed:
             branch = core.flows_needed.pop(0)
-            self.server.spawn(self._resolve_branch(branch))
+            flow = None if queued else self._known_flow(branch)
+            if flow is None:
+                queued = True
+                server.spawn(self._resolve_branch(branch))
+            else:  # what _resolve_branch does once _branch_flow gave the flow
+                sends += core.proxied(self.core.send_branch(branch, flow, flow.reliable, server.now()))
+        if sends:
+            server.emit(sends)  # drains again: a branch that failed may have started another
         while core.acks:
             ack, flow = core.acks.pop(0)
             self.server.spawn(self._forward_ack(ack, flow))
@@ -367,6 +384,52 @@ class ProxyService:
             )
         actions = self.core.send_branch(branch, flow, flow.reliable, server.now())
         server.emit(server.core.proxied(actions))
+
+    def _known_flow(self, branch: Branch[Flow]) -> Flow | None:
+        """The flow of a branch's first attempt when it is known without waiting, else ``None``.
+
+        It is the flow :meth:`_branch_flow` would give, in the cases where that never waits and
+        never fails: the target's registration recorded a flow of this node (not an outbound
+        instance's, not another pool node's) that is UDP or a TCP/TLS connection still open; or no
+        flow was recorded and the URI's host is an IP address reached over UDP (the common case:
+        a device whose Contact is the address it registered from). A UDP flow is the one
+        :meth:`Transports.connect` gives (from our listening socket of that family). Anything else
+        (a name to resolve, a connection to open or that closed, a later attempt, a URI that does
+        not parse) is ``None``: the task's path decides, with its waits and its failures."""
+        if branch.targets is not None or branch.attempts:
+            return None
+        transports = self.server.transports
+        if transports is None:
+            return None
+        destination = branch.target.destination or Destination(branch.target.uri)
+        recorded = destination.flow
+        if isinstance(recorded, FlowInfo):
+            if held_by(recorded) is not None:
+                return None
+            if recorded.connection is not None:
+                if not transports.has_connection(recorded.connection):
+                    return None
+                branch.attempts += 1
+                return Flow(recorded.transport, recorded.local, recorded.remote, recorded.connection)
+            transport, remote = recorded.transport.lower(), recorded.remote
+        elif recorded is None:
+            try:
+                address = _uri_address(SipUri.parse(destination.uri))
+            except SipError:
+                return None
+            if address is None:
+                return None
+            transport, remote = address
+        else:
+            return None
+        if transport != "udp":
+            return None
+        try:
+            flow = transports.udp_flow(remote)
+        except TransportError:
+            return None  # the general path fails it the same way, with its log line
+        branch.attempts += 1
+        return flow
 
     @staticmethod
     def _can_retry(branch: Branch[Flow]) -> bool:
@@ -418,12 +481,11 @@ class ProxyService:
                 return await self._connect(recorded.transport, recorded.remote)
             if self._has_connection(recorded.connection):
                 return Flow(recorded.transport, recorded.local, recorded.remote, recorded.connection)
-        host = uri.host.strip("[]")
-        if not _is_ip(host):
+        address = _uri_address(uri)
+        if address is None:
             return None
-        transport = (uri.params.get("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
-        port = uri.port or (5061 if transport == "tls" else 5060)
-        return await self._connect(transport, (host, port))
+        transport, remote = address
+        return await self._connect(transport, remote)
 
     async def _outbound_flow(
         self, flows: FlowSet, cursor: FlowCursor | None = None, request: Request | None = None
@@ -634,6 +696,17 @@ def _contact_key(uri: str) -> str:
         return SipUri.parse(uri.strip("<>")).aor
     except SipError:
         return uri
+
+
+def _uri_address(uri: SipUri) -> tuple[str, tuple[str, int]] | None:
+    """The transport (lower case) and address a URI with a numeric host names (its
+    ``transport`` parameter, else TLS for ``sips:`` and UDP; its port, else the transport's
+    default); ``None`` when the host is a name."""
+    host = uri.host.strip("[]")
+    if not _is_ip(host):
+        return None
+    transport = (uri.params.get("transport") or ("tls" if uri.scheme == "sips" else "udp")).lower()
+    return transport, (host, uri.port or (5061 if transport == "tls" else 5060))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -468,10 +468,7 @@ class Transports:
         if not 0 < port <= 65535:
             raise TransportError(f"cannot connect over {where}: port out of range")
         if name == "udp":
-            for endpoint in self._endpoints.values():
-                if not endpoint.closed and _family_fits(endpoint.family, endpoint.local, ip):
-                    return Flow("udp", endpoint.local, (host, port))
-            raise TransportError(f"cannot send over {where}: no udp listener for IPv{ip.version}")
+            return self._udp_flow(host, port, ip, where)
         if name in self._providers:
             for (kind, local), provided in self._provided.items():
                 local_ip = _parse_ip(local[0])
@@ -554,6 +551,27 @@ class Transports:
                 why = "the connection closed at once"
             raise TransportError(f"cannot connect over {where}: {why}")
         return connection.flow
+
+    def udp_flow(self, remote: tuple[str, int]) -> Flow:
+        """What :meth:`connect` gives for UDP, without awaiting: a flow from a listening socket of
+        ``remote``'s address family (nothing is sent). Raises :class:`TransportError` as
+        :meth:`connect` does."""
+        if self._closed:
+            raise TransportError("cannot connect over udp: the transports are closed")
+        host, port = _key(remote)
+        where = f"udp {_join(host, port)}"
+        ip = _parse_ip(host)
+        if ip is None:
+            raise TransportError(f"cannot connect over {where}: not an IP address (resolve it first)")
+        if not 0 < port <= 65535:
+            raise TransportError(f"cannot connect over {where}: port out of range")
+        return self._udp_flow(host, port, ip, where)
+
+    def _udp_flow(self, host: str, port: int, ip: _IP, where: str) -> Flow:
+        for endpoint in self._endpoints.values():
+            if not endpoint.closed and _family_fits(endpoint.family, endpoint.local, ip):
+                return Flow("udp", endpoint.local, (host, port))
+        raise TransportError(f"cannot send over {where}: no udp listener for IPv{ip.version}")
 
     # -- sending -----------------------------------------------------------------------------------
     def send(self, message: Request | Response | SentResponse, flow: Flow) -> None:

@@ -1,0 +1,228 @@
+"""The proxy's short cuts (issue 13) against the general code they stand for.
+
+Each short cut of the forked-call path is checked two ways: calls through a server that takes it and
+through one that does not give the same datagrams, byte for byte and in the same order; and the
+short cut's own answer is the general code's wherever it answers, and "not mine" elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from imscore.profile import load_profile, parse_listen
+from imscore.proxy.core import Branch, Destination, ForkContext, Target
+from imscore.proxy.relay import DialogStamp
+from imscore.registrar import FlowInfo
+from imscore.registrar.outbound import FlowSet
+from imscore.registrar.redis_store import NodeFlow
+from imscore.server.runtime import Server
+from imscore.sip import Request
+from imscore.transport import Flow
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SECRET = b"k" * 32
+#: flows a registration may have recorded: UDP from a device behind a NAT, a TCP connection gone
+UDP_SEEN = FlowInfo("udp", ("127.0.0.1", 5071), ("127.0.0.1", 5060))
+TCP_CLOSED = FlowInfo("tcp", ("127.0.0.1", 5071), ("127.0.0.1", 5060), 424242)
+
+
+def _bench() -> ModuleType:
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))  # the benches import each other by their plain names
+    name = "proxy_cpu_bench"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+Setup = Callable[[Server], None]
+
+
+async def _calls(calls: int, setup: Setup) -> list[tuple[bytes, tuple[str, int]]]:
+    """Every datagram a bench server sent for ``calls`` forked calls (after ``setup`` changed it),
+    in order."""
+    bench = _bench()
+    from imscore.cli import _load_profile, _load_subscribers
+    from imscore.profile import parse_listen
+    from imscore.subscribers import MemorySubscriberStore
+
+    with tempfile.TemporaryDirectory() as folder:
+        _, subscribers = bench.write_users(Path(folder), 3)
+        source, directory = _load_subscribers(str(subscribers))
+        profile = _load_profile("multi-device")
+        profile = replace(profile, overload=replace(profile.overload, max_lag=0.0))
+        server = Server(
+            profile,
+            listeners=[parse_listen("udp:127.0.0.1:0", any_transport=True)],
+            store_url="memory:",
+            subscribers=MemorySubscriberStore(directory, source),
+        )
+        await server.start()
+        try:
+            assert server.proxying is not None
+            server.proxying.stamp = DialogStamp(SECRET)  # the same Record-Route stamps on both
+            setup(server)
+            runner = bench.Bench(server, None)
+            await bench.register_devices(runner, 3)
+            sent: list[tuple[bytes, tuple[str, int]]] = []
+            capture = runner.endpoint.sendto
+
+            def sendto(data: bytes, remote: tuple[str, int]) -> None:
+                sent.append((data, remote))
+                capture(data, remote)
+
+            runner.endpoint.sendto = sendto
+            for call in range(calls):
+                assert await bench.one_call(runner, call, call % 3)
+            # the one thing that differs between two servers: the port each listens on
+            ours = f"127.0.0.1:{server.addresses[0][2]}".encode()
+            return [(data.replace(ours, b"127.0.0.1:PORT"), remote) for data, remote in sent]
+        finally:
+            await server.stop()
+
+
+def _general_branches(server: Server) -> None:
+    """Every branch resolved in a task, as before the short cut."""
+    assert server.proxying is not None
+    server.proxying._known_flow = lambda branch: None  # type: ignore[method-assign]
+
+
+def test_branches_sent_at_once_give_the_datagrams_of_branches_sent_from_tasks() -> None:
+    general = asyncio.run(_calls(12, _general_branches))
+    short = asyncio.run(_calls(12, lambda server: None))
+    assert len(general) == 12 * 15  # the fifteen datagrams of each call
+    assert short == general
+
+
+# --- the known flow against _branch_flow -----------------------------------------------------------
+def _server(tcp: bool = False) -> Server:
+    """A proxying server on loopback UDP (and TCP), memory store, nobody registered."""
+    listeners = [parse_listen("udp:127.0.0.1:0")]
+    if tcp:
+        listeners.append(parse_listen("tcp:127.0.0.1:0"))
+    return Server(load_profile("multi-device"), listeners=listeners, store_url="memory:")
+
+
+def _branch(target: Target) -> Branch[Flow]:
+    request = Request("INVITE", target.uri)
+    context: ForkContext[Flow] = ForkContext(
+        server=None, request=request, groups=[], is_invite=True, loop="x"  # type: ignore[arg-type]
+    )
+    return Branch(context=context, index=0, target=target, request=request, group=0)
+
+
+async def _known_and_general(destination: Destination | None, uri: str) -> tuple[Any, Any, int, int]:
+    """What _known_flow and _branch_flow give for a branch to ``destination`` (and the attempts
+    each counted)."""
+    server = _server(tcp=True)
+    await server.start()
+    try:
+        service = server.proxying
+        assert service is not None
+        target = Target(uri, destination=destination)
+        known_branch, general_branch = _branch(target), _branch(target)
+        known = service._known_flow(known_branch)
+        try:
+            general: Any = await service._branch_flow(
+                general_branch, destination or Destination(uri)
+            )
+        except Exception as exc:  # compared by type
+            general = type(exc)
+        return known, general, known_branch.attempts, general_branch.attempts
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("destination", "uri"),
+    [
+        (None, "sip:desk@127.0.0.1:5070"),
+        (None, "sip:desk@127.0.0.1"),
+        (None, "sip:desk@127.0.0.1:5070;transport=UDP"),
+        (Destination("sip:desk@127.0.0.1:5070"), "sip:desk@127.0.0.1:5070"),
+        (Destination("sip:desk@10.0.0.1:5070", UDP_SEEN), "sip:desk@10.0.0.1:5070"),  # behind a NAT
+    ],
+)
+def test_a_known_flow_is_the_flow_the_general_path_finds(
+    destination: Destination | None, uri: str
+) -> None:
+    known, general, known_attempts, general_attempts = asyncio.run(_known_and_general(destination, uri))
+    assert isinstance(known, Flow) and known == general
+    assert known_attempts == general_attempts == 1
+
+
+@pytest.mark.parametrize(
+    ("destination", "uri"),
+    [
+        (None, "sip:desk@desk.example.test"),  # a name: DNS
+        (None, "sip:desk@127.0.0.1:5070;transport=tcp"),  # a connection to open
+        (None, "sips:desk@127.0.0.1:5071"),  # TLS
+        (None, "sip:desk@[::1]:5070"),  # no IPv6 listener: the general path fails it, and logs
+        (None, "tel:+15551230001"),  # not a SIP URI
+        (Destination("sip:d@127.0.0.1", TCP_CLOSED), "sip:d@127.0.0.1"),  # a closed connection
+        (Destination("sip:d@127.0.0.1", FlowSet("i", (UDP_SEEN,))), "sip:d@127.0.0.1"),  # outbound
+    ],
+)
+def test_anything_else_is_left_to_the_general_path(destination: Destination | None, uri: str) -> None:
+    known, _, attempts, _ = asyncio.run(_known_and_general(destination, uri))
+    assert known is None and attempts == 0
+
+
+def test_a_later_attempt_and_a_flow_of_another_pool_node_are_left_to_the_general_path() -> None:
+    async def check() -> None:
+        server = _server()
+        await server.start()
+        try:
+            service = server.proxying
+            assert service is not None
+            again = _branch(Target("sip:desk@127.0.0.1:5070"))
+            again.attempts = 1
+            assert service._known_flow(again) is None
+            held = NodeFlow("udp", ("127.0.0.1", 5071), ("127.0.0.1", 5060), None, "node-b")
+            destination = Destination("sip:d@127.0.0.1", held)
+            elsewhere = _branch(Target("sip:d@127.0.0.1", destination=destination))
+            assert service._known_flow(elsewhere) is None
+        finally:
+            await server.stop()
+
+    asyncio.run(check())
+
+
+def test_branches_behind_one_that_needs_a_task_wait_for_theirs() -> None:
+    async def check() -> None:
+        server = _server()
+        await server.start()
+        try:
+            service = server.proxying
+            assert service is not None
+            spawned: list[Any] = []
+            sent: list[Branch[Flow]] = []
+            server.spawn = lambda coroutine: (spawned.append(coroutine), coroutine.close())  # type: ignore[assignment,func-returns-value]
+            service.core.send_branch = lambda branch, *_: (sent.append(branch), [])[1]  # type: ignore[assignment,method-assign]
+            first = _branch(Target("sip:a@127.0.0.1:5070"))
+            named = _branch(Target("sip:b@b.example.test"))
+            behind = _branch(Target("sip:c@127.0.0.1:5072"))
+            server.core.flows_needed.extend([first, named, behind])
+            service.drain()
+            assert sent == [first]  # sent at once
+            assert len(spawned) == 2  # the named one, and the one behind it, in that order
+            assert behind.attempts == 0
+        finally:
+            await server.stop()
+
+    asyncio.run(check())
