@@ -26,7 +26,10 @@ from imscore.registrar import FlowInfo
 from imscore.registrar.outbound import FlowSet
 from imscore.registrar.redis_store import NodeFlow
 from imscore.server.runtime import Server
-from imscore.sip import Request
+from imscore.sip import Request, SipError
+from imscore.sip.errors import ParseError
+from imscore.sip.framing import parse_datagram
+from imscore.sip.message import SINGLE_HEADERS, Message
 from imscore.transport import Flow
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -102,11 +105,12 @@ def _general_branches(server: Server) -> None:
     server.proxying._known_flow = lambda branch: None  # type: ignore[method-assign]
 
 
-def test_branches_sent_at_once_give_the_datagrams_of_branches_sent_from_tasks() -> None:
-    general = asyncio.run(_calls(12, _general_branches))
+@pytest.mark.parametrize("general", [_general_branches])
+def test_the_short_cuts_give_the_datagrams_of_the_general_path(general: Setup) -> None:
+    reference = asyncio.run(_calls(12, general))
     short = asyncio.run(_calls(12, lambda server: None))
-    assert len(general) == 12 * 15  # the fifteen datagrams of each call
-    assert short == general
+    assert len(reference) == 12 * 15  # the fifteen datagrams of each call
+    assert short == reference
 
 
 # --- the known flow against _branch_flow -----------------------------------------------------------
@@ -226,3 +230,94 @@ def test_branches_behind_one_that_needs_a_task_wait_for_theirs() -> None:
             await server.stop()
 
     asyncio.run(check())
+
+
+# --- Message.validate reads only the optional headers a message has --------------------------------
+def _validate_everything(message: Message) -> None:
+    """``Message._validate`` as it was: every optional header read, present or not."""
+    message._check_framing()
+    message.via  # noqa: B018
+    message.contacts  # noqa: B018
+    message.from_.check()
+    message.to.check()
+    for name in ("Route", "Record-Route", "Path", "Service-Route", "P-Associated-URI"):
+        for address in message._addresses(name):
+            address.check()
+    for name in ("Require", "Proxy-Require", "Supported", "Unsupported"):
+        message._tags(name)
+    message.expires  # noqa: B018
+    message.min_expires  # noqa: B018
+    message.content_type  # noqa: B018
+    message.www_authenticate  # noqa: B018
+    message.proxy_authenticate  # noqa: B018
+    message.authorization  # noqa: B018
+    message.proxy_authorization  # noqa: B018
+    for name in ("P-Visited-Network-ID", "P-Access-Network-Info"):
+        message._parameterised(name)
+    for name in ("Security-Client", "Security-Server", "Security-Verify"):
+        message._parameterised(name)
+    message.p_charging_vector  # noqa: B018
+    for name in SINGLE_HEADERS:
+        if message.headers.count(name) > 1:
+            raise ParseError(f"more than one {name} header")
+
+
+def _verdict(check: Callable[[], None]) -> tuple[str, str, int] | None:
+    try:
+        check()
+    except SipError as error:
+        return type(error).__name__, str(error), error.status
+    return None
+
+
+def _optional_headers() -> list[bytes]:
+    """INVITEs carrying each optional header validate reads, well-formed, malformed and doubled."""
+    base = (
+        "INVITE sip:bob@ims.example.test SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:a@ims.example.test>;tag=1\r\nTo: <sip:bob@ims.example.test>\r\n"
+        "Call-ID: c1\r\nCSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+    good = {
+        "Route": "<sip:p.example.test;lr>", "Record-Route": "<sip:p.example.test;lr>",
+        "Path": "<sip:p.example.test;lr>", "Service-Route": "<sip:p.example.test;lr>",
+        "P-Associated-URI": "<sip:a@ims.example.test>", "Require": "100rel",
+        "Proxy-Require": "sec-agree", "Supported": "timer", "Unsupported": "foo", "Expires": "60",
+        "Min-Expires": "60", "Content-Type": "application/sdp",
+        "WWW-Authenticate": 'Digest realm="r", nonce="n"', "Proxy-Authenticate": 'Digest realm="r"',
+        "Authorization": 'Digest username="u", realm="r"', "Proxy-Authorization": 'Digest username="u"',
+        "P-Visited-Network-ID": '"Visited"', "P-Access-Network-Info": "3GPP-UTRAN-TDD",
+        "Security-Client": "ipsec-3gpp;alg=hmac-sha-1-96", "Security-Server": "ipsec-3gpp;q=0.1",
+        "Security-Verify": "ipsec-3gpp;q=0.1", "P-Charging-Vector": "icid-value=1",
+    }  # fmt: skip
+    bad = ["<", ";;;", '"unterminated', "sip:@", "a b c", "-1", "Digest ,,", "x" * 300]
+    out = []
+    for name, value in good.items():
+        out.append(base.format(extra=f"{name}: {value}\r\n").encode())
+        out.append(base.format(extra=f"{name}: {value}\r\n{name}: {value}\r\n").encode())
+        out += [base.format(extra=f"{name}: {b}\r\n").encode() for b in bad]
+    out.append(base.format(extra="".join(f"{n}: {v}\r\n" for n, v in good.items())).encode())
+    twice = "Expires: 1\r\nExpires: 2\r\nMin-Expires: 1\r\nMin-Expires: 2\r\n"
+    out.append(base.format(extra=twice).encode())
+    return out
+
+
+def test_validate_gives_the_verdict_of_reading_every_header() -> None:
+    from test_differential import corpus
+
+    datagrams = corpus() + _optional_headers()
+    verdicts: dict[object, int] = {}
+    for data in datagrams:
+        try:
+            first, second = parse_datagram(data), parse_datagram(data)
+        except SipError:
+            continue
+        if first is None or second is None:
+            continue
+        ours = _verdict(first._validate)
+        verdict = _verdict(lambda message=second: _validate_everything(message))  # type: ignore[misc]
+        assert ours == verdict, data[:200]
+        verdicts[verdict] = verdicts.get(verdict, 0) + 1
+    # both outcomes, and many different refusals, were seen
+    assert sum(verdicts.values()) > 700
+    assert verdicts.get(None, 0) > 100
+    assert len(verdicts) > 30

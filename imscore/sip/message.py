@@ -852,26 +852,79 @@ class Message:
         self.contacts  # noqa: B018
         self.from_.check()
         self.to.check()
+        # the checks below read headers a message mostly lacks: an absent one cannot fail, so
+        # only those present are read (in the same order: the first error is the same)
+        headers = self.headers
+        if headers._pending is not None:
+            headers._load()
+        present = set(headers._keys)
+        if not present.isdisjoint(_VALIDATED):
+            self._validate_present(present)
+        if len(present) < len(headers._keys):  # a name on more than one line
+            for name in SINGLE_HEADERS:
+                if headers.count(name) > 1:
+                    raise ParseError(f"more than one {name} header")
+
+    def _validate_present(self, present: set[str]) -> None:
+        """:meth:`_validate`'s reading of the optional headers, for those in ``present``."""
         for name in ("Route", "Record-Route", "Path", "Service-Route", "P-Associated-URI"):
-            for address in self._addresses(name):
-                address.check()
+            if name.lower() in present:
+                for address in self._addresses(name):
+                    address.check()
         for name in ("Require", "Proxy-Require", "Supported", "Unsupported"):
-            self._tags(name)
-        self.expires  # noqa: B018
-        self.min_expires  # noqa: B018
-        self.content_type  # noqa: B018
-        self.www_authenticate  # noqa: B018
-        self.proxy_authenticate  # noqa: B018
-        self.authorization  # noqa: B018
-        self.proxy_authorization  # noqa: B018
+            if name.lower() in present:
+                self._tags(name)
+        if "expires" in present:
+            self.expires  # noqa: B018
+        if "min-expires" in present:
+            self.min_expires  # noqa: B018
+        if "content-type" in present:
+            self.content_type  # noqa: B018
+        if "www-authenticate" in present:
+            self.www_authenticate  # noqa: B018
+        if "proxy-authenticate" in present:
+            self.proxy_authenticate  # noqa: B018
+        if "authorization" in present:
+            self.authorization  # noqa: B018
+        if "proxy-authorization" in present:
+            self.proxy_authorization  # noqa: B018
         for name in ("P-Visited-Network-ID", "P-Access-Network-Info"):
-            self._parameterised(name)
+            if name.lower() in present:
+                self._parameterised(name)
         for name in ("Security-Client", "Security-Server", "Security-Verify"):
-            self._parameterised(name)
-        self.p_charging_vector  # noqa: B018
-        for name in SINGLE_HEADERS:
-            if self.headers.count(name) > 1:
-                raise ParseError(f"more than one {name} header")
+            if name.lower() in present:
+                self._parameterised(name)
+        if "p-charging-vector" in present:
+            self.p_charging_vector  # noqa: B018
+
+
+#: the header keys :meth:`Message._validate` reads beyond the framing ones, Via and Contact
+_VALIDATED: Final = frozenset(
+    {
+        "route",
+        "record-route",
+        "path",
+        "service-route",
+        "p-associated-uri",
+        "require",
+        "proxy-require",
+        "supported",
+        "unsupported",
+        "expires",
+        "min-expires",
+        "content-type",
+        "www-authenticate",
+        "proxy-authenticate",
+        "authorization",
+        "proxy-authorization",
+        "p-visited-network-id",
+        "p-access-network-info",
+        "security-client",
+        "security-server",
+        "security-verify",
+        "p-charging-vector",
+    }
+)
 
 
 class Request(Message):
