@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 
 from imscore.profile import load_profile, parse_listen
-from imscore.proxy.core import Branch, Destination, ForkContext, Target
+from imscore.proxy.core import Branch, Destination, ForkContext, ProxyCore, Target
 from imscore.proxy.relay import DialogStamp
 from imscore.registrar import FlowInfo
 from imscore.registrar.outbound import FlowSet
 from imscore.registrar.redis_store import NodeFlow
 from imscore.server.runtime import Server
-from imscore.sip import Request, SipError
+from imscore.sip import Request, Response, SipError
 from imscore.sip.errors import ParseError
 from imscore.sip.framing import parse_datagram
 from imscore.sip.message import SINGLE_HEADERS, Message
@@ -105,7 +105,33 @@ def _general_branches(server: Server) -> None:
     server.proxying._known_flow = lambda branch: None  # type: ignore[method-assign]
 
 
-@pytest.mark.parametrize("general", [_general_branches])
+def _general_upstream_copy(context: ForkContext[Flow], response: Response) -> Response:
+    """``ProxyCore._upstream_copy`` as it was: copy the headers, pop our Via, write them again."""
+    headers = response.headers.copy()
+    ours = f"branch=z9hG4bK{context.loop}."
+    first = headers.get("Via")
+    if first is not None and "," not in first and first.strip(" \t"):
+        top = first
+    else:
+        vias = headers.values("Via")
+        top = vias[0] if vias else ""
+    if ours in top:
+        headers.pop_first("Via")
+    return Response(response.status, response.reason, headers, response.body)
+
+
+def _general_copies(server: Server) -> None:
+    """Forwarded responses copied as before the short cut."""
+    assert server.proxying is not None
+    server.proxying.core._upstream_copy = _general_upstream_copy  # type: ignore[assignment,method-assign]
+
+
+def _general_everything(server: Server) -> None:
+    _general_branches(server)
+    _general_copies(server)
+
+
+@pytest.mark.parametrize("general", [_general_branches, _general_copies, _general_everything])
 def test_the_short_cuts_give_the_datagrams_of_the_general_path(general: Setup) -> None:
     reference = asyncio.run(_calls(12, general))
     short = asyncio.run(_calls(12, lambda server: None))
@@ -321,3 +347,79 @@ def test_validate_gives_the_verdict_of_reading_every_header() -> None:
     assert sum(verdicts.values()) > 700
     assert verdicts.get(None, 0) > 100
     assert len(verdicts) > 30
+
+
+# --- a forwarded response's copy without our Via ----------------------------------------------------
+def _responses() -> list[bytes]:
+    """Branch answers as devices write them, and as odd ones might: our Via first or not, alone on
+    its line or with others, compact, folded, spaced, without Content-Length, with octets that are
+    not UTF-8."""
+    ours = "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKloop.1;rport"
+    theirs = "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-1-1;rport=5999;received=127.0.0.1"
+    rest = (
+        "From: <sip:caller@example.org>;tag=1\r\nTo: <sip:bob@ims.example.test>;tag=2\r\n"
+        "Call-ID: c1@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@127.0.0.1:10000>\r\n"
+    )
+    heads = [
+        f"Via: {ours}\r\nVia: {theirs}\r\n{rest}Content-Length: 0\r\n",
+        f"v: {ours}\r\nv: {theirs}\r\n{rest}l: 0\r\n",
+        f"Via:   {ours}  \r\nVia: {theirs}\r\n{rest}Content-Length: 0\r\n",
+        f"VIA: {ours}\r\nVia: {theirs}\r\n{rest}Content-Length: 0\r\n",
+        f"Via: {ours}, {theirs}\r\n{rest}Content-Length: 0\r\n",
+        f"Via: {theirs}, {ours}\r\n{rest}Content-Length: 0\r\n",
+        f"Via: SIP/2.0/UDP 127.0.0.1:5060;\r\n branch=z9hG4bKloop.1\r\nVia: {theirs}\r\n{rest}"
+        "Content-Length: 0\r\n",
+        f"Via: {ours}\r\nVia: {theirs}\r\n{rest}",
+        f"{rest}Via: {ours}\r\nVia: {theirs}\r\nContent-Length: 0\r\n",
+        f"Via: {theirs}\r\nVia: {ours}\r\n{rest}Content-Length: 0\r\n",
+        f"Via: {ours}\r\n{rest}Content-Length: 0\r\n",
+        f"Via: {ours}\r\nVia: {theirs}\r\n{rest}X-Odd: caf\xe9\r\nContent-Length: 0\r\n",
+        f"Via: {ours};x=\u00e9\r\nVia: {theirs}\r\n{rest}Content-Length: 0\r\n",
+    ]
+    out = []
+    for head in heads:
+        for start in ("SIP/2.0 180 Ringing", "SIP/2.0 200 OK", "SIP/2.0 486 Busy Here"):
+            out.append(f"{start}\r\n{head}\r\n".encode("utf-8", "surrogateescape"))
+    out.append(
+        f"SIP/2.0 200 OK\r\nVia: {ours}\r\nVia: {theirs}\r\n{rest}Content-Length: 4\r\n\r\nbody".encode()
+    )
+    return out
+
+
+def _context() -> ForkContext[Flow]:
+    request = Request("INVITE", "sip:b@h")
+    return ForkContext(server=None, request=request, groups=[], is_invite=True, loop="loop")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("read", ["nothing", "framing"])
+def test_the_upstream_copy_is_the_general_copy(read: str) -> None:
+    context = _context()
+    cut = 0
+    for data in _responses():
+        received, again = parse_datagram(data), parse_datagram(data)
+        assert isinstance(received, Response) and isinstance(again, Response)
+        if read == "framing":  # as the transport left them: Via, CSeq, Call-ID ... already read
+            try:
+                received.check_framing_headers()
+            except SipError:
+                continue  # the transport drops it
+            again.check_framing_headers()
+        before = received.to_bytes()
+        copy = ProxyCore._upstream_copy(context, received)
+        general = _general_upstream_copy(context, again)
+        assert copy.to_bytes() == general.to_bytes(), data
+        assert received.to_bytes() == before  # the received response is left as it was
+        cut += copy.headers.raw is not None and b"branch=z9hG4bKloop.1" not in copy.to_bytes()
+        # what the transaction layer and the transport read of it is the same
+        assert (copy.cseq.seq, copy.cseq.method) == (general.cseq.seq, general.cseq.method)
+        assert copy.call_id == general.call_id
+        assert copy.content_length == general.content_length
+        assert _verdict(lambda c=copy: str(c.top_via)) == _verdict(lambda c=general: str(c.top_via))
+        if general.headers.get("Via") is not None:
+            assert str(copy.top_via) == str(general.top_via)
+        # and it is a copy: changing it changes nothing of the received response
+        copy.cseq.seq += 1
+        copy.headers.set("To", "<sip:x@y>")
+        assert received.cseq.seq == again.cseq.seq
+        assert received.to_bytes() == before
+    assert cut >= 20  # the short cut was taken for most of them

@@ -657,9 +657,14 @@ class ProxyCore(Generic[FlowT]):
     def _upstream_copy(context: ForkContext[FlowT], response: Response) -> Response:
         """The response with our Via removed (responses the proxy made itself from the received
         request have none of ours on top)."""
-        headers = response.headers.copy()
         ours = f"branch=z9hG4bK{context.loop}."
-        first = headers.get("Via")
+        first = response.headers.get("Via")
+        if first is not None and ours in first:
+            # our Via alone on the first line (a branch's answer): the rest is kept as received
+            cut = response.headers.copy_without_first("via")
+            if cut is not None:
+                return Response(response.status, response.reason, cut, response.body)
+        headers = response.headers.copy()
         if first is not None and "," not in first and first.strip(" \t"):
             top = first  # one element on the first line (the common case): no split needed
         else:

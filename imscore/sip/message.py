@@ -455,6 +455,36 @@ class Headers:
             self._load()
         return Headers._from_parsed(list(self._keys), list(self._items), self.raw)
 
+    def copy_without_first(self, key: str) -> Headers | None:
+        """What :meth:`copy` then :meth:`pop_first` give when the first field of all is ``key``'s
+        and holds one element (the top Via a proxy removes from a response it forwards), made
+        without splitting or writing the other lines again: their octets are the section's, cut,
+        and the Call-ID, CSeq and Content-Length already read stay read. ``None`` otherwise."""
+        if self._pending is not None:
+            self._load()
+        keys = self._keys
+        if not keys or keys[0] != key:
+            return None
+        _name, value, line = self._items[0]
+        if "," in value or not value.strip(" \t"):
+            return None  # more than one element, or none: pop_first splits them
+        raw = self.raw
+        if raw is not None and line is not None:
+            first = line.encode("utf-8", "surrogateescape") + b"\r\n"
+            raw = raw[len(first) :] if raw.startswith(first) else None
+        else:
+            raw = None
+        headers = Headers._from_parsed(keys[1:], self._items[1:], raw)
+        cache = self.cache
+        if "call-id" in cache:
+            headers.cache["call-id"] = cache["call-id"]
+        if "content-length" in cache:
+            headers.cache["content-length"] = cache["content-length"]
+        cseq = cache.get("cseq")
+        if cseq is not None:
+            headers.cache["cseq"] = CSeq(cseq.seq, cseq.method)
+        return headers
+
     def to_bytes(self) -> bytes:
         """The header section, each line ending in CRLF (without the empty line)."""
         if self.raw is not None:
