@@ -30,7 +30,7 @@ from imscore.sip import Request, Response, SipError
 from imscore.sip.errors import ParseError
 from imscore.sip.framing import parse_datagram
 from imscore.sip.message import SINGLE_HEADERS, Message
-from imscore.transport import Flow
+from imscore.transport import Flow, transports
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 SECRET = b"k" * 32
@@ -423,3 +423,67 @@ def test_the_upstream_copy_is_the_general_copy(read: str) -> None:
         assert received.cseq.seq == again.cseq.seq
         assert received.to_bytes() == before
     assert cut >= 20  # the short cut was taken for most of them
+
+
+# --- a stamped Via keeps what was read of the other header fields -----------------------------------
+def _stamp_in_general(request: Request, source: tuple[str, int]) -> bool:
+    """``stamp_via`` as it was: the top Via replaced through pop_first and prepend, every typed
+    value read again from the text afterwards."""
+    via = request.top_via
+    ip = transports._plain_ip(source[0])
+    stamped = via.copy()
+    changed = False
+    sent_by = transports._parse_ip(via.host)
+    if (via.has_rport or sent_by is None or sent_by != transports._parse_ip(ip)) and via.received != ip:
+        stamped.params.set("received", ip)
+        changed = True
+    if via.has_rport and via.rport is None:
+        stamped.params.set("rport", str(source[1]))
+        changed = True
+    if changed:
+        request.headers.pop_first("Via")
+        request.headers.prepend("Via", str(stamped))
+    return changed
+
+
+def _read(request: Request) -> list[object]:
+    """What the layers above read of a received request, as comparable values."""
+    via = request.top_via
+    return [
+        request.to_bytes(),
+        (via.protocol, via.version, via.transport, via.host, via.port, list(via.params.items())),
+        str(via),
+        str(request.from_), str(request.to), request.call_id, str(request.cseq),
+        request.max_forwards, request.content_length, [str(v) for v in request.via],
+    ]  # fmt: skip
+
+
+def test_a_stamped_request_reads_as_one_whose_every_header_is_read_again() -> None:
+    from test_differential import corpus
+
+    sources = [("127.0.0.1", 5999), ("192.0.2.7", 5060), ("::1", 5070), ("::ffff:192.0.2.9", 5071)]
+    changed = 0
+    for data in corpus():
+        for source in sources:
+            try:
+                ours, general = parse_datagram(data), parse_datagram(data)
+            except SipError:
+                break
+            if not isinstance(ours, Request) or not isinstance(general, Request):
+                break
+            try:
+                ours.check_framing_headers()
+            except SipError:
+                break  # the transport refuses it before stamping
+            general.check_framing_headers()
+            if source[1] % 2:  # every Via read before the stamp, for some
+                if _verdict(lambda r=ours: r.via) is not None:
+                    break
+                general.via  # noqa: B018
+            was = transports.stamp_via(ours, source)
+            assert was == _stamp_in_general(general, source)
+            changed += was
+            assert _verdict(lambda r=ours: _read(r)) == _verdict(lambda r=general: _read(r))
+            if _verdict(lambda r=general: _read(r)) is None:
+                assert _read(ours) == _read(general), data[:200]
+    assert changed > 300

@@ -222,6 +222,11 @@ def _checked_key(name: str) -> str:
     return key
 
 
+def _cached_header(key: str) -> str:
+    """The header a typed value in a :attr:`Headers.cache` was read from (``top_via``: Via)."""
+    return "via" if key == "top_via" else canonical_name(key)
+
+
 # one stored field: (name as written, unfolded value, original line or None once changed)
 _Item = tuple[str, str, str | None]
 #: the fields of every Headers whose section is not split yet (shared, never changed: see _load)
@@ -449,6 +454,16 @@ class Headers:
             self._items[i] = (field_name, ", ".join(elements[1:]), None)
         self._changed()
         return elements[0] if elements else None
+
+    def replace_first(self, name: str, value: object) -> None:
+        """:meth:`pop_first` then :meth:`prepend` (the first element of that name replaced by
+        ``value``, in a field of its own), forgetting only the typed values read of that name:
+        those of the other fields stay read (a transport stamping the top Via of a request)."""
+        key = canonical_name(name)
+        kept = [(k, v) for k, v in self.cache.items() if _cached_header(k) != key]
+        self.pop_first(name)
+        self.prepend(name, value)
+        self.cache.update(kept)
 
     def copy(self) -> Headers:
         if self._pending is not None:

@@ -167,8 +167,10 @@ def stamp_via(request: Request, source: tuple[str, int]) -> bool:
         stamped.params.set("rport", str(source[1]))
         changed = True
     if changed:
-        request.headers.pop_first("Via")
-        request.headers.prepend("Via", str(stamped))
+        # the other header fields are as they were: what was read of them stays read; the top
+        # Via reads back as the stamped one (tests/test_proxy_shortcuts.py)
+        request.headers.replace_first("Via", str(stamped))
+        request.headers.cache["top_via"] = stamped
     return changed
 
 
