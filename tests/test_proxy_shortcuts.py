@@ -206,6 +206,7 @@ def test_a_known_flow_is_the_flow_the_general_path_finds(
         (None, "tel:+15551230001"),  # not a SIP URI
         (Destination("sip:d@127.0.0.1", TCP_CLOSED), "sip:d@127.0.0.1"),  # a closed connection
         (Destination("sip:d@127.0.0.1", FlowSet("i", (UDP_SEEN,))), "sip:d@127.0.0.1"),  # outbound
+        (Destination("sip:d@", UDP_SEEN), "sip:d@127.0.0.1"),  # a bad URI to resolve, a flow
     ],
 )
 def test_anything_else_is_left_to_the_general_path(destination: Destination | None, uri: str) -> None:

@@ -386,22 +386,33 @@ class ProxyService:
         server.emit(server.core.proxied(actions))
 
     def _known_flow(self, branch: Branch[Flow]) -> Flow | None:
-        """The flow of a branch's first attempt when it is known without waiting, else ``None``.
-
-        It is the flow :meth:`_branch_flow` would give, in the cases where that never waits and
-        never fails: the target's registration recorded a flow of this node (not an outbound
-        instance's, not another pool node's) that is UDP or a TCP/TLS connection still open; or no
-        flow was recorded and the URI's host is an IP address reached over UDP (the common case:
-        a device whose Contact is the address it registered from). A UDP flow is the one
-        :meth:`Transports.connect` gives (from our listening socket of that family). Anything else
-        (a name to resolve, a connection to open or that closed, a later attempt, a URI that does
-        not parse) is ``None``: the task's path decides, with its waits and its failures."""
+        """The flow of a branch's first attempt when it is known without waiting
+        (:meth:`_known_destination_flow`), else ``None``: a later attempt is the task's."""
         if branch.targets is not None or branch.attempts:
             return None
+        flow = self._known_destination_flow(branch.target.destination or Destination(branch.target.uri))
+        if flow is not None:
+            branch.attempts += 1
+        return flow
+
+    def _known_destination_flow(self, destination: Destination) -> Flow | None:
+        """The flow :meth:`_direct_flow` gives for ``destination`` in the cases where that never
+        waits and never fails, else ``None``.
+
+        They are: a flow the registration recorded, of this node (not an outbound instance's, not
+        another pool node's), that is UDP or a TCP/TLS connection still open; or no flow recorded
+        and a URI whose host is an IP address reached over UDP (the common case: a device whose
+        Contact is the address it registered from). A UDP flow is the one
+        :meth:`Transports.connect` gives (from our listening socket of that family). Anything else
+        (a name to resolve, a connection to open or that closed, a URI that does not parse) is
+        ``None``: the general path decides, with its waits and its failures."""
         transports = self.server.transports
         if transports is None:
             return None
-        destination = branch.target.destination or Destination(branch.target.uri)
+        try:
+            uri = SipUri.parse(destination.uri)  # read first by the general path, failing there
+        except SipError:
+            return None
         recorded = destination.flow
         if isinstance(recorded, FlowInfo):
             if held_by(recorded) is not None:
@@ -409,14 +420,10 @@ class ProxyService:
             if recorded.connection is not None:
                 if not transports.has_connection(recorded.connection):
                     return None
-                branch.attempts += 1
                 return Flow(recorded.transport, recorded.local, recorded.remote, recorded.connection)
             transport, remote = recorded.transport.lower(), recorded.remote
         elif recorded is None:
-            try:
-                address = _uri_address(SipUri.parse(destination.uri))
-            except SipError:
-                return None
+            address = _uri_address(uri)
             if address is None:
                 return None
             transport, remote = address
@@ -425,11 +432,9 @@ class ProxyService:
         if transport != "udp":
             return None
         try:
-            flow = transports.udp_flow(remote)
+            return transports.udp_flow(remote)
         except TransportError:
             return None  # the general path fails it the same way, with its log line
-        branch.attempts += 1
-        return flow
 
     @staticmethod
     def _can_retry(branch: Branch[Flow]) -> bool:
