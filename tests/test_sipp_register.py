@@ -37,12 +37,27 @@ def free_udp_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_sipp(scenario: str, target: tuple[str, int], csv: Path, calls: int, workdir: Path) -> str:
+#: what SIPp 3.6.1 prints, now and then, when it cannot expand the [authentication ...] keyword it
+#: takes from the CSV file for the second REGISTER of tests/sipp/register-aka.xml, which it then
+#: never sends (about 1 run in 25 of 10 AKA registrations here, at 513cf14 as at later commits;
+#: not a RES or a RAND with a 0x00 octet, both tried; the cause is not found): a failure on SIPp's
+#: side, which test_sipp_registers_with_aka_v1 meets by running SIPp again from the same port
+SIPP_KEYWORD_GLITCH = "Syntax error or invalid [keyword] in scenario while parsing ''"
+
+
+def run_sipp(
+    scenario: str,
+    target: tuple[str, int],
+    csv: Path,
+    calls: int,
+    workdir: Path,
+    port: int | None = None,
+) -> str:
     result = subprocess.run(
         [
             sipp_binary(), f"{target[0]}:{target[1]}", "-sf", str(SCENARIOS / scenario),
             "-inf", str(csv),
-            "-i", "127.0.0.1", "-p", str(free_udp_port()), "-auth_uri", DOMAIN, "-m", str(calls),
+            "-i", "127.0.0.1", "-p", str(port or free_udp_port()), "-auth_uri", DOMAIN, "-m", str(calls),
             "-r", "50", "-timeout", "60", "-timeout_error", "-nostdin", "-trace_err",
             "-error_file", str(workdir / "errors.log"),
         ],
@@ -121,8 +136,16 @@ def test_sipp_registers_with_aka_v1(tmp_path: Path) -> None:
         f"+15551230009;{DOMAIN};{IMPI};"
         f"[authentication username={IMPI} aka_K=0x{K} aka_OP=0x{OP} aka_AMF=0x{AMF}]\n"
     )
+    port = free_udp_port()
     try:
-        run_sipp("register-aka.xml", running.address("udp"), csv, 10, tmp_path)
+        for attempt in range(3):
+            try:
+                run_sipp("register-aka.xml", running.address("udp"), csv, 10, tmp_path, port)
+                break
+            except AssertionError as failed:
+                if attempt == 2 or SIPP_KEYWORD_GLITCH not in str(failed):
+                    raise
+                (tmp_path / "errors.log").unlink(missing_ok=True)
         store = running.server.store
         assert store is not None
         bindings = running.call(store.load(f"sip:+15551230009@{DOMAIN}"))
