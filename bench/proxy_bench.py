@@ -412,26 +412,21 @@ def measure(target: str, trial: int, rate: int, setup: Setup) -> Run:
     server: Kamailio | Imscore
     if target == "kamailio":
         server = Kamailio(setup.peer)
-    elif target == "imscore-workers":  # a fresh SQLite file per trial, as the store is per run
-        store = setup.folder / f"proxy-workers-{trial}.sqlite"
-        for stale in setup.folder.glob(f"{store.name}*"):
-            stale.unlink()
-        server = Imscore(
-            setup.subscribers,
-            f"sqlite:{store}",
-            setup.folder,
-            args.log_level,
-            args.workers,
-            name="proxy-workers",
-            extra=["--profile", setup.profile],
-        )
     else:
+        workers = target == "imscore-workers"
+        store = "memory:"
+        if workers:  # a fresh SQLite file per trial, as the memory store is per run
+            path = setup.folder / f"proxy-workers-{trial}.sqlite"
+            for stale in setup.folder.glob(f"{path.name}*"):
+                stale.unlink()
+            store = f"sqlite:{path}"
         server = Imscore(
             setup.subscribers,
-            "memory:",
+            store,
             setup.folder,
             args.log_level,
-            name="proxy",
+            args.workers if workers else 1,
+            name="proxy-workers" if workers else "proxy",
             extra=["--profile", setup.profile],
         )
     try:
