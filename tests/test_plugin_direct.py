@@ -1,5 +1,5 @@
-"""Hooks with one plain implementation are called without pluggy's machinery, and give the same
-results, errors and tracing as a call through it (imscore.plugin.manager._DirectHookCaller)."""
+"""Hooks whose implementations are all plain are called without pluggy's machinery, and give the
+same results, errors and tracing as a call through it (imscore.plugin.manager._DirectHookCaller)."""
 
 from __future__ import annotations
 
@@ -69,10 +69,10 @@ def test_a_second_plugin_is_asked_and_unregistering_restores_the_direct_call() -
     pm.register(plugin, name="bob")
     found = pm.hook.ims_identity_resolve(impu="sip:bob@ims.example.test", subscribers=[ALICE])
     assert found is not None and found.subscriber is ALICE
-    assert seen == ["ims_identity_resolve"]  # two implementations: through pluggy
+    assert seen == []  # two plain implementations: still a direct call
     pm.unregister(plugin)
     assert pm.hook.ims_identity_resolve(impu="sip:bob@ims.example.test", subscribers=[ALICE]) is None
-    assert seen == ["ims_identity_resolve"]  # direct again
+    assert seen == []  # the builtin alone again
 
 
 def test_a_collecting_hook_gives_a_list_of_the_values() -> None:
@@ -141,3 +141,155 @@ def test_a_missing_argument_is_pluggys_error() -> None:
     with pytest.warns(UserWarning, match="'subscribers'"), pytest.raises(Exception) as info:
         pm.hook.ims_identity_resolve(impu="sip:a@b")
     assert type(info.value).__name__ == "HookCallError"
+
+
+def via_pluggy(pm: ImsPluginManager, name: str, **kwargs: Any) -> object:
+    """What pluggy's own call of hook ``name`` answers (its HookCaller.__call__)."""
+    caller = getattr(pm.hook, name)
+    return super(_DirectHookCaller, caller).__call__(**kwargs)
+
+
+class Asked:
+    """Plain implementations of a firstresult and a collecting hook that record being asked."""
+
+    def __init__(self, label: str, answer: Any, log: list[str]) -> None:
+        self.label, self.answer, self.log = label, answer, log
+
+    @hookimpl
+    def ims_identity_resolve(self, impu: str, subscribers: Any) -> Any:
+        self.log.append(self.label)
+        return self.answer
+
+    @hookimpl
+    def ims_policy_names(self) -> Any:
+        self.log.append(self.label)
+        return self.answer
+
+
+def test_several_plain_implementations_are_asked_in_pluggys_order() -> None:
+    answer = ResolvedIdentity(subscriber=ALICE, implicit_set=ALICE.implicit_sets[0])
+    for answers in ([None, None], [None, answer], [answer, None], [answer, answer]):
+        pm = ImsPluginManager()
+        pm.add_hookspecs(hookspecs)
+        log: list[str] = []
+        for i, value in enumerate(answers):
+            pm.register(Asked(f"p{i}", value, log), name=f"p{i}")
+        seen = record_pluggy_calls(pm)
+        direct = pm.hook.ims_identity_resolve(impu="sip:a@b", subscribers=[])
+        direct_log, log[:] = list(log), []
+        expected = via_pluggy(pm, "ims_identity_resolve", impu="sip:a@b", subscribers=[])
+        assert direct is expected
+        assert direct_log == log  # the same plugins asked, in the same order (p1 first)
+        assert direct_log[0] == "p1"
+        assert seen == ["ims_identity_resolve"]  # only the comparison call
+
+
+def test_several_collecting_implementations_give_pluggys_list() -> None:
+    pm = ImsPluginManager()
+    pm.add_hookspecs(hookspecs)
+    log: list[str] = []
+    for i, value in enumerate([{"binding_policy": ["a"]}, None, {"binding_policy": ["c"]}]):
+        pm.register(Asked(f"p{i}", value, log), name=f"p{i}")
+    seen = record_pluggy_calls(pm)
+    direct = pm.hook.ims_policy_names()
+    direct_log, log[:] = list(log), []
+    expected = [{"binding_policy": ["c"]}, {"binding_policy": ["a"]}]
+    assert direct == via_pluggy(pm, "ims_policy_names") == expected
+    assert direct_log == log == ["p2", "p1", "p0"]
+    assert seen == ["ims_policy_names"]
+
+
+def test_the_binding_policy_with_a_plugin_beside_the_builtin_answers_as_pluggy() -> None:
+    from imscore.plugin.types import Binding
+
+    pm = create_plugin_manager(autoload=False, trace=False)
+    asked: list[tuple[str, Any]] = []
+
+    class Desk:
+        @hookimpl
+        def ims_binding_policy_apply(
+            self, existing: Any, incoming: Any, policy: str, options: Any
+        ) -> Any:
+            asked.append((policy, options))
+            return None
+
+    pm.register(Desk(), name="desk")
+    seen = record_pluggy_calls(pm)
+    new = Binding(contact="sip:a@192.0.2.1:5060", expires=600)
+    old = Binding(contact="sip:a@192.0.2.2:5060", expires=60, registered_at=5.0)
+    for policy, options in [
+        ("max-contacts", {"max_contacts": 1, "at_limit": "reject"}),
+        ("max-contacts", {"max_contacts": 1, "at_limit": "evict-oldest"}),
+        ("unlimited", {"max_contacts": 3}),
+        ("nobody", {}),
+    ]:
+        kwargs = {"existing": [old], "incoming": [new], "policy": policy, "options": options}
+        direct = pm.hook.ims_binding_policy_apply(**kwargs)
+        assert direct == via_pluggy(pm, "ims_binding_policy_apply", **kwargs)
+        assert asked[-2:] == [(policy, options), (policy, options)]
+    assert seen == ["ims_binding_policy_apply"] * 4  # the comparison calls alone
+
+
+def test_an_exception_stops_the_call_as_in_pluggy() -> None:
+    class Boom(Exception):
+        pass
+
+    class Raising:
+        @hookimpl
+        def ims_identity_resolve(self, impu: str, subscribers: Any) -> Any:
+            raise Boom(impu)
+
+    pm = ImsPluginManager()
+    pm.add_hookspecs(hookspecs)
+    log: list[str] = []
+    pm.register(Asked("first", None, log), name="first")
+    pm.register(Raising(), name="raising")
+    with pytest.raises(Boom, match="sip:a@b"):
+        pm.hook.ims_identity_resolve(impu="sip:a@b", subscribers=[])
+    assert log == []  # the one registered first is asked last: never reached
+
+
+def test_a_coroutine_from_one_of_several_names_its_plugin() -> None:
+    pm = ImsPluginManager()
+    pm.add_hookspecs(hookspecs)
+
+    class Sneaky:
+        made: Any = None
+
+        async def _later(self) -> None:
+            await asyncio.sleep(0)
+
+        @hookimpl
+        def ims_identity_resolve(self, impu: str, subscribers: Any) -> Any:
+            self.made = self._later()
+            return self.made
+
+    plugin = Sneaky()
+    pm.register(Asked("plain", None, []), name="plain")
+    pm.register(plugin, name="sneaky")
+    with pytest.raises(PluginError, match="in plugin 'sneaky' returned a coroutine"):
+        pm.hook.ims_identity_resolve(impu="sip:a@b", subscribers=[])
+    assert inspect.getcoroutinestate(plugin.made) == inspect.CORO_CLOSED
+
+
+def test_a_wrapper_or_an_argument_default_goes_through_pluggy() -> None:
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def ims_identity_resolve(self, impu: str, subscribers: Any) -> Any:
+            result = yield
+            return result
+
+    class Defaulted:
+        @hookimpl
+        def ims_identity_resolve(self, impu: str, subscribers: Any = ()) -> Any:
+            given = subscribers != ()  # the caller's [] rather than the default
+            return ResolvedIdentity(subscriber=ALICE, implicit_set=("given",) if given else ())
+
+    for plugin in (Wrapper(), Defaulted()):
+        pm = create_plugin_manager(autoload=False, trace=False)
+        pm.register(plugin, name="other")
+        seen = record_pluggy_calls(pm)
+        found = pm.hook.ims_identity_resolve(impu="sip:x@y", subscribers=[])
+        assert seen == ["ims_identity_resolve"]
+        if isinstance(plugin, Defaulted):  # pluggy hands the caller's value to a defaulted one
+            assert found is not None and found.implicit_set == ("given",)

@@ -116,20 +116,25 @@ class ImsPluginManager(pluggy.PluginManager):
         return impl.plugin_name == BUILTIN_PLUGIN_NAME and not (impl.wrapper or impl.hookwrapper)
 
     def _direct_for(self, caller: HookCaller) -> _Direct | None:
-        """How a call of ``caller`` can go straight to its one implementation, or ``None``."""
-        impls = caller._hookimpls
+        """How a call of ``caller`` can go straight to its implementations, or ``None``: when
+        there is at least one, none is a wrapper or takes an argument with a default, and the spec
+        has no argument defaults and is not historic."""
+        impls = tuple(caller._hookimpls)
         spec = caller.spec
         if (
-            len(impls) != 1
+            not impls
             or spec is None
             or spec.kwargdefaults
             or caller.is_historic()
-            or impls[0].wrapper
-            or impls[0].hookwrapper
+            or any(impl.wrapper or impl.hookwrapper or impl.kwargnames for impl in impls)
         ):
             return None
-        impl = impls[0]
-        return _Direct(impl.function, tuple(impl.argnames), bool(spec.opts.get("firstresult")), impl)
+        argnames = tuple(spec.argnames)
+        calls = tuple(
+            (impl.function, None if tuple(impl.argnames) == argnames else tuple(impl.argnames))
+            for impl in reversed(impls)  # pluggy's order: the last registered first
+        )
+        return _Direct(calls, argnames, bool(spec.opts.get("firstresult")), impls)
 
     # --- registration --------------------------------------------------------------------------
 
@@ -298,23 +303,28 @@ class ImsPluginManager(pluggy.PluginManager):
 
 
 class _Direct(NamedTuple):
-    """A hook with one plain implementation: the function, the arguments it takes, whether the
-    hook is ``firstresult``, and the :class:`~pluggy.HookImpl` (for error messages)."""
+    """A hook whose implementations are all plain: each function in call order with the arguments
+    it takes (``None``: the spec's, in the spec's order), the spec's arguments, whether the hook is
+    ``firstresult``, and the :class:`~pluggy.HookImpl` objects as pluggy holds them (for error
+    messages)."""
 
-    function: Callable[..., object]
+    calls: tuple[tuple[Callable[..., object], tuple[str, ...] | None], ...]
     argnames: tuple[str, ...]
     firstresult: bool
-    impl: HookImpl
+    impls: tuple[HookImpl, ...]
 
 
 class _DirectHookCaller(HookCaller):
-    """A :class:`~pluggy.HookCaller` that calls a lone implementation without pluggy's machinery.
+    """A :class:`~pluggy.HookCaller` that calls plain implementations without pluggy's machinery.
 
-    Most hooks have only the builtin default (nobody replaced the policy), and they run for every
-    request. When a hook has exactly one implementation that is not a wrapper, its spec has no
-    argument defaults and no tracing or monitoring is on, the call goes straight to the function
-    with the arguments it names, and the result is what pluggy would return: the value for a
-    ``firstresult`` hook, else a list of the non-``None`` values. Anything else (two plugins, a
+    Most hooks have only the builtin default, or the builtin and a plugin or two that answer for
+    their own names, and some run for every request. When no implementation of a hook is a wrapper
+    or takes an argument with a default, its spec has no argument defaults, the call names every
+    argument of the spec and no tracing or monitoring is on, the call goes straight to the
+    functions, in pluggy's order (the last registered first), with the arguments each names, and
+    the result is what pluggy would return: for a ``firstresult`` hook the first value that is not
+    ``None`` (the rest are not asked), else a list of the values that are not ``None``. An
+    exception of an implementation propagates as it does through pluggy. Anything else (a
     wrapper, a missing argument, tracing) goes through :meth:`HookCaller.__call__` as before; an
     awaitable result is refused with the same :class:`PluginError`.
     """
@@ -331,16 +341,29 @@ class _DirectHookCaller(HookCaller):
         assert isinstance(direct, _Direct)
         try:
             args = [kwargs[name] for name in direct.argnames]
-        except KeyError:  # pluggy's own call says which argument is missing
+        except KeyError:  # pluggy's own call warns and says which argument is missing
             return super().__call__(**kwargs)
-        value = direct.function(*args)
-        if type(value) not in _PLAIN_RESULTS and _awaitable(value):
-            outcome: Result[object] = Result(value if direct.firstresult else [value], None)
-            pm._reject_coroutine_results(outcome, self.name, [direct.impl], kwargs)
-            return outcome.get_result()
         if direct.firstresult:
+            value: object = None
+            for function, names in direct.calls:
+                value = function(*(args if names is None else [kwargs[n] for n in names]))
+                if value is not None:
+                    break
+            if type(value) not in _PLAIN_RESULTS and _awaitable(value):
+                outcome: Result[object] = Result(value, None)
+                pm._reject_coroutine_results(outcome, self.name, list(direct.impls), kwargs)
+                return outcome.get_result()
             return value
-        return [] if value is None else [value]
+        values: list[object] = []
+        for function, names in direct.calls:
+            value = function(*(args if names is None else [kwargs[n] for n in names]))
+            if value is not None:
+                values.append(value)
+        if any(type(value) not in _PLAIN_RESULTS and _awaitable(value) for value in values):
+            outcome = Result(values, None)
+            pm._reject_coroutine_results(outcome, self.name, list(direct.impls), kwargs)
+            return outcome.get_result()
+        return values
 
 
 _UNKNOWN: Final = object()
