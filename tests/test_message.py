@@ -186,6 +186,45 @@ def test_contact_star() -> None:
     assert register().contacts == [] and not register().contact_star
 
 
+def test_contact_star_after_the_contacts_were_read() -> None:
+    """Once the contacts were parsed (and found), contact_star answers from them, as before."""
+    plain = register("Contact: <sip:a@192.0.2.1:5060>")
+    assert len(plain.contacts) == 1 and not plain.contact_star
+    star = register("Contact: *", "Expires: 0")
+    assert star.contacts == [] and star.contact_star
+    changed = register("Contact: <sip:a@192.0.2.1:5060>")
+    assert changed.contacts and not changed.contact_star
+    changed.headers.remove("Contact")
+    changed.headers.add("Contact", "*")  # a change forgets the parsed contacts
+    assert changed.contact_star and changed.contacts == []
+
+
+ECHOES = [
+    "<sip:a@192.0.2.1:5060>",
+    "sip:a@192.0.2.1:5060;expires=60",
+    "<sip:a@192.0.2.1:5060;transport=tcp>;Expires=60;q=0.5;+sip.instance=\"<urn:uuid:1>\"",
+    '"Alice" <sip:a@192.0.2.1>;pub-gruu="sip:x";TEMP-GRUU="sip:y";reg-id=1;expires=0',
+    "Bob <sips:b@example.test>;q=1",
+    "<tel:+15551230001;phone-context=x>;expires=3600",
+    "<urn:service:sos>;expires=10;x",
+]
+
+
+@pytest.mark.parametrize("value", ECHOES)
+@pytest.mark.parametrize("parsed", [False, True])
+def test_address_echo_is_a_bracketed_copy_without_the_named_params(value: str, parsed: bool) -> None:
+    contact = parse_contact(value) if parsed else parse_address(value, "Contact", Contact)
+    before = str(contact)
+    without = frozenset({"expires", "pub-gruu", "temp-gruu"})
+    for names in (without, frozenset()):
+        copy = contact.copy()
+        for name in names:
+            copy.params.remove(name)
+        copy.bracketed = True
+        assert contact.echo(names) == str(copy)
+    assert str(contact) == before  # the address itself is left as it was
+
+
 VIA_TABLE = [
     (
         "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776;rport",

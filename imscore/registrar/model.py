@@ -19,10 +19,10 @@ FIRST_CSEQ = "first-cseq"
 def feature_tags(contact: str) -> tuple[tuple[str, str | None], ...]:
     """The feature-tag parameters of a Contact value (names starting with ``+``, RFC 3840), without
     ``+sip.instance`` (an identity, not a capability)."""
-    from imscore.sip.headers import parse_contact
-
     if "+" not in contact:  # no parameter can start with "+": skip the parse (most devices)
         return ()
+    from imscore.sip.headers import parse_contact
+
     try:
         params = parse_contact(contact).params.items()
     except SipError:

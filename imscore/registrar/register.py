@@ -613,18 +613,15 @@ class Registrar:
         expires: int,
         now: float,
     ) -> StoredBinding:
-        echo = contact.copy()
-        for name in ("expires", "pub-gruu", "temp-gruu"):  # ours to add in the 200 OK
-            echo.params.remove(name)
-        echo.bracketed = True
+        uri = contact.uri
         extra = {OUTBOUND_MARK: "1"} if uses_outbound(request, contact) else {}
         if contact.instance is not None:  # RFC 5628 first-cseq: kept while the Call-ID stays
             extra[FIRST_CSEQ] = str(request.cseq.seq)
         return StoredBinding(
             aor=aor,
             impi=subscriber.impi,
-            contact=str(echo),
-            uri=str(contact.uri),
+            contact=contact.echo(_ECHO_WITHOUT),
+            uri=str(uri),
             expires_at=now + expires,
             registered_at=now,
             call_id=request.call_id,
@@ -705,7 +702,8 @@ class Registrar:
         """The header fields of the 200 OK to a stored REGISTER, after the ones copied from the
         request: the set's bindings, P-Associated-URI, Service-Route, Path, Supported, what RFC
         5626 asks, Date."""
-        gruu = "gruu" in [t.lower() for t in request.supported]
+        supported = [t.lower() for t in request.supported]
+        gruu = "gruu" in supported
         headers: list[tuple[str, object]] = [
             (
                 "Contact",
@@ -717,19 +715,23 @@ class Registrar:
         if associated:
             headers.append(("P-Associated-URI", ", ".join(f"<{u}>" for u in associated)))
         headers.append(("Service-Route", self.service_route))
-        if "path" in [t.lower() for t in request.supported] and "Path" in request.headers:
+        if "path" in supported and "Path" in request.headers:
             headers.extend(("Path", value) for value in request.headers.get_all("Path"))
         headers.append(("Supported", ", ".join(SUPPORTED)))
         if request.headers.count("Contact") and not request.contact_star:
-            flows = [c for c in request.contacts if uses_outbound(request, c)]
+            contacts = request.contacts
+            flows = [c for c in contacts if uses_outbound(request, c)]
             if flows:  # RFC 5626 §6: the device's flow is registered; keep it alive this often
                 headers.append(("Require", "outbound"))
                 headers.append(("Flow-Timer", flow_timer(request.top_via.transport)))
-            elif any(through_outbound_edge(request, c) for c in request.contacts):
+            elif any(through_outbound_edge(request, c) for c in contacts):
                 headers.append(("Require", "outbound"))  # the edge proxy keeps the flow alive
         headers.append(("Date", _http_date(now)))
         return headers
 
+
+#: the Contact parameters a stored binding's echo leaves out: ours to add in the 200 OK
+_ECHO_WITHOUT: Final = frozenset({"expires", "pub-gruu", "temp-gruu"})
 
 _date_cache: tuple[int, str] = (-1, "")
 

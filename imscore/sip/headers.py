@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Collection
 from typing import Final, TypeVar
 
 from . import grammar as g
@@ -282,6 +283,19 @@ class Address:
         if self._uri is None:
             return self._lazy(self._uri_text, self.display, self.params.copy(), self.bracketed)
         return type(self)(self._uri.copy(), self.display, self.params.copy(), bracketed=self.bracketed)
+
+    def echo(self, without: Collection[str] = ()) -> str:
+        """The text of a copy of this address with its URI in ``<>`` and without the parameters
+        named in ``without`` (lower-case names, any spelling removed): what ``str`` of
+        :meth:`copy` gives after ``params.remove`` of each and ``bracketed = True``, without
+        making the copy."""
+        uri = self._uri_text if self._uri is None else str(self._uri)
+        params = self.params
+        if without and any(k.lower() in without for k in params):
+            params = Params([(k, v) for k, v in params.items() if k.lower() not in without])
+        if self.display is None:
+            return f"<{uri}>{params}"
+        return f"{self.display} <{uri}>{params}"
 
     def __str__(self) -> str:
         uri = self._uri_text if self._uri is None else str(self._uri)

@@ -702,6 +702,8 @@ class Message:
     @property
     def contact_star(self) -> bool:
         """True when the message carries ``Contact: *`` (and nothing else in Contact)."""
+        if self.headers.cache.get("contact"):  # contacts parsed, and found: "*" was not there
+            return False
         values = self._elements("Contact")
         if "*" not in values:
             return False
