@@ -17,6 +17,7 @@ from pluggy import HookCaller, HookImpl, Result
 
 from . import builtin, hookspecs
 from .errors import PluginError
+from .types import BindingDecision, NextHop, ResolvedIdentity
 
 PROJECT_NAME = "imscore"
 #: Entry-point group scanned for third-party plugins.
@@ -32,8 +33,11 @@ TRACE_LOGGER = "imscore.plugin.trace"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
-#: result types that are never awaitable, checked by identity before the slower inspection
-_PLAIN_RESULTS: frozenset[type] = frozenset({type(None), str, int, float, bool, bytes, tuple, dict})
+#: result types that are never awaitable, checked by identity before the slower inspection: plain
+#: values, and the decisions of :mod:`.types` (frozen, without ``__await__``; a subclass is inspected)
+_PLAIN_RESULTS: frozenset[type] = frozenset(
+    {type(None), str, int, float, bool, bytes, tuple, dict, BindingDecision, NextHop, ResolvedIdentity}
+)
 
 
 def _awaitable(value: object) -> bool:
