@@ -846,6 +846,13 @@ def test_subscriber_invariants() -> None:
         _set("tel:+15550100", "tel:+1-555-0100")
 
 
+def test_an_implicit_sets_aor_is_its_default_impus() -> None:
+    for uris in (("sip:X%41@Y.Test.", "tel:+15550100"), ("tel:+1-555-0100", "sip:x@y.test")):
+        implicit_set = _set(*uris)
+        assert implicit_set.aor == implicit_set.default.aor == implicit_set.keys[0]
+    assert _set("sip:XA@y.test").aor == "sip:XA@y.test"
+
+
 def test_directory_rejects_repeats() -> None:
     x = Subscriber("x@y.test", password="pw", implicit_sets=(_set("sip:x@y.test"),))
     x2 = Subscriber("x@Y.TEST", password="pw", implicit_sets=(_set("sip:x2@y.test"),))

@@ -378,7 +378,7 @@ class Registrar:
         # another node wrote the set meanwhile, and the decision is made again (.versioned)
         if not is_versioned(self.bindings):
             return await self._bind(request, subscriber, implicit_set, flow, now)
-        async with self._deciding.hold(implicit_set.default.aor):  # this node's turn
+        async with self._deciding.hold(implicit_set.aor):  # this node's turn
             for _ in range(MAX_ATTEMPTS - 1):
                 try:
                     return await self._bind(request, subscriber, implicit_set, flow, now)
@@ -397,7 +397,7 @@ class Registrar:
         """Steps 5-7 of RFC 3261 §10.3 for an authenticated REGISTER: load the set's bindings,
         decide, save (:class:`~.versioned.BindingConflict` when another node wrote first)."""
         # step 5: bindings are filed under the implicit set's default IMPU
-        aor = implicit_set.default.aor
+        aor = implicit_set.aor
         loaded, version = await load_for_update(self.bindings, aor)
         stored = [b for b in loaded if not b.expired(now)]
         # step 6: contacts
@@ -467,7 +467,7 @@ class Registrar:
         if resolved is None:
             return self._reply(request, 404, "Unknown public identity"), ()
         subscriber, implicit_set = resolved
-        aor = implicit_set.default.aor
+        aor = implicit_set.aor
         bindings = [b for b in await self.bindings.load(aor) if not b.expired(now)]
         watcher = request.from_.uri  # one of the subscriber's IMPUs, or one a plugin resolves to it
         own = subscriber.owns(watcher)
@@ -581,7 +581,7 @@ class Registrar:
         self._report(
             RegistrationChange(
                 kind,
-                implicit_set.default.aor,
+                implicit_set.aor,
                 subscriber.impi,
                 max((b.remaining(now) for b in after), default=0),
                 impu=request.to.uri,

@@ -520,7 +520,7 @@ class FastRegister:
         (contact,) = contacts
         if first_hop_lacks_outbound(request, contact):
             return None
-        aor = known.implicit_set.default.aor
+        aor = known.implicit_set.aor
         now = self.server.clock()
         try:
             loaded = _at_once(store.load(aor))

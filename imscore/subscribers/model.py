@@ -218,6 +218,12 @@ class ImplicitSet:
         """The address-of-record keys of the IMPUs, in order."""
         return self._keys
 
+    @property
+    def aor(self) -> str:
+        """The address-of-record key of the default IMPU (``default.aor``, kept from when the set
+        was made, as :attr:`keys` is): the key the set's bindings are filed under."""
+        return self._keys[0]
+
     def __contains__(self, uri: object) -> bool:
         if not isinstance(uri, str | SipUri | TelUri):
             return False
