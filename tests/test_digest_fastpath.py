@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import itertools
 import random
+import re
 import string
 import struct
 from collections.abc import Callable
@@ -387,3 +388,54 @@ def test_the_nonce_counter_follows_the_plain_rules(seed: int) -> None:
         assert len(counter) == sum(len(e) for e, _ in ref.buckets.values())
         answers.add(got)
     assert answers == {"fresh", "replay", "full"}
+
+
+# -- quoted strings -------------------------------------------------------------------------------
+
+#: the quoted-string pattern as it was written before (one alternation per character)
+_REF_QUOTED_STRING = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
+
+
+def _ref_patterns() -> list[tuple[str, re.Pattern[str], re.Pattern[str]]]:
+    """The grammar's patterns that hold a quoted-string, and each written with the old one."""
+    named = {
+        "QUOTED_STRING_RE": g.QUOTED_STRING,
+        "AUTH_PARAM_RE": rf"[ \t]*({g.TOKEN})[ \t]*=[ \t]*({{qs}}|{g.TOKEN})[ \t]*(?=,|$)",
+        "PARAMETERISED_RE": rf"[ \t]*({{qs}}|{g.TOKEN})[ \t]*",
+        "HEADER_PARAMS_RE": rf"(?:[ \t]*;[ \t]*{g.TOKEN}(?:[ \t]*=[ \t]*{{gv}})?)*[ \t]*",
+        "HEADER_PARAM_FIND": rf";[ \t]*({g.TOKEN})(?:[ \t]*=[ \t]*({{gv}}))?",
+    }
+    gen_value = rf"(?:{_REF_QUOTED_STRING}|[{g.TOKEN_CHARS}:\[\]]+)"
+    out = []
+    for name, template in named.items():
+        ref = (
+            _REF_QUOTED_STRING
+            if name == "QUOTED_STRING_RE"
+            else template.replace("{qs}", _REF_QUOTED_STRING).replace("{gv}", gen_value)
+        )
+        out.append((name, getattr(g, name), re.compile(ref)))
+    return out
+
+
+def test_the_quoted_string_pattern_matches_as_the_plain_one() -> None:
+    """The quoted-string written as runs of qdtext between quoted-pairs: every grammar pattern that
+    holds one matches (match, fullmatch, search, findall) exactly what it matched with the old
+    form, over random text of quotes, backslashes, controls, commas, semicolons and tokens."""
+    rng = random.Random(13)
+    pieces = ['"', '"', "\\", "\\\\", '\\"', "a", "b1", " ", "\t", ",", ";", "=", "\r", "\n", "\x00",
+              "\x7f", "é", "x=y", 'qop="auth,auth-int"', "nonce=", "\x1f", ":"]  # fmt: skip
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(0, 14))) for _ in range(4000)]
+    texts += ['"', '""', '"\\"', '"\\""', '"a\\\\"b"', 'x="\\\r"', 'x="a" , y=b', ';p="q\\"r";s']
+    seen = set()
+    for name, new, old in _ref_patterns():
+        for text in texts:
+            for pos in (0, 1):
+                a, b = new.match(text, pos), old.match(text, pos)
+                assert (a and (a.span(), a.groups())) == (b and (b.span(), b.groups())), (name, text)
+                seen.add(a is not None)
+            a, b = new.fullmatch(text), old.fullmatch(text)
+            assert (a and a.groups()) == (b and b.groups()), (name, text)
+            a, b = new.search(text), old.search(text)
+            assert (a and (a.span(), a.groups())) == (b and (b.span(), b.groups())), (name, text)
+            assert new.findall(text) == old.findall(text), (name, text)
+    assert seen == {True, False}
