@@ -439,3 +439,26 @@ def test_the_quoted_string_pattern_matches_as_the_plain_one() -> None:
             assert (a and (a.span(), a.groups())) == (b and (b.span(), b.groups())), (name, text)
             assert new.findall(text) == old.findall(text), (name, text)
     assert seen == {True, False}
+
+
+# -- hash implementations -------------------------------------------------------------------------
+
+
+def test_the_hashes_are_hashlibs_digests_and_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython's own MD5 and SHA-256 give hashlib's digests (copied states too); without them
+    hashlib's constructors are used."""
+    for name, make in digest._HASHES.items():
+        for data in (b"", b"abc", bytes(range(256)) * 3):
+            assert make(data, usedforsecurity=False).hexdigest() == hashlib.new(name, data).hexdigest()
+            state = make(b"key")
+            copy = state.copy()
+            copy.update(data)
+            assert copy.digest() == hashlib.new(name, b"key" + data).digest()
+            assert state.digest() == hashlib.new(name, b"key").digest()
+
+    def missing(module: str) -> object:
+        raise ImportError(module)
+
+    monkeypatch.setattr(digest.importlib, "import_module", missing)
+    assert digest._builtin("md5") is hashlib.md5
+    assert digest._builtin("sha256") is hashlib.sha256
