@@ -97,6 +97,17 @@ def test_aor_keys_of_texts_are_the_parsed_uris_keys_and_stay_bounded() -> None:
     assert not uri_module._AORS
 
 
+def test_the_builtin_resolver_keys_texts_as_the_parser_does() -> None:
+    """The builtin ``ims_identity_resolve`` keys an IMPU's text with ``aor_of``: the parsed URI's
+    key, ``None`` for text that is not a URI."""
+    from imscore.plugin import builtin
+
+    builtin._aor_key.cache_clear()
+    for text in ("sip:Bob@Example.TEST;user=phone", "tel:+1-555-0100", "sip:%62ob@example.test"):
+        assert builtin._aor_key(text) == parse_uri(text).aor
+    assert builtin._aor_key("not a uri") is None and builtin._aor_key("sip:") is None
+
+
 def _register(*lines: str) -> bytes:
     """A REGISTER's start line and header section, as :func:`parse_message` takes them."""
     return "\r\n".join(("REGISTER sip:ims.example.test SIP/2.0", *lines)).encode()
