@@ -557,8 +557,9 @@ def parse_auth(value: str, what: str) -> AuthHeader:
     rest = rest.strip(" \t")
     pos = 0
     n = len(rest)
+    match = g.AUTH_PARAM_RE.match
     while pos < n:
-        pm = g.AUTH_PARAM_RE.match(rest, pos)
+        pm = match(rest, pos)
         if pm is None:
             # liberal: an unquoted value with characters a token does not allow (e.g. uri=sip:a@b)
             eq = rest.find("=", pos)
@@ -573,7 +574,7 @@ def parse_auth(value: str, what: str) -> AuthHeader:
             params.append((name, raw))
             pos = end
         else:
-            params.append((pm.group(1), pm.group(2)))
+            params.append(pm.groups())  # type: ignore[arg-type]  # (name, value): both groups match
             pos = pm.end()
         if pos < n:
             if rest[pos] != ",":
