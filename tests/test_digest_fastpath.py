@@ -330,6 +330,37 @@ def test_verify_accepts_algorithms_and_qops_in_any_case() -> None:
     assert (no_qop.kind, no_qop.reason) == (VerdictKind.BAD_REQUEST, "Digest qop 'auth' not offered")
 
 
+def test_verify_reads_parameter_names_in_any_case_and_the_first_occurrence() -> None:
+    """``verify`` reads the parameters from :meth:`AuthHeader.unquoted`: names in any case, the
+    first of a repeated one, as :meth:`AuthHeader.get` reads them."""
+    nonces = NonceFactory(b"s" * 32)
+    nonce = nonces.make(10.0)
+    response = digest_response(
+        algorithm="MD5", username="bob", realm=REALM, password="pw", method="REGISTER",
+        uri=f"sip:{REALM}", nonce=nonce, nc=1, cnonce="c", qop="auth",
+    )  # fmt: skip
+    text = (
+        f'Digest UserName="bob", REALM="{REALM}", Nonce="{nonce}", URI="sip:{REALM}", '
+        f'Response="{response}", response="0", QOP=auth, NC=00000001, CNonce="c", uri="x"'
+    )
+    header = parse_auth(text, "Authorization")
+    assert dict(header.unquoted()) == {
+        name: header.get(name.upper()) for name in ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
+    }  # fmt: skip
+    verdict = verify(
+        header, method="REGISTER", request_uri=f"sip:{REALM}", password_or_ha1="pw", realm=REALM,
+        nonces=nonces, now=11.0,
+    )  # fmt: skip
+    assert verdict.ok and verdict.username == "bob"
+    header.set("response", "1" * 32)  # set() forgets the index: read again
+    assert header.unquoted()["response"] == "1" * 32
+    wrong = verify(
+        header, method="REGISTER", request_uri=f"sip:{REALM}", password_or_ha1="pw", realm=REALM,
+        nonces=nonces, now=11.0,
+    )  # fmt: skip
+    assert wrong.kind is VerdictKind.WRONG_RESPONSE
+
+
 # -- the nonce counter ----------------------------------------------------------------------------
 
 

@@ -882,7 +882,7 @@ def verify(
     response (constant-time comparison); stale; replay. A stale nonce is reported only when the response
     is right for it (RFC 2617 §3.2.1), so ``stale=true`` never tells a guesser anything.
     """
-    get = credentials.get
+    get = credentials.unquoted().get  # (= credentials.get for these lower-case names)
     username = get("username")
     if not credentials.is_digest:
         return Verdict(

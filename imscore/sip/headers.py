@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Mapping
 from typing import Final, TypeVar
 
 from . import grammar as g
@@ -511,11 +512,22 @@ class AuthHeader:
     def get(self, name: str, default: str | None = None) -> str | None:
         index = self._index
         if index is None:
-            index = {}
-            for key, value in self.params:
-                index.setdefault(key.lower(), g.unquote(value))
-            self._index = index
+            index = self._indexed()
         return index.get(name.lower(), default)
+
+    def unquoted(self) -> Mapping[str, str]:
+        """The parameters by lower-cased name, each the unquoted value of its first occurrence
+        (what :meth:`get` answers from; a reader asking for many lower-case names takes it to
+        skip a call per name)."""
+        index = self._index
+        return self._indexed() if index is None else index
+
+    def _indexed(self) -> dict[str, str]:
+        index: dict[str, str] = {}
+        for key, value in self.params:
+            index.setdefault(key.lower(), g.unquote(value))
+        self._index = index
+        return index
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
