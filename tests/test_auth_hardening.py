@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import secrets
 from collections.abc import Iterator
 
@@ -499,6 +500,44 @@ def test_the_per_source_and_per_impi_limits() -> None:
     assert limiter.blocked("other@x", "10.0.0.1", 1.0) is None
     assert limiter.blocked("victim@x", "203.0.113.9", 1.0) == "too many failures of this IMPI"
     assert limiter.blocked("victim@x", "203.0.113.9", 61.0) is None
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        FailureLimits(),
+        FailureLimits(per_impi_source=2, per_source=0, per_impi=3, window=5.0),
+        FailureLimits(per_impi_source=0, per_source=2, per_impi=0, exempt=frozenset({"192.0.2.1"})),
+    ],
+)
+def test_blocked_answers_what_the_plain_rule_answers(limits: FailureLimits) -> None:
+    """``blocked`` skips a table with no limit or no count; over random failures and asks, it
+    answers what asking every table with its key answers."""
+    from imscore.registrar.failures import _key
+    from imscore.subscribers.model import impi_key
+
+    def plain(limiter: FailureLimiter, impi: str, source: str, now: float) -> str | None:
+        if limiter._pair.reached(_key(impi_key(impi), source), now):
+            return "too many failures of this IMPI from this source"
+        if source not in limiter.limits.exempt and limiter._source.reached(source, now):
+            return "too many failures from this source"
+        if limiter._impi.reached(_key(impi_key(impi)), now):
+            return "too many failures of this IMPI"
+        return None
+
+    rng = random.Random(7)
+    limiter = FailureLimiter(limits)
+    answers = set()
+    now = 0.0
+    for _ in range(3000):
+        now += rng.choice([0.0, 0.01, 0.05, 2.0])
+        impi, source = f"u{rng.randrange(2)}@X.test", f"192.0.2.{rng.randrange(2)}"
+        if rng.random() < 0.6:
+            limiter.failed(impi, source, now)
+        got = limiter.blocked(impi, source, now)
+        assert got == plain(limiter, impi, source, now)
+        answers.add(got)
+    assert None in answers and len(answers) >= 2
 
 
 def test_the_limiter_and_the_log_stay_bounded(caplog: pytest.LogCaptureFixture) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import itertools
 import random
+import re
 import string
 import struct
 from collections.abc import Callable
@@ -329,6 +330,37 @@ def test_verify_accepts_algorithms_and_qops_in_any_case() -> None:
     assert (no_qop.kind, no_qop.reason) == (VerdictKind.BAD_REQUEST, "Digest qop 'auth' not offered")
 
 
+def test_verify_reads_parameter_names_in_any_case_and_the_first_occurrence() -> None:
+    """``verify`` reads the parameters from :meth:`AuthHeader.unquoted`: names in any case, the
+    first of a repeated one, as :meth:`AuthHeader.get` reads them."""
+    nonces = NonceFactory(b"s" * 32)
+    nonce = nonces.make(10.0)
+    response = digest_response(
+        algorithm="MD5", username="bob", realm=REALM, password="pw", method="REGISTER",
+        uri=f"sip:{REALM}", nonce=nonce, nc=1, cnonce="c", qop="auth",
+    )  # fmt: skip
+    text = (
+        f'Digest UserName="bob", REALM="{REALM}", Nonce="{nonce}", URI="sip:{REALM}", '
+        f'Response="{response}", response="0", QOP=auth, NC=00000001, CNonce="c", uri="x"'
+    )
+    header = parse_auth(text, "Authorization")
+    assert dict(header.unquoted()) == {
+        name: header.get(name.upper()) for name in ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
+    }  # fmt: skip
+    verdict = verify(
+        header, method="REGISTER", request_uri=f"sip:{REALM}", password_or_ha1="pw", realm=REALM,
+        nonces=nonces, now=11.0,
+    )  # fmt: skip
+    assert verdict.ok and verdict.username == "bob"
+    header.set("response", "1" * 32)  # set() forgets the index: read again
+    assert header.unquoted()["response"] == "1" * 32
+    wrong = verify(
+        header, method="REGISTER", request_uri=f"sip:{REALM}", password_or_ha1="pw", realm=REALM,
+        nonces=nonces, now=11.0,
+    )  # fmt: skip
+    assert wrong.kind is VerdictKind.WRONG_RESPONSE
+
+
 # -- the nonce counter ----------------------------------------------------------------------------
 
 
@@ -387,3 +419,77 @@ def test_the_nonce_counter_follows_the_plain_rules(seed: int) -> None:
         assert len(counter) == sum(len(e) for e, _ in ref.buckets.values())
         answers.add(got)
     assert answers == {"fresh", "replay", "full"}
+
+
+# -- quoted strings -------------------------------------------------------------------------------
+
+#: the quoted-string pattern as it was written before (one alternation per character)
+_REF_QUOTED_STRING = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
+
+
+def _ref_patterns() -> list[tuple[str, re.Pattern[str], re.Pattern[str]]]:
+    """The grammar's patterns that hold a quoted-string, and each written with the old one."""
+    named = {
+        "QUOTED_STRING_RE": g.QUOTED_STRING,
+        "AUTH_PARAM_RE": rf"[ \t]*({g.TOKEN})[ \t]*=[ \t]*({{qs}}|{g.TOKEN})[ \t]*(?=,|$)",
+        "PARAMETERISED_RE": rf"[ \t]*({{qs}}|{g.TOKEN})[ \t]*",
+        "HEADER_PARAMS_RE": rf"(?:[ \t]*;[ \t]*{g.TOKEN}(?:[ \t]*=[ \t]*{{gv}})?)*[ \t]*",
+        "HEADER_PARAM_FIND": rf";[ \t]*({g.TOKEN})(?:[ \t]*=[ \t]*({{gv}}))?",
+    }
+    gen_value = rf"(?:{_REF_QUOTED_STRING}|[{g.TOKEN_CHARS}:\[\]]+)"
+    out = []
+    for name, template in named.items():
+        ref = (
+            _REF_QUOTED_STRING
+            if name == "QUOTED_STRING_RE"
+            else template.replace("{qs}", _REF_QUOTED_STRING).replace("{gv}", gen_value)
+        )
+        out.append((name, getattr(g, name), re.compile(ref)))
+    return out
+
+
+def test_the_quoted_string_pattern_matches_as_the_plain_one() -> None:
+    """The quoted-string written as runs of qdtext between quoted-pairs: every grammar pattern that
+    holds one matches (match, fullmatch, search, findall) exactly what it matched with the old
+    form, over random text of quotes, backslashes, controls, commas, semicolons and tokens."""
+    rng = random.Random(13)
+    pieces = ['"', '"', "\\", "\\\\", '\\"', "a", "b1", " ", "\t", ",", ";", "=", "\r", "\n", "\x00",
+              "\x7f", "é", "x=y", 'qop="auth,auth-int"', "nonce=", "\x1f", ":"]  # fmt: skip
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(0, 14))) for _ in range(4000)]
+    texts += ['"', '""', '"\\"', '"\\""', '"a\\\\"b"', 'x="\\\r"', 'x="a" , y=b', ';p="q\\"r";s']
+    seen = set()
+    for name, new, old in _ref_patterns():
+        for text in texts:
+            for pos in (0, 1):
+                a, b = new.match(text, pos), old.match(text, pos)
+                assert (a and (a.span(), a.groups())) == (b and (b.span(), b.groups())), (name, text)
+                seen.add(a is not None)
+            a, b = new.fullmatch(text), old.fullmatch(text)
+            assert (a and a.groups()) == (b and b.groups()), (name, text)
+            a, b = new.search(text), old.search(text)
+            assert (a and (a.span(), a.groups())) == (b and (b.span(), b.groups())), (name, text)
+            assert new.findall(text) == old.findall(text), (name, text)
+    assert seen == {True, False}
+
+
+# -- hash implementations -------------------------------------------------------------------------
+
+
+def test_the_hashes_are_hashlibs_digests_and_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython's own MD5 and SHA-256 give hashlib's digests (copied states too); without them
+    hashlib's constructors are used."""
+    for name, make in digest._HASHES.items():
+        for data in (b"", b"abc", bytes(range(256)) * 3):
+            assert make(data, usedforsecurity=False).hexdigest() == hashlib.new(name, data).hexdigest()
+            state = make(b"key")
+            copy = state.copy()
+            copy.update(data)
+            assert copy.digest() == hashlib.new(name, b"key" + data).digest()
+            assert state.digest() == hashlib.new(name, b"key").digest()
+
+    def missing(module: str) -> object:
+        raise ImportError(module)
+
+    monkeypatch.setattr(digest.importlib, "import_module", missing)
+    assert digest._builtin("md5") is hashlib.md5
+    assert digest._builtin("sha256") is hashlib.sha256

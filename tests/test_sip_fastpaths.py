@@ -69,6 +69,45 @@ def test_the_memory_of_uris_stays_bounded_and_right() -> None:
         assert uri.port == int(text.rsplit(":", 1)[1])
 
 
+def test_aor_keys_of_texts_are_the_parsed_uris_keys_and_stay_bounded() -> None:
+    """``aor_of`` answers ``parse_uri(text).aor`` (from its memory the second time), raises what
+    the parser raises, keeps at most as many texts as the URI memory and forgets with it."""
+    texts = [
+        "sip:Alice@IMS.Example.Test.:5060;transport=udp?x=y",
+        "sips:%61lice@ims.example.test",
+        "sip:ims.example.test",
+        "tel:+1-555-123-0001;phone-context=x",
+        "tel:+15551230001",
+        "urn:service:sos",
+        "sip:[2001:DB8::1]:5070",
+    ]
+    for text in texts * 2:
+        assert uri_module.aor_of(text) == parse_uri(text).aor
+    for bad in ("nothing", "sip:", "tel:5550100"):
+        for _ in range(2):
+            with pytest.raises(ParseError):
+                uri_module.aor_of(bad)
+            assert bad not in uri_module._AORS
+    limit = uri_module._SEEN_MAX
+    for i in range(limit + limit // 2):
+        text = f"sip:user{i}@ims.example.test"
+        assert uri_module.aor_of(text) == text
+        assert len(uri_module._AORS) <= limit
+    headers_module.forget_recent_texts()
+    assert not uri_module._AORS
+
+
+def test_the_builtin_resolver_keys_texts_as_the_parser_does() -> None:
+    """The builtin ``ims_identity_resolve`` keys an IMPU's text with ``aor_of``: the parsed URI's
+    key, ``None`` for text that is not a URI."""
+    from imscore.plugin import builtin
+
+    builtin._aor_key.cache_clear()
+    for text in ("sip:Bob@Example.TEST;user=phone", "tel:+1-555-0100", "sip:%62ob@example.test"):
+        assert builtin._aor_key(text) == parse_uri(text).aor
+    assert builtin._aor_key("not a uri") is None and builtin._aor_key("sip:") is None
+
+
 def _register(*lines: str) -> bytes:
     """A REGISTER's start line and header section, as :func:`parse_message` takes them."""
     return "\r\n".join(("REGISTER sip:ims.example.test SIP/2.0", *lines)).encode()
@@ -292,7 +331,7 @@ def test_forget_recent_texts_empties_the_uri_via_and_address_memories() -> None:
     parse_uri("sip:forget@example.test")
     headers_module.forget_recent_texts()
     assert not headers_module._VIAS_SEEN and not headers_module._ADDRESSES_SEEN
-    assert not uri_module._SEEN
+    assert not uri_module._SEEN and not uri_module._AORS
     via = headers_module.parse_via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKforget")
     assert via.branch == "z9hG4bKforget"
     assert list(headers_module._VIAS_SEEN) == ["SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKforget"]

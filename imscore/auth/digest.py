@@ -23,12 +23,13 @@ import binascii
 import enum
 import hashlib
 import hmac
+import importlib
 import re
 import secrets
 import struct
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from ..sip import grammar as g
 from ..sip.errors import SipError
@@ -59,11 +60,22 @@ __all__ = [
 # algorithms
 
 
-#: the hashlib constructors by hashlib name: called directly, they skip ``hashlib.new``'s lookup by
+def _builtin(name: str) -> Callable[..., hashlib._Hash]:
+    """CPython's own implementation of hash ``name`` when the interpreter has it (its objects copy
+    and hash short inputs with less work than OpenSSL's EVP ones), else hashlib's: the same
+    digests either way."""
+    try:
+        module = importlib.import_module(f"_{name}")
+    except ImportError:
+        return cast("Callable[..., hashlib._Hash]", getattr(hashlib, name))
+    return cast("Callable[..., hashlib._Hash]", getattr(module, name))
+
+
+#: the hash constructors by hashlib name: called directly, they skip ``hashlib.new``'s lookup by
 #: name (same digests)
 _HASHES: Final[dict[str, Callable[..., hashlib._Hash]]] = {
-    "md5": hashlib.md5,
-    "sha256": hashlib.sha256,
+    "md5": _builtin("md5"),
+    "sha256": _builtin("sha256"),
 }
 
 
@@ -369,10 +381,11 @@ class NonceFactory:
         self._secret = secret
         # HMAC (RFC 2104) with the key's two padded blocks hashed once, here: each MAC then copies
         # the two SHA-256 states instead of hashing the key again (the same HMAC-SHA256)
-        key = secret if len(secret) <= _HMAC_BLOCK else hashlib.sha256(secret).digest()
+        sha256 = _HASHES["sha256"]
+        key = secret if len(secret) <= _HMAC_BLOCK else sha256(secret).digest()
         key = key.ljust(_HMAC_BLOCK, b"\x00")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        self._inner = sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = sha256(bytes(b ^ 0x5C for b in key))
         # None: secrets.token_bytes, looked up at call time (not bound at import), so a seeded run
         # can replace the source
         self._random: Callable[[int], bytes] | None = random
@@ -869,7 +882,7 @@ def verify(
     response (constant-time comparison); stale; replay. A stale nonce is reported only when the response
     is right for it (RFC 2617 §3.2.1), so ``stale=true`` never tells a guesser anything.
     """
-    get = credentials.get
+    get = credentials.unquoted().get  # (= credentials.get for these lower-case names)
     username = get("username")
     if not credentials.is_digest:
         return Verdict(

@@ -80,7 +80,8 @@ from imscore.profile.model import (
     PolicyOptionError,
     check_binding_policy_options,
 )
-from imscore.sip import Request, SipError, Uri, parse_uri
+from imscore.sip import Request, SipError, Uri
+from imscore.sip.uri import aor_of
 
 from .markers import hookimpl
 from .types import (
@@ -279,7 +280,7 @@ def _aor_key(text: str) -> str | None:
     """The address-of-record key of a URI written as text, ``None`` if it is not a URI (cached:
     the subscribers' IMPUs are asked about again and again)."""
     try:
-        return parse_uri(text).aor
+        return aor_of(text)  # (parse_uri(text).aor, from the URI layer's memory of recent texts)
     except SipError:
         return None
 

@@ -73,6 +73,10 @@ class _Windows:
     def _open(self, value: int, now: float) -> bool:
         return now - (value >> _COUNT_BITS) / 1000.0 <= self.window
 
+    def active(self) -> bool:
+        """Whether :meth:`reached` can be true for any key: there is a limit and a count."""
+        return self.limit > 0 and bool(self._counts)
+
     def reached(self, key: object, now: float) -> bool:
         if self.limit <= 0:
             return False
@@ -116,13 +120,14 @@ class FailureLimiter:
         self._impi = _Windows(lim.per_impi, lim.window, lim.max_entries)
 
     def blocked(self, impi: str, source: str, now: float) -> str | None:
-        """Why credentials of ``impi`` from ``source`` are refused at ``now``, or ``None``."""
-        key = _key(impi_key(impi))
-        if self._pair.reached(_key(impi_key(impi), source), now):
+        """Why credentials of ``impi`` from ``source`` are refused at ``now``, or ``None``. (A
+        table that counts nothing, or holds no failure, refuses nothing: its key is not made.)"""
+        pair, by_impi = self._pair, self._impi
+        if pair.active() and pair.reached(_key(impi_key(impi), source), now):
             return "too many failures of this IMPI from this source"
         if source not in self.limits.exempt and self._source.reached(source, now):
             return "too many failures from this source"
-        if self._impi.reached(key, now):
+        if by_impi.active() and by_impi.reached(_key(impi_key(impi)), now):
             return "too many failures of this IMPI"
         return None
 

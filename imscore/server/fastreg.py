@@ -477,7 +477,8 @@ class FastRegister:
         if not username or phone_number(to_uri) is not None:
             return None
         subscriber = directory.by_impi(username)
-        if subscriber is None or subscriber.is_barred(to_uri):
+        # (with nothing barred no URI is; the checked To has a key: user@host, no IPv6 to read)
+        if subscriber is None or (subscriber.barred and subscriber.is_barred(to_uri)):
             return None
         # the builtin ims_identity_resolve, as resolve_identity asks it: the subscriber's set
         resolved = builtin.ims_identity_resolve(

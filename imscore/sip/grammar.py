@@ -35,8 +35,12 @@ RESERVED: Final = frozenset(";/?:@&=+$,")
 TOKEN: Final = f"[{TOKEN_CHARS}]+"
 WORD: Final = f"[{WORD_CHARS}]+"
 # quoted-string after unfolding: qdtext is any char but DQUOTE, backslash and controls (HTAB allowed);
-# quoted-pair is a backslash and any octet but CR and LF.
-QUOTED_STRING: Final = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
+# quoted-pair is a backslash and any octet but CR and LF. Written as qdtext runs between quoted-pairs
+# (``"q*(?:pq*)*"``, the same strings as ``"(?:q|p)*"``, each matched one way only): the regex engine
+# then takes each run of qdtext in one step instead of one alternation per character.
+_QDTEXT: Final = r'[^"\\\x00-\x08\x0a-\x1f\x7f]'
+_QUOTED_PAIR: Final = r"\\[\x00-\x09\x0b\x0c\x0e-\x7f]"
+QUOTED_STRING: Final = rf'"{_QDTEXT}*(?:{_QUOTED_PAIR}{_QDTEXT}*)*"'
 
 TOKEN_RE: Final = re.compile(TOKEN)
 METHOD_RE: Final = TOKEN_RE

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Final, TypeVar
 
 from . import grammar as g
@@ -525,11 +525,22 @@ class AuthHeader:
     def get(self, name: str, default: str | None = None) -> str | None:
         index = self._index
         if index is None:
-            index = {}
-            for key, value in self.params:
-                index.setdefault(key.lower(), g.unquote(value))
-            self._index = index
+            index = self._indexed()
         return index.get(name.lower(), default)
+
+    def unquoted(self) -> Mapping[str, str]:
+        """The parameters by lower-cased name, each the unquoted value of its first occurrence
+        (what :meth:`get` answers from; a reader asking for many lower-case names takes it to
+        skip a call per name)."""
+        index = self._index
+        return self._indexed() if index is None else index
+
+    def _indexed(self) -> dict[str, str]:
+        index: dict[str, str] = {}
+        for key, value in self.params:
+            index.setdefault(key.lower(), g.unquote(value))
+        self._index = index
+        return index
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -571,8 +582,9 @@ def parse_auth(value: str, what: str) -> AuthHeader:
     rest = rest.strip(" \t")
     pos = 0
     n = len(rest)
+    match = g.AUTH_PARAM_RE.match
     while pos < n:
-        pm = g.AUTH_PARAM_RE.match(rest, pos)
+        pm = match(rest, pos)
         if pm is None:
             # liberal: an unquoted value with characters a token does not allow (e.g. uri=sip:a@b)
             eq = rest.find("=", pos)
@@ -587,7 +599,7 @@ def parse_auth(value: str, what: str) -> AuthHeader:
             params.append((name, raw))
             pos = end
         else:
-            params.append((pm.group(1), pm.group(2)))
+            params.append(pm.groups())  # type: ignore[arg-type]  # (name, value): both groups match
             pos = pm.end()
         if pos < n:
             if rest[pos] != ",":

@@ -12,7 +12,7 @@ from . import grammar as g
 from .errors import ParseError
 from .params import Params
 
-__all__ = ["AbsoluteUri", "SipUri", "TelUri", "Uri", "forget_recent_uris", "parse_uri"]
+__all__ = ["AbsoluteUri", "SipUri", "TelUri", "Uri", "aor_of", "forget_recent_uris", "parse_uri"]
 
 # URI parameters that, present in one SIP URI, must be present and equal in the other (§19.1.4).
 _MUST_MATCH: Final = ("user", "ttl", "method", "maddr", "transport")
@@ -306,10 +306,28 @@ _SEEN: Final[dict[str, Uri]] = {}
 _SEEN_MAX: Final = 2048
 
 
+#: address-of-record keys by the text of their URI, of texts asked about lately (:func:`aor_of`)
+_AORS: Final[dict[str, str]] = {}
+
+
 def forget_recent_uris() -> None:
-    """Empty :func:`parse_uri`'s memory of texts parsed lately (see
+    """Empty :func:`parse_uri`'s and :func:`aor_of`'s memories of texts parsed lately (see
     :func:`imscore.sip.headers.forget_recent_texts`)."""
     _SEEN.clear()
+    _AORS.clear()
+
+
+def aor_of(text: str) -> str:
+    """``parse_uri(text).aor``, raising what :func:`parse_uri` raises. The same texts are asked
+    about again and again (a subscriber's IMPUs, the To of each REGISTER), so the keys of texts
+    asked about lately are kept: a key is a string, shared safely."""
+    aor = _AORS.get(text)
+    if aor is None:
+        aor = parse_uri(text).aor
+        if len(_AORS) >= _SEEN_MAX:
+            _AORS.clear()
+        _AORS[text] = aor
+    return aor
 
 
 def parse_uri(text: str) -> Uri:

@@ -20,6 +20,7 @@ from typing import Final
 from imscore.ifc.model import NO_SERVICES, ServiceProfile
 from imscore.plugin import types as hook_types
 from imscore.sip import ParseError, SipUri, TelUri, Uri, parse_uri
+from imscore.sip.uri import aor_of
 
 __all__ = [
     "AUTH_AKA",
@@ -92,7 +93,7 @@ def impu_key(uri: Uri | str) -> str | None:
     """
     if isinstance(uri, str):
         try:
-            uri = parse_uri(uri)
+            return aor_of(uri)
         except ParseError:
             return None
     return uri.aor
