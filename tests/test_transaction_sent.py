@@ -20,6 +20,7 @@ from imscore.sip import Request, Response, parse_datagram
 from imscore.sip.transaction import (
     InviteServerTransaction,
     NonInviteServerTransaction,
+    RequestReceived,
     Send,
     SentResponse,
     TransactionState,
@@ -283,3 +284,26 @@ def test_the_retransmission_cache_keys_on_the_octets_and_checks_the_transactions
     cache.remember(copy, there, layer.find_server)
     assert len(cache) == 1
     assert cache.lookup(data, there) is None and cache.lookup(data, here) is tx
+
+
+def test_receive_new_creates_what_receive_creates_and_leaves_a_matched_request_alone() -> None:
+    layer, other = Layer(), Layer()
+    for method, branch in (("REGISTER", "z9hG4bK-n1"), ("INVITE", "z9hG4bK-n2"), ("OPTIONS", None)):
+        req = wire_request(request(method, branch=branch))
+        made = layer.receive_new(req, UAC, False, 0.0)
+        want = other.receive(wire_request(request(method, branch=branch)), UAC, False, 0.0)
+        assert made is not None and [type(o) for o in made] == [type(o) for o in want]
+        (created,) = [o.transaction for o in made if isinstance(o, RequestReceived)]
+        (plain,) = [o.transaction for o in want if isinstance(o, RequestReceived)]
+        assert type(created) is type(plain) and created.key == plain.key
+        assert layer.find_server(req) is created
+    tx, response, octets = answered(layer, 401)
+    again = wire_request(request("REGISTER"))
+    assert layer.receive_new(again, UAC, False, 1.0) is None  # matched: nothing done, not slimmed
+    assert tx.response is response
+    (resent,) = layer.receive(again, UAC, False, 1.0)  # what the general path then does
+    assert isinstance(tx.response, SentResponse) and tx.response == octets
+    assert resent == Send(tx.response, UAC, tx)
+    fresh = wire_request(request("REGISTER", branch="z9hG4bK-n3"))
+    assert layer.receive_new(fresh, UAC, False, 2.0) is not None
+    assert len(layer) == 5

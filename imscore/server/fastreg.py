@@ -29,7 +29,7 @@ Digest, no plugin but the builtin implements ``ims_identity_resolve`` or
 ``ims_auth_select_scheme`` (:meth:`~imscore.plugin.manager.ImsPluginManager.only_builtin`, asked
 per datagram: hook calls are not traced either), and the subscriber store holds no credentials of
 its own (no Cx HSS). Its server transaction is made by the
-transaction layer (:meth:`~imscore.sip.transaction.TransactionLayer.receive`) from a request built
+transaction layer (:meth:`~imscore.sip.transaction.TransactionLayer.receive_new`) from a request built
 from the checked lines (the same header fields the parser would give, the Via and CSeq as the
 parser reads them), filed in the retransmission cache, challenged by the registrar's own
 :class:`~imscore.registrar.authenticator.Authenticator`, and answered through the core
@@ -408,15 +408,14 @@ class FastRegister:
                 binding = self._binding(checked, request, known)
         else:
             subscriber = self._challengeable(checked, request)
-        layer = self.layer
-        if layer.find_server(request) is not None:
-            return False  # it matches a live transaction: the general path says what that does
-        # from here on, the general path's work in its order (the transport's checks, the core's
-        # sorting and the first emit of nothing are what is left out)
         server = self.server
+        # the general path's work in its order (the transport's checks, the core's sorting and the
+        # first emit of nothing are what is left out): the transaction layer's first
+        outputs = self.layer.receive_new(request, flow, False, server.now())
+        if outputs is None:
+            return False  # it matches a live transaction: the general path says what that does
         if server.qualifier is not None:
             server.qualifier.seen(flow)
-        outputs = layer.receive(request, flow, False, server.now())
         created = outputs[0]
         assert len(outputs) == 1 and isinstance(created, RequestReceived)
         transaction = created.transaction

@@ -1069,14 +1069,35 @@ class TransactionLayer(Generic[FlowT]):
         server = self._servers.get(key)
         if server is not None:
             return server._on_request(now)
-        if message.method == "INVITE":
-            invite = InviteServerTransaction(self, message, flow, reliable, now, key)
+        return self._new_server(message, flow, reliable, now, key)
+
+    def receive_new(
+        self, request: Request, flow: FlowT, reliable: bool, now: float
+    ) -> list[Output[FlowT]] | None:
+        """What :meth:`receive` gives for a request (not an ACK) that matches no live server
+        transaction, the one it creates; ``None``, with nothing done, when it matches one (the
+        transaction :meth:`find_server` finds). The matching key is computed once for both."""
+        assert request.method != "ACK"
+        key = _server_key(request, request.method)
+        if key in self._servers:
+            return None
+        if self._to_slim:
+            self._slim_sent()
+        return self._new_server(request, flow, reliable, now, key)
+
+    def _new_server(
+        self, request: Request, flow: FlowT, reliable: bool, now: float, key: Key
+    ) -> list[Output[FlowT]]:
+        """Create and start the server transaction of a request that matched none (its ``key``)."""
+        server: ServerTransaction[FlowT]
+        if request.method == "INVITE":
+            invite = InviteServerTransaction(self, request, flow, reliable, now, key)
             if key[0] == "2543":
-                invite._ack_key = _ack_key_2543(message)
+                invite._ack_key = _ack_key_2543(request)
                 self._acks_2543[invite._ack_key] = invite
             server = invite
         else:
-            server = NonInviteServerTransaction(self, message, flow, reliable, now, key)
+            server = NonInviteServerTransaction(self, request, flow, reliable, now, key)
         self._servers[key] = server
         return server._start(now, self.auto_trying)
 
