@@ -775,19 +775,18 @@ class Transports:
     def _datagram_received(self, endpoint: _DatagramEndpoint, data: bytes, addr: Any) -> None:
         remote = _address(addr)
         flow = Flow("udp", endpoint.local, remote)
-
-        def reply(answer: bytes) -> None:
-            endpoint.sendto(answer, remote)
-
         if stun.looks_like_stun(data):  # RFC 5626 §8: a keep-alive, never SIP
-            self._stun_received(data, flow, reply)
+            self._stun_received(data, flow, _replier(endpoint, remote))
             return
         shortcut = self.datagram_shortcut
         if shortcut is not None and self._tap is None and shortcut(data, flow):
-            self.stats.received += 1
-            self.stats.delivered += 1
+            stats = self.stats
+            stats.received += 1
+            stats.delivered += 1
             return
-        self._one_message(data, flow, reply)
+        # the answer to bad input goes back on the socket it came in on (made only when needed:
+        # the shortcut takes most datagrams)
+        self._one_message(data, flow, _replier(endpoint, remote))
 
     def _stun_received(self, data: bytes, flow: Flow, reply: _Reply) -> None:
         """A STUN message on a SIP UDP port: a Binding Request is answered with the flow's remote
@@ -865,6 +864,15 @@ class Transports:
         for server in servers:
             await server.wait_closed()
         self.drops.flush()
+
+
+def _replier(endpoint: _DatagramEndpoint, remote: tuple[str, int]) -> _Reply:
+    """What answers a datagram statelessly: octets sent back to ``remote`` on ``endpoint``."""
+
+    def reply(answer: bytes) -> None:
+        endpoint.sendto(answer, remote)
+
+    return reply
 
 
 @functools.lru_cache(maxsize=4096)
