@@ -6,6 +6,7 @@ proxy. INVITE server transactions and reliable transports keep what they kept.""
 
 from __future__ import annotations
 
+import random
 import socket
 import sys
 import time
@@ -16,8 +17,10 @@ from sipua import Caller, Phone
 from test_transaction import UAC, Layer, new_server, request, wire_request
 
 from imscore.capture.record import MessageRecord
-from imscore.sip import Request, Response, parse_datagram
+from imscore.sip import Request, Response, SipError, parse_datagram
+from imscore.sip.message import Headers
 from imscore.sip.transaction import (
+    _PLAIN_SECTION,
     InviteServerTransaction,
     NonInviteServerTransaction,
     RequestReceived,
@@ -26,6 +29,7 @@ from imscore.sip.transaction import (
     TransactionState,
     TransactionTerminated,
 )
+from imscore.sip.transaction import _as_sent as tx_as_sent
 from imscore.testing import RunningServer, start_server
 
 DOMAIN = "ims.example.test"
@@ -307,3 +311,33 @@ def test_receive_new_creates_what_receive_creates_and_leaves_a_matched_request_a
     fresh = wire_request(request("REGISTER", branch="z9hG4bK-n3"))
     assert layer.receive_new(fresh, UAC, False, 2.0) is not None
     assert len(layer) == 5
+
+
+def _splits(section: bytes) -> bool:
+    try:
+        Headers._from_section(section).check()
+    except SipError:
+        return False
+    return True
+
+
+def test_a_sent_response_is_kept_as_octets_exactly_when_its_section_splits() -> None:
+    """_as_sent's shortcut (a section of plain ``token:value`` lines needs no trying) gives the
+    verdict of splitting the section, over seeded sections of good and bad lines."""
+    rng = random.Random(13)
+    lines = [
+        b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1", b"To: <sip:a@b>;tag=1", b"X:", b"v:x",
+        b"Name : value", b"Name\t: value", b" folded", b"\tfolded", b"", b"no colon", b": empty",
+        b"Bad(name): x", b"Caf\xc3\xa9: x", b"X: caf\xc3\xa9 \xff", b"X: a\rb", b"X: a\nb", b"X: \r",
+        b"WWW-Authenticate: Digest realm=\"r\", nonce=\"n\"", b"Content-Length: 0",
+    ]  # fmt: skip
+    plain = 0
+    for _ in range(3000):
+        section = b"".join(rng.choice(lines) + b"\r\n" for _ in range(rng.randrange(0, 6)))
+        response = Response(401, None, Headers._from_section(section), received=True)
+        kept = tx_as_sent(response)
+        assert isinstance(kept, SentResponse) is _splits(section), section
+        if isinstance(kept, SentResponse):
+            assert kept == response.to_bytes()
+        plain += _PLAIN_SECTION.fullmatch(section) is not None
+    assert 100 < plain < 2900  # both ways taken
