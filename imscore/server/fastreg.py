@@ -411,7 +411,7 @@ class FastRegister:
         server = self.server
         # the general path's work in its order (the transport's checks, the core's sorting and the
         # first emit of nothing are what is left out): the transaction layer's first
-        outputs = self.layer.receive_new(request, flow, False, server.now())
+        outputs = self.layer.receive_new(request, flow, False, server._now())
         if outputs is None:
             return False  # it matches a live transaction: the general path says what that does
         if server.qualifier is not None:
@@ -432,7 +432,7 @@ class FastRegister:
                 self.known += 1
             self._deferred(transaction, request, flow, decide)
             return True
-        started = server.now()
+        started = server._now()
         result = self.authenticator.challenge_for(subscriber, server.clock(), request=request)
         response = self._refusal(checked, request, result)
         assert response is not None  # a Digest subscriber is challenged
@@ -453,14 +453,14 @@ class FastRegister:
         reg-event NOTIFYs, then the outcome."""
         server = self.server
         if not transaction.terminated:
-            server.emit(server.core.respond(transaction, response, server.now()))
+            server._emit(server.core.respond(transaction, response, server._now()))
         response.headers.cache.clear()  # kept for Timer J as its octets only, as a slimmed one is
         if notes:
             server.notify(notes)
         outcomes = server.outcomes
         if outcomes.active:
             source = source_of(flow.transport, flow.remote)
-            now = server.now()
+            now = server._now()
             outcomes.finished(registrar_outcome(request, response, source, now - started), now)
 
     def _directory(self, hooks: tuple[str, ...]) -> SubscriberDirectory | None:
@@ -559,7 +559,7 @@ class FastRegister:
         contact: check the credentials, steps 6 and 7, store, answer; with the same guards
         (a header that does not parse: its status; the store failing: 503; anything else: 500)."""
         server = self.server
-        started = server.now()
+        started = server._now()
         info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
         notes: tuple[tuple[Request, FlowInfo], ...] = ()
         try:
