@@ -1200,7 +1200,7 @@ class TransactionLayer(Generic[FlowT]):
             self._slim_sent()
         if not isinstance(transaction, ServerTransaction) or transaction._layer is not self:
             raise TransactionError("respond() takes a server transaction of this layer")
-        if transaction.terminated:
+        if transaction.state is _TERMINATED:
             raise TransactionError(f"cannot respond on a terminated transaction {transaction!r}")
         try:
             cseq = response.cseq
@@ -1211,7 +1211,8 @@ class TransactionLayer(Generic[FlowT]):
             raise TransactionError(
                 f"response CSeq {cseq} does not match {transaction.cseq} {transaction.method}"
             )
-        if _lower(branch) != _lower(transaction.branch):
+        expected = transaction.branch  # (an RFC 3261 one is kept case-folded already)
+        if branch != expected and _lower(branch) != _lower(expected):
             raise TransactionError("the response's top Via branch is not the request's")
         return transaction._respond(response, now)
 

@@ -189,8 +189,13 @@ def response_address(via: Via) -> tuple[str, int]:
     RFC 3263 §5, are not handled: a stamped Via always carries ``received`` when the sent-by is a
     name.)
     """
-    host = via.received or via.host
-    port = via.rport if via.rport is not None else via.port if via.port is not None else 5060
+    params = via.params  # (what via.received and via.rport read, each read once)
+    host = params.get("received") or via.host
+    rport = params.get("rport")
+    if rport is not None:
+        port = int(rport)
+    else:
+        port = via.port if via.port is not None else 5060
     return (_unbracket(host), port)
 
 
