@@ -32,8 +32,9 @@ from imscore.cli import _load_profile, _load_subscribers
 from imscore.plugin import hookimpl
 from imscore.profile import parse_listen
 from imscore.registrar import FlowInfo
-from imscore.server.fastreg import check, fast_register_for
+from imscore.server.fastreg import build_request, check, fast_register_for
 from imscore.server.runtime import Server
+from imscore.sip import Request, parse_datagram
 from imscore.subscribers import MemorySubscriberStore
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
@@ -484,6 +485,48 @@ def _shapes() -> Iterator[tuple[bytes, bool]]:
 def test_the_octet_checks_take_only_what_they_know(data: bytes, taken: bool) -> None:
     assert (check(data, PEER[0], {DOMAIN}) is not None) is taken
 
+
+
+def test_the_request_built_from_the_checks_reads_as_the_parsed_one() -> None:
+    """For every datagram the checks take (the benchmark's, the torture messages, seeded mutations
+    and Vias of other addresses, ports and branches), the request made from the checked lines has
+    the header fields, start line and octets of the parsed one, and the top Via and CSeq it holds
+    parsed already read as the parser's (each attribute, the Via's parameters, the text)."""
+    rng = random.Random(SEED)
+    messages = [register(i, 1) for i in range(3)] + [register(1, 2, credentials(1, "abc"))]
+    messages += torture()
+    messages += [mutate(register(i % 7, 1 + i % 2), rng) for i in range(400)]
+    for host, port, branch in [
+        ("127.0.0.1", "1", "z9hG4bK"), ("127.0.0.1", "65535", "z9hG4bK.!%*_+`'~-x"),
+        ("127.0.0.1", "5999", "z9hG4bKAbC"), ("127.0.0.1", "65536", "z9hG4bK1"),
+    ]:
+        via = f"SIP/2.0/UDP {host}:{port};branch={branch}".encode()
+        messages.append(register(3, 1).replace(b"SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-3-1", via))
+    taken = 0
+    for data in messages:
+        checked = check(data, PEER[0], {DOMAIN})
+        if checked is None:
+            continue
+        taken += 1
+        built = build_request(checked)
+        parsed = parse_datagram(data)
+        assert isinstance(parsed, Request)
+        parsed.check_framing_headers()
+        assert [(f.key, f.name, f.value, f.raw) for f in built.headers] == [
+            (f.key, f.name, f.value, f.raw) for f in parsed.headers
+        ]
+        assert built.to_bytes() == parsed.to_bytes() == data
+        assert (built.method, str(built.uri)) == (parsed.method, str(parsed.uri))
+        via, want = built.headers.cache["top_via"], parsed.top_via
+        assert (via.protocol, via.version, via.transport, via.host, via.port) == (
+            want.protocol, want.version, want.transport, want.host, want.port
+        )  # fmt: skip
+        assert via.params.items() == want.params.items() and str(via) == str(want)
+        cseq = built.headers.cache["cseq"]
+        assert (cseq.seq, cseq.method) == (parsed.cseq.seq, parsed.cseq.method)
+        for key in ("call-id", "max-forwards", "content-length"):
+            assert built.headers.cache[key] == getattr(parsed, key.replace("-", "_"))
+    assert taken > 50
 
 
 @pytest.mark.parametrize("store", ["memory", "sqlite"])

@@ -6,6 +6,7 @@ proxy. INVITE server transactions and reliable transports keep what they kept.""
 
 from __future__ import annotations
 
+import random
 import socket
 import sys
 import time
@@ -16,15 +17,19 @@ from sipua import Caller, Phone
 from test_transaction import UAC, Layer, new_server, request, wire_request
 
 from imscore.capture.record import MessageRecord
-from imscore.sip import Request, Response, parse_datagram
+from imscore.sip import Request, Response, SipError, parse_datagram
+from imscore.sip.message import Headers
 from imscore.sip.transaction import (
+    _PLAIN_SECTION,
     InviteServerTransaction,
     NonInviteServerTransaction,
+    RequestReceived,
     Send,
     SentResponse,
     TransactionState,
     TransactionTerminated,
 )
+from imscore.sip.transaction import _as_sent as tx_as_sent
 from imscore.testing import RunningServer, start_server
 
 DOMAIN = "ims.example.test"
@@ -283,3 +288,56 @@ def test_the_retransmission_cache_keys_on_the_octets_and_checks_the_transactions
     cache.remember(copy, there, layer.find_server)
     assert len(cache) == 1
     assert cache.lookup(data, there) is None and cache.lookup(data, here) is tx
+
+
+def test_receive_new_creates_what_receive_creates_and_leaves_a_matched_request_alone() -> None:
+    layer, other = Layer(), Layer()
+    for method, branch in (("REGISTER", "z9hG4bK-n1"), ("INVITE", "z9hG4bK-n2"), ("OPTIONS", None)):
+        req = wire_request(request(method, branch=branch))
+        made = layer.receive_new(req, UAC, False, 0.0)
+        want = other.receive(wire_request(request(method, branch=branch)), UAC, False, 0.0)
+        assert made is not None and [type(o) for o in made] == [type(o) for o in want]
+        (created,) = [o.transaction for o in made if isinstance(o, RequestReceived)]
+        (plain,) = [o.transaction for o in want if isinstance(o, RequestReceived)]
+        assert type(created) is type(plain) and created.key == plain.key
+        assert layer.find_server(req) is created
+    tx, response, octets = answered(layer, 401)
+    again = wire_request(request("REGISTER"))
+    assert layer.receive_new(again, UAC, False, 1.0) is None  # matched: nothing done, not slimmed
+    assert tx.response is response
+    (resent,) = layer.receive(again, UAC, False, 1.0)  # what the general path then does
+    assert isinstance(tx.response, SentResponse) and tx.response == octets
+    assert resent == Send(tx.response, UAC, tx)
+    fresh = wire_request(request("REGISTER", branch="z9hG4bK-n3"))
+    assert layer.receive_new(fresh, UAC, False, 2.0) is not None
+    assert len(layer) == 5
+
+
+def _splits(section: bytes) -> bool:
+    try:
+        Headers._from_section(section).check()
+    except SipError:
+        return False
+    return True
+
+
+def test_a_sent_response_is_kept_as_octets_exactly_when_its_section_splits() -> None:
+    """_as_sent's shortcut (a section of plain ``token:value`` lines needs no trying) gives the
+    verdict of splitting the section, over seeded sections of good and bad lines."""
+    rng = random.Random(13)
+    lines = [
+        b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1", b"To: <sip:a@b>;tag=1", b"X:", b"v:x",
+        b"Name : value", b"Name\t: value", b" folded", b"\tfolded", b"", b"no colon", b": empty",
+        b"Bad(name): x", b"Caf\xc3\xa9: x", b"X: caf\xc3\xa9 \xff", b"X: a\rb", b"X: a\nb", b"X: \r",
+        b"WWW-Authenticate: Digest realm=\"r\", nonce=\"n\"", b"Content-Length: 0",
+    ]  # fmt: skip
+    plain = 0
+    for _ in range(3000):
+        section = b"".join(rng.choice(lines) + b"\r\n" for _ in range(rng.randrange(0, 6)))
+        response = Response(401, None, Headers._from_section(section), received=True)
+        kept = tx_as_sent(response)
+        assert isinstance(kept, SentResponse) is _splits(section), section
+        if isinstance(kept, SentResponse):
+            assert kept == response.to_bytes()
+        plain += _PLAIN_SECTION.fullmatch(section) is not None
+    assert 100 < plain < 2900  # both ways taken

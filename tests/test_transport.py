@@ -375,6 +375,68 @@ def test_send_response_never_to_broadcast() -> None:
     run(scenario())
 
 
+def test_udp_sendto_targets_and_refusals() -> None:
+    """What a UDP socket sends to for each host (the cached target), and the errors in their order:
+    not an IP address, the socket closed, IPv6 from an IPv4 socket."""
+
+    async def scenario() -> None:
+        async with serving() as server:
+            transports = server.transports
+            bound = await transports.listen("udp", "127.0.0.1", 0)
+            (endpoint,) = transports._endpoints.values()
+            written: list[tuple[bytes, tuple[str, int]]] = []
+            endpoint._write = lambda data, target: written.append((data, target))  # type: ignore[method-assign]
+            endpoint.sendto(b"a", ("127.0.0.1", 5060))
+            endpoint.sendto(b"b", ("127.0.0.1", 5061))  # the cached target, another port
+            with pytest.raises(TransportError, match="not an IP address"):
+                endpoint.sendto(b"c", ("localhost", 5060))
+            with pytest.raises(TransportError, match="cannot send to IPv6 ::1 from IPv4 socket"):
+                endpoint.sendto(b"d", ("::1", 5060))
+            endpoint.family = socket.AF_INET6  # as a dual-stack socket
+            endpoint.sendto(b"e", ("192.0.2.1", 5060))
+            endpoint.sendto(b"f", ("[::1]", 5062))
+            endpoint.family = socket.AF_INET
+            endpoint.closed = True
+            with pytest.raises(TransportError, match="not an IP address"):
+                endpoint.sendto(b"g", ("localhost", 5060))
+            with pytest.raises(TransportError, match=f"udp socket at 127.0.0.1:{bound[1]} is closed"):
+                endpoint.sendto(b"h", ("127.0.0.1", 5060))
+            with pytest.raises(TransportError, match="is closed"):
+                endpoint.sendto(b"i", ("::1", 5060))
+            assert written == [
+                (b"a", ("127.0.0.1", 5060)),
+                (b"b", ("127.0.0.1", 5061)),
+                (b"e", ("::ffff:192.0.2.1", 5060)),
+                (b"f", ("::1", 5062)),
+            ]
+
+    run(scenario())
+
+
+def test_a_udp_response_is_sent_counted_and_tapped_once() -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            transports = server.transports
+            bound = await transports.listen("udp", "127.0.0.1", 0)
+            (endpoint,) = transports._endpoints.values()
+            sent: list[tuple[bytes, tuple[str, int]]] = []
+            endpoint.sendto = lambda data, remote: sent.append((data, remote))  # type: ignore[method-assign]
+            tapped: list[Any] = []
+            transports.tap = tapped.append
+            via = "SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKs1;received=192.0.2.9;rport=6000"
+            request = parse_datagram(sip_request(via))
+            assert isinstance(request, Request)
+            response = request.make_response(200)
+            transports.send_response(response, Flow("udp", bound, ("192.0.2.9", 6000)))
+            assert sent == [(response.to_bytes(), ("192.0.2.9", 6000))]
+            assert transports.stats.sent == 1
+            assert [(r.transport, r.src, r.dst, r.data) for r in tapped] == [
+                ("udp", bound, ("192.0.2.9", 6000), response.to_bytes())
+            ]
+
+    run(scenario())
+
+
 # --- listening and sending errors ---------------------------------------------------------------------
 def test_listen_errors() -> None:
     async def scenario() -> None:

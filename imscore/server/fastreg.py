@@ -29,9 +29,9 @@ Digest, no plugin but the builtin implements ``ims_identity_resolve`` or
 ``ims_auth_select_scheme`` (:meth:`~imscore.plugin.manager.ImsPluginManager.only_builtin`, asked
 per datagram: hook calls are not traced either), and the subscriber store holds no credentials of
 its own (no Cx HSS). Its server transaction is made by the
-transaction layer (:meth:`~imscore.sip.transaction.TransactionLayer.receive`) from a request built
-from the checked lines (the same header fields the parser would give, the Via and CSeq parsed by
-the same functions), filed in the retransmission cache, challenged by the registrar's own
+transaction layer (:meth:`~imscore.sip.transaction.TransactionLayer.receive_new`) from a request built
+from the checked lines (the same header fields the parser would give, the Via and CSeq as the
+parser reads them), filed in the retransmission cache, challenged by the registrar's own
 :class:`~imscore.registrar.authenticator.Authenticator`, and answered through the core
 (:meth:`~imscore.server.core.ServerCore.respond`: counters, Timer J) and the server's sending path,
 the 401's octets written straight from the request's lines as
@@ -80,8 +80,9 @@ from imscore.registrar.outbound import first_hop_lacks_outbound
 from imscore.registrar.store import MemoryBindingStore, SqliteBindingStore
 from imscore.sip import Contact, CSeq, Request, Response, SipError
 from imscore.sip.grammar import CALL_ID_RE
-from imscore.sip.headers import parse_cseq, parse_via
+from imscore.sip.headers import Via
 from imscore.sip.message import Headers
+from imscore.sip.params import Params
 from imscore.sip.transaction import RequestReceived, ServerTransaction
 from imscore.store import StoreError
 from imscore.subscribers import ImplicitSet, MemorySubscriberStore, Subscriber, SubscriberDirectory
@@ -166,11 +167,12 @@ def to_tag(branch: str, call_id: str, cseq: int) -> str:
 class _Checked:
     """What the octet checks found in one datagram: its start line and header section as received,
     its header fields as the parser splits them (keys, and name, value and line of each), the
-    values by key, and the Request-URI host, branch, Call-ID, CSeq number and To URI."""
+    values by key, and the Request-URI host, the Via's sent-by address and port, branch, Call-ID,
+    CSeq number and To URI."""
 
     __slots__ = (
         "authorized", "branch", "call_id", "cseq", "fields", "host", "items", "keys", "section",
-        "start", "to",
+        "start", "to", "via_host", "via_port",
     )  # fmt: skip
 
     def __init__(
@@ -181,6 +183,8 @@ class _Checked:
         items: list[tuple[str, str, str | None]],
         fields: dict[str, str],
         host: str,
+        via_host: str,
+        via_port: int,
         branch: str,
         cseq: int,
         to: str,
@@ -191,6 +195,8 @@ class _Checked:
         self.items = items
         self.fields = fields
         self.host = host
+        self.via_host = via_host
+        self.via_port = via_port
         self.branch = branch
         self.call_id = fields["call-id"]
         self.cseq = cseq
@@ -224,7 +230,11 @@ def check(data: bytes, source: str, domains: frozenset[str] | set[str]) -> _Chec
     if not _REQUIRED.issubset(fields) or fields["content-length"] != "0":
         return None
     via = _VIA.fullmatch(fields["via"])
-    if via is None or via.group(1) != source or int(via.group(2)) > 65535:
+    if via is None:
+        return None
+    via_host, via_port, branch = via.groups()
+    port = int(via_port)
+    if via_host != source or port > 65535:
         return None
     if _FROM.fullmatch(fields["from"]) is None:
         return None
@@ -243,7 +253,9 @@ def check(data: bytes, source: str, domains: frozenset[str] | set[str]) -> _Chec
         items,
         fields,
         host,
-        via.group(3),
+        via_host,
+        port,
+        branch,
         int(cseq.group(1)),
         "sip:" + to.group(1),
     )
@@ -253,12 +265,19 @@ def build_request(checked: _Checked) -> Request:
     """The request the parser would give for the checked datagram: the same header fields (name,
     value and line as received, split as the parser splits them) and start line, with what the
     transport's framing checks would have parsed (top Via, CSeq, Call-ID, Max-Forwards,
-    Content-Length) already in its cache, parsed by the same functions."""
+    Content-Length) already in its cache, as those checks parse them. The top Via and the CSeq are
+    made from what :func:`check` matched rather than parsed again: ``SIP/2.0/UDP <IPv4>:<port>``
+    with one parameter, ``branch`` (a token), reads as protocol ``SIP``, version ``2.0``, transport
+    ``UDP``, that host and port and that one parameter, and ``<n> REGISTER`` as that number and
+    method (``tests/test_fastreg_differential.py`` compares them with :func:`parse_via` and
+    :func:`parse_cseq`)."""
     headers = Headers._from_parsed(checked.keys, checked.items, checked.section)
     fields = checked.fields
     cache = headers.cache
-    cache["top_via"] = parse_via(fields["via"])
-    cache["cseq"] = parse_cseq(fields["cseq"])
+    cache["top_via"] = Via(
+        "UDP", checked.via_host, checked.via_port, Params([("branch", checked.branch)])
+    )
+    cache["cseq"] = CSeq(checked.cseq, "REGISTER")
     cache["call-id"] = checked.call_id
     forwards = fields.get("max-forwards")
     cache["max-forwards"] = None if forwards is None else int(forwards)
@@ -389,15 +408,14 @@ class FastRegister:
                 binding = self._binding(checked, request, known)
         else:
             subscriber = self._challengeable(checked, request)
-        layer = self.layer
-        if layer.find_server(request) is not None:
-            return False  # it matches a live transaction: the general path says what that does
-        # from here on, the general path's work in its order (the transport's checks, the core's
-        # sorting and the first emit of nothing are what is left out)
         server = self.server
+        # the general path's work in its order (the transport's checks, the core's sorting and the
+        # first emit of nothing are what is left out): the transaction layer's first
+        outputs = self.layer.receive_new(request, flow, False, server._now())
+        if outputs is None:
+            return False  # it matches a live transaction: the general path says what that does
         if server.qualifier is not None:
             server.qualifier.seen(flow)
-        outputs = layer.receive(request, flow, False, server.now())
         created = outputs[0]
         assert len(outputs) == 1 and isinstance(created, RequestReceived)
         transaction = created.transaction
@@ -414,7 +432,7 @@ class FastRegister:
                 self.known += 1
             self._deferred(transaction, request, flow, decide)
             return True
-        started = server.now()
+        started = server._now()
         result = self.authenticator.challenge_for(subscriber, server.clock(), request=request)
         response = self._refusal(checked, request, result)
         assert response is not None  # a Digest subscriber is challenged
@@ -435,14 +453,14 @@ class FastRegister:
         reg-event NOTIFYs, then the outcome."""
         server = self.server
         if not transaction.terminated:
-            server.emit(server.core.respond(transaction, response, server.now()))
+            server._emit(server.core.respond(transaction, response, server._now()))
         response.headers.cache.clear()  # kept for Timer J as its octets only, as a slimmed one is
         if notes:
             server.notify(notes)
         outcomes = server.outcomes
         if outcomes.active:
             source = source_of(flow.transport, flow.remote)
-            now = server.now()
+            now = server._now()
             outcomes.finished(registrar_outcome(request, response, source, now - started), now)
 
     def _directory(self, hooks: tuple[str, ...]) -> SubscriberDirectory | None:
@@ -542,7 +560,7 @@ class FastRegister:
         contact: check the credentials, steps 6 and 7, store, answer; with the same guards
         (a header that does not parse: its status; the store failing: 503; anything else: 500)."""
         server = self.server
-        started = server.now()
+        started = server._now()
         info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
         notes: tuple[tuple[Request, FlowInfo], ...] = ()
         try:

@@ -41,9 +41,6 @@ SWEEP_MIN: Final = 4096
 #: terminated entries :meth:`RetransmissionCache.tidy` leaves for the next sweep
 TIDY_SLACK: Final = 256
 
-def _digest(data: bytes) -> bytes:
-    return blake2b(data, digest_size=16).digest()
-
 
 class RetransmissionCache:
     """Datagram octets and flow -> the live server transaction their request created.
@@ -66,7 +63,7 @@ class RetransmissionCache:
     def lookup(self, data: bytes, flow: Flow) -> ServerTransaction[Flow] | None:
         """The live transaction a datagram retransmits, or ``None``; on ``None`` the datagram is kept
         as the candidate for the next :meth:`remember` (the transport parses it and hands it on)."""
-        key = _digest(data)
+        key = blake2b(data, digest_size=16).digest()
         transaction = self._entries.get(key)
         if transaction is not None:
             if transaction.terminated:
@@ -81,15 +78,16 @@ class RetransmissionCache:
         last looked up (same flow), file that datagram under the server transaction ``find`` gives,
         when that transaction is of this flow."""
         pending, self._pending = self._pending, None
-        if pending is None or pending[1] != flow or request.method in ("ACK", "INVITE"):
+        # (flows compare by their fields; the same object, as the common case is, is equal)
+        if pending is None or request.method in ("ACK", "INVITE"):
+            return
+        if pending[1] is not flow and pending[1] != flow:
             return
         transaction = find(request)
-        if (
-            not isinstance(transaction, ServerTransaction)
-            or transaction.terminated
-            or transaction.flow != flow  # matched one made on another flow: the parser's case
-        ):
+        if not isinstance(transaction, ServerTransaction) or transaction.terminated:
             return
+        if transaction.flow is not flow and transaction.flow != flow:
+            return  # matched one made on another flow: the parser's case
         self._entries[pending[0]] = transaction
         if len(self._entries) >= self._sweep_at:
             self._sweep()

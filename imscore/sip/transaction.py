@@ -39,6 +39,7 @@ import hashlib
 import heapq
 import itertools
 import math
+import re
 import secrets
 import sys
 from collections import deque
@@ -46,6 +47,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Final, Generic, TypeVar
 
+from . import grammar as g
 from .errors import SipError, TransactionError
 from .headers import Via
 from .message import Headers, Message, Request, Response
@@ -432,6 +434,12 @@ def _same_hop_request(method: str, request: Request, to_source: Message) -> Requ
     return Request(method, request.uri.copy(), headers)
 
 
+#: header sections that split into fields without an error (a subset of those that do): every line
+#: a token, a colon and a value with neither CR nor LF in it. Such a line is read as one field
+#: whose name is that token (no continuation line, no empty line, no line without a colon).
+_PLAIN_SECTION: Final = re.compile(rb"(?:[" + g.TOKEN_CHARS.encode() + rb"]+:[^\r\n]*\r\n)*")
+
+
 def _as_sent(response: Response) -> Response | SentResponse:
     """A final response that was sent, as its octets (see :class:`SentResponse`).
 
@@ -442,11 +450,14 @@ def _as_sent(response: Response) -> Response | SentResponse:
     reason = response.reason
     if "\r" in reason or "\n" in reason:
         return response
-    try:
-        Headers._from_section(response.headers.to_bytes()).check()  # serialised: kept, not redone
-    except SipError:
-        return response
+    section = response.headers.to_bytes()  # serialised: kept, not redone
+    if _PLAIN_SECTION.fullmatch(section) is None:  # else it splits, and needs no trying
+        try:
+            Headers._from_section(section).check()
+        except SipError:
+            return response
     return SentResponse(response.to_bytes())
+
 
 
 def _lower(text: str | None) -> str | None:
@@ -1069,14 +1080,35 @@ class TransactionLayer(Generic[FlowT]):
         server = self._servers.get(key)
         if server is not None:
             return server._on_request(now)
-        if message.method == "INVITE":
-            invite = InviteServerTransaction(self, message, flow, reliable, now, key)
+        return self._new_server(message, flow, reliable, now, key)
+
+    def receive_new(
+        self, request: Request, flow: FlowT, reliable: bool, now: float
+    ) -> list[Output[FlowT]] | None:
+        """What :meth:`receive` gives for a request (not an ACK) that matches no live server
+        transaction, the one it creates; ``None``, with nothing done, when it matches one (the
+        transaction :meth:`find_server` finds). The matching key is computed once for both."""
+        assert request.method != "ACK"
+        key = _server_key(request, request.method)
+        if key in self._servers:
+            return None
+        if self._to_slim:
+            self._slim_sent()
+        return self._new_server(request, flow, reliable, now, key)
+
+    def _new_server(
+        self, request: Request, flow: FlowT, reliable: bool, now: float, key: Key
+    ) -> list[Output[FlowT]]:
+        """Create and start the server transaction of a request that matched none (its ``key``)."""
+        server: ServerTransaction[FlowT]
+        if request.method == "INVITE":
+            invite = InviteServerTransaction(self, request, flow, reliable, now, key)
             if key[0] == "2543":
-                invite._ack_key = _ack_key_2543(message)
+                invite._ack_key = _ack_key_2543(request)
                 self._acks_2543[invite._ack_key] = invite
             server = invite
         else:
-            server = NonInviteServerTransaction(self, message, flow, reliable, now, key)
+            server = NonInviteServerTransaction(self, request, flow, reliable, now, key)
         self._servers[key] = server
         return server._start(now, self.auto_trying)
 
@@ -1168,7 +1200,7 @@ class TransactionLayer(Generic[FlowT]):
             self._slim_sent()
         if not isinstance(transaction, ServerTransaction) or transaction._layer is not self:
             raise TransactionError("respond() takes a server transaction of this layer")
-        if transaction.terminated:
+        if transaction.state is _TERMINATED:
             raise TransactionError(f"cannot respond on a terminated transaction {transaction!r}")
         try:
             cseq = response.cseq
@@ -1179,7 +1211,8 @@ class TransactionLayer(Generic[FlowT]):
             raise TransactionError(
                 f"response CSeq {cseq} does not match {transaction.cseq} {transaction.method}"
             )
-        if _lower(branch) != _lower(transaction.branch):
+        expected = transaction.branch  # (an RFC 3261 one is kept case-folded already)
+        if branch != expected and _lower(branch) != _lower(expected):
             raise TransactionError("the response's top Via branch is not the request's")
         return transaction._respond(response, now)
 

@@ -130,6 +130,13 @@ def _unroutable(host: str, port: int) -> str | None:
     """Why a response must not be sent to that address, or ``None`` when it may."""
     if port == 0:
         return "port 0"
+    return _unroutable_host(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _unroutable_host(host: str) -> str | None:
+    """Why no response may be sent to that host, or ``None`` (cached: every response over UDP
+    asks, and the address properties it reads are computed in Python each time)."""
     addr = _parse_ip(host)
     if addr is None:
         return None
@@ -182,8 +189,13 @@ def response_address(via: Via) -> tuple[str, int]:
     RFC 3263 §5, are not handled: a stamped Via always carries ``received`` when the sent-by is a
     name.)
     """
-    host = via.received or via.host
-    port = via.rport if via.rport is not None else via.port if via.port is not None else 5060
+    params = via.params  # (what via.received and via.rport read, each read once)
+    host = params.get("received") or via.host
+    rport = params.get("rport")
+    if rport is not None:
+        port = int(rport)
+    else:
+        port = via.port if via.port is not None else 5060
     return (_unbracket(host), port)
 
 
@@ -633,7 +645,8 @@ class Transports:
                 f"cannot send response to {host!r}: not an IP address and no received parameter "
                 "(DNS resolution of sent-by is not done here)"
             )
-        self.send(response, Flow("udp", flow.local, (host, port)))
+        self._send_udp(response.to_bytes(), flow.local, (host, port))  # what send() does on UDP
+        self.stats.sent += 1
 
     def _respond_later(self, response: Response | SentResponse, flow: Flow) -> None:
         """§18.2.2 fallback: the connection of the request is gone; open one to the Via and answer."""
@@ -671,13 +684,24 @@ class Transports:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    def _send_udp(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        """:meth:`_send_bytes` for a UDP flow from ``local`` to ``remote``."""
+        endpoints = self._endpoints
+        # the endpoints are keyed by _key(address): a local address spelled so is found as it is
+        endpoint = endpoints.get(local)
+        if endpoint is None:
+            endpoint = endpoints.get(_key(local))
+        if endpoint is None or endpoint.closed:
+            raise TransportError(f"no udp socket bound at {_join(*local)}")
+        endpoint.sendto(data, remote)
+        if self._tap is not None:
+            self._tapped("udp", local, remote, data)
+
     def _send_bytes(self, data: bytes, flow: Flow) -> None:
         if flow.transport == "udp":
-            endpoint = self._endpoints.get(_key(flow.local))
-            if endpoint is None or endpoint.closed:
-                raise TransportError(f"no udp socket bound at {_join(*flow.local)}")
-            endpoint.sendto(data, flow.remote)
-        elif flow.transport in ("tcp", "tls"):
+            self._send_udp(data, flow.local, flow.remote)
+            return
+        if flow.transport in ("tcp", "tls"):
             connection = None if flow.connection is None else self._connections.get(flow.connection)
             if connection is None:
                 raise TransportError("connection closed")
@@ -756,19 +780,18 @@ class Transports:
     def _datagram_received(self, endpoint: _DatagramEndpoint, data: bytes, addr: Any) -> None:
         remote = _address(addr)
         flow = Flow("udp", endpoint.local, remote)
-
-        def reply(answer: bytes) -> None:
-            endpoint.sendto(answer, remote)
-
         if stun.looks_like_stun(data):  # RFC 5626 §8: a keep-alive, never SIP
-            self._stun_received(data, flow, reply)
+            self._stun_received(data, flow, _replier(endpoint, remote))
             return
         shortcut = self.datagram_shortcut
         if shortcut is not None and self._tap is None and shortcut(data, flow):
-            self.stats.received += 1
-            self.stats.delivered += 1
+            stats = self.stats
+            stats.received += 1
+            stats.delivered += 1
             return
-        self._one_message(data, flow, reply)
+        # the answer to bad input goes back on the socket it came in on (made only when needed:
+        # the shortcut takes most datagrams)
+        self._one_message(data, flow, _replier(endpoint, remote))
 
     def _stun_received(self, data: bytes, flow: Flow, reply: _Reply) -> None:
         """A STUN message on a SIP UDP port: a Binding Request is answered with the flow's remote
@@ -848,6 +871,27 @@ class Transports:
         self.drops.flush()
 
 
+def _replier(endpoint: _DatagramEndpoint, remote: tuple[str, int]) -> _Reply:
+    """What answers a datagram statelessly: octets sent back to ``remote`` on ``endpoint``."""
+
+    def reply(answer: bytes) -> None:
+        endpoint.sendto(answer, remote)
+
+    return reply
+
+
+@functools.lru_cache(maxsize=4096)
+def _datagram_target(host: str, family: int) -> str | None:
+    """The address a UDP socket of ``family`` sends to for the IP literal ``host`` (an IPv4 one
+    mapped into IPv6 through a dual-stack socket), or ``None`` when it cannot (not an IP address,
+    or IPv6 from an IPv4 socket). Cached: every datagram sent asks, and the address's text is
+    computed in Python each time."""
+    ip = _parse_ip(host)
+    if ip is None or (ip.version == 6 and family == socket.AF_INET):
+        return None
+    return f"::ffff:{ip}" if ip.version == 4 and family == socket.AF_INET6 else str(ip)
+
+
 class _DatagramEndpoint(asyncio.DatagramProtocol):
     """One bound UDP socket."""
 
@@ -883,18 +927,23 @@ class _DatagramEndpoint(asyncio.DatagramProtocol):
 
     def sendto(self, data: bytes, remote: tuple[str, int]) -> None:
         host, port = remote
+        target = _datagram_target(host, self.family)
+        if target is not None and self._usable():
+            self._write(data, (target, port))
+            return
+        self._unsendable(host)
+
+    def _unsendable(self, host: str) -> None:
+        """Raise the error :meth:`sendto` gives for a host it cannot send to, or a closed socket
+        (in this order: not an IP address, the socket closed, IPv6 from an IPv4 socket)."""
         ip = _parse_ip(host)
         if ip is None:
             raise TransportError(f"cannot send over udp to {host!r}: not an IP address")
         if not self._usable():
             raise TransportError(f"udp socket at {_join(*self.local)} is closed")
-        if ip.version == 4 and self.family == socket.AF_INET6:
-            target = f"::ffff:{ip}"  # an IPv4-mapped address through a dual-stack socket
-        elif ip.version == 6 and self.family == socket.AF_INET:
+        if ip.version == 6 and self.family == socket.AF_INET:
             raise TransportError(f"cannot send to IPv6 {host} from IPv4 socket {_join(*self.local)}")
-        else:
-            target = str(ip)
-        self._write(data, (target, port))
+        raise AssertionError(f"udp can send to {host}")  # (sendto would have)
 
     def _usable(self) -> bool:
         return self._transport is not None and not self.closed and not self._transport.is_closing()
