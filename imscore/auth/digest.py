@@ -31,6 +31,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, cast
 
+from mypy_extensions import mypyc_attr
+
 from ..sip import grammar as g
 from ..sip.errors import SipError
 from ..sip.headers import AuthHeader
@@ -258,7 +260,7 @@ def _base_ha1(algo: _Algo, username: str, realm: str, password: bytes | str | St
 #: H(A2) of qop ``auth`` (and of no qop) by (hash name, method, uri): the same few Request-URIs
 #: come back with every REGISTER, and nothing secret goes into it
 _HA2: dict[tuple[str, str, str], str] = {}
-_HA2_MAX: Final = 1024
+_HA2_MAX = 1024  # (not Final: tests lower it, and a compiled build inlines a Final)
 
 
 def _ha2(hash_name: str, method: str, uri: str) -> str:
@@ -478,6 +480,7 @@ _COUNTER_BUCKETS: Final = 10
 _INFINITY: Final = float("inf")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (subclassed outside the compiled modules)
 class NonceCounter:
     """Highest nonce-count seen per nonce, kept for the nonce's lifetime, in bounded memory.
 
@@ -583,7 +586,7 @@ class NonceCounter:
         if bucket is None:
             bucket = buckets[number] = ({}, {})
             if number < self._low:
-                self._low = number
+                self._low = float(number)
         entries, owners = bucket
         entries[key] = nc
         owners[owner] = owners.get(owner, 0) + 1
@@ -777,7 +780,7 @@ class VerdictKind(enum.Enum):
     WRONG_REALM = "wrong-realm"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Verdict:
     """The result of :func:`verify`: a :class:`VerdictKind`, a reason phrase, and the username given.
 
@@ -883,7 +886,7 @@ def verify(
     is right for it (RFC 2617 §3.2.1), so ``stale=true`` never tells a guesser anything.
     """
     get = credentials.unquoted().get  # (= credentials.get for these lower-case names)
-    username = get("username")
+    username: str | None = get("username")
     if not credentials.is_digest:
         return Verdict(
             VerdictKind.UNSUPPORTED_SCHEME,

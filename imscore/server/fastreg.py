@@ -322,7 +322,7 @@ def answer(
     return response
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Known:
     """What the registrar would find for a REGISTER with credentials before checking them."""
 
@@ -331,7 +331,7 @@ class _Known:
     implicit_set: ImplicitSet
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Binding:
     """What steps 5 and 6 would read for a REGISTER of one plain contact: its Contact, the set's
     AOR and live bindings, and the registrar's ``now``."""

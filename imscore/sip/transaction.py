@@ -45,12 +45,25 @@ import sys
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Final, Generic, TypeVar
+from typing import ClassVar, Final, Generic
 
 from . import grammar as g
 from .errors import SipError, TransactionError
 from .headers import Via
 from .message import Headers, Message, Request, Response
+from .outputs import (
+    AckReceived,
+    FlowT,
+    Output,
+    RequestReceived,
+    ResponseReceived,
+    Send,
+    StrayResponse,
+    TransactionTerminated,
+    TransactionTimeout,
+    TransportFailed,
+)
+from .sent import SentResponse
 
 __all__ = [
     "MAGIC_COOKIE",
@@ -83,15 +96,13 @@ __all__ = [
 #: The prefix of every RFC 3261 branch (§8.1.1.7).
 MAGIC_COOKIE: Final = "z9hG4bK"
 
-FlowT = TypeVar("FlowT")
-
 Key = tuple[object, ...]
 
 _COMPACT_MIN: Final = 64  # stale timer entries tolerated before the heap is rebuilt
 #: one int object per sent-by port seen in server transaction keys (the few ports of the next hops
 #: come back in every key, and each parse makes a new int); no more are added once it holds
 #: _PORTS_MAX, and keys then keep their own
-_PORTS: Final[dict[int, int]] = {}
+_PORTS: Final[dict[int, object]] = {}
 _PORTS_MAX: Final = 1024
 #: the timer dict of every non-INVITE server transaction: always empty (Timer J, their only timer,
 #: is queued by the layer), shared, never written to
@@ -188,138 +199,6 @@ class TimerConfig:
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)
-
-
-# --- outputs --------------------------------------------------------------------------------------
-class SentResponse(bytes):
-    """A response as it went out: its octets (status line, header section, empty line, body).
-
-    What a Completed non-INVITE server transaction keeps of its final response once the transport
-    has sent it, to answer retransmitted requests with the very same octets (RFC 3261 §17.2.2):
-    the octets alone, with no :class:`Response` and header objects around them (tens of thousands
-    of transactions wait for Timer J under load). It is a :class:`bytes` (equal to the octets); the
-    transport sends it as it sends a :class:`Response`: :meth:`to_bytes` is what goes on the wire
-    and :attr:`top_via` (read from the octets on each use) says where a response over UDP goes
-    (§18.2.2). :meth:`parse` gives the response back as a receiver would read it.
-    """
-
-    __slots__ = ()
-
-    is_request: ClassVar[bool] = False
-
-    @property
-    def status(self) -> int:
-        """The status code (the octets after ``SIP/2.0``)."""
-        return int(self[8:11])
-
-    def to_bytes(self) -> bytes:
-        """The octets, as they went out the first time."""
-        return self
-
-    def parse(self) -> Response:
-        """The response these octets are (read again on each call; its header fields are split on
-        first use, as those of a response read off the wire)."""
-        end = self.index(b"\r\n")  # the status line's (it holds no line break: see _as_sent)
-        head = self.index(b"\r\n\r\n", end)  # the header section's (it holds no empty line)
-        _, code, reason = self[:end].decode("utf-8", "surrogateescape").split(" ", 2)
-        section = Headers._from_section(self[end + 2 : head + 2])
-        return Response(int(code), reason, section, self[head + 4 :], received=True)
-
-    @property
-    def top_via(self) -> Via:
-        """The top Via (parsed from the octets on each use)."""
-        return self.parse().top_via
-
-    def __repr__(self) -> str:
-        return f"<SentResponse {self.status}, {len(self)} octets>"
-
-
-@dataclass(frozen=True, slots=True)
-class Send(Generic[FlowT]):
-    """Hand ``message`` to the transport, to be sent on ``flow``.
-
-    ``transaction`` is the transaction that sends it; a transport that fails to send reports
-    that with :meth:`TransactionLayer.transport_error`. A response is a :class:`Response`, or the
-    :class:`SentResponse` a Completed non-INVITE server transaction re-sends to a retransmitted
-    request (send either to the response's top Via, RFC 3261 §18.2.2).
-    """
-
-    message: Request | Response | SentResponse
-    flow: FlowT
-    transaction: Transaction[FlowT] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RequestReceived(Generic[FlowT]):
-    """A request that created a new server transaction: the TU answers it with
-    :meth:`TransactionLayer.respond`. Retransmissions of it are absorbed and never reported."""
-
-    request: Request
-    transaction: ServerTransaction[FlowT]
-
-
-@dataclass(frozen=True, slots=True)
-class AckReceived(Generic[FlowT]):
-    """An ACK for the TU: one that matched no transaction (the ACK for a 2xx, which the TU routes),
-    or one that matched an INVITE server transaction in the Accepted state (RFC 6026 §7.1), which is
-    then ``transaction``."""
-
-    request: Request
-    flow: FlowT
-    transaction: InviteServerTransaction[FlowT] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StrayResponse(Generic[FlowT]):
-    """A response that matched no client transaction (RFC 3261 §18.1.2). A UA core drops it
-    (RFC 6026 §7.2); a stateless proxy forwards it (§16.11)."""
-
-    response: Response
-    flow: FlowT
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseReceived(Generic[FlowT]):
-    """A response a client transaction passes up to the TU."""
-
-    response: Response
-    transaction: ClientTransaction[FlowT]
-
-
-@dataclass(frozen=True, slots=True)
-class TransactionTimeout(Generic[FlowT]):
-    """Timer B or F fired on a client transaction (no final response), or Timer H on an INVITE
-    server transaction (no ACK for its non-2xx final response). A TransactionTerminated follows."""
-
-    transaction: Transaction[FlowT]
-
-
-@dataclass(frozen=True, slots=True)
-class TransportFailed(Generic[FlowT]):
-    """The transport could not send for this transaction (RFC 3261 §17.1.4, §17.2.4 / RFC 6026
-    §8.8). A client transaction then terminates; a server transaction stays in its state."""
-
-    transaction: Transaction[FlowT]
-
-
-@dataclass(frozen=True, slots=True)
-class TransactionTerminated(Generic[FlowT]):
-    """The transaction reached the Terminated state and was removed from the layer."""
-
-    transaction: Transaction[FlowT]
-
-
-Output = (
-    Send[FlowT]
-    | RequestReceived[FlowT]
-    | AckReceived[FlowT]
-    | StrayResponse[FlowT]
-    | ResponseReceived[FlowT]
-    | TransactionTimeout[FlowT]
-    | TransportFailed[FlowT]
-    | TransactionTerminated[FlowT]
-)
-"""Anything the layer returns."""
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -484,14 +363,17 @@ def _server_key(request: Request, method: str) -> Key:
         host, port = via.sent_by_key()
         lowered = branch.lower()
         # host, port and method shared: tens of thousands of transactions from a few hosts
-        shared = _PORTS.get(port)
-        if shared is None and len(_PORTS) < _PORTS_MAX:
-            shared = _PORTS[port] = port
+        # (the int kept as an object: a compiled build would box a new one from a native int)
+        shared: object = _PORTS.get(port)
+        if shared is None:
+            shared = port
+            if len(_PORTS) < _PORTS_MAX:
+                _PORTS[port] = shared
         return (
             "3261",
             branch if lowered == branch else lowered,
             sys.intern(host),
-            port if shared is None else shared,
+            shared,
             sys.intern(method),
         )
     return (
@@ -668,7 +550,7 @@ class ClientTransaction(Transaction[FlowT]):
     ) -> None:
         super().__init__(layer, request, flow, reliable, now, key)
         self.request: Request = request
-        self.response: Response | None = None
+        self.response = None
         self.ack: Request | None = None
 
     def _start(self, now: float) -> list[Output[FlowT]]:
@@ -856,7 +738,7 @@ class InviteServerTransaction(ServerTransaction[FlowT]):
         key: Key,
     ) -> None:
         super().__init__(layer, request, flow, reliable, now, key)
-        self.response: Response | None = None
+        self.response = None
         self._ack_key: Key | None = None
 
     def _start(self, now: float, auto_trying: bool) -> list[Output[FlowT]]:
@@ -1186,7 +1068,7 @@ class TransactionLayer(Generic[FlowT]):
         return client, client._start(now)
 
     def respond(
-        self, transaction: ServerTransaction[FlowT], response: Response, now: float
+        self, transaction: Transaction[FlowT], response: Response, now: float
     ) -> list[Output[FlowT]]:
         """Send ``response`` on a server transaction, to the flow its request came from.
 
@@ -1300,9 +1182,10 @@ class TransactionLayer(Generic[FlowT]):
             found = self._servers.get(_server_key(ack, "INVITE"))
             return found if isinstance(found, InviteServerTransaction) else None
         invite = self._acks_2543.get(_ack_key_2543(ack))
-        if invite is None or invite.response is None:
+        response = None if invite is None else invite.response
+        if not isinstance(response, Response):  # (an INVITE's is never kept as octets)
             return None
-        if _lower(ack.to.tag) != _lower(invite.response.to.tag):
+        if _lower(ack.to.tag) != _lower(response.to.tag):
             return None
         return invite
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from mypy_extensions import mypyc_attr
+
 from imscore.sip import Uri
 
 from .model import Subscriber, impi_key, impu_key
@@ -11,6 +13,7 @@ from .model import Subscriber, impi_key, impu_key
 __all__ = ["SubscriberDirectory"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (subclassed outside the compiled modules)
 class SubscriberDirectory:
     """Subscribers in file order, found by IMPI or by any of their public identities.
 
