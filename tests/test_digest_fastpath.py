@@ -344,9 +344,8 @@ def test_verify_reads_parameter_names_in_any_case_and_the_first_occurrence() -> 
         f'Response="{response}", response="0", QOP=auth, NC=00000001, CNonce="c", uri="x"'
     )
     header = parse_auth(text, "Authorization")
-    assert dict(header.unquoted()) == {
-        name: header.get(name.upper()) for name in ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
-    }  # fmt: skip
+    names = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
+    assert dict(header.unquoted()) == {name: header.get(name.upper()) for name in names}
     verdict = verify(
         header, method="REGISTER", request_uri=f"sip:{REALM}", password_or_ha1="pw", realm=REALM,
         nonces=nonces, now=11.0,

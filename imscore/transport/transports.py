@@ -192,10 +192,7 @@ def response_address(via: Via) -> tuple[str, int]:
     params = via.params  # (what via.received and via.rport read, each read once)
     host = params.get("received") or via.host
     rport = params.get("rport")
-    if rport is not None:
-        port = int(rport)
-    else:
-        port = via.port if via.port is not None else 5060
+    port = int(rport) if rport is not None else via.port if via.port is not None else 5060
     return (_unbracket(host), port)
 
 
