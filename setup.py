@@ -47,7 +47,17 @@ def _extensions() -> list[object]:
     info = runpy.run_path(str(HERE / "imscore" / "build_info.py"))
     paths = [name.replace(".", "/") + ".py" for name in info["COMPILED_MODULES"]]
     print(f"imscore: compiling {len(paths)} modules with mypyc", file=sys.stderr)
-    return list(mypycify(paths, opt_level="3", group_name="imscore"))
+    try:
+        return list(mypycify(paths, opt_level="3", group_name="imscore"))
+    except SystemExit as failed:  # mypyc's type check failed (its errors are printed above)
+        if os.environ.get("IMSCORE_PURE", "").strip() == "0":  # a compiled build was asked for
+            raise
+        print(
+            f"imscore: pure-Python build (mypyc could not compile: exit status {failed.code}; "
+            "IMSCORE_PURE=0 makes that an error)",
+            file=sys.stderr,
+        )
+        return []
 
 
 setup(ext_modules=_extensions())

@@ -278,7 +278,7 @@ class Headers:
 
     @classmethod
     def _from_parsed(cls, keys: list[str], items: list[_Item], raw: bytes | None) -> Headers:
-        headers = cls.__new__(cls)  # every slot set here: __init__'s empty lists would be dropped
+        headers = cls()  # (not cls.__new__: mypyc's native classes have none to call)
         headers._keys = keys
         headers._items = items
         headers._pending = None
@@ -296,8 +296,7 @@ class Headers:
         """Headers of a header section as on the wire (every line ending in CRLF, no empty line),
         split into fields on first use. The octets are kept once: they are both the lines still to
         split and what :meth:`to_bytes` gives while nothing changes."""
-        headers = cls.__new__(cls)  # every slot set here, as in _from_parsed
-        headers.cache = {}
+        headers = cls()
         headers._pending = section
         headers.raw = section
         # no lists of their own until the lines are split (every reader splits them first): a sent
