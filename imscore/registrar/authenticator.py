@@ -27,7 +27,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from imscore.auth.aka import (
     AkaError,
@@ -442,10 +442,15 @@ class Authenticator:
             return self._check_aka(request, credentials, subscriber, now, aka[0], algorithm)
         if aka is None and "digest" in self.schemes and subscriber.password is not None:
             secret: str | StoredHA1 = subscriber.password
+            # the subscriber keeps the H(A1) of its password (a Subscriber is frozen, and a
+            # reloaded file makes new ones; the entry is used again only for the same password,
+            # username, realm and hash anyway)
+            memo: dict[str, Any] | None = getattr(subscriber, "__dict__", None)
             if self.remote_credentials:  # the H(A1) the HSS gave, never the record's decoy
                 if remote is None or remote.ha1 is None:
                     return AuthResult(AuthOutcome.NEED_CREDENTIALS, "H(A1) from the store")
                 secret = StoredHA1(remote.ha1)
+                memo = None
             verdict = verify(
                 credentials,
                 method=request.method,
@@ -457,6 +462,7 @@ class Authenticator:
                 nonce_extra=self._extra(),
                 counter=self.counter,
                 algorithms=(self.digest_algorithm,),
+                ha1_memo=memo,
             )
             return self._judged(verdict, subscriber, now, request, source)
         if aka is not None or algorithm.lower() != self.digest_algorithm.lower():
