@@ -503,6 +503,7 @@ class NonceUse(enum.Enum):
 
 
 _COUNTER_BUCKETS: Final = 10
+_KEY_MASK: Final = (1 << 56) - 1  # a counter's entries are keyed by 56 bits of the nonce's hash
 _INFINITY: Final = float("inf")
 
 
@@ -516,7 +517,7 @@ class NonceCounter:
     it is kept until the nonce itself expires, never forgotten earlier for room: entries are filed
     by the time their nonce was issued, in buckets of ``lifetime / 10`` seconds, and a bucket is
     dropped whole once every nonce in it is older than ``lifetime`` (those are refused as stale
-    before the counter is asked). Each entry is a 56-bit digest of the nonce and an int.
+    before the counter is asked). Each entry is 56 bits of the nonce's (keyed) string hash and an int.
 
     When ``max_nonces`` entries are live, or ``per_owner`` entries of one owner (the IMPI), a new
     nonce is answered :attr:`NonceUse.FULL` (the caller challenges again with ``stale=true``) rather
@@ -565,8 +566,9 @@ class NonceCounter:
 
     @staticmethod
     def _key(nonce: str) -> int:
-        digest = hashlib.blake2b(nonce.encode("utf-8", "surrogateescape"), digest_size=7).digest()
-        return int.from_bytes(digest, "big")
+        # 56 bits of the interpreter's (keyed, per process) string hash: the table lives in this
+        # process only, and the nonces it is asked about passed our MAC, so nobody chooses them
+        return hash(nonce) & _KEY_MASK
 
     def _expire(self, now: float) -> None:
         horizon = (now - self.lifetime) // self._width  # buckets ending before now - lifetime
@@ -589,12 +591,14 @@ class NonceCounter:
         :attr:`NonceUse.FRESH` when ``nc`` (>= 1) is greater than every count accepted for the
         nonce; otherwise why not. Only a fresh count changes anything.
         """
-        self._expire(now)
-        if self.since is not None and issued < self.since:
+        if self._low + 1 < (now - self.lifetime) // self._width:  # (what _expire looks at first)
+            self._expire(now)
+        since = self.since
+        if since is not None and issued < since:
             return NonceUse.UNKNOWN
         if nc < 1:
             return NonceUse.REPLAY
-        key = self._key(nonce)
+        key = hash(nonce) & _KEY_MASK  # (= self._key(nonce))
         buckets = self._buckets
         for entries, _owners in buckets.values():  # (what _find does, without its call)
             last = entries.get(key)
