@@ -573,3 +573,18 @@ def test_the_authenticator_keeps_the_ha1_on_the_subscriber() -> None:
     assert results == ["ok", "ok", "challenge", "ok", "challenge"]
     assert old.__dict__[digest._HA1_MEMO][0] == "old"
     assert new.__dict__[digest._HA1_MEMO][0] == "new"
+
+
+def test_no_digest_algorithm_reads_as_aka() -> None:
+    """Authenticator.check takes a Digest algorithm's name for no AKA one without asking
+    parse_aka_algorithm: which answers None for each of them."""
+    from imscore.auth.aka import parse_aka_algorithm
+    from imscore.registrar import authenticator
+
+    assert frozenset(digest.ALGORITHMS) == authenticator._DIGEST_NAMES
+    assert all(parse_aka_algorithm(name) is None for name in authenticator._DIGEST_NAMES)
+
+
+def test_the_counter_keys_are_56_bits_and_tell_nonces_apart() -> None:
+    keys = {NonceCounter._key(NonceFactory(b"k" * 16).make(float(i))) for i in range(2000)}
+    assert len(keys) == 2000 and all(0 <= k < 1 << 56 for k in keys)

@@ -87,6 +87,8 @@ MAX_PENDING_VECTORS: Final = 100_000
 MAX_UNKNOWN_NONCES: Final = 10_000
 #: the reason phrase of a 403 for credentials past a failure limit
 LOCKED_OUT: Final = "Too many failed authentications"
+#: the Digest algorithms' names as written (none of them reads as an AKA algorithm)
+_DIGEST_NAMES: Final = frozenset(DIGEST_ALGORITHMS)
 
 
 class AuthOutcome(enum.Enum):
@@ -436,7 +438,8 @@ class Authenticator:
         if refused is not None:
             return refused
         algorithm = credentials.get("algorithm") or "MD5"
-        aka = parse_aka_algorithm(algorithm)
+        # (a Digest algorithm's name is no AKA one: parse_aka_algorithm gives None for each)
+        aka = None if algorithm in _DIGEST_NAMES else parse_aka_algorithm(algorithm)
         remote = self._remote.get(subscriber.impi) if self.remote_credentials else None
         if aka is not None and "aka" in self.schemes and (subscriber.aka or self.remote_credentials):
             return self._check_aka(request, credentials, subscriber, now, aka[0], algorithm)
