@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -588,3 +589,54 @@ def test_no_digest_algorithm_reads_as_aka() -> None:
 def test_the_counter_keys_are_56_bits_and_tell_nonces_apart() -> None:
     keys = {NonceCounter._key(NonceFactory(b"k" * 16).make(float(i))) for i in range(2000)}
     assert len(keys) == 2000 and all(0 <= k < 1 << 56 for k in keys)
+
+
+def test_the_scheme_hook_is_skipped_only_when_its_answer_cannot_count() -> None:
+    """scheme_for asks ims_auth_select_scheme unless only the builtin implements it and the
+    subscriber has credentials for one of the profile's schemes only; the scheme is the same."""
+    from imscore.plugin import create_plugin_manager, hookimpl
+    from imscore.profile import PolicyChoice, load_profile
+    from imscore.registrar.register import Registrar
+    from imscore.registrar.store import MemoryBindingStore
+    from imscore.subscribers import MemorySubscriberStore, demo_subscribers_path
+    from imscore.subscribers.model import AkaCredentials
+
+    aka = AkaCredentials(k=bytes(16), op=bytes(16), opc=None, amf=bytes(2), sqn=0)
+    digest_only = Subscriber(f"d@{REALM}", password="pw")
+    both = Subscriber(f"b@{REALM}", password="pw", aka=aka)
+    aka_only = Subscriber(f"a@{REALM}", aka=aka)
+    asked: list[str] = []
+
+    class Prefers:
+        @hookimpl
+        def ims_auth_select_scheme(self, subscriber: object, request: object) -> str | None:
+            asked.append(subscriber.impi)  # type: ignore[attr-defined]
+            return "digest"
+
+    for policy in ("digest", "aka", "digest-or-aka"):
+        base = load_profile("default")
+        policies = dict(base.policies)
+        policies["auth"] = PolicyChoice(policy, {})
+        profile = dataclasses.replace(base, policies=policies)
+        plugins = create_plugin_manager(autoload=False)
+        subscribers = MemorySubscriberStore.from_file(demo_subscribers_path())
+        registrar = Registrar(profile, subscribers, MemoryBindingStore(), plugins)
+        auth = registrar.authenticator
+        assert auth.scheme_plugins is plugins
+        plain = Authenticator(REALM, auth.schemes, secret=b"p" * 32)
+        plain.select_scheme = registrar._select_scheme  # (asked always: no scheme_plugins)
+        for subscriber in (digest_only, both, aka_only):
+            assert auth.scheme_for(subscriber) == plain.scheme_for(subscriber)
+        one = {"digest": "d", "aka": "a", "digest-or-aka": "da"}[policy]
+        assert [auth._one_usable(s) for s in (digest_only, both, aka_only)] == [
+            "d" in one,
+            len(one) == 1,
+            "a" in one,
+        ]
+        plugins.register(Prefers(), name="prefers")
+        for subscriber in (digest_only, both, aka_only):
+            del asked[:]
+            chosen = auth.scheme_for(subscriber)
+            assert asked == [subscriber.impi]  # another implementation: always asked
+            del asked[:]
+            assert chosen == plain.scheme_for(subscriber)

@@ -201,6 +201,11 @@ class Authenticator:
         #: asks the plugins which scheme to challenge with (``ims_auth_select_scheme``); its answer
         #: counts when the profile allows that scheme and the subscriber has credentials for it
         self.select_scheme: Callable[[Subscriber, Request | None], str | None] | None = None
+        #: the plugin manager :attr:`select_scheme` asks (the registrar sets both), or ``None``:
+        #: while only the builtin implements ``ims_auth_select_scheme`` (``only_builtin``), a
+        #: subscriber with credentials for one of the profile's schemes only is challenged with that
+        #: one without the call, whose answer could not count (the builtin's has no effects)
+        self.scheme_plugins: Any = None
         #: the subscriber store holds the credentials (an HSS over Cx, :mod:`.remote`): only what
         #: :meth:`offer` handed over is used, never the record's own password or K
         self.remote_credentials = False
@@ -254,7 +259,7 @@ class Authenticator:
         if self.remote_credentials:  # the HSS chose (the store asked for the profile's schemes)
             offered = self._remote.get(subscriber.impi)
             return offered.scheme if offered is not None and offered.scheme in self.schemes else None
-        if self.select_scheme is not None:
+        if self.select_scheme is not None and not self._one_usable(subscriber):
             chosen = self.select_scheme(subscriber, request)
             if chosen is not None and self._usable(chosen, subscriber):
                 return chosen
@@ -264,6 +269,21 @@ class Authenticator:
             if scheme == "digest" and subscriber.password is not None:
                 return "digest"
         return None
+
+    def _one_usable(self, subscriber: Subscriber) -> bool:
+        """Whether :attr:`select_scheme` need not be asked for ``subscriber``: it has credentials
+        for one of the profile's schemes only, and only the builtin implements the hook."""
+        plugins = self.scheme_plugins
+        if plugins is None:
+            return False
+        schemes = self.schemes
+        for scheme in schemes:  # (a scheme of another name takes what the hook names)
+            if scheme != "aka" and scheme != "digest":
+                return False
+        usable = ("aka" in schemes and subscriber.aka is not None) + (
+            "digest" in schemes and subscriber.password is not None
+        )
+        return usable == 1 and bool(plugins.only_builtin("ims_auth_select_scheme"))
 
     def _extra(self) -> bytes:
         # the nonce names the algorithm it was issued for: credentials computed with another one
