@@ -453,10 +453,14 @@ class Authenticator:
         counter = self.counter
         if counter.since is None:
             counter.start(now)
-        source = source_of(request)
-        refused = self._locked_out(subscriber.impi, source, now)
-        if refused is not None:
-            return refused
+        # the source is read when a limit could refuse it or a failure is noted (a limiter
+        # holding no failure refuses nothing)
+        source: str | None = None
+        if self.limiter.holds_failures():
+            source = source_of(request)
+            refused = self._locked_out(subscriber.impi, source, now)
+            if refused is not None:
+                return refused
         algorithm = credentials.get("algorithm") or "MD5"
         # (a Digest algorithm's name is no AKA one: parse_aka_algorithm gives None for each)
         aka = None if algorithm in _DIGEST_NAMES else parse_aka_algorithm(algorithm)
@@ -489,7 +493,8 @@ class Authenticator:
             )
             return self._judged(verdict, subscriber, now, request, source)
         if aka is not None or algorithm.lower() != self.digest_algorithm.lower():
-            self._note(now, subscriber.impi, source, f"algorithm {algorithm[:20]!r} not offered")
+            where = source_of(request) if source is None else source
+            self._note(now, subscriber.impi, where, f"algorithm {algorithm[:20]!r} not offered")
         return self.challenge_for(subscriber, now, request=request)
 
     def _check_aka(
@@ -556,12 +561,20 @@ class Authenticator:
             self._drop(nonce)
 
     def _judged(
-        self, verdict: Verdict, subscriber: Subscriber, now: float, request: Request, source: str
+        self,
+        verdict: Verdict,
+        subscriber: Subscriber,
+        now: float,
+        request: Request,
+        source: str | None,
     ) -> AuthResult:
+        """The result of a verdict on ``request`` from ``source`` (``None``: not read yet)."""
         if verdict.ok:
             return AuthResult(AuthOutcome.OK, impi=subscriber.impi)
         if verdict.kind is VerdictKind.BAD_REQUEST:
             return AuthResult(AuthOutcome.BAD_REQUEST, verdict.reason)
+        if source is None:
+            source = source_of(request)
         self._verdict_failed(verdict, subscriber.impi, source, now)
         return self.challenge_for(subscriber, now, stale=verdict.stale, request=request)
 

@@ -119,6 +119,15 @@ class FailureLimiter:
         self._source = _Windows(lim.per_source, lim.window, lim.max_entries)
         self._impi = _Windows(lim.per_impi, lim.window, lim.max_entries)
 
+    def holds_failures(self) -> bool:
+        """Whether a table with a limit holds a count: else :meth:`blocked` refuses nothing."""
+        pair, by_source, by_impi = self._pair, self._source, self._impi
+        return (
+            (pair.limit > 0 and bool(pair._counts))
+            or (by_source.limit > 0 and bool(by_source._counts))
+            or (by_impi.limit > 0 and bool(by_impi._counts))
+        )
+
     def blocked(self, impi: str, source: str, now: float) -> str | None:
         """Why credentials of ``impi`` from ``source`` are refused at ``now``, or ``None``. (A
         table that counts nothing, or holds no failure, refuses nothing: its key is not made.)"""
