@@ -333,14 +333,16 @@ class Authenticator:
         request: Request | None = None,
     ) -> AuthResult:
         """A 401 challenge for ``subscriber`` (for ``request``, which the plugins may look at)."""
-        if self._needs_credentials(subscriber, now):
+        remote = self.remote_credentials  # (without it, nothing is fetched, and the realm is ours)
+        if remote and self._needs_credentials(subscriber, now):
             need = AuthOutcome.NEED_CREDENTIALS
             return AuthResult(need, "credentials from the store", impi=subscriber.impi)
         scheme = self.scheme_for(subscriber, request)
         if scheme is None:
             return AuthResult(AuthOutcome.FORBIDDEN, "no authentication scheme allowed for this user")
         if scheme == "digest":
-            value = self._digest_challenge(now, stale=stale, realm=self._digest_realm(subscriber))
+            realm = self._digest_realm(subscriber) if remote else self.realm
+            value = self._digest_challenge(now, stale=stale, realm=realm)
             return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
         vector = self._vector_for(subscriber, now)
         value = self._aka_challenge(vector.nonce, stale)
@@ -483,7 +485,7 @@ class Authenticator:
                 method=request.method,
                 request_uri=request.uri,
                 password_or_ha1=secret,
-                realm=self._digest_realm(subscriber),
+                realm=self._digest_realm(subscriber) if self.remote_credentials else self.realm,
                 nonces=self.nonces,
                 now=now,
                 nonce_extra=self._extra(),
