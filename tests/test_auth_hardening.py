@@ -536,8 +536,21 @@ def test_blocked_answers_what_the_plain_rule_answers(limits: FailureLimits) -> N
             limiter.failed(impi, source, now)
         got = limiter.blocked(impi, source, now)
         assert got == plain(limiter, impi, source, now)
+        assert got is None or limiter.holds_failures()  # (check reads no source without one)
         answers.add(got)
     assert None in answers and len(answers) >= 2
+
+
+def test_a_limiter_holds_failures_only_in_a_table_with_a_limit() -> None:
+    limiter = FailureLimiter(FailureLimits(per_impi_source=0, per_source=0, per_impi=0))
+    assert not limiter.holds_failures()
+    limiter.failed("u@x", "192.0.2.1", 1.0)
+    assert not limiter.holds_failures() and limiter.blocked("u@x", "192.0.2.1", 1.0) is None
+    for limits in (FailureLimits(per_impi_source=0, per_source=0, per_impi=1), FailureLimits()):
+        limiter = FailureLimiter(limits)
+        assert not limiter.holds_failures()
+        limiter.failed("u@x", "192.0.2.1", 1.0)
+        assert limiter.holds_failures()
 
 
 def test_the_limiter_and_the_log_stay_bounded(caplog: pytest.LogCaptureFixture) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -492,3 +493,150 @@ def test_the_hashes_are_hashlibs_digests_and_fall_back(monkeypatch: pytest.Monke
     monkeypatch.setattr(digest.importlib, "import_module", missing)
     assert digest._builtin("md5") is hashlib.md5
     assert digest._builtin("sha256") is hashlib.sha256
+
+
+def test_the_ha1_memo_gives_the_plain_verdicts() -> None:
+    """With ``ha1_memo``, :func:`verify` answers as without it for every password, username, realm
+    and algorithm it is asked about in turn (the one kept H(A1) is used again only for the same
+    ones), and keeps just that entry."""
+    rng = random.Random(13)
+    nonces = NonceFactory(b"m" * 32)
+    memo: dict[str, object] = {}
+    for _ in range(300):
+        password = rng.choice(["pw", "pw2", "pässword", "pw"[:2]])
+        username = rng.choice(["bob", "alice", "Bob"])
+        algorithm = rng.choice(["MD5", "SHA-256", "MD5-sess"])
+        realm = rng.choice([REALM, "other.test"])
+        answered = rng.choice(["pw", "pw2", "pässword"])
+        nonce = nonces.make(10.0)
+        response = digest_response(
+            algorithm=algorithm, username=username, realm=realm, password=answered,
+            method="REGISTER", uri=f"sip:{REALM}", nonce=nonce, nc=1, cnonce="c", qop="auth",
+        )  # fmt: skip
+        text = (
+            f'Digest username="{username}", realm="{realm}", nonce="{nonce}", uri="sip:{REALM}", '
+            f'response="{response}", algorithm={algorithm}, qop=auth, nc=00000001, cnonce="c"'
+        )
+        kwargs = dict(
+            method="REGISTER", request_uri=f"sip:{REALM}", password_or_ha1=password, realm=realm,
+            nonces=nonces, now=11.0, algorithms=(algorithm,),
+        )  # fmt: skip
+        plain = verify(parse_auth(text, "Authorization"), **kwargs)  # type: ignore[arg-type]
+        kept = verify(parse_auth(text, "Authorization"), ha1_memo=memo, **kwargs)  # type: ignore[arg-type]
+        assert (kept.kind, kept.reason, kept.username) == (plain.kind, plain.reason, plain.username)
+        assert plain.ok == (password == answered)
+        assert len(memo) == 1
+    # a StoredHA1 or bytes password is not kept
+    empty: dict[str, object] = {}
+    stored = StoredHA1.from_password(username="bob", realm=REALM, password="pw")
+    nonce = nonces.make(10.0)
+    for secret in (stored, b"pw"):
+        response = digest_response(
+            algorithm="MD5", username="bob", realm=REALM, password=secret, method="REGISTER",
+            uri=f"sip:{REALM}", nonce=nonce, nc=1, cnonce="c", qop="auth",
+        )  # fmt: skip
+        text = (
+            f'Digest username="bob", realm="{REALM}", nonce="{nonce}", uri="sip:{REALM}", '
+            f'response="{response}", algorithm=MD5, qop=auth, nc=00000001, cnonce="c"'
+        )
+        verdict = verify(
+            parse_auth(text, "Authorization"), method="REGISTER", request_uri=f"sip:{REALM}",
+            password_or_ha1=secret, realm=REALM, nonces=nonces, now=11.0, ha1_memo=empty,
+        )  # fmt: skip
+        assert verdict.ok and not empty
+
+
+def test_the_authenticator_keeps_the_ha1_on_the_subscriber() -> None:
+    """A subscriber registering again is checked with the H(A1) it keeps; one with another
+    password (a reloaded file's new subscriber) is checked with its own."""
+    from imscore.sip import parse_datagram
+
+    auth = Authenticator(REALM, ("digest",), secret=b"a" * 32)
+    old = Subscriber(f"bob@{REALM}", password="old")
+    new = Subscriber(f"bob@{REALM}", password="new")
+    results = []
+    for subscriber, answered in ((old, "old"), (old, "old"), (new, "old"), (new, "new"), (old, "new")):
+        challenge_value = auth.challenge_for(subscriber, 100.0).challenge
+        assert challenge_value is not None
+        offered = parse_auth(challenge_value, "WWW-Authenticate")
+        value = digest.credentials(
+            offered, username=f"bob@{REALM}", password=answered, method="REGISTER", uri=f"sip:{REALM}"
+        )
+        request = parse_datagram(
+            (
+                f"REGISTER sip:{REALM} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1\r\n"
+                f"From: <sip:bob@{REALM}>;tag=1\r\nTo: <sip:bob@{REALM}>\r\nCall-ID: c1\r\n"
+                f"CSeq: 1 REGISTER\r\nAuthorization: {value}\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        result = auth.check(request, request.authorization[0], subscriber, 101.0)
+        results.append(result.outcome.value)
+    assert results == ["ok", "ok", "challenge", "ok", "challenge"]
+    assert old.__dict__[digest._HA1_MEMO][0] == "old"
+    assert new.__dict__[digest._HA1_MEMO][0] == "new"
+
+
+def test_no_digest_algorithm_reads_as_aka() -> None:
+    """Authenticator.check takes a Digest algorithm's name for no AKA one without asking
+    parse_aka_algorithm: which answers None for each of them."""
+    from imscore.auth.aka import parse_aka_algorithm
+    from imscore.registrar import authenticator
+
+    assert frozenset(digest.ALGORITHMS) == authenticator._DIGEST_NAMES
+    assert all(parse_aka_algorithm(name) is None for name in authenticator._DIGEST_NAMES)
+
+
+def test_the_counter_keys_are_56_bits_and_tell_nonces_apart() -> None:
+    keys = {NonceCounter._key(NonceFactory(b"k" * 16).make(float(i))) for i in range(2000)}
+    assert len(keys) == 2000 and all(0 <= k < 1 << 56 for k in keys)
+
+
+def test_the_scheme_hook_is_skipped_only_when_its_answer_cannot_count() -> None:
+    """scheme_for asks ims_auth_select_scheme unless only the builtin implements it and the
+    subscriber has credentials for one of the profile's schemes only; the scheme is the same."""
+    from imscore.plugin import create_plugin_manager, hookimpl
+    from imscore.profile import PolicyChoice, load_profile
+    from imscore.registrar.register import Registrar
+    from imscore.registrar.store import MemoryBindingStore
+    from imscore.subscribers import MemorySubscriberStore, demo_subscribers_path
+    from imscore.subscribers.model import AkaCredentials
+
+    aka = AkaCredentials(k=bytes(16), op=bytes(16), opc=None, amf=bytes(2), sqn=0)
+    digest_only = Subscriber(f"d@{REALM}", password="pw")
+    both = Subscriber(f"b@{REALM}", password="pw", aka=aka)
+    aka_only = Subscriber(f"a@{REALM}", aka=aka)
+    asked: list[str] = []
+
+    class Prefers:
+        @hookimpl
+        def ims_auth_select_scheme(self, subscriber: object, request: object) -> str | None:
+            asked.append(subscriber.impi)  # type: ignore[attr-defined]
+            return "digest"
+
+    for policy in ("digest", "aka", "digest-or-aka"):
+        base = load_profile("default")
+        policies = dict(base.policies)
+        policies["auth"] = PolicyChoice(policy, {})
+        profile = dataclasses.replace(base, policies=policies)
+        plugins = create_plugin_manager(autoload=False)
+        subscribers = MemorySubscriberStore.from_file(demo_subscribers_path())
+        registrar = Registrar(profile, subscribers, MemoryBindingStore(), plugins)
+        auth = registrar.authenticator
+        assert auth.scheme_plugins is plugins
+        plain = Authenticator(REALM, auth.schemes, secret=b"p" * 32)
+        plain.select_scheme = registrar._select_scheme  # (asked always: no scheme_plugins)
+        for subscriber in (digest_only, both, aka_only):
+            assert auth.scheme_for(subscriber) == plain.scheme_for(subscriber)
+        one = {"digest": "d", "aka": "a", "digest-or-aka": "da"}[policy]
+        assert [auth._one_usable(s) for s in (digest_only, both, aka_only)] == [
+            "d" in one,
+            len(one) == 1,
+            "a" in one,
+        ]
+        plugins.register(Prefers(), name="prefers")
+        for subscriber in (digest_only, both, aka_only):
+            del asked[:]
+            chosen = auth.scheme_for(subscriber)
+            assert asked == [subscriber.impi]  # another implementation: always asked
+            del asked[:]
+            assert chosen == plain.scheme_for(subscriber)

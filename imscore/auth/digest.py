@@ -29,7 +29,7 @@ import secrets
 import struct
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -248,13 +248,39 @@ def digest_response(
     )
 
 
-def _base_ha1(algo: _Algo, username: str, realm: str, password: bytes | str | StoredHA1) -> str:
-    """The H(A1) (before any ``-sess`` step) ``password`` stands for, for ``algo``."""
+def _base_ha1(
+    algo: _Algo,
+    username: str,
+    realm: str,
+    password: bytes | str | StoredHA1,
+    memo: dict[str, Any] | None = None,
+) -> str:
+    """The H(A1) (before any ``-sess`` step) ``password`` stands for, for ``algo``; with ``memo``,
+    the one of a ``str`` password is kept there (under :data:`_HA1_MEMO`, with all it was made
+    from) and given again while the password, username, realm and hash are the same."""
     if isinstance(password, StoredHA1):
         if _algo(password.hash_name).hash_name != algo.hash_name:
             raise ValueError(f"a {password.hash_name} H(A1) cannot answer with {algo.name}")
         return password.hexdigest
-    return _h(algo.hash_name, b":".join((_b(username), _b(realm), _b(password))))
+    if memo is None or type(password) is not str:
+        return _h(algo.hash_name, b":".join((_b(username), _b(realm), _b(password))))
+    kept = memo.get(_HA1_MEMO)
+    hash_name = algo.hash_name
+    if (
+        kept is not None
+        and kept[0] == password
+        and kept[1] == username
+        and kept[2] == realm
+        and kept[3] == hash_name
+    ):
+        return cast(str, kept[4])
+    found = _h(hash_name, b":".join((_b(username), _b(realm), password.encode("utf-8"))))
+    memo[_HA1_MEMO] = (password, username, realm, hash_name, found)
+    return found
+
+
+#: the key of :func:`_base_ha1`'s memo entry: (password, username, realm, hash name, H(A1))
+_HA1_MEMO: Final = "_imscore_digest_ha1"
 
 
 #: H(A2) of qop ``auth`` (and of no qop) by (hash name, method, uri): the same few Request-URIs
@@ -477,6 +503,7 @@ class NonceUse(enum.Enum):
 
 
 _COUNTER_BUCKETS: Final = 10
+_KEY_MASK: Final = (1 << 56) - 1  # a counter's entries are keyed by 56 bits of the nonce's hash
 _INFINITY: Final = float("inf")
 
 
@@ -490,7 +517,7 @@ class NonceCounter:
     it is kept until the nonce itself expires, never forgotten earlier for room: entries are filed
     by the time their nonce was issued, in buckets of ``lifetime / 10`` seconds, and a bucket is
     dropped whole once every nonce in it is older than ``lifetime`` (those are refused as stale
-    before the counter is asked). Each entry is a 56-bit digest of the nonce and an int.
+    before the counter is asked). Each entry is 56 bits of the nonce's (keyed) string hash and an int.
 
     When ``max_nonces`` entries are live, or ``per_owner`` entries of one owner (the IMPI), a new
     nonce is answered :attr:`NonceUse.FULL` (the caller challenges again with ``stale=true``) rather
@@ -539,8 +566,9 @@ class NonceCounter:
 
     @staticmethod
     def _key(nonce: str) -> int:
-        digest = hashlib.blake2b(nonce.encode("utf-8", "surrogateescape"), digest_size=7).digest()
-        return int.from_bytes(digest, "big")
+        # 56 bits of the interpreter's (keyed, per process) string hash: the table lives in this
+        # process only, and the nonces it is asked about passed our MAC, so nobody chooses them
+        return hash(nonce) & _KEY_MASK
 
     def _expire(self, now: float) -> None:
         horizon = (now - self.lifetime) // self._width  # buckets ending before now - lifetime
@@ -563,12 +591,14 @@ class NonceCounter:
         :attr:`NonceUse.FRESH` when ``nc`` (>= 1) is greater than every count accepted for the
         nonce; otherwise why not. Only a fresh count changes anything.
         """
-        self._expire(now)
-        if self.since is not None and issued < self.since:
+        if self._low + 1 < (now - self.lifetime) // self._width:  # (what _expire looks at first)
+            self._expire(now)
+        since = self.since
+        if since is not None and issued < since:
             return NonceUse.UNKNOWN
         if nc < 1:
             return NonceUse.REPLAY
-        key = self._key(nonce)
+        key = hash(nonce) & _KEY_MASK  # (= self._key(nonce))
         buckets = self._buckets
         for entries, _owners in buckets.values():  # (what _find does, without its call)
             last = entries.get(key)
@@ -856,6 +886,7 @@ def verify(
     require_qop: bool = True,
     opaque: str | None = None,
     entity_body: bytes = b"",
+    ha1_memo: dict[str, Any] | None = None,
 ) -> Verdict:
     """Judge Digest credentials (an ``Authorization``/``Proxy-Authorization`` header) for a request.
 
@@ -880,6 +911,9 @@ def verify(
         RFC 2617 §3.2.2 obliges the client to use it then.
     :param opaque: when given, the credentials must carry the same ``opaque`` (400 otherwise).
     :param entity_body: the message body, for qop ``auth-int``.
+    :param ha1_memo: where the H(A1) of a ``str`` password may be kept from one call to the next
+        (one entry, under a key of this module's; e.g. the ``__dict__`` of the immutable object
+        holding the password): used again only for the same password, username, realm and hash.
 
     Checks in order: scheme; required parameters; realm; uri; algorithm; qop, nc, cnonce; nonce ours;
     response (constant-time comparison); stale; replay. A stale nonce is reported only when the response
@@ -962,7 +996,7 @@ def verify(
 
     expected = _response(
         algo,
-        _base_ha1(algo, username, c_realm, password_or_ha1),
+        _base_ha1(algo, username, c_realm, password_or_ha1, ha1_memo),
         method,
         digest_uri,
         nonce,

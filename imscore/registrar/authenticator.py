@@ -27,7 +27,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from imscore.auth.aka import (
     AkaError,
@@ -87,6 +87,8 @@ MAX_PENDING_VECTORS: Final = 100_000
 MAX_UNKNOWN_NONCES: Final = 10_000
 #: the reason phrase of a 403 for credentials past a failure limit
 LOCKED_OUT: Final = "Too many failed authentications"
+#: the Digest algorithms' names as written (none of them reads as an AKA algorithm)
+_DIGEST_NAMES: Final = frozenset(DIGEST_ALGORITHMS)
 
 
 class AuthOutcome(enum.Enum):
@@ -199,6 +201,11 @@ class Authenticator:
         #: asks the plugins which scheme to challenge with (``ims_auth_select_scheme``); its answer
         #: counts when the profile allows that scheme and the subscriber has credentials for it
         self.select_scheme: Callable[[Subscriber, Request | None], str | None] | None = None
+        #: the plugin manager :attr:`select_scheme` asks (the registrar sets both), or ``None``:
+        #: while only the builtin implements ``ims_auth_select_scheme`` (``only_builtin``), a
+        #: subscriber with credentials for one of the profile's schemes only is challenged with that
+        #: one without the call, whose answer could not count (the builtin's has no effects)
+        self.scheme_plugins: Any = None
         #: the subscriber store holds the credentials (an HSS over Cx, :mod:`.remote`): only what
         #: :meth:`offer` handed over is used, never the record's own password or K
         self.remote_credentials = False
@@ -252,7 +259,7 @@ class Authenticator:
         if self.remote_credentials:  # the HSS chose (the store asked for the profile's schemes)
             offered = self._remote.get(subscriber.impi)
             return offered.scheme if offered is not None and offered.scheme in self.schemes else None
-        if self.select_scheme is not None:
+        if self.select_scheme is not None and not self._one_usable(subscriber):
             chosen = self.select_scheme(subscriber, request)
             if chosen is not None and self._usable(chosen, subscriber):
                 return chosen
@@ -262,6 +269,21 @@ class Authenticator:
             if scheme == "digest" and subscriber.password is not None:
                 return "digest"
         return None
+
+    def _one_usable(self, subscriber: Subscriber) -> bool:
+        """Whether :attr:`select_scheme` need not be asked for ``subscriber``: it has credentials
+        for one of the profile's schemes only, and only the builtin implements the hook."""
+        plugins = self.scheme_plugins
+        if plugins is None:
+            return False
+        schemes = self.schemes
+        for scheme in schemes:  # (a scheme of another name takes what the hook names)
+            if scheme != "aka" and scheme != "digest":
+                return False
+        usable = ("aka" in schemes and subscriber.aka is not None) + (
+            "digest" in schemes and subscriber.password is not None
+        )
+        return usable == 1 and bool(plugins.only_builtin("ims_auth_select_scheme"))
 
     def _extra(self) -> bytes:
         # the nonce names the algorithm it was issued for: credentials computed with another one
@@ -311,14 +333,16 @@ class Authenticator:
         request: Request | None = None,
     ) -> AuthResult:
         """A 401 challenge for ``subscriber`` (for ``request``, which the plugins may look at)."""
-        if self._needs_credentials(subscriber, now):
+        remote = self.remote_credentials  # (without it, nothing is fetched, and the realm is ours)
+        if remote and self._needs_credentials(subscriber, now):
             need = AuthOutcome.NEED_CREDENTIALS
             return AuthResult(need, "credentials from the store", impi=subscriber.impi)
         scheme = self.scheme_for(subscriber, request)
         if scheme is None:
             return AuthResult(AuthOutcome.FORBIDDEN, "no authentication scheme allowed for this user")
         if scheme == "digest":
-            value = self._digest_challenge(now, stale=stale, realm=self._digest_realm(subscriber))
+            realm = self._digest_realm(subscriber) if remote else self.realm
+            value = self._digest_challenge(now, stale=stale, realm=realm)
             return AuthResult(AuthOutcome.CHALLENGE, "authentication required", value, subscriber.impi)
         vector = self._vector_for(subscriber, now)
         value = self._aka_challenge(vector.nonce, stale)
@@ -431,36 +455,48 @@ class Authenticator:
         counter = self.counter
         if counter.since is None:
             counter.start(now)
-        source = source_of(request)
-        refused = self._locked_out(subscriber.impi, source, now)
-        if refused is not None:
-            return refused
+        # the source is read when a limit could refuse it or a failure is noted (a limiter
+        # holding no failure refuses nothing)
+        source: str | None = None
+        if self.limiter.holds_failures():
+            source = source_of(request)
+            refused = self._locked_out(subscriber.impi, source, now)
+            if refused is not None:
+                return refused
         algorithm = credentials.get("algorithm") or "MD5"
-        aka = parse_aka_algorithm(algorithm)
+        # (a Digest algorithm's name is no AKA one: parse_aka_algorithm gives None for each)
+        aka = None if algorithm in _DIGEST_NAMES else parse_aka_algorithm(algorithm)
         remote = self._remote.get(subscriber.impi) if self.remote_credentials else None
         if aka is not None and "aka" in self.schemes and (subscriber.aka or self.remote_credentials):
             return self._check_aka(request, credentials, subscriber, now, aka[0], algorithm)
         if aka is None and "digest" in self.schemes and subscriber.password is not None:
             secret: str | StoredHA1 = subscriber.password
+            # the subscriber keeps the H(A1) of its password (a Subscriber is frozen, and a
+            # reloaded file makes new ones; the entry is used again only for the same password,
+            # username, realm and hash anyway)
+            memo: dict[str, Any] | None = getattr(subscriber, "__dict__", None)
             if self.remote_credentials:  # the H(A1) the HSS gave, never the record's decoy
                 if remote is None or remote.ha1 is None:
                     return AuthResult(AuthOutcome.NEED_CREDENTIALS, "H(A1) from the store")
                 secret = StoredHA1(remote.ha1)
+                memo = None
             verdict = verify(
                 credentials,
                 method=request.method,
                 request_uri=request.uri,
                 password_or_ha1=secret,
-                realm=self._digest_realm(subscriber),
+                realm=self._digest_realm(subscriber) if self.remote_credentials else self.realm,
                 nonces=self.nonces,
                 now=now,
                 nonce_extra=self._extra(),
                 counter=self.counter,
                 algorithms=(self.digest_algorithm,),
+                ha1_memo=memo,
             )
             return self._judged(verdict, subscriber, now, request, source)
         if aka is not None or algorithm.lower() != self.digest_algorithm.lower():
-            self._note(now, subscriber.impi, source, f"algorithm {algorithm[:20]!r} not offered")
+            where = source_of(request) if source is None else source
+            self._note(now, subscriber.impi, where, f"algorithm {algorithm[:20]!r} not offered")
         return self.challenge_for(subscriber, now, request=request)
 
     def _check_aka(
@@ -527,12 +563,20 @@ class Authenticator:
             self._drop(nonce)
 
     def _judged(
-        self, verdict: Verdict, subscriber: Subscriber, now: float, request: Request, source: str
+        self,
+        verdict: Verdict,
+        subscriber: Subscriber,
+        now: float,
+        request: Request,
+        source: str | None,
     ) -> AuthResult:
+        """The result of a verdict on ``request`` from ``source`` (``None``: not read yet)."""
         if verdict.ok:
             return AuthResult(AuthOutcome.OK, impi=subscriber.impi)
         if verdict.kind is VerdictKind.BAD_REQUEST:
             return AuthResult(AuthOutcome.BAD_REQUEST, verdict.reason)
+        if source is None:
+            source = source_of(request)
         self._verdict_failed(verdict, subscriber.impi, source, now)
         return self.challenge_for(subscriber, now, stale=verdict.stale, request=request)
 

@@ -119,15 +119,30 @@ class FailureLimiter:
         self._source = _Windows(lim.per_source, lim.window, lim.max_entries)
         self._impi = _Windows(lim.per_impi, lim.window, lim.max_entries)
 
+    def holds_failures(self) -> bool:
+        """Whether a table with a limit holds a count: else :meth:`blocked` refuses nothing."""
+        pair, by_source, by_impi = self._pair, self._source, self._impi
+        return (
+            (pair.limit > 0 and bool(pair._counts))
+            or (by_source.limit > 0 and bool(by_source._counts))
+            or (by_impi.limit > 0 and bool(by_impi._counts))
+        )
+
     def blocked(self, impi: str, source: str, now: float) -> str | None:
         """Why credentials of ``impi`` from ``source`` are refused at ``now``, or ``None``. (A
         table that counts nothing, or holds no failure, refuses nothing: its key is not made.)"""
-        pair, by_impi = self._pair, self._impi
-        if pair.active() and pair.reached(_key(impi_key(impi), source), now):
+        pair, by_source, by_impi = self._pair, self._source, self._impi
+        # (each "limit > 0 and _counts" is the table's active(), read without its call)
+        if pair.limit > 0 and pair._counts and pair.reached(_key(impi_key(impi), source), now):
             return "too many failures of this IMPI from this source"
-        if source not in self.limits.exempt and self._source.reached(source, now):
+        if (
+            by_source.limit > 0
+            and by_source._counts  # (an empty table reaches nothing)
+            and source not in self.limits.exempt
+            and by_source.reached(source, now)
+        ):
             return "too many failures from this source"
-        if by_impi.active() and by_impi.reached(_key(impi_key(impi)), now):
+        if by_impi.limit > 0 and by_impi._counts and by_impi.reached(_key(impi_key(impi)), now):
             return "too many failures of this IMPI"
         return None
 

@@ -123,6 +123,7 @@ class Registrar:
         self.authenticator.remote_credentials = self.remote is not None
         if self.authenticator.select_scheme is None:
             self.authenticator.select_scheme = self._select_scheme
+            self.authenticator.scheme_plugins = plugins
         route = profile.registrar.service_route or f"sip:orig@{profile.domains[0]};lr"
         self.service_route = f"<{route}>"
         self.regevent = RegEventService(profile.reg_event.max_per_set, profile.reg_event.max_per_watcher)
