@@ -27,7 +27,7 @@ from .authenticator import Authenticator, AuthOutcome, AuthResult
 from .change import DEREGISTRATION, INITIAL, REREGISTRATION, RegistrationChange
 from .gruu import Gruus, gruu_params
 from .identity import find_identity, phone_number, resolve_identity
-from .model import FIRST_CSEQ, FlowInfo, StoredBinding
+from .model import FIRST_CSEQ, FlowInfo, StoredBinding, new_binding
 from .news import ORDINARY, ChangeListener, SetNews, save_with_news
 from .outbound import (
     OUTBOUND_MARK,
@@ -617,22 +617,23 @@ class Registrar:
         extra = {OUTBOUND_MARK: "1"} if uses_outbound(request, contact) else {}
         if contact.instance is not None:  # RFC 5628 first-cseq: kept while the Call-ID stays
             extra[FIRST_CSEQ] = str(request.cseq.seq)
-        return StoredBinding(
-            aor=aor,
-            impi=subscriber.impi,
-            contact=contact.echo(_ECHO_WITHOUT),
-            uri=str(uri),
-            expires_at=now + expires,
-            registered_at=now,
-            call_id=request.call_id,
-            cseq=request.cseq.seq,
-            instance_id=contact.instance,
-            reg_id=contact.reg_id,
-            q=contact.q,
-            path=tuple(request.headers.values("Path")),
-            flow=flow,
-            user_agent=request.headers.get("User-Agent"),
-            extra=extra,
+        return new_binding(  # StoredBinding(aor=aor, ...) without its __init__'s cost
+            aor,
+            subscriber.impi,
+            contact.echo(_ECHO_WITHOUT),
+            str(uri),
+            now + expires,
+            now,
+            request.call_id,
+            request.cseq.seq,
+            contact.instance,
+            contact.reg_id,
+            contact.q,
+            tuple(request.headers.values("Path")),
+            flow,
+            request.headers.get("User-Agent"),
+            True,
+            extra,
         )
 
     def _policy(
