@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import pickle
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,7 @@ from imscore.registrar.model import (
     StoredBinding,
     binding_with,
     new_binding,
+    new_flow,
 )
 from imscore.registrar.store import MemoryBindingStore
 
@@ -99,3 +101,58 @@ def test_memory_store_copies_are_still_copies() -> None:
     loaded.extra["later"] = "y"  # and so does what load hands out
     (again,) = asyncio.run(store.load(b.aor))
     assert again == dataclasses.replace(b, extra={FIRST_CSEQ: "7", "ob": "1"})
+
+
+def test_flow_builder_is_the_dataclass() -> None:
+    built = new_flow("tls", ("192.0.2.7", 5061), ("192.0.2.1", 5061), 12)
+    assert type(built) is FlowInfo
+    assert built == FlowInfo("tls", ("192.0.2.7", 5061), ("192.0.2.1", 5061), 12)
+    assert hash(built) == hash(FlowInfo("tls", ("192.0.2.7", 5061), ("192.0.2.1", 5061), 12))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.connection = 1  # type: ignore[misc]
+
+
+def test_registration_change_as_the_constructor_makes_it() -> None:
+    """Registrar._registration fills a RegistrationChange's __dict__ at once: the same object as
+    its constructor with those values (run on the pure build: it calls the method with a stand-in
+    registrar)."""
+    from imscore.registrar import register
+    from imscore.registrar.change import INITIAL, RegistrationChange
+    from imscore.sip import parse_uri
+
+    if register.__file__ and not register.__file__.endswith(".py"):
+        pytest.skip("compiled build: the method takes a Registrar only")
+    reported: list[RegistrationChange] = []
+    stand_in = SimpleNamespace(on_registration=reported.append, remote=None)
+    stand_in._report = lambda change: register.Registrar._report(stand_in, change)  # type: ignore[arg-type]
+    request = SimpleNamespace(to=SimpleNamespace(uri=parse_uri("sip:a@x")))
+    subscriber, implicit_set = SimpleNamespace(impi="a@x"), SimpleNamespace(aor="sip:a@x")
+    after = [StoredBinding(*CASES[0])]  # type: ignore[arg-type]
+    register.Registrar._registration(
+        stand_in,
+        request,
+        "ok",
+        subscriber,
+        implicit_set,
+        FLOW,
+        [],
+        after,
+        100.0,  # type: ignore[arg-type]
+    )
+    (change,) = reported
+    assert type(change) is RegistrationChange
+    assert change == RegistrationChange(
+        INITIAL,
+        "sip:a@x",
+        "a@x",
+        3600,
+        impu=request.to.uri,  # type: ignore[arg-type]
+        subscriber=subscriber,  # type: ignore[arg-type]
+        implicit_set=implicit_set,  # type: ignore[arg-type]
+        request=request,  # type: ignore[arg-type]
+        response="ok",  # type: ignore[arg-type]
+        interface="udp:192.0.2.1:5060",
+    )
+    assert list(vars(change)) == [f.name for f in dataclasses.fields(RegistrationChange)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        change.kind = "x"  # type: ignore[misc]

@@ -9,7 +9,15 @@ from typing import cast
 from imscore.plugin.types import Binding
 from imscore.sip import SipError
 
-__all__ = ["FIRST_CSEQ", "FlowInfo", "StoredBinding", "binding_with", "feature_tags", "new_binding"]
+__all__ = [
+    "FIRST_CSEQ",
+    "FlowInfo",
+    "StoredBinding",
+    "binding_with",
+    "feature_tags",
+    "new_binding",
+    "new_flow",
+]
 
 #: the key in :attr:`StoredBinding.extra` holding the CSeq of the first REGISTER under the
 #: binding's Call-ID (RFC 5628 ``first-cseq``): temporary GRUUs issued from it on are valid
@@ -181,10 +189,21 @@ class _BindingDraft:
     feature_tags: tuple[tuple[str, str | None], ...]
 
 
+class _FlowDraft:
+    """A :class:`FlowInfo` being built (see above)."""
+
+    __slots__ = FlowInfo.__slots__
+    transport: str
+    remote: tuple[str, int]
+    local: tuple[str, int]
+    connection: int | None
+
+
 def _check_drafts() -> None:
     """Fail at import, not on the first REGISTER, when a draft cannot become its class (a field
     added or renamed is a slot of both; a class that lost ``slots=True`` has a ``__dict__``)."""
-    for draft, frozen in ((_StoredDraft, StoredBinding), (_BindingDraft, Binding)):
+    drafts = ((_StoredDraft, StoredBinding), (_BindingDraft, Binding), (_FlowDraft, FlowInfo))
+    for draft, frozen in drafts:
         names = tuple(f.name for f in fields(frozen))
         if draft.__slots__ != names:
             raise TypeError(f"{draft.__name__} does not match {frozen.__name__}")
@@ -230,6 +249,19 @@ def new_binding(
     draft.extra = extra
     draft.__class__ = StoredBinding  # type: ignore[assignment]
     return cast(StoredBinding, draft)
+
+
+def new_flow(
+    transport: str, remote: tuple[str, int], local: tuple[str, int], connection: int | None
+) -> FlowInfo:
+    """``FlowInfo(transport, remote, local, connection)``, built as :func:`new_binding` builds."""
+    draft = _FlowDraft()
+    draft.transport = transport
+    draft.remote = remote
+    draft.local = local
+    draft.connection = connection
+    draft.__class__ = FlowInfo  # type: ignore[assignment]
+    return cast(FlowInfo, draft)
 
 
 def binding_with(

@@ -578,20 +578,23 @@ class Registrar:
             return
         kind = DEREGISTRATION if not after else (REREGISTRATION if before else INITIAL)
         host, port = flow.local
-        self._report(
-            RegistrationChange(
-                kind,
-                implicit_set.aor,
-                subscriber.impi,
-                max((b.remaining(now) for b in after), default=0),
-                impu=request.to.uri,
-                subscriber=subscriber,
-                implicit_set=implicit_set,
-                request=request,
-                response=response,
-                interface=f"{flow.transport}:{host}:{port}",
-            )
+        # RegistrationChange(kind, ..., interface=...) without the frozen __init__'s
+        # object.__setattr__ per field (it has a __dict__: filled at once, the same object)
+        change = object.__new__(RegistrationChange)
+        change.__dict__.update(
+            kind=kind,
+            aor=implicit_set.aor,
+            impi=subscriber.impi,
+            expires=max((b.remaining(now) for b in after), default=0),
+            cause="register",
+            impu=request.to.uri,
+            subscriber=subscriber,
+            implicit_set=implicit_set,
+            request=request,
+            response=response,
+            interface=f"{flow.transport}:{host}:{port}",
         )
+        self._report(change)
 
     # -- pieces --------------------------------------------------------------------------------------
     def _expires(self, request: Request, contact: Contact) -> int:

@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from imscore.store import StoreError, ensure_schema, open_store, write_transaction
 
-from .model import FlowInfo, StoredBinding, binding_with
+from .model import FlowInfo, StoredBinding, binding_with, new_flow
 
 __all__ = [
     "BindingStore",
@@ -105,7 +105,7 @@ def _shared_flow(flow: FlowInfo | None) -> FlowInfo | None:
     shared = sys.intern(host)
     if shared is host:
         return flow
-    return FlowInfo(flow.transport, (shared, port), flow.local, flow.connection)
+    return new_flow(flow.transport, (shared, port), flow.local, flow.connection)
 
 
 def _kept(binding: StoredBinding, aor: str) -> StoredBinding:
