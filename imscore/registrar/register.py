@@ -27,7 +27,7 @@ from .authenticator import Authenticator, AuthOutcome, AuthResult
 from .change import DEREGISTRATION, INITIAL, REREGISTRATION, RegistrationChange
 from .gruu import Gruus, gruu_params
 from .identity import find_identity, phone_number, resolve_identity
-from .model import FIRST_CSEQ, FlowInfo, StoredBinding
+from .model import FIRST_CSEQ, FlowInfo, StoredBinding, new_binding
 from .news import ORDINARY, ChangeListener, SetNews, save_with_news
 from .outbound import (
     OUTBOUND_MARK,
@@ -579,20 +579,23 @@ class Registrar:
             return
         kind = DEREGISTRATION if not after else (REREGISTRATION if before else INITIAL)
         host, port = flow.local
-        self._report(
-            RegistrationChange(
-                kind,
-                implicit_set.aor,
-                subscriber.impi,
-                max((b.remaining(now) for b in after), default=0),
-                impu=request.to.uri,
-                subscriber=subscriber,
-                implicit_set=implicit_set,
-                request=request,
-                response=response,
-                interface=f"{flow.transport}:{host}:{port}",
-            )
+        # RegistrationChange(kind, ..., interface=...) without the frozen __init__'s
+        # object.__setattr__ per field (it has a __dict__: filled at once, the same object)
+        change = object.__new__(RegistrationChange)
+        change.__dict__.update(
+            kind=kind,
+            aor=implicit_set.aor,
+            impi=subscriber.impi,
+            expires=max((b.remaining(now) for b in after), default=0),
+            cause="register",
+            impu=request.to.uri,
+            subscriber=subscriber,
+            implicit_set=implicit_set,
+            request=request,
+            response=response,
+            interface=f"{flow.transport}:{host}:{port}",
         )
+        self._report(change)
 
     # -- pieces --------------------------------------------------------------------------------------
     def _expires(self, request: Request, contact: Contact) -> int:
@@ -618,22 +621,23 @@ class Registrar:
         extra = {OUTBOUND_MARK: "1"} if uses_outbound(request, contact) else {}
         if contact.instance is not None:  # RFC 5628 first-cseq: kept while the Call-ID stays
             extra[FIRST_CSEQ] = str(request.cseq.seq)
-        return StoredBinding(
-            aor=aor,
-            impi=subscriber.impi,
-            contact=contact.echo(_ECHO_WITHOUT),
-            uri=str(uri),
-            expires_at=now + expires,
-            registered_at=now,
-            call_id=request.call_id,
-            cseq=request.cseq.seq,
-            instance_id=contact.instance,
-            reg_id=contact.reg_id,
-            q=contact.q,
-            path=tuple(request.headers.values("Path")),
-            flow=flow,
-            user_agent=request.headers.get("User-Agent"),
-            extra=extra,
+        return new_binding(  # StoredBinding(aor=aor, ...) without its __init__'s cost
+            aor,
+            subscriber.impi,
+            contact.echo(_ECHO_WITHOUT),
+            str(uri),
+            now + expires,
+            now,
+            request.call_id,
+            request.cseq.seq,
+            contact.instance,
+            contact.reg_id,
+            contact.q,
+            tuple(request.headers.values("Path")),
+            flow,
+            request.headers.get("User-Agent"),
+            True,
+            extra,
         )
 
     def _policy(

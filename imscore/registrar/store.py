@@ -25,12 +25,11 @@ import os
 import sqlite3
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, Final, Protocol, runtime_checkable
 
 from imscore.store import StoreError, ensure_schema, open_store, write_transaction
 
-from .model import FlowInfo, StoredBinding
+from .model import FlowInfo, StoredBinding, binding_with, new_flow
 
 __all__ = [
     "BindingStore",
@@ -88,7 +87,9 @@ def _check_aor(aor: str, bindings: Sequence[StoredBinding]) -> None:
 
 def _copy(binding: StoredBinding) -> StoredBinding:
     # StoredBinding is frozen, but its ``extra`` dict is not: keep our own.
-    return replace(binding, extra=dict(binding.extra))
+    # (``replace(binding, extra=dict(binding.extra))``, built without the dataclass __init__)
+    b = binding
+    return binding_with(b, b.aor, b.registered_at, b.flow, b.user_agent, dict(b.extra))
 
 
 #: the ``extra`` of every binding the memory store keeps without one: shared, and never handed out
@@ -104,7 +105,7 @@ def _shared_flow(flow: FlowInfo | None) -> FlowInfo | None:
     shared = sys.intern(host)
     if shared is host:
         return flow
-    return FlowInfo(flow.transport, (shared, port), flow.local, flow.connection)
+    return new_flow(flow.transport, (shared, port), flow.local, flow.connection)
 
 
 def _kept(binding: StoredBinding, aor: str) -> StoredBinding:
@@ -113,12 +114,13 @@ def _kept(binding: StoredBinding, aor: str) -> StoredBinding:
     string per AOR, not one per binding), and the User-Agent and the remote host are interned
     strings (many devices share them). Equal to ``binding`` field by field."""
     agent = binding.user_agent
-    return replace(
+    return binding_with(
         binding,
-        aor=aor,
-        extra=dict(binding.extra) if binding.extra else _NO_EXTRA,
-        user_agent=None if agent is None else sys.intern(agent),
-        flow=_shared_flow(binding.flow),
+        aor,
+        binding.registered_at,
+        _shared_flow(binding.flow),
+        None if agent is None else sys.intern(agent),
+        dict(binding.extra) if binding.extra else _NO_EXTRA,
     )
 
 

@@ -67,6 +67,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -75,7 +76,7 @@ from imscore.plugin import builtin
 from imscore.registrar import FlowInfo
 from imscore.registrar.authenticator import AuthOutcome, AuthResult
 from imscore.registrar.identity import phone_number
-from imscore.registrar.model import StoredBinding
+from imscore.registrar.model import StoredBinding, new_flow
 from imscore.registrar.outbound import first_hop_lacks_outbound
 from imscore.registrar.store import MemoryBindingStore, SqliteBindingStore
 from imscore.sip import Contact, CSeq, Request, Response, SipError
@@ -561,7 +562,10 @@ class FastRegister:
         (a header that does not parse: its status; the store failing: 503; anything else: 500)."""
         server = self.server
         started = server._now()
-        info = FlowInfo(flow.transport, flow.remote, flow.local, flow.connection)
+        # FlowInfo(flow.transport, flow.remote, ...), with the remote host interned as the memory
+        # store keeps it (so its copy need not make another FlowInfo), built without __init__
+        host, port = flow.remote
+        info = new_flow(flow.transport, (sys.intern(host), port), flow.local, flow.connection)
         notes: tuple[tuple[Request, FlowInfo], ...] = ()
         try:
             try:
