@@ -21,6 +21,7 @@ import hashlib
 import random
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,21 @@ import pytest
 from conftest import CORPUS, REPO_ROOT
 
 from imscore.cli import _load_profile, _load_subscribers
-from imscore.plugin import hookimpl
+from imscore.plugin import builtin, hookimpl
 from imscore.profile import parse_listen
 from imscore.registrar import FlowInfo
-from imscore.server.fastreg import build_request, check, fast_register_for
+from imscore.server.fastreg import (
+    build_request,
+    check,
+    checked_to,
+    fast_register_for,
+    plain_contact,
+    resolved_set,
+)  # fmt: skip
 from imscore.server.runtime import Server
-from imscore.sip import Request, parse_datagram
-from imscore.subscribers import MemorySubscriberStore
+from imscore.sip import Address, Request, SipError, SipUri, parse_datagram
+from imscore.sip.headers import parse_contact
+from imscore.subscribers import MemorySubscriberStore, demo_subscribers_path
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 from register_bench import DOMAIN, write_users
@@ -526,7 +535,72 @@ def test_the_request_built_from_the_checks_reads_as_the_parsed_one() -> None:
         assert (cseq.seq, cseq.method) == (parsed.cseq.seq, parsed.cseq.method)
         for key in ("call-id", "max-forwards", "content-length"):
             assert built.headers.cache[key] == getattr(parsed, key.replace("-", "_"))
+        assert same_address(checked_to(checked), parsed.to)
+        assert checked.to == str(parsed.to.uri)
     assert taken > 50
+
+
+def same_address(made: Address, parsed: Address) -> bool:
+    """Whether two addresses read alike: text, display name, parameters, brackets and the URI's
+    parts (of a SIP URI: each attribute, its parameters and headers)."""
+    uri, want = made.uri, parsed.uri
+    assert isinstance(uri, SipUri) and isinstance(want, SipUri)
+    return (
+        (str(made), made.display, made.params.items(), made.bracketed, type(made))
+        == (str(parsed), parsed.display, parsed.params.items(), parsed.bracketed, type(parsed))
+        and (uri.scheme, uri.spelling, uri.user, uri.password, uri.host, uri.port, str(uri))
+        == (want.scheme, want.spelling, want.user, want.password, want.host, want.port, str(want))
+        and uri.params.items() == want.params.items()
+        and uri.headers == want.headers
+    )
+
+
+def test_a_plain_contact_reads_as_the_parsed_one() -> None:
+    """The Contact :func:`plain_contact` makes is the one :func:`parse_contact` gives, for every
+    value it takes (the benchmark's, mutations' and edge cases of user, address and port), and it
+    takes none that does not parse."""
+    rng = random.Random(SEED)
+    values = [f"<sip:{user}@{host}:{port}>" for user in ("u", "a.b-c_d", "x" * 64, "x" * 65, "U9")
+              for host in ("127.0.0.1", "255.255.255.255", "0.0.0.0", "256.1.1.1", "01.2.3.4")
+              for port in ("1", "5060", "65535", "65536", "99999", "0", "05060")]  # fmt: skip
+    values += VALUES["Contact"] + ["<sip:u@127.0.0.1>", "<sip:u@host.test:5060>", "<sips:u@1.2.3.4:5>"]
+    for i in range(400):
+        try:
+            values += parse_datagram(mutate(register(i % 7, 1), rng)).headers.get_all("Contact")
+        except SipError:
+            continue
+    taken = 0
+    for value in values:
+        made = plain_contact(value)
+        if made is None:
+            continue
+        taken += 1
+        assert same_address(made, parse_contact(value)), value
+    assert taken > 50
+    for value in ("<sip:u@127.0.0.1:65536>", "<sip:u@127.0.0.1:99999>"):
+        with pytest.raises(SipError):
+            parse_contact(value)
+
+
+def test_the_resolved_set_is_the_builtin_answer() -> None:
+    """:func:`resolved_set` answers what the builtin ``ims_identity_resolve`` and
+    ``resolve_identity``'s reading of it give for one subscriber, for every public identity of the
+    demo and benchmark subscribers (sets, barred identities, tel URIs, phone numbers) written as
+    they are, in other spellings, and identities of others or of nobody."""
+    _, demo = _load_subscribers(str(demo_subscribers_path()))
+    _, bench = _load_subscribers(str(write_users(Path(tempfile.mkdtemp()), 20)[1]))
+    subscribers = list(demo) + list(bench)
+    texts = [str(uri) for subscriber in subscribers for uri in subscriber.impus]
+    texts += sorted(key for subscriber in subscribers for key in subscriber.barred)
+    texts += [text.replace("ims.example.test", "IMS.Example.TEST") for text in texts]
+    texts += ["sip:nobody@ims.example.test", "tel:+19999999999", "sip:alice@other.test"]
+    for subscriber in subscribers:
+        for text in texts:
+            resolved = builtin.ims_identity_resolve(impu=text, subscribers=[subscriber.hook_record()])
+            want = None
+            if resolved is not None and resolved.subscriber.impi == subscriber.impi:
+                want = subscriber.implicit_set_of(resolved.implicit_set[0])
+            assert resolved_set(subscriber, text) == want, (subscriber.impi, text)
 
 
 @pytest.mark.parametrize("store", ["memory", "sqlite"])

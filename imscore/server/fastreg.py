@@ -72,15 +72,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from imscore.plugin import builtin
 from imscore.registrar import FlowInfo
 from imscore.registrar.authenticator import AuthOutcome, AuthResult
 from imscore.registrar.identity import phone_number
 from imscore.registrar.model import StoredBinding, new_flow
-from imscore.registrar.outbound import first_hop_lacks_outbound
 from imscore.registrar.store import MemoryBindingStore, SqliteBindingStore
-from imscore.sip import Contact, CSeq, Request, Response, SipError
-from imscore.sip.grammar import CALL_ID_RE
+from imscore.sip import Address, Contact, CSeq, Request, Response, SipError, SipUri
+from imscore.sip.grammar import CALL_ID_RE, MAX_UINT32
 from imscore.sip.headers import Via
 from imscore.sip.message import Headers
 from imscore.sip.params import Params
@@ -149,11 +147,11 @@ _VIA: Final = re.compile(
 )
 _USER: Final = r"[A-Za-z0-9._-]{1,64}"
 _FROM: Final = re.compile(r"<sip:" + _USER + r"@" + _HOST + r">;tag=" + _TOKEN)
-_TO: Final = re.compile(r"<sip:(" + _USER + r"@" + _HOST + r")>")
+_TO: Final = re.compile(r"<sip:(" + _USER + r")@(" + _HOST + r")>")
 _CSEQ: Final = re.compile(r"([1-9][0-9]{0,8}) REGISTER")
 _MAX_FORWARDS: Final = re.compile(r"25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]")
 #: a Contact this path registers itself: one plain SIP URI of an IPv4 address and port
-_CONTACT: Final = re.compile(r"<sip:" + _USER + r"@" + _IPV4 + r":[1-9][0-9]{0,4}>")
+_CONTACT: Final = re.compile(r"<sip:(" + _USER + r")@(" + _IPV4 + r"):([1-9][0-9]{0,4})>")
 #: where the Request-URI's host starts in the start line
 _HOST_AT: Final = len("REGISTER sip:")
 
@@ -169,11 +167,11 @@ class _Checked:
     """What the octet checks found in one datagram: its start line and header section as received,
     its header fields as the parser splits them (keys, and name, value and line of each), the
     values by key, and the Request-URI host, the Via's sent-by address and port, branch, Call-ID,
-    CSeq number and To URI."""
+    CSeq number, and the To URI (its text, user and host)."""
 
     __slots__ = (
         "authorized", "branch", "call_id", "cseq", "fields", "host", "items", "keys", "section",
-        "start", "to", "via_host", "via_port",
+        "start", "to", "to_host", "to_user", "via_host", "via_port",
     )  # fmt: skip
 
     def __init__(
@@ -188,7 +186,8 @@ class _Checked:
         via_port: int,
         branch: str,
         cseq: int,
-        to: str,
+        to_user: str,
+        to_host: str,
     ) -> None:
         self.start = start
         self.section = section
@@ -201,7 +200,9 @@ class _Checked:
         self.branch = branch
         self.call_id = fields["call-id"]
         self.cseq = cseq
-        self.to = to
+        self.to_user = to_user
+        self.to_host = to_host
+        self.to = f"sip:{to_user}@{to_host}"
         self.authorized = "authorization" in fields
 
 
@@ -258,7 +259,8 @@ def check(data: bytes, source: str, domains: frozenset[str] | set[str]) -> _Chec
         port,
         branch,
         int(cseq.group(1)),
-        "sip:" + to.group(1),
+        to.group(1),
+        to.group(2),
     )
 
 
@@ -284,6 +286,33 @@ def build_request(checked: _Checked) -> Request:
     cache["max-forwards"] = None if forwards is None else int(forwards)
     cache["content-length"] = 0
     return Request("REGISTER", f"sip:{checked.host}", headers, received_start=checked.start)
+
+
+def checked_to(checked: _Checked) -> Address:
+    """The To of the checked datagram as :attr:`Request.to` reads it, made from what :func:`check`
+    matched: ``<sip:user@host>`` is an address without display name or parameters whose URI is
+    that user and host, nothing else (``tests/test_fastreg_differential.py`` compares it with
+    :func:`parse_address`)."""
+    to = Address._lazy(checked.to, None, Params(), True)
+    to.uri = SipUri(checked.to_host, checked.to_user)
+    return to
+
+
+def plain_contact(value: str) -> Contact | None:
+    """The Contact ``value`` reads as when it is one plain SIP URI of an IPv4 address and port
+    (``<sip:user@IPv4:port>``, no display name, no parameters), made from what the pattern matched
+    (what :func:`parse_contact` gives for it: ``tests/test_fastreg_differential.py`` compares
+    them); ``None`` when it is not one, or its port is above 65535 (which does not parse)."""
+    found = _CONTACT.fullmatch(value)
+    if found is None:
+        return None
+    user, host, digits = found.groups()
+    port = int(digits)
+    if port > 65535:
+        return None
+    contact = Contact._lazy(value[1:-1], None, Params(), True)
+    contact.uri = SipUri(host, user, port=port)
+    return contact
 
 
 def response_section(checked: _Checked, headers: Sequence[tuple[str, object]]) -> bytes:
@@ -321,6 +350,17 @@ def answer(
     cache["cseq"] = CSeq(cseq.seq, cseq.method)
     cache["call-id"] = checked.call_id
     return response
+
+
+def resolved_set(subscriber: Subscriber, to: str) -> ImplicitSet | None:
+    """The implicit set of ``subscriber`` the To URI ``to`` resolves to, as the builtin
+    ``ims_identity_resolve`` answers it for that subscriber and ``resolve_identity`` then takes it
+    (the set of its first IMPU), or ``None`` when it answers nothing. The builtin finds the first
+    set with a member of the To's address-of-record key; a subscriber's sets hold each key once, so
+    that is the set :meth:`~imscore.subscribers.model.Subscriber.implicit_set_of` finds for the
+    To, whose first IMPU is in that set again (``tests/test_fastreg_differential.py`` compares the
+    two over the test subscribers)."""
+    return subscriber.implicit_set_of(to)
 
 
 @dataclass(frozen=True)
@@ -404,7 +444,7 @@ class FastRegister:
         binding: _Binding | None = None
         subscriber: Subscriber | None = None
         if checked.authorized:
-            known = self._known(request)
+            known = self._known(checked, request)
             if known is not None:
                 binding = self._binding(checked, request, known)
         else:
@@ -478,7 +518,7 @@ class FastRegister:
             return None
         return store.directory
 
-    def _known(self, request: Request) -> _Known | None:
+    def _known(self, checked: _Checked, request: Request) -> _Known | None:
         """For a REGISTER with credentials: what ``Registrar.register`` would find before checking
         them (the subscriber of the Digest username, the implicit set the To resolves to), or
         ``None`` when this path is not sure of it. Only parses the request (its own)."""
@@ -487,9 +527,13 @@ class FastRegister:
             return None
         try:
             credentials = next((c for c in request.authorization if c.is_digest), None)
-            to_uri = request.to.uri
         except SipError:
             return None
+        cache = request.headers.cache
+        to = cache.get("to")
+        if to is None:
+            to = cache["to"] = checked_to(checked)
+        to_uri = to.uri
         if credentials is None or not credentials.get("response"):
             return None
         username = credentials.get("username")
@@ -499,13 +543,7 @@ class FastRegister:
         # (with nothing barred no URI is; the checked To has a key: user@host, no IPv6 to read)
         if subscriber is None or (subscriber.barred and subscriber.is_barred(to_uri)):
             return None
-        # the builtin ims_identity_resolve, as resolve_identity asks it: the subscriber's set
-        resolved = builtin.ims_identity_resolve(
-            impu=str(to_uri), subscribers=[subscriber.hook_record()]
-        )
-        if resolved is None or resolved.subscriber.impi != subscriber.impi or not resolved.implicit_set:
-            return None
-        implicit_set = subscriber.implicit_set_of(resolved.implicit_set[0])
+        implicit_set = resolved_set(subscriber, checked.to)
         if implicit_set is None:
             return None
         return _Known(credentials, subscriber, implicit_set)
@@ -529,17 +567,22 @@ class FastRegister:
         store = registrar.bindings
         if type(store) not in _STORES or self.server.store is not store:
             return None
-        value = checked.fields.get("contact")
-        if value is None or _CONTACT.fullmatch(value) is None:
+        fields = checked.fields
+        value = fields.get("contact")
+        contact = None if value is None else plain_contact(value)
+        if contact is None:
             return None
-        try:
-            contacts = request.contacts
-            request.expires  # noqa: B018  # (the registrar reads it before storing)
-        except SipError:
+        # what request.contacts and request.expires would read (the registrar reads both): the one
+        # Contact, and the Expires value (its text has no white space: the checks say so) as
+        # delta-seconds clamped to 2**32-1 (parse_uint's reading); a value that is not digits
+        # would not parse
+        expires = fields.get("expires")
+        if expires is not None and not expires.isdigit():
             return None
-        (contact,) = contacts
-        if first_hop_lacks_outbound(request, contact):
-            return None
+        cache = request.headers.cache
+        cache["contact"] = [contact]
+        cache["Expires"] = None if expires is None else min(int(expires), MAX_UINT32)
+        # (a Contact without +sip.instance and reg-id does not ask for outbound: it never lacks it)
         aor = known.implicit_set.aor
         now = self.server.clock()
         try:
