@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import pickle
-from types import SimpleNamespace
 
 import pytest
 
@@ -114,43 +113,48 @@ def test_flow_builder_is_the_dataclass() -> None:
 
 def test_registration_change_as_the_constructor_makes_it() -> None:
     """Registrar._registration fills a RegistrationChange's __dict__ at once: the same object as
-    its constructor with those values (run on the pure build: it calls the method with a stand-in
-    registrar)."""
-    from imscore.registrar import register
+    its constructor with those values (a real registrar, subscriber and REGISTER, so that the
+    compiled build runs it as well)."""
+    from imscore.plugin import create_plugin_manager
+    from imscore.profile import load_profile
     from imscore.registrar.change import INITIAL, RegistrationChange
-    from imscore.sip import parse_uri
+    from imscore.registrar.register import Registrar
+    from imscore.sip import Request, parse_datagram
+    from imscore.subscribers import MemorySubscriberStore, demo_subscribers_path
 
-    if register.__file__ and not register.__file__.endswith(".py"):
-        pytest.skip("compiled build: the method takes a Registrar only")
-    reported: list[RegistrationChange] = []
-    stand_in = SimpleNamespace(on_registration=reported.append, remote=None)
-    stand_in._report = lambda change: register.Registrar._report(stand_in, change)  # type: ignore[arg-type]
-    request = SimpleNamespace(to=SimpleNamespace(uri=parse_uri("sip:a@x")))
-    subscriber, implicit_set = SimpleNamespace(impi="a@x"), SimpleNamespace(aor="sip:a@x")
-    after = [StoredBinding(*CASES[0])]  # type: ignore[arg-type]
-    register.Registrar._registration(
-        stand_in,
-        request,
-        "ok",
-        subscriber,
-        implicit_set,
-        FLOW,
-        [],
-        after,
-        100.0,  # type: ignore[arg-type]
+    subscribers = MemorySubscriberStore.from_file(demo_subscribers_path())
+    registrar = Registrar(
+        load_profile("default"), subscribers, MemoryBindingStore(), create_plugin_manager(autoload=False)
     )
+    reported: list[RegistrationChange] = []
+    registrar.on_registration = reported.append
+    impu = "sip:alice@ims.example.test"
+    subscriber = subscribers.directory.by_impu(impu)
+    assert subscriber is not None
+    implicit_set = subscriber.implicit_set_of(impu)
+    assert implicit_set is not None
+    request = parse_datagram(
+        f"REGISTER sip:ims.example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.7:5999;branch=z9hG4bKchange\r\n"
+        f"From: <{impu}>;tag=f\r\nTo: <{impu}>\r\nCall-ID: change@x\r\nCSeq: 2 REGISTER\r\n"
+        f"Contact: <sip:alice@192.0.2.7:5999>\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    assert isinstance(request, Request)
+    response = request.make_response(200, "OK")
+    after = [StoredBinding(*CASES[0])]  # type: ignore[arg-type]
+    registrar._registration(request, response, subscriber, implicit_set, FLOW, [], after, 100.0)
     (change,) = reported
     assert type(change) is RegistrationChange
     assert change == RegistrationChange(
         INITIAL,
-        "sip:a@x",
-        "a@x",
+        implicit_set.aor,
+        subscriber.impi,
         3600,
-        impu=request.to.uri,  # type: ignore[arg-type]
-        subscriber=subscriber,  # type: ignore[arg-type]
-        implicit_set=implicit_set,  # type: ignore[arg-type]
-        request=request,  # type: ignore[arg-type]
-        response="ok",  # type: ignore[arg-type]
+        impu=request.to.uri,
+        subscriber=subscriber,
+        implicit_set=implicit_set,
+        request=request,
+        response=response,
         interface="udp:192.0.2.1:5060",
     )
     assert list(vars(change)) == [f.name for f in dataclasses.fields(RegistrationChange)]
