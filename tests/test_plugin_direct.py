@@ -113,20 +113,23 @@ def test_tracing_turns_direct_calls_off(caplog: pytest.LogCaptureFixture) -> Non
     assert not [r for r in caplog.records if r.name == TRACE_LOGGER]
 
 
+class Sneaky:
+    """A plugin whose ims_identity_resolve returns a coroutine (kept in ``made``)."""
+
+    made: Any = None
+
+    async def _later(self) -> None:
+        await asyncio.sleep(0)
+
+    @hookimpl
+    def ims_identity_resolve(self, impu: str, subscribers: Any) -> Any:
+        self.made = self._later()
+        return self.made
+
+
 def test_a_lone_implementation_returning_a_coroutine_is_refused_and_closed() -> None:
     pm = ImsPluginManager()
     pm.add_hookspecs(hookspecs)
-
-    class Sneaky:
-        made: Any = None
-
-        async def _later(self) -> None:
-            await asyncio.sleep(0)
-
-        @hookimpl
-        def ims_identity_resolve(self, impu: str, subscribers: Any) -> Any:
-            self.made = self._later()
-            return self.made
 
     plugin = Sneaky()
     pm.register(plugin, name="sneaky")
@@ -252,17 +255,6 @@ def test_an_exception_stops_the_call_as_in_pluggy() -> None:
 def test_a_coroutine_from_one_of_several_names_its_plugin() -> None:
     pm = ImsPluginManager()
     pm.add_hookspecs(hookspecs)
-
-    class Sneaky:
-        made: Any = None
-
-        async def _later(self) -> None:
-            await asyncio.sleep(0)
-
-        @hookimpl
-        def ims_identity_resolve(self, impu: str, subscribers: Any) -> Any:
-            self.made = self._later()
-            return self.made
 
     plugin = Sneaky()
     pm.register(Asked("plain", None, []), name="plain")
