@@ -27,10 +27,13 @@ retransmission timed out, no message was unexpected and SIPp retransmitted at mo
 trial that failed. The Registration Rate is the highest rate that passed.
 
 Then, at ``--cpu-rate`` (default: 80 % of the lowest Registration Rate found, so every target
-sustains it), each target, started afresh, takes one more trial, from which come: server CPU
+sustains it), each target, started afresh, takes ``--cpu-trials`` more trials (the targets taking
+turns, so a change in the machine's load falls on all of them), from which come: server CPU
 microseconds per registration (user + system time of all the server's processes, from
 /proc/PID/stat of the server and its descendants) and SIPp's response times p50/p99 for each of the
-two requests (SIPp ``-trace_rtt``; SIPp counts whole milliseconds).
+two requests (SIPp ``-trace_rtt``; SIPp counts whole milliseconds). The trial with the median CPU
+figure is the one reported; every trial's figure is listed beside it, since on a shared machine one
+short trial's CPU figure moves by a fifth or more from one trial to the next.
 
 ``--rate R`` skips the search: one trial per target at R. ``--profile S`` adds one imscore (memory
 store) trial at the CPU rate under ``py-spy record`` for S seconds and prints the heaviest functions.
@@ -792,6 +795,21 @@ def cpu_trial(target: str, rate: int, setup: Setup) -> Load:
     return load
 
 
+def median_load(loads: Sequence[Load]) -> Load:
+    """Of several CPU trials of one target, a failed one if any failed (so the failure is
+    reported), else the one with the median server CPU per registration (the lower middle one of an
+    even count)."""
+    failed = [ld for ld in loads if "did not pass" in ld.note]
+    if failed:
+        return failed[0]
+
+    def per_registration(load: Load) -> float:
+        return (load.server_cpu or 0.0) / (load.ok or 1)
+
+    ranked = sorted(loads, key=per_registration)
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def cpu_figures(load: Load) -> dict[str, Any]:
     """Microseconds of CPU per successful registration (server, SIPp) and the response times."""
     per = load.ok or 1
@@ -1007,7 +1025,8 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
         print(
             f"At {result['cpu_rate']} registrations/s for {args.seconds:g} s, each target started afresh"
             " (CPU: user + system of all the server's processes, and of its top process alone: imscore's"
-            " parent with --workers; response times: SIPp -trace_rtt, ms)"
+            " parent with --workers; response times: SIPp -trace_rtt, ms); the median of"
+            f" {args.cpu_trials} trials"
         )
         header = (
             f"{'target':<20} {'ok':>7} {'failed':>6} {'srv us/reg':>10} {'vs Kam.':>8}"
@@ -1026,6 +1045,13 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
                 f" {rtt_text(fig['rtt'], '401'):>12} {rtt_text(fig['rtt'], '200'):>12}"
                 f"{'' if fig['passed'] else '  <-- did not pass'}"
             )
+        spread = result.get("cpu_trials") or {}
+        if any(len(v) > 1 for v in spread.values()):
+            print()
+            print("server CPU us/registration of each trial, in the order run:")
+            for target, values in spread.items():
+                shown = ", ".join("-" if v is None else f"{v:.0f}" for v in values)
+                print(f"  {target:<20} {shown}")
     if summary["targets"]:
         print()
         for name, met in summary["targets"].items():
@@ -1117,6 +1143,12 @@ def main(argv: list[str] | None = None) -> int:
         help="rate of the CPU and response-time trial (default: 80 %% of the lowest rate found)",
     )
     parser.add_argument(
+        "--cpu-trials",
+        type=int,
+        default=3,
+        help="CPU trials per target, each on a fresh server; the median is reported (3)",
+    )
+    parser.add_argument(
         "--stores",
         default="memory,workers",
         help="imscore targets, comma separated: memory (one process, memory store), sqlite (one "
@@ -1181,11 +1213,19 @@ def main(argv: list[str] | None = None) -> int:
         found = [s.rate for s in searches.values() if s.rate]
         cpu_rate = args.cpu_rate or args.rate or (round_rate(0.8 * min(found)) if found else 0)
         cpu: dict[str, Load] = {}
+        spread: dict[str, list[float | None]] = {}
         if cpu_rate:
             print(f"CPU trials at {cpu_rate}/s:", file=sys.stderr, flush=True)
-            for target in targets:
-                cpu[target] = cpu_trial(target, cpu_rate, setup)
-                print(f"  {target}: {cpu_figures(cpu[target])}", file=sys.stderr, flush=True)
+            trials: dict[str, list[Load]] = {target: [] for target in targets}
+            for _ in range(args.cpu_trials):
+                for target in targets:
+                    trials[target].append(cpu_trial(target, cpu_rate, setup))
+                    print(f"  {target}: {cpu_figures(trials[target][-1])}", file=sys.stderr, flush=True)
+            cpu = {target: median_load(loads) for target, loads in trials.items()}
+            spread = {
+                target: [cpu_figures(ld)["server_us"] for ld in loads]
+                for target, loads in trials.items()
+            }
         prof = profile(setup, cpu_rate or args.start_rate) if args.profile else None
         keep = args.keep or bool(args.profile) or any("did not pass" in ld.note for ld in cpu.values())
         result = {
@@ -1201,6 +1241,7 @@ def main(argv: list[str] | None = None) -> int:
             "searches": {t: s.as_dict() for t, s in searches.items()},
             "cpu_rate": cpu_rate,
             "cpu_loads": {t: asdict(ld) for t, ld in cpu.items()},
+            "cpu_trials": spread,
             "summary": summarise(searches, cpu, searched=not args.rate),
             "profile": prof,
         }

@@ -150,3 +150,20 @@ def test_rtd_scenario_keeps_the_peers_messages(tmp_path: Path) -> None:
     (peer / bench.SCENARIO).write_text(PEER_SCENARIO.replace('<recv response="401" auth="true" />', ""))
     with pytest.raises(RuntimeError, match="not the two-REGISTER scenario"):
         bench.rtd_scenario(peer, tmp_path)
+
+
+def test_register_bench_reports_the_median_cpu_trial_or_a_failed_one() -> None:
+    bench = load("register_bench")
+
+    def trial(cpu: float, ok: int = 1000, note: str = "") -> object:
+        return bench.Load("imscore-memory", 0, ok=ok, server_cpu=cpu, note=note)
+
+    low, middle, high = trial(0.25), trial(0.30), trial(0.40)
+    assert bench.median_load([high, low, middle]) is middle
+    # per registration, not per trial: 0.5 s over 2,000 registrations is the cheapest here
+    cheap = trial(0.5, ok=2000)
+    assert bench.median_load([middle, cheap, high]) is middle
+    assert bench.median_load([low, high]) is low  # the lower middle of an even count
+    failed = trial(0.1, note="did not pass: 3 failed")
+    assert bench.median_load([low, failed, middle]) is failed
+    assert bench.median_load([middle]) is middle
