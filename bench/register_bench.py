@@ -1180,6 +1180,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     args = parser.parse_args(argv)
+    if args.cpu_trials < 1:
+        parser.error(f"--cpu-trials: expected at least 1, got {args.cpu_trials}")
 
     peer = peer_dir()
     missing = [p.name for p in (peer / "kamailio.sh", peer / SCENARIO) if not p.exists()]

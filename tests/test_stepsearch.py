@@ -167,3 +167,11 @@ def test_register_bench_reports_the_median_cpu_trial_or_a_failed_one() -> None:
     failed = trial(0.1, note="did not pass: 3 failed")
     assert bench.median_load([low, failed, middle]) is failed
     assert bench.median_load([middle]) is middle
+
+
+def test_register_bench_refuses_no_cpu_trial(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load("register_bench")
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--cpu-trials", "0"])
+    assert stopped.value.code == 2
+    assert "--cpu-trials: expected at least 1, got 0" in capsys.readouterr().err
