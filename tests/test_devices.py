@@ -190,7 +190,10 @@ def test_a_baresip_phone_in_manual_mode_rings_until_cancelled(served: Served, tm
         phone.start().wait_registered(5)
         caller.ruri = caller.to = phone.contact
         caller.start()
-        caller.finish(5)
+        try:
+            caller.finish(5)
+        except AssertionError as failed:  # the INVITE goes to the phone directly: say what it saw
+            raise AssertionError(f"{failed}\n--- phone ---\n{phone.diagnostics()}") from None
         call_id = phone.wait_for_call(5, "CALL_CLOSED")
     finally:
         stop_all([caller, phone])
