@@ -802,12 +802,14 @@ def median_load(loads: Sequence[Load]) -> Load:
     failed = [ld for ld in loads if "did not pass" in ld.note]
     if failed:
         return failed[0]
-
-    def per_registration(load: Load) -> float:
-        return (load.server_cpu or 0.0) / (load.ok or 1)
-
-    ranked = sorted(loads, key=per_registration)
+    ranked = sorted(loads, key=lambda load: server_us(load) or 0.0)
     return ranked[(len(ranked) - 1) // 2]
+
+
+def server_us(load: Load) -> float | None:
+    """The server's CPU microseconds per successful registration (``None`` where /proc could not
+    tell)."""
+    return None if load.server_cpu is None else 1e6 * load.server_cpu / (load.ok or 1)
 
 
 def cpu_figures(load: Load) -> dict[str, Any]:
@@ -817,7 +819,7 @@ def cpu_figures(load: Load) -> dict[str, Any]:
         "rate": load.offered,
         "ok": load.ok,
         "failed": load.failed,
-        "server_us": None if load.server_cpu is None else 1e6 * load.server_cpu / per,
+        "server_us": server_us(load),
         "top_us": None if load.server_top_cpu is None else 1e6 * load.server_top_cpu / per,
         "sipp_us": None if load.sipp_cpu is None else 1e6 * load.sipp_cpu / per,
         "rtt": load.rtt,
@@ -1224,10 +1226,7 @@ def main(argv: list[str] | None = None) -> int:
                     trials[target].append(cpu_trial(target, cpu_rate, setup))
                     print(f"  {target}: {cpu_figures(trials[target][-1])}", file=sys.stderr, flush=True)
             cpu = {target: median_load(loads) for target, loads in trials.items()}
-            spread = {
-                target: [cpu_figures(ld)["server_us"] for ld in loads]
-                for target, loads in trials.items()
-            }
+            spread = {target: [server_us(ld) for ld in loads] for target, loads in trials.items()}
         prof = profile(setup, cpu_rate or args.start_rate) if args.profile else None
         keep = args.keep or bool(args.profile) or any("did not pass" in ld.note for ld in cpu.values())
         result = {
