@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import hmac
 import itertools
+import os
 import random
 import re
 import string
@@ -145,6 +146,53 @@ def test_the_default_random_source_is_looked_up_at_call_time(monkeypatch: pytest
     factory = NonceFactory(b"s" * 32)
     monkeypatch.setattr(digest.secrets, "token_bytes", lambda n: b"\x01" * n)
     assert factory.make(1.0) == _ref_make(b"s" * 32, 1.0, b"\x01" * 8, b"")
+
+
+def test_the_default_random_octets_are_each_used_once_and_not_shared_by_a_fork(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default source's octets are fetched many nonces' worth at a time; each nonce gets the
+    next ones, none twice, and a forked process (a worker) fetches its own."""
+    fetched: list[int] = []
+    counter = iter(range(1, 10_000))
+
+    def source(n: int) -> bytes:
+        fetched.append(n)
+        return b"".join(next(counter).to_bytes(8, "big") for _ in range(n // 8))
+
+    monkeypatch.setattr(digest.secrets, "token_bytes", source)
+    factory = NonceFactory(b"s" * 32)
+    made = [factory.make(1.0) for _ in range(digest._POOL_NONCES + 1)]
+    assert fetched == [8 * digest._POOL_NONCES] * 2
+    octets = [i.to_bytes(8, "big") for i in range(1, len(made) + 1)]
+    assert made == [_ref_make(b"s" * 32, 1.0, rand, b"") for rand in octets]
+    factory.make(1.0)
+    assert len(fetched) == 2
+    digest._forked()  # what a forked child runs
+    factory.make(1.0)
+    assert len(fetched) == 3
+
+
+def test_a_forked_process_makes_nonces_of_its_own() -> None:
+    """A factory that fetched its octets before a fork: the child's next nonce and the parent's
+    do not share their random octets (they would be the same nonce in the same millisecond)."""
+    factory = NonceFactory(b"s" * 32)
+    factory.make(1.0)  # the octets of the next nonces are fetched
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        try:
+            os.write(write, factory.make(1.0).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        made_there = os.read(read, 100).decode()
+    finally:
+        os.close(read)
+        os.waitpid(child, 0)
+    made_here = factory.make(1.0)
+    assert len(made_there) == len(made_here) and made_there != made_here
 
 
 def test_a_random_source_of_the_wrong_size_is_refused() -> None:

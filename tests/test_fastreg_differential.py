@@ -34,6 +34,13 @@ from imscore.plugin import builtin, hookimpl
 from imscore.profile import parse_listen
 from imscore.registrar import FlowInfo
 from imscore.server.fastreg import (
+    _CSEQ,
+    _FROM,
+    _MAX_FORWARDS,
+    _REQUIRED,
+    _TO,
+    _VIA,
+    TAKEN,
     build_request,
     check,
     checked_to,
@@ -43,8 +50,11 @@ from imscore.server.fastreg import (
 )  # fmt: skip
 from imscore.server.runtime import Server
 from imscore.sip import Address, Request, SipError, SipUri, parse_datagram
+from imscore.sip.grammar import CALL_ID_RE
 from imscore.sip.headers import parse_contact
+from imscore.sip.uri import aor_of
 from imscore.subscribers import MemorySubscriberStore, demo_subscribers_path
+from imscore.subscribers.model import impu_key
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 from register_bench import DOMAIN, write_users
@@ -496,6 +506,106 @@ def test_the_octet_checks_take_only_what_they_know(data: bytes, taken: bool) -> 
 
 
 
+#: what the octet checks asked of the start line and header lines until they were written without
+#: it (visible ASCII, one space after each name's colon, no white space at either end of a value,
+#: 1 to 40 header lines): the specification :func:`check` is held to
+_HEAD_SPEC = re.compile(
+    rb"REGISTER sip:[A-Za-z0-9.-]{1,253} SIP/2\.0"
+    rb"(?:\r\n[A-Za-z-]{1,20}: [\x21-\x7e](?:[\x20-\x7e]{0,2000}[\x21-\x7e])?){1,40}"
+)
+
+
+def _head_cases() -> Iterator[bytes]:
+    """Datagrams whose start line and header lines are near the edges of the specification."""
+    rng = random.Random(SEED)
+    base = register(2, 1)
+    head, _, _ = base.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    to = b"<sip:user00002@ims.example.test>"
+    edits = [
+        b"To:  " + to, b"To: " + to + b" ", b"To:", b"To: ", b"To", b"To:" + to, b"To : " + to,
+        b"User-Agent: x", b"User-Agent:  x", b"User-Agent: x ", b"User-Agent:  ", b"Allow: A, B ",
+        b"User-Agent: x\ty", b"User-Agent: a\x7fb", b"User-Agent: a\xc3\xa9b", b"User-Agent: a\rb",
+        b"User-Agent: a\nb", b"User-Agent: a\x00b",
+        b"User-Agent: " + b"x" * 2002, b"User-Agent: " + b"x" * 2003,
+        b"User-Agent: x" + b" " * 1000 + b"y", b"User-Agent: ab: cd", b"User-Agent: :",
+    ]  # fmt: skip
+    for tag in (b"t", b"", b"a b", b"a;b", b"a\x7f", b"x" * 128, b"x" * 129, b"'`~!%*_+.-"):
+        edits += [b"From: " + to + b";tag=" + tag, b"From: " + to + b";tag=" + tag + b";x=1"]
+    edits += [b"From: <sip:other@ims.example.test>;tag=1", b"From: " + to + b";tag", b"From: " + to,
+              b"From: " + to + b"x;tag=1", b"From: " + to[:-1] + b";tag=1",
+              b"To: <sip:user00002@ims..test>", b"From: <sip:user00002@ims..test>;tag=1"]  # fmt: skip
+    for edit in edits:
+        yield b"\r\n".join([*lines, edit]) + b"\r\n\r\n"
+        yield b"\r\n".join([lines[0], edit, *lines[1:]]) + b"\r\n\r\n"
+        # in place of the line of the same name (so not a second one)
+        name = edit.partition(b":")[0]
+        same = [i for i, line in enumerate(lines) if line.partition(b":")[0] == name]
+        if same:
+            yield b"\r\n".join([*lines[: same[0]], edit, *lines[same[0] + 1 :]]) + b"\r\n\r\n"
+    for count in (0, 1, 30, 31, 32, 40, 41):  # header lines in all: 9 of the datagram's and more
+        extra = [b"User-Agent: x"] * max(0, count - len(lines) + 1)
+        yield b"\r\n".join(lines[: count + 1] + extra) + b"\r\n\r\n"
+    for start in (b"REGISTER sip:ims.example.test SIP/2.0 ", b"REGISTER  sip:ims.example.test SIP/2.0",
+                  b"register sip:ims.example.test SIP/2.0", b"REGISTER sip:ims.example.test SIP/2.1",
+                  b"REGISTER sip:" + b"a" * 254 + b" SIP/2.0"):  # fmt: skip
+        yield b"\r\n".join([start, *lines[1:]]) + b"\r\n\r\n"
+    for _ in range(600):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            where = rng.randrange(len(head))
+            data[where : where + 1] = bytes([rng.choice(b" \t\r\n:\x7f\x80xA-0")])
+        yield bytes(data)
+
+
+def _reference_check(data: bytes) -> dict[str, str] | None:
+    """The octet checks as they were written with :data:`_HEAD_SPEC` (the header fields they
+    found, or ``None``), for the same peer and domain as the tests'."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep or body or _HEAD_SPEC.fullmatch(head) is None:
+        return None
+    lines = head.decode("ascii").split("\r\n")
+    if lines[0][len("REGISTER sip:") : -8].lower().rstrip(".") != DOMAIN:
+        return None
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(": ")
+        key = TAKEN.get(name)
+        if key is None or key in fields:
+            return None
+        fields[key] = value
+    if not _REQUIRED.issubset(fields) or fields["content-length"] != "0":
+        return None
+    via = _VIA.fullmatch(fields["via"])
+    if via is None or via.group(1) != PEER[0] or int(via.group(2)) > 65535:
+        return None
+    if _FROM.fullmatch(fields["from"]) is None or _TO.fullmatch(fields["to"]) is None:
+        return None
+    if _CSEQ.fullmatch(fields["cseq"]) is None or CALL_ID_RE.fullmatch(fields["call-id"]) is None:
+        return None
+    forwards = fields.get("max-forwards")
+    if forwards is not None and _MAX_FORWARDS.fullmatch(forwards) is None:
+        return None
+    return fields
+
+
+def test_the_octet_checks_take_what_the_specification_takes() -> None:
+    """:func:`check` takes exactly the datagrams the checks written with the specification's
+    pattern took, and finds the same header fields in them, over edits at the edges of each rule
+    of the start line and header lines and seeded mutations."""
+    taken = refused = 0
+    for data in _head_cases():
+        want = _reference_check(data)
+        checked = check(data, PEER[0], {DOMAIN})
+        assert (checked is None) == (want is None), data
+        if checked is None:
+            refused += 1
+        else:
+            taken += 1
+            assert checked.fields == want
+    assert taken > 20 and refused > 50
+
+
 def test_the_request_built_from_the_checks_reads_as_the_parsed_one() -> None:
     """For every datagram the checks take (the benchmark's, the torture messages, seeded mutations
     and Vias of other addresses, ports and branches), the request made from the checked lines has
@@ -537,6 +647,7 @@ def test_the_request_built_from_the_checks_reads_as_the_parsed_one() -> None:
             assert built.headers.cache[key] == getattr(parsed, key.replace("-", "_"))
         assert same_address(checked_to(checked), parsed.to)
         assert checked.to == str(parsed.to.uri)
+        assert checked.to_key == parsed.to.uri.aor == aor_of(checked.to)
     assert taken > 50
 
 
@@ -600,7 +711,10 @@ def test_the_resolved_set_is_the_builtin_answer() -> None:
             want = None
             if resolved is not None and resolved.subscriber.impi == subscriber.impi:
                 want = subscriber.implicit_set_of(resolved.implicit_set[0])
-            assert resolved_set(subscriber, text) == want, (subscriber.impi, text)
+            key = impu_key(text)
+            assert key is not None
+            assert resolved_set(subscriber, key) == want, (subscriber.impi, text)
+            assert subscriber.implicit_set_of(text) == want, (subscriber.impi, text)
 
 
 @pytest.mark.parametrize("store", ["memory", "sqlite"])

@@ -234,3 +234,34 @@ def test_serving_freezes_the_start_up_heap_and_raises_the_thresholds() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# --- the 200 OK's P-Associated-URI ------------------------------------------------------------------
+def test_the_associated_uris_of_a_set_are_written_once_per_subscriber() -> None:
+    """The P-Associated-URI value is the set's unbarred IMPUs, default first, in angle brackets;
+    for a set of the subscriber it is kept and handed out again, for any other set (an equal one
+    made afresh) it is made each time and not kept."""
+    from imscore.registrar.register import associated_uri_text
+    from imscore.sip import parse_uri
+    from imscore.subscribers import ImplicitSet, Subscriber
+
+    first = ImplicitSet(
+        (parse_uri(f"sip:a@{DOMAIN}"), parse_uri(f"sip:b@{DOMAIN}"), parse_uri("tel:+15551230001"))
+    )
+    second = ImplicitSet((parse_uri(f"sip:c@{DOMAIN}"),))
+    barred = frozenset({f"sip:b@{DOMAIN}"})
+    subscriber = Subscriber(
+        "a@ims.example.test", password="p", implicit_sets=(first, second), barred=barred
+    )
+    want = f"<sip:a@{DOMAIN}>, <tel:+15551230001>"
+    made = associated_uri_text(subscriber, first)
+    assert made == want == ", ".join(f"<{u}>" for u in subscriber.associated_uris(f"sip:a@{DOMAIN}"))
+    assert associated_uri_text(subscriber, first) is made
+    assert associated_uri_text(subscriber, second) == f"<sip:c@{DOMAIN}>"
+    assert associated_uri_text(subscriber, first) is made
+    alike = ImplicitSet(first.impus)  # equal, but not one of the subscriber's own
+    assert associated_uri_text(subscriber, alike) == want
+    assert associated_uri_text(subscriber, alike) is not associated_uri_text(subscriber, alike)
+    # another subscriber holding the same set objects (nothing barred) keeps a text of its own
+    again = Subscriber(subscriber.impi, password="p", implicit_sets=(first, second), barred=frozenset())
+    assert associated_uri_text(again, first) == f"<sip:a@{DOMAIN}>, <sip:b@{DOMAIN}>, <tel:+15551230001>"

@@ -69,3 +69,38 @@ def test_overloaded_server_refuses_new_calls_with_503_and_keeps_dialogs_going() 
 def test_overload_settings_in_profiles() -> None:
     profile = load_profile("default")
     assert (profile.overload.max_lag, profile.overload.retry_after) == (0.25, 5)
+
+
+def test_the_kernel_queue_asked_of_a_socket_is_the_one_proc_shows() -> None:
+    """What waits in a UDP socket's receive queue, asked of the socket (``SO_MEMINFO``), is what
+    ``/proc/net/udp`` shows for its port: nothing at first, and the same octets once datagrams
+    wait; and a server's monitor finds its listeners' sockets."""
+    import socket
+    import time
+
+    from imscore.server.overload import socket_receive_queue, udp_receive_queue
+    from imscore.testing import start_server
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink, socket.socket(
+        socket.AF_INET, socket.SOCK_DGRAM
+    ) as source:
+        sink.bind(("127.0.0.1", 0))
+        port = sink.getsockname()[1]
+        assert socket_receive_queue([sink]) == 0 == udp_receive_queue({port})
+        for _ in range(5):
+            source.sendto(b"x" * 500, ("127.0.0.1", port))
+        deadline = time.monotonic() + 2
+        while socket_receive_queue([sink]) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        queued = socket_receive_queue([sink])
+        assert queued is not None and queued >= 5 * 500
+        assert udp_receive_queue({port}) == queued
+    server = start_server()
+    try:
+        sockets = server.server.transports.udp_sockets()
+        assert sockets is not None and len(sockets) >= 1
+        assert {s.getsockname()[1] for s in sockets} == {
+            port for transport, _, port in server.server.addresses if transport == "udp"
+        }
+    finally:
+        server.stop()

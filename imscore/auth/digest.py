@@ -24,6 +24,7 @@ import enum
 import hashlib
 import hmac
 import importlib
+import os
 import re
 import secrets
 import struct
@@ -351,6 +352,18 @@ class NonceCheck(enum.Enum):
 
 _TS: Final = struct.Struct(">q")
 _RAND_LEN: Final = 8
+#: nonces whose random octets one call of the default source fetches
+_POOL_NONCES: Final = 64
+#: how many times this process was made by a fork (the child's count is one more than its
+#: parent's): a NonceFactory's octets fetched before a fork are not handed out after it
+_FORKS: Final = [0]
+
+
+def _forked() -> None:
+    _FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 _MAC_LEN: Final = 16
 _NONCE_LEN: Final = _TS.size + _RAND_LEN + _MAC_LEN  # 32 octets
 _NONCE_CHARS: Final = (_NONCE_LEN * 8 + 5) // 6  # 43 base64url characters, no padding
@@ -387,10 +400,12 @@ class NonceFactory:
     :param max_skew: seconds a nonce's timestamp may lie in the future (clock differences in a pool);
         beyond that it is :attr:`NonceCheck.INVALID`.
     :param random: the source of the random octets (for deterministic tests); default
-        :func:`secrets.token_bytes`.
+        :func:`secrets.token_bytes`, asked for many nonces' octets at once.
     """
 
-    __slots__ = ("_inner", "_outer", "_random", "_secret", "lifetime", "max_skew")
+    __slots__ = (
+        "_at", "_forks", "_inner", "_outer", "_pool", "_random", "_secret", "lifetime", "max_skew",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -417,6 +432,12 @@ class NonceFactory:
         # None: secrets.token_bytes, looked up at call time (not bound at import), so a seeded run
         # can replace the source
         self._random: Callable[[int], bytes] | None = random
+        # the default source's octets, fetched _POOL_NONCES nonces' worth at a time (one system
+        # call, not one per nonce), and the forks seen when they were fetched (a forked worker
+        # fetches its own, so two processes never hand out the same octets)
+        self._pool = b""
+        self._at = 0
+        self._forks = -1
         self.lifetime = float(lifetime)
         self.max_skew = float(max_skew)
 
@@ -431,13 +452,23 @@ class NonceFactory:
     def make(self, now: float, *, extra: bytes = b"") -> str:
         """A fresh nonce stamped with ``now``, bound to ``extra``."""
         source = self._random
-        rand = secrets.token_bytes(_RAND_LEN) if source is None else source(_RAND_LEN)
+        rand = self._pooled() if source is None else source(_RAND_LEN)
         if len(rand) != _RAND_LEN:
             raise ValueError("the random source returned the wrong number of octets")
         head = _TS.pack(_millis(now)) + rand
         # base64url (RFC 4648 §5) of 32 octets: 43 characters and one "=", which is cut
         text = binascii.b2a_base64(head + self._mac(head + extra), newline=False)
         return text.translate(_TO_URLSAFE)[:_NONCE_CHARS].decode("ascii")
+
+    def _pooled(self) -> bytes:
+        """The next :data:`_RAND_LEN` octets of :func:`secrets.token_bytes`, each handed out once."""
+        at, forks = self._at, _FORKS[0]
+        if at + _RAND_LEN > len(self._pool) or forks != self._forks:
+            self._pool = secrets.token_bytes(_RAND_LEN * _POOL_NONCES)
+            self._forks = forks
+            at = 0
+        self._at = at + _RAND_LEN
+        return self._pool[at : at + _RAND_LEN]
 
     def issued_at(self, nonce: object, *, extra: bytes = b"") -> float | None:
         """The ``now`` (to the millisecond) a nonce of ours was made at; ``None`` if it is not ours."""

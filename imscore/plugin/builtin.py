@@ -177,9 +177,11 @@ _CHECKED: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
 
 
 def _checked_options(policy: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`check_binding_policy_options`, remembered for hashable options."""
+    """:func:`check_binding_policy_options`, remembered for hashable options (by their items in
+    the order given: the registrar gives the same options in the same order every time, and the
+    same options in another order only take another entry)."""
     try:
-        key = (policy, tuple(sorted(options.items())))
+        key = (policy, tuple(options.items()))
         hash(key)
     except TypeError:  # an unhashable value (a plugin's list, say): check it every time
         return check_binding_policy_options(policy, options)

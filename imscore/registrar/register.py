@@ -55,6 +55,8 @@ log = logging.getLogger("imscore.registrar")
 
 #: option tags the registrar supports (RFC 3327 Path, RFC 5626 outbound, RFC 5627 GRUU)
 SUPPORTED: Final = ("path", "outbound", "gruu")
+#: the Supported header field value of a 200 OK to a REGISTER
+_SUPPORTED_TEXT: Final = ", ".join(SUPPORTED)
 
 
 @dataclass(frozen=True)
@@ -716,13 +718,13 @@ class Registrar:
             )
             for b in bindings
         ]
-        associated = subscriber.unbarred(implicit_set)
+        associated = associated_uri_text(subscriber, implicit_set)
         if associated:
-            headers.append(("P-Associated-URI", ", ".join(f"<{u}>" for u in associated)))
+            headers.append(("P-Associated-URI", associated))
         headers.append(("Service-Route", self.service_route))
         if "path" in supported and "Path" in request.headers:
             headers.extend(("Path", value) for value in request.headers.get_all("Path"))
-        headers.append(("Supported", ", ".join(SUPPORTED)))
+        headers.append(("Supported", _SUPPORTED_TEXT))
         if request.headers.count("Contact") and not request.contact_star:
             contacts = request.contacts
             flows = [c for c in contacts if uses_outbound(request, c)]
@@ -733,6 +735,36 @@ class Registrar:
                 headers.append(("Require", "outbound"))  # the edge proxy keeps the flow alive
         headers.append(("Date", _http_date(now)))
         return headers
+
+
+#: where :func:`associated_uri_text` keeps its texts in a subscriber's ``__dict__``
+_ASSOCIATED_MEMO: Final = "imscore.registrar.p-associated-uri"
+
+
+def associated_uri_text(subscriber: Subscriber, implicit_set: ImplicitSet) -> str:
+    """The P-Associated-URI value of a 200 OK registering ``implicit_set`` of ``subscriber``: its
+    unbarred IMPUs, default first, each in angle brackets (``""`` when all are barred). For one of
+    the subscriber's own sets it is made once and kept in the subscriber's ``__dict__``, by the
+    set's place (a Subscriber and its sets never change: a reloaded subscriber file makes new
+    ones)."""
+    memo: dict[str, Any] | None = getattr(subscriber, "__dict__", None)
+    place = -1
+    if memo is not None:
+        for number, own in enumerate(subscriber.implicit_sets):
+            if own is implicit_set:
+                place = number
+                break
+    texts: dict[int, str] | None = None if place < 0 or memo is None else memo.get(_ASSOCIATED_MEMO)
+    if texts is not None:
+        found = texts.get(place)
+        if found is not None:
+            return found
+    text = ", ".join([f"<{u}>" for u in subscriber.unbarred(implicit_set)])
+    if place >= 0 and memo is not None:
+        if texts is None:
+            texts = memo[_ASSOCIATED_MEMO] = {}
+        texts[place] = text
+    return text
 
 
 #: the Contact parameters a stored binding's echo leaves out: ours to add in the 200 OK

@@ -69,7 +69,6 @@ import os
 import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from imscore.registrar import FlowInfo
@@ -130,12 +129,13 @@ log = logging.getLogger("imscore.server")
 
 _T = TypeVar("_T")
 
-#: the start line and header lines of a datagram this path may take: visible ASCII, one space
-#: after each name's colon, no white space at either end of a value, no empty value
-_HEAD: Final = re.compile(
-    rb"REGISTER sip:[A-Za-z0-9.-]{1,253} SIP/2\.0"
-    rb"(?:\r\n[A-Za-z-]{1,20}: [\x21-\x7e](?:[\x20-\x7e]{0,2000}[\x21-\x7e])?){1,40}"
-)
+#: the start line of a datagram this path may take
+_START: Final = re.compile(r"REGISTER sip:[A-Za-z0-9.-]{1,253} SIP/2\.0")
+#: the octets a start line or header line may hold: visible ASCII and the space
+_PRINTABLE: Final = bytes(range(0x20, 0x7F))
+#: header lines a datagram may carry at most, and octets a value may have
+_MAX_LINES: Final = 40
+_MAX_VALUE: Final = 2002
 _OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4: Final = _OCTET + r"(?:\." + _OCTET + r"){3}"
 _LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -147,6 +147,7 @@ _VIA: Final = re.compile(
 )
 _USER: Final = r"[A-Za-z0-9._-]{1,64}"
 _FROM: Final = re.compile(r"<sip:" + _USER + r"@" + _HOST + r">;tag=" + _TOKEN)
+_TAG: Final = re.compile(_TOKEN)
 _TO: Final = re.compile(r"<sip:(" + _USER + r")@(" + _HOST + r")>")
 _CSEQ: Final = re.compile(r"([1-9][0-9]{0,8}) REGISTER")
 _MAX_FORWARDS: Final = re.compile(r"25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]")
@@ -171,7 +172,7 @@ class _Checked:
 
     __slots__ = (
         "authorized", "branch", "call_id", "cseq", "fields", "host", "items", "keys", "section",
-        "start", "to", "to_host", "to_user", "via_host", "via_port",
+        "start", "to", "to_host", "to_key", "to_user", "via_host", "via_port",
     )  # fmt: skip
 
     def __init__(
@@ -203,6 +204,9 @@ class _Checked:
         self.to_user = to_user
         self.to_host = to_host
         self.to = f"sip:{to_user}@{to_host}"
+        # its address-of-record key (SipUri.aor): the user has no escapes and the host no
+        # trailing dot or IPv6 reference in what _TO matches, so only the host's case changes
+        self.to_key = f"sip:{to_user}@{to_host.lower()}"
         self.authorized = "authorization" in fields
 
 
@@ -210,10 +214,17 @@ def check(data: bytes, source: str, domains: frozenset[str] | set[str]) -> _Chec
     """The checks of the octets (see the module's notes), for a datagram from ``source`` (an IPv4
     address as the socket gives it); ``None`` when one fails."""
     head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep or body or _HEAD.fullmatch(head) is None:
+    if not sep or body:
+        return None
+    # visible ASCII and spaces only, but for the line ends (each CRLF leaves its two octets)
+    if len(head.translate(None, _PRINTABLE)) != 2 * head.count(b"\r\n"):
         return None
     lines = head.decode("ascii").split("\r\n")
+    if not 1 < len(lines) <= _MAX_LINES + 1:
+        return None
     start = lines[0]
+    if _START.fullmatch(start) is None:
+        return None
     host = start[_HOST_AT:-8]  # before " SIP/2.0"
     if host.lower().rstrip(".") not in domains:
         return None
@@ -222,9 +233,13 @@ def check(data: bytes, source: str, domains: frozenset[str] | set[str]) -> _Chec
     fields: dict[str, str] = {}
     taken = TAKEN.get
     for line in lines[1:]:
+        # ``Name: value``: a name of TAKEN, one space, a value of 1 to _MAX_VALUE octets that
+        # neither starts nor ends with a space (a line without ": " has an empty value)
         name, _, value = line.partition(": ")
         key = taken(name)
-        if key is None or key in fields:
+        if key is None or key in fields or not value or len(value) > _MAX_VALUE:
+            return None
+        if value[0] == " " or value[-1] == " ":
             return None
         fields[key] = value
         keys.append(key)
@@ -238,9 +253,14 @@ def check(data: bytes, source: str, domains: frozenset[str] | set[str]) -> _Chec
     port = int(via_port)
     if via_host != source or port > 65535:
         return None
-    if _FROM.fullmatch(fields["from"]) is None:
+    to_value, from_value = fields["to"], fields["from"]
+    to = _TO.fullmatch(to_value)
+    # a From of the To's URI (a registration by its own user) is a checked To, ";tag=" and a tag
+    if from_value.startswith(to_value) and from_value.startswith(";tag=", len(to_value)):
+        if to is None or _TAG.fullmatch(from_value, len(to_value) + 5) is None:
+            return None
+    elif _FROM.fullmatch(from_value) is None:
         return None
-    to = _TO.fullmatch(fields["to"])
     cseq = _CSEQ.fullmatch(fields["cseq"])
     if to is None or cseq is None or CALL_ID_RE.fullmatch(fields["call-id"]) is None:
         return None
@@ -352,35 +372,41 @@ def answer(
     return response
 
 
-def resolved_set(subscriber: Subscriber, to: str) -> ImplicitSet | None:
-    """The implicit set of ``subscriber`` the To URI ``to`` resolves to, as the builtin
-    ``ims_identity_resolve`` answers it for that subscriber and ``resolve_identity`` then takes it
-    (the set of its first IMPU), or ``None`` when it answers nothing. The builtin finds the first
-    set with a member of the To's address-of-record key; a subscriber's sets hold each key once, so
-    that is the set :meth:`~imscore.subscribers.model.Subscriber.implicit_set_of` finds for the
-    To, whose first IMPU is in that set again (``tests/test_fastreg_differential.py`` compares the
-    two over the test subscribers)."""
-    return subscriber.implicit_set_of(to)
+def resolved_set(subscriber: Subscriber, key: str) -> ImplicitSet | None:
+    """The implicit set of ``subscriber`` a To URI of address-of-record key ``key`` resolves to,
+    as the builtin ``ims_identity_resolve`` answers it for that subscriber and
+    ``resolve_identity`` then takes it (the set of its first IMPU), or ``None`` when it answers
+    nothing. The builtin finds the first set with a member of the To's address-of-record key; a
+    subscriber's sets hold each key once, so that is the set
+    :meth:`~imscore.subscribers.model.Subscriber.implicit_set_of_key` finds for the key, whose
+    first IMPU is in that set again (``tests/test_fastreg_differential.py`` compares the two over
+    the test subscribers)."""
+    return subscriber.implicit_set_of_key(key)
 
 
-@dataclass(frozen=True)
 class _Known:
-    """What the registrar would find for a REGISTER with credentials before checking them."""
+    """What the registrar would find for a REGISTER with credentials before checking them (a
+    plain class: one is made per REGISTER, and a dataclass's ``__init__`` runs interpreted)."""
 
-    credentials: Any
-    subscriber: Subscriber
-    implicit_set: ImplicitSet
+    __slots__ = ("credentials", "implicit_set", "subscriber")
+
+    def __init__(self, credentials: Any, subscriber: Subscriber, implicit_set: ImplicitSet) -> None:
+        self.credentials = credentials
+        self.subscriber = subscriber
+        self.implicit_set = implicit_set
 
 
-@dataclass(frozen=True)
 class _Binding:
     """What steps 5 and 6 would read for a REGISTER of one plain contact: its Contact, the set's
     AOR and live bindings, and the registrar's ``now``."""
 
-    contact: Contact
-    aor: str
-    stored: list[StoredBinding]
-    now: float
+    __slots__ = ("aor", "contact", "now", "stored")
+
+    def __init__(self, contact: Contact, aor: str, stored: list[StoredBinding], now: float) -> None:
+        self.contact = contact
+        self.aor = aor
+        self.stored = stored
+        self.now = now
 
 
 class _Waits(Exception):
@@ -543,7 +569,7 @@ class FastRegister:
         # (with nothing barred no URI is; the checked To has a key: user@host, no IPv6 to read)
         if subscriber is None or (subscriber.barred and subscriber.is_barred(to_uri)):
             return None
-        implicit_set = resolved_set(subscriber, checked.to)
+        implicit_set = resolved_set(subscriber, checked.to_key)
         if implicit_set is None:
             return None
         return _Known(credentials, subscriber, implicit_set)
@@ -671,7 +697,7 @@ class FastRegister:
         directory = self._directory(_HOOKS)
         if directory is None:
             return None
-        subscriber = directory.by_impu(checked.to)
+        subscriber = directory.by_key(checked.to_key)
         if subscriber is None or subscriber.password is None or subscriber.aka is not None:
             return None
         # Digest is then the one scheme the authenticator can choose (what the builtin

@@ -4,10 +4,10 @@ A proxy that takes every new call while it cannot keep up collapses: its answers
 callers and devices retransmit, the retransmissions cost more work, and the kernel starts dropping
 datagrams. :class:`LoadMonitor` watches two signs: how late the loop runs a callback it scheduled
 every ``interval`` seconds (the loop's lag, smoothed), and how many octets of UDP wait unhandled:
-in the kernel's receive queues of the listeners (read from ``/proc/net/udp`` and ``/proc/net/udp6``
-on Linux) and in the transports' backlog (:mod:`imscore.transport.backlog`; it is handled a batch
-per loop turn, so a long backlog barely delays the loop's callbacks: the queue is the sign that
-matters for UDP). It says *overloaded* while
+in the kernel's receive queues of the listeners (asked of each socket with ``SO_MEMINFO`` on Linux,
+else read from ``/proc/net/udp`` and ``/proc/net/udp6``) and in the transports' backlog
+(:mod:`imscore.transport.backlog`; it is handled a batch per loop turn, so a long backlog barely
+delays the loop's callbacks: the queue is the sign that matters for UDP). It says *overloaded* while
 either is above its limit; the server core then answers new out-of-dialog requests with ``503
 Service Unavailable`` and ``Retry-After`` (RFC 3261 §21.5.4), cheaply, and keeps serving
 transactions and dialogs in progress (ACK, CANCEL, BYE and other in-dialog requests are never
@@ -17,9 +17,15 @@ refused).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import socket
+import sys
+from collections.abc import Callable, Iterable
+from typing import Final
 
-__all__ = ["LoadMonitor", "udp_receive_queue"]
+__all__ = ["SO_MEMINFO", "LoadMonitor", "socket_receive_queue", "udp_receive_queue"]
+
+#: Linux's socket option for a socket's memory use (``SK_MEMINFO_*``; the receive queue first)
+SO_MEMINFO: Final = int(getattr(socket, "SO_MEMINFO", 55))
 
 
 def udp_receive_queue(ports: set[int]) -> int:
@@ -36,6 +42,22 @@ def udp_receive_queue(ports: set[int]) -> int:
                         total += int(fields[4].split(":", 1)[1], 16)
         except (OSError, ValueError, IndexError):
             continue
+    return total
+
+
+def socket_receive_queue(sockets: Iterable[socket.socket]) -> int | None:
+    """Octets waiting in the receive queues of ``sockets``, as the kernel counts them for
+    ``/proc/net/udp`` (the first value of Linux's ``SO_MEMINFO``), without reading the whole
+    table; ``None`` where a socket cannot tell (another system)."""
+    total = 0
+    for sock in sockets:
+        try:
+            info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4)
+        except OSError:
+            return None
+        if len(info) != 4:
+            return None
+        total += int.from_bytes(info, sys.byteorder)
     return total
 
 

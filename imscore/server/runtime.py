@@ -38,7 +38,7 @@ from .fastreg import FastRegister, fast_register_for
 from .gctune import return_freed_memory
 from .metrics import Metrics, MetricsError, MetricsServer, timed_resolver, timed_store
 from .outcomes import OutcomeLog, proxy_outcome, registrar_outcome, source_of
-from .overload import LoadMonitor, udp_receive_queue
+from .overload import LoadMonitor, socket_receive_queue, udp_receive_queue
 from .providers import BUILTIN_STORES, ProviderError, collect, open_provided, scheme_of
 from .proxying import ProxyService
 from .qualify import Qualifier
@@ -333,11 +333,19 @@ class Server:
         self._expiry = asyncio.get_running_loop().create_task(self._expire_bindings())
         self.core.retry_after = self.profile.overload.retry_after
         udp_ports = {port for transport, _, port in self.addresses if transport == "udp"}
-        waiting = self.transports.backlog
+        transports = self.transports
+        waiting = transports.backlog
+
+        def queued() -> int:
+            # the kernel's queues, asked of the sockets (cheap), else read from /proc (a table)
+            sockets = transports.udp_sockets()
+            octets = None if sockets is None else socket_receive_queue(sockets)
+            return (udp_receive_queue(udp_ports) if octets is None else octets) + waiting.octets
+
         self.load = LoadMonitor(
             self.profile.overload.max_lag,
             on_change=self._overload,
-            backlog=lambda: udp_receive_queue(udp_ports) + waiting.octets,
+            backlog=queued,
             max_backlog=self.profile.overload.max_backlog,
         )
         self.load.start()

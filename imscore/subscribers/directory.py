@@ -61,6 +61,11 @@ class SubscriberDirectory:
         key = impu_key(uri)
         return None if key is None else self._by_impu.get(key)
 
+    def by_key(self, key: str) -> Subscriber | None:
+        """:meth:`by_impu` for an address-of-record key (what
+        :func:`~imscore.subscribers.model.impu_key` gives), without parsing anything."""
+        return self._by_impu.get(key)
+
     def __iter__(self) -> Iterator[Subscriber]:
         return iter(self._subscribers)
 

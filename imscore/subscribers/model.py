@@ -326,6 +326,11 @@ class Subscriber:
         number = None if key is None else self._index.get(key)
         return None if number is None else self.implicit_sets[number]
 
+    def implicit_set_of_key(self, key: str) -> ImplicitSet | None:
+        """:meth:`implicit_set_of` for an address-of-record key (:func:`impu_key`'s answer)."""
+        number = self._index.get(key)
+        return None if number is None else self.implicit_sets[number]
+
     def is_barred(self, uri: Uri | str) -> bool:
         """Whether ``uri`` is a barred public identity of this subscriber."""
         key = impu_key(uri)

@@ -389,6 +389,17 @@ class Transports:
         logger.info("listening on %s %s", name, _join(*bound))
         return bound
 
+    def udp_sockets(self) -> list[socket.socket] | None:
+        """The sockets of the UDP endpoints (to ask the kernel about their queues), or ``None``
+        when one of them has no socket this process can name."""
+        sockets = []
+        for endpoint in self._endpoints.values():
+            sock = endpoint.socket()
+            if sock is None:
+                return None
+            sockets.append(sock)
+        return sockets
+
     def adopt_udp(self, endpoint: _DatagramEndpoint, local: tuple[str, int]) -> None:
         """Serve UDP at ``local`` through an endpoint made elsewhere: a worker process's listener on
         a socket all the workers read (:mod:`imscore.transport.relay`). It sends and receives like
@@ -909,6 +920,13 @@ class _DatagramEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self._owner._datagram_received(self, data, addr)
 
+    def socket(self) -> socket.socket | None:
+        """The bound socket, or ``None`` before it is made or once it is closed."""
+        if self._transport is None or self.closed:
+            return None
+        sock = self._transport.get_extra_info("socket")
+        return sock if isinstance(sock, socket.socket) else None
+
     def error_received(self, exc: Exception) -> None:
         self._owner.drops.record("udp socket error", f"udp {_join(*self.local)}: {exc}")
 
@@ -984,6 +1002,9 @@ class _SocketEndpoint(_DatagramEndpoint):
 
     def _usable(self) -> bool:
         return not self.closed
+
+    def socket(self) -> socket.socket | None:
+        return None if self.closed else self._sock
 
     def _write(self, data: bytes, target: tuple[str, int]) -> None:
         if self._unsent:
