@@ -41,6 +41,7 @@ from ..sip.uri import Uri, parse_uri
 
 __all__ = [
     "ALGORITHMS",
+    "HASHES",
     "NonceCheck",
     "NonceCounter",
     "NonceFactory",
@@ -76,10 +77,11 @@ def _builtin(name: str) -> Callable[..., hashlib._Hash]:
 
 #: the hash constructors by hashlib name: called directly, they skip ``hashlib.new``'s lookup by
 #: name (same digests)
-_HASHES: Final[dict[str, Callable[..., hashlib._Hash]]] = {
+HASHES: Final[dict[str, Callable[..., hashlib._Hash]]] = {
     "md5": _builtin("md5"),
     "sha256": _builtin("sha256"),
 }
+_HASHES: Final = HASHES
 
 
 @dataclass(frozen=True)

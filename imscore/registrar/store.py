@@ -193,11 +193,19 @@ class MemoryBindingStore:
 
     async def load(self, aor: str) -> list[StoredBinding]:
         """See :meth:`BindingStore.load`."""
+        return self.load_now(aor)
+
+    def load_now(self, aor: str) -> list[StoredBinding]:
+        """:meth:`load` without a coroutine (it never waits): for a caller on the loop's thread."""
         kept = self._data().get(aor)
         return [] if kept is None else [_copy(b) for b in _as_tuple(kept)]
 
     async def save(self, aor: str, bindings: Sequence[StoredBinding]) -> None:
         """See :meth:`BindingStore.save`."""
+        self.save_now(aor, bindings)
+
+    def save_now(self, aor: str, bindings: Sequence[StoredBinding]) -> None:
+        """:meth:`save` without a coroutine (it never waits)."""
         data = self._data()
         _check_aor(aor, bindings)
         if not bindings:
@@ -409,10 +417,18 @@ class SqliteBindingStore:
 
     async def load(self, aor: str) -> list[StoredBinding]:
         """See :meth:`BindingStore.load`."""
+        return self.load_now(aor)
+
+    def load_now(self, aor: str) -> list[StoredBinding]:
+        """:meth:`load` without a coroutine (it never waits): for a caller on the loop's thread."""
         return self._rows(f"{_SELECT} WHERE aor = ? {_ORDER}", (aor,), f"load {aor!r}")
 
     async def save(self, aor: str, bindings: Sequence[StoredBinding]) -> None:
         """See :meth:`BindingStore.save` (one transaction: delete the AOR's rows, insert the new)."""
+        self.save_now(aor, bindings)
+
+    def save_now(self, aor: str, bindings: Sequence[StoredBinding]) -> None:
+        """:meth:`save` without a coroutine (it never waits)."""
         db = self._conn()
         _check_aor(aor, bindings)
         rows = [_to_row(pos, b) for pos, b in enumerate(bindings)]

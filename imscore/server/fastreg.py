@@ -63,18 +63,18 @@ stores, counters, transport statistics, transactions and Timer J. See ``docs/ben
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from imscore.registrar import FlowInfo
 from imscore.registrar.authenticator import AuthOutcome, AuthResult
 from imscore.registrar.identity import phone_number
 from imscore.registrar.model import StoredBinding, new_flow
+from imscore.registrar.register import to_tag
 from imscore.registrar.store import MemoryBindingStore, SqliteBindingStore
 from imscore.sip import Address, Contact, CSeq, Request, Response, SipError, SipUri
 from imscore.sip.grammar import CALL_ID_RE, MAX_UINT32
@@ -127,8 +127,6 @@ _STORES: Final = (MemoryBindingStore, SqliteBindingStore)
 #: the server's logger: the guards' lines are the deferred path's
 log = logging.getLogger("imscore.server")
 
-_T = TypeVar("_T")
-
 #: the start line of a datagram this path may take
 _START: Final = re.compile(r"REGISTER sip:[A-Za-z0-9.-]{1,253} SIP/2\.0")
 #: the octets a start line or header line may hold: visible ASCII and the space
@@ -155,13 +153,6 @@ _MAX_FORWARDS: Final = re.compile(r"25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]"
 _CONTACT: Final = re.compile(r"<sip:(" + _USER + r")@(" + _IPV4 + r"):([1-9][0-9]{0,4})>")
 #: where the Request-URI's host starts in the start line
 _HOST_AT: Final = len("REGISTER sip:")
-
-
-def to_tag(branch: str, call_id: str, cseq: int) -> str:
-    """The registrar's To tag (the same for retransmissions of one request, different between
-    requests): the first 12 hex digits of SHA-256 over ``branch|call-id|cseq``."""
-    key = f"{branch}|{call_id}|{cseq}"
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 class _Checked:
@@ -398,30 +389,24 @@ class _Known:
 
 class _Binding:
     """What steps 5 and 6 would read for a REGISTER of one plain contact: its Contact, the set's
-    AOR and live bindings, and the registrar's ``now``."""
+    AOR and live bindings, the registrar's ``now``, and the binding store (one whose calls never
+    wait: the registrar's)."""
 
-    __slots__ = ("aor", "contact", "now", "stored")
+    __slots__ = ("aor", "contact", "now", "store", "stored")
 
-    def __init__(self, contact: Contact, aor: str, stored: list[StoredBinding], now: float) -> None:
+    def __init__(
+        self,
+        contact: Contact,
+        aor: str,
+        stored: list[StoredBinding],
+        now: float,
+        store: MemoryBindingStore | SqliteBindingStore,
+    ) -> None:
         self.contact = contact
         self.aor = aor
         self.stored = stored
         self.now = now
-
-
-class _Waits(Exception):
-    """A store call that was to finish at once waited."""
-
-
-def _at_once(call: Coroutine[Any, Any, _T]) -> _T:
-    """The result of a coroutine that does not wait (a memory or SQLite store's call), run here;
-    :class:`_Waits` (the coroutine closed) when it would have."""
-    try:
-        call.send(None)
-    except StopIteration as done:
-        return cast(_T, done.value)
-    call.close()
-    raise _Waits
+        self.store = store
 
 
 class FastRegister:
@@ -611,11 +596,12 @@ class FastRegister:
         # (a Contact without +sip.instance and reg-id does not ask for outbound: it never lacks it)
         aor = known.implicit_set.aor
         now = self.server.clock()
+        direct = cast("MemoryBindingStore | SqliteBindingStore", store)  # (its type says so)
         try:
-            loaded = _at_once(store.load(aor))
-        except (_Waits, StoreError):
+            loaded = direct.load_now(aor)  # what store.load(aor) gives, without its coroutine
+        except StoreError:
             return None
-        return _Binding(contact, aor, [b for b in loaded if not b.expired(now)], now)
+        return _Binding(contact, aor, [b for b in loaded if not b.expired(now)], now, direct)
 
     def _register(
         self,
@@ -683,7 +669,7 @@ class FastRegister:
             reason = decision.reject_reason or None
             return answer(checked, request, decision.reject_status, reason), ()
         kept = registrar._merge(stored, incoming, decision)
-        _at_once(registrar.bindings.save(aor, kept))
+        binding.store.save_now(aor, kept)  # registrar.bindings.save(aor, kept), at once
         registrar._changed(aor)
         notes = registrar.regevent.changed(aor, kept, now, deregistered=not kept)
         headers = registrar.ok_headers(request, subscriber, implicit_set, kept, now)
