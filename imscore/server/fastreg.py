@@ -463,7 +463,9 @@ class FastRegister:
         server = self.server
         # the general path's work in its order (the transport's checks, the core's sorting and the
         # first emit of nothing are what is left out): the transaction layer's first
-        outputs = self.layer.receive_new(request, flow, False, server._now())
+        # (its time is also when the registrar's work started, for the outcome's duration)
+        started = server._now()
+        outputs = self.layer.receive_new(request, flow, False, started)
         if outputs is None:
             return False  # it matches a live transaction: the general path says what that does
         if server.qualifier is not None:
@@ -475,7 +477,7 @@ class FastRegister:
         if binding is not None:
             assert known is not None
             self.bound += 1
-            self._register(transaction, checked, request, flow, known, binding)
+            self._register(transaction, checked, request, flow, known, binding, started)
             return True
         if subscriber is None:
             self.handed += 1
@@ -484,7 +486,6 @@ class FastRegister:
                 self.known += 1
             self._deferred(transaction, request, flow, decide)
             return True
-        started = server._now()
         result = self.authenticator.challenge_for(subscriber, server.clock(), request=request)
         response = self._refusal(checked, request, result)
         assert response is not None  # a Digest subscriber is challenged
@@ -611,12 +612,13 @@ class FastRegister:
         flow: Flow,
         known: _Known,
         binding: _Binding,
+        started: float,
     ) -> None:
         """The deferred path's handling of the REGISTER, and the registrar's, for one plain
         contact: check the credentials, steps 6 and 7, store, answer; with the same guards
-        (a header that does not parse: its status; the store failing: 503; anything else: 500)."""
+        (a header that does not parse: its status; the store failing: 503; anything else: 500).
+        ``started``: the loop's time when it arrived."""
         server = self.server
-        started = server._now()
         # FlowInfo(flow.transport, flow.remote, ...), with the remote host interned as the memory
         # store keeps it (so its copy need not make another FlowInfo), built without __init__
         host, port = flow.remote
