@@ -812,3 +812,36 @@ async def _test_the_demo_subscribers_get_the_same_answers(tmp_path: Path) -> Non
 
 def test_the_demo_subscribers_get_the_same_answers(tmp_path: Path) -> None:
     asyncio.run(_test_the_demo_subscribers_get_the_same_answers(tmp_path))
+
+
+def test_an_answer_is_marked_plain_only_when_its_section_is() -> None:
+    """:func:`answer` marks its section plain (so the transaction layer slims the sent response
+    without checking it again) only when every line is a token, a colon and a value without CR
+    or LF, as the transaction layer's own check finds; a change to the fields drops the mark."""
+    from imscore.server.fastreg import answer
+    from imscore.sip.transaction import _PLAIN_SECTION, PLAIN_SECTION_KEY, SentResponse, _as_sent
+
+    checked = check(register(1, 1), PEER[0], {DOMAIN})
+    assert checked is not None
+    request = build_request(checked)
+    cases: list[tuple[list[tuple[str, object]], bool]] = [
+        ([], True),
+        ([("WWW-Authenticate", 'Digest realm="r", nonce="n"')], True),
+        ([("Contact", "<sip:u@127.0.0.1:5999>;expires=3600"), ("Date", "x"), ("Min-Expires", 60)], True),
+        ([("Service-Route", "<sip:a>\r\nX-Injected: 1")], False),
+        ([("P-Associated-URI", "<sip:a>\n")], False),
+        ([("Supported", "a\rb")], False),
+        ([("X-Other", "fine")], False),  # a name not among the registrar's: checked as before
+        ([("Bad Name", "v")], False),
+    ]
+    for headers, plain in cases:
+        response = answer(checked, request, 200, None, headers)
+        section = response.headers.to_bytes()
+        assert (response.headers.cache.get(PLAIN_SECTION_KEY) is True) is plain, headers
+        if plain:
+            assert _PLAIN_SECTION.fullmatch(section) is not None
+            assert isinstance(_as_sent(response), SentResponse)
+    response = answer(checked, request, 200, None, [])
+    response.headers.add("X-Later", "a\r\nb")  # a change empties the cache, and the mark with it
+    assert PLAIN_SECTION_KEY not in response.headers.cache
+    assert not isinstance(_as_sent(response), SentResponse)

@@ -81,7 +81,7 @@ from imscore.sip.grammar import CALL_ID_RE, MAX_UINT32
 from imscore.sip.headers import Via
 from imscore.sip.message import Headers
 from imscore.sip.params import Params
-from imscore.sip.transaction import RequestReceived, ServerTransaction
+from imscore.sip.transaction import PLAIN_SECTION_KEY, RequestReceived, ServerTransaction
 from imscore.store import StoreError
 from imscore.subscribers import ImplicitSet, MemorySubscriberStore, Subscriber, SubscriberDirectory
 from imscore.transport import Flow
@@ -151,6 +151,11 @@ _CSEQ: Final = re.compile(r"([1-9][0-9]{0,8}) REGISTER")
 _MAX_FORWARDS: Final = re.compile(r"25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]")
 #: a Contact this path registers itself: one plain SIP URI of an IPv4 address and port
 _CONTACT: Final = re.compile(r"<sip:(" + _USER + r")@(" + _IPV4 + r"):([1-9][0-9]{0,4})>")
+#: the names of the header fields the registrar adds to its answers (tokens, each)
+_REGISTRAR_NAMES: Final = frozenset(
+    {"Contact", "Date", "Flow-Timer", "Min-Expires", "P-Associated-URI", "Path", "Require",
+     "Service-Route", "Supported", "WWW-Authenticate"}
+)  # fmt: skip
 #: where the Request-URI's host starts in the start line
 _HOST_AT: Final = len("REGISTER sip:")
 
@@ -331,6 +336,14 @@ def response_section(checked: _Checked, headers: Sequence[tuple[str, object]]) -
     :meth:`~imscore.sip.message.Request.make_response` writes it with the registrar's To tag and
     the registrar's own header fields: Via, From, To (with the tag), Call-ID and CSeq as received,
     in that order, then ``headers`` and ``Content-Length: 0``."""
+    return _section_text(checked, headers)[0].encode("utf-8", "surrogateescape")
+
+
+def _section_text(checked: _Checked, headers: Sequence[tuple[str, object]]) -> tuple[str, bool]:
+    """:func:`response_section`'s text, and whether it is a plain section (every line a token, a
+    colon and a value without CR or LF): the lines of the request are (the checks say so), the
+    To tag is hex digits, and ``headers`` add one line each when their names are among the
+    registrar's and no value holds a CR or LF."""
     fields = checked.fields
     tag = to_tag(checked.branch, checked.call_id, checked.cseq)
     extra = "".join([f"{name}: {value}\r\n" for name, value in headers])
@@ -338,7 +351,14 @@ def response_section(checked: _Checked, headers: Sequence[tuple[str, object]]) -
         f"Via: {fields['via']}\r\nFrom: {fields['from']}\r\nTo: {fields['to']};tag={tag}\r\n"
         f"Call-ID: {fields['call-id']}\r\nCSeq: {fields['cseq']}\r\n{extra}Content-Length: 0\r\n"
     )
-    return text.encode("utf-8", "surrogateescape")
+    lines = len(headers)
+    plain = extra.count("\r") == lines and extra.count("\n") == lines
+    if plain:
+        for name, _ in headers:
+            if name not in _REGISTRAR_NAMES:
+                plain = False
+                break
+    return text, plain
 
 
 def answer(
@@ -351,10 +371,13 @@ def answer(
     """The registrar's answer (``Registrar._reply``) as a :class:`Response` holding its octets, as a
     sent response is kept, with the top Via, CSeq and Call-ID that the transaction layer and the
     transport read already parsed (copies of the request's, as ``make_response`` hands them over)."""
-    section = response_section(checked, headers)
+    text, plain = _section_text(checked, headers)
+    section = text.encode("utf-8", "surrogateescape")
     # received=True: the section ends with its Content-Length already (none is to be added)
     response = Response(status, reason, Headers._from_section(section), received=True)
     cache, asked = response.headers.cache, request.headers.cache
+    if plain:  # (kept while no field changes: a change empties the cache)
+        cache[PLAIN_SECTION_KEY] = True
     cache["content-length"] = 0
     cache["top_via"] = asked["top_via"].copy()
     cseq = asked["cseq"]
@@ -507,7 +530,13 @@ class FastRegister:
         server = self.server
         if not transaction.terminated:
             server._emit(server.core.respond(transaction, response, server._now()))
-        response.headers.cache.clear()  # kept for Timer J as its octets only, as a slimmed one is
+        # kept for Timer J as its octets only, as a slimmed one is (with the mark of a plain
+        # section, which the transaction layer reads when it slims it)
+        cache = response.headers.cache
+        plain = cache.get(PLAIN_SECTION_KEY)
+        cache.clear()
+        if plain is True:
+            cache[PLAIN_SECTION_KEY] = True
         if notes:
             server.notify(notes)
         outcomes = server.outcomes

@@ -67,6 +67,7 @@ from .sent import SentResponse
 
 __all__ = [
     "MAGIC_COOKIE",
+    "PLAIN_SECTION_KEY",
     "AckReceived",
     "ClientTransaction",
     "InviteClientTransaction",
@@ -317,6 +318,10 @@ def _same_hop_request(method: str, request: Request, to_source: Message) -> Requ
 #: a token, a colon and a value with neither CR nor LF in it. Such a line is read as one field
 #: whose name is that token (no continuation line, no empty line, no line without a colon).
 _PLAIN_SECTION: Final = re.compile(rb"(?:[" + g.TOKEN_CHARS.encode() + rb"]+:[^\r\n]*\r\n)*")
+#: the key of a response's header cache (:attr:`Headers.cache`, emptied whenever a field changes)
+#: under which its builder says its section is a plain one (see :data:`_PLAIN_SECTION`), having
+#: written every line of it itself: it is not checked again
+PLAIN_SECTION_KEY: Final = "plain-section"
 
 
 def _as_sent(response: Response) -> Response | SentResponse:
@@ -329,8 +334,10 @@ def _as_sent(response: Response) -> Response | SentResponse:
     reason = response.reason
     if "\r" in reason or "\n" in reason:
         return response
-    section = response.headers.to_bytes()  # serialised: kept, not redone
-    if _PLAIN_SECTION.fullmatch(section) is None:  # else it splits, and needs no trying
+    headers = response.headers
+    section = headers.to_bytes()  # serialised: kept, not redone
+    vouched = headers.cache.get(PLAIN_SECTION_KEY) is True
+    if not vouched and _PLAIN_SECTION.fullmatch(section) is None:  # else it splits, no trying
         try:
             Headers._from_section(section).check()
         except SipError:
