@@ -345,6 +345,8 @@ class Subscriber:
 
     def unbarred(self, implicit_set: ImplicitSet) -> tuple[Uri, ...]:
         """The IMPUs of ``implicit_set`` that are not barred, default first (P-Associated-URI)."""
+        if not self.barred:  # (most subscribers): all of them, in their order
+            return tuple(implicit_set.impus)
         return tuple(
             u
             for u, key in zip(implicit_set.impus, implicit_set.keys, strict=True)
