@@ -45,6 +45,33 @@ def test_copies_of_a_waiting_datagram_are_dropped_and_order_is_kept() -> None:
     run(scenario())
 
 
+def test_a_reader_handles_the_first_batch_in_its_own_turn() -> None:
+    """Datagrams pushed without scheduling wait for ``handle_now``, which handles one batch at once
+    (in the reader's turn of the loop) and leaves the rest to later turns; with a batch scheduled
+    already, they wait for it."""
+
+    async def scenario() -> None:
+        seen = Recorder()
+        backlog: DatagramBacklog[str] = DatagramBacklog(seen, batch=2)
+        for n in range(3):
+            backlog.push("udp", b"m%d" % n, A, schedule=False)
+        await asyncio.sleep(0)
+        assert seen.handled == [] and len(backlog) == 3  # nothing scheduled
+        backlog.handle_now()
+        assert [d for _, d, _ in seen.handled] == [b"m0", b"m1"]
+        await asyncio.sleep(0)
+        assert [d for _, d, _ in seen.handled] == [b"m0", b"m1", b"m2"]
+        backlog.handle_now()  # nothing waits: nothing happens
+        backlog.push("udp", b"s", A)  # scheduled for the next turn
+        backlog.push("udp", b"t", A, schedule=False)
+        backlog.handle_now()
+        assert len(seen.handled) == 3  # both wait for the scheduled batch, in their order
+        await asyncio.sleep(0)
+        assert [d for _, d, _ in seen.handled][3:] == [b"s", b"t"]
+
+    run(scenario())
+
+
 def test_a_batch_per_loop_turn() -> None:
     async def scenario() -> None:
         seen = Recorder()

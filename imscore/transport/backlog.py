@@ -9,8 +9,9 @@ load sends two of them for every request), and the answers to them are more work
 too.
 
 So the sockets are read as soon as they are readable, every datagram waiting, into this backlog;
-the server handles the backlog a batch at a time, between turns of the event loop (timers, other
-sockets and the readers run in between). A datagram whose octets and source equal one still
+the server handles the backlog a batch at a time: the first batch in the reader's own turn of the
+event loop, right after the read, the rest between later turns (timers, other sockets and the
+readers run in between). A datagram whose octets and source equal one still
 waiting here is a retransmission of a message nobody has seen yet: it says nothing new, and it is
 dropped on arrival (counted in :attr:`duplicates`). The original is handled in its turn and its
 answer answers every copy. The same request once handled is not in the backlog any more, so a later
@@ -79,9 +80,10 @@ class DatagramBacklog(Generic[E]):
     def __len__(self) -> int:
         return len(self._queue)
 
-    def push(self, endpoint: E, data: bytes, source: Source) -> None:
+    def push(self, endpoint: E, data: bytes, source: Source, *, schedule: bool = True) -> None:
         """Queue one datagram (or drop it, see the module's text); the handling is scheduled on
-        the running event loop."""
+        the running event loop, unless ``schedule`` is false: then the caller calls
+        :meth:`handle_now` once it has pushed what it read."""
         key = (data, source)
         if key in self._waiting and not self.keep_duplicates:
             self.duplicates += 1
@@ -99,9 +101,18 @@ class DatagramBacklog(Generic[E]):
         self._waiting.add(key)
         self._queue.append((endpoint, data, source))
         self.octets += size
-        if not self._scheduled:
+        if schedule and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._run)
+
+    def handle_now(self) -> None:
+        """Handle a batch of the datagrams waiting now, in the caller's turn of the event loop
+        (a reader that has just pushed what it read); the rest is scheduled for later turns, as
+        after a scheduled batch. When a batch is scheduled already, the datagrams wait for it
+        (their order and the batches between turns stay as they were)."""
+        if not self._scheduled and self._queue:
+            self._scheduled = True
+            self._run()
 
     def _run(self) -> None:
         self._scheduled = False

@@ -989,16 +989,22 @@ class _SocketEndpoint(_DatagramEndpoint):
 
     def _readable(self) -> None:
         receive = self._sock.recvfrom
-        push = self._owner.backlog.push
-        for _ in range(UDP_READ_BATCH):
-            try:
-                data, source = receive(UDP_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # an ICMP error reported on the socket, for instance
-                self.error_received(exc)
-                return
-            push(self, data, source)
+        backlog = self._owner.backlog
+        push = backlog.push
+        try:
+            for _ in range(UDP_READ_BATCH):
+                try:
+                    data, source = receive(UDP_MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:  # an ICMP error reported on the socket, for instance
+                    self.error_received(exc)
+                    return
+                push(self, data, source, schedule=False)
+        finally:
+            # the first batch of what was read now, in this turn of the loop (not in the next
+            # one, which would wait on the selector once more first); the rest in later turns
+            backlog.handle_now()
 
     def _usable(self) -> bool:
         return not self.closed
