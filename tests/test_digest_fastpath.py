@@ -526,7 +526,7 @@ def test_the_quoted_string_pattern_matches_as_the_plain_one() -> None:
 def test_the_hashes_are_hashlibs_digests_and_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """CPython's own MD5 and SHA-256 give hashlib's digests (copied states too); without them
     hashlib's constructors are used."""
-    for name, make in digest._HASHES.items():
+    for name, make in digest.HASHES.items():
         for data in (b"", b"abc", bytes(range(256)) * 3):
             assert make(data, usedforsecurity=False).hexdigest() == hashlib.new(name, data).hexdigest()
             state = make(b"key")

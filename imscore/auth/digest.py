@@ -81,7 +81,6 @@ HASHES: Final[dict[str, Callable[..., hashlib._Hash]]] = {
     "md5": _builtin("md5"),
     "sha256": _builtin("sha256"),
 }
-_HASHES: Final = HASHES
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def _algo(name: str) -> _Algo:
 
 
 def _h(hash_name: str, data: bytes) -> str:
-    return _HASHES[hash_name](data, usedforsecurity=False).hexdigest()
+    return HASHES[hash_name](data, usedforsecurity=False).hexdigest()
 
 
 def _resolve(name: str, aliases: Mapping[str, str] | None) -> _Algo | None:
@@ -160,7 +159,7 @@ class StoredHA1:
         algo = _algo(hash_name)
         if algo.sess:
             raise ValueError("StoredHA1 takes a hash family (MD5 or SHA-256), not a -sess algorithm")
-        size = _HASHES[algo.hash_name](usedforsecurity=False).digest_size * 2
+        size = HASHES[algo.hash_name](usedforsecurity=False).digest_size * 2
         if len(hexdigest) != size or _HEX_RE.fullmatch(hexdigest) is None:
             raise ValueError(f"StoredHA1 for {algo.name} must be {size} hexadecimal digits")
         self._hex = hexdigest.lower()
@@ -356,16 +355,6 @@ _TS: Final = struct.Struct(">q")
 _RAND_LEN: Final = 8
 #: nonces whose random octets one call of the default source fetches
 _POOL_NONCES: Final = 64
-#: how many times this process was made by a fork (the child's count is one more than its
-#: parent's): a NonceFactory's octets fetched before a fork are not handed out after it
-_FORKS: Final = [0]
-
-
-def _forked() -> None:
-    _FORKS[0] += 1
-
-
-os.register_at_fork(after_in_child=_forked)
 _MAC_LEN: Final = 16
 _NONCE_LEN: Final = _TS.size + _RAND_LEN + _MAC_LEN  # 32 octets
 _NONCE_CHARS: Final = (_NONCE_LEN * 8 + 5) // 6  # 43 base64url characters, no padding
@@ -380,6 +369,17 @@ _NONCE_RE: Final = re.compile(rf"[A-Za-z0-9_-]{{{_NONCE_CHARS - 1}}}[{re.escape(
 _FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
 _TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 _HMAC_BLOCK: Final = 64  # SHA-256's block size (RFC 2104's B)
+
+#: how many times this process was made by a fork (the child's count is one more than its
+#: parent's): a NonceFactory's octets fetched before a fork are not handed out after it
+_FORKS: Final = [0]
+
+
+def _forked() -> None:
+    _FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class NonceFactory:
@@ -426,7 +426,7 @@ class NonceFactory:
         self._secret = secret
         # HMAC (RFC 2104) with the key's two padded blocks hashed once, here: each MAC then copies
         # the two SHA-256 states instead of hashing the key again (the same HMAC-SHA256)
-        sha256 = _HASHES["sha256"]
+        sha256 = HASHES["sha256"]
         key = secret if len(secret) <= _HMAC_BLOCK else sha256(secret).digest()
         key = key.ljust(_HMAC_BLOCK, b"\x00")
         self._inner = sha256(bytes(b ^ 0x36 for b in key))

@@ -331,19 +331,16 @@ def plain_contact(value: str) -> Contact | None:
     return contact
 
 
-def response_section(checked: _Checked, headers: Sequence[tuple[str, object]]) -> bytes:
+def response_section(
+    checked: _Checked, headers: Sequence[tuple[str, object]]
+) -> tuple[bytes, bool]:
     """The header section of the registrar's answer to the checked REGISTER, as
     :meth:`~imscore.sip.message.Request.make_response` writes it with the registrar's To tag and
     the registrar's own header fields: Via, From, To (with the tag), Call-ID and CSeq as received,
-    in that order, then ``headers`` and ``Content-Length: 0``."""
-    return _section_text(checked, headers)[0].encode("utf-8", "surrogateescape")
-
-
-def _section_text(checked: _Checked, headers: Sequence[tuple[str, object]]) -> tuple[str, bool]:
-    """:func:`response_section`'s text, and whether it is a plain section (every line a token, a
-    colon and a value without CR or LF): the lines of the request are (the checks say so), the
-    To tag is hex digits, and ``headers`` add one line each when their names are among the
-    registrar's and no value holds a CR or LF."""
+    in that order, then ``headers`` and ``Content-Length: 0``; and whether it is a plain section
+    (every line a token, a colon and a value without CR or LF): the lines of the request are (the
+    checks say so), the To tag is hex digits, and ``headers`` add one line each when their names
+    are among the registrar's and no value holds a CR or LF."""
     fields = checked.fields
     tag = to_tag(checked.branch, checked.call_id, checked.cseq)
     extra = "".join([f"{name}: {value}\r\n" for name, value in headers])
@@ -358,7 +355,7 @@ def _section_text(checked: _Checked, headers: Sequence[tuple[str, object]]) -> t
             if name not in _REGISTRAR_NAMES:
                 plain = False
                 break
-    return text, plain
+    return text.encode("utf-8", "surrogateescape"), plain
 
 
 def answer(
@@ -371,8 +368,7 @@ def answer(
     """The registrar's answer (``Registrar._reply``) as a :class:`Response` holding its octets, as a
     sent response is kept, with the top Via, CSeq and Call-ID that the transaction layer and the
     transport read already parsed (copies of the request's, as ``make_response`` hands them over)."""
-    text, plain = _section_text(checked, headers)
-    section = text.encode("utf-8", "surrogateescape")
+    section, plain = response_section(checked, headers)
     # received=True: the section ends with its Content-Length already (none is to be added)
     response = Response(status, reason, Headers._from_section(section), received=True)
     cache, asked = response.headers.cache, request.headers.cache

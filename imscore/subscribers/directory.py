@@ -59,7 +59,7 @@ class SubscriberDirectory:
         """The subscriber owning this public identity (a URI, or text parsed as one), or ``None``
         (also for text that is not a URI)."""
         key = impu_key(uri)
-        return None if key is None else self._by_impu.get(key)
+        return None if key is None else self.by_key(key)
 
     def by_key(self, key: str) -> Subscriber | None:
         """:meth:`by_impu` for an address-of-record key (what

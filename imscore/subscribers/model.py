@@ -323,8 +323,7 @@ class Subscriber:
     def implicit_set_of(self, uri: Uri | str) -> ImplicitSet | None:
         """The implicit registration set ``uri`` belongs to; ``None`` if it is in none of them."""
         key = impu_key(uri)
-        number = None if key is None else self._index.get(key)
-        return None if number is None else self.implicit_sets[number]
+        return None if key is None else self.implicit_set_of_key(key)
 
     def implicit_set_of_key(self, key: str) -> ImplicitSet | None:
         """:meth:`implicit_set_of` for an address-of-record key (:func:`impu_key`'s answer)."""
