@@ -9,6 +9,7 @@ from typing import Any
 
 from test_transport import UdpClient, run, serving, sip_request
 
+from imscore.sip import parse_datagram
 from imscore.transport.backlog import DatagramBacklog
 
 A = ("127.0.0.1", 5061)
@@ -222,6 +223,129 @@ def test_answers_wait_for_room_in_a_full_send_buffer_in_order() -> None:
             # the first answer met a full buffer and waited; the next ones queued behind it
             assert [a.cseq.seq for a in answers] == [1, 2, 3]
             assert full.full == 0 and not endpoint._unsent
+            client.close()
+
+    run(scenario())
+
+
+def test_begin_and_end_are_called_around_each_batch_also_when_a_handler_raises() -> None:
+    async def scenario() -> None:
+        calls: list[str] = []
+
+        def handle(endpoint: str, data: bytes, source: Any) -> None:
+            calls.append(data.decode())
+            if data == b"bad":
+                raise RuntimeError("handler bug")
+
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: None)
+        backlog: DatagramBacklog[str] = DatagramBacklog(
+            handle, batch=2, begin=lambda: calls.append("begin"), end=lambda: calls.append("end")
+        )
+        for data in (b"a", b"b", b"bad", b"c"):
+            backlog.push("udp", data, A)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert calls == ["begin", "a", "b", "end", "begin", "bad", "end", "begin", "c", "end"]
+
+    run(scenario())
+
+
+class _Recording:
+    """A UDP socket that records what is written to it, and when (by a shared counter)."""
+
+    def __init__(self, sock: socket.socket, events: list[str], fail: bytes = b"") -> None:
+        self.sock, self.events, self.fail = sock, events, fail
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        return self.sock.recvfrom(size)
+
+    def sendto(self, data: bytes, target: Any) -> int:
+        first = data.split(b"\r\n", 1)[0].decode()
+        if self.fail and self.fail in data:
+            self.events.append(f"refused {first}")
+            raise PermissionError(1, "Operation not permitted")
+        self.events.append(f"wrote {first}")
+        return self.sock.sendto(data, target)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_udp_responses_of_a_batch_are_written_when_it_is_done_in_order() -> None:
+    """The answers to a batch of datagrams go out together after the batch, in the order made;
+    a request sent meanwhile goes out after the responses held before it; a held response that
+    the socket refuses is counted as lost and logged, and the others are written."""
+
+    async def scenario() -> None:
+        async with serving() as server:
+            transports = server.transports
+            bound = await transports.listen("udp", "127.0.0.1", 0)
+            endpoint: Any = transports._endpoints[bound]
+            events: list[str] = []
+            endpoint._sock = _Recording(endpoint._sock, events, fail=b"call-3@test")
+            client = UdpClient()
+            handle = server.handle
+
+            def recording(message: Any, flow: Any) -> None:
+                events.append(f"handled {message.cseq.seq}")
+                handle(message, flow)
+                if message.cseq.seq == 2:  # a request made by a handler mid-batch
+                    ours = f"SIP/2.0/UDP 127.0.0.1:{bound[1]};branch=z9hG4bKn"
+                    transports.send(parse_datagram(sip_request(ours, method="NOTIFY", cseq=9)), flow)
+
+            transports._handler = recording
+            via = f"SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bKheld"
+            # sent while the server's loop cannot run: one batch reads all four
+            for cseq in (1, 2, 3, 4):
+                client.sock.sendto(sip_request(f"{via}{cseq}", cseq=cseq), bound)
+            got = [await client.recv() for _ in range(4)]
+            assert [m.cseq.seq for m, _ in got] == [1, 2, 9, 4]
+            assert events == [
+                "handled 1",
+                "handled 2",
+                "wrote SIP/2.0 200 OK",  # 1's and 2's answers, held until the NOTIFY is written
+                "wrote SIP/2.0 200 OK",
+                "wrote NOTIFY sip:ims.example.test SIP/2.0",
+                "handled 3",
+                "handled 4",
+                "refused SIP/2.0 200 OK",  # 3's, at the end of the batch: the socket's error
+                "wrote SIP/2.0 200 OK",  # 4's
+            ]
+            stats = transports.stats
+            assert (stats.sent, stats.responses_lost) == (4, 1)
+            client.close()
+
+    run(scenario())
+
+
+def test_udp_responses_are_not_held_while_a_capture_records() -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            transports = server.transports
+            records: list[Any] = []
+            transports.tap = records.append
+            bound = await transports.listen("udp", "127.0.0.1", 0)
+            endpoint: Any = transports._endpoints[bound]
+            events: list[str] = []
+            endpoint._sock = _Recording(endpoint._sock, events)
+            handle = server.handle
+
+            def recording(message: Any, flow: Any) -> None:
+                events.append(f"handled {message.cseq.seq}")
+                handle(message, flow)
+
+            transports._handler = recording
+            client = UdpClient()
+            via = f"SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bKtap"
+            for cseq in (1, 2):
+                client.sock.sendto(sip_request(f"{via}{cseq}", cseq=cseq), bound)
+            assert [(await client.response()).cseq.seq for _ in range(2)] == [1, 2]
+            assert events == ["handled 1", "wrote SIP/2.0 200 OK", "handled 2", "wrote SIP/2.0 200 OK"]
+            assert [r.dst for r in records if r.src == bound] == [("127.0.0.1", client.port)] * 2
             client.close()
 
     run(scenario())

@@ -19,6 +19,10 @@ copy is handled as a retransmission by its transaction (the answer resent), as R
 requires. A request that differs in any octet (another branch, CSeq or credentials) is a different
 message and waits its turn.
 
+The answers the handlers send during a batch may be held and written together when the batch is
+done (``begin`` and ``end``: the transports hold UDP responses so, see
+:meth:`imscore.transport.Transports.send_response`).
+
 The backlog holds at most ``limit`` octets; beyond that a datagram is dropped, as a full kernel queue
 would drop it (counted in :attr:`dropped`). The server's overload control (see
 :mod:`imscore.server.overload`) reads :attr:`octets`, so it sees the backlog here as it sees a
@@ -52,6 +56,7 @@ class DatagramBacklog(Generic[E]):
     :param handle: called with ``(endpoint, octets, source)`` for each datagram, oldest first.
     :param batch: datagrams handled per turn of the event loop.
     :param limit: octets held at most.
+    :param begin: called before a batch is handled; ``end`` after it, also when a handler raised.
     """
 
     def __init__(
@@ -60,8 +65,12 @@ class DatagramBacklog(Generic[E]):
         *,
         batch: int = BATCH,
         limit: int = LIMIT,
+        begin: Callable[[], None] | None = None,
+        end: Callable[[], None] | None = None,
     ) -> None:
         self._handle = handle
+        self._begin = begin
+        self._end = end
         self.batch = batch
         self.limit = limit
         self._queue: collections.deque[tuple[E, bytes, Source]] = collections.deque()
@@ -117,6 +126,8 @@ class DatagramBacklog(Generic[E]):
     def _run(self) -> None:
         self._scheduled = False
         queue, waiting, handle = self._queue, self._waiting, self._handle
+        if self._begin is not None:
+            self._begin()
         try:
             for _ in range(self.batch):
                 if not queue:  # (cleared by a handler closing the transports, for instance)
@@ -126,9 +137,13 @@ class DatagramBacklog(Generic[E]):
                 self.octets -= len(data)
                 handle(endpoint, data, source)
         finally:
-            if queue and not self._scheduled:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._run)
+            try:
+                if self._end is not None:
+                    self._end()
+            finally:
+                if queue and not self._scheduled:
+                    self._scheduled = True
+                    asyncio.get_running_loop().call_soon(self._run)
 
     def clear(self) -> None:
         """Forget every datagram waiting (the transports are closing)."""
