@@ -285,3 +285,76 @@ def test_a_wrapper_or_an_argument_default_goes_through_pluggy() -> None:
         assert seen == ["ims_identity_resolve"]
         if isinstance(plugin, Defaulted):  # pluggy hands the caller's value to a defaulted one
             assert found is not None and found.implicit_set == ("given",)
+
+
+def test_only_builtin_is_remembered_until_plugins_change() -> None:
+    """What ``only_builtin`` found holds until a plugin is registered or unregistered; tracing
+    turns it off while it lasts."""
+    pm = create_plugin_manager(autoload=False, trace=False)
+    assert pm.only_builtin("ims_identity_resolve") and pm.only_builtin("ims_binding_policy_apply")
+    plugin = Bob()
+    pm.register(plugin, name="bob")
+    assert not pm.only_builtin("ims_identity_resolve")
+    assert pm.only_builtin("ims_binding_policy_apply")
+    pm.unregister(plugin)
+    assert pm.only_builtin("ims_identity_resolve")
+    undo = pm.enable_hook_tracing()
+    assert not pm.only_builtin("ims_identity_resolve")
+    undo()
+    assert pm.only_builtin("ims_identity_resolve")
+    assert not pm.only_builtin("no_such_hook")
+
+
+def test_the_registrar_asks_the_builtin_policy_itself_only_when_it_is_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Registrar._policy`` calls the builtin binding policy without the hook while it is the
+    only implementation (the same decision), and the hook once a plugin implements it too."""
+    from imscore.profile import load_profile
+    from imscore.registrar import StoredBinding
+    from imscore.registrar.register import Registrar
+    from imscore.registrar.store import MemoryBindingStore
+    from imscore.subscribers import MemorySubscriberStore, demo_subscribers_path
+
+    pm = create_plugin_manager(autoload=False, trace=False)
+    seen = record_pluggy_calls(pm)
+    profile = load_profile("legacy-single-registration")
+    subscribers = MemorySubscriberStore.from_file(demo_subscribers_path())
+    registrar = Registrar(profile, subscribers, MemoryBindingStore(), pm)
+    alice = next(iter(subscribers.directory))
+    aor, impi, a1, a2 = alice.implicit_sets[0].aor, alice.impi, "sip:a@192.0.2.1", "sip:a@192.0.2.2"
+    old = StoredBinding(aor, impi, f"<{a2}>", a2, 600.0, 5.0, "c1", 1)
+    new = StoredBinding(aor, impi, f"<{a1}>", a1, 610.0, 10.0, "c2", 1)
+    caller = pm.hook.ims_binding_policy_apply
+    hook_calls: list[str] = []
+    direct = _DirectHookCaller.__call__
+
+    def counted(self: _DirectHookCaller, **kwargs: Any) -> Any:
+        hook_calls.append(self.name)
+        return direct(self, **kwargs)
+
+    monkeypatch.setattr(_DirectHookCaller, "__call__", counted)
+    first = registrar._policy([old], [new], alice, 10.0)
+    assert hook_calls == [] and seen == [] and first is not None
+    assert first == direct(
+        caller,
+        existing=[old.hook_binding(10.0)],
+        incoming=[new.hook_binding(10.0, registered_at=0.0)],
+        policy="replace-all",
+        options=dict(profile.policies["binding_policy"].options),
+    )
+    assert [b.contact for b in first.bindings] == [a1] and [b.contact for b in first.removed] == [a2]
+    asked: list[str] = []
+
+    class Desk:
+        @hookimpl
+        def ims_binding_policy_apply(
+            self, existing: Any, incoming: Any, policy: str, options: Any
+        ) -> Any:
+            asked.append(policy)
+            return None
+
+    pm.register(Desk(), name="desk")
+    again = registrar._policy([old], [new], alice, 10.0)
+    assert asked == ["replace-all"] and again == first
+    assert hook_calls == ["ims_binding_policy_apply"]

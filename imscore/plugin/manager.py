@@ -85,6 +85,8 @@ class ImsPluginManager(pluggy.PluginManager):
         #: per hook name, how a call may skip pluggy's machinery (:class:`_DirectHookCaller`);
         #: emptied whenever implementations or specs change
         self._direct: dict[str, _Direct | None] = {}
+        #: per hook name, what :meth:`only_builtin` found (tracing aside); emptied with _direct
+        self._only: dict[str, bool] = {}
 
     def add_hookspecs(self, module_or_class: ModuleType | type) -> None:
         super().add_hookspecs(module_or_class)
@@ -99,6 +101,7 @@ class ImsPluginManager(pluggy.PluginManager):
     def _hook_callers_changed(self) -> None:
         """Forget every direct call; every hook caller may take one (:class:`_DirectHookCaller`)."""
         self._direct.clear()
+        self._only.clear()
         for caller in vars(self.hook).values():
             if type(caller) is HookCaller:
                 caller.__class__ = _DirectHookCaller
@@ -107,9 +110,17 @@ class ImsPluginManager(pluggy.PluginManager):
         """Whether hook ``name``'s only implementation is the builtin default (not a wrapper) and
         its calls are plain (no tracing or monitoring): what the builtin answers is then the
         answer, and a caller that knows it may take it without the call (as
-        :mod:`imscore.server.fastreg` does)."""
+        :mod:`imscore.server.fastreg` does). Remembered per hook until a plugin or spec is
+        registered or unregistered."""
         if self._inner_hookexec is not self._plain_hookexec:
             return False
+        known = self._only.get(name)
+        if known is None:
+            known = self._only[name] = self._builtin_alone(name)
+        return known
+
+    def _builtin_alone(self, name: str) -> bool:
+        """:meth:`only_builtin`, found again (tracing aside)."""
         caller = getattr(self.hook, name, None)
         if caller is None:
             return False

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from imscore.auth.digest import HASHES
+from imscore.plugin.builtin import ims_binding_policy_apply as builtin_binding_policy
 from imscore.plugin.types import Binding, BindingDecision
 from imscore.profile import Profile
 from imscore.sip import Contact, Request, Response, SipError, SipUri, TelUri, Uri, parse_uri
@@ -655,6 +656,9 @@ class Registrar:
             options = {**options, "max_contacts": subscriber.max_devices}
         existing = [b.hook_binding(now) for b in stored]
         asked = [b.hook_binding(now, registered_at=0.0) for b in incoming]
+        only = getattr(self.plugins, "only_builtin", None)
+        if only is not None and only("ims_binding_policy_apply"):  # its answer is the hook's
+            return builtin_binding_policy(existing, asked, choice.plugin, options)
         decision: BindingDecision | None = self.plugins.hook.ims_binding_policy_apply(
             existing=existing, incoming=asked, policy=choice.plugin, options=options
         )

@@ -551,8 +551,11 @@ class FastRegister:
         if self.authenticator.remote_credentials:
             return None
         only = getattr(registrar.plugins, "only_builtin", None)
-        if only is None or not all(only(name) for name in hooks):
+        if only is None:
             return None
+        for name in hooks:
+            if not only(name):
+                return None
         return store.directory
 
     def _known(self, checked: _Checked, request: Request) -> _Known | None:
