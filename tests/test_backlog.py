@@ -349,3 +349,38 @@ def test_udp_responses_are_not_held_while_a_capture_records() -> None:
             client.close()
 
     run(scenario())
+
+
+def test_a_batch_begun_inside_another_loses_nothing_held() -> None:
+    """Should a batch start while responses are held (a handler handling the backlog itself), the
+    responses held before it are written with its own, none is dropped."""
+
+    async def scenario() -> None:
+        async with serving() as server:
+            transports = server.transports
+            bound = await transports.listen("udp", "127.0.0.1", 0)
+            endpoint: Any = transports._endpoints[bound]
+            events: list[str] = []
+            endpoint._sock = _Recording(endpoint._sock, events)
+            client = UdpClient()
+            handle = server.handle
+
+            def nesting(message: Any, flow: Any) -> None:
+                handle(message, flow)
+                if message.cseq.seq == 1:  # the next datagram, handled in a batch of its own
+                    transports.backlog.handle_now()
+
+            transports._handler = nesting
+            via = f"SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bKnest"
+            source = ("127.0.0.1", client.port)
+            for cseq in (1, 2):
+                data = sip_request(f"{via}{cseq}", cseq=cseq)
+                transports.backlog.push(endpoint, data, source, schedule=False)
+            transports.backlog.batch = 1
+            transports.backlog.handle_now()
+            got = [(await client.response()).cseq.seq for _ in range(2)]
+            assert got == [1, 2] and events == ["wrote SIP/2.0 200 OK"] * 2
+            assert transports.stats.sent == 2
+            client.close()
+
+    run(scenario())

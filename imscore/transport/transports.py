@@ -666,10 +666,11 @@ class Transports:
                 f"cannot send response to {host!r}: not an IP address and no received parameter "
                 "(DNS resolution of sent-by is not done here)"
             )
+        data = response.to_bytes()
         if self._held is not None:  # a batch is being handled: written when it is done
-            self._hold(response.to_bytes(), flow.local, (host, port))
+            self._hold(data, flow.local, (host, port))
             return
-        self._send_udp(response.to_bytes(), flow.local, (host, port))  # what send() does on UDP
+        self._send_udp(data, flow.local, (host, port))  # what send() does on UDP
         self.stats.sent += 1
 
     def _respond_later(self, response: Response | SentResponse, flow: Flow) -> None:
@@ -727,8 +728,8 @@ class Transports:
 
     def _hold_responses(self) -> None:
         """A batch of the backlog starts: UDP responses are held until it ends (not while a tap
-        records every message as it goes)."""
-        if self._tap is None:
+        records every message as it goes; what is held already stays, should batches nest)."""
+        if self._tap is None and self._held is None:
             self._held = []
 
     def _hold(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
