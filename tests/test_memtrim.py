@@ -35,6 +35,9 @@ class Calls:
     def collect(self) -> None:
         self.log.append("collect")
 
+    def collect_all(self) -> None:
+        self.log.append("collect all")
+
     def release(self) -> None:
         self.log.append("release")
 
@@ -45,7 +48,9 @@ def observe_all(memory: MemoryReturn, calls: Calls, counts: list[int]) -> list[A
 
 def test_trims_as_the_live_count_halves_and_settles_when_the_burst_is_over() -> None:
     calls = Calls()
-    memory = MemoryReturn(peak=1000, trim=calls.trim, collect=calls.collect, quiet=64)
+    memory = MemoryReturn(
+        peak=1000, trim=calls.trim, collect=calls.collect, quiet=64, collect_all=calls.collect_all
+    )
     rise = observe_all(memory, calls, [10, 500, 4000, 64_000])
     assert rise == [Action.NONE] * 4 and calls.log == []
     fall = observe_all(memory, calls, [40_000, 32_000, 20_000, 8_000, 2_000, 1_001, 1_000, 500, 0])
@@ -60,8 +65,9 @@ def test_trims_as_the_live_count_halves_and_settles_when_the_burst_is_over() -> 
         Action.TRIM,  # after settling, 1,000 is the reference: halved
         Action.SETTLE,  # zero after settling above zero: the flood's last transactions went too
     ]
-    settle = ["release", "collect", "trim"]
-    assert calls.log == ["trim"] * 3 + settle + ["trim"] + settle
+    settle = ["release", "collect", "trim"]  # transactions still live: the young generations
+    over = ["release", "collect all", "trim"]  # none left: a full collection (the free lists)
+    assert calls.log == ["trim"] * 3 + settle + ["trim"] + over
     assert memory.trims == 6 and memory.settlements == 2
     assert observe_all(memory, calls, [0, 0, 700, 0]) == [Action.NONE] * 4  # nothing more to give back
     assert len(calls.log) == 10
@@ -76,21 +82,23 @@ def test_a_burst_under_the_minimum_is_left_alone() -> None:
 
 def test_a_burst_that_ends_at_zero_settles_once() -> None:
     calls = Calls()
-    memory = MemoryReturn(peak=100, trim=calls.trim, collect=calls.collect)
+    memory = MemoryReturn(
+        peak=100, trim=calls.trim, collect=calls.collect, collect_all=calls.collect_all
+    )
     assert observe_all(memory, calls, [5000, 0, 0]) == [Action.NONE, Action.SETTLE, Action.NONE]
-    assert calls.log == ["release", "collect", "trim"]
+    assert calls.log == ["release", "collect all", "trim"]
 
 
 def test_without_glibc_only_the_release_and_the_collection_run() -> None:
     calls = Calls()
-    memory = MemoryReturn(peak=100, trim=None, collect=calls.collect)
+    memory = MemoryReturn(peak=100, trim=None, collect=calls.collect, collect_all=calls.collect_all)
     assert observe_all(memory, calls, [400, 200, 100, 0]) == [
         Action.NONE,
         Action.NONE,  # halved, but there is nothing to trim with
         Action.NONE,
         Action.SETTLE,
     ]
-    assert calls.log == ["release", "collect"] and memory.trims == 0
+    assert calls.log == ["release", "collect all"] and memory.trims == 0
 
 
 @pytest.mark.parametrize(("peak", "quiet"), [(0, 64), (100, 1)])
@@ -204,3 +212,33 @@ def test_a_served_flood_gives_its_memory_back_once_it_is_over(monkeypatch: pytes
         f"RSS idle {run.rss_idle / MIB:.1f} MiB, peak {run.rss_peak / MIB:.1f}, after "
         + ", ".join(f"{t:.0f} s {rss / MIB:.1f}" for t, rss in run.settle)
     )
+
+
+def test_settling_at_zero_collects_what_the_young_generations_do_not() -> None:
+    """A cycle that became garbage in the oldest generation outlives the young collection of a
+    settling with transactions live, and goes with the full one of a settling at zero."""
+    import gc
+    import weakref
+
+    from imscore.server.memtrim import _collect_all, _collect_young
+
+    class Node:
+        other: object = None
+
+    def old_cycle() -> weakref.ref[Node]:
+        node = Node()
+        node.other = node
+        gc.collect()  # it survives: into the oldest generation
+        return weakref.ref(node)
+
+    enabled = gc.isenabled()
+    gc.disable()  # (no automatic collection in between)
+    try:
+        ref = old_cycle()
+        _collect_young()
+        assert ref() is not None
+        _collect_all()
+        assert ref() is None
+    finally:
+        if enabled:
+            gc.enable()

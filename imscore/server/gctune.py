@@ -13,7 +13,7 @@ Memory freed after a burst is not always given back to the system (glibc keeps f
 CPython keeps an arena while any block in it lives): :func:`return_freed_memory`, which the server
 calls after its timers fire, hands the live transaction count to :class:`~.memtrim.MemoryReturn`,
 which trims glibc's heap as a flood's transactions end and, once the flood is over, releases the
-server's caches of ended transactions, collects the young generations and trims (see
+server's caches of ended transactions, collects (in full once no transaction is left) and trims (see
 :mod:`imscore.server.memtrim`; measured with ``bench/flood_rss_bench.py``, see :doc:`/benchmarks`).
 
 Only the ``serve`` command calls :func:`tune_for_serving`; a library user's process (tests, the lab)
