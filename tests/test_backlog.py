@@ -274,6 +274,15 @@ class _Recording:
     def close(self) -> None:
         self.sock.close()
 
+async def recorded_udp(transports: Any, fail: bytes = b"") -> tuple[tuple[str, int], Any, list[str]]:
+    """A UDP listener whose socket records what is written to it (see :class:`_Recording`): its
+    address, its endpoint and the events."""
+    bound = await transports.listen("udp", "127.0.0.1", 0)
+    endpoint: Any = transports._endpoints[bound]
+    events: list[str] = []
+    endpoint._sock = _Recording(endpoint._sock, events, fail)
+    return bound, endpoint, events
+
 
 def test_udp_responses_of_a_batch_are_written_when_it_is_done_in_order() -> None:
     """The answers to a batch of datagrams go out together after the batch, in the order made;
@@ -283,10 +292,7 @@ def test_udp_responses_of_a_batch_are_written_when_it_is_done_in_order() -> None
     async def scenario() -> None:
         async with serving() as server:
             transports = server.transports
-            bound = await transports.listen("udp", "127.0.0.1", 0)
-            endpoint: Any = transports._endpoints[bound]
-            events: list[str] = []
-            endpoint._sock = _Recording(endpoint._sock, events, fail=b"call-3@test")
+            bound, _, events = await recorded_udp(transports, fail=b"call-3@test")
             client = UdpClient()
             handle = server.handle
 
@@ -328,10 +334,7 @@ def test_udp_responses_are_not_held_while_a_capture_records() -> None:
             transports = server.transports
             records: list[Any] = []
             transports.tap = records.append
-            bound = await transports.listen("udp", "127.0.0.1", 0)
-            endpoint: Any = transports._endpoints[bound]
-            events: list[str] = []
-            endpoint._sock = _Recording(endpoint._sock, events)
+            bound, _, events = await recorded_udp(transports)
             handle = server.handle
 
             def recording(message: Any, flow: Any) -> None:
@@ -358,10 +361,7 @@ def test_a_batch_begun_inside_another_loses_nothing_held() -> None:
     async def scenario() -> None:
         async with serving() as server:
             transports = server.transports
-            bound = await transports.listen("udp", "127.0.0.1", 0)
-            endpoint: Any = transports._endpoints[bound]
-            events: list[str] = []
-            endpoint._sock = _Recording(endpoint._sock, events)
+            _, endpoint, events = await recorded_udp(transports)
             client = UdpClient()
             handle = server.handle
 
